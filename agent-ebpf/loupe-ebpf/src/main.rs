@@ -1,0 +1,17 @@
+//! Loupe's kernel programs. Each entry point is a thin wrapper around a `try_*` function so every error
+//! path is explicit; every loop is bounded; nothing here blocks.
+#![no_std]
+#![no_main]
+
+mod profiler;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this: there is no unwinding in BPF.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,1 @@
+//! Protocol parsers (filled by the network-spans work).

@@ -1,0 +1,1 @@
+//! Sinks and wire clients.
