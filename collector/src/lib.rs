@@ -1,1 +1,29 @@
-//! Sinks and wire clients.
+//! Loupe's collector: sinks and wire clients for CPU profiles, plus self-metrics.
+//!
+//! - [`profile`]: the model the agent fills after symbolization;
+//! - [`pprof`] and [`flamegraph`]: encoders;
+//! - [`sink`]: the local file sink and the Pyroscope push sink behind one trait;
+//! - [`pipeline`]: non-blocking fan-out of batches to the sinks, one queue and task per sink;
+//! - [`telemetry`]: the self-metrics registry and its `/metrics` server.
+
+pub mod flamegraph;
+pub mod http;
+pub mod pipeline;
+pub mod pprof;
+pub mod profile;
+pub mod sink;
+pub mod telemetry;
+
+#[cfg(test)]
+mod test_util;
+
+pub use pipeline::{PipelineError, ProfileExporter, ProfileExporterHandle, ProfileSubmitter};
+pub use profile::{
+    BatchMeta, Frame, FrameLine, Mapping, ProfileBatch, ServiceProfile, StackSample,
+};
+pub use sink::local::summary;
+pub use sink::{ExportReport, LocalSink, ProfileSink, PyroscopeConfig, PyroscopeSink, SinkError};
+pub use telemetry::{Counter, Gauge, MetricsServer, Registry};
+
+/// The prost types of pprof (`google`), the Pyroscope push API (`push`) and labels (`types`).
+pub use ::pyroscope::encode::r#gen as proto;

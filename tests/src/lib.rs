@@ -1,1 +1,186 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: finding the release agent and the workloads `cargo xtask test`
+//! built, running them with deadlines, and decoding what the agent wrote.
+
+use std::{
+    collections::HashMap,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use pyroscope::encode::r#gen::google::Profile;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The release agent with its kernel programs, as built by `cargo xtask build`.
+pub fn agent_bin() -> PathBuf {
+    let path = std::env::var_os("LOUPE_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/loupe-agent"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A test workload built by `cargo xtask test` (`hot_c`, `hot_rs`).
+pub fn workload(name: &str) -> PathBuf {
+    let dir = std::env::var_os("LOUPE_WORKLOADS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/workloads"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// The kernel tests need root (CAP_BPF and CAP_PERFMON): fail loudly rather than skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "eBPF tests must run as root: use `sudo -E cargo xtask test`"
+    );
+}
+
+/// Waits for `child` at most `limit`, killing it past that.
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the agent with `args` to completion (it must be given `--duration`), capturing its output.
+pub fn run_agent(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(agent_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loupe-agent");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_reader = thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_reader = thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let status = wait_with_deadline(&mut child, limit);
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Every `profiles/*.pb.gz` the local sink wrote under `dir`, decoded, with their file names.
+pub fn read_profiles(dir: &Path) -> Vec<(String, Profile)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("profiles")) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".pb.gz") {
+            continue;
+        }
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(entry.path()).expect("open profile"))
+            .read_to_end(&mut raw)
+            .expect("profile is gzip");
+        let profile =
+            <Profile as prost::Message>::decode(raw.as_slice()).expect("profile is pprof");
+        out.push((name, profile));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Sample counts (the `samples`/`count` value) of every function, counting a sample once for each
+/// distinct function anywhere on its stack (inclusive time).
+pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {
+    let s = |i: i64| {
+        profile
+            .string_table
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let count_index = profile
+        .sample_type
+        .iter()
+        .position(|t| s(t.r#type) == "samples")
+        .expect("a samples/count sample type");
+    let functions: HashMap<u64, String> =
+        profile.function.iter().map(|f| (f.id, s(f.name))).collect();
+    let locations: HashMap<u64, Vec<String>> = profile
+        .location
+        .iter()
+        .map(|l| {
+            (
+                l.id,
+                l.line
+                    .iter()
+                    .filter_map(|line| functions.get(&line.function_id).cloned())
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    for sample in &profile.sample {
+        let mut seen = std::collections::HashSet::new();
+        for loc in &sample.location_id {
+            for f in locations.get(loc).into_iter().flatten() {
+                if seen.insert(f.clone()) {
+                    *counts.entry(f.clone()).or_insert(0) += sample.value[count_index];
+                }
+            }
+        }
+    }
+    counts
+}
+
+/// The label `key` (string value) of every sample.
+pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
+    let s = |i: i64| {
+        profile
+            .string_table
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_default()
+    };
+    profile
+        .sample
+        .iter()
+        .flat_map(|sample| sample.label.iter())
+        .filter(|l| s(l.key) == key)
+        .map(|l| s(l.str))
+        .collect()
+}

@@ -1,1 +1,58 @@
-fn main() {}
+//! Loupe's build, run, test and bench tasks: `cargo xtask <task>`. Each task installs what it needs
+//! (see setup.rs) so the README's two commands work on a fresh machine.
+
+mod bench;
+mod build;
+mod setup;
+mod test;
+mod util;
+
+use std::{os::unix::process::CommandExt, process::Command};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Loupe's tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs (no-op when everything is there).
+    Setup,
+    /// Build the kernel programs and the release agent (target/release/loupe-agent).
+    Build,
+    /// Set up, build, and run the agent on this host: `cargo xtask run -- [AGENT ARGS]`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
+    /// Run every test: unit, eBPF against the real kernel, end to end.
+    Test(test::TestArgs),
+    /// Run the benchmarks and write a report.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(setup::Extras::Test),
+        Task::Build => build::build(setup::Extras::None),
+        Task::Run { agent_args } => {
+            if !util::is_root() {
+                anyhow::bail!(
+                    "the agent loads eBPF programs: run as root (e.g. sudo -E cargo xtask run)"
+                );
+            }
+            build::build(setup::Extras::None)?;
+            let agent = build::agent_binary();
+            eprintln!("==> running {} {}", agent.display(), agent_args.join(" "));
+            let err = Command::new(&agent).args(&agent_args).exec();
+            Err(err).with_context(|| format!("cannot run {}", agent.display()))
+        }
+        Task::Test(args) => test::test(args),
+        Task::Bench(args) => bench::bench(args),
+    }
+}

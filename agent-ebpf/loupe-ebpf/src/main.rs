@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod probes;
 mod profiler;
 
 #[cfg(not(test))]

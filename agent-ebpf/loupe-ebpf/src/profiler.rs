@@ -23,9 +23,11 @@ static PROFILER_CONFIG: Array<ProfilerConfig> = Array::with_max_entries(1, 0);
 static PROFILER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 #[map]
-static SAMPLES_0: HashMap<SampleKey, SampleValue> = HashMap::with_max_entries(SAMPLE_MAP_ENTRIES, 0);
+static SAMPLES_0: HashMap<SampleKey, SampleValue> =
+    HashMap::with_max_entries(SAMPLE_MAP_ENTRIES, 0);
 #[map]
-static SAMPLES_1: HashMap<SampleKey, SampleValue> = HashMap::with_max_entries(SAMPLE_MAP_ENTRIES, 0);
+static SAMPLES_1: HashMap<SampleKey, SampleValue> =
+    HashMap::with_max_entries(SAMPLE_MAP_ENTRIES, 0);
 #[map]
 static STACKS_0: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 #[map]

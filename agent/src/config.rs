@@ -1,0 +1,513 @@
+//! Configuration: every option is a command-line flag, a `LOUPE_*` environment variable and a key of
+//! the TOML file named by `--config`, in that order of precedence, then a documented default.
+//!
+//! A bad value is reported as one [`ConfigError`] naming the key; `main` prints it and exits 2.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Default sampling rate. 19 Hz: prime, so sampling does not run in lockstep with timers that fire at
+/// round rates (10, 100, 1000 Hz) and over- or under-count their work; it costs well under 0.5% of a
+/// CPU; and it is the rate Parca and the OTel eBPF profiler chose for continuous, fleet-wide
+/// profiling. Over a 15 s interval a busy CPU yields 285 samples; Pyroscope merges intervals over time.
+pub const DEFAULT_PROFILE_HZ: u32 = 19;
+/// Default drain and export interval: Pyroscope's own upload interval.
+pub const DEFAULT_PROFILE_INTERVAL: Duration = Duration::from_secs(15);
+/// Default folder of the local sink.
+pub const DEFAULT_OUTPUT_DIR: &str = "./loupe-data";
+/// Default cap on profile files kept per service by the local sink.
+pub const DEFAULT_MAX_PROFILE_FILES: usize = 200;
+
+/// Options of `loupe-agent run` (and of `doctor`, which reads the same file), as given on the command
+/// line or in the environment. `None` means "not given here".
+#[derive(Args, Debug, Default, Clone)]
+pub struct CliOptions {
+    /// TOML configuration file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "LOUPE_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// CPU sampling rate per CPU, in Hz (1..=1000) [default: 19].
+    #[arg(long, env = "LOUPE_PROFILE_HZ", global = true, value_name = "HZ")]
+    pub profile_hz: Option<u32>,
+    /// How often samples are drained, symbolized and exported, e.g. `15s`, `1m` [default: 15s].
+    #[arg(
+        long,
+        env = "LOUPE_PROFILE_INTERVAL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub profile_interval: Option<String>,
+    /// Folder of the local sink (profiles and flame graph) [default: ./loupe-data].
+    #[arg(long, env = "LOUPE_OUTPUT_DIR", global = true, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Keep writing the local sink even when a backend is configured.
+    #[arg(long, env = "LOUPE_LOCAL_SINK", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub local_sink: Option<bool>,
+    /// Profile files the local sink keeps per service; older ones are deleted [default: 200].
+    #[arg(long, env = "LOUPE_MAX_PROFILE_FILES", global = true, value_name = "N")]
+    pub max_profile_files: Option<usize>,
+    /// Pyroscope (or Alloy `pyroscope.receive_http`) base URL to push profiles to.
+    #[arg(long, env = "LOUPE_PYROSCOPE_URL", global = true, value_name = "URL")]
+    pub pyroscope_url: Option<String>,
+    /// Basic-auth user for Pyroscope.
+    #[arg(long, env = "LOUPE_PYROSCOPE_USER", global = true, value_name = "USER")]
+    pub pyroscope_user: Option<String>,
+    /// Basic-auth password for Pyroscope (prefer the environment variable).
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_PASSWORD",
+        global = true,
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub pyroscope_password: Option<String>,
+    /// Bearer token for Pyroscope (prefer the environment variable).
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_TOKEN",
+        global = true,
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub pyroscope_token: Option<String>,
+    /// Tenant sent as `X-Scope-OrgID`.
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_TENANT",
+        global = true,
+        value_name = "TENANT"
+    )]
+    pub pyroscope_tenant: Option<String>,
+    /// Run this long, flush every sink and exit 0, e.g. `30s` [default: until SIGINT/SIGTERM].
+    #[arg(long, env = "LOUPE_DURATION", global = true, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Only profile this process (repeatable; in the environment, comma-separated).
+    #[arg(
+        long = "pid",
+        env = "LOUPE_PID",
+        global = true,
+        value_name = "PID",
+        value_delimiter = ','
+    )]
+    pub pids: Vec<u32>,
+    /// Serve the agent's own metrics in Prometheus format on this address, e.g. `127.0.0.1:9464`.
+    #[arg(long, env = "LOUPE_METRICS_ADDR", global = true, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+/// The same options as read from the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    profile_hz: Option<u32>,
+    profile_interval: Option<String>,
+    output_dir: Option<PathBuf>,
+    local_sink: Option<bool>,
+    max_profile_files: Option<usize>,
+    pyroscope_url: Option<String>,
+    pyroscope_user: Option<String>,
+    pyroscope_password: Option<String>,
+    pyroscope_token: Option<String>,
+    pyroscope_tenant: Option<String>,
+    duration: Option<String>,
+    pid: Option<Vec<u32>>,
+    metrics_addr: Option<String>,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub profile_hz: u32,
+    pub profile_interval: Duration,
+    pub output_dir: PathBuf,
+    /// Whether the local sink runs: by default only when no backend is configured.
+    pub local_sink: bool,
+    pub max_profile_files: usize,
+    pub pyroscope: Option<PyroscopeOptions>,
+    pub duration: Option<Duration>,
+    pub pids: Vec<u32>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Where and how to push profiles to Pyroscope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PyroscopeOptions {
+    pub url: String,
+    pub basic_auth: Option<(String, String)>,
+    pub bearer_token: Option<String>,
+    pub tenant_id: Option<String>,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// The file named by `--config` could not be read.
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A key holds a value outside what it accepts.
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Merges flags/environment over the file named by `--config` over defaults, and validates.
+    pub fn load(cli: &CliOptions) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileOptions::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    fn merge(cli: &CliOptions, file: FileOptions) -> Result<Config, ConfigError> {
+        let profile_hz = cli
+            .profile_hz
+            .or(file.profile_hz)
+            .unwrap_or(DEFAULT_PROFILE_HZ);
+        if !(1..=1000).contains(&profile_hz) {
+            return Err(invalid(
+                "profile_hz",
+                format!("{profile_hz}: must be between 1 and 1000"),
+            ));
+        }
+
+        let profile_interval = match cli
+            .profile_interval
+            .as_ref()
+            .or(file.profile_interval.as_ref())
+        {
+            Some(text) => parse_duration(text).map_err(|m| invalid("profile_interval", m))?,
+            None => DEFAULT_PROFILE_INTERVAL,
+        };
+        if profile_interval < Duration::from_secs(1) || profile_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "profile_interval",
+                format!("{profile_interval:?}: must be between 1s and 1h"),
+            ));
+        }
+
+        let duration = match cli.duration.as_ref().or(file.duration.as_ref()) {
+            Some(text) => {
+                let d = parse_duration(text).map_err(|m| invalid("duration", m))?;
+                if d.is_zero() {
+                    return Err(invalid("duration", "must be greater than zero"));
+                }
+                Some(d)
+            }
+            None => None,
+        };
+
+        let max_profile_files = cli
+            .max_profile_files
+            .or(file.max_profile_files)
+            .unwrap_or(DEFAULT_MAX_PROFILE_FILES);
+        if max_profile_files == 0 {
+            return Err(invalid("max_profile_files", "must be at least 1"));
+        }
+
+        let pyroscope = match cli.pyroscope_url.clone().or(file.pyroscope_url) {
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_string();
+                let host = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        "pyroscope_url",
+                        format!("{url:?}: must be an http:// or https:// URL"),
+                    ));
+                }
+                let user = cli.pyroscope_user.clone().or(file.pyroscope_user);
+                let password = cli.pyroscope_password.clone().or(file.pyroscope_password);
+                let basic_auth = match (user, password) {
+                    (Some(u), Some(p)) => Some((u, p)),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            "pyroscope_password",
+                            "pyroscope_user is set but no password",
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            "pyroscope_user",
+                            "pyroscope_password is set but no user",
+                        ));
+                    }
+                };
+                let bearer_token = cli.pyroscope_token.clone().or(file.pyroscope_token);
+                if basic_auth.is_some() && bearer_token.is_some() {
+                    return Err(invalid(
+                        "pyroscope_token",
+                        "set either a bearer token or basic auth, not both",
+                    ));
+                }
+                Some(PyroscopeOptions {
+                    url,
+                    basic_auth,
+                    bearer_token,
+                    tenant_id: cli.pyroscope_tenant.clone().or(file.pyroscope_tenant),
+                })
+            }
+            None => None,
+        };
+
+        let local_sink = cli
+            .local_sink
+            .or(file.local_sink)
+            .unwrap_or(pyroscope.is_none());
+
+        let pids = if cli.pids.is_empty() {
+            file.pid.unwrap_or_default()
+        } else {
+            cli.pids.clone()
+        };
+        if let Some(&bad) = pids.iter().find(|&&p| p == 0) {
+            return Err(invalid("pid", format!("{bad}: not a process id")));
+        }
+        if pids.len() > loupe_common::TARGET_PID_ENTRIES as usize {
+            return Err(invalid(
+                "pid",
+                format!(
+                    "at most {} processes can be named",
+                    loupe_common::TARGET_PID_ENTRIES
+                ),
+            ));
+        }
+
+        let metrics_addr = match cli.metrics_addr.as_ref().or(file.metrics_addr.as_ref()) {
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "metrics_addr",
+                    format!("{text:?}: {e} (expected e.g. 127.0.0.1:9464)"),
+                )
+            })?),
+            None => None,
+        };
+
+        Ok(Config {
+            profile_hz,
+            profile_interval,
+            output_dir: cli
+                .output_dir
+                .clone()
+                .or(file.output_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT_DIR)),
+            local_sink,
+            max_profile_files,
+            pyroscope,
+            duration,
+            pids,
+            metrics_addr,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileOptions, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string()
+            + &e.span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default(),
+    })
+}
+
+/// Parses `500ms`, `15s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 15s, 2m or 1h"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli() -> CliOptions {
+        CliOptions::default()
+    }
+
+    #[test]
+    fn defaults_use_the_local_sink() {
+        let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+        assert_eq!(c.profile_hz, DEFAULT_PROFILE_HZ);
+        assert_eq!(c.profile_interval, DEFAULT_PROFILE_INTERVAL);
+        assert_eq!(c.output_dir, PathBuf::from("./loupe-data"));
+        assert!(c.local_sink);
+        assert!(c.pyroscope.is_none());
+        assert!(c.duration.is_none());
+    }
+
+    #[test]
+    fn a_backend_turns_the_local_sink_off_unless_asked() {
+        let mut o = cli();
+        o.pyroscope_url = Some("http://pyro:4040/".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert!(!c.local_sink);
+        assert_eq!(c.pyroscope.unwrap().url, "http://pyro:4040");
+        o.local_sink = Some(true);
+        assert!(
+            Config::merge(&o, FileOptions::default())
+                .unwrap()
+                .local_sink
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileOptions =
+            toml::from_str("profile_hz = 49\nprofile_interval = \"30s\"\npid = [7, 8]\n").unwrap();
+        let mut o = cli();
+        o.profile_hz = Some(99);
+        let c = Config::merge(&o, file).unwrap();
+        assert_eq!(c.profile_hz, 99);
+        assert_eq!(c.profile_interval, Duration::from_secs(30));
+        assert_eq!(c.pids, vec![7, 8]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut o = cli();
+        o.profile_hz = Some(0);
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "profile_hz",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with("invalid value for profile_hz: 0"),
+            "{e}"
+        );
+
+        let mut o = cli();
+        o.profile_interval = Some("10 parsecs".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "profile_interval",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let mut o = cli();
+        o.pyroscope_url = Some("pyro:4040".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "pyroscope_url",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let mut o = cli();
+        o.metrics_addr = Some("localhost".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "metrics_addr",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let mut o = cli();
+        o.pyroscope_url = Some("http://p".into());
+        o.pyroscope_user = Some("u".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "pyroscope_password",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let mut o = cli();
+        o.pids = vec![0];
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "pid", .. }), "{e}");
+    }
+
+    #[test]
+    fn the_file_rejects_unknown_keys_and_wrong_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loupe.toml");
+        std::fs::write(&path, "profile_hzz = 19\n").unwrap();
+        let e = read_file(&path).unwrap_err();
+        assert!(e.to_string().contains("profile_hzz"), "{e}");
+        std::fs::write(&path, "profile_hz = \"fast\"\n").unwrap();
+        let e = read_file(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = read_file(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! `loupe-agent doctor`: what this kernel offers, what Loupe uses each feature for, and what Loupe
+//! will do here. Always exits 0: it reports, it does not judge.
+
+use std::fmt::Write;
+
+use crate::probe::{Availability, KernelFeatures, Plan};
+
+/// Probes the kernel (loading the probe programs when the object is embedded and we may) and prints
+/// the report on stdout.
+pub fn run() {
+    crate::probe::ensure_tracefs();
+    let mut features = crate::probe::detect();
+    if features.capabilities.can_load_bpf() {
+        match crate::ebpf::load() {
+            Ok(mut ebpf) => {
+                features.fentry = crate::ebpf::probe_fentry(&mut ebpf);
+                if features.kprobes.is_yes() {
+                    features.kprobes = crate::ebpf::probe_kprobe(&mut ebpf);
+                }
+            }
+            Err(e) => features.fentry = Availability::Unknown(e.to_string()),
+        }
+    } else {
+        features.fentry = Availability::Unknown("needs CAP_BPF to probe".into());
+    }
+    let plan = crate::probe::plan(&features);
+    print!("{}", report(&features, &plan));
+}
+
+/// The report as text; separate from probing so it is tested with made-up kernels.
+pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
+    let caps = f.capabilities;
+    let privileges = if caps.can_load_bpf() && caps.can_trace() {
+        Availability::Yes
+    } else {
+        Availability::No(format!(
+            "CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={}",
+            caps.bpf, caps.perfmon, caps.sys_admin
+        ))
+    };
+    let rows: [(&str, &Availability, &str); 12] = [
+        (
+            "privileges (CAP_BPF+CAP_PERFMON or root)",
+            &privileges,
+            "loading programs, system-wide sampling (required)",
+        ),
+        (
+            "perf_event (cpu-clock, all CPUs)",
+            &f.perf_event,
+            "CPU profiler sampling (required)",
+        ),
+        (
+            "BPF programs on perf events",
+            &f.perf_event_program,
+            "CPU profiler stack capture (required)",
+        ),
+        (
+            "BPF ring buffer",
+            &f.ring_buffer,
+            "process announcements, socket events (required)",
+        ),
+        (
+            "tracepoints (tracefs)",
+            &f.tracepoints,
+            "process exec/exit; syscall capture for network spans",
+        ),
+        (
+            "BTF (/sys/kernel/btf/vmlinux)",
+            &f.btf,
+            "fentry attach; CO-RE programs",
+        ),
+        (
+            "fentry/fexit",
+            &f.fentry,
+            "fastest socket capture (preferred when present)",
+        ),
+        (
+            "kprobes",
+            &f.kprobes,
+            "socket capture when fentry is missing",
+        ),
+        (
+            "uprobes",
+            &f.uprobes,
+            "TLS library and runtime hooks (later)",
+        ),
+        (
+            "cgroup v2",
+            &f.cgroup_v2,
+            "container and pod identity (later)",
+        ),
+        (
+            "bpffs (/sys/fs/bpf)",
+            &f.bpffs,
+            "pinning maps across restarts (optional)",
+        ),
+        (
+            "CAP_SYS_PTRACE",
+            &if caps.sys_ptrace || caps.sys_admin {
+                Availability::Yes
+            } else {
+                Availability::No("not held".into())
+            },
+            "reading other processes' mappings and binaries",
+        ),
+    ];
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let avail_width = rows
+        .iter()
+        .map(|r| r.1.to_string().len().min(48))
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "Loupe doctor — kernel {}\n", f.kernel_release);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:avail_width$}  USED FOR",
+        "FEATURE", "AVAILABLE"
+    );
+    for (name, avail, used_for) in rows {
+        let mut a = avail.to_string();
+        if a.len() > 48 {
+            a.truncate(45);
+            a.push_str("...");
+        }
+        let _ = writeln!(out, "{name:width$}  {a:avail_width$}  {used_for}");
+    }
+    let _ = writeln!(out);
+    match &plan.profiler {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "CPU profiler: ready (perf_event sampling on every online CPU)"
+            );
+        }
+        Err(m) => {
+            let _ = writeln!(out, "CPU profiler: cannot run: {m}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Process tracking: {}",
+        if plan.process_tracepoints {
+            "exec/exit tracepoints"
+        } else {
+            "first sample only (no tracefs): processes that exec are re-read late"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Socket capture method (network spans): {}",
+        plan.socket_attach
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "none available".into())
+    );
+    let _ = writeln!(
+        out,
+        "Stacks: walked with frame pointers. Binaries built without them (most distro C/C++ libraries, \
+         Rust and Go release builds without -C force-frame-pointers / with -fomit-frame-pointer) show \
+         their leaf function but a cut-short stack; Loupe logs a warning per affected service."
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{Capabilities, plan};
+
+    fn kernel(caps: Capabilities) -> KernelFeatures {
+        let no = || Availability::No("compiled out".into());
+        KernelFeatures {
+            kernel_release: "6.18.0-test".into(),
+            capabilities: caps,
+            btf: Availability::Yes,
+            perf_event: Availability::Yes,
+            perf_event_program: Availability::Yes,
+            tracepoints: Availability::Yes,
+            ring_buffer: Availability::Yes,
+            uprobes: Availability::Yes,
+            kprobes: no(),
+            fentry: Availability::No("load failed: EPERM".into()),
+            cgroup_v2: Availability::Yes,
+            bpffs: no(),
+        }
+    }
+
+    #[test]
+    fn reports_a_tracepoint_only_kernel() {
+        let k = kernel(Capabilities {
+            sys_admin: true,
+            ..Default::default()
+        });
+        let text = report(&k, &plan(&k));
+        assert!(text.contains("kernel 6.18.0-test"));
+        assert!(text.contains("CPU profiler: ready"));
+        assert!(text.contains("Socket capture method (network spans): syscall tracepoints"));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("kprobes") && l.contains("no (compiled out)"))
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("fentry/fexit") && l.contains("EPERM"))
+        );
+    }
+
+    #[test]
+    fn reports_what_an_unprivileged_run_lacks() {
+        let k = kernel(Capabilities::default());
+        let text = report(&k, &plan(&k));
+        assert!(
+            text.contains("CPU profiler: cannot run: missing CAP_BPF"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("privileges") && l.contains("no (CAP_BPF=false"))
+        );
+    }
+}

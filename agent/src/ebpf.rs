@@ -1,0 +1,132 @@
+//! The embedded kernel programs: loading them, and turning load failures into one clear line (the
+//! verifier's log goes to debug logging, never to the user's face).
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{FEntry, KProbe, ProgramError},
+};
+
+use crate::probe::Availability;
+
+/// The object built from agent-ebpf/loupe-ebpf, 8-byte aligned as the ELF parser wants.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe-ebpf.o"));
+
+/// A failure to bring the kernel programs up.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// This binary was built without the kernel programs.
+    #[error(
+        "this loupe-agent was built without its eBPF programs; build it with `cargo xtask build`"
+    )]
+    NotEmbedded,
+    /// The object could not be parsed or its maps created.
+    #[error("cannot load Loupe's eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program named in the object is not there or is of another type.
+    #[error("eBPF program {0} is missing from the object or has the wrong type")]
+    Program(&'static str),
+    /// The kernel refused a program (the verifier log is logged at debug level).
+    #[error("the kernel rejected eBPF program {name}: {message}")]
+    Rejected { name: &'static str, message: String },
+    /// A program could not be attached.
+    #[error("cannot attach eBPF program {name}: {source}")]
+    Attach {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A map named in the object is missing or has another type.
+    #[error("eBPF map {name}: {message}")]
+    Map { name: &'static str, message: String },
+}
+
+/// Loads the object: creates its maps; programs are loaded into the kernel one by one by their users.
+pub fn load() -> Result<Ebpf, EbpfError> {
+    if OBJECT.is_empty() {
+        return Err(EbpfError::NotEmbedded);
+    }
+    raise_memlock_limit();
+    EbpfLoader::new().load(OBJECT).map_err(EbpfError::Load)
+}
+
+/// Before 5.11 BPF memory is charged against RLIMIT_MEMLOCK; lift it. Later kernels ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised rlimit struct and has no other effect on memory.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise RLIMIT_MEMLOCK; fine on kernels 5.11 and newer"
+        );
+    }
+}
+
+/// Converts a program load failure, keeping the verifier's log out of the user-facing message.
+pub fn rejected(name: &'static str, error: ProgramError) -> EbpfError {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            tracing::debug!(program = name, "verifier log:\n{verifier_log}");
+            EbpfError::Rejected {
+                name,
+                message: format!("{io_error} (run with RUST_LOG=debug for the verifier log)"),
+            }
+        }
+        other => EbpfError::Rejected {
+            name,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Tries to load (not attach) the fentry probe program: the only honest test of fentry support.
+pub fn probe_fentry(ebpf: &mut Ebpf) -> Availability {
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => return Availability::No(format!("no kernel BTF: {e}")),
+    };
+    let Some(program) = ebpf.program_mut("probe_fentry") else {
+        return Availability::Unknown("probe program missing from the object".into());
+    };
+    let program: &mut FEntry = match program.try_into() {
+        Ok(p) => p,
+        Err(e) => return Availability::Unknown(e.to_string()),
+    };
+    match program.load("vfs_read", &btf) {
+        Ok(()) => Availability::Yes,
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => {
+            tracing::debug!("fentry probe verifier log:\n{verifier_log}");
+            Availability::No(format!("load failed: {io_error}"))
+        }
+        Err(e) => Availability::No(e.to_string()),
+    }
+}
+
+/// Loads and attaches the kprobe probe program, then detaches it.
+pub fn probe_kprobe(ebpf: &mut Ebpf) -> Availability {
+    let Some(program) = ebpf.program_mut("probe_kprobe") else {
+        return Availability::Unknown("probe program missing from the object".into());
+    };
+    let program: &mut KProbe = match program.try_into() {
+        Ok(p) => p,
+        Err(e) => return Availability::Unknown(e.to_string()),
+    };
+    if let Err(e) = program.load() {
+        return Availability::No(format!("load failed: {e}"));
+    }
+    match program.attach("vfs_read", 0) {
+        Ok(link) => {
+            let _ = program.detach(link);
+            Availability::Yes
+        }
+        Err(e) => Availability::No(format!("attach failed: {e}")),
+    }
+}

@@ -1,0 +1,565 @@
+//! The CPU profiler's userspace half: attaches the perf_event program to every online CPU, keeps the
+//! process table fresh from the kernel's process events, and every interval flips the kernel's active
+//! map pair, drains the idle one and assembles per-service profiles.
+//!
+//! Two threads: the process watcher (reads the ring buffer, reads /proc) and the drainer (owns the
+//! maps, symbolizes). Neither ever waits on an exporter: batches are handed over with `try_submit`.
+
+mod assemble;
+mod procs;
+mod symbolize;
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use loupe_collector::{
+    profile::ProfileBatch,
+    telemetry::{Counter, Gauge, Registry},
+};
+use loupe_common::{ProcessEvent, ProfilerConfig, SampleKey, SampleValue, counter, process_event};
+
+use crate::ebpf::{EbpfError, rejected};
+pub use assemble::comm_str;
+use assemble::{RawSample, StackStats};
+use procs::ProcessTable;
+pub use symbolize::Symbolizer;
+
+/// Processes the table holds at most.
+const MAX_PROCESSES: usize = 32 * 1024;
+/// Symbolized addresses cached at most (user and kernel together).
+pub const MAX_CACHED_ADDRESSES: usize = 256 * 1024;
+/// How long the drainer waits after flipping slots, so programs already running on other CPUs
+/// finish writing to the old slot. BPF programs run for microseconds.
+const FLIP_GRACE: Duration = Duration::from_millis(5);
+
+/// Profiler settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct ProfilerOptions {
+    pub hz: u32,
+    pub pids: Vec<u32>,
+    pub process_tracepoints: bool,
+    pub host_labels: Vec<(String, String)>,
+}
+
+struct Metrics {
+    samples: Counter,
+    idle: Counter,
+    filtered: Counter,
+    dropped_map_full: Counter,
+    process_events_lost: Counter,
+    stacks_collision: Counter,
+    stacks_map_full: Counter,
+    stacks_missing: Counter,
+    truncated: Counter,
+    symbolize_failures: Counter,
+    symbol_cache_resets: Counter,
+    processes: Gauge,
+    processes_rejected: Counter,
+    open_binaries: Gauge,
+    drains: Counter,
+    drain_micros: Gauge,
+}
+
+impl Metrics {
+    fn new(r: &Registry) -> Self {
+        let dropped = |reason: &str| {
+            r.counter(
+                "loupe_profiler_samples_dropped_total",
+                "CPU samples not recorded, by reason.",
+                &[("reason", reason)],
+            )
+        };
+        let stacks = |reason: &str| {
+            r.counter(
+                "loupe_profiler_stacks_lost_total",
+                "Samples recorded without one of their stacks, by reason.",
+                &[("reason", reason)],
+            )
+        };
+        Metrics {
+            samples: r.counter(
+                "loupe_profiler_samples_total",
+                "CPU samples taken by the kernel, idle and filtered ones included.",
+                &[],
+            ),
+            idle: r.counter(
+                "loupe_profiler_idle_samples_total",
+                "CPU samples that found the CPU idle.",
+                &[],
+            ),
+            filtered: r.counter(
+                "loupe_profiler_filtered_samples_total",
+                "CPU samples of processes outside the --pid filter.",
+                &[],
+            ),
+            dropped_map_full: dropped("sample_map_full"),
+            process_events_lost: r.counter(
+                "loupe_profiler_process_events_dropped_total",
+                "Process announcements lost because the ring buffer was full.",
+                &[],
+            ),
+            stacks_collision: stacks("hash_collision"),
+            stacks_map_full: stacks("stack_map_full"),
+            stacks_missing: stacks("missing"),
+            truncated: r.counter(
+                "loupe_profiler_truncated_stacks_total",
+                "Samples whose user stack ends before an entry point (binary without frame pointers).",
+                &[],
+            ),
+            symbolize_failures: r.counter(
+                "loupe_profiler_symbolization_failures_total",
+                "Addresses that could not be resolved to a function name.",
+                &[],
+            ),
+            symbol_cache_resets: r.counter(
+                "loupe_profiler_symbol_cache_resets_total",
+                "Times the symbol cache filled up and was cleared.",
+                &[],
+            ),
+            processes: r.gauge(
+                "loupe_profiler_processes",
+                "Processes in the profiler's process table.",
+                &[],
+            ),
+            processes_rejected: r.counter(
+                "loupe_profiler_processes_rejected_total",
+                "Processes not remembered because the process table was full.",
+                &[],
+            ),
+            open_binaries: r.gauge(
+                "loupe_profiler_open_binaries",
+                "Executables and libraries held open for symbolization.",
+                &[],
+            ),
+            drains: r.counter(
+                "loupe_profiler_drains_total",
+                "Intervals drained from the kernel.",
+                &[],
+            ),
+            drain_micros: r.gauge(
+                "loupe_profiler_last_drain_duration_microseconds",
+                "Time the last drain took, symbolization included.",
+                &[],
+            ),
+        }
+    }
+}
+
+/// The running profiler. Dropping it detaches every program.
+pub struct Profiler {
+    /// Holds the programs and their perf-event links.
+    _ebpf: Ebpf,
+    config: Array<MapData, ProfilerConfig>,
+    _targets: BpfHashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+    samples: [BpfHashMap<MapData, SampleKey, SampleValue>; 2],
+    stacks: [StackTraceMap<MapData>; 2],
+    active_slot: u32,
+    filter_pids: u32,
+    period_nanos: i64,
+    procs: Arc<Mutex<ProcessTable>>,
+    last_counters: [u64; counter::COUNT as usize],
+    last_drain: SystemTime,
+    drains: u64,
+    warned_truncated: HashSet<String>,
+    host_labels: Vec<(String, String)>,
+    metrics: Metrics,
+    watcher: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+fn take_map<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T::Error: std::fmt::Display,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
+        name,
+        message: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| EbpfError::Map {
+        name,
+        message: e.to_string(),
+    })
+}
+
+impl Profiler {
+    /// Loads and attaches the profiler's programs and starts the process watcher.
+    pub fn start(
+        mut ebpf: Ebpf,
+        options: ProfilerOptions,
+        registry: &Registry,
+    ) -> Result<Profiler, EbpfError> {
+        let mut config: Array<MapData, ProfilerConfig> = take_map(&mut ebpf, "PROFILER_CONFIG")?;
+        let filter_pids = u32::from(!options.pids.is_empty());
+        // Kept for the profiler's lifetime: dropping a taken map closes its fd, which the programs
+        // loaded later refer to.
+        let mut targets: BpfHashMap<MapData, u32, u8> = take_map(&mut ebpf, "TARGET_PIDS")?;
+        {
+            for pid in &options.pids {
+                targets.insert(pid, 1, 0).map_err(|e| EbpfError::Map {
+                    name: "TARGET_PIDS",
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        config
+            .set(
+                0,
+                ProfilerConfig {
+                    active_slot: 0,
+                    filter_pids,
+                },
+                0,
+            )
+            .map_err(|e| EbpfError::Map {
+                name: "PROFILER_CONFIG",
+                message: e.to_string(),
+            })?;
+
+        let counters = take_map(&mut ebpf, "PROFILER_COUNTERS")?;
+        let samples = [
+            take_map(&mut ebpf, "SAMPLES_0")?,
+            take_map(&mut ebpf, "SAMPLES_1")?,
+        ];
+        let stacks = [
+            take_map(&mut ebpf, "STACKS_0")?,
+            take_map(&mut ebpf, "STACKS_1")?,
+        ];
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, "PROCESS_EVENTS")?;
+
+        let procs = Arc::new(Mutex::new(ProcessTable::new(MAX_PROCESSES)));
+        let metrics = Metrics::new(registry);
+
+        // Start watching before sampling, so no announcement waits in a full ring.
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (procs, stop) = (procs.clone(), stop.clone());
+            thread::Builder::new()
+                .name("loupe-procs".into())
+                .spawn(move || watch_processes(ring, procs, stop))
+                .map_err(|e| EbpfError::Map {
+                    name: "PROCESS_EVENTS",
+                    message: format!("cannot start the process watcher thread: {e}"),
+                })?
+        };
+
+        if options.process_tracepoints {
+            for (prog, name) in [
+                ("profile_exec", "sched_process_exec"),
+                ("profile_exit", "sched_process_exit"),
+            ] {
+                if let Err(e) = attach_tracepoint(&mut ebpf, prog, name) {
+                    tracing::warn!(
+                        "{e}; processes are then forgotten only when found gone, which costs accuracy after exec"
+                    );
+                }
+            }
+        }
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut("profile_cpu")
+            .ok_or(EbpfError::Program("profile_cpu"))?
+            .try_into()
+            .map_err(|_| EbpfError::Program("profile_cpu"))?;
+        program.load().map_err(|e| rejected("profile_cpu", e))?;
+        let cpus = online_cpus().map_err(|(_, e)| EbpfError::Map {
+            name: "profile_cpu",
+            message: format!("cannot list online CPUs: {e}"),
+        })?;
+        for cpu in &cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu: *cpu },
+                    SamplePolicy::Frequency(u64::from(options.hz)),
+                    false,
+                )
+                .map_err(|source| EbpfError::Attach {
+                    name: "profile_cpu",
+                    source,
+                })?;
+        }
+        tracing::info!(
+            cpus = cpus.len(),
+            hz = options.hz,
+            pids = ?options.pids,
+            "CPU profiler attached"
+        );
+
+        Ok(Profiler {
+            _ebpf: ebpf,
+            config,
+            _targets: targets,
+            counters,
+            samples,
+            stacks,
+            active_slot: 0,
+            filter_pids,
+            period_nanos: 1_000_000_000 / i64::from(options.hz),
+            procs,
+            last_counters: [0; counter::COUNT as usize],
+            last_drain: SystemTime::now(),
+            drains: 0,
+            warned_truncated: HashSet::new(),
+            host_labels: options.host_labels,
+            metrics,
+            watcher: Some((watcher, stop)),
+        })
+    }
+
+    /// Flips the active slot, drains the other one and returns its profiles. The symbolizer is
+    /// passed in because blazesym's is not `Send`: it lives on the draining thread.
+    pub fn drain(&mut self, symbolizer: &mut Symbolizer) -> ProfileBatch {
+        let started = Instant::now();
+        let idle_slot = self.active_slot as usize;
+        self.active_slot ^= 1;
+        if let Err(e) = self.config.set(
+            0,
+            ProfilerConfig {
+                active_slot: self.active_slot,
+                filter_pids: self.filter_pids,
+            },
+            0,
+        ) {
+            // Without the flip the kernel keeps writing the slot we drain: counts may be lost between
+            // reading and deleting, which the metrics cannot see. Say so loudly.
+            tracing::error!("cannot flip the profiler's active slot: {e}");
+        }
+        let flipped_at = Instant::now();
+        thread::sleep(FLIP_GRACE);
+
+        let now = SystemTime::now();
+        let start_unix_nanos = unix_nanos(self.last_drain);
+        let duration_nanos = unix_nanos(now) - start_unix_nanos;
+        self.last_drain = now;
+
+        let raw = self.read_samples(idle_slot);
+        let stacks = self.read_stacks(idle_slot, &raw);
+        self.update_kernel_counters();
+
+        let procs = self.procs.clone();
+        let (profiles, stats, truncated_by_service) = {
+            let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
+            let result = assemble::assemble(
+                &raw,
+                &stacks,
+                |pid, comm| table.get_or_refresh(pid, comm),
+                symbolizer,
+                &self.host_labels,
+            );
+            table.evict_exited(flipped_at);
+            self.drains += 1;
+            if self.drains.is_multiple_of(20) {
+                table.evict_vanished();
+            }
+            self.metrics.processes.set(table.len() as i64);
+            self.metrics.open_binaries.set(table.open_binaries() as i64);
+            let rejected = std::mem::take(&mut table.rejected);
+            self.metrics.processes_rejected.add(rejected);
+            result
+        };
+        self.record_stack_stats(stats);
+        self.warn_truncated(&truncated_by_service, &profiles);
+
+        let s = std::mem::take(&mut symbolizer.stats);
+        self.metrics.symbolize_failures.add(s.failures);
+        self.metrics.symbol_cache_resets.add(s.cache_resets);
+        self.metrics.drains.inc();
+        self.metrics
+            .drain_micros
+            .set(started.elapsed().as_micros() as i64);
+
+        ProfileBatch {
+            start_unix_nanos,
+            duration_nanos,
+            period_nanos: self.period_nanos,
+            profiles,
+        }
+    }
+
+    fn read_samples(&mut self, slot: usize) -> Vec<RawSample> {
+        let map = &mut self.samples[slot];
+        let raw: Vec<RawSample> = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, value)| RawSample { key, value })
+            .collect();
+        for s in &raw {
+            let _ = map.remove(&s.key);
+        }
+        raw
+    }
+
+    fn read_stacks(&mut self, slot: usize, raw: &[RawSample]) -> HashMap<i32, Vec<u64>> {
+        let map = &mut self.stacks[slot];
+        let mut stacks = HashMap::new();
+        for s in raw {
+            for id in [s.key.user_stack_id, s.key.kernel_stack_id] {
+                if id < 0 || stacks.contains_key(&id) {
+                    continue;
+                }
+                if let Ok(trace) = map.get(&(id as u32), 0) {
+                    stacks.insert(id, trace.frames().iter().map(|f| f.ip).collect());
+                }
+            }
+        }
+        // Clear the slot's stacks, referenced or not, so the next interval starts empty.
+        let ids: Vec<u32> = map.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = map.remove(&id);
+        }
+        stacks
+    }
+
+    fn update_kernel_counters(&mut self) {
+        let mut totals = [0u64; counter::COUNT as usize];
+        for (i, total) in totals.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *total = values.iter().sum();
+            }
+        }
+        let delta = |i: u32| totals[i as usize].saturating_sub(self.last_counters[i as usize]);
+        self.metrics.samples.add(delta(counter::SAMPLES));
+        self.metrics.idle.add(delta(counter::IDLE));
+        self.metrics.filtered.add(delta(counter::FILTERED));
+        self.metrics
+            .dropped_map_full
+            .add(delta(counter::SAMPLE_MAP_FULL));
+        self.metrics
+            .process_events_lost
+            .add(delta(counter::PROCESS_EVENTS_LOST));
+        if delta(counter::SAMPLE_MAP_FULL) > 0 {
+            tracing::warn!(
+                lost = delta(counter::SAMPLE_MAP_FULL),
+                "the sample map filled up this interval; samples were dropped (shorten --profile-interval)"
+            );
+        }
+        self.last_counters = totals;
+    }
+
+    fn record_stack_stats(&self, s: StackStats) {
+        self.metrics.stacks_collision.add(s.collisions);
+        self.metrics.stacks_map_full.add(s.map_full);
+        self.metrics.stacks_missing.add(s.missing);
+        self.metrics.truncated.add(s.truncated);
+    }
+
+    /// Says once per service when most of its stacks end early: the tell-tale of binaries built
+    /// without frame pointers.
+    fn warn_truncated(
+        &mut self,
+        truncated: &HashMap<String, u64>,
+        profiles: &[loupe_collector::profile::ServiceProfile],
+    ) {
+        for p in profiles {
+            let total: u64 = p.samples.iter().map(|s| s.count).sum();
+            let cut = truncated.get(&p.service_name).copied().unwrap_or(0);
+            if total >= 20
+                && cut * 2 > total
+                && self.warned_truncated.insert(p.service_name.clone())
+            {
+                tracing::warn!(
+                    service = %p.service_name,
+                    "{cut} of {total} stacks end before main: this service (or a library it calls) was \
+                     likely built without frame pointers, so its flame graph is cut short. Rebuild with \
+                     -fno-omit-frame-pointer (C/C++) or -C force-frame-pointers=yes (Rust)"
+                );
+            }
+        }
+    }
+
+    /// Stops the process watcher.
+    pub fn stop(&mut self) {
+        if let Some((handle, stop)) = self.watcher.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<(), EbpfError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or(EbpfError::Program(prog))?
+        .try_into()
+        .map_err(|_| EbpfError::Program(prog))?;
+    program.load().map_err(|e| rejected(prog, e))?;
+    program
+        .attach("sched", name)
+        .map_err(|source| EbpfError::Attach { name: prog, source })?;
+    Ok(())
+}
+
+/// Reads process announcements until told to stop; reads /proc for each new process right away,
+/// while it still runs.
+fn watch_processes(
+    mut ring: RingBuf<MapData>,
+    procs: Arc<Mutex<ProcessTable>>,
+    stop: Arc<AtomicBool>,
+) {
+    let fd = ring.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pollfd` is a valid array of one element for the duration of the call, and `fd`
+        // stays open because `ring` outlives the loop.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, 100) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("process watcher: poll failed: {err}");
+                thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ProcessEvent>() {
+                continue;
+            }
+            // SAFETY: the item holds at least size_of::<ProcessEvent>() bytes written by the kernel
+            // program as a ProcessEvent; read_unaligned copes with any alignment, and every bit
+            // pattern is a valid ProcessEvent (integers only).
+            let event: ProcessEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
+            match event.kind {
+                process_event::SAMPLED | process_event::EXEC => {
+                    table.refresh(event.pid, &comm_str(&event.comm));
+                }
+                process_event::EXIT => table.mark_exited(event.pid),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

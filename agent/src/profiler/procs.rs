@@ -1,0 +1,407 @@
+//! The process table: what the profiler knows of each sampled process (service name, executable
+//! mappings, open handles on its binaries), captured while the process runs, so that its samples can be
+//! symbolized after it has exited. Binaries are held open by file descriptor and shared between the
+//! processes that map them, so a deleted or container-private file stays readable.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::Read,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::PathBuf,
+    sync::{Arc, Weak},
+    time::Instant,
+};
+
+use loupe_collector::profile::Mapping;
+
+/// Identity of a file: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// An executable file some process maps, held open.
+#[derive(Debug)]
+pub struct BinaryFile {
+    pub key: FileKey,
+    /// Keeps the file readable after the process (or its container) is gone.
+    _file: File,
+    /// Path through our own descriptor, handed to the symbolizer.
+    pub symbolize_path: PathBuf,
+    /// The path the process saw, for display and pprof mappings.
+    pub path: String,
+    /// GNU build id, lowercase hex.
+    pub build_id: Option<String>,
+}
+
+/// One executable mapping of a process.
+#[derive(Debug, Clone)]
+pub struct MappedRange {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    /// `None` for mappings without a readable file ([vdso], anonymous JIT code, deleted files we could
+    /// not open).
+    pub binary: Option<Arc<BinaryFile>>,
+    pub mapping: Arc<Mapping>,
+}
+
+/// What the profiler knows of one process.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// `OTEL_SERVICE_NAME` from the environment, else the executable's name.
+    pub service: String,
+    /// Executable mappings sorted by start address.
+    pub maps: Vec<MappedRange>,
+    pub kernel_thread: bool,
+    /// When the process exited; it is dropped by the first drain that starts after that.
+    pub exited_at: Option<Instant>,
+    /// Set when /proc could not be read (the process was already gone): names come from `comm`.
+    pub incomplete: bool,
+}
+
+impl Process {
+    /// The mapping holding `addr`, if any.
+    pub fn mapping_for(&self, addr: u64) -> Option<&MappedRange> {
+        let i = self.maps.partition_point(|m| m.start <= addr);
+        let m = self.maps.get(i.checked_sub(1)?)?;
+        (addr < m.end).then_some(m)
+    }
+}
+
+/// Service name used for all kernel threads.
+pub const KERNEL_SERVICE: &str = "kernel";
+
+/// All processes the profiler has seen, bounded.
+pub struct ProcessTable {
+    procs: HashMap<u32, Arc<Process>>,
+    binaries: HashMap<FileKey, Weak<BinaryFile>>,
+    max_processes: usize,
+    /// Processes not added because the table was full.
+    pub rejected: u64,
+}
+
+impl ProcessTable {
+    pub fn new(max_processes: usize) -> Self {
+        ProcessTable {
+            procs: HashMap::new(),
+            binaries: HashMap::new(),
+            max_processes,
+            rejected: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Reads the process from /proc now and stores it (replacing what was known: it may have exec'd).
+    pub fn refresh(&mut self, pid: u32, comm: &str) -> Arc<Process> {
+        let process = Arc::new(self.read_process(pid, comm));
+        if self.procs.len() >= self.max_processes && !self.procs.contains_key(&pid) {
+            self.evict_exited(Instant::now());
+            if self.procs.len() >= self.max_processes {
+                self.rejected += 1;
+                return process;
+            }
+        }
+        self.procs.insert(pid, process.clone());
+        process
+    }
+
+    /// The known process, or a fresh read of it.
+    pub fn get_or_refresh(&mut self, pid: u32, comm: &str) -> Arc<Process> {
+        match self.procs.get(&pid) {
+            Some(p) => p.clone(),
+            None => self.refresh(pid, comm),
+        }
+    }
+
+    pub fn mark_exited(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            Arc::make_mut(p).exited_at = Some(Instant::now());
+        }
+    }
+
+    /// Drops processes that exited before `before`: a drain that flipped slots at `before` has
+    /// symbolized all their samples.
+    pub fn evict_exited(&mut self, before: Instant) {
+        self.procs
+            .retain(|_, p| p.exited_at.is_none_or(|t| t >= before));
+        self.binaries.retain(|_, b| b.strong_count() > 0);
+    }
+
+    /// Drops processes that no longer exist even though no exit event said so (events can be lost).
+    pub fn evict_vanished(&mut self) {
+        self.procs
+            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        self.binaries.retain(|_, b| b.strong_count() > 0);
+    }
+
+    pub fn open_binaries(&self) -> usize {
+        self.binaries
+            .values()
+            .filter(|b| b.strong_count() > 0)
+            .count()
+    }
+
+    fn read_process(&mut self, pid: u32, comm: &str) -> Process {
+        let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"));
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let Ok(maps_text) = maps_text else {
+            return Process {
+                service: service_from_comm(comm),
+                maps: Vec::new(),
+                kernel_thread: false,
+                exited_at: None,
+                incomplete: true,
+            };
+        };
+        // Kernel threads have no mappings and no executable.
+        if maps_text.is_empty() && exe.is_none() {
+            return Process {
+                service: KERNEL_SERVICE.to_string(),
+                maps: Vec::new(),
+                kernel_thread: true,
+                exited_at: None,
+                incomplete: false,
+            };
+        }
+        let service = read_service_name(pid)
+            .or_else(|| {
+                exe.as_ref().and_then(|p| p.file_name()).map(|n| {
+                    n.to_string_lossy()
+                        .trim_end_matches(" (deleted)")
+                        .to_string()
+                })
+            })
+            .unwrap_or_else(|| service_from_comm(comm));
+        let mut maps = Vec::new();
+        for line in maps_text.lines() {
+            let Some(entry) = parse_maps_line(line) else {
+                continue;
+            };
+            if !entry.executable {
+                continue;
+            }
+            let binary = entry
+                .path
+                .filter(|p| p.starts_with('/'))
+                .and_then(|path| self.open_binary(pid, &entry, path));
+            let mapping = Arc::new(Mapping {
+                start: entry.start,
+                limit: entry.end,
+                file_offset: entry.offset,
+                path: entry.path.unwrap_or("[anon]").to_string(),
+                build_id: binary.as_ref().and_then(|b| b.build_id.clone()),
+            });
+            maps.push(MappedRange {
+                start: entry.start,
+                end: entry.end,
+                file_offset: entry.offset,
+                binary,
+                mapping,
+            });
+        }
+        maps.sort_by_key(|m| m.start);
+        Process {
+            service,
+            maps,
+            kernel_thread: false,
+            exited_at: None,
+            incomplete: false,
+        }
+    }
+
+    fn open_binary(
+        &mut self,
+        pid: u32,
+        entry: &MapsEntry<'_>,
+        path: &str,
+    ) -> Option<Arc<BinaryFile>> {
+        let clean = path.trim_end_matches(" (deleted)");
+        // map_files reaches the very file mapped (even deleted, even in another mount namespace);
+        // it needs CAP_SYS_ADMIN. /proc/PID/root reaches it by name through the process's root.
+        let file = File::open(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            entry.start, entry.end
+        ))
+        .or_else(|_| File::open(format!("/proc/{pid}/root{clean}")))
+        .ok()?;
+        let meta = file.metadata().ok()?;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        if let Some(existing) = self.binaries.get(&key).and_then(Weak::upgrade) {
+            return Some(existing);
+        }
+        if !is_elf(&file) {
+            return None;
+        }
+        let symbolize_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let build_id = blazesym::helper::read_elf_build_id(&symbolize_path)
+            .ok()
+            .flatten()
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let binary = Arc::new(BinaryFile {
+            key,
+            _file: file,
+            symbolize_path,
+            path: clean.to_string(),
+            build_id,
+        });
+        self.binaries.insert(key, Arc::downgrade(&binary));
+        Some(binary)
+    }
+}
+
+fn is_elf(file: &File) -> bool {
+    let mut magic = [0u8; 4];
+    let mut f = file;
+    f.read_exact(&mut magic).is_ok() && &magic == b"\x7fELF"
+}
+
+fn service_from_comm(comm: &str) -> String {
+    if comm.is_empty() {
+        "unknown".to_string()
+    } else {
+        comm.to_string()
+    }
+}
+
+/// `OTEL_SERVICE_NAME` from /proc/PID/environ (read at most 1 MiB of it).
+fn read_service_name(pid: u32) -> Option<String> {
+    let file = File::open(format!("/proc/{pid}/environ")).ok()?;
+    let mut buf = Vec::new();
+    file.take(1 << 20).read_to_end(&mut buf).ok()?;
+    service_name_from_environ(&buf)
+}
+
+pub fn service_name_from_environ(environ: &[u8]) -> Option<String> {
+    environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"OTEL_SERVICE_NAME="))
+        .map(|v| String::from_utf8_lossy(v).trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, PartialEq)]
+pub struct MapsEntry<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub executable: bool,
+    pub offset: u64,
+    pub path: Option<&'a str>,
+}
+
+/// Parses `start-end perms offset dev inode [path]`.
+pub fn parse_maps_line(line: &str) -> Option<MapsEntry<'_>> {
+    let mut rest = line;
+    let mut field = || {
+        let trimmed = rest.trim_start();
+        let end = trimmed.find(' ').unwrap_or(trimmed.len());
+        let (f, r) = trimmed.split_at(end);
+        rest = r;
+        f
+    };
+    let range = field();
+    let perms = field();
+    let offset = field();
+    let _dev = field();
+    let _inode = field();
+    let path = rest.trim();
+    let (start, end) = range.split_once('-')?;
+    Some(MapsEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path: (!path.is_empty()).then_some(path),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let e = parse_maps_line(
+            "7f1c2a000000-7f1c2a1b5000 r-xp 00028000 fd:01 1835099                    /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .unwrap();
+        assert_eq!(e.start, 0x7f1c2a000000);
+        assert_eq!(e.end, 0x7f1c2a1b5000);
+        assert!(e.executable);
+        assert_eq!(e.offset, 0x28000);
+        assert_eq!(e.path, Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+
+        let anon = parse_maps_line("7ffd3b7e1000-7ffd3b802000 rw-p 00000000 00:00 0").unwrap();
+        assert!(!anon.executable);
+        assert_eq!(anon.path, None);
+
+        let spaced =
+            parse_maps_line("1000-2000 r-xp 00000000 08:01 42 /tmp/my app (deleted)").unwrap();
+        assert_eq!(spaced.path, Some("/tmp/my app (deleted)"));
+
+        assert!(parse_maps_line("garbage").is_none());
+        assert!(parse_maps_line("").is_none());
+    }
+
+    #[test]
+    fn finds_service_names_in_the_environment() {
+        assert_eq!(
+            service_name_from_environ(b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0HOME=/"),
+            Some("checkout".into())
+        );
+        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=\0"), None);
+        assert_eq!(service_name_from_environ(b"MY_OTEL_SERVICE_NAME=x\0"), None);
+        assert_eq!(service_name_from_environ(b""), None);
+    }
+
+    #[test]
+    fn reads_this_process_and_shares_binaries() {
+        let mut table = ProcessTable::new(16);
+        let me = std::process::id();
+        let p = table.refresh(me, "tests");
+        assert!(!p.incomplete && !p.kernel_thread);
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(p.service, exe.file_name().unwrap().to_string_lossy());
+        // The address of a function of ours lies in a mapping of our own executable, held open.
+        let addr = reads_this_process_and_shares_binaries as *const () as usize as u64;
+        let m = p.mapping_for(addr).expect("own code is mapped");
+        let b = m.binary.as_ref().expect("own binary opened");
+        assert!(b.symbolize_path.exists());
+        // A second read of the same process reuses the open binaries.
+        let again = table.refresh(me, "tests");
+        let b2 = again.mapping_for(addr).unwrap().binary.clone().unwrap();
+        assert!(Arc::ptr_eq(b, &b2));
+        assert!(p.mapping_for(0).is_none());
+    }
+
+    #[test]
+    fn a_vanished_process_keeps_its_comm() {
+        let mut table = ProcessTable::new(16);
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let p = table.refresh(u32::MAX - 1, "shortlived");
+        assert!(p.incomplete);
+        assert_eq!(p.service, "shortlived");
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut table = ProcessTable::new(2);
+        table.refresh(u32::MAX - 1, "a");
+        table.refresh(u32::MAX - 2, "b");
+        table.refresh(u32::MAX - 3, "c");
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.rejected, 1);
+        table.mark_exited(u32::MAX - 1);
+        table.refresh(u32::MAX - 3, "c");
+        assert_eq!(table.len(), 2, "an exited process makes room");
+    }
+}

@@ -1,0 +1,171 @@
+//! `loupe-agent run`: probe, load, attach, then drain every interval into the exporters until the
+//! duration elapses or SIGINT/SIGTERM arrives; then a last drain, a flush of every sink, and exit.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, anyhow};
+use loupe_collector::{
+    pipeline::ProfileExporter,
+    sink::{
+        ProfileSink,
+        local::LocalSink,
+        pyroscope::{PyroscopeConfig, PyroscopeSink},
+    },
+    telemetry::{MetricsServer, Registry},
+};
+
+use crate::{
+    config::Config,
+    profiler::{MAX_CACHED_ADDRESSES, Profiler, ProfilerOptions, Symbolizer},
+};
+
+/// Batches waiting for each sink at most; more are dropped and counted.
+const EXPORT_QUEUE: usize = 4;
+/// How long shutdown waits for sinks to flush.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    crate::probe::ensure_tracefs();
+    let mut features = crate::probe::detect();
+    let plan = crate::probe::plan(&features);
+    if let Err(missing) = &plan.profiler {
+        return Err(anyhow!("cannot start the CPU profiler: {missing}"));
+    }
+    let ebpf = crate::ebpf::load()?;
+    features.fentry = crate::probe::Availability::Unknown("not probed at run time".into());
+    tracing::debug!(?features, ?plan, "kernel features");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loupe-export")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let registry = Registry::new();
+    let host = hostname();
+
+    runtime.block_on(async {
+        if let Some(addr) = config.metrics_addr {
+            let server = MetricsServer::bind(addr, registry.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %server.local_addr(), "serving self-metrics at /metrics");
+            tokio::spawn(server.run());
+        }
+
+        let mut sinks: Vec<Box<dyn ProfileSink>> = Vec::new();
+        if config.local_sink {
+            let sink = LocalSink::new(&config.output_dir)
+                .map(|s| s.with_max_files_per_service(config.max_profile_files))
+                .with_context(|| format!("cannot use output directory {}", config.output_dir.display()))?;
+            tracing::info!(dir = %config.output_dir.display(), "local sink: profiles and flamegraph.svg");
+            sinks.push(Box::new(sink));
+        }
+        if let Some(p) = &config.pyroscope {
+            // Host labels travel with each profile (ServiceProfile::labels), not with the sink.
+            let sink = PyroscopeSink::new(
+                PyroscopeConfig {
+                    basic_auth: p.basic_auth.clone(),
+                    bearer_token: p.bearer_token.clone(),
+                    tenant_id: p.tenant_id.clone(),
+                    ..PyroscopeConfig::new(p.url.clone())
+                },
+                Vec::new(),
+            )
+            .context("cannot set up the Pyroscope sink")?;
+            tracing::info!(url = %p.url, "pushing profiles to Pyroscope");
+            sinks.push(Box::new(sink));
+        }
+        let exporter = ProfileExporter::spawn(sinks, &registry, EXPORT_QUEUE);
+
+        let profiler = Profiler::start(
+            ebpf,
+            ProfilerOptions {
+                hz: config.profile_hz,
+                pids: config.pids.clone(),
+                process_tracepoints: plan.process_tracepoints,
+                host_labels: vec![("host_name".to_string(), host.clone())],
+            },
+            &registry,
+        )?;
+
+        // The drainer owns the profiler on a thread of its own: draining and symbolizing are
+        // blocking work, and exporters must never slow them down (try_submit never waits).
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let interval = config.profile_interval;
+        let submitter = exporter.submitter();
+        let drainer = thread::Builder::new()
+            .name("loupe-drain".into())
+            .spawn(move || {
+                let mut profiler = profiler;
+                let mut symbolizer = Symbolizer::new(MAX_CACHED_ADDRESSES);
+                let mut next = Instant::now() + interval;
+                loop {
+                    let wait = next.saturating_duration_since(Instant::now());
+                    let stopping = !matches!(stop_rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout));
+                    let batch = profiler.drain(&mut symbolizer);
+                    if !submitter.try_submit(Arc::new(batch)) {
+                        tracing::warn!("export queue full: an interval's profiles were dropped");
+                    }
+                    if stopping {
+                        profiler.stop();
+                        return;
+                    }
+                    next += interval;
+                }
+            })
+            .context("cannot start the drain thread")?;
+
+        wait_for_stop(config.duration).await;
+        tracing::info!("stopping: draining the last interval and flushing sinks");
+        let _ = stop_tx.send(());
+        tokio::task::spawn_blocking(move || drainer.join())
+            .await
+            .map_err(|e| anyhow!("drain thread: {e}"))?
+            .map_err(|_| anyhow!("the drain thread panicked"))?;
+        if let Err(e) = exporter.shutdown(FLUSH_TIMEOUT).await {
+            tracing::warn!("not every sink flushed: {e}");
+        }
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+async fn wait_for_stop(duration: Option<Duration>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            None
+        }
+    };
+    let term = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let elapsed = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = elapsed => {}
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,149 @@
+//! The CPU profile model the agent fills after symbolization and every sink consumes.
+//!
+//! One [`ProfileBatch`] covers one drain interval for all services; stacks are stored leaf first,
+//! and each [`Frame`] lists its inlined functions innermost first, the real (outer) function last.
+
+use std::sync::Arc;
+
+/// Function name used when a frame could not be symbolized.
+pub const UNKNOWN_FUNCTION: &str = "[unknown]";
+
+/// One drain interval of CPU samples, all services.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProfileBatch {
+    /// Start of the interval, nanoseconds since the Unix epoch.
+    pub start_unix_nanos: i64,
+    /// Length of the interval in nanoseconds.
+    pub duration_nanos: i64,
+    /// Time one sample stands for: 1e9 / sampling frequency in Hz.
+    pub period_nanos: i64,
+    /// One profile per service seen during the interval.
+    pub profiles: Vec<ServiceProfile>,
+}
+
+/// Interval metadata shared by every profile of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchMeta {
+    /// Start of the interval, nanoseconds since the Unix epoch.
+    pub start_unix_nanos: i64,
+    /// Length of the interval in nanoseconds.
+    pub duration_nanos: i64,
+    /// Time one sample stands for, in nanoseconds.
+    pub period_nanos: i64,
+}
+
+impl ProfileBatch {
+    /// The interval metadata (without the profiles).
+    pub fn meta(&self) -> BatchMeta {
+        BatchMeta {
+            start_unix_nanos: self.start_unix_nanos,
+            duration_nanos: self.duration_nanos,
+            period_nanos: self.period_nanos,
+        }
+    }
+
+    /// Sum of the sample counts of every stack of every service.
+    pub fn total_samples(&self) -> u64 {
+        self.profiles
+            .iter()
+            .map(ServiceProfile::total_samples)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Start of the interval in whole seconds since the Unix epoch (floored).
+    pub fn start_unix_secs(&self) -> i64 {
+        self.start_unix_nanos.div_euclid(1_000_000_000)
+    }
+}
+
+/// The samples of one service during one interval.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceProfile {
+    /// Service name (`service_name` in Pyroscope, the root frame of the flame graph).
+    pub service_name: String,
+    /// Extra series labels sent to Pyroscope (for example `host.name`).
+    pub labels: Vec<(String, String)>,
+    /// Distinct stacks with their counts.
+    pub samples: Vec<StackSample>,
+}
+
+impl ServiceProfile {
+    /// Sum of the sample counts of every stack.
+    pub fn total_samples(&self) -> u64 {
+        self.samples
+            .iter()
+            .map(|s| s.count)
+            .fold(0, u64::saturating_add)
+    }
+}
+
+/// One distinct stack of one thread, with the number of times it was sampled.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StackSample {
+    /// Process id (tgid) of the sampled thread.
+    pub pid: u32,
+    /// Thread name (`comm`).
+    pub thread_name: String,
+    /// Number of samples.
+    pub count: u64,
+    /// Frames, leaf first (innermost call first), root last.
+    pub frames: Vec<Frame>,
+}
+
+/// One stack frame: an address and what it symbolized to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Frame {
+    /// Absolute address as sampled (0 if unknown).
+    pub address: u64,
+    /// The executable mapping holding the address; `None` for kernel frames and unknown ones.
+    pub mapping: Option<Arc<Mapping>>,
+    /// Innermost inlined function first, the real (outer) function last; never empty
+    /// (use [`UNKNOWN_FUNCTION`] when symbolization failed).
+    pub lines: Vec<FrameLine>,
+}
+
+impl Frame {
+    /// The function sampled at this frame: the innermost inlined one, or [`UNKNOWN_FUNCTION`].
+    pub fn innermost_function(&self) -> &str {
+        self.lines
+            .first()
+            .map_or(UNKNOWN_FUNCTION, |l| l.function.as_str())
+    }
+}
+
+/// One (possibly inlined) function at a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct FrameLine {
+    /// Function name, demangled.
+    pub function: String,
+    /// Source file, when debug info had it.
+    pub file: Option<String>,
+    /// Source line, when debug info had it.
+    pub line: Option<u32>,
+}
+
+impl FrameLine {
+    /// A line with only a function name.
+    pub fn function(name: impl Into<String>) -> Self {
+        Self {
+            function: name.into(),
+            file: None,
+            line: None,
+        }
+    }
+}
+
+/// An executable mapping of a process (one line of `/proc/PID/maps`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Mapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past the last address of the mapping.
+    pub limit: u64,
+    /// Offset in the file of the first mapped byte.
+    pub file_offset: u64,
+    /// Path of the mapped file.
+    pub path: String,
+    /// GNU build id, lowercase hex.
+    pub build_id: Option<String>,
+}

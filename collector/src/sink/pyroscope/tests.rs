@@ -1,0 +1,493 @@
+//! Tests of the Pyroscope sink against a scripted receiver on loopback.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ::pyroscope::encode::r#gen::google::Profile;
+use flate2::read::GzDecoder;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::pipeline::ProfileExporter;
+use crate::profile::{Frame, FrameLine, ServiceProfile, StackSample};
+use crate::telemetry::Registry;
+
+/// One request as the receiver saw it.
+#[derive(Debug)]
+struct Received {
+    method: String,
+    path: String,
+    headers: reqwest::header::HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+/// A scripted answer: status, extra headers, body.
+type Scripted = (u16, Vec<(&'static str, &'static str)>, String);
+
+/// A loopback HTTP/1.1 server forwarding every request into a channel and answering from a script
+/// (then 200 with an empty `PushResponse`).
+struct Receiver {
+    addr: SocketAddr,
+    requests: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Receiver {
+    async fn start(script: Vec<Scripted>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, requests) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let tx = tx.clone();
+                        let script = script.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let _ = tx.send(Received {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_owned(),
+                                headers: parts.headers,
+                                body,
+                                at: Instant::now(),
+                            });
+                            let (status, headers, body) = script
+                                .lock()
+                                .unwrap()
+                                .pop_front()
+                                .unwrap_or((200, vec![], String::new()));
+                            let mut resp = Response::new(Full::new(Bytes::from(body)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut().insert(
+                                "content-type",
+                                hyper::header::HeaderValue::from_static("application/proto"),
+                            );
+                            for (k, v) in headers {
+                                resp.headers_mut()
+                                    .insert(k, hyper::header::HeaderValue::from_static(v));
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn drain(&mut self) -> Vec<Received> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.requests.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+}
+
+fn fast_config(url: String) -> PyroscopeConfig {
+    PyroscopeConfig {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        timeout: Duration::from_secs(5),
+        ..PyroscopeConfig::new(url)
+    }
+}
+
+fn service(name: &str, labels: &[(&str, &str)], count: u64) -> ServiceProfile {
+    let frame = |f: &str| Frame {
+        address: 0x1000,
+        mapping: None,
+        lines: vec![FrameLine::function(f)],
+    };
+    ServiceProfile {
+        service_name: name.to_owned(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        samples: if count == 0 {
+            vec![]
+        } else {
+            vec![StackSample {
+                pid: 99,
+                thread_name: "worker".into(),
+                count,
+                frames: vec![frame(&format!("{name}_hot_fn")), frame("main")],
+            }]
+        },
+    }
+}
+
+fn batch(services: Vec<ServiceProfile>) -> Arc<ProfileBatch> {
+    Arc::new(ProfileBatch {
+        start_unix_nanos: 1_700_000_000_000_000_000,
+        duration_nanos: 10_000_000_000,
+        period_nanos: 10_000_000,
+        profiles: services,
+    })
+}
+
+fn decode(body: &[u8]) -> (PushRequest, Profile) {
+    let push = PushRequest::decode(body).unwrap();
+    assert_eq!(push.series.len(), 1);
+    assert_eq!(push.series[0].samples.len(), 1);
+    let mut raw = Vec::new();
+    GzDecoder::new(&push.series[0].samples[0].raw_profile[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let profile = Profile::decode(&raw[..]).unwrap();
+    (push, profile)
+}
+
+fn labels(push: &PushRequest) -> Vec<(&str, &str)> {
+    push.series[0]
+        .labels
+        .iter()
+        .map(|l| (l.name.as_str(), l.value.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn pushes_decodable_profiles_with_labels_and_headers() {
+    let mut rx = Receiver::start(vec![]).await;
+    let config = PyroscopeConfig {
+        bearer_token: Some("s3cret".into()),
+        tenant_id: Some("tenant-a".into()),
+        ..fast_config(format!("{}/", rx.url()))
+    };
+    let sink = PyroscopeSink::new(config, vec![("host.name".into(), "node-1".into())]).unwrap();
+    let report = sink
+        .export(batch(vec![
+            service(
+                "checkout",
+                &[("env", "prod"), ("service_name", "ignored"), ("__x", "y")],
+                3,
+            ),
+            service("idle", &[], 0),
+            service("cart", &[("host.name", "override")], 1),
+        ]))
+        .await;
+    assert!(report.is_success(), "{:?}", report.errors);
+    assert_eq!(
+        (
+            report.profiles_exported,
+            report.profiles_failed,
+            report.retries
+        ),
+        (2, 0, 0)
+    );
+
+    let got = rx.drain();
+    assert_eq!(got.len(), 2, "the empty profile is not pushed");
+    assert_eq!(
+        report.bytes_sent,
+        got.iter().map(|r| r.body.len() as u64).sum::<u64>()
+    );
+    for r in &got {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/push.v1.PusherService/Push");
+        assert_eq!(r.headers["content-type"], "application/proto");
+        assert_eq!(r.headers["connect-protocol-version"], "1");
+        assert_eq!(r.headers["authorization"], "Bearer s3cret");
+        assert_eq!(r.headers["x-scope-orgid"], "tenant-a");
+    }
+
+    let (push, profile) = decode(&got[0].body);
+    assert_eq!(
+        labels(&push),
+        [
+            ("__name__", "process_cpu"),
+            ("env", "prod"),
+            ("host_name", "node-1"),
+            ("service_name", "checkout"),
+        ]
+    );
+    let id = uuid::Uuid::parse_str(&push.series[0].samples[0].id).unwrap();
+    assert_eq!(id.get_version_num(), 4);
+    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(types, [("cpu", "nanoseconds"), ("samples", "count")]);
+    assert_eq!(profile.sample[0].value, [30_000_000, 3]);
+    let functions: Vec<&str> = profile.function.iter().map(|f| s(f.name)).collect();
+    assert_eq!(functions, ["checkout_hot_fn", "main"]);
+
+    let (push, _) = decode(&got[1].body);
+    assert_eq!(
+        labels(&push),
+        [
+            ("__name__", "process_cpu"),
+            ("host_name", "override"),
+            ("service_name", "cart"),
+        ]
+    );
+    assert_ne!(
+        push.series[0].samples[0].id,
+        decode(&got[0].body).0.series[0].samples[0].id
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_and_path_prefix() {
+    let mut rx = Receiver::start(vec![]).await;
+    let config = PyroscopeConfig {
+        basic_auth: Some(("user".into(), "pass".into())),
+        ..fast_config(format!("{}/pyroscope", rx.url()))
+    };
+    let sink = PyroscopeSink::new(config, vec![]).unwrap();
+    assert!(
+        sink.export(batch(vec![service("a", &[], 1)]))
+            .await
+            .is_success()
+    );
+    let got = rx.drain();
+    assert_eq!(got[0].path, "/pyroscope/push.v1.PusherService/Push");
+    assert_eq!(got[0].headers["authorization"], "Basic dXNlcjpwYXNz");
+    assert!(!got[0].headers.contains_key("x-scope-orgid"));
+}
+
+#[tokio::test]
+async fn retries_503_then_succeeds_and_counts_the_retry() {
+    let mut rx = Receiver::start(vec![(503, vec![], "overloaded".into())]).await;
+    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
+    let registry = Registry::new();
+    let exporter = ProfileExporter::spawn(vec![Box::new(sink)], &registry, 4);
+    assert!(exporter.try_submit(batch(vec![service("a", &[], 2)])));
+    exporter.shutdown(Duration::from_secs(10)).await.unwrap();
+
+    let got = rx.drain();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].body, got[1].body,
+        "the retry resends the same request"
+    );
+    let metrics = registry.render();
+    for line in [
+        "loupe_exporter_retries_total{sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_exports_succeeded_total{sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_exports_failed_total{sink=\"pyroscope\"} 0\n",
+        "loupe_exporter_profiles_exported_total{sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_profiles_dropped_total{sink=\"pyroscope\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    let sent = format!(
+        "loupe_exporter_sent_bytes_total{{sink=\"pyroscope\"}} {}\n",
+        got[1].body.len()
+    );
+    assert!(metrics.contains(&sent), "missing {sent:?} in\n{metrics}");
+}
+
+#[tokio::test]
+async fn does_not_retry_400_and_quotes_the_body() {
+    let long_body = format!("invalid labels: {}", "x".repeat(500));
+    let mut rx = Receiver::start(vec![(400, vec![], long_body)]).await;
+    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
+    let report = sink.export(batch(vec![service("a", &[], 1)])).await;
+    assert_eq!(
+        (
+            report.profiles_exported,
+            report.profiles_failed,
+            report.retries
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(rx.drain().len(), 1, "a 400 is not retried");
+    let err = &report.errors[0];
+    let SinkError::Pyroscope(PushError::Status {
+        status,
+        attempts,
+        body,
+        ..
+    }) = err
+    else {
+        panic!("unexpected error {err:?}");
+    };
+    assert_eq!((*status, *attempts), (400, 1));
+    assert!(body.starts_with("invalid labels: xxx"));
+    assert_eq!(body.len(), 200);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("status 400") && msg.contains("service a"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn honours_retry_after_on_429() {
+    let mut rx = Receiver::start(vec![(429, vec![("retry-after", "1")], "slow down".into())]).await;
+    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
+    let report = sink.export(batch(vec![service("a", &[], 1)])).await;
+    assert!(report.is_success(), "{:?}", report.errors);
+    assert_eq!(report.retries, 1);
+    let got = rx.drain();
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at - got[0].at;
+    // The configured backoff is at most 50 ms: only Retry-After explains a one-second wait.
+    assert!(waited >= Duration::from_millis(950), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn gives_up_after_max_retries() {
+    let script = (0..5)
+        .map(|_| (502, vec![], "bad gateway".into()))
+        .collect();
+    let mut rx = Receiver::start(script).await;
+    let config = PyroscopeConfig {
+        max_retries: 2,
+        ..fast_config(rx.url())
+    };
+    let sink = PyroscopeSink::new(config, vec![]).unwrap();
+    let report = sink.export(batch(vec![service("a", &[], 1)])).await;
+    assert_eq!((report.profiles_failed, report.retries), (1, 2));
+    assert_eq!(rx.drain().len(), 3);
+    let msg = report.errors[0].to_string();
+    assert!(
+        msg.contains("status 502") && msg.contains("3 attempt(s)") && msg.contains("bad gateway"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn retries_connection_errors() {
+    // A port nobody listens on.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = PyroscopeConfig {
+        max_retries: 1,
+        ..fast_config(format!("http://{addr}"))
+    };
+    let sink = PyroscopeSink::new(config, vec![]).unwrap();
+    let report = sink.export(batch(vec![service("a", &[], 1)])).await;
+    assert_eq!((report.profiles_failed, report.retries), (1, 1));
+    let SinkError::Pyroscope(PushError::Transport { attempts, .. }) = &report.errors[0] else {
+        panic!("unexpected error {:?}", report.errors[0]);
+    };
+    assert_eq!(*attempts, 2);
+}
+
+#[test]
+fn rejects_bad_configs() {
+    let new = |c: PyroscopeConfig| PyroscopeSink::new(c, vec![]).map(|_| ());
+    assert!(matches!(
+        new(PyroscopeConfig::new("not a url")),
+        Err(PyroscopeConfigError::InvalidUrl { .. })
+    ));
+    assert!(matches!(
+        new(PyroscopeConfig::new("ftp://host")),
+        Err(PyroscopeConfigError::UnsupportedScheme { .. })
+    ));
+    assert!(matches!(
+        new(PyroscopeConfig {
+            basic_auth: Some(("u".into(), "p".into())),
+            bearer_token: Some("t".into()),
+            ..PyroscopeConfig::new("http://h")
+        }),
+        Err(PyroscopeConfigError::ConflictingAuth)
+    ));
+    assert!(matches!(
+        new(PyroscopeConfig {
+            bearer_token: Some("a\nb".into()),
+            ..PyroscopeConfig::new("http://h")
+        }),
+        Err(PyroscopeConfigError::InvalidHeader {
+            what: "bearer token"
+        })
+    ));
+    assert!(matches!(
+        new(PyroscopeConfig {
+            tenant_id: Some("t\r".into()),
+            ..PyroscopeConfig::new("http://h")
+        }),
+        Err(PyroscopeConfigError::InvalidHeader { what: "tenant id" })
+    ));
+    // https builds a rustls (ring) client; only a host without CA certificates may refuse it.
+    match new(PyroscopeConfig::new("https://pyroscope.example:4040")) {
+        Ok(()) | Err(PyroscopeConfigError::Tls { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+    }
+    let debug = format!(
+        "{:?}",
+        PyroscopeConfig {
+            bearer_token: Some("s3cret".into()),
+            basic_auth: Some(("u".into(), "hunter2".into())),
+            ..PyroscopeConfig::new("http://h")
+        }
+    );
+    assert!(
+        !debug.contains("s3cret") && !debug.contains("hunter2"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn label_names_are_sanitized() {
+    assert_eq!(sanitize_label_name("host.name"), "host_name");
+    assert_eq!(sanitize_label_name("k8s.pod-name"), "k8s_pod_name");
+    assert_eq!(sanitize_label_name("1abc"), "_1abc");
+    let l = series_labels(
+        "svc",
+        &[("".into(), "x".into()), ("a".into(), String::new())],
+        &[],
+    );
+    let names: Vec<&str> = l.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["__name__", "service_name"],
+        "empty names and values are dropped"
+    );
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let sink = PyroscopeSink::new(
+        PyroscopeConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..PyroscopeConfig::new("http://h")
+        },
+        vec![],
+    )
+    .unwrap();
+    for (retry, full) in [
+        (1, 100),
+        (2, 200),
+        (3, 400),
+        (4, 800),
+        (5, 1000),
+        (40, 1000),
+    ] {
+        let d = sink.backoff(retry);
+        let full = Duration::from_millis(full);
+        assert!(d >= full / 2 && d <= full, "retry {retry}: {d:?}");
+    }
+}

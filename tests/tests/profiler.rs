@@ -1,0 +1,213 @@
+//! The CPU profiler end to end, on the real kernel: workloads with known hot functions, the release
+//! agent, and its local sink's pprof files and flame graph.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use loupe_tests::{
+    inclusive_counts, read_profiles, require_root, run_agent, sample_str_labels,
+    wait_with_deadline, workload,
+};
+
+/// Runs `workload_name` for `seconds`, profiles it with `--pid` at 997 Hz, and returns the inclusive
+/// sample counts summed over every profile of the workload's service, plus the SVG. The high rate is
+/// for statistics: ±10% around 3:1 is ±1.3σ with 1,000 samples, ±4σ with 10,000.
+fn profile_workload(
+    workload_name: &str,
+    seconds: u32,
+) -> (HashMap<String, i64>, String, Vec<String>) {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(workload(workload_name))
+        .arg((seconds + 6).to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start workload");
+    let pid = child.id().to_string();
+    let duration = format!("{seconds}s");
+    let out = run_agent(
+        &[
+            "run",
+            "--pid",
+            &pid,
+            "--profile-hz",
+            "997",
+            "--profile-interval",
+            "4s",
+            "--duration",
+            &duration,
+            "--output-dir",
+            dir.path().to_str().expect("utf-8 path"),
+        ],
+        Duration::from_secs(u64::from(seconds) + 60),
+    );
+    let _ = child.kill();
+    let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "agent failed: {}\n{stderr}",
+        out.status
+    );
+
+    let profiles = read_profiles(dir.path());
+    assert!(
+        !profiles.is_empty(),
+        "no profiles written; agent said:\n{stderr}"
+    );
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    let mut threads = Vec::new();
+    for (name, profile) in &profiles {
+        assert!(
+            name.starts_with(workload_name),
+            "--pid restricts profiles to the workload's service, got {name}"
+        );
+        for (f, c) in inclusive_counts(profile) {
+            *totals.entry(f).or_default() += c;
+        }
+        threads.extend(sample_str_labels(profile, "thread_name"));
+        // The CPU value is count × period (997 Hz).
+        let s = |i: i64| profile.string_table[i as usize].clone();
+        assert_eq!(s(profile.sample_type[0].r#type), "cpu");
+        assert_eq!(s(profile.sample_type[0].unit), "nanoseconds");
+        assert_eq!(profile.period, 1_000_000_000 / 997);
+        for sample in &profile.sample {
+            assert_eq!(sample.value[0], sample.value[1] * profile.period);
+        }
+    }
+    let svg = std::fs::read_to_string(dir.path().join("flamegraph.svg")).expect("flamegraph.svg");
+    (totals, svg, threads)
+}
+
+fn assert_three_to_one(counts: &HashMap<String, i64>, alpha: &str, beta: &str) {
+    let a = counts.get(alpha).copied().unwrap_or(0);
+    let b = counts.get(beta).copied().unwrap_or(0);
+    assert!(a > 0 && b > 0, "{alpha}={a} {beta}={b}; all: {counts:?}");
+    let ratio = a as f64 / b as f64;
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "{alpha}:{beta} = {a}:{b} = {ratio:.2}, expected 3:1 ±10%"
+    );
+    // About 10 s at 997 Hz on one CPU, shared with other tests: thousands of samples.
+    assert!(a + b > 3000, "too few samples: {}", a + b);
+}
+
+#[test]
+fn c_workload_hot_functions_come_out_three_to_one() {
+    let (counts, svg, threads) = profile_workload("hot_c", 10);
+    assert_three_to_one(&counts, "hot_alpha", "hot_beta");
+    // Frame pointers: the walk goes past the leaf into libc's start-up code. (GCC gives leaf
+    // functions no frame even with -fno-omit-frame-pointer, so their direct caller, main, is skipped.)
+    assert!(
+        counts.get("__libc_start_call_main").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    assert!(
+        svg.contains("hot_alpha") && svg.contains("hot_beta"),
+        "SVG lacks the functions"
+    );
+    assert!(threads.iter().all(|t| t == "hot_c"), "{threads:?}");
+}
+
+#[test]
+fn rust_workload_stacks_are_walked_to_their_callers() {
+    let (counts, svg, _) = profile_workload("hot_rs", 10);
+    // The leaf is the shared `spin`; only a real stack walk tells alpha from beta.
+    assert_three_to_one(&counts, "rust_hot_alpha", "rust_hot_beta");
+    assert!(counts.keys().any(|f| f.contains("spin")), "{counts:?}");
+    assert!(svg.contains("rust_hot_alpha") && svg.contains("rust_hot_beta"));
+}
+
+#[test]
+fn a_process_that_exits_before_the_drain_is_still_symbolized() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().to_str().expect("utf-8").to_string();
+    // Whole-host profiling; the workload runs 1.5 s and exits long before the single drain at the end.
+    let agent = std::thread::spawn(move || {
+        run_agent(
+            &[
+                "run",
+                "--profile-hz",
+                "99",
+                "--profile-interval",
+                "60s",
+                "--duration",
+                "6s",
+                "--output-dir",
+                &out_dir,
+            ],
+            Duration::from_secs(60),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let status = Command::new(workload("hot_c"))
+        .arg("1.5")
+        .status()
+        .expect("run workload");
+    assert!(status.success());
+    let out = agent.join().expect("agent thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent failed:\n{stderr}");
+    let profiles = read_profiles(dir.path());
+    let (_, profile) = profiles
+        .iter()
+        .find(|(name, _)| name.starts_with("hot_c-"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no profile for hot_c; got {:?}\n{stderr}",
+                profiles.iter().map(|p| &p.0).collect::<Vec<_>>()
+            )
+        });
+    let counts = inclusive_counts(profile);
+    assert!(
+        counts.get("hot_alpha").copied().unwrap_or(0) > 20,
+        "the exited process's samples must be symbolized: {counts:?}"
+    );
+    assert!(
+        counts.get("[unknown]").copied().unwrap_or(0) * 10
+            < counts.get("hot_alpha").copied().unwrap_or(0),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line_and_exit_code_2() {
+    let out = run_agent(&["run", "--profile-hz", "0"], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("profile_hz"), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("loupe.toml");
+    std::fs::write(&file, "profile_interval = \"soon\"\n").expect("write config");
+    let out = run_agent(
+        &["run", "--config", file.to_str().expect("utf-8")],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("profile_interval"), "{stderr}");
+}
+
+#[test]
+fn doctor_reports_this_kernel_and_exits_0() {
+    require_root();
+    let out = run_agent(&["doctor"], Duration::from_secs(30));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert!(stdout.contains(release.trim()), "{stdout}");
+    assert!(stdout.contains("CPU profiler: ready"), "{stdout}");
+    let perf = stdout
+        .lines()
+        .find(|l| l.starts_with("perf_event"))
+        .expect("a perf_event row");
+    assert!(perf.contains("yes"), "{perf}");
+    // Whatever the kernel, a socket capture method is chosen or its absence said.
+    assert!(stdout.contains("Socket capture method"), "{stdout}");
+}

@@ -1,0 +1,47 @@
+//! Test workload: burns CPU in two known functions, 3:1, for argv[1] seconds (default 10).
+//! Built by xtask with `-C force-frame-pointers=yes` so the profiler can walk its stacks.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const UNIT: u64 = 200_000;
+
+#[inline(never)]
+fn spin(units: u64, seed: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..units * UNIT {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+    }
+    x
+}
+
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn rust_hot_alpha(seed: u64) -> u64 {
+    black_box(spin_alpha(3, seed))
+}
+
+#[inline(never)]
+fn spin_alpha(units: u64, seed: u64) -> u64 {
+    spin(units, seed)
+}
+
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn rust_hot_beta(seed: u64) -> u64 {
+    black_box(spin(1, seed))
+}
+
+fn main() {
+    let seconds: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut x = 1u64;
+    while Instant::now() < end {
+        x = rust_hot_alpha(x);
+        x = rust_hot_beta(x);
+    }
+    black_box(x);
+}

@@ -1,0 +1,71 @@
+//! `cargo xtask test`: every test. Installs what is missing, builds the kernel programs, the release
+//! agent and the test workloads, then runs the whole workspace's tests (unit tests, eBPF tests on the
+//! real kernel, end-to-end tests against real servers).
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{
+    build::{agent_binary, build},
+    setup::Extras,
+    util::{exec, is_root, root, step},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Passed to `cargo test` after `--` (e.g. a test name filter).
+    #[arg(trailing_var_arg = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+pub fn test(args: TestArgs) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the eBPF tests load programs into the kernel: run as root (e.g. sudo -E cargo xtask test)"
+        );
+    }
+    build(Extras::Test)?;
+    build_workloads()?;
+    step("running every test (cargo test --workspace)", || {
+        exec(
+            Command::new("cargo")
+                .current_dir(root())
+                .args(["test", "--workspace"])
+                .arg("--")
+                .args(&args.cargo_test_args)
+                .env("LOUPE_AGENT_BIN", agent_binary())
+                .env("LOUPE_WORKLOADS", root().join("target/workloads")),
+        )
+    })
+}
+
+/// The profiler's test workloads: a C and a Rust program with two known hot functions, built with
+/// frame pointers.
+pub fn build_workloads() -> anyhow::Result<()> {
+    step("building the test workloads (target/workloads)", || {
+        let out = root().join("target/workloads");
+        std::fs::create_dir_all(&out)?;
+        let src = root().join("tests/workloads");
+        exec(
+            Command::new("gcc")
+                .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+                .arg(out.join("hot_c"))
+                .arg(src.join("hot.c")),
+        )?;
+        exec(
+            Command::new("rustc")
+                .args([
+                    "--edition",
+                    "2024",
+                    "-O",
+                    "-g",
+                    "-C",
+                    "force-frame-pointers=yes",
+                    "-o",
+                ])
+                .arg(out.join("hot_rs"))
+                .arg(src.join("hot.rs")),
+        )
+    })
+}
