@@ -42,6 +42,9 @@ pub struct CliOptions {
         value_name = "DURATION"
     )]
     pub profile_interval: Option<String>,
+    /// Symbolize with DWARF too (file:line, inlined functions), at a much higher CPU and memory cost.
+    #[arg(long, env = "LOUPE_PROFILE_DEBUGINFO", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub profile_debuginfo: Option<bool>,
     /// Folder of the local sink (profiles and flame graph) [default: ./loupe-data].
     #[arg(long, env = "LOUPE_OUTPUT_DIR", global = true, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
@@ -106,6 +109,7 @@ pub struct CliOptions {
 struct FileOptions {
     profile_hz: Option<u32>,
     profile_interval: Option<String>,
+    profile_debuginfo: Option<bool>,
     output_dir: Option<PathBuf>,
     local_sink: Option<bool>,
     max_profile_files: Option<usize>,
@@ -124,6 +128,8 @@ struct FileOptions {
 pub struct Config {
     pub profile_hz: u32,
     pub profile_interval: Duration,
+    /// Read DWARF when symbolizing (off: ELF symbol tables only).
+    pub profile_debuginfo: bool,
     pub output_dir: PathBuf,
     /// Whether the local sink runs: by default only when no backend is configured.
     pub local_sink: bool,
@@ -304,6 +310,10 @@ impl Config {
         Ok(Config {
             profile_hz,
             profile_interval,
+            profile_debuginfo: cli
+                .profile_debuginfo
+                .or(file.profile_debuginfo)
+                .unwrap_or(false),
             output_dir: cli
                 .output_dir
                 .clone()

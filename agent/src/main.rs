@@ -4,6 +4,7 @@
 mod config;
 mod doctor;
 mod ebpf;
+mod net;
 mod probe;
 mod profiler;
 mod run;

@@ -97,12 +97,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // blocking work, and exporters must never slow them down (try_submit never waits).
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let interval = config.profile_interval;
+        let debuginfo = config.profile_debuginfo;
         let submitter = exporter.submitter();
         let drainer = thread::Builder::new()
             .name("loupe-drain".into())
             .spawn(move || {
                 let mut profiler = profiler;
-                let mut symbolizer = Symbolizer::new(MAX_CACHED_ADDRESSES);
+                let mut symbolizer = Symbolizer::new(MAX_CACHED_ADDRESSES, debuginfo);
                 let mut next = Instant::now() + interval;
                 loop {
                     let wait = next.saturating_duration_since(Instant::now());

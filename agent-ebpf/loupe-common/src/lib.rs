@@ -115,3 +115,154 @@ const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleValue>() == 24);
 const _: () = assert!(core::mem::size_of::<ProfilerConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 24);
+
+/// Socket capture for network spans: events the kernel programs emit per TCP connection.
+pub mod socket {
+    /// Most bytes of one read/write buffer copied into an event (a power of two).
+    pub const MAX_CAPTURE_BYTES: usize = 1024;
+    /// Connections (pid, fd) tracked at once.
+    pub const CONN_ENTRIES: u32 = 64 * 1024;
+    /// Bytes of the socket event ring buffer.
+    pub const SOCKET_EVENT_RING_BYTES: u32 = 16 * 1024 * 1024;
+
+    /// Which side of the connection the traced process is.
+    pub mod role {
+        /// The process called connect().
+        pub const CLIENT: u32 = 1;
+        /// The process got the socket from accept().
+        pub const SERVER: u32 = 2;
+    }
+
+    /// Data direction as seen by the traced process.
+    pub mod direction {
+        /// read/recv*: bytes came in.
+        pub const INGRESS: u32 = 1;
+        /// write/send*: bytes went out.
+        pub const EGRESS: u32 = 2;
+    }
+
+    /// What a [`SocketEventHeader`] reports.
+    pub mod kind {
+        /// A connection was accepted or connected.
+        pub const OPEN: u32 = 1;
+        /// Bytes were read or written.
+        pub const DATA: u32 = 2;
+        /// The connection's fd was closed.
+        pub const CLOSE: u32 = 3;
+    }
+
+    /// Addresses of a connection from the traced process's side: `local` is its own end. IPv4
+    /// addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). Ports in host byte order.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct ConnTuple {
+        pub local_addr: [u8; 16],
+        pub remote_addr: [u8; 16],
+        pub local_port: u16,
+        pub remote_port: u16,
+        /// AF_INET (2) or AF_INET6 (10); 0 when the kernel could not read it.
+        pub family: u16,
+        pub _pad: u16,
+    }
+
+    /// Fixed part of every socket event.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct SocketEventHeader {
+        /// One of [`kind`].
+        pub kind: u32,
+        /// One of [`role`].
+        pub role: u32,
+        pub pid: u32,
+        pub tid: u32,
+        pub fd: i32,
+        /// One of [`direction`] for DATA events, 0 otherwise.
+        pub direction: u32,
+        /// Unique per connection for the agent's lifetime (never reused).
+        pub conn_id: u64,
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the syscall completed.
+        pub timestamp_ns: u64,
+        /// For DATA: `bpf_ktime_get_ns()` when the syscall started (read waits are not work).
+        pub start_ns: u64,
+        /// For DATA: bytes the syscall moved (its return value).
+        pub bytes: u64,
+        /// Bytes of `data` that are valid (≤ MAX_CAPTURE_BYTES, ≤ bytes).
+        pub captured: u32,
+        pub _pad: u32,
+        pub tuple: ConnTuple,
+    }
+
+    /// A socket event as it sits in the ring buffer.
+    #[repr(C)]
+    #[derive(Copy, Clone)]
+    pub struct SocketEvent {
+        pub header: SocketEventHeader,
+        pub data: [u8; MAX_CAPTURE_BYTES],
+    }
+
+    /// Byte offsets of kernel struct members the programs walk to find a socket's addresses from an
+    /// fd (task → files → fdtable → file → socket → sock). Userspace reads them from the running
+    /// kernel's BTF and writes them into the `SOCKET_CONFIG` map; `valid == 0` means unknown, and the
+    /// programs then leave `ConnTuple` zeroed (userspace resolves it from /proc instead).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct KernelOffsets {
+        pub valid: u32,
+        pub task_files: u32,
+        pub files_fdt: u32,
+        pub fdtable_fd: u32,
+        pub fdtable_max_fds: u32,
+        pub file_private_data: u32,
+        pub socket_sk: u32,
+        pub sock_protocol: u32,
+        pub skc_family: u32,
+        pub skc_daddr: u32,
+        pub skc_rcv_saddr: u32,
+        pub skc_dport: u32,
+        pub skc_num: u32,
+        pub skc_v6_daddr: u32,
+        pub skc_v6_rcv_saddr: u32,
+        pub _pad: u32,
+    }
+
+    /// Settings of the socket programs (single-entry array `SOCKET_CONFIG`).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct SocketConfig {
+        /// Bytes to copy per buffer, ≤ MAX_CAPTURE_BYTES.
+        pub capture_bytes: u32,
+        /// The agent's own pid: its traffic (exporters!) is never traced.
+        pub agent_pid: u32,
+        pub offsets: KernelOffsets,
+    }
+
+    /// Indices of the per-CPU `SOCKET_COUNTERS` array.
+    pub mod counter {
+        /// Events lost because the ring buffer was full.
+        pub const EVENTS_LOST: u32 = 0;
+        /// Connections not tracked because the connection map was full.
+        pub const CONN_MAP_FULL: u32 = 1;
+        /// Buffers that could not be read from user memory.
+        pub const READ_FAILED: u32 = 2;
+        /// Number of counters.
+        pub const COUNT: u32 = 3;
+    }
+
+    #[cfg(feature = "user")]
+    mod pod {
+        // SAFETY: #[repr(C)], Copy, integers and integer arrays only, no implicit padding (sizes are
+        // asserted below), so every bit pattern is valid.
+        unsafe impl aya::Pod for super::ConnTuple {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::SocketEventHeader {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::KernelOffsets {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::SocketConfig {}
+    }
+
+    const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
+    const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 104);
+    const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 72);
+}

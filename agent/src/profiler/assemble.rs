@@ -210,6 +210,24 @@ pub fn assemble(
     (profiles, stats, truncated_by_service)
 }
 
+/// Whether a stack's outermost frame is where threads start: a known entry function, or any code
+/// of the C library or dynamic loader (whose start-up symbols are stripped on most distributions).
+fn is_entry_frame(frame: &Frame) -> bool {
+    if frame
+        .lines
+        .last()
+        .is_some_and(|l| STACK_ROOTS.contains(&l.function.as_str()))
+    {
+        return true;
+    }
+    frame.mapping.as_ref().is_some_and(|m| {
+        let file = m.path.rsplit('/').next().unwrap_or(&m.path);
+        ["libc.so", "libc-", "ld-linux", "ld-musl", "libpthread"]
+            .iter()
+            .any(|p| file.starts_with(p))
+    })
+}
+
 fn stack(stacks: &HashMap<i32, Vec<u64>>, id: i32) -> &[u64] {
     stacks.get(&id).map(Vec::as_slice).unwrap_or(&[])
 }
@@ -296,7 +314,7 @@ mod tests {
     fn builds_named_frames_grouped_by_service() {
         let me = std::process::id();
         let mut table = ProcessTable::new(8);
-        let mut symbolizer = Symbolizer::new(1000);
+        let mut symbolizer = Symbolizer::new(1000, false);
         let leaf = loupe_assemble_test_leaf as *const () as usize as u64 + 4;
         let stacks = HashMap::from([(3, vec![leaf]), (5, vec![leaf])]);
         let samples = [
@@ -357,7 +375,7 @@ mod tests {
     #[test]
     fn samples_without_any_stack_are_kept_as_unknown() {
         let mut table = ProcessTable::new(8);
-        let mut symbolizer = Symbolizer::new(100);
+        let mut symbolizer = Symbolizer::new(100, false);
         let samples = [RawSample {
             key: SampleKey {
                 pid: u32::MAX - 5,

@@ -31,6 +31,8 @@ pub struct SymbolizerStats {
 
 pub struct Symbolizer {
     inner: symbolize::Symbolizer,
+    /// Read DWARF (file, line, inlined functions) when present, not only ELF symbol tables.
+    debuginfo: bool,
     user: HashMap<(FileKey, u64), Lines>,
     kernel: HashMap<u64, Lines>,
     max_entries: usize,
@@ -38,9 +40,13 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    pub fn new(max_entries: usize) -> Self {
+    /// `debuginfo`: also read DWARF (file, line, inlined calls), following debug links into
+    /// /usr/lib/debug. Richer frames, but parsing DWARF costs far more CPU and memory than symbol
+    /// tables, so it is off by default (`--profile-debuginfo`).
+    pub fn new(max_entries: usize, debuginfo: bool) -> Self {
         Symbolizer {
-            inner: Self::fresh_inner(),
+            inner: Self::fresh_inner(debuginfo),
+            debuginfo,
             user: HashMap::new(),
             kernel: HashMap::new(),
             max_entries,
@@ -48,10 +54,11 @@ impl Symbolizer {
         }
     }
 
-    fn fresh_inner() -> symbolize::Symbolizer {
+    fn fresh_inner(debuginfo: bool) -> symbolize::Symbolizer {
+        // Without debuginfo, `Elf::debug_syms` is false too, so debug links are not followed.
         symbolize::Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
+            .enable_code_info(debuginfo)
+            .enable_inlined_fns(debuginfo)
             .enable_demangling(true)
             .enable_auto_reload(true)
             .build()
@@ -63,7 +70,7 @@ impl Symbolizer {
         if self.user.len() + self.kernel.len() >= self.max_entries {
             self.user.clear();
             self.kernel.clear();
-            self.inner = Self::fresh_inner();
+            self.inner = Self::fresh_inner(self.debuginfo);
             self.stats.cache_resets += 1;
         }
     }
@@ -81,7 +88,9 @@ impl Symbolizer {
         missing.dedup();
         self.stats.cache_misses += missing.len() as u64;
         if !missing.is_empty() {
-            let src = Source::Elf(Elf::new(&binary.symbolize_path));
+            let mut elf = Elf::new(&binary.symbolize_path);
+            elf.debug_syms = self.debuginfo;
+            let src = Source::Elf(elf);
             let resolved = self
                 .inner
                 .symbolize(&src, symbolize::Input::FileOffset(&missing));
@@ -132,6 +141,7 @@ impl Symbolizer {
         if !missing.is_empty() {
             let src = Source::Kernel(Kernel {
                 vmlinux: MaybeDefault::None,
+                debug_syms: false,
                 ..Kernel::default()
             });
             match self
@@ -232,7 +242,7 @@ mod tests {
         let binary = m.binary.clone().expect("opened");
         let offset = addr - m.start + m.file_offset;
 
-        let mut s = Symbolizer::new(1000);
+        let mut s = Symbolizer::new(1000, true);
         let first = s.user(&binary, &[offset, offset]);
         assert_eq!(first.len(), 2);
         assert_eq!(
@@ -255,7 +265,7 @@ mod tests {
         let me = table.refresh(std::process::id(), "test");
         let addr = loupe_symbolize_test_target as *const () as usize as u64;
         let binary = me.mapping_for(addr).unwrap().binary.clone().unwrap();
-        let mut s = Symbolizer::new(1000);
+        let mut s = Symbolizer::new(1000, true);
         // Far past the end of any section.
         let lines = s.user(&binary, &[u64::MAX / 2]);
         assert!(lines[0][0].function.contains("+0x"), "{:?}", lines[0]);
@@ -270,7 +280,7 @@ mod tests {
         let m = me.mapping_for(addr).unwrap();
         let binary = m.binary.clone().unwrap();
         let offset = addr - m.start + m.file_offset;
-        let mut s = Symbolizer::new(2);
+        let mut s = Symbolizer::new(2, false);
         s.user(&binary, &[offset, offset + 1]);
         assert_eq!(s.stats.cache_resets, 0);
         s.user(&binary, &[offset]);
