@@ -170,11 +170,7 @@ pub fn assemble(
                 ),
             }
             let user = &frames[user_start..];
-            let root = user
-                .last()
-                .and_then(|f| f.lines.last())
-                .map(|l| l.function.as_str());
-            if !user.is_empty() && !root.is_some_and(|r| STACK_ROOTS.contains(&r)) {
+            if user.last().is_some_and(|root| !is_entry_frame(root)) {
                 stats.truncated += s.value.count;
                 *truncated_by_service
                     .entry(r.process.service.clone())
@@ -370,6 +366,42 @@ mod tests {
         // A one-frame stack does not end in an entry point: truncated.
         assert_eq!(stats.truncated, 9);
         assert_eq!(truncated.get(&p.service_name), Some(&9));
+    }
+
+    #[test]
+    fn stacks_rooted_in_libc_or_an_entry_function_are_complete() {
+        use loupe_collector::profile::{FrameLine, Mapping};
+        let frame = |function: &str, path: Option<&str>| Frame {
+            address: 1,
+            mapping: path.map(|p| {
+                Arc::new(Mapping {
+                    start: 0,
+                    limit: 10,
+                    file_offset: 0,
+                    path: p.to_string(),
+                    build_id: None,
+                })
+            }),
+            lines: vec![FrameLine {
+                function: function.to_string(),
+                file: None,
+                line: None,
+            }],
+        };
+        assert!(is_entry_frame(&frame(
+            "libc.so.6+0x27249",
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        )));
+        assert!(is_entry_frame(&frame("_start", Some("/usr/bin/app"))));
+        assert!(is_entry_frame(&frame(
+            "runtime.goexit.abi0",
+            Some("/app/server")
+        )));
+        assert!(!is_entry_frame(&frame(
+            "handle_request",
+            Some("/usr/bin/app")
+        )));
+        assert!(!is_entry_frame(&frame("[unknown]", None)));
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Kernel struct offsets from BTF (to be written).

@@ -1,0 +1,1 @@
+//! Socket capture: loading, attaching, reading the ring buffer (to be written).

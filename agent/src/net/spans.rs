@@ -1,0 +1,1 @@
+//! Span builder (to be written).
