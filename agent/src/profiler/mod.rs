@@ -377,6 +377,7 @@ impl Profiler {
         self.record_stack_stats(stats);
         self.warn_truncated(&truncated_by_service, &profiles);
 
+        symbolizer.release_parsed();
         let s = std::mem::take(&mut symbolizer.stats);
         self.metrics.symbolize_failures.add(s.failures);
         self.metrics.symbol_cache_resets.add(s.cache_resets);

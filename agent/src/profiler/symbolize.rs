@@ -64,6 +64,14 @@ impl Symbolizer {
             .build()
     }
 
+    /// Releases blazesym's parsed symbol tables and file mappings, keeping the resolved-address
+    /// caches. Called after every drain: a large binary's symbol table (a compiler's can be tens of
+    /// MB) is then held only while its new addresses are resolved, which bounds the agent's memory
+    /// by one interval's binaries rather than every binary the host ever ran.
+    pub fn release_parsed(&mut self) {
+        self.inner = Self::fresh_inner(self.debuginfo);
+    }
+
     /// Drops every cache, including blazesym's parsed ELF and DWARF data; called when caches fill up
     /// so memory stays bounded on nodes running many different binaries.
     fn reset_if_full(&mut self) {
