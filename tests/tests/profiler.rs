@@ -214,3 +214,58 @@ fn doctor_reports_this_kernel_and_exits_0() {
     // Whatever the kernel, a socket capture method is chosen or its absence said.
     assert!(stdout.contains("Socket capture method"), "{stdout}");
 }
+
+#[test]
+fn sigterm_flushes_and_service_names_come_from_the_environment() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut workload = Command::new(workload("hot_c"))
+        .arg("20")
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start workload");
+    let pid = workload.id().to_string();
+    let mut agent = Command::new(loupe_tests::agent_bin())
+        .args([
+            "run",
+            "--pid",
+            &pid,
+            "--profile-hz",
+            "99",
+            "--profile-interval",
+            "60s",
+            "--output-dir",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    std::thread::sleep(Duration::from_secs(4));
+    // SAFETY: kill has no memory effects; the pid is our own child, still running.
+    let rc = unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = wait_with_deadline(&mut agent, Duration::from_secs(30));
+    let _ = workload.kill();
+    let _ = wait_with_deadline(&mut workload, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "SIGTERM must end the agent cleanly: {status}"
+    );
+    // The interval was 60 s: only the flush on SIGTERM can have written this.
+    let profiles = read_profiles(dir.path());
+    assert_eq!(
+        profiles.len(),
+        1,
+        "{:?}",
+        profiles.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    assert!(profiles[0].0.starts_with("checkout-"), "{}", profiles[0].0);
+    assert!(
+        inclusive_counts(&profiles[0].1)
+            .get("hot_alpha")
+            .copied()
+            .unwrap_or(0)
+            > 100
+    );
+}
