@@ -27,6 +27,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     }
     build(Extras::Test)?;
     build_workloads()?;
+    crate::python::ensure_test_env()?;
     step("running every test (cargo test --workspace)", || {
         exec(
             Command::new("cargo")
@@ -35,7 +36,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
                 .arg("--")
                 .args(&args.cargo_test_args)
                 .env("LOUPE_AGENT_BIN", agent_binary())
-                .env("LOUPE_WORKLOADS", root().join("target/workloads")),
+                .env("LOUPE_WORKLOADS", root().join("target/workloads"))
+                .env("LOUPE_PYTHON", crate::python::python()),
         )
     })
 }
