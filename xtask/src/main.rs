@@ -3,9 +3,12 @@
 
 mod bench;
 mod build;
+mod demo;
+mod python;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::{os::unix::process::CommandExt, process::Command};
 
@@ -34,6 +37,12 @@ enum Task {
     Test(test::TestArgs),
     /// Run the benchmarks and write a report.
     Bench(bench::BenchArgs),
+    /// Run the demo shop (MariaDB, Redis, five services, load) with the agent: `cargo xtask demo`.
+    Demo(demo::DemoArgs),
+    /// List, inject or verify a troubleshooting exercise of the demo shop.
+    Exercise(demo::ExerciseArgs),
+    /// Boot the agent and its end-to-end tests on the EKS kernels (5.10, 6.1, 6.12) under QEMU.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +63,8 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test(args) => test::test(args),
         Task::Bench(args) => bench::bench(args),
+        Task::VmTest(args) => vm::vm_test(args),
+        Task::Demo(args) => demo::demo(args),
+        Task::Exercise(args) => demo::exercise(args),
     }
 }

@@ -31,6 +31,8 @@ const BUILD_PACKAGES: &[&str] = &[
 const TEST_PACKAGES: &[&str] = &["mariadb-server", "redis-server", "procps"];
 /// Packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk"];
+/// Packages the kernel matrix needs: the emulator, the initramfs's shell, `strip`.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 
 /// What to install beyond the build toolchain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +40,7 @@ pub enum Extras {
     None,
     Test,
     Bench,
+    Vm,
 }
 
 pub fn setup(extras: Extras) -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ pub fn setup(extras: Extras) -> anyhow::Result<()> {
             packages.extend(TEST_PACKAGES);
             packages.extend(BENCH_PACKAGES);
         }
+        Extras::Vm => packages.extend(VM_PACKAGES),
     }
     install_packages(&packages)?;
     link_toolchain()?;
