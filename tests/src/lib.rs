@@ -184,3 +184,4 @@ pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
         .map(|l| s(l.str))
         .collect()
 }
+pub mod infra;
