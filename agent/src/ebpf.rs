@@ -64,6 +64,26 @@ fn raise_memlock_limit() {
     }
 }
 
+/// Takes a map out of the object as its typed form. Keep the returned value alive as long as any
+/// program using the map runs: dropping it closes the map's fd, and programs loaded afterwards would
+/// then fail with EBADF.
+pub fn take_map<T: TryFrom<aya::maps::Map>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, EbpfError>
+where
+    T::Error: std::fmt::Display,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
+        name,
+        message: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| EbpfError::Map {
+        name,
+        message: e.to_string(),
+    })
+}
+
 /// Converts a program load failure, keeping the verifier's log out of the user-facing message.
 pub fn rejected(name: &'static str, error: ProgramError) -> EbpfError {
     match error {

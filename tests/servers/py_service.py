@@ -7,8 +7,9 @@ Routes:
   GET /users/<id>      Redis GET user:<id>; on a miss SELECT from MariaDB and SET in Redis; then
                        GET http://<downstream>/stock/<id> (when --downstream is given). 200 JSON.
   GET /missing         MariaDB query on a table that does not exist: 500.
+  GET /stock/<id>      200 JSON computed from the id, no database (the downstream role).
   GET /health          200, no database.
-Usage: py_service.py --port P --mysql-port M --redis-port R [--downstream host:port]
+Usage: py_service.py --port P [--mysql-port M --redis-port R] [--downstream host:port]
 """
 import argparse
 import json
@@ -54,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         if parts == ["health"]:
             return self.reply(200, {"ok": True})
+        if len(parts) == 2 and parts[0] == "stock" and parts[1].isdigit():
+            return self.reply(200, {"id": int(parts[1]), "stock": int(parts[1]) * 2})
         if parts == ["missing"]:
             try:
                 with db().cursor() as c:
@@ -84,8 +87,8 @@ def main():
     global ARGS
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mysql-port", type=int, required=True)
-    p.add_argument("--redis-port", type=int, required=True)
+    p.add_argument("--mysql-port", type=int, default=0)
+    p.add_argument("--redis-port", type=int, default=0)
     p.add_argument("--downstream")
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)

@@ -174,6 +174,8 @@ pub mod socket {
         /// One of [`role`].
         pub role: u32,
         pub pid: u32,
+        /// The thread; 0 on a CLOSE userspace made up for a connection whose process exited
+        /// without closing it.
         pub tid: u32,
         pub fd: i32,
         /// One of [`direction`] for DATA events, 0 otherwise.
@@ -182,7 +184,8 @@ pub mod socket {
         pub conn_id: u64,
         /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the syscall completed.
         pub timestamp_ns: u64,
-        /// For DATA: `bpf_ktime_get_ns()` when the syscall started (read waits are not work).
+        /// For DATA and OPEN: `bpf_ktime_get_ns()` when the syscall started, so a read's or an
+        /// accept's wait is included. 0 if unknown (an accept already waiting when capture began).
         pub start_ns: u64,
         /// For DATA: bytes the syscall moved (its return value).
         pub bytes: u64,
@@ -234,6 +237,56 @@ pub mod socket {
         /// The agent's own pid: its traffic (exporters!) is never traced.
         pub agent_pid: u32,
         pub offsets: KernelOffsets,
+        /// Non-zero: only connections of processes present in `SOCKET_PIDS` are tracked.
+        pub filter_pids: u32,
+        pub _pad: u32,
+    }
+
+    /// Processes `SOCKET_PIDS` may name (the `--pid` filter).
+    pub const PID_ENTRIES: u32 = 1024;
+
+    /// Threads that may be inside a socket syscall on a tracked fd at once (`SOCKET_ARGS`).
+    pub const ARGS_ENTRIES: u32 = 16 * 1024;
+
+    /// A tracked connection: value of the `CONNECTIONS` map, keyed by `pid << 32 | fd`.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct ConnState {
+        pub conn_id: u64,
+        /// One of [`role`].
+        pub role: u32,
+        pub _pad: u32,
+        pub tuple: ConnTuple,
+    }
+
+    /// What the pointer of a [`SyscallArgs`] points to.
+    pub mod buffer {
+        /// A plain buffer (read, write, recvfrom, sendto).
+        pub const BUF: u32 = 1;
+        /// An array of `iovec` (readv, writev); `count` entries.
+        pub const IOVEC: u32 = 2;
+        /// A `user_msghdr` (recvmsg, sendmsg).
+        pub const MSGHDR: u32 = 3;
+        /// A `sockaddr` (connect, accept).
+        pub const SOCKADDR: u32 = 4;
+    }
+
+    /// A socket syscall in flight: saved at sys_enter, completed at sys_exit. Value of the
+    /// `SOCKET_ARGS` map, keyed by the thread's `pid_tgid`.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct SyscallArgs {
+        /// `bpf_ktime_get_ns()` at sys_enter.
+        pub start_ns: u64,
+        /// User pointer to the buffer, iovec array, msghdr or sockaddr (see `kind`).
+        pub ptr: u64,
+        pub fd: i32,
+        /// One of [`buffer`].
+        pub kind: u32,
+        /// iovec entries (IOVEC only).
+        pub count: u32,
+        /// One of [`direction`] (data syscalls only).
+        pub direction: u32,
     }
 
     /// Indices of the per-CPU `SOCKET_COUNTERS` array.
@@ -242,10 +295,14 @@ pub mod socket {
         pub const EVENTS_LOST: u32 = 0;
         /// Connections not tracked because the connection map was full.
         pub const CONN_MAP_FULL: u32 = 1;
-        /// Buffers that could not be read from user memory.
+        /// Buffers that could not be read from user memory (the event is sent with no bytes).
         pub const READ_FAILED: u32 = 2;
+        /// Data events lost because the in-flight syscall map (`SOCKET_ARGS`) was full.
+        pub const ARGS_MAP_FULL: u32 = 3;
+        /// Connections whose addresses could not be read from kernel memory (tuple left zeroed).
+        pub const TUPLE_FAILED: u32 = 4;
         /// Number of counters.
-        pub const COUNT: u32 = 3;
+        pub const COUNT: u32 = 5;
     }
 
     #[cfg(feature = "user")]
@@ -259,10 +316,18 @@ pub mod socket {
         unsafe impl aya::Pod for super::KernelOffsets {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::SocketConfig {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::ConnState {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::SyscallArgs {}
     }
 
     const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
     const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 104);
+    const _: () = assert!(core::mem::size_of::<SocketEvent>() == 104 + MAX_CAPTURE_BYTES);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
-    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 72);
+    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 80);
+    const _: () = assert!(core::mem::size_of::<ConnState>() == 56);
+    const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
+    const _: () = assert!(MAX_CAPTURE_BYTES.is_power_of_two());
 }

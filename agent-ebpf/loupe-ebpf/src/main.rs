@@ -5,6 +5,7 @@
 
 mod probes;
 mod profiler;
+mod sockets;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,1 +1,604 @@
-//! Socket capture: loading, attaching, reading the ring buffer (to be written).
+//! Socket capture, userspace half: fills the socket programs' configuration (struct offsets from
+//! BTF), loads and attaches their syscall tracepoints, and reads their ring buffer on a thread of its
+//! own into a bounded channel for the span builder.
+//!
+//! The reader never waits on the consumer: a full channel drops the event and counts it. Each second
+//! it turns the kernel's counters into metrics; every sweep interval (10 s) it forgets connections of
+//! processes that exited without closing them (the kernel closes their fds without a close()
+//! syscall), sending a made-up CLOSE (tid 0) so the span builder frees their state too.
+//!
+//! Connections opened before the capture started are not seen (no seeding from /proc yet).
+
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, trace_point::TracePointLink},
+};
+use bytes::Bytes;
+use loupe_collector::telemetry::{Counter, Gauge, Registry};
+use loupe_common::socket::{
+    ConnState, KernelOffsets, MAX_CAPTURE_BYTES, SocketConfig, SocketEventHeader, SyscallArgs,
+    counter, kind,
+};
+
+use super::SocketEvent;
+use crate::ebpf::{EbpfError, rejected, take_map};
+
+/// Bytes copied per buffer unless told otherwise: a request line and its headers.
+pub const DEFAULT_CAPTURE_BYTES: u32 = MAX_CAPTURE_BYTES as u32;
+/// Events waiting for the span builder at most (each ≤ ~1.2 KB: ≤ ~20 MB); more are dropped.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
+/// How often connections of exited processes are looked for, unless told otherwise.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the kernel's counters are read into metrics.
+const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the reader waits for events before checking whether to stop.
+const POLL_TIMEOUT_MS: i32 = 100;
+
+/// One syscall's tracepoint programs; `exit` is None when sys_exit has nothing to do.
+struct Syscall {
+    name: &'static str,
+    enter: &'static str,
+    exit: Option<&'static str>,
+}
+
+const SYSCALLS: &[Syscall] = &[
+    Syscall {
+        name: "accept",
+        enter: "sock_enter_accept",
+        exit: Some("sock_exit_accept"),
+    },
+    Syscall {
+        name: "accept4",
+        enter: "sock_enter_accept4",
+        exit: Some("sock_exit_accept4"),
+    },
+    Syscall {
+        name: "connect",
+        enter: "sock_enter_connect",
+        exit: Some("sock_exit_connect"),
+    },
+    Syscall {
+        name: "close",
+        enter: "sock_enter_close",
+        exit: None,
+    },
+    Syscall {
+        name: "read",
+        enter: "sock_enter_read",
+        exit: Some("sock_exit_read"),
+    },
+    Syscall {
+        name: "write",
+        enter: "sock_enter_write",
+        exit: Some("sock_exit_write"),
+    },
+    Syscall {
+        name: "recvfrom",
+        enter: "sock_enter_recvfrom",
+        exit: Some("sock_exit_recvfrom"),
+    },
+    Syscall {
+        name: "sendto",
+        enter: "sock_enter_sendto",
+        exit: Some("sock_exit_sendto"),
+    },
+    Syscall {
+        name: "readv",
+        enter: "sock_enter_readv",
+        exit: Some("sock_exit_readv"),
+    },
+    Syscall {
+        name: "writev",
+        enter: "sock_enter_writev",
+        exit: Some("sock_exit_writev"),
+    },
+    Syscall {
+        name: "recvmsg",
+        enter: "sock_enter_recvmsg",
+        exit: Some("sock_exit_recvmsg"),
+    },
+    Syscall {
+        name: "sendmsg",
+        enter: "sock_enter_sendmsg",
+        exit: Some("sock_exit_sendmsg"),
+    },
+];
+
+/// Socket capture settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Bytes copied per read/write buffer (clamped to MAX_CAPTURE_BYTES).
+    pub capture_bytes: u32,
+    /// The agent's own pid, as the kernel sees it (host pid namespace): never traced (0 traces
+    /// every process, for tests).
+    pub agent_pid: u32,
+    /// Only connections of these processes (empty: all).
+    pub pids: Vec<u32>,
+    /// Events the channel holds at most.
+    pub queue_capacity: usize,
+    /// How often connections of exited processes are forgotten.
+    pub sweep_interval: Duration,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            capture_bytes: DEFAULT_CAPTURE_BYTES,
+            agent_pid: std::process::id(),
+            pids: Vec::new(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+        }
+    }
+}
+
+struct Metrics {
+    open: Counter,
+    data: Counter,
+    close: Counter,
+    dropped_ring_full: Counter,
+    dropped_args_map_full: Counter,
+    dropped_queue_full: Counter,
+    untracked_map_full: Counter,
+    read_failures_buffer: Counter,
+    read_failures_tuple: Counter,
+    swept: Counter,
+    connections: Gauge,
+}
+
+impl Metrics {
+    fn new(r: &Registry) -> Self {
+        let events = |kind: &str| {
+            r.counter(
+                "loupe_socket_events_total",
+                "Socket events read from the kernel (or made up for exited processes), by kind.",
+                &[("kind", kind)],
+            )
+        };
+        let dropped = |reason: &str| {
+            r.counter(
+                "loupe_socket_events_dropped_total",
+                "Socket events lost before the span builder, by reason.",
+                &[("reason", reason)],
+            )
+        };
+        let read_failures = |what: &str| {
+            r.counter(
+                "loupe_socket_read_failures_total",
+                "Memory the socket programs could not read: a data buffer (event sent without \
+                 bytes) or a socket's addresses (connection tracked without them).",
+                &[("what", what)],
+            )
+        };
+        Metrics {
+            open: events("open"),
+            data: events("data"),
+            close: events("close"),
+            dropped_ring_full: dropped("ring_full"),
+            dropped_args_map_full: dropped("args_map_full"),
+            dropped_queue_full: dropped("queue_full"),
+            untracked_map_full: r.counter(
+                "loupe_socket_connections_untracked_total",
+                "TCP connections not tracked, by reason.",
+                &[("reason", "map_full")],
+            ),
+            read_failures_buffer: read_failures("buffer"),
+            read_failures_tuple: read_failures("tuple"),
+            swept: r.counter(
+                "loupe_socket_connections_swept_total",
+                "Tracked connections forgotten because their process exited without closing them.",
+                &[],
+            ),
+            connections: r.gauge(
+                "loupe_socket_connections",
+                "Connections tracked in the kernel at the last sweep.",
+                &[],
+            ),
+        }
+    }
+}
+
+/// The maps the reader thread owns.
+struct ReaderMaps {
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    connections: BpfHashMap<MapData, u64, ConnState>,
+    args: BpfHashMap<MapData, u64, SyscallArgs>,
+}
+
+/// The running socket capture. Dropping it stops the reader and detaches every program.
+pub struct SocketCapture {
+    /// Owned links: the programs stay attached while these live, whatever becomes of the `Ebpf`.
+    links: Vec<TracePointLink>,
+    /// Kept for the capture's lifetime: dropping a taken map closes its fd.
+    _config: Array<MapData, SocketConfig>,
+    _pids: BpfHashMap<MapData, u32, u8>,
+    offsets_valid: bool,
+    attached: Vec<&'static str>,
+    reader: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
+    move |e| EbpfError::Map {
+        name,
+        message: e.to_string(),
+    }
+}
+
+impl SocketCapture {
+    /// Configures, loads and attaches the socket programs of `ebpf` and starts the reader thread.
+    /// Takes the socket maps and programs' links out of `ebpf`; the rest (the profiler's) stays.
+    /// A syscall whose tracepoints cannot be attached is skipped with a warning; a program the
+    /// verifier rejects is an error.
+    pub fn start(
+        ebpf: &mut Ebpf,
+        options: CaptureOptions,
+        registry: &Registry,
+    ) -> Result<(SocketCapture, Receiver<SocketEvent>), EbpfError> {
+        let offsets = match super::btf::kernel_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read kernel struct offsets from BTF ({e}); connections are tracked \
+                     without their addresses and non-TCP sockets are filtered less precisely"
+                );
+                KernelOffsets::default()
+            }
+        };
+        let capture_bytes = options.capture_bytes.min(MAX_CAPTURE_BYTES as u32);
+
+        let mut config: Array<MapData, SocketConfig> = take_map(ebpf, "SOCKET_CONFIG")?;
+        let mut pids: BpfHashMap<MapData, u32, u8> = take_map(ebpf, "SOCKET_PIDS")?;
+        for pid in &options.pids {
+            pids.insert(pid, 1, 0).map_err(map_error("SOCKET_PIDS"))?;
+        }
+        config
+            .set(
+                0,
+                SocketConfig {
+                    capture_bytes,
+                    agent_pid: options.agent_pid,
+                    offsets,
+                    filter_pids: u32::from(!options.pids.is_empty()),
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_error("SOCKET_CONFIG"))?;
+        let maps = ReaderMaps {
+            ring: take_map(ebpf, "SOCKET_EVENTS")?,
+            counters: take_map(ebpf, "SOCKET_COUNTERS")?,
+            connections: take_map(ebpf, "CONNECTIONS")?,
+            args: take_map(ebpf, "SOCKET_ARGS")?,
+        };
+
+        for s in SYSCALLS {
+            for prog in std::iter::once(s.enter).chain(s.exit) {
+                program(ebpf, prog)?.load().map_err(|e| rejected(prog, e))?;
+            }
+        }
+        let mut links = Vec::new();
+        let mut attached = Vec::new();
+        for s in SYSCALLS {
+            match attach_syscall(ebpf, s) {
+                Ok(mut l) => {
+                    links.append(&mut l);
+                    attached.push(s.name);
+                }
+                Err(e) => tracing::warn!("{e}; {}() is not captured", s.name),
+            }
+        }
+        if attached.is_empty() {
+            return Err(EbpfError::Map {
+                name: "SOCKET_EVENTS",
+                message: "no syscall tracepoint could be attached (is tracefs mounted?)".into(),
+            });
+        }
+
+        let metrics = Metrics::new(registry);
+        let (tx, rx) = sync_channel(options.queue_capacity.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sweep_interval = options.sweep_interval;
+        let handle = {
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("loupe-sockets".into())
+                .spawn(move || read_events(maps, tx, metrics, sweep_interval, stop))
+                .map_err(|e| EbpfError::Map {
+                    name: "SOCKET_EVENTS",
+                    message: format!("cannot start the socket reader thread: {e}"),
+                })?
+        };
+        tracing::info!(
+            syscalls = attached.len(),
+            capture_bytes,
+            offsets = offsets.valid != 0,
+            pids = ?options.pids,
+            "socket capture attached"
+        );
+        Ok((
+            SocketCapture {
+                links,
+                _config: config,
+                _pids: pids,
+                offsets_valid: offsets.valid != 0,
+                attached,
+                reader: Some((handle, stop)),
+            },
+            rx,
+        ))
+    }
+
+    /// Whether connections carry their addresses (struct offsets were found in BTF).
+    pub fn offsets_valid(&self) -> bool {
+        self.offsets_valid
+    }
+
+    /// Syscalls whose tracepoints are attached.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Detaches the programs and stops the reader (the channel then disconnects).
+    pub fn stop(&mut self) {
+        self.links.clear();
+        if let Some((handle, stop)) = self.reader.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SocketCapture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePoint, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::Program(name))?
+        .try_into()
+        .map_err(|_| EbpfError::Program(name))
+}
+
+/// Attaches sys_exit before sys_enter, so every saved enter meets its exit; if sys_enter fails,
+/// the exit link is dropped (detached) again.
+fn attach_syscall(ebpf: &mut Ebpf, s: &Syscall) -> Result<Vec<TracePointLink>, EbpfError> {
+    let mut links = Vec::with_capacity(2);
+    for (prog, tracepoint) in s
+        .exit
+        .map(|p| (p, format!("sys_exit_{}", s.name)))
+        .into_iter()
+        .chain([(s.enter, format!("sys_enter_{}", s.name))])
+    {
+        let program = program(ebpf, prog)?;
+        let id = program
+            .attach("syscalls", &tracepoint)
+            .map_err(|source| EbpfError::Attach { name: prog, source })?;
+        links.push(
+            program
+                .take_link(id)
+                .map_err(|source| EbpfError::Attach { name: prog, source })?,
+        );
+    }
+    Ok(links)
+}
+
+/// Turns one ring-buffer record into the event the span builder consumes.
+fn decode(record: &[u8]) -> Option<SocketEvent> {
+    let header_len = std::mem::size_of::<SocketEventHeader>();
+    if record.len() < header_len {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<SocketEventHeader>() bytes the kernel wrote as a
+    // SocketEventHeader; read_unaligned copes with any alignment, and every bit pattern is valid
+    // (integers only).
+    let header: SocketEventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let data_start = std::mem::offset_of!(loupe_common::socket::SocketEvent, data);
+    let captured = (header.captured as usize).min(MAX_CAPTURE_BYTES);
+    let data = record
+        .get(data_start..data_start + captured)
+        .map(Bytes::copy_from_slice)
+        .unwrap_or_default();
+    Some(SocketEvent { header, data })
+}
+
+/// Events of one drain, counted locally and added to the metrics once.
+#[derive(Default)]
+struct Tally {
+    open: u64,
+    data: u64,
+    close: u64,
+    queue_full: u64,
+}
+
+impl Tally {
+    fn send(&mut self, tx: &SyncSender<SocketEvent>, event: SocketEvent) {
+        match event.header.kind {
+            kind::OPEN => self.open += 1,
+            kind::DATA => self.data += 1,
+            _ => self.close += 1,
+        }
+        match tx.try_send(event) {
+            Ok(()) => {}
+            // A gone consumer drops everything; count it the same way.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.queue_full += 1,
+        }
+    }
+
+    fn flush(&mut self, m: &Metrics) {
+        let t = std::mem::take(self);
+        m.open.add(t.open);
+        m.data.add(t.data);
+        m.close.add(t.close);
+        m.dropped_queue_full.add(t.queue_full);
+    }
+}
+
+fn read_events(
+    mut maps: ReaderMaps,
+    tx: SyncSender<SocketEvent>,
+    metrics: Metrics,
+    sweep_interval: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let fd = maps.ring.as_raw_fd();
+    let mut tally = Tally::default();
+    let mut last_counters = [0u64; counter::COUNT as usize];
+    let mut next_counters = Instant::now() + COUNTER_INTERVAL;
+    let mut next_sweep = Instant::now() + sweep_interval;
+    let mut warned_queue_full = false;
+    while !stop.load(Ordering::Relaxed) {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pollfd` is a valid array of one element for the duration of the call, and `fd`
+        // stays open because `maps.ring` outlives the loop.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, POLL_TIMEOUT_MS) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("socket reader: poll failed: {err}");
+                thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        drain(&mut maps.ring, &tx, &mut tally);
+        let now = Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + sweep_interval;
+            sweep(&mut maps, &tx, &mut tally, &metrics);
+        }
+        if now >= next_counters {
+            next_counters = now + COUNTER_INTERVAL;
+            if tally.queue_full > 0 && !warned_queue_full {
+                warned_queue_full = true;
+                tracing::warn!(
+                    "the span builder falls behind: socket events are dropped \
+                     (loupe_socket_events_dropped_total{{reason=\"queue_full\"}})"
+                );
+            }
+            tally.flush(&metrics);
+            update_kernel_counters(&maps.counters, &mut last_counters, &metrics);
+        }
+    }
+    // The programs are detached by now: pass on what they wrote last (CLOSEs, mostly).
+    drain(&mut maps.ring, &tx, &mut tally);
+    tally.flush(&metrics);
+    update_kernel_counters(&maps.counters, &mut last_counters, &metrics);
+}
+
+fn drain(ring: &mut RingBuf<MapData>, tx: &SyncSender<SocketEvent>, tally: &mut Tally) {
+    while let Some(record) = ring.next() {
+        let event = decode(&record);
+        drop(record);
+        if let Some(event) = event {
+            tally.send(tx, event);
+        }
+    }
+}
+
+fn update_kernel_counters(
+    counters: &PerCpuArray<MapData, u64>,
+    last: &mut [u64; counter::COUNT as usize],
+    m: &Metrics,
+) {
+    let mut totals = [0u64; counter::COUNT as usize];
+    for (i, total) in totals.iter_mut().enumerate() {
+        if let Ok(values) = counters.get(&(i as u32), 0) {
+            *total = values.iter().sum();
+        }
+    }
+    let delta = |i: u32| totals[i as usize].saturating_sub(last[i as usize]);
+    m.dropped_ring_full.add(delta(counter::EVENTS_LOST));
+    m.dropped_args_map_full.add(delta(counter::ARGS_MAP_FULL));
+    m.untracked_map_full.add(delta(counter::CONN_MAP_FULL));
+    m.read_failures_buffer.add(delta(counter::READ_FAILED));
+    m.read_failures_tuple.add(delta(counter::TUPLE_FAILED));
+    *last = totals;
+}
+
+/// The monotonic clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Forgets connections and in-flight syscalls of processes and threads that are gone: their fds
+/// were closed by the kernel at exit, which no close() tracepoint shows.
+fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvent>, tally: &mut Tally, m: &Metrics) {
+    let mut alive: HashMap<u32, bool> = HashMap::new();
+    let mut is_alive = |pid: u32| {
+        *alive
+            .entry(pid)
+            .or_insert_with(|| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+
+    let keys: Vec<u64> = maps.connections.keys().filter_map(Result::ok).collect();
+    let mut live = keys.len() as i64;
+    for key in keys {
+        let pid = (key >> 32) as u32;
+        if is_alive(pid) {
+            continue;
+        }
+        let Ok(state) = maps.connections.get(&key, 0) else {
+            continue;
+        };
+        if maps.connections.remove(&key).is_err() {
+            continue;
+        }
+        live -= 1;
+        m.swept.inc();
+        tally.send(
+            tx,
+            SocketEvent {
+                header: SocketEventHeader {
+                    kind: kind::CLOSE,
+                    role: state.role,
+                    pid,
+                    tid: 0,
+                    fd: key as u32 as i32,
+                    conn_id: state.conn_id,
+                    timestamp_ns: monotonic_ns(),
+                    tuple: state.tuple,
+                    ..Default::default()
+                },
+                data: Bytes::new(),
+            },
+        );
+    }
+    m.connections.set(live);
+
+    // A thread killed inside a syscall never reaches sys_exit: its saved arguments would stay.
+    let keys: Vec<u64> = maps.args.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let (pid, tid) = ((key >> 32) as u32, key as u32);
+        if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+            let _ = maps.args.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -35,10 +35,11 @@ use loupe_collector::{
 };
 use loupe_common::{ProcessEvent, ProfilerConfig, SampleKey, SampleValue, counter, process_event};
 
-use crate::ebpf::{EbpfError, rejected};
+use crate::ebpf::{EbpfError, rejected, take_map};
 pub use assemble::comm_str;
 use assemble::{RawSample, StackStats};
 use procs::ProcessTable;
+pub use procs::{ProcessIdentity, process_identity};
 pub use symbolize::Symbolizer;
 
 /// Processes the table holds at most.
@@ -182,20 +183,6 @@ pub struct Profiler {
     host_labels: Vec<(String, String)>,
     metrics: Metrics,
     watcher: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
-}
-
-fn take_map<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
-where
-    T::Error: std::fmt::Display,
-{
-    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
-        name,
-        message: "missing from the object".into(),
-    })?;
-    T::try_from(map).map_err(|e| EbpfError::Map {
-        name,
-        message: e.to_string(),
-    })
 }
 
 impl Profiler {

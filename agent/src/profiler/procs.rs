@@ -272,6 +272,40 @@ fn service_from_comm(comm: &str) -> String {
     }
 }
 
+/// How a running process is named in telemetry (shared with the span builder, so that spans
+/// and profiles of a process carry the same `service.name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// `OTEL_SERVICE_NAME` from the environment, else the executable's file name, else `comm`.
+    pub service: String,
+    /// The executable's file name (`process.executable.name`), when readable.
+    pub executable: Option<String>,
+}
+
+/// Names process `pid` as the profiler does; `None` when it is gone.
+pub fn process_identity(pid: u32) -> Option<ProcessIdentity> {
+    let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| {
+            p.file_name().map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string()
+            })
+        });
+    let service = match read_service_name(pid).or_else(|| executable.clone()) {
+        Some(s) => s,
+        None => {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            service_from_comm(comm.trim_end())
+        }
+    };
+    Some(ProcessIdentity {
+        service,
+        executable,
+    })
+}
+
 /// `OTEL_SERVICE_NAME` from /proc/PID/environ (read at most 1 MiB of it).
 fn read_service_name(pid: u32) -> Option<String> {
     let file = File::open(format!("/proc/{pid}/environ")).ok()?;
@@ -381,6 +415,20 @@ mod tests {
         let b2 = again.mapping_for(addr).unwrap().binary.clone().unwrap();
         assert!(Arc::ptr_eq(b, &b2));
         assert!(p.mapping_for(0).is_none());
+    }
+
+    #[test]
+    fn identity_of_this_process_matches_the_profiler() {
+        let me = std::process::id();
+        let id = process_identity(me).unwrap();
+        let p = ProcessTable::new(4).refresh(me, "tests");
+        assert_eq!(id.service, p.service);
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(
+            id.executable.as_deref(),
+            exe.file_name().and_then(|n| n.to_str())
+        );
+        assert_eq!(process_identity(u32::MAX), None);
     }
 
     #[test]

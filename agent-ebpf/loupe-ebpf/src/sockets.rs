@@ -1,0 +1,723 @@
+//! Socket capture for network spans, from syscall tracepoints (the attach method every kernel has).
+//!
+//! accept/accept4 and connect exits start tracking a TCP connection, keyed by (pid, fd), and announce
+//! it with an OPEN event carrying its addresses, read from the kernel's socket through the struct
+//! offsets userspace found in BTF. Data syscalls on a tracked fd save their arguments at sys_enter
+//! (per thread) and emit a DATA event at sys_exit with the byte count and the first bytes moved.
+//! close announces the end. Untracked fds cost one hash lookup per data syscall.
+//!
+//! Every event is reserved in the ring buffer at its fixed size, so the 1 KiB of captured bytes never
+//! sits on the 512-byte BPF stack; iovec gathers go through a per-CPU scratch buffer.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+            bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw,
+        },
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use loupe_common::socket::{
+    ARGS_ENTRIES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, MAX_CAPTURE_BYTES,
+    PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader,
+    SyscallArgs, buffer, counter, direction, kind, role,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const EINPROGRESS: i64 = 115;
+/// iovec entries copied from at most (readv/writev/recvmsg/sendmsg).
+const MAX_IOVECS: u64 = 4;
+/// Mask keeping a length or offset below MAX_CAPTURE_BYTES, in a form the verifier tracks.
+const CAPTURE_MASK: u64 = MAX_CAPTURE_BYTES as u64 - 1;
+
+#[map]
+static SOCKET_CONFIG: Array<SocketConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static SOCKET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The `--pid` filter (when `SocketConfig::filter_pids` is set).
+#[map]
+static SOCKET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(PID_ENTRIES, 0);
+
+/// Tracked connections, keyed by `pid << 32 | fd`.
+#[map]
+static CONNECTIONS: HashMap<u64, ConnState> = HashMap::with_max_entries(CONN_ENTRIES, 0);
+
+/// Socket syscalls in flight on a tracked fd, keyed by `pid_tgid`.
+#[map]
+static SOCKET_ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(ARGS_ENTRIES, 0);
+
+/// Per-CPU sequence numbers; with the CPU id they make connection ids that never repeat.
+#[map]
+static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where iovec pieces are gathered: twice the capture size, so a masked offset plus a masked length
+/// always fits, which the verifier can check.
+#[map]
+static SOCKET_SCRATCH: PerCpuArray<[u8; 2 * MAX_CAPTURE_BYTES]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_EVENT_RING_BYTES, 0);
+
+/// A user-space `struct iovec`.
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = SOCKET_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup, so it is valid, aligned
+        // and only touched by this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Syscall argument `n` (0-based) of a sys_enter tracepoint, or the return value (n = 0) of a
+/// sys_exit one: 8-byte fields from offset 16 (see events/syscalls/*/format).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: tracepoint programs may read their context directly; syscall records hold 8-byte
+    // aligned fields from offset 16, and every caller reads a field its tracepoint has.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u64).add(2 + n)) }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static SocketConfig> {
+    // SAFETY: a lookup of index 0 in a one-entry array; the value is only read.
+    SOCKET_CONFIG.get_ptr(0).map(|c| unsafe { &*c })
+}
+
+/// Key of the connection map; None for an fd no syscall could return (negative).
+#[inline(always)]
+fn conn_key(pid_tgid: u64, fd: u64) -> Option<u64> {
+    let fd = fd as u32;
+    if (fd as i32) < 0 {
+        return None;
+    }
+    Some((pid_tgid & 0xffff_ffff_0000_0000) | u64::from(fd))
+}
+
+/// Whether connections of this process are tracked at all.
+#[inline(always)]
+fn wanted(pid: u32, config: &SocketConfig) -> bool {
+    if pid == config.agent_pid {
+        return false;
+    }
+    config.filter_pids == 0 || SOCKET_PIDS.get_ptr(pid).is_some()
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn save_args(pid_tgid: u64, args: &SyscallArgs) {
+    if SOCKET_ARGS.insert(pid_tgid, args, 0).is_err() {
+        count(counter::ARGS_MAP_FULL);
+    }
+}
+
+/// Removes and returns what this thread's sys_enter saved, if it was the expected kind of call.
+#[inline(always)]
+fn take_args(pid_tgid: u64, expected: u32) -> Option<SyscallArgs> {
+    let saved = SOCKET_ARGS.get_ptr(pid_tgid)?;
+    // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
+    let args = unsafe { *saved };
+    let _ = SOCKET_ARGS.remove(pid_tgid);
+    (args.kind == expected).then_some(args)
+}
+
+// ---------------------------------------------------------------------------------------------
+// accept / accept4: the new fd is the server side of a connection.
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
+pub fn sock_enter_accept(ctx: TracePointContext) -> u32 {
+    enter_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
+pub fn sock_enter_accept4(ctx: TracePointContext) -> u32 {
+    enter_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sock_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sock_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn enter_accept(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(config) = config() else { return };
+    if !wanted((pid_tgid >> 32) as u32, config) {
+        return;
+    }
+    save_args(
+        pid_tgid,
+        &SyscallArgs {
+            start_ns: now(),
+            ptr: arg(ctx, 1),
+            fd: arg(ctx, 0) as i32,
+            kind: buffer::SOCKADDR,
+            count: 0,
+            direction: 0,
+        },
+    );
+}
+
+#[inline(always)]
+fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Servers sit in accept: the first one after the agent started has no saved arguments, and
+    // still counts.
+    let args = take_args(pid_tgid, buffer::SOCKADDR);
+    let ret = arg(ctx, 0) as i64;
+    if ret < 0 {
+        return Ok(());
+    }
+    let config = config().ok_or(0)?;
+    if !wanted((pid_tgid >> 32) as u32, config) {
+        return Ok(());
+    }
+    let (start_ns, user_family) = match args {
+        Some(a) => (a.start_ns, user_family(a.ptr)),
+        None => (0, None),
+    };
+    open(
+        pid_tgid,
+        ret as u64,
+        role::SERVER,
+        start_ns,
+        user_family,
+        config,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// connect: the fd is the client side of a connection once connect succeeded or is under way.
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sock_enter_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(config) = config() else { return 0 };
+    if !wanted((pid_tgid >> 32) as u32, config) {
+        return 0;
+    }
+    save_args(
+        pid_tgid,
+        &SyscallArgs {
+            start_ns: now(),
+            ptr: arg(&ctx, 1),
+            fd: arg(&ctx, 0) as i32,
+            kind: buffer::SOCKADDR,
+            count: 0,
+            direction: 0,
+        },
+    );
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sock_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_connect(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let args = take_args(pid_tgid, buffer::SOCKADDR).ok_or(0)?;
+    let ret = arg(ctx, 0) as i64;
+    if ret != 0 && ret != -EINPROGRESS {
+        return Ok(());
+    }
+    // The address asked for is the cheap filter: unix, netlink and AF_UNSPEC (UDP disconnect) stop
+    // here.
+    let family = user_family(args.ptr).ok_or(0)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let config = config().ok_or(0)?;
+    open(
+        pid_tgid,
+        args.fd as u32 as u64,
+        role::CLIENT,
+        args.start_ns,
+        Some(family),
+        config,
+    )
+}
+
+/// The family of a user `sockaddr`, if there is one and it can be read.
+#[inline(always)]
+fn user_family(ptr: u64) -> Option<u16> {
+    if ptr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user copes with any address: a bad one is an error, not a fault.
+    match unsafe { bpf_probe_read_user(ptr as *const u16) } {
+        Ok(family) => Some(family),
+        Err(_) => {
+            count(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
+/// Starts tracking (pid, fd) if it is a TCP socket, and announces it.
+#[inline(always)]
+fn open(
+    pid_tgid: u64,
+    fd: u64,
+    conn_role: u32,
+    start_ns: u64,
+    user_family: Option<u16>,
+    config: &SocketConfig,
+) -> Result<(), i64> {
+    let key = conn_key(pid_tgid, fd).ok_or(0)?;
+    let mut state = ConnState {
+        conn_id: 0,
+        role: conn_role,
+        _pad: 0,
+        tuple: ConnTuple::default(),
+    };
+    let from_kernel = if config.offsets.valid != 0 {
+        match read_tuple(fd, &config.offsets, &mut state.tuple) {
+            Ok(protocol) => Some(protocol),
+            Err(_) => {
+                count(counter::TUPLE_FAILED);
+                state.tuple = ConnTuple::default();
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match from_kernel {
+        Some(protocol) => {
+            let family = state.tuple.family;
+            if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+                return Ok(());
+            }
+        }
+        // Without the socket, the address family the caller gave is all there is; an accept
+        // without an address is tracked and left to userspace.
+        None => {
+            if let Some(family) = user_family
+                && family != AF_INET
+                && family != AF_INET6
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    // The fd was closed in a way close() did not show (dup2, close_range, exec): end the old one.
+    if let Some(old) = CONNECTIONS.get_ptr(key) {
+        // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+        let old = unsafe { *old };
+        emit_header(kind::CLOSE, pid_tgid, fd, &old, 0);
+    }
+    state.conn_id = next_conn_id().ok_or(0)?;
+    if CONNECTIONS.insert(key, state, 0).is_err() {
+        count(counter::CONN_MAP_FULL);
+        return Ok(());
+    }
+    emit_header(kind::OPEN, pid_tgid, fd, &state, start_ns);
+    Ok(())
+}
+
+#[inline(always)]
+fn next_conn_id() -> Option<u64> {
+    // SAFETY: the helper has no preconditions.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    let seq = CONN_IDS.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array slot, only touched by this CPU while the program runs (syscall
+    // tracepoint programs run with preemption off).
+    let n = unsafe {
+        *seq += 1;
+        *seq
+    };
+    Some(((cpu + 1) << 48) | (n & 0xffff_ffff_ffff))
+}
+
+/// Reads kernel memory at `base + offset` as a `T`.
+#[inline(always)]
+fn kread<T>(base: u64, offset: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel copes with any address: a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(i64::from)
+}
+
+/// Fills `tuple` from the socket behind the current task's `fd`, walking
+/// task → files → fdtable → file → socket → sock; returns the socket's protocol.
+#[inline(always)]
+fn read_tuple(fd: u64, o: &KernelOffsets, tuple: &mut ConnTuple) -> Result<u16, i64> {
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kread(task, o.task_files)?;
+    let fdt: u64 = kread(files, o.files_fdt)?;
+    let max_fds: u32 = kread(fdt, o.fdtable_max_fds)?;
+    if fd >= u64::from(max_fds) {
+        return Err(0);
+    }
+    let fd_array: u64 = kread(fdt, o.fdtable_fd)?;
+    let file: u64 = kread(fd_array + fd * 8, 0)?;
+    let socket: u64 = kread(file, o.file_private_data)?;
+    let sk: u64 = kread(socket, o.socket_sk)?;
+    if sk == 0 {
+        return Err(0);
+    }
+    let protocol: u16 = kread(sk, o.sock_protocol)?;
+    let family: u16 = kread(sk, o.skc_family)?;
+    tuple.family = family;
+    if family == AF_INET {
+        let remote: [u8; 4] = kread(sk, o.skc_daddr)?;
+        let local: [u8; 4] = kread(sk, o.skc_rcv_saddr)?;
+        tuple.remote_addr = v4_mapped(remote);
+        tuple.local_addr = v4_mapped(local);
+    } else if family == AF_INET6 {
+        tuple.remote_addr = kread(sk, o.skc_v6_daddr)?;
+        tuple.local_addr = kread(sk, o.skc_v6_rcv_saddr)?;
+    }
+    let dport: u16 = kread(sk, o.skc_dport)?;
+    tuple.remote_port = u16::from_be(dport);
+    tuple.local_port = kread(sk, o.skc_num)?;
+    Ok(protocol)
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// Emits an OPEN or CLOSE event: the header alone.
+#[inline(always)]
+fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start_ns: u64) {
+    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketEventHeader>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    entry.write(SocketEventHeader {
+        kind: event_kind,
+        role: state.role,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd: fd as i32,
+        direction: 0,
+        conn_id: state.conn_id,
+        timestamp_ns: now(),
+        start_ns,
+        bytes: 0,
+        captured: 0,
+        _pad: 0,
+        tuple: state.tuple,
+    });
+    entry.submit(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// close: the end of a tracked connection.
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn sock_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = arg(&ctx, 0);
+    let Some(key) = conn_key(pid_tgid, fd) else {
+        return 0;
+    };
+    let Some(state) = CONNECTIONS.get_ptr(key) else {
+        return 0;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
+    let state = unsafe { *state };
+    let _ = CONNECTIONS.remove(key);
+    emit_header(kind::CLOSE, pid_tgid, fd, &state, 0);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data syscalls. Enter: on a tracked fd, save where the bytes are. Exit: emit what moved.
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $enter_tp:literal, $exit_tp:literal, $buffer:expr, $direction:expr) => {
+        #[tracepoint(category = "syscalls", name = $enter_tp)]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $buffer, $direction);
+            0
+        }
+
+        #[tracepoint(category = "syscalls", name = $exit_tp)]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            let _ = try_exit_data(&ctx, $buffer);
+            0
+        }
+    };
+}
+
+data_syscall!(
+    sock_enter_read,
+    sock_exit_read,
+    "sys_enter_read",
+    "sys_exit_read",
+    buffer::BUF,
+    direction::INGRESS
+);
+data_syscall!(
+    sock_enter_write,
+    sock_exit_write,
+    "sys_enter_write",
+    "sys_exit_write",
+    buffer::BUF,
+    direction::EGRESS
+);
+data_syscall!(
+    sock_enter_recvfrom,
+    sock_exit_recvfrom,
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    buffer::BUF,
+    direction::INGRESS
+);
+data_syscall!(
+    sock_enter_sendto,
+    sock_exit_sendto,
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    buffer::BUF,
+    direction::EGRESS
+);
+data_syscall!(
+    sock_enter_readv,
+    sock_exit_readv,
+    "sys_enter_readv",
+    "sys_exit_readv",
+    buffer::IOVEC,
+    direction::INGRESS
+);
+data_syscall!(
+    sock_enter_writev,
+    sock_exit_writev,
+    "sys_enter_writev",
+    "sys_exit_writev",
+    buffer::IOVEC,
+    direction::EGRESS
+);
+data_syscall!(
+    sock_enter_recvmsg,
+    sock_exit_recvmsg,
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    buffer::MSGHDR,
+    direction::INGRESS
+);
+data_syscall!(
+    sock_enter_sendmsg,
+    sock_exit_sendmsg,
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    buffer::MSGHDR,
+    direction::EGRESS
+);
+
+/// All data syscalls start (fd, pointer, count-or-flags).
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = arg(ctx, 0);
+    let Some(key) = conn_key(pid_tgid, fd) else {
+        return;
+    };
+    if CONNECTIONS.get_ptr(key).is_none() {
+        return;
+    }
+    let count = if buffer_kind == buffer::IOVEC {
+        arg(ctx, 2).min(u64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    save_args(
+        pid_tgid,
+        &SyscallArgs {
+            start_ns: now(),
+            ptr: arg(ctx, 1),
+            fd: fd as i32,
+            kind: buffer_kind,
+            count,
+            direction: data_direction,
+        },
+    );
+}
+
+#[inline(always)]
+fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let args = take_args(pid_tgid, buffer_kind).ok_or(0)?;
+    let ret = arg(ctx, 0) as i64;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let fd = args.fd as u32 as u64;
+    let key = conn_key(pid_tgid, fd).ok_or(0)?;
+    // Closed by another thread meanwhile: its CLOSE is out already, so stay quiet.
+    let state = CONNECTIONS.get_ptr(key).ok_or(0)?;
+    // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+    let state = unsafe { *state };
+    let config = config().ok_or(0)?;
+    let want = (ret as u64)
+        .min(u64::from(config.capture_bytes))
+        .min(MAX_CAPTURE_BYTES as u64);
+
+    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketEvent>(0) else {
+        count(counter::EVENTS_LOST);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, writable SocketEvent in the ring buffer; `data` is a
+    // field inside it.
+    let data = unsafe { core::ptr::addr_of_mut!((*event).data) } as *mut u8;
+    let captured = if want == 0 {
+        0
+    } else if buffer_kind == buffer::BUF {
+        copy_buffer(data, args.ptr, want)
+    } else if buffer_kind == buffer::IOVEC {
+        copy_iovecs(data, args.ptr, u64::from(args.count), want)
+    } else {
+        copy_msghdr(data, args.ptr, want)
+    };
+    let header = SocketEventHeader {
+        kind: kind::DATA,
+        role: state.role,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd: args.fd,
+        direction: args.direction,
+        conn_id: state.conn_id,
+        timestamp_ns: now(),
+        start_ns: args.start_ns,
+        bytes: ret as u64,
+        captured,
+        _pad: 0,
+        tuple: state.tuple,
+    };
+    // SAFETY: as above; the header is written in place, the data bytes before it.
+    unsafe { core::ptr::addr_of_mut!((*event).header).write(header) };
+    entry.submit(0);
+    Ok(())
+}
+
+/// `want` (1..=MAX_CAPTURE_BYTES) rewritten so the verifier sees that bound.
+#[inline(always)]
+fn bounded(want: u64) -> u64 {
+    ((want - 1) & CAPTURE_MASK) + 1
+}
+
+/// Copies the first `want` bytes (1..=MAX_CAPTURE_BYTES) of a user buffer into `dst` (a
+/// MAX_CAPTURE_BYTES area); returns the bytes copied.
+#[inline(always)]
+fn copy_buffer(dst: *mut u8, src: u64, want: u64) -> u32 {
+    let n = bounded(want);
+    // SAFETY: `dst` has room for MAX_CAPTURE_BYTES ≥ n bytes; the helper checks `src`.
+    let ret = unsafe { read_user_raw(dst as *mut c_void, n as u32, src as *const c_void) };
+    if ret != 0 {
+        count(counter::READ_FAILED);
+        return 0;
+    }
+    n as u32
+}
+
+/// recvmsg/sendmsg: the iovec array and its length sit at offsets 16 and 24 of `user_msghdr`.
+#[inline(always)]
+fn copy_msghdr(dst: *mut u8, msg: u64, want: u64) -> u32 {
+    // SAFETY: bpf_probe_read_user copes with any address.
+    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
+    // SAFETY: as above.
+    let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
+    match (iov, iovlen) {
+        (Ok(iov), Ok(iovlen)) => copy_iovecs(dst, iov, iovlen, want),
+        _ => {
+            count(counter::READ_FAILED);
+            0
+        }
+    }
+}
+
+/// Gathers the first `want` bytes (1..=MAX_CAPTURE_BYTES) from up to MAX_IOVECS iovecs into the
+/// per-CPU scratch buffer, then copies them to `dst`; returns the bytes copied.
+#[inline(always)]
+fn copy_iovecs(dst: *mut u8, iov: u64, iovcnt: u64, want: u64) -> u32 {
+    let Some(scratch) = SOCKET_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let scratch = scratch as *mut u8;
+    let mut off: u64 = 0;
+    for i in 0..MAX_IOVECS {
+        if i >= iovcnt || off >= want {
+            break;
+        }
+        // SAFETY: bpf_probe_read_user copes with any address.
+        let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
+            count(counter::READ_FAILED);
+            break;
+        };
+        let chunk = v.len.min(want - off);
+        if chunk == 0 {
+            continue;
+        }
+        // Offset below MAX_CAPTURE_BYTES and length at most MAX_CAPTURE_BYTES: inside the scratch
+        // buffer of twice that size.
+        let at = off & CAPTURE_MASK;
+        let n = bounded(chunk);
+        // SAFETY: scratch + at .. + n lies within the 2 * MAX_CAPTURE_BYTES scratch value.
+        let ret = unsafe {
+            read_user_raw(
+                scratch.add(at as usize) as *mut c_void,
+                n as u32,
+                v.base as *const c_void,
+            )
+        };
+        if ret != 0 {
+            count(counter::READ_FAILED);
+            break;
+        }
+        off += chunk;
+    }
+    if off == 0 {
+        return 0;
+    }
+    let n = bounded(off);
+    // SAFETY: `dst` has room for MAX_CAPTURE_BYTES ≥ n bytes, and scratch holds at least n.
+    let ret = unsafe { read_kernel_raw(dst as *mut c_void, n as u32, scratch as *const c_void) };
+    if ret != 0 {
+        count(counter::READ_FAILED);
+        return 0;
+    }
+    n as u32
+}

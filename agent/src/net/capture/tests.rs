@@ -1,0 +1,532 @@
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+};
+
+use loupe_common::socket::{ConnTuple, direction, role};
+
+use super::*;
+
+const CAPTURE: u32 = 256;
+
+#[test]
+fn decode_bounds_the_data_by_the_record() {
+    let header = SocketEventHeader {
+        kind: kind::DATA,
+        bytes: 5000,
+        captured: 4,
+        ..Default::default()
+    };
+    let mut record = vec![0u8; 104 + 8];
+    // SAFETY: the record has room for the header at its start.
+    unsafe { std::ptr::write_unaligned(record.as_mut_ptr().cast(), header) };
+    record[104..108].copy_from_slice(b"GET ");
+    let e = decode(&record).unwrap();
+    assert_eq!((e.header.bytes, &e.data[..]), (5000, &b"GET "[..]));
+
+    // A header claiming more bytes than the record holds gives none, and a short record nothing.
+    let mut lying = record.clone();
+    lying[56..60].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(decode(&lying).unwrap().data.is_empty());
+    assert!(decode(&record[..50]).is_none());
+    // An OPEN/CLOSE record is the header alone.
+    assert!(decode(&record[..104]).unwrap().data.is_empty());
+}
+
+fn check(ret: isize, what: &str) -> usize {
+    assert!(ret >= 0, "{what}: {}", io::Error::last_os_error());
+    ret as usize
+}
+
+fn iov(buf: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    }
+}
+
+fn sys_write(fd: RawFd, buf: &[u8]) {
+    // SAFETY: `buf` is valid for reads of its length.
+    let n = check(
+        unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) },
+        "write",
+    );
+    assert_eq!(n, buf.len());
+}
+
+fn sys_sendto(fd: RawFd, buf: &[u8]) {
+    // SAFETY: `buf` is valid for reads of its length; no address is passed.
+    let n = check(
+        unsafe { libc::sendto(fd, buf.as_ptr().cast(), buf.len(), 0, std::ptr::null(), 0) },
+        "sendto",
+    );
+    assert_eq!(n, buf.len());
+}
+
+fn sys_writev(fd: RawFd, parts: &[&[u8]]) {
+    let iovs: Vec<libc::iovec> = parts.iter().map(|p| iov(p)).collect();
+    // SAFETY: every iovec points into a live slice of its length.
+    let n = check(
+        unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as i32) },
+        "writev",
+    );
+    assert_eq!(n, parts.iter().map(|p| p.len()).sum::<usize>());
+}
+
+fn sys_sendmsg(fd: RawFd, parts: &[&[u8]]) {
+    let mut iovs: Vec<libc::iovec> = parts.iter().map(|p| iov(p)).collect();
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len();
+    // SAFETY: `msg` points to live iovecs.
+    let n = check(unsafe { libc::sendmsg(fd, &msg, 0) }, "sendmsg");
+    assert_eq!(n, parts.iter().map(|p| p.len()).sum::<usize>());
+}
+
+/// Reads exactly `len` bytes with read(2).
+fn sys_read_exact(fd: RawFd, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        // SAFETY: the destination is the unfilled tail of `buf`.
+        got += check(
+            unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), len - got) },
+            "read",
+        );
+    }
+    buf
+}
+
+fn sys_recvfrom(fd: RawFd, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: `buf` is valid for writes of its length; no address is asked for.
+    let n = check(
+        unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                len,
+                libc::MSG_WAITALL,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        },
+        "recvfrom",
+    );
+    buf.truncate(n);
+    buf
+}
+
+/// readv into buffers of these sizes; returns what arrived, joined.
+fn sys_readv(fd: RawFd, sizes: &[usize]) -> Vec<u8> {
+    let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|&s| vec![0u8; s]).collect();
+    let iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a live, writable buffer of its length.
+    let n = check(
+        unsafe { libc::readv(fd, iovs.as_ptr(), iovs.len() as i32) },
+        "readv",
+    );
+    bufs.concat()[..n].to_vec()
+}
+
+fn sys_recvmsg(fd: RawFd, sizes: &[usize]) -> Vec<u8> {
+    let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|&s| vec![0u8; s]).collect();
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len();
+    // SAFETY: `msg` points to live, writable iovecs.
+    let n = check(
+        unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) },
+        "recvmsg",
+    );
+    bufs.concat()[..n].to_vec()
+}
+
+fn v4_mapped(ip: Ipv4Addr) -> [u8; 16] {
+    ip.to_ipv6_mapped().octets()
+}
+
+/// Collects events until `done` says so or 5 seconds pass.
+fn collect(
+    rx: &Receiver<SocketEvent>,
+    mut done: impl FnMut(&[SocketEvent]) -> bool,
+) -> Vec<SocketEvent> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = Vec::new();
+    while !done(&events) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) => events.push(e),
+            Err(_) => break,
+        }
+    }
+    events
+}
+
+struct Conn {
+    id: u64,
+    tuple: ConnTuple,
+}
+
+fn opened(events: &[SocketEvent], conn_role: u32, fd: RawFd) -> Conn {
+    let e = events
+        .iter()
+        .find(|e| e.header.kind == kind::OPEN && e.header.role == conn_role && e.header.fd == fd)
+        .unwrap_or_else(|| panic!("no OPEN for fd {fd} role {conn_role}"));
+    assert_eq!(e.header.pid, std::process::id());
+    assert_ne!(e.header.conn_id, 0);
+    Conn {
+        id: e.header.conn_id,
+        tuple: e.header.tuple,
+    }
+}
+
+/// The DATA events of one connection in one direction, as (bytes, captured data).
+fn data(events: &[SocketEvent], conn: &Conn, dir: u32) -> Vec<(u64, Vec<u8>)> {
+    events
+        .iter()
+        .filter(|e| e.header.kind == kind::DATA && e.header.conn_id == conn.id)
+        .filter(|e| e.header.direction == dir)
+        .inspect(|e| {
+            assert_eq!(e.header.captured as usize, e.data.len());
+            assert!(e.header.start_ns <= e.header.timestamp_ns);
+            assert_eq!(e.header.tuple, conn.tuple);
+        })
+        .map(|e| (e.header.bytes, e.data.to_vec()))
+        .collect()
+}
+
+fn closed(events: &[SocketEvent], conn: &Conn) -> bool {
+    events
+        .iter()
+        .any(|e| e.header.kind == kind::CLOSE && e.header.conn_id == conn.id)
+}
+
+fn small(b: &[u8]) -> (u64, Vec<u8>) {
+    (b.len() as u64, b.to_vec())
+}
+
+/// One TCP conversation over every captured syscall, plus UDP and unix traffic that must not show.
+fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
+    let listener = TcpListener::bind(listen).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (c, s) = (client.as_raw_fd(), server.as_raw_fd());
+    let client_port = client.local_addr().unwrap().port();
+
+    // Traffic that must not be tracked: connected UDP, unix stream sockets.
+    let udp_a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_b.connect(udp_a.local_addr().unwrap()).unwrap();
+    udp_b.send(b"udp payload").unwrap();
+    let mut buf = [0u8; 64];
+    udp_a.recv_from(&mut buf).unwrap();
+    sys_write(udp_b.as_raw_fd(), b"udp write");
+    udp_a.recv_from(&mut buf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let unix_listener = UnixListener::bind(dir.path().join("s")).unwrap();
+    let unix_client = UnixStream::connect(dir.path().join("s")).unwrap();
+    let (unix_server, _) = unix_listener.accept().unwrap();
+    sys_write(unix_client.as_raw_fd(), b"unix payload");
+    sys_read_exact(unix_server.as_raw_fd(), 12);
+    let quiet_fds = [
+        udp_a.as_raw_fd(),
+        udp_b.as_raw_fd(),
+        unix_listener.as_raw_fd(),
+        unix_client.as_raw_fd(),
+        unix_server.as_raw_fd(),
+    ];
+
+    let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    sys_write(c, b"GET /write HTTP/1.1\r\n\r\n");
+    assert_eq!(sys_read_exact(s, 23), b"GET /write HTTP/1.1\r\n\r\n");
+    sys_sendto(s, b"HTTP/1.1 200 sendto\r\n");
+    assert_eq!(sys_recvfrom(c, 21), b"HTTP/1.1 200 sendto\r\n");
+    sys_writev(c, &[b"GET ", b"/writev", b" HTTP/1.1\r\n"]);
+    assert_eq!(sys_readv(s, &[3, 5, 64]), b"GET /writev HTTP/1.1\r\n");
+    sys_sendmsg(s, &[b"HTTP/1.1 ", b"", b"201 sendmsg\r\n"]);
+    assert_eq!(sys_recvmsg(c, &[4, 1, 17]), b"HTTP/1.1 201 sendmsg\r\n");
+    sys_write(c, &big);
+    assert_eq!(sys_read_exact(s, big.len()), big);
+    drop(client);
+    drop(server);
+
+    let mut conns = None;
+    let events = collect(rx, |events| {
+        let open = |r, fd| {
+            events
+                .iter()
+                .find(|e| e.header.kind == kind::OPEN && e.header.role == r && e.header.fd == fd)
+        };
+        let (Some(co), Some(so)) = (open(role::CLIENT, c), open(role::SERVER, s)) else {
+            return false;
+        };
+        conns = Some((co.header.conn_id, so.header.conn_id));
+        let closed = |id| {
+            events
+                .iter()
+                .any(|e| e.header.kind == kind::CLOSE && e.header.conn_id == id)
+        };
+        closed(co.header.conn_id) && closed(so.header.conn_id)
+    });
+    assert!(
+        conns.is_some(),
+        "no OPEN events; got {} events",
+        events.len()
+    );
+
+    let client_conn = opened(&events, role::CLIENT, c);
+    let server_conn = opened(&events, role::SERVER, s);
+    assert_ne!(client_conn.id, server_conn.id);
+    let loopback = if family == 2 {
+        v4_mapped(Ipv4Addr::LOCALHOST)
+    } else {
+        Ipv6Addr::LOCALHOST.octets()
+    };
+    assert_eq!(
+        client_conn.tuple,
+        ConnTuple {
+            local_addr: loopback,
+            remote_addr: loopback,
+            local_port: client_port,
+            remote_port: port,
+            family,
+            _pad: 0,
+        }
+    );
+    assert_eq!(
+        server_conn.tuple,
+        ConnTuple {
+            local_addr: loopback,
+            remote_addr: loopback,
+            local_port: port,
+            remote_port: client_port,
+            family,
+            _pad: 0,
+        }
+    );
+
+    // Client out: write, writev, the big write (bytes: all of it; captured: the first CAPTURE).
+    assert_eq!(
+        data(&events, &client_conn, direction::EGRESS),
+        vec![
+            small(b"GET /write HTTP/1.1\r\n\r\n"),
+            small(b"GET /writev HTTP/1.1\r\n"),
+            (5000, big[..CAPTURE as usize].to_vec()),
+        ]
+    );
+    // Client in: recvfrom, recvmsg.
+    assert_eq!(
+        data(&events, &client_conn, direction::INGRESS),
+        vec![
+            small(b"HTTP/1.1 200 sendto\r\n"),
+            small(b"HTTP/1.1 201 sendmsg\r\n")
+        ]
+    );
+    // Server out: sendto, sendmsg.
+    assert_eq!(
+        data(&events, &server_conn, direction::EGRESS),
+        vec![
+            small(b"HTTP/1.1 200 sendto\r\n"),
+            small(b"HTTP/1.1 201 sendmsg\r\n")
+        ]
+    );
+    // Server in: read, readv, then the big message in as many reads as it took.
+    let server_in = data(&events, &server_conn, direction::INGRESS);
+    assert_eq!(
+        server_in[..2],
+        [
+            small(b"GET /write HTTP/1.1\r\n\r\n"),
+            small(b"GET /writev HTTP/1.1\r\n")
+        ]
+    );
+    let mut offset = 0usize;
+    for (bytes, captured) in &server_in[2..] {
+        let expected = &big[offset..offset + (*bytes as usize).min(CAPTURE as usize)];
+        assert_eq!(captured, expected, "read at offset {offset}");
+        offset += *bytes as usize;
+    }
+    assert_eq!(offset, big.len());
+
+    assert!(closed(&events, &client_conn) && closed(&events, &server_conn));
+    // (Other tests run on other threads of this process: only this thread's calls count here.)
+    for e in events.iter().filter(|e| e.header.tid == gettid()) {
+        assert!(
+            !quiet_fds.contains(&e.header.fd),
+            "event on a UDP or unix socket: {:?}",
+            e.header
+        );
+    }
+}
+
+/// Loads the embedded object, as root.
+fn load() -> Ebpf {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads eBPF programs: run it as root"
+    );
+    crate::probe::ensure_tracefs();
+    match crate::ebpf::load() {
+        Err(EbpfError::NotEmbedded) => {
+            panic!(
+                "the eBPF object is not embedded in this test binary: run `cargo xtask build` first"
+            )
+        }
+        other => other.unwrap(),
+    }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+#[test]
+fn captures_tcp_syscalls_on_the_real_kernel() {
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = SocketCapture::start(
+        &mut ebpf,
+        CaptureOptions {
+            capture_bytes: CAPTURE,
+            agent_pid: 0,
+            pids: vec![std::process::id()],
+            queue_capacity: 4096,
+            ..Default::default()
+        },
+        &registry,
+    )
+    .unwrap();
+    // The capture owns its links and maps: it outlives the object it came from.
+    drop(ebpf);
+    assert!(capture.offsets_valid(), "BTF offsets not found");
+    assert_eq!(capture.attached().len(), SYSCALLS.len());
+
+    exercise(&rx, "127.0.0.1:0".parse().unwrap(), 2);
+    if TcpListener::bind("[::1]:0").is_ok() {
+        exercise(&rx, "[::1]:0".parse().unwrap(), 10);
+    } else {
+        eprintln!("no IPv6 loopback: IPv6 part skipped");
+    }
+
+    capture.stop();
+    let rendered = registry.render();
+    for line in [
+        "loupe_socket_events_dropped_total{reason=\"ring_full\"} 0",
+        "loupe_socket_events_dropped_total{reason=\"queue_full\"} 0",
+        "loupe_socket_events_dropped_total{reason=\"args_map_full\"} 0",
+        "loupe_socket_read_failures_total{what=\"buffer\"} 0",
+        "loupe_socket_read_failures_total{what=\"tuple\"} 0",
+    ] {
+        assert!(rendered.contains(line), "{line} missing in:\n{rendered}");
+    }
+}
+
+/// The agent's own traffic is never traced; a process that exits without closing its socket gets
+/// a made-up CLOSE (tid 0) from the sweep.
+#[test]
+fn skips_the_agent_and_sweeps_exited_processes() {
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = SocketCapture::start(
+        &mut ebpf,
+        CaptureOptions {
+            capture_bytes: 64,
+            agent_pid: std::process::id(),
+            pids: Vec::new(),
+            queue_capacity: 64 * 1024,
+            sweep_interval: Duration::from_millis(200),
+        },
+        &registry,
+    )
+    .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!(
+        "import os, socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'hi from child')\n\
+         s.recv(16)\n\
+         os._exit(0)\n"
+    );
+    let mut child = match std::process::Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("python3 not runnable ({e}): test skipped");
+            return;
+        }
+    };
+    let (server, _) = listener.accept().unwrap();
+    assert_eq!(sys_read_exact(server.as_raw_fd(), 13), b"hi from child");
+    sys_write(server.as_raw_fd(), b"bye");
+    assert!(child.wait().unwrap().success());
+    let child_pid = child.id();
+
+    let events = collect(&rx, |events| {
+        events
+            .iter()
+            .any(|e| e.header.kind == kind::CLOSE && e.header.pid == child_pid && e.header.tid == 0)
+    });
+    capture.stop();
+    let ours: Vec<_> = events
+        .iter()
+        .filter(|e| e.header.pid == child_pid)
+        .collect();
+    let open = ours
+        .iter()
+        .find(|e| e.header.kind == kind::OPEN && e.header.tuple.remote_port == port)
+        .expect("no OPEN for the child's connection");
+    assert_eq!(open.header.role, role::CLIENT);
+    let conn: Vec<_> = ours
+        .iter()
+        .filter(|e| e.header.conn_id == open.header.conn_id)
+        .map(|e| (e.header.kind, e.header.direction, &e.data[..]))
+        .collect();
+    assert_eq!(
+        conn,
+        [
+            (kind::OPEN, 0, &b""[..]),
+            (kind::DATA, direction::EGRESS, &b"hi from child"[..]),
+            (kind::DATA, direction::INGRESS, &b"bye"[..]),
+            (kind::CLOSE, 0, &b""[..]),
+        ]
+    );
+    assert!(
+        !events.iter().any(|e| e.header.pid == std::process::id()),
+        "the agent's own pid was traced"
+    );
+    // Other processes on this host may have exited with connections open too.
+    let rendered = registry.render();
+    let swept: u64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("loupe_socket_connections_swept_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(swept >= 1, "{rendered}");
+}
