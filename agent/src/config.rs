@@ -86,6 +86,15 @@ pub struct CliOptions {
         value_name = "TENANT"
     )]
     pub pyroscope_tenant: Option<String>,
+    /// Turn socket traffic (HTTP/1.1, MySQL, Redis) into spans and RED metrics [default: true].
+    #[arg(long, env = "LOUPE_NETWORK_SPANS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub network_spans: Option<bool>,
+    /// Bytes of each socket read/write copied for protocol parsing (1..=1024) [default: 1024].
+    #[arg(long, env = "LOUPE_CAPTURE_BYTES", global = true, value_name = "N")]
+    pub capture_bytes: Option<u32>,
+    /// OTLP/gRPC endpoint for spans, e.g. `http://alloy:4317` (Alloy, Tempo, any OTLP receiver).
+    #[arg(long, env = "LOUPE_OTLP_ENDPOINT", global = true, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Run this long, flush every sink and exit 0, e.g. `30s` [default: until SIGINT/SIGTERM].
     #[arg(long, env = "LOUPE_DURATION", global = true, value_name = "DURATION")]
     pub duration: Option<String>,
@@ -118,6 +127,9 @@ struct FileOptions {
     pyroscope_password: Option<String>,
     pyroscope_token: Option<String>,
     pyroscope_tenant: Option<String>,
+    network_spans: Option<bool>,
+    capture_bytes: Option<u32>,
+    otlp_endpoint: Option<String>,
     duration: Option<String>,
     pid: Option<Vec<u32>>,
     metrics_addr: Option<String>,
@@ -131,10 +143,14 @@ pub struct Config {
     /// Read DWARF when symbolizing (off: ELF symbol tables only).
     pub profile_debuginfo: bool,
     pub output_dir: PathBuf,
-    /// Whether the local sink runs: by default only when no backend is configured.
-    pub local_sink: bool,
+    /// Whether the local sink runs, as configured; `None`: per signal, when that signal has no
+    /// backend (see [`Config::local_profiles`], [`Config::local_traces`]).
+    pub local_sink: Option<bool>,
     pub max_profile_files: usize,
     pub pyroscope: Option<PyroscopeOptions>,
+    pub network_spans: bool,
+    pub capture_bytes: u32,
+    pub otlp_endpoint: Option<String>,
     pub duration: Option<Duration>,
     pub pids: Vec<u32>,
     pub metrics_addr: Option<SocketAddr>,
@@ -274,10 +290,36 @@ impl Config {
             None => None,
         };
 
-        let local_sink = cli
-            .local_sink
-            .or(file.local_sink)
-            .unwrap_or(pyroscope.is_none());
+        let capture_bytes = cli
+            .capture_bytes
+            .or(file.capture_bytes)
+            .unwrap_or(loupe_common::socket::MAX_CAPTURE_BYTES as u32);
+        if !(1..=loupe_common::socket::MAX_CAPTURE_BYTES as u32).contains(&capture_bytes) {
+            return Err(invalid(
+                "capture_bytes",
+                format!(
+                    "{capture_bytes}: must be between 1 and {}",
+                    loupe_common::socket::MAX_CAPTURE_BYTES
+                ),
+            ));
+        }
+        let otlp_endpoint = match cli.otlp_endpoint.clone().or(file.otlp_endpoint) {
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_string();
+                let host = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        "otlp_endpoint",
+                        format!("{url:?}: must be an http:// or https:// URL, e.g. http://alloy:4317"),
+                    ));
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let local_sink = cli.local_sink.or(file.local_sink);
 
         let pids = if cli.pids.is_empty() {
             file.pid.unwrap_or_default()
@@ -322,10 +364,25 @@ impl Config {
             local_sink,
             max_profile_files,
             pyroscope,
+            network_spans: cli.network_spans.or(file.network_spans).unwrap_or(true),
+            capture_bytes,
+            otlp_endpoint,
             duration,
             pids,
             metrics_addr,
         })
+    }
+}
+
+impl Config {
+    /// Profiles go to the local sink unless Pyroscope is configured (or `local_sink` says).
+    pub fn local_profiles(&self) -> bool {
+        self.local_sink.unwrap_or(self.pyroscope.is_none())
+    }
+
+    /// Spans go to the local sink unless an OTLP endpoint is configured (or `local_sink` says).
+    pub fn local_traces(&self) -> bool {
+        self.local_sink.unwrap_or(self.otlp_endpoint.is_none())
     }
 }
 
@@ -381,7 +438,7 @@ mod tests {
         assert_eq!(c.profile_hz, DEFAULT_PROFILE_HZ);
         assert_eq!(c.profile_interval, DEFAULT_PROFILE_INTERVAL);
         assert_eq!(c.output_dir, PathBuf::from("./loupe-data"));
-        assert!(c.local_sink);
+        assert!(c.local_profiles() && c.local_traces());
         assert!(c.pyroscope.is_none());
         assert!(c.duration.is_none());
     }
@@ -391,14 +448,14 @@ mod tests {
         let mut o = cli();
         o.pyroscope_url = Some("http://pyro:4040/".into());
         let c = Config::merge(&o, FileOptions::default()).unwrap();
-        assert!(!c.local_sink);
-        assert_eq!(c.pyroscope.unwrap().url, "http://pyro:4040");
+        assert!(!c.local_profiles(), "profiles go to Pyroscope");
+        assert!(c.local_traces(), "spans have no backend: they stay local");
+        assert_eq!(c.pyroscope.clone().unwrap().url, "http://pyro:4040");
+        o.otlp_endpoint = Some("http://alloy:4317".into());
+        assert!(!Config::merge(&o, FileOptions::default()).unwrap().local_traces());
         o.local_sink = Some(true);
-        assert!(
-            Config::merge(&o, FileOptions::default())
-                .unwrap()
-                .local_sink
-        );
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert!(c.local_profiles() && c.local_traces());
     }
 
     #[test]
@@ -489,6 +546,16 @@ mod tests {
             ),
             "{e}"
         );
+
+        let mut o = cli();
+        o.capture_bytes = Some(4096);
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "capture_bytes", .. }), "{e}");
+
+        let mut o = cli();
+        o.otlp_endpoint = Some("alloy:4317".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "otlp_endpoint", .. }), "{e}");
 
         let mut o = cli();
         o.pids = vec![0];

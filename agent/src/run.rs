@@ -18,13 +18,23 @@ use loupe_collector::{
     telemetry::{MetricsServer, Registry},
 };
 
+use loupe_collector::traces::{
+    LocalTraceSink, OtlpConfig, OtlpTraceSink, TraceExporter, TraceExporterHandle, TraceSink,
+};
+
 use crate::{
     config::Config,
+    net::{
+        capture::{CaptureOptions, SocketCapture},
+        spans::{SpanBuilderConfig, spawn_span_builder},
+    },
     profiler::{MAX_CACHED_ADDRESSES, Profiler, ProfilerOptions, Symbolizer},
 };
 
 /// Batches waiting for each sink at most; more are dropped and counted.
 const EXPORT_QUEUE: usize = 4;
+/// Span batches waiting for each trace sink at most.
+const TRACE_QUEUE: usize = loupe_collector::traces::pipeline::DEFAULT_QUEUE_CAPACITY;
 /// How long shutdown waits for sinks to flush.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -35,7 +45,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Err(missing) = &plan.profiler {
         return Err(anyhow!("cannot start the CPU profiler: {missing}"));
     }
-    let ebpf = crate::ebpf::load()?;
+    let mut ebpf = crate::ebpf::load()?;
     features.fentry = crate::probe::Availability::Unknown("not probed at run time".into());
     tracing::debug!(?features, ?plan, "kernel features");
 
@@ -58,7 +68,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
 
         let mut sinks: Vec<Box<dyn ProfileSink>> = Vec::new();
-        if config.local_sink {
+        if config.local_profiles() {
             let sink = LocalSink::new(&config.output_dir)
                 .map(|s| s.with_max_files_per_service(config.max_profile_files))
                 .with_context(|| format!("cannot use output directory {}", config.output_dir.display()))?;
@@ -81,6 +91,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             sinks.push(Box::new(sink));
         }
         let exporter = ProfileExporter::spawn(sinks, &registry, EXPORT_QUEUE);
+
+        // Network spans first: the capture takes its maps and programs out of the object, then the
+        // profiler takes the rest.
+        let network = if config.network_spans {
+            start_network_spans(&mut ebpf, &config, plan.socket_attach.is_some(), &registry, &host)
+        } else {
+            None
+        };
 
         let profiler = Profiler::start(
             ebpf,
@@ -131,7 +149,107 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Err(e) = exporter.shutdown(FLUSH_TIMEOUT).await {
             tracing::warn!("not every sink flushed: {e}");
         }
+        if let Some(network) = network {
+            network.shutdown().await;
+        }
         Ok::<(), anyhow::Error>(())
+    })
+}
+
+/// The running network-span pipeline: capture → span builder thread → trace exporter.
+struct NetworkSpans {
+    capture: SocketCapture,
+    builder: thread::JoinHandle<()>,
+    exporter: TraceExporterHandle,
+}
+
+impl NetworkSpans {
+    /// Detaches the programs (which closes the event channel), lets the span builder flush what is
+    /// complete, then flushes the trace sinks.
+    async fn shutdown(mut self) {
+        self.capture.stop();
+        let builder = self.builder;
+        if tokio::task::spawn_blocking(move || builder.join())
+            .await
+            .map(|r| r.is_err())
+            .unwrap_or(true)
+        {
+            tracing::error!("the span builder thread panicked");
+        }
+        if let Err(e) = self.exporter.shutdown(FLUSH_TIMEOUT).await {
+            tracing::warn!("not every trace sink flushed: {e}");
+        }
+    }
+}
+
+/// Starts socket capture and the span pipeline. Network spans are an addition to the profiler, so a
+/// failure here is a warning that names the cause, and the agent goes on profiling.
+fn start_network_spans(
+    ebpf: &mut aya::Ebpf,
+    config: &Config,
+    kernel_can: bool,
+    registry: &Registry,
+    host: &str,
+) -> Option<NetworkSpans> {
+    if !kernel_can {
+        tracing::warn!(
+            "network spans are off: this kernel offers no way to capture socket calls (see `loupe-agent doctor`)"
+        );
+        return None;
+    }
+    let mut sinks: Vec<Box<dyn TraceSink>> = Vec::new();
+    if config.local_traces() {
+        match LocalTraceSink::new(&config.output_dir) {
+            Ok(sink) => sinks.push(Box::new(sink)),
+            Err(e) => tracing::warn!("local trace sink disabled: {e}"),
+        }
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        match OtlpTraceSink::new(OtlpConfig::new(endpoint.clone())) {
+            Ok(sink) => {
+                tracing::info!(%endpoint, "exporting spans over OTLP/gRPC");
+                sinks.push(Box::new(sink));
+            }
+            Err(e) => tracing::warn!("OTLP trace sink disabled: {e}"),
+        }
+    }
+    let (capture, events) = match SocketCapture::start(
+        ebpf,
+        CaptureOptions {
+            capture_bytes: config.capture_bytes,
+            pids: config.pids.clone(),
+            ..CaptureOptions::default()
+        },
+        registry,
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::warn!("network spans are off: {e}");
+            return None;
+        }
+    };
+    let exporter = TraceExporter::spawn(sinks, registry, TRACE_QUEUE);
+    let builder = match spawn_span_builder(
+        events,
+        exporter.submitter(),
+        registry,
+        host.to_string(),
+        SpanBuilderConfig::default(),
+    ) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::warn!("network spans are off: cannot start the span builder thread: {e}");
+            return None;
+        }
+    };
+    tracing::info!(
+        tracepoints = capture.attached().len(),
+        "network spans: HTTP/1.1, MySQL and Redis over TCP"
+    );
+    Some(NetworkSpans {
+        capture,
+        builder,
+        exporter,
     })
 }
 

@@ -1,5 +1,5 @@
-//! Loupe's self-metrics: a tiny registry of counters and gauges rendered in the Prometheus text
-//! exposition format (0.0.4), and an HTTP/1.1 server answering `GET /metrics`.
+//! Loupe's self-metrics: a tiny registry of counters, gauges and histograms rendered in the
+//! Prometheus text exposition format (0.0.4), and an HTTP/1.1 server answering `GET /metrics`.
 //!
 //! Names follow the style guide: `loupe_<subsystem>_<name>_<unit>_total` for counters. A name
 //! registered with several label sets is one family (one `HELP`/`TYPE` pair). Registering the same
@@ -101,10 +101,105 @@ impl Gauge {
     }
 }
 
+/// Bucket upper bounds (seconds) for request durations, after the OpenTelemetry semantic
+/// conventions' advice for `http.server.request.duration`.
+pub const DEFAULT_SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Most buckets a histogram keeps (more bounds are ignored).
+pub const MAX_BUCKETS: usize = 64;
+
+/// A distribution of observed values in fixed buckets; cheap to clone (shares the values).
+///
+/// Each observation adds to exactly one bucket (the last one holds values above every bound)
+/// and to the sum; rendering makes the buckets cumulative and derives `_count` from them, so the
+/// `+Inf` bucket and `_count` always agree.
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds, finite and strictly increasing.
+    bounds: Vec<f64>,
+    /// One more than `bounds`: the last counts values above every bound.
+    counts: Vec<AtomicU64>,
+    /// The sum of observed values, as `f64` bits.
+    sum_bits: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds: non-finite ones are dropped, the rest sorted and
+    /// deduplicated, at most [`MAX_BUCKETS`] kept.
+    pub fn new(bounds: &[f64]) -> Self {
+        let mut b: Vec<f64> = bounds.iter().copied().filter(|v| v.is_finite()).collect();
+        b.sort_by(f64::total_cmp);
+        b.dedup();
+        b.truncate(MAX_BUCKETS);
+        let counts = (0..=b.len()).map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(HistogramInner {
+            bounds: b,
+            counts,
+            sum_bits: AtomicU64::new(0f64.to_bits()),
+        }))
+    }
+
+    /// Records one value; NaN is ignored.
+    pub fn observe(&self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
+        let inner = &self.0;
+        let i = inner.bounds.partition_point(|b| *b < v);
+        if let Some(c) = inner.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        // A lock-free float add: retry while another thread changed the sum in between.
+        let _ = inner
+            .sum_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+
+    /// Values observed so far.
+    pub fn count(&self) -> u64 {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The sum of the values observed so far.
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.0.sum_bits.load(Ordering::Relaxed))
+    }
+
+    /// The upper bounds (without `+Inf`).
+    pub fn bounds(&self) -> &[f64] {
+        &self.0.bounds
+    }
+
+    /// Cumulative counts per bound, then the total (the `+Inf` bucket).
+    pub fn cumulative_counts(&self) -> Vec<u64> {
+        let mut acc = 0u64;
+        self.0
+            .counts
+            .iter()
+            .map(|c| {
+                acc = acc.saturating_add(c.load(Ordering::Relaxed));
+                acc
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl Kind {
@@ -112,14 +207,16 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Value {
     Counter(Counter),
     Gauge(Gauge),
+    Histogram(Histogram),
 }
 
 #[derive(Debug)]
@@ -147,7 +244,9 @@ impl Registry {
     /// An invalid name or label name, or a name already registered as a gauge, is logged and gives
     /// a counter that counts but is never rendered.
     pub fn counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
-        match self.register(name, help, labels, Kind::Counter) {
+        match self.register(name, help, labels, Kind::Counter, || {
+            Value::Counter(Counter::default())
+        }) {
             Some(Value::Counter(c)) => c,
             _ => Counter::default(),
         }
@@ -155,9 +254,37 @@ impl Registry {
 
     /// Registers (or finds) the gauge `name{labels}`; misuse is handled as for [`Registry::counter`].
     pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
-        match self.register(name, help, labels, Kind::Gauge) {
+        match self.register(name, help, labels, Kind::Gauge, || {
+            Value::Gauge(Gauge::default())
+        }) {
             Some(Value::Gauge(g)) => g,
             _ => Gauge::default(),
+        }
+    }
+
+    /// Registers (or finds) the histogram `name{labels}` with these bucket upper bounds (see
+    /// [`Histogram::new`]; [`DEFAULT_SECONDS_BUCKETS`] suits durations). Rendered as
+    /// `name_bucket{…,le="…"}`, `name_sum` and `name_count`. Finding an existing series keeps its
+    /// buckets. A label named `le` is misuse, handled as for [`Registry::counter`].
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        buckets: &[f64],
+    ) -> Histogram {
+        if labels.iter().any(|(k, _)| *k == "le") {
+            tracing::warn!(
+                metric = name,
+                "a histogram label may not be named le; the metric will not be exported"
+            );
+            return Histogram::new(buckets);
+        }
+        match self.register(name, help, labels, Kind::Histogram, || {
+            Value::Histogram(Histogram::new(buckets))
+        }) {
+            Some(Value::Histogram(h)) => h,
+            _ => Histogram::new(buckets),
         }
     }
 
@@ -167,6 +294,7 @@ impl Registry {
         help: &str,
         labels: &[(&str, &str)],
         kind: Kind,
+        new: impl FnOnce() -> Value,
     ) -> Option<Value> {
         if !valid_metric_name(name) {
             tracing::warn!(
@@ -207,23 +335,11 @@ impl Registry {
             return None;
         }
         if let Some((_, v)) = family.series.iter().find(|(l, _)| *l == sorted) {
-            return Some(match v {
-                Value::Counter(c) => Value::Counter(c.clone()),
-                Value::Gauge(g) => Value::Gauge(g.clone()),
-            });
+            return Some(v.clone());
         }
-        let (stored, returned) = match kind {
-            Kind::Counter => {
-                let c = Counter::default();
-                (Value::Counter(c.clone()), Value::Counter(c))
-            }
-            Kind::Gauge => {
-                let g = Gauge::default();
-                (Value::Gauge(g.clone()), Value::Gauge(g))
-            }
-        };
-        family.series.push((sorted, stored));
-        Some(returned)
+        let value = new();
+        family.series.push((sorted, value.clone()));
+        Some(value)
     }
 
     /// Renders every family in the Prometheus text exposition format, families sorted by name.
@@ -239,28 +355,70 @@ impl Registry {
             // Writing into a String cannot fail.
             let _ = writeln!(out, "# TYPE {name} {}", family.kind.as_str());
             for (labels, value) in &family.series {
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        out.push_str(k);
-                        out.push_str("=\"");
-                        escape_into(&mut out, v, true);
-                        out.push('"');
+                match value {
+                    Value::Counter(c) => {
+                        write_series(&mut out, name, "", labels, None);
+                        let _ = writeln!(out, " {}", c.get());
                     }
-                    out.push('}');
+                    Value::Gauge(g) => {
+                        write_series(&mut out, name, "", labels, None);
+                        let _ = writeln!(out, " {}", g.get());
+                    }
+                    Value::Histogram(h) => {
+                        let cumulative = h.cumulative_counts();
+                        let mut le = String::new();
+                        for (i, n) in cumulative.iter().enumerate() {
+                            le.clear();
+                            match h.bounds().get(i) {
+                                Some(b) => {
+                                    let _ = write!(le, "{b}");
+                                }
+                                None => le.push_str("+Inf"),
+                            }
+                            write_series(&mut out, name, "_bucket", labels, Some(&le));
+                            let _ = writeln!(out, " {n}");
+                        }
+                        write_series(&mut out, name, "_sum", labels, None);
+                        let _ = writeln!(out, " {}", h.sum());
+                        write_series(&mut out, name, "_count", labels, None);
+                        let _ = writeln!(out, " {}", cumulative.last().copied().unwrap_or(0));
+                    }
                 }
-                let _ = match value {
-                    Value::Counter(c) => writeln!(out, " {}", c.get()),
-                    Value::Gauge(g) => writeln!(out, " {}", g.get()),
-                };
             }
         }
         out
     }
+}
+
+/// Writes `name{suffix}{labels[,le="…"]}` (without the value).
+fn write_series(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &[(String, String)],
+    le: Option<&str>,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    out.push('{');
+    let extra = le.map(|v| ("le", v));
+    let all = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(extra);
+    for (i, (k, v)) in all.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(out, v, true);
+        out.push('"');
+    }
+    out.push('}');
 }
 
 fn valid_metric_name(name: &str) -> bool {
@@ -473,6 +631,99 @@ mod tests {
             !out.contains("99") && !out.contains("bad") && !out.contains("loupe_z"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let r = Registry::new();
+        let h = r.histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            &[("http_route", "/a"), ("service_name", "shop")],
+            &[1.0, 0.1, 0.5, f64::NAN, 0.5],
+        );
+        for v in [0.05, 0.1, 0.3, 2.0, f64::NAN] {
+            h.observe(v);
+        }
+        assert_eq!(h.bounds(), [0.1, 0.5, 1.0]);
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.cumulative_counts(), [2, 3, 3, 4]);
+        // The same series again (buckets ignored) shares the values.
+        r.histogram(
+            "http_server_request_duration_seconds",
+            "ignored",
+            &[("service_name", "shop"), ("http_route", "/a")],
+            &[7.0],
+        )
+        .observe(0.5);
+        assert_eq!(
+            r.render(),
+            "# HELP http_server_request_duration_seconds Duration of HTTP server requests.\n\
+             # TYPE http_server_request_duration_seconds histogram\n\
+             http_server_request_duration_seconds_bucket{http_route=\"/a\",service_name=\"shop\",le=\"0.1\"} 2\n\
+             http_server_request_duration_seconds_bucket{http_route=\"/a\",service_name=\"shop\",le=\"0.5\"} 4\n\
+             http_server_request_duration_seconds_bucket{http_route=\"/a\",service_name=\"shop\",le=\"1\"} 4\n\
+             http_server_request_duration_seconds_bucket{http_route=\"/a\",service_name=\"shop\",le=\"+Inf\"} 5\n\
+             http_server_request_duration_seconds_sum{http_route=\"/a\",service_name=\"shop\"} 2.95\n\
+             http_server_request_duration_seconds_count{http_route=\"/a\",service_name=\"shop\"} 5\n"
+        );
+    }
+
+    #[test]
+    fn histogram_without_labels_and_default_buckets() {
+        let r = Registry::new();
+        let h = r.histogram("loupe_test_seconds", "h", &[], DEFAULT_SECONDS_BUCKETS);
+        h.observe(0.005);
+        h.observe(11.0);
+        let out = r.render();
+        assert!(
+            out.contains("loupe_test_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("loupe_test_seconds_bucket{le=\"10\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("loupe_test_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("loupe_test_seconds_sum 11.005\n"), "{out}");
+        assert!(out.contains("loupe_test_seconds_count 2\n"), "{out}");
+        assert_eq!(
+            out.matches("_bucket").count(),
+            DEFAULT_SECONDS_BUCKETS.len() + 1
+        );
+    }
+
+    #[test]
+    fn histogram_misuse_is_detached() {
+        let r = Registry::new();
+        r.counter("loupe_h_total", "h", &[]).inc();
+        let clash = r.histogram("loupe_h_total", "h", &[], &[1.0]);
+        clash.observe(1.0);
+        let le = r.histogram("loupe_h2_seconds", "h", &[("le", "x")], &[1.0]);
+        le.observe(1.0);
+        assert_eq!(clash.count(), 1);
+        let out = r.render();
+        assert!(
+            !out.contains("_bucket") && !out.contains("loupe_h2"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn histogram_observations_from_threads_all_count() {
+        let h = Histogram::new(&[0.5]);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let h = h.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| h.observe(0.25)))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(h.count(), 4000);
+        assert_eq!(h.sum(), 1000.0);
     }
 
     async fn raw_request(addr: SocketAddr, request: &str) -> String {

@@ -26,8 +26,9 @@ LOCAL = threading.local()
 
 def db():
     if not hasattr(LOCAL, "db"):
-        LOCAL.db = pymysql.connect(host="127.0.0.1", port=ARGS.mysql_port, user="root",
-                                   password="", database="loupe_test", autocommit=True)
+        LOCAL.db = pymysql.connect(host="127.0.0.1", port=ARGS.mysql_port, user=ARGS.mysql_user,
+                                   password=ARGS.mysql_password, database=ARGS.mysql_database,
+                                   autocommit=True)
     return LOCAL.db
 
 
@@ -89,6 +90,9 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--mysql-port", type=int, default=0)
     p.add_argument("--redis-port", type=int, default=0)
+    p.add_argument("--mysql-user", default="shop")
+    p.add_argument("--mysql-password", default="shop")
+    p.add_argument("--mysql-database", default="loupe_test")
     p.add_argument("--downstream")
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)

@@ -185,3 +185,89 @@ pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
         .collect()
 }
 pub mod infra;
+
+/// A span as read back from the local sink's `traces.jsonl` (OTLP/JSON).
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub service: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub name: String,
+    pub kind: i64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Attribute values rendered as strings (ints and bools too).
+    pub attributes: HashMap<String, String>,
+    /// `status.code`: 0 unset, 1 ok, 2 error.
+    pub status_code: i64,
+}
+
+/// OTLP span kinds.
+pub const SPAN_KIND_SERVER: i64 = 2;
+pub const SPAN_KIND_CLIENT: i64 = 3;
+
+fn any_value_string(v: &serde_json::Value) -> String {
+    for key in ["stringValue", "intValue", "boolValue", "doubleValue"] {
+        if let Some(x) = v.get(key) {
+            return match x {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+        }
+    }
+    v.to_string()
+}
+
+fn attributes(v: &serde_json::Value) -> HashMap<String, String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| {
+            Some((
+                kv.get("key")?.as_str()?.to_string(),
+                any_value_string(kv.get("value")?),
+            ))
+        })
+        .collect()
+}
+
+fn u64_field(v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::String(s) => s.parse().unwrap_or(0),
+        serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Every span in `dir/traces.jsonl` (one `ExportTraceServiceRequest` per line).
+pub fn read_spans(dir: &Path) -> Vec<SpanRecord> {
+    let text = std::fs::read_to_string(dir.join("traces.jsonl")).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let request: serde_json::Value =
+            serde_json::from_str(line).expect("traces.jsonl line is JSON");
+        for rs in request["resourceSpans"].as_array().into_iter().flatten() {
+            let resource = attributes(&rs["resource"]["attributes"]);
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for span in ss["spans"].as_array().into_iter().flatten() {
+                    let s = |k: &str| span[k].as_str().unwrap_or_default().to_string();
+                    out.push(SpanRecord {
+                        service: service.clone(),
+                        trace_id: s("traceId"),
+                        span_id: s("spanId"),
+                        parent_span_id: s("parentSpanId"),
+                        name: s("name"),
+                        kind: span["kind"].as_i64().unwrap_or(0),
+                        start_ns: u64_field(&span["startTimeUnixNano"]),
+                        end_ns: u64_field(&span["endTimeUnixNano"]),
+                        attributes: attributes(&span["attributes"]),
+                        status_code: span["status"]["code"].as_i64().unwrap_or(0),
+                    });
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,1 +1,0 @@
-//! Span builder (to be written).

@@ -1,0 +1,381 @@
+//! Span attributes after the OpenTelemetry semantic conventions (HTTP, database), and the
+//! small text helpers they need: addresses, URL paths, hosts, SQL table names.
+
+use std::net::Ipv6Addr;
+
+use loupe_collector::traces::proto::common::{AnyValue, KeyValue, any_value::Value};
+use loupe_common::socket::ConnTuple;
+
+/// Longest `url.path` / `url.full` kept, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+/// Longest `user_agent.original` kept, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 512;
+/// Longest status message kept, in bytes.
+pub const MAX_STATUS_MESSAGE_LEN: usize = 256;
+
+/// Attributes of one span, in insertion order.
+#[derive(Debug, Default)]
+pub struct Attrs(pub Vec<KeyValue>);
+
+impl Attrs {
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    pub fn str(&mut self, key: &str, value: impl Into<String>) {
+        self.push(key, Value::StringValue(value.into()));
+    }
+
+    pub fn int(&mut self, key: &str, value: i64) {
+        self.push(key, Value::IntValue(value));
+    }
+
+    fn push(&mut self, key: &str, value: Value) {
+        self.0.push(KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
+        });
+    }
+}
+
+/// The text form of a connection address: dotted IPv4 for IPv4-mapped addresses, else IPv6.
+pub fn addr_string(addr: &[u8; 16]) -> String {
+    let v6 = Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    }
+}
+
+/// The local end `(address, port)` when known.
+pub fn local_end(t: &ConnTuple) -> Option<(String, u16)> {
+    (t.local_port != 0).then(|| (addr_string(&t.local_addr), t.local_port))
+}
+
+/// The remote end `(address, port)` when known.
+pub fn remote_end(t: &ConnTuple) -> Option<(String, u16)> {
+    (t.remote_port != 0 && t.remote_addr != [0; 16])
+        .then(|| (addr_string(&t.remote_addr), t.remote_port))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The path of a request target, without query or fragment: origin-form `/a?b` → `/a`,
+/// absolute-form `http://h/a?b` → `/a`, `*` → `*`; `None` for authority-form (`CONNECT`).
+pub fn url_path(target: &str) -> Option<&str> {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let t = &target[..end];
+    if t.starts_with('/') || t == "*" {
+        return Some(cut(t, MAX_URL_LEN));
+    }
+    let rest = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"))?;
+    Some(match rest.find('/') {
+        Some(i) => cut(&rest[i..], MAX_URL_LEN),
+        None => "/",
+    })
+}
+
+/// `Host` header → `(host, explicit port)`; brackets of IPv6 literals removed.
+pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
+    let host = host.trim();
+    if host.is_empty() || host.len() > 255 {
+        return None;
+    }
+    if let Some(rest) = host.strip_prefix('[') {
+        let close = rest.find(']')?;
+        let name = &rest[..close];
+        let port = rest[close + 1..]
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok());
+        return Some((name, port));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => Some((name, port.parse().ok())),
+        _ => Some((host, None)),
+    }
+}
+
+/// The `url.full` of an HTTP client request: `http://authority/path` (no query), from the
+/// absolute-form target, else the `Host` header, else the remote address.
+pub fn url_full(
+    target: &str,
+    host: Option<&str>,
+    remote: Option<&(String, u16)>,
+) -> Option<String> {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let t = &target[..end];
+    if t.starts_with("http://") || t.starts_with("https://") {
+        return Some(cut(t, MAX_URL_LEN).to_owned());
+    }
+    let path = url_path(target).filter(|p| p.starts_with('/'))?;
+    let authority = match host
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && h.len() <= 255)
+    {
+        Some(h) => h.to_owned(),
+        None => {
+            let (addr, port) = remote?;
+            let addr = if addr.contains(':') {
+                format!("[{addr}]")
+            } else {
+                addr.clone()
+            };
+            if *port == 80 {
+                addr
+            } else {
+                format!("{addr}:{port}")
+            }
+        }
+    };
+    let mut url = format!("http://{authority}{path}");
+    if url.len() > MAX_URL_LEN {
+        url = cut(&url, MAX_URL_LEN).to_owned();
+    }
+    Some(url)
+}
+
+/// The table of a simple SQL statement (`db.collection.name`): `SELECT … FROM t [alias]
+/// [WHERE|GROUP|ORDER|LIMIT|HAVING|FOR|LOCK|UNION …]`, `INSERT [INTO] t`, `REPLACE [INTO] t`,
+/// `UPDATE t SET`, `DELETE FROM t`. `None` for joins, subqueries, several tables, or anything
+/// less obvious. Takes sanitized SQL (comments gone, whitespace collapsed).
+pub fn sql_collection(sql: &str) -> Option<String> {
+    let tokens: Vec<&str> = sql.split_ascii_whitespace().take(256).collect();
+    let upper = |i: usize| tokens.get(i).map(|t| t.to_ascii_uppercase());
+    let first = upper(0)?;
+    let mut i = 1;
+    let skip = |i: &mut usize, words: &[&str]| {
+        while let Some(t) = upper(*i) {
+            if words.contains(&t.as_str()) {
+                *i += 1;
+            } else {
+                break;
+            }
+        }
+    };
+    let table_at = match first.as_str() {
+        "SELECT" => {
+            let from = tokens.iter().position(|t| t.eq_ignore_ascii_case("FROM"))?;
+            // A subquery before FROM (in the select list) makes the statement not simple.
+            if tokens[..from]
+                .iter()
+                .any(|t| t.to_ascii_uppercase().contains("SELECT") && *t != tokens[0])
+            {
+                return None;
+            }
+            from + 1
+        }
+        "INSERT" | "REPLACE" => {
+            skip(
+                &mut i,
+                &["LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE"],
+            );
+            skip(&mut i, &["INTO"]);
+            i
+        }
+        "UPDATE" => {
+            skip(&mut i, &["LOW_PRIORITY", "IGNORE"]);
+            i
+        }
+        "DELETE" => {
+            skip(&mut i, &["LOW_PRIORITY", "QUICK", "IGNORE"]);
+            if upper(i).as_deref() != Some("FROM") {
+                return None;
+            }
+            i + 1
+        }
+        _ => return None,
+    };
+    let raw = *tokens.get(table_at)?;
+    // `t(a, b)` in INSERT: the column list follows the name directly.
+    let (name, glued) = match raw.find('(') {
+        Some(0) => return None,
+        Some(p) => (&raw[..p], true),
+        None => (raw.trim_end_matches(';'), false),
+    };
+    if name.ends_with(',') {
+        return None;
+    }
+    let name = name.replace('`', "");
+    let valid = !name.is_empty()
+        && name.len() <= 129
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.')
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if !valid {
+        return None;
+    }
+    if !glued {
+        // What follows the table must end the table list.
+        let mut j = table_at + 1;
+        const ENDS: &[&str] = &[
+            "WHERE",
+            "GROUP",
+            "ORDER",
+            "LIMIT",
+            "HAVING",
+            "FOR",
+            "LOCK",
+            "UNION",
+            "SET",
+            "VALUES",
+            "VALUE",
+            "SELECT",
+            "ON",
+            "PARTITION",
+            "(",
+            "WINDOW",
+            "INTO",
+        ];
+        let next = upper(j);
+        let is_end = |t: &Option<String>| {
+            t.as_deref()
+                .is_none_or(|t| ENDS.contains(&t) || t == ";" || t.starts_with('('))
+        };
+        if !is_end(&next) {
+            // One alias (`t`, `AS t`) may sit between.
+            if next.as_deref() == Some("AS") {
+                j += 1;
+            }
+            let alias = upper(j)?;
+            if alias.contains(',') || alias.contains('(') || is_join_word(&alias) {
+                return None;
+            }
+            if !is_end(&upper(j + 1)) {
+                return None;
+            }
+        }
+        if first == "UPDATE" && upper(table_at + 1).as_deref() != Some("SET") {
+            // Only `UPDATE t SET`, or `UPDATE t alias SET`.
+            let alias_then_set = upper(table_at + 2).as_deref() == Some("SET");
+            if !alias_then_set {
+                return None;
+            }
+        }
+    }
+    Some(name)
+}
+
+fn is_join_word(t: &str) -> bool {
+    matches!(
+        t,
+        "JOIN"
+            | "LEFT"
+            | "RIGHT"
+            | "INNER"
+            | "OUTER"
+            | "CROSS"
+            | "NATURAL"
+            | "STRAIGHT_JOIN"
+            | "USING"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(addr_string(&a), "127.0.0.1");
+        let v6: [u8; 16] = "fe80::1".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(addr_string(&v6), "fe80::1");
+        assert_eq!(addr_string(&Ipv6Addr::LOCALHOST.octets()), "::1");
+    }
+
+    #[test]
+    fn paths_hosts_and_urls() {
+        assert_eq!(url_path("/a/b?x=1#f"), Some("/a/b"));
+        assert_eq!(url_path("http://h:8/a?x"), Some("/a"));
+        assert_eq!(url_path("http://h"), Some("/"));
+        assert_eq!(url_path("*"), Some("*"));
+        assert_eq!(url_path("h:443"), None);
+        assert_eq!(split_host("shop:8080"), Some(("shop", Some(8080))));
+        assert_eq!(split_host("shop"), Some(("shop", None)));
+        assert_eq!(split_host("[::1]:81"), Some(("::1", Some(81))));
+        assert_eq!(split_host(""), None);
+        let remote = ("10.0.0.2".to_string(), 8080);
+        assert_eq!(
+            url_full("/a?secret=1", Some("api:81"), Some(&remote)).as_deref(),
+            Some("http://api:81/a")
+        );
+        assert_eq!(
+            url_full("/a", None, Some(&remote)).as_deref(),
+            Some("http://10.0.0.2:8080/a")
+        );
+        assert_eq!(
+            url_full("/a", None, Some(&("::1".to_string(), 80))).as_deref(),
+            Some("http://[::1]/a")
+        );
+        assert_eq!(
+            url_full("http://x/y?z", None, None).as_deref(),
+            Some("http://x/y")
+        );
+    }
+
+    #[test]
+    fn collections_of_simple_sql() {
+        let c = |s: &str| sql_collection(s);
+        assert_eq!(
+            c("SELECT * FROM users WHERE id = ?").as_deref(),
+            Some("users")
+        );
+        assert_eq!(
+            c("select id, name from shop.users u where u.id = ?").as_deref(),
+            Some("shop.users")
+        );
+        assert_eq!(
+            c("SELECT COUNT(*) FROM `orders`").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            c("SELECT a FROM t AS x ORDER BY a LIMIT ?").as_deref(),
+            Some("t")
+        );
+        assert_eq!(
+            c("INSERT INTO orders (a, b) VALUES (?)").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            c("INSERT INTO orders(a, b) VALUES (?)").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(c("insert ignore into t values (?)").as_deref(), Some("t"));
+        assert_eq!(c("REPLACE INTO t SET a = ?").as_deref(), Some("t"));
+        assert_eq!(
+            c("UPDATE items SET stock = stock - ? WHERE id = ?").as_deref(),
+            Some("items")
+        );
+        assert_eq!(
+            c("DELETE FROM carts WHERE id = ?").as_deref(),
+            Some("carts")
+        );
+        assert_eq!(c("SELECT * FROM a JOIN b ON a.id = b.id"), None);
+        assert_eq!(c("SELECT * FROM a, b"), None);
+        assert_eq!(c("SELECT * FROM a x, b y"), None);
+        assert_eq!(c("SELECT * FROM (SELECT ?) t"), None);
+        assert_eq!(c("SELECT (SELECT max(id) FROM t) FROM u"), None);
+        assert_eq!(c("UPDATE a, b SET a.x = ?"), None);
+        assert_eq!(c("SELECT ?"), None);
+        assert_eq!(c("BEGIN"), None);
+        assert_eq!(c(""), None);
+    }
+}

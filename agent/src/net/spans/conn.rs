@@ -1,0 +1,254 @@
+//! Per-connection state: the protocol parser, timing of the flows, and the requests waiting
+//! for their response.
+
+use std::collections::VecDeque;
+
+use loupe_common::socket::ConnTuple;
+use loupe_protocols::http1::{self, Method, Version};
+use loupe_protocols::{Direction, Flow, MySqlConnection, RedisConnection, Role};
+
+use super::attrs::{MAX_URL_LEN, MAX_USER_AGENT_LEN, cut};
+use super::context::{LinkKey, SpanContext};
+
+/// Chunks inspected for a protocol before a connection is left alone.
+pub const MAX_DETECT_ATTEMPTS: u8 = 4;
+/// Bytes of unrecognized first chunks held so that a start split across syscalls (a request
+/// line read in pieces) is still recognized, and then parsed.
+pub const MAX_HELD_BYTES: usize = 1024;
+/// Heap bytes counted per waiting request besides its strings.
+const PENDING_BASE_BYTES: usize = 160;
+
+/// The parser a connection runs.
+#[derive(Debug)]
+pub enum Parser {
+    /// No protocol recognized yet; fully captured first chunks of one direction are held.
+    Detecting(Vec<(RawChunk, Vec<u8>)>),
+    Http(Box<http1::Http1Connection>),
+    MySql(Box<MySqlConnection>),
+    Redis(Box<RedisConnection>),
+    /// Unrecognized, encrypted, HTTP/2, or a database seen from its server side: no spans.
+    Opaque,
+}
+
+impl Parser {
+    pub fn buffered_bytes(&self) -> usize {
+        match self {
+            Parser::Http(p) => p.buffered_bytes(),
+            Parser::MySql(p) => p.buffered_bytes(),
+            Parser::Redis(p) => p.buffered_bytes(),
+            Parser::Detecting(held) => held.iter().map(|(_, b)| b.capacity()).sum(),
+            Parser::Opaque => 0,
+        }
+    }
+
+    pub fn desyncs(&self) -> u64 {
+        match self {
+            Parser::Http(p) => p.desyncs(),
+            Parser::MySql(p) => p.desyncs(),
+            Parser::Redis(p) => p.desyncs(),
+            Parser::Detecting(_) | Parser::Opaque => 0,
+        }
+    }
+}
+
+/// One syscall as the kernel reported it (its bytes travel separately).
+#[derive(Debug, Clone, Copy)]
+pub struct RawChunk {
+    pub dir: Direction,
+    /// Bytes the syscall moved (at least the captured ones).
+    pub total: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tid: u32,
+}
+
+/// One syscall's bytes as the builder times them.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    pub flow: Flow,
+    /// When a request starting in this chunk started: for bytes the process read, the end of
+    /// the read (a blocking read's wait is not the request); for bytes it wrote, the start of
+    /// the write.
+    pub start_ns: u64,
+    /// When the syscall completed.
+    pub end_ns: u64,
+    pub tid: u32,
+}
+
+/// What a waiting request needs to become a span.
+#[derive(Debug)]
+pub enum Request {
+    Http(HttpRequest),
+    MySql(DbRequest),
+    Redis(DbRequest),
+}
+
+#[derive(Debug)]
+pub struct HttpRequest {
+    pub method: Method,
+    /// The request target, cut to [`MAX_URL_LEN`].
+    pub target: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub version: Version,
+    /// Set when the response head arrives.
+    pub status: Option<u16>,
+}
+
+impl HttpRequest {
+    pub fn from_head(head: &http1::RequestHead) -> Self {
+        Self {
+            method: head.method.clone(),
+            target: cut(&head.target, MAX_URL_LEN).to_owned(),
+            host: head.headers.host.as_deref().map(|h| cut(h, 255).to_owned()),
+            user_agent: head
+                .headers
+                .user_agent
+                .as_deref()
+                .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
+            version: head.version,
+            status: None,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.target.len()
+            + self.host.as_ref().map_or(0, String::len)
+            + self.user_agent.as_ref().map_or(0, String::len)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DbRequest {
+    /// `db.operation.name`.
+    pub operation: Option<String>,
+    /// `db.query.text` (sanitized unless configured otherwise).
+    pub query: Option<String>,
+    /// `db.collection.name`.
+    pub collection: Option<String>,
+    /// `db.namespace`.
+    pub namespace: Option<String>,
+}
+
+impl DbRequest {
+    fn heap_bytes(&self) -> usize {
+        [
+            &self.operation,
+            &self.query,
+            &self.collection,
+            &self.namespace,
+        ]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum()
+    }
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+pub struct Pending {
+    /// The parser's request id.
+    pub id: u64,
+    pub start_ns: u64,
+    /// The thread that started it.
+    pub tid: u32,
+    pub ctx: SpanContext,
+    /// The same-host link key it may wait under.
+    pub link: Option<LinkKey>,
+    pub request: Request,
+}
+
+impl Pending {
+    pub fn heap_bytes(&self) -> usize {
+        PENDING_BASE_BYTES
+            + self.ctx.trace_state.len()
+            + match &self.request {
+                Request::Http(h) => h.heap_bytes(),
+                Request::MySql(d) | Request::Redis(d) => d.heap_bytes(),
+            }
+    }
+}
+
+/// One tracked connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub pid: u32,
+    pub role: Role,
+    pub tuple: ConnTuple,
+    pub parser: Parser,
+    pub detect_attempts: u8,
+    /// Monotonic time of the last event (the LRU key, with the connection id).
+    pub last_seen: u64,
+    /// First chunk `(start, tid)` of a client-to-server message not yet attributed to a request.
+    pub c2s_open: Option<(u64, u32)>,
+    /// End time of the last chunk of each flow (`[client→server, server→client]`).
+    pub last_end: [Option<u64>; 2],
+    pub pending: VecDeque<Pending>,
+    /// Heap bytes of `pending`.
+    pub pending_bytes: usize,
+    /// Bytes this connection adds to the builder's total, as last accounted.
+    pub accounted: usize,
+}
+
+pub fn flow_index(flow: Flow) -> usize {
+    match flow {
+        Flow::ClientToServer => 0,
+        Flow::ServerToClient => 1,
+    }
+}
+
+impl Conn {
+    pub fn new(pid: u32, role: Role, tuple: ConnTuple, now: u64) -> Self {
+        Self {
+            pid,
+            role,
+            tuple,
+            parser: Parser::Detecting(Vec::new()),
+            detect_attempts: 0,
+            last_seen: now,
+            c2s_open: None,
+            last_end: [None; 2],
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            accounted: 0,
+        }
+    }
+
+    /// Heap bytes attributable to this connection.
+    pub fn bytes(&self) -> usize {
+        self.parser.buffered_bytes() + self.pending_bytes
+    }
+
+    /// Queues a request; returns the oldest one if the queue was full.
+    pub fn push(&mut self, p: Pending, cap: usize) -> Option<Pending> {
+        let evicted = if self.pending.len() >= cap.max(1) {
+            self.pending.pop_front()
+        } else {
+            None
+        };
+        if let Some(e) = &evicted {
+            self.pending_bytes = self.pending_bytes.saturating_sub(e.heap_bytes());
+        }
+        self.pending_bytes += p.heap_bytes();
+        self.pending.push_back(p);
+        evicted
+    }
+
+    /// Removes and returns request `id`.
+    pub fn take(&mut self, id: u64) -> Option<Pending> {
+        let i = self.pending.iter().position(|p| p.id == id)?;
+        let p = self.pending.remove(i)?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(p.heap_bytes());
+        Some(p)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
+        self.pending.iter_mut().find(|p| p.id == id)
+    }
+
+    /// Removes every waiting request.
+    pub fn drain(&mut self) -> Vec<Pending> {
+        self.pending_bytes = 0;
+        self.pending.drain(..).collect()
+    }
+}

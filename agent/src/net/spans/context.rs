@@ -1,0 +1,346 @@
+//! Trace context without an SDK: ids, "which server request is this thread serving", and the
+//! same-host link between a client request and the server request it becomes.
+//!
+//! - A thread (tid) is *serving* a server request from the read that started the request until
+//!   its response is over (or the thread starts serving another request). Client requests the
+//!   thread starts meanwhile are children of that server span.
+//! - Same host: a client connection `(local L, remote R)` and a server connection
+//!   `(local R, remote L)` are the two ends of one TCP connection. Requests on them pair in
+//!   order (FIFO, so pipelining pairs too). Either event may come first in the ring buffer (the
+//!   server's read can return on another CPU before the client's write does), so both sides
+//!   wait for the other in a bounded map; when the server side came first, the server request is
+//!   re-parented before its span is emitted.
+//!
+//! Every map here is bounded; entries also leave when their request ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+
+use loupe_common::socket::ConnTuple;
+
+/// Entries older than this (monotonic ns) are swept when a map is full.
+const STALE_NS: u64 = 10_000_000_000;
+
+/// A span's identity and parent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// W3C `tracestate` of a joined trace.
+    pub trace_state: String,
+}
+
+/// Random trace and span ids (xoshiro256++, seeded once; ids need uniqueness, not secrecy).
+#[derive(Debug, Clone)]
+pub struct IdGenerator {
+    s: [u64; 4],
+}
+
+impl IdGenerator {
+    /// A generator seeded from the OS (through the standard library's random hash keys).
+    pub fn from_os() -> Self {
+        let state = std::collections::hash_map::RandomState::new();
+        let mut seed = 0u64;
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut h = state.build_hasher();
+        h.write_u64(t ^ u64::from(std::process::id()));
+        seed ^= h.finish();
+        Self::seeded(seed)
+    }
+
+    /// A deterministic generator (tests).
+    pub fn seeded(seed: u64) -> Self {
+        // splitmix64 expands the seed into the four words of state.
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Self {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// A non-zero trace id.
+    pub fn trace_id(&mut self) -> [u8; 16] {
+        loop {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&self.next_u64().to_be_bytes());
+            id[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+            if id != [0; 16] {
+                return id;
+            }
+        }
+    }
+
+    /// A non-zero span id.
+    pub fn span_id(&mut self) -> [u8; 8] {
+        loop {
+            let id = self.next_u64().to_be_bytes();
+            if id != [0; 8] {
+                return id;
+            }
+        }
+    }
+}
+
+/// Both ends of a TCP connection as the *client* sees them: (local, remote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    client: ([u8; 16], u16),
+    server: ([u8; 16], u16),
+}
+
+impl LinkKey {
+    /// The key of a client connection; `None` when its addresses are unknown.
+    pub fn of_client(t: &ConnTuple) -> Option<LinkKey> {
+        known(t).then_some(LinkKey {
+            client: (t.local_addr, t.local_port),
+            server: (t.remote_addr, t.remote_port),
+        })
+    }
+
+    /// The key a server connection's peer (client) would have; `None` when unknown.
+    pub fn of_server(t: &ConnTuple) -> Option<LinkKey> {
+        known(t).then_some(LinkKey {
+            client: (t.remote_addr, t.remote_port),
+            server: (t.local_addr, t.local_port),
+        })
+    }
+}
+
+fn known(t: &ConnTuple) -> bool {
+    t.local_port != 0 && t.remote_port != 0 && t.remote_addr != [0; 16]
+}
+
+/// A request on a connection: `(conn_id, request id)`.
+pub type RequestRef = (u64, u64);
+
+/// `(trace id, span id)` of a span.
+pub type SpanIds = ([u8; 16], [u8; 8]);
+
+#[derive(Debug, Clone)]
+struct Serving {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    request: RequestRef,
+    since_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Waiting<T> {
+    value: T,
+    request: RequestRef,
+    since_ns: u64,
+}
+
+/// What a client request found on the other side of a same-host link.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientLink {
+    /// No server request waited: the client request now waits for its server read.
+    Registered,
+    /// The server read came first: re-parent that server request under the client span.
+    ServerWaiting(RequestRef),
+    /// The client's addresses are unknown or the map is full.
+    None,
+}
+
+/// The bounded maps of trace context.
+#[derive(Debug)]
+pub struct TraceContexts {
+    max_threads: usize,
+    max_links: usize,
+    serving: HashMap<u32, Serving>,
+    /// Client requests waiting for their server read, per link.
+    clients: HashMap<LinkKey, VecDeque<Waiting<SpanIds>>>,
+    /// Server requests (that found no client) waiting for a late client event, per link.
+    servers: HashMap<LinkKey, VecDeque<Waiting<()>>>,
+    links: usize,
+    /// Entries dropped because a map was full.
+    pub overflows: u64,
+}
+
+impl TraceContexts {
+    pub fn new(max_threads: usize, max_links: usize) -> Self {
+        Self {
+            max_threads: max_threads.max(1),
+            max_links: max_links.max(1),
+            serving: HashMap::new(),
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            links: 0,
+            overflows: 0,
+        }
+    }
+
+    /// Thread `tid` now serves this server span.
+    pub fn start_serving(&mut self, tid: u32, ctx: &SpanContext, request: RequestRef, now: u64) {
+        if self.serving.len() >= self.max_threads && !self.serving.contains_key(&tid) {
+            self.serving
+                .retain(|_, s| now.saturating_sub(s.since_ns) < STALE_NS);
+            if self.serving.len() >= self.max_threads {
+                self.overflows += self.serving.len() as u64;
+                self.serving.clear();
+            }
+        }
+        self.serving.insert(
+            tid,
+            Serving {
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+                request,
+                since_ns: now,
+            },
+        );
+    }
+
+    /// The server span thread `tid` is serving: `(trace id, span id)`.
+    pub fn serving(&self, tid: u32) -> Option<SpanIds> {
+        self.serving.get(&tid).map(|s| (s.trace_id, s.span_id))
+    }
+
+    /// The server request is over (or dropped): its thread serves nothing any more.
+    pub fn stop_serving(&mut self, tid: u32, request: RequestRef) {
+        if self.serving.get(&tid).is_some_and(|s| s.request == request) {
+            self.serving.remove(&tid);
+        }
+    }
+
+    /// A server request was re-parented: the thread's children join the new trace.
+    pub fn reparent_serving(&mut self, tid: u32, request: RequestRef, trace_id: [u8; 16]) {
+        if let Some(s) = self.serving.get_mut(&tid).filter(|s| s.request == request) {
+            s.trace_id = trace_id;
+        }
+    }
+
+    fn make_room(&mut self, now: u64) -> bool {
+        if self.links < self.max_links {
+            return true;
+        }
+        let mut links = 0;
+        self.clients.retain(|_, q| {
+            q.retain(|w| now.saturating_sub(w.since_ns) < STALE_NS);
+            links += q.len();
+            !q.is_empty()
+        });
+        self.servers.retain(|_, q| {
+            q.retain(|w| now.saturating_sub(w.since_ns) < STALE_NS);
+            links += q.len();
+            !q.is_empty()
+        });
+        self.links = links;
+        self.links < self.max_links
+    }
+
+    /// A client request started on a connection with key `key`.
+    pub fn client_request(
+        &mut self,
+        key: Option<LinkKey>,
+        ctx: &SpanContext,
+        request: RequestRef,
+        now: u64,
+    ) -> ClientLink {
+        let Some(key) = key else {
+            return ClientLink::None;
+        };
+        if let Some(q) = self.servers.get_mut(&key)
+            && let Some(w) = q.pop_front()
+        {
+            if q.is_empty() {
+                self.servers.remove(&key);
+            }
+            self.links = self.links.saturating_sub(1);
+            return ClientLink::ServerWaiting(w.request);
+        }
+        if !self.make_room(now) {
+            self.overflows += 1;
+            return ClientLink::None;
+        }
+        self.clients.entry(key).or_default().push_back(Waiting {
+            value: (ctx.trace_id, ctx.span_id),
+            request,
+            since_ns: now,
+        });
+        self.links += 1;
+        ClientLink::Registered
+    }
+
+    /// A server request was read on a connection with key `key`: the client span it pairs
+    /// with, `(trace id, span id)`, or `None` (then it waits for a late client event).
+    pub fn server_request(
+        &mut self,
+        key: Option<LinkKey>,
+        request: RequestRef,
+        now: u64,
+    ) -> Option<SpanIds> {
+        let key = key?;
+        if let Some(q) = self.clients.get_mut(&key)
+            && let Some(w) = q.pop_front()
+        {
+            if q.is_empty() {
+                self.clients.remove(&key);
+            }
+            self.links = self.links.saturating_sub(1);
+            return Some(w.value);
+        }
+        if self.make_room(now) {
+            self.servers.entry(key).or_default().push_back(Waiting {
+                value: (),
+                request,
+                since_ns: now,
+            });
+            self.links += 1;
+        } else {
+            self.overflows += 1;
+        }
+        None
+    }
+
+    /// A request is over or dropped: it no longer waits to be linked.
+    pub fn forget(&mut self, key: Option<LinkKey>, request: RequestRef) {
+        let Some(key) = key else { return };
+        self.links -= remove_waiting(&mut self.clients, key, request);
+        self.links -= remove_waiting(&mut self.servers, key, request);
+    }
+
+    /// Entries held (for tests and gauges).
+    pub fn len(&self) -> (usize, usize) {
+        (self.serving.len(), self.links)
+    }
+}
+
+/// Removes `request` from the queue of `key`; returns how many entries went.
+fn remove_waiting<T>(
+    map: &mut HashMap<LinkKey, VecDeque<Waiting<T>>>,
+    key: LinkKey,
+    request: RequestRef,
+) -> usize {
+    let Some(q) = map.get_mut(&key) else { return 0 };
+    let before = q.len();
+    q.retain(|w| w.request != request);
+    let removed = before - q.len();
+    if q.is_empty() {
+        map.remove(&key);
+    }
+    removed
+}

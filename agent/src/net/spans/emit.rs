@@ -1,0 +1,328 @@
+//! Finished requests → OTLP spans (semantic conventions) and RED observations.
+//!
+//! - HTTP server (`SERVER`): name `{method} {http.route}` (`HTTP {route}` for non-standard
+//!   methods); `http.request.method`, `url.path`, `url.scheme`, `http.route`,
+//!   `http.response.status_code`, `server.address`/`server.port` (local end), `client.address`,
+//!   `network.peer.address`/`network.peer.port` (remote end), `user_agent.original`,
+//!   `network.protocol.version`; 5xx is an error (`error.type` = the status code).
+//! - HTTP client (`CLIENT`): name `{method}`; `url.full` (no query), `server.address`/
+//!   `server.port` (from `Host`, else the remote end), `http.response.status_code`,
+//!   `network.peer.*`; 4xx and 5xx are errors.
+//! - Database client (`CLIENT`): name `{db.operation.name} {db.collection.name}`, or the
+//!   operation, or the system; `db.system.name` (`mysql`, `redis`), `db.operation.name`,
+//!   `db.query.text` (sanitized by default), `db.collection.name` (simple SQL only),
+//!   `db.namespace` (MySQL schema), `db.response.status_code` and `error.type` (MySQL error
+//!   number, Redis error prefix) on errors, `server.address`/`server.port`, `network.peer.*`.
+
+use std::sync::Arc;
+
+use loupe_collector::traces::proto::trace::span::SpanKind;
+use loupe_collector::traces::proto::trace::status::StatusCode;
+use loupe_collector::traces::proto::trace::{Span, Status};
+use loupe_protocols::http1::Method;
+use loupe_protocols::route::infer_route;
+use loupe_protocols::sanitize::{sanitize_sql, sql_operation};
+use loupe_protocols::{Role, mysql, redis};
+
+use super::attrs::{self, Attrs, MAX_STATUS_MESSAGE_LEN, cut};
+use super::conn::{Conn, DbRequest, Pending, Request};
+use super::{Core, ProcessInfo};
+
+/// Longest unsanitized Redis command text kept.
+const MAX_REDIS_RAW: usize = 1024;
+
+/// How a database call ended.
+#[derive(Debug, Default)]
+pub struct DbResult {
+    /// `db.response.status_code` (errors only).
+    pub status_code: Option<String>,
+    pub error: bool,
+    /// The server's error message (only when queries are not sanitized: messages quote values).
+    pub message: Option<String>,
+}
+
+/// The request side of a MySQL command.
+pub fn mysql_request(
+    command: &mysql::Command,
+    schema: Option<String>,
+    sanitize: bool,
+) -> DbRequest {
+    use mysql::Command as C;
+    let (operation, sql): (Option<String>, Option<&str>) = match command {
+        C::Query { sql, .. } => (sql_operation(sql), Some(sql)),
+        C::StmtPrepare { sql, .. } => (Some("PREPARE".into()), Some(sql)),
+        C::StmtExecute { sql, .. } => (
+            sql.as_deref()
+                .and_then(sql_operation)
+                .or_else(|| Some("EXECUTE".into())),
+            sql.as_deref(),
+        ),
+        C::StmtReset { .. } => (Some("STMT_RESET".into()), None),
+        C::StmtFetch { .. } => (Some("FETCH".into()), None),
+        C::InitDb { .. } => (Some("INIT_DB".into()), None),
+        C::Ping => (Some("PING".into()), None),
+        C::ChangeUser => (Some("CHANGE_USER".into()), None),
+        C::ResetConnection => (Some("RESET_CONNECTION".into()), None),
+        C::Statistics => (Some("STATISTICS".into()), None),
+        C::FieldList => (Some("FIELD_LIST".into()), None),
+        C::StmtSendLongData { .. } | C::StmtClose { .. } | C::Quit | C::Other { .. } => {
+            (None, None)
+        }
+    };
+    let sanitized = sql.map(sanitize_sql);
+    let collection = sanitized.as_deref().and_then(attrs::sql_collection);
+    let query = if sanitize {
+        sanitized
+    } else {
+        sql.map(str::to_owned)
+    };
+    DbRequest {
+        operation,
+        query,
+        collection,
+        namespace: schema,
+    }
+}
+
+/// The outcome of a MySQL command.
+pub fn mysql_result(response: Option<&mysql::Response>, sanitize: bool) -> DbResult {
+    match response {
+        Some(mysql::Response::Err { code, message, .. }) => DbResult {
+            status_code: Some(code.to_string()),
+            error: true,
+            message: (!sanitize).then(|| cut(message, MAX_STATUS_MESSAGE_LEN).to_owned()),
+        },
+        _ => DbResult::default(),
+    }
+}
+
+/// The request side of a Redis command.
+pub fn redis_request(command: &redis::Command, sanitize: bool) -> DbRequest {
+    let query = if sanitize {
+        command.query_text()
+    } else {
+        let mut s = command.name.clone();
+        for a in &command.args {
+            if s.len() >= MAX_REDIS_RAW {
+                break;
+            }
+            s.push(' ');
+            s.push_str(&String::from_utf8_lossy(&a.prefix));
+        }
+        let mut s = cut(&s, MAX_REDIS_RAW).to_owned();
+        if command.arg_count > command.args.len() as u64 {
+            s.push_str(" …");
+        }
+        s
+    };
+    DbRequest {
+        operation: Some(cut(&command.name, 64).to_owned()).filter(|s| !s.is_empty()),
+        query: Some(query),
+        collection: None,
+        namespace: None,
+    }
+}
+
+/// The outcome of a Redis command.
+pub fn redis_result(reply: Option<&redis::Reply>, sanitize: bool) -> DbResult {
+    match reply.and_then(|r| r.error.as_ref()) {
+        Some(e) => DbResult {
+            status_code: Some(cut(&e.code, 64).to_owned()),
+            error: true,
+            message: (!sanitize).then(|| cut(&e.message, MAX_STATUS_MESSAGE_LEN).to_owned()),
+        },
+        None => DbResult::default(),
+    }
+}
+
+fn seconds(start: u64, end: u64) -> f64 {
+    end.saturating_sub(start) as f64 / 1e9
+}
+
+impl Core {
+    fn span(
+        &self,
+        p: &Pending,
+        name: String,
+        kind: SpanKind,
+        end_ns: u64,
+        attributes: Attrs,
+        error: Option<String>,
+    ) -> Span {
+        let start = self.clock.to_unix_nanos(p.start_ns);
+        let end = self.clock.to_unix_nanos(end_ns.max(p.start_ns));
+        Span {
+            trace_id: p.ctx.trace_id.to_vec(),
+            span_id: p.ctx.span_id.to_vec(),
+            trace_state: p.ctx.trace_state.clone(),
+            parent_span_id: p
+                .ctx
+                .parent_span_id
+                .map(|id| id.to_vec())
+                .unwrap_or_default(),
+            name,
+            kind: kind as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes: attributes.0,
+            status: error.map(|message| Status {
+                message,
+                code: StatusCode::Error as i32,
+            }),
+            ..Span::default()
+        }
+    }
+
+    fn process(&mut self, pid: u32) -> Arc<ProcessInfo> {
+        self.processes.get(pid, self.now)
+    }
+
+    pub(super) fn emit_http(&mut self, conn: &Conn, p: Pending, end_ns: u64) {
+        let Request::Http(h) = &p.request else { return };
+        let status = h.status.unwrap_or(0);
+        let status_text = status.to_string();
+        let method = h.method.semconv();
+        let name_method = if method == "_OTHER" { "HTTP" } else { method };
+        let process = self.process(conn.pid);
+        let local = attrs::local_end(&conn.tuple);
+        let remote = attrs::remote_end(&conn.tuple);
+        let secs = seconds(p.start_ns, end_ns);
+        let mut a = Attrs::with_capacity(14);
+        a.str("http.request.method", method);
+        if let Method::Other(original) = &h.method {
+            a.str("http.request.method_original", original.clone());
+        }
+        a.int("http.response.status_code", i64::from(status));
+        a.str("network.protocol.version", h.version.as_str());
+        let server = conn.role == Role::Server;
+        let error = if server { status >= 500 } else { status >= 400 };
+        let name;
+        if server {
+            let route = infer_route(&h.target);
+            name = format!("{name_method} {route}");
+            if let Some(path) = attrs::url_path(&h.target) {
+                a.str("url.path", path);
+            }
+            a.str("url.scheme", "http");
+            a.str("http.route", route.clone());
+            if let Some((addr, port)) = &local {
+                a.str("server.address", addr.clone());
+                a.int("server.port", i64::from(*port));
+            }
+            if let Some((addr, port)) = &remote {
+                a.str("client.address", addr.clone());
+                a.str("network.peer.address", addr.clone());
+                a.int("network.peer.port", i64::from(*port));
+            }
+            self.red
+                .http_server(&process.service, method, &route, &status_text, secs);
+            self.m.spans[0].inc();
+        } else {
+            name = name_method.to_owned();
+            if let Some(url) = attrs::url_full(&h.target, h.host.as_deref(), remote.as_ref()) {
+                a.str("url.full", url);
+            }
+            let from_host = h.host.as_deref().and_then(attrs::split_host);
+            let server_address = match (from_host, &remote) {
+                (Some((host, port)), _) => {
+                    a.str("server.address", host);
+                    if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
+                        a.int("server.port", i64::from(port));
+                    }
+                    host.to_owned()
+                }
+                (None, Some((addr, port))) => {
+                    a.str("server.address", addr.clone());
+                    a.int("server.port", i64::from(*port));
+                    addr.clone()
+                }
+                (None, None) => String::new(),
+            };
+            if let Some((addr, port)) = &remote {
+                a.str("network.peer.address", addr.clone());
+                a.int("network.peer.port", i64::from(*port));
+            }
+            self.red.http_client(
+                &process.service,
+                method,
+                &server_address,
+                &status_text,
+                secs,
+            );
+            self.m.spans[1].inc();
+        }
+        if let Some(ua) = &h.user_agent {
+            a.str("user_agent.original", ua.clone());
+        }
+        if error {
+            a.str("error.type", status_text);
+        }
+        let kind = if server {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        };
+        let span = self.span(&p, name, kind, end_ns, a, error.then(String::new));
+        self.push_span(conn.pid, process, span);
+    }
+
+    pub(super) fn emit_db(
+        &mut self,
+        conn: &Conn,
+        p: Pending,
+        system: &'static str,
+        result: DbResult,
+        end_ns: u64,
+    ) {
+        let (Request::MySql(d) | Request::Redis(d)) = &p.request else {
+            return;
+        };
+        let process = self.process(conn.pid);
+        let secs = seconds(p.start_ns, end_ns);
+        let mut a = Attrs::with_capacity(12);
+        a.str("db.system.name", system);
+        if let Some(op) = &d.operation {
+            a.str("db.operation.name", op.clone());
+        }
+        if let Some(c) = &d.collection {
+            a.str("db.collection.name", c.clone());
+        }
+        if let Some(ns) = &d.namespace {
+            a.str("db.namespace", ns.clone());
+        }
+        if let Some(q) = &d.query {
+            a.str("db.query.text", q.clone());
+        }
+        if let Some((addr, port)) = attrs::remote_end(&conn.tuple) {
+            a.str("server.address", addr.clone());
+            a.int("server.port", i64::from(port));
+            a.str("network.peer.address", addr);
+            a.int("network.peer.port", i64::from(port));
+        }
+        let error_type = result.status_code.clone().unwrap_or_default();
+        if let Some(code) = &result.status_code {
+            a.str("db.response.status_code", code.clone());
+        }
+        if result.error {
+            a.str("error.type", error_type.clone());
+        }
+        let name = match (&d.operation, &d.collection) {
+            (Some(op), Some(c)) => format!("{op} {c}"),
+            (Some(op), None) => op.clone(),
+            (None, _) => system.to_owned(),
+        };
+        self.red.db_client(
+            &process.service,
+            system,
+            d.operation.as_deref().unwrap_or("_OTHER"),
+            if result.error { &error_type } else { "" },
+            secs,
+        );
+        self.m.spans[2].inc();
+        let status = result
+            .error
+            .then(|| result.message.clone().unwrap_or_default());
+        let span = self.span(&p, name, SpanKind::Client, end_ns, a, status);
+        self.push_span(conn.pid, process, span);
+    }
+}

@@ -1,0 +1,390 @@
+//! The local trace sink: appends one OTLP/JSON `ExportTraceServiceRequest` per line to
+//! `DIR/traces.jsonl`.
+//!
+//! OTLP/JSON as the OTLP specification defines it ("JSON Protobuf Encoding"): lowerCamelCase
+//! field names, `traceId`/`spanId`/`parentSpanId` as lowercase hex, enums (`kind`,
+//! `status.code`) as integers, 64-bit integers (`startTimeUnixNano`, `intValue`) as strings. The
+//! serde support of `opentelemetry-proto` produces exactly that; the tests pin it.
+//!
+//! Bounded: when a line would take the file past the size limit, `traces.jsonl` is renamed to
+//! `traces.jsonl.1` (replacing the previous one) and a new file begins, so at most twice the
+//! limit is on disk. Each line is written with one `write` call on a file opened for appending.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::proto::trace::ResourceSpans;
+use super::{Batching, TraceBatch, TraceExportReport, TraceSink};
+use crate::sink::BoxFuture;
+use crate::telemetry::{Counter, Registry};
+
+/// Name of the traces file.
+pub const TRACES_FILE: &str = "traces.jsonl";
+/// Name the previous traces file is rotated to.
+pub const ROTATED_TRACES_FILE: &str = "traces.jsonl.1";
+/// Size at which the traces file is rotated unless configured otherwise.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Errors of the local trace sink.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalTraceSinkError {
+    /// The directory could not be created.
+    #[error("creating directory {} failed: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The traces file could not be opened, written or rotated.
+    #[error("writing {} failed: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The batch could not be encoded as JSON.
+    #[error("encoding spans as OTLP/JSON failed: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The blocking write task panicked or was cancelled.
+    #[error("the local trace sink's write task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Appends OTLP/JSON lines to `DIR/traces.jsonl`.
+#[derive(Debug)]
+pub struct LocalTraceSink {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    state: Arc<Mutex<FileState>>,
+    rotations: Counter,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    file: Option<File>,
+    size: u64,
+}
+
+/// The JSON form of `ExportTraceServiceRequest`, borrowing the spans instead of cloning them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExportRequestRef<'a> {
+    resource_spans: &'a [ResourceSpans],
+}
+
+impl LocalTraceSink {
+    /// Creates `dir` if needed and opens (appends to) `dir/traces.jsonl`.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LocalTraceSinkError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(|source| LocalTraceSinkError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(TRACES_FILE);
+        let (file, size) = open_append(&path)?;
+        Ok(Self {
+            dir,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            state: Arc::new(Mutex::new(FileState {
+                file: Some(file),
+                size,
+            })),
+            rotations: Counter::default(),
+        })
+    }
+
+    /// Rotates the file when it would grow past `bytes` (at least 1 KiB).
+    #[must_use]
+    pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_bytes = bytes.max(1024);
+        self
+    }
+
+    /// The traces file written to.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(TRACES_FILE)
+    }
+
+    /// Encodes a batch as one OTLP/JSON line (without the line feed).
+    pub fn encode_line(batch: &TraceBatch) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&ExportRequestRef {
+            resource_spans: &batch.resource_spans,
+        })
+    }
+}
+
+fn open_append(path: &Path) -> Result<(File, u64), LocalTraceSinkError> {
+    let err = |source| LocalTraceSinkError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    let size = file.metadata().map_err(err)?.len();
+    Ok((file, size))
+}
+
+/// Appends `line` (with its line feed), rotating first if the file would pass `max`.
+fn append(
+    dir: &Path,
+    state: &mut FileState,
+    mut line: Vec<u8>,
+    max: u64,
+    rotations: &Counter,
+) -> Result<u64, LocalTraceSinkError> {
+    line.push(b'\n');
+    let len = line.len() as u64;
+    let path = dir.join(TRACES_FILE);
+    if state.file.is_none() || (state.size > 0 && state.size + len > max) {
+        if state.file.take().is_some() && state.size > 0 {
+            fs::rename(&path, dir.join(ROTATED_TRACES_FILE)).map_err(|source| {
+                LocalTraceSinkError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            rotations.inc();
+        }
+        let (file, size) = open_append(&path)?;
+        *state = FileState {
+            file: Some(file),
+            size,
+        };
+    }
+    let Some(file) = state.file.as_mut() else {
+        return Ok(0);
+    };
+    match file.write_all(&line) {
+        Ok(()) => {
+            state.size += len;
+            Ok(len)
+        }
+        Err(source) => {
+            // Reopen next time (the file may have been removed or the disk filled).
+            state.file = None;
+            Err(LocalTraceSinkError::Write { path, source })
+        }
+    }
+}
+
+impl TraceSink for LocalTraceSink {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn batching(&self) -> Batching {
+        // The span builder already flushes about once a second: one line per flush.
+        Batching {
+            max_spans: 4096,
+            max_delay: std::time::Duration::ZERO,
+        }
+    }
+
+    fn register_metrics(&mut self, registry: &Registry) {
+        let counter = registry.counter(
+            "loupe_local_trace_sink_rotations_total",
+            "Times the local traces.jsonl was rotated to traces.jsonl.1.",
+            &[],
+        );
+        counter.add(self.rotations.get());
+        self.rotations = counter;
+    }
+
+    fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport> {
+        let dir = self.dir.clone();
+        let state = self.state.clone();
+        let max = self.max_file_bytes;
+        let rotations = self.rotations.clone();
+        Box::pin(async move {
+            let spans = batch.span_count();
+            let job = move || {
+                let line =
+                    LocalTraceSink::encode_line(&batch).map_err(LocalTraceSinkError::Encode)?;
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                append(&dir, &mut state, line, max, &rotations)
+            };
+            let result = match tokio::task::spawn_blocking(job).await {
+                Ok(r) => r,
+                Err(e) => Err(LocalTraceSinkError::Task(e)),
+            };
+            match result {
+                Ok(bytes) => TraceExportReport {
+                    spans_exported: spans,
+                    bytes_sent: bytes,
+                    ..TraceExportReport::default()
+                },
+                Err(e) => TraceExportReport {
+                    spans_failed: spans,
+                    errors: vec![e.into()],
+                    ..TraceExportReport::default()
+                },
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::collector::ExportTraceServiceRequest;
+    use super::super::proto::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
+    use super::super::proto::resource::Resource;
+    use super::super::proto::trace::{
+        ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
+    };
+    use super::*;
+    use crate::test_util::TempDir;
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
+        }
+    }
+
+    fn sample() -> TraceBatch {
+        TraceBatch {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", any_value::Value::StringValue("shop".into())),
+                        kv("process.pid", any_value::Value::IntValue(4242)),
+                    ],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "loupe".into(),
+                        version: "0.1.0".into(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans: vec![Span {
+                        trace_id: (1..=16).collect(),
+                        span_id: vec![0xab, 0xcd, 0xef, 0, 1, 2, 3, 0xff],
+                        parent_span_id: vec![9, 8, 7, 6, 5, 4, 3, 2],
+                        name: "GET /users/{id}".into(),
+                        kind: SpanKind::Server as i32,
+                        start_time_unix_nano: 1_700_000_000_123_456_789,
+                        end_time_unix_nano: 1_700_000_000_223_456_789,
+                        attributes: vec![
+                            kv(
+                                "http.request.method",
+                                any_value::Value::StringValue("GET".into()),
+                            ),
+                            kv("http.response.status_code", any_value::Value::IntValue(503)),
+                        ],
+                        status: Some(Status {
+                            code: StatusCode::Error as i32,
+                            message: String::new(),
+                        }),
+                        ..Span::default()
+                    }],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn lines_are_otlp_json_and_round_trip() {
+        let line = LocalTraceSink::encode_line(&sample()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let rs = &v["resourceSpans"][0];
+        assert_eq!(rs["resource"]["attributes"][0]["key"], "service.name");
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "shop"
+        );
+        assert_eq!(rs["resource"]["attributes"][1]["value"]["intValue"], "4242");
+        let scope = &rs["scopeSpans"][0];
+        assert_eq!(scope["scope"]["name"], "loupe");
+        let span = &scope["spans"][0];
+        assert_eq!(span["traceId"], "0102030405060708090a0b0c0d0e0f10");
+        assert_eq!(span["spanId"], "abcdef00010203ff");
+        assert_eq!(span["parentSpanId"], "0908070605040302");
+        assert_eq!(span["name"], "GET /users/{id}");
+        assert_eq!(span["kind"], 2);
+        assert_eq!(span["startTimeUnixNano"], "1700000000123456789");
+        assert_eq!(span["endTimeUnixNano"], "1700000000223456789");
+        assert_eq!(span["attributes"][1]["value"]["intValue"], "503");
+        assert_eq!(span["status"]["code"], 2);
+        for snake in [
+            "resource_spans",
+            "scope_spans",
+            "trace_id",
+            "span_id",
+            "start_time",
+        ] {
+            assert!(!String::from_utf8_lossy(&line).contains(snake), "{snake}");
+        }
+        // Back to the protobuf types: everything survives.
+        let back: ExportTraceServiceRequest = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, sample().into_request());
+    }
+
+    #[tokio::test]
+    async fn appends_one_line_per_export() {
+        let tmp = TempDir::new("traces");
+        let sink = LocalTraceSink::new(tmp.path().join("out")).unwrap();
+        for _ in 0..3 {
+            let report = sink.export(sample()).await;
+            assert!(report.is_success(), "{:?}", report.errors);
+            assert_eq!(report.spans_exported, 1);
+        }
+        let text = fs::read_to_string(sink.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for l in lines {
+            let back: ExportTraceServiceRequest = serde_json::from_str(l).unwrap();
+            assert_eq!(
+                back.resource_spans[0].scope_spans[0].spans[0].span_id,
+                sample().resource_spans[0].scope_spans[0].spans[0].span_id
+            );
+        }
+        // A new sink appends to the existing file.
+        let again = LocalTraceSink::new(tmp.path().join("out")).unwrap();
+        again.export(sample()).await;
+        assert_eq!(fs::read_to_string(again.path()).unwrap().lines().count(), 4);
+    }
+
+    #[tokio::test]
+    async fn rotates_and_keeps_one_old_file() {
+        let tmp = TempDir::new("traces-rotate");
+        let line_len = LocalTraceSink::encode_line(&sample()).unwrap().len() as u64 + 1;
+        let mut sink = LocalTraceSink::new(tmp.path())
+            .unwrap()
+            .with_max_file_bytes(2048);
+        let registry = Registry::new();
+        sink.register_metrics(&registry);
+        let per_file = 2048 / line_len;
+        assert!(per_file >= 2, "line of {line_len} bytes");
+        let exports = per_file * 3 + 1;
+        for _ in 0..exports {
+            assert!(sink.export(sample()).await.is_success());
+        }
+        let current = fs::metadata(tmp.path().join(TRACES_FILE)).unwrap().len();
+        let old = fs::metadata(tmp.path().join(ROTATED_TRACES_FILE))
+            .unwrap()
+            .len();
+        assert!(current <= 2048 && old <= 2048, "{current} {old}");
+        assert_eq!(old, per_file * line_len);
+        assert_eq!(current, line_len);
+        let files: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(files.len(), 2);
+        assert!(
+            registry
+                .render()
+                .contains("loupe_local_trace_sink_rotations_total 3\n")
+        );
+    }
+}
