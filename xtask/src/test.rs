@@ -32,7 +32,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         exec(
             Command::new("cargo")
                 .current_dir(root())
-                .args(["test", "--workspace"])
+                .args(["test", "--workspace", "--no-fail-fast"])
                 .arg("--")
                 .args(&args.cargo_test_args)
                 .env("LOUPE_AGENT_BIN", agent_binary())

@@ -11,7 +11,7 @@ use loupe_collector::profile::{Frame, ServiceProfile, StackSample};
 use loupe_common::{SampleKey, SampleValue};
 
 use super::{
-    procs::{BinaryFile, FileKey, Process},
+    procs::{BinaryFile, FileKey, Process, ProcessTable},
     symbolize::{Lines, Symbolizer, single},
 };
 
@@ -58,11 +58,12 @@ const STACK_ROOTS: &[&str] = &[
     "runtime.mstart",
 ];
 
-/// Assembles profiles. `process` gives the process record for a pid (read now if unknown).
+/// Assembles profiles. Processes come from `table` (read now if unknown; read again once when a
+/// user address falls outside every mapping known, e.g. a library loaded since).
 pub fn assemble(
     samples: &[RawSample],
     stacks: &HashMap<i32, Vec<u64>>,
-    mut process: impl FnMut(u32, &str) -> Arc<Process>,
+    table: &mut ProcessTable,
     symbolizer: &mut Symbolizer,
     host_labels: &[(String, String)],
 ) -> (Vec<ServiceProfile>, StackStats, HashMap<String, u64>) {
@@ -77,9 +78,20 @@ pub fn assemble(
     let mut resolved: Vec<Resolved> = Vec::with_capacity(samples.len());
     let mut per_binary: HashMap<FileKey, (Arc<BinaryFile>, Vec<u64>)> = HashMap::new();
     let mut kernel_addrs: Vec<u64> = Vec::new();
+    let mut reread = std::collections::HashSet::new();
     for s in samples {
         let thread_name = comm_str(&s.value.comm);
-        let p = process(s.key.pid, &thread_name);
+        let mut p = table.get_or_refresh(s.key.pid, &thread_name);
+        if !p.kernel_thread
+            && !p.incomplete
+            && reread.insert(s.key.pid)
+            && stack(stacks, s.key.user_stack_id)
+                .iter()
+                .enumerate()
+                .any(|(i, &ip)| p.mapping_for(return_address_fixup(ip, i)).is_none())
+        {
+            p = table.refresh(s.key.pid, &thread_name);
+        }
         for (i, &ip) in stack(stacks, s.key.user_stack_id).iter().enumerate() {
             let ip = return_address_fixup(ip, i);
             if let Some(m) = p.mapping_for(ip)
@@ -340,13 +352,8 @@ mod tests {
             },
         ];
         let host = vec![("host_name".to_string(), "h".to_string())];
-        let (profiles, stats, truncated) = assemble(
-            &samples,
-            &stacks,
-            |pid, c| table.get_or_refresh(pid, c),
-            &mut symbolizer,
-            &host,
-        );
+        let (profiles, stats, truncated) =
+            assemble(&samples, &stacks, &mut table, &mut symbolizer, &host);
         assert_eq!(profiles.len(), 1);
         let p = &profiles[0];
         assert_eq!(p.labels, host);
@@ -420,13 +427,8 @@ mod tests {
                 comm: comm("gone"),
             },
         }];
-        let (profiles, stats, _) = assemble(
-            &samples,
-            &HashMap::new(),
-            |pid, c| table.get_or_refresh(pid, c),
-            &mut symbolizer,
-            &[],
-        );
+        let (profiles, stats, _) =
+            assemble(&samples, &HashMap::new(), &mut table, &mut symbolizer, &[]);
         assert_eq!(profiles[0].service_name, "gone");
         assert_eq!(
             profiles[0].samples[0].frames[0].lines[0].function,

@@ -10,7 +10,7 @@ mod procs;
 mod symbolize;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
@@ -42,6 +42,11 @@ use procs::ProcessTable;
 pub use procs::{ProcessIdentity, process_identity};
 pub use symbolize::Symbolizer;
 
+/// Delays after a process's first sample at which its mappings are read again.
+const REREAD_DELAYS: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(500)];
+/// Re-reads waiting at most per delay (new processes beyond it get only their first read and the
+/// drain's).
+const MAX_PENDING_REREADS: usize = 8 * 1024;
 /// Processes the table holds at most.
 const MAX_PROCESSES: usize = 32 * 1024;
 /// Symbolized addresses cached at most (user and kernel together).
@@ -343,13 +348,8 @@ impl Profiler {
         let procs = self.procs.clone();
         let (profiles, stats, truncated_by_service) = {
             let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
-            let result = assemble::assemble(
-                &raw,
-                &stacks,
-                |pid, comm| table.get_or_refresh(pid, comm),
-                symbolizer,
-                &self.host_labels,
-            );
+            let result =
+                assemble::assemble(&raw, &stacks, &mut table, symbolizer, &self.host_labels);
             table.evict_exited(flipped_at);
             self.drains += 1;
             if self.drains.is_multiple_of(20) {
@@ -508,7 +508,20 @@ fn watch_processes(
     stop: Arc<AtomicBool>,
 ) {
     let fd = ring.as_raw_fd();
+    // Second and third reads of each new process: its first sample may come while the dynamic
+    // loader is still mapping libraries, and a short-lived process may be gone by the drain.
+    // One queue per delay, so each stays in due order.
+    let mut rereads: [VecDeque<(Instant, u32, String)>; REREAD_DELAYS.len()] = Default::default();
     while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        for queue in &mut rereads {
+            while queue.front().is_some_and(|(due, _, _)| *due <= now) {
+                if let Some((_, pid, comm)) = queue.pop_front() {
+                    let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
+                    table.refresh(pid, &comm);
+                }
+            }
+        }
         let mut pollfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -516,7 +529,7 @@ fn watch_processes(
         };
         // SAFETY: `pollfd` is a valid array of one element for the duration of the call, and `fd`
         // stays open because `ring` outlives the loop.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, 100) };
+        let ready = unsafe { libc::poll(&mut pollfd, 1, 50) };
         if ready < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -537,7 +550,14 @@ fn watch_processes(
             let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
             match event.kind {
                 process_event::SAMPLED | process_event::EXEC => {
-                    table.refresh(event.pid, &comm_str(&event.comm));
+                    let comm = comm_str(&event.comm);
+                    table.refresh(event.pid, &comm);
+                    let now = Instant::now();
+                    for (queue, delay) in rereads.iter_mut().zip(REREAD_DELAYS) {
+                        if queue.len() < MAX_PENDING_REREADS {
+                            queue.push_back((now + delay, event.pid, comm.clone()));
+                        }
+                    }
                 }
                 process_event::EXIT => table.mark_exited(event.pid),
                 _ => {}

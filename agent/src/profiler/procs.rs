@@ -99,7 +99,15 @@ impl ProcessTable {
 
     /// Reads the process from /proc now and stores it (replacing what was known: it may have exec'd).
     pub fn refresh(&mut self, pid: u32, comm: &str) -> Arc<Process> {
-        let process = Arc::new(self.read_process(pid, comm));
+        let read = self.read_process(pid, comm);
+        // A process that is gone reads as incomplete: keep what was captured while it ran.
+        if read.incomplete
+            && let Some(known) = self.procs.get(&pid)
+            && !known.incomplete
+        {
+            return known.clone();
+        }
+        let process = Arc::new(read);
         if self.procs.len() >= self.max_processes && !self.procs.contains_key(&pid) {
             self.evict_exited(Instant::now());
             if self.procs.len() >= self.max_processes {
