@@ -312,7 +312,9 @@ impl Config {
                 if host.is_none_or(str::is_empty) {
                     return Err(invalid(
                         "otlp_endpoint",
-                        format!("{url:?}: must be an http:// or https:// URL, e.g. http://alloy:4317"),
+                        format!(
+                            "{url:?}: must be an http:// or https:// URL, e.g. http://alloy:4317"
+                        ),
                     ));
                 }
                 Some(url)
@@ -452,7 +454,11 @@ mod tests {
         assert!(c.local_traces(), "spans have no backend: they stay local");
         assert_eq!(c.pyroscope.clone().unwrap().url, "http://pyro:4040");
         o.otlp_endpoint = Some("http://alloy:4317".into());
-        assert!(!Config::merge(&o, FileOptions::default()).unwrap().local_traces());
+        assert!(
+            !Config::merge(&o, FileOptions::default())
+                .unwrap()
+                .local_traces()
+        );
         o.local_sink = Some(true);
         let c = Config::merge(&o, FileOptions::default()).unwrap();
         assert!(c.local_profiles() && c.local_traces());
@@ -550,12 +556,30 @@ mod tests {
         let mut o = cli();
         o.capture_bytes = Some(4096);
         let e = Config::merge(&o, FileOptions::default()).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { key: "capture_bytes", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "capture_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
 
         let mut o = cli();
         o.otlp_endpoint = Some("alloy:4317".into());
         let e = Config::merge(&o, FileOptions::default()).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { key: "otlp_endpoint", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "otlp_endpoint",
+                    ..
+                }
+            ),
+            "{e}"
+        );
 
         let mut o = cli();
         o.pids = vec![0];
