@@ -146,12 +146,25 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
             "first sample only (no tracefs): processes that exec are re-read late"
         }
     );
+    let unused = plan
+        .unused_socket_methods
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
     let _ = writeln!(
         out,
-        "Socket capture method (network spans): {}",
+        "Socket capture method (network spans): {}{}",
         plan.socket_attach
             .map(|m| m.to_string())
-            .unwrap_or_else(|| "none available".into())
+            .unwrap_or_else(|| "none available: network spans are off".into()),
+        if unused.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (also offered by this kernel, not used yet: {})",
+                unused.join(", ")
+            )
+        }
     );
     let _ = writeln!(
         out,

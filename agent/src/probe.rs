@@ -144,7 +144,11 @@ pub struct Plan {
     /// Whether exec/exit tracepoints keep the process table fresh; without them processes are read
     /// only when first sampled and forgotten by age.
     pub process_tracepoints: bool,
+    /// How socket calls are captured: syscall tracepoints, the method every supported kernel has
+    /// and the only one Loupe implements so far.
     pub socket_attach: Option<SocketAttach>,
+    /// Faster methods this kernel offers that Loupe does not use yet (fentry, kprobes).
+    pub unused_socket_methods: Vec<SocketAttach>,
 }
 
 /// Decides what Loupe can run on a kernel with these features.
@@ -178,19 +182,19 @@ pub fn plan(f: &KernelFeatures) -> Plan {
     } else {
         Ok(())
     };
-    let socket_attach = if f.fentry.is_yes() {
-        Some(SocketAttach::Fentry)
-    } else if f.kprobes.is_yes() {
-        Some(SocketAttach::Kprobes)
-    } else if f.tracepoints.is_yes() {
-        Some(SocketAttach::Tracepoints)
-    } else {
-        None
-    };
+    let socket_attach = f.tracepoints.is_yes().then_some(SocketAttach::Tracepoints);
+    let unused_socket_methods = [
+        (f.fentry.is_yes(), SocketAttach::Fentry),
+        (f.kprobes.is_yes(), SocketAttach::Kprobes),
+    ]
+    .into_iter()
+    .filter_map(|(available, method)| available.then_some(method))
+    .collect();
     Plan {
         profiler,
         process_tracepoints: f.tracepoints.is_yes(),
         socket_attach,
+        unused_socket_methods,
     }
 }
 
@@ -433,13 +437,20 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_fastest_socket_attach_method() {
+    fn captures_sockets_with_tracepoints_and_names_faster_methods() {
         let mut k = full_kernel();
-        assert_eq!(plan(&k).socket_attach, Some(SocketAttach::Fentry));
+        let p = plan(&k);
+        assert_eq!(p.socket_attach, Some(SocketAttach::Tracepoints));
+        assert_eq!(
+            p.unused_socket_methods,
+            vec![SocketAttach::Fentry, SocketAttach::Kprobes]
+        );
         k.fentry = Availability::No("EPERM".into());
-        assert_eq!(plan(&k).socket_attach, Some(SocketAttach::Kprobes));
+        assert_eq!(plan(&k).unused_socket_methods, vec![SocketAttach::Kprobes]);
         k.kprobes = Availability::No("compiled out".into());
-        assert_eq!(plan(&k).socket_attach, Some(SocketAttach::Tracepoints));
+        let p = plan(&k);
+        assert_eq!(p.socket_attach, Some(SocketAttach::Tracepoints));
+        assert!(p.unused_socket_methods.is_empty());
         k.tracepoints = Availability::No("no tracefs".into());
         let p = plan(&k);
         assert_eq!(p.socket_attach, None);
