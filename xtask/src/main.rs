@@ -2,10 +2,13 @@
 //! (see setup.rs) so the README's two commands work on a fresh machine.
 
 mod bench;
+mod bench_net;
+mod bench_parsers;
 mod build;
 mod demo;
 mod python;
 mod setup;
+mod spans_read;
 mod test;
 mod util;
 mod vm;
