@@ -69,16 +69,8 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
             &f.btf,
             "fentry attach; CO-RE programs",
         ),
-        (
-            "fentry/fexit",
-            &f.fentry,
-            "fastest socket capture (preferred when present)",
-        ),
-        (
-            "kprobes",
-            &f.kprobes,
-            "socket capture when fentry is missing",
-        ),
+        ("fentry/fexit", &f.fentry, "faster socket capture (planned)"),
+        ("kprobes", &f.kprobes, "faster socket capture (planned)"),
         (
             "uprobes",
             &f.uprobes,
@@ -169,7 +161,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
     let _ = writeln!(
         out,
         "Stacks: walked with frame pointers. Binaries built without them (most distro C/C++ libraries, \
-         Rust and Go release builds without -C force-frame-pointers / with -fomit-frame-pointer) show \
+         Rust builds without -C force-frame-pointers, anything built with -fomit-frame-pointer) show \
          their leaf function but a cut-short stack; Loupe logs a warning per affected service."
     );
     out

@@ -9,10 +9,13 @@
 //!    of each series is used.
 //! 2. One initramfs for every kernel (the cloud kernels have the 8250 serial console built in, so
 //!    no module is needed): busybox-static, tests/vm/init as /init, the release agent, the test
-//!    workloads and the `profiler` test binary (both without debug sections), the shared libraries
-//!    `ldd` lists and the dynamic loader.
-//! 3. Each VM runs `loupe-agent doctor` and `profiler --test-threads=1`, prints `@@loupe ...` result
-//!    lines on the serial console (qemu's stdout), and powers off; the host enforces a time limit.
+//!    workloads, the `profiler` test binary and the agent's unit-test binary with the eBPF object
+//!    embedded (the three without debug sections), the shared libraries `ldd` lists and the dynamic
+//!    loader.
+//! 3. Each VM runs `loupe-agent doctor`, `profiler --test-threads=1` and the agent's socket-capture
+//!    tests (`net::capture`: the socket programs load, pass the verifier and capture loopback
+//!    traffic), prints `@@loupe ...` result lines on the serial console (qemu's stdout), and powers
+//!    off; the host enforces a time limit.
 //!
 //! The table also goes to target/vm-results.md and, with `--update-readme`, into README.md between
 //! `<!-- kernel-matrix:start -->` and `<!-- kernel-matrix:end -->`.
@@ -31,7 +34,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use crate::{
-    build::{agent_binary, build},
+    build::{agent_binary, build, ebpf_object},
     setup::Extras,
     test::build_workloads,
     util::{exec, output, root, step},
@@ -51,6 +54,10 @@ pub struct VmArgs {
     /// Run only the profiler tests whose name contains this (the test harness's filter).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Run only the agent's unit tests whose full name contains this (e.g.
+    /// `net::capture::tests::captures_tcp`).
+    #[arg(long, default_value = CAPTURE_TESTS)]
+    pub capture_filter: String,
     /// Use KVM (`-accel kvm -cpu host`) instead of TCG emulation.
     #[arg(long)]
     pub kvm: bool,
@@ -98,6 +105,8 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg target=Packages] h
 
 /// Prefix of the lines tests/vm/init prints for the host.
 const MARK: &str = "@@loupe ";
+/// The agent's unit tests the VMs run: the socket capture programs on the real kernel.
+const CAPTURE_TESTS: &str = "net::capture";
 const README_START: &str = "<!-- kernel-matrix:start -->";
 const README_END: &str = "<!-- kernel-matrix:end -->";
 /// Doctor rows shown in the table: (row label, the doctor's FEATURE column prefix).
@@ -126,11 +135,15 @@ pub fn vm_test(args: VmArgs) -> anyhow::Result<()> {
     build(Extras::Vm)?;
     build_workloads()?;
     let profiler = step("building the profiler test binary", build_profiler_tests)?;
+    let capture = step(
+        "building the agent's unit-test binary (socket capture tests)",
+        build_agent_tests,
+    )?;
     let kernels = step("fetching the kernels (target/vm-cache)", || {
         fetch_kernels(&series)
     })?;
     let initramfs = step("building the initramfs", || {
-        build_initramfs(&profiler, &args)
+        build_initramfs(&profiler, &capture, &args)
     })?;
 
     let mut results = Vec::new();
@@ -201,13 +214,41 @@ fn build_profiler_tests() -> anyhow::Result<PathBuf> {
             ])
             .args(["--message-format=json", "--quiet"]),
     )?;
-    out.lines()
+    test_executable(&out, "profiler")
+}
+
+/// Builds the agent's unit-test binary with the kernel programs embedded (the socket capture
+/// tests load them) and returns its path.
+fn build_agent_tests() -> anyhow::Result<PathBuf> {
+    let out = output(
+        Command::new("cargo")
+            .current_dir(root())
+            .args([
+                "test",
+                "-p",
+                "loupe-agent",
+                "--bin",
+                "loupe-agent",
+                "--no-run",
+            ])
+            .args(["--message-format=json", "--quiet"])
+            .env("LOUPE_EBPF_OBJECT", ebpf_object()),
+    )?;
+    test_executable(&out, "loupe-agent")
+}
+
+/// The executable of the test target `name` in cargo's JSON messages.
+fn test_executable(messages: &str, name: &str) -> anyhow::Result<PathBuf> {
+    messages
+        .lines()
         .filter(|l| {
-            l.contains(r#""reason":"compiler-artifact""#) && l.contains(r#""name":"profiler""#)
+            l.contains(r#""reason":"compiler-artifact""#)
+                && l.contains(&format!(r#""name":"{name}""#))
+                && l.contains(r#""test":true"#)
         })
         .find_map(|l| json_string(l, "executable"))
         .map(PathBuf::from)
-        .context("cargo printed no executable for the profiler test")
+        .with_context(|| format!("cargo printed no test executable for {name}"))
 }
 
 /// The string value of `"key":"..."` in one line of cargo's JSON (paths have no escapes).
@@ -398,7 +439,7 @@ fn newest_cached(series: &Series) -> anyhow::Result<Kernel> {
 
 /// Stages the initramfs under target/vm-cache/initramfs and archives it (newc, uncompressed: the
 /// guest unpacks it faster than it could gunzip it under TCG).
-fn build_initramfs(profiler: &Path, args: &VmArgs) -> anyhow::Result<PathBuf> {
+fn build_initramfs(profiler: &Path, capture: &Path, args: &VmArgs) -> anyhow::Result<PathBuf> {
     let stage = cache_dir().join("initramfs");
     if stage.exists() {
         std::fs::remove_dir_all(&stage)
@@ -426,6 +467,7 @@ fn build_initramfs(profiler: &Path, args: &VmArgs) -> anyhow::Result<PathBuf> {
     let binaries = [
         (agent_binary(), "loupe/loupe-agent", true),
         (profiler.to_path_buf(), "loupe/profiler", true),
+        (capture.to_path_buf(), "loupe/agent-tests", true),
         (workloads.join("hot_c"), "loupe/workloads/hot_c", false),
         (workloads.join("hot_rs"), "loupe/workloads/hot_rs", false),
     ];
@@ -460,14 +502,24 @@ fn build_initramfs(profiler: &Path, args: &VmArgs) -> anyhow::Result<PathBuf> {
         copy(lib, &dest)?;
     }
     let filter = args.filter.as_deref().unwrap_or("");
-    for (what, value) in [("--rust-log", &args.rust_log), ("--filter", &filter.into())] {
+    for (what, value) in [
+        ("--rust-log", args.rust_log.as_str()),
+        ("--filter", filter),
+        ("--capture-filter", args.capture_filter.as_str()),
+    ] {
         if value.contains(|c: char| !(c.is_ascii_alphanumeric() || "_-=,.:".contains(c))) {
             bail!("{what} {value:?}: only letters, digits and _-=,.: are allowed");
         }
     }
+    if args.capture_filter.is_empty() {
+        bail!("--capture-filter must not be empty (it would run every unit test of the agent)");
+    }
     std::fs::write(
         stage.join("loupe/vm.env"),
-        format!("RUST_LOG='{}'\nTEST_FILTER='{filter}'\n", args.rust_log),
+        format!(
+            "RUST_LOG='{}'\nTEST_FILTER='{filter}'\nCAPTURE_FILTER='{}'\n",
+            args.rust_log, args.capture_filter
+        ),
     )?;
 
     let archive = cache_dir().join("initramfs.cpio");
@@ -586,9 +638,18 @@ struct VmResult {
     release: Option<String>,
     doctor_rc: Option<i32>,
     doctor: Vec<String>,
-    /// (test name, `ok` / `FAILED` / `ignored`).
+    /// Profiler tests: (test name, `ok` / `FAILED` / `ignored`).
     tests: Vec<(String, String)>,
     profiler_rc: Option<i32>,
+    /// The agent's socket-capture tests: (full test name, `ok` / `FAILED` / `ignored` / `skipped`).
+    capture_tests: Vec<(String, String)>,
+    /// (full test name, why) of the capture tests the VM skips with `--skip`.
+    skip_reasons: Vec<(String, String)>,
+    capture_rc: Option<i32>,
+    /// After `capture-begin`, `test` lines are the capture tests'.
+    in_capture: bool,
+    /// Whether the VM has `::1` on `lo` (the TCP capture test's IPv6 half needs it).
+    ipv6_loopback: Option<bool>,
     done: bool,
     timed_out: bool,
     seconds: f64,
@@ -620,6 +681,23 @@ impl VmResult {
         let failed_test = self.tests.iter().any(|(_, s)| s != "ok" && s != "ignored");
         if let Some(rc) = self.profiler_rc.filter(|rc| *rc != 0 && !failed_test) {
             out.push(format!("the profiler tests exited {rc}"));
+        }
+
+        let passed = |s: &str| matches!(s, "ok" | "ignored" | "skipped");
+        for (name, status) in &self.capture_tests {
+            if !passed(status) {
+                out.push(format!("capture test {name}: {status}"));
+            }
+        }
+        match self.capture_rc {
+            None if self.done => out.push("the socket capture tests did not run".into()),
+            Some(rc) if rc != 0 && self.capture_tests.iter().all(|(_, s)| passed(s)) => {
+                out.push(format!("the socket capture tests exited {rc}"));
+            }
+            _ => {}
+        }
+        if self.done && !self.capture_tests.iter().any(|(_, s)| s != "skipped") {
+            out.push("no socket capture test ran".into());
         }
         out
     }
@@ -664,10 +742,25 @@ impl VmResult {
             "kernel" => self.release = Some(value.to_string()),
             "doctor-end" => self.doctor_rc = value.trim().parse().ok(),
             "profiler-end" => self.profiler_rc = value.trim().parse().ok(),
+            "capture-begin" => self.in_capture = true,
+            "capture-end" => self.capture_rc = value.trim().parse().ok(),
+            "ipv6-loopback" => self.ipv6_loopback = Some(value.trim() == "yes"),
             "test" => {
                 if let Some((name, status)) = value.rsplit_once(' ') {
-                    self.tests.push((name.to_string(), status.to_string()));
+                    let tests = if self.in_capture {
+                        &mut self.capture_tests
+                    } else {
+                        &mut self.tests
+                    };
+                    tests.push((name.to_string(), status.to_string()));
                 }
+            }
+            "skip" => {
+                let (name, why) = value.split_once(' ').unwrap_or((value, ""));
+                self.capture_tests
+                    .push((name.to_string(), "skipped".to_string()));
+                self.skip_reasons
+                    .push((name.to_string(), why.trim().to_string()));
             }
             "warn" => self.warnings.push(value.to_string()),
             "done" => self.done = true,
@@ -837,6 +930,53 @@ fn render_table(results: &[VmResult]) -> String {
         ));
     }
     rows.push((
+        "IPv6 loopback (`::1`)".into(),
+        cell(&|r| match r.ipv6_loopback {
+            Some(true) => "yes".into(),
+            Some(false) => "no: IPv6 half of the TCP capture test skipped".into(),
+            None => "?".into(),
+        }),
+    ));
+    let mut capture_names: Vec<&str> = Vec::new();
+    for r in results {
+        for (name, _) in &r.capture_tests {
+            if !capture_names.contains(&name.as_str()) {
+                capture_names.push(name);
+            }
+        }
+    }
+    for name in capture_names {
+        let short = name.rsplit("::").next().unwrap_or(name);
+        rows.push((
+            format!("socket capture test `{short}`"),
+            cell(&|r| {
+                let status = r
+                    .capture_tests
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| s.as_str());
+                match status {
+                    Some("ok") => "pass".into(),
+                    Some("ignored") => "ignored".into(),
+                    Some("skipped") => {
+                        let why = r
+                            .skip_reasons
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map_or("", |(_, w)| w.as_str());
+                        if why.is_empty() {
+                            "skipped".into()
+                        } else {
+                            format!("skipped: {why}")
+                        }
+                    }
+                    Some(other) => format!("**{other}**"),
+                    None => "not run".into(),
+                }
+            }),
+        ));
+    }
+    rows.push((
         "VM wall time".into(),
         cell(&|r| format!("{:.0} s", r.seconds)),
     ));
@@ -923,6 +1063,11 @@ mod tests {
             "@@loupe test c_workload_hot_functions_come_out_three_to_one ok",
             "@@loupe test a_process_that_exits FAILED",
             "@@loupe profiler-end 101",
+            "@@loupe ipv6-loopback yes",
+            "@@loupe capture-begin",
+            "@@loupe capture-end 0",
+            "@@loupe test net::capture::tests::captures_tcp_syscalls_on_the_real_kernel ok",
+            "@@loupe skip net::capture::tests::skips_the_agent no python3 in the VM",
             "[   37.495697] reboot: Power down",
             "@@loupe done",
         ] {
@@ -939,6 +1084,22 @@ mod tests {
         assert_eq!(r.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert_eq!(r.doctor_rc, Some(0));
         assert_eq!(r.tests.len(), 2);
+        assert_eq!(r.ipv6_loopback, Some(true));
+        assert_eq!(r.capture_rc, Some(0));
+        assert_eq!(
+            r.capture_tests,
+            [
+                (
+                    "net::capture::tests::captures_tcp_syscalls_on_the_real_kernel".to_string(),
+                    "ok".to_string()
+                ),
+                (
+                    "net::capture::tests::skips_the_agent".to_string(),
+                    "skipped".to_string()
+                ),
+            ]
+        );
+        assert_eq!(r.skip_reasons[0].1, "no python3 in the VM");
         assert!(r.done);
         assert_eq!(r.feature("fentry/fexit"), "no");
         assert_eq!(r.feature("kprobes"), "yes");
@@ -947,6 +1108,24 @@ mod tests {
         assert_eq!(r.summary("Socket capture method (network spans)"), "fentry");
         let failures = r.failures();
         assert_eq!(failures, ["test a_process_that_exits: FAILED"]);
+
+        // Only skipped capture tests, or a capture run that never finished, is a failure.
+        r.capture_tests.retain(|(_, s)| s == "skipped");
+        r.capture_rc = None;
+        assert_eq!(
+            r.failures()[1..],
+            [
+                "the socket capture tests did not run",
+                "no socket capture test ran"
+            ]
+        );
+        let table = render_table(&[r]);
+        assert!(
+            table.contains(
+                "| socket capture test `skips_the_agent` | skipped: no python3 in the VM |"
+            ),
+            "{table}"
+        );
     }
 
     #[test]
@@ -955,6 +1134,15 @@ mod tests {
         assert_eq!(
             json_string(line, "executable").as_deref(),
             Some("/w/target/debug/deps/profiler-ab12")
+        );
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"loupe-agent"},"profile":{"test":false},"executable":"/w/target/debug/loupe-agent","fresh":true}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"loupe-agent"},"profile":{"test":true},"executable":"/w/target/debug/deps/loupe_agent-cd34","fresh":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            test_executable(&messages, "loupe-agent").unwrap(),
+            Path::new("/w/target/debug/deps/loupe_agent-cd34")
         );
     }
 }

@@ -692,9 +692,11 @@ fn copy_iovecs(dst: *mut u8, iov: u64, iovcnt: u64, want: u64) -> u32 {
             continue;
         }
         // Offset below MAX_CAPTURE_BYTES and length at most MAX_CAPTURE_BYTES: inside the scratch
-        // buffer of twice that size.
-        let at = off & CAPTURE_MASK;
-        let n = bounded(chunk);
+        // buffer of twice that size. The masks are applied to values passed through black_box, so
+        // the compiler cannot compute them before the helper call above and spill them: verifiers
+        // before 6.x forget a spilled scalar's bounds and reject the pointer arithmetic.
+        let at = core::hint::black_box(off) & CAPTURE_MASK;
+        let n = bounded(core::hint::black_box(chunk));
         // SAFETY: scratch + at .. + n lies within the 2 * MAX_CAPTURE_BYTES scratch value.
         let ret = unsafe {
             read_user_raw(
