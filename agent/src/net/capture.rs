@@ -44,8 +44,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the kernel's counters are read into metrics.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the reader waits for events before checking whether to stop.
-const POLL_TIMEOUT_MS: i32 = 100;
+/// How long the reader waits for events: data events do not wake it (see `data_submit_flags` in
+/// sockets.rs), so this is also how late they can be read.
+const POLL_TIMEOUT_MS: i32 = 20;
 
 /// One syscall's tracepoint programs; `exit` is None when sys_exit has nothing to do.
 struct Syscall {
