@@ -1,6 +1,11 @@
-//! `cargo xtask bench`: the profiler's overhead against its targets, with `perf record` at the same
-//! frequency as the yardstick. A CPU-bound workload runs on every core; each scenario runs for
-//! `--seconds` and is measured from outside the measured process:
+//! `cargo xtask bench`: the agent's overhead against its targets, in three parts that
+//! `--only profiler|network|parsers` runs alone (the default runs all three). Each part's markdown
+//! section goes to stdout and to `bench-results/<part>.md`; `bench-results/report.md` gathers the
+//! latest section of every part.
+//!
+//! **profiler**: the profiler's overhead, with `perf record` at the same frequency as the
+//! yardstick. A CPU-bound workload runs on every core; each scenario runs for `--seconds` and is
+//! measured from outside the measured process:
 //!
 //! - userspace CPU time and peak RSS from `wait4` rusage of the agent (or perf) process;
 //! - the eBPF program's own CPU time (it runs in the context of the interrupted tasks, so rusage
@@ -9,10 +14,14 @@
 //!
 //! Targets (issue: foundation): ≤ 0.5% of one core per sampled CPU at the default rate, RSS ≤ 50 MB,
 //! cheaper than `perf record -F 99 -g` at equal frequency.
+//!
+//! **network**: wrk against an HTTP service with the agent off and on (see bench_net.rs).
+//!
+//! **parsers**: `cargo bench -p loupe-protocols` (criterion), summarized (see bench_parsers.rs).
 
 use std::{
     fmt::Write as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -22,16 +31,110 @@ use anyhow::{Context, bail};
 
 use crate::{
     build::{agent_binary, build},
-    setup::Extras,
+    setup::{Extras, setup},
     test::build_workloads,
     util::{is_root, root, step},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Length of each scenario, in seconds.
+    /// Length of each scenario (profiler) or wrk run (network), in seconds.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Run only this part [default: all].
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
+    /// Requests per second aimed at by the network part's moderate-rate scenario.
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u32,
+    /// Benchmark this agent binary instead of building target/release/loupe-agent (to compare a
+    /// change: build it elsewhere, then point here).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+}
+
+/// The parts of the benchmark.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// CPU profiler overhead against `perf record`.
+    Profiler,
+    /// wrk against an HTTP service, agent off vs on.
+    Network,
+    /// Protocol parser throughput (criterion).
+    Parsers,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Profiler, Part::Network, Part::Parsers];
+
+    fn name(self) -> &'static str {
+        match self {
+            Part::Profiler => "profiler",
+            Part::Network => "network",
+            Part::Parsers => "parsers",
+        }
+    }
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let parts: Vec<Part> = args.only.map_or(Part::ALL.to_vec(), |p| vec![p]);
+    let needs_kernel = parts.iter().any(|&p| p != Part::Parsers);
+    if needs_kernel {
+        if !is_root() {
+            bail!("the benchmarks load eBPF programs and run perf: run as root");
+        }
+        match &args.agent {
+            Some(path) if !path.is_file() => bail!("--agent {}: no such file", path.display()),
+            Some(_) => setup(Extras::Bench)?,
+            None => build(Extras::Bench)?,
+        }
+    }
+    let agent = args.agent.clone().unwrap_or_else(agent_binary);
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    let dir = root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    for part in parts {
+        let section = match part {
+            Part::Profiler => with_bpf_stats(|| profiler(&agent, args.seconds))?,
+            Part::Network => {
+                with_bpf_stats(|| crate::bench_net::network(&agent, args.seconds, args.rate))?
+            }
+            Part::Parsers => crate::bench_parsers::parsers()?,
+        };
+        println!("{section}");
+        let file = dir.join(format!("{}.md", part.name()));
+        std::fs::write(&file, &section)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        eprintln!("{} section written to {}", part.name(), file.display());
+    }
+    // The combined report: the latest section of every part, in order.
+    let mut report = String::new();
+    for part in Part::ALL {
+        if let Ok(section) = std::fs::read_to_string(dir.join(format!("{}.md", part.name()))) {
+            if !report.is_empty() {
+                report.push('\n');
+            }
+            report.push_str(&section);
+        }
+    }
+    let file = dir.join("report.md");
+    std::fs::write(&file, &report).with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!("report written to {}", file.display());
+    Ok(())
+}
+
+/// Runs `f` with `kernel.bpf_stats_enabled` on (the eBPF side's run time), restoring it after.
+fn with_bpf_stats<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("cannot enable kernel.bpf_stats_enabled (needed to measure the eBPF side)")?;
+    let result = f();
+    if let Some(before) = before {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", before.trim());
+    }
+    result
 }
 
 /// What one scenario cost.
@@ -55,19 +158,12 @@ impl Cost {
     }
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("the benchmarks load eBPF programs and run perf: run as root");
-    }
-    build(Extras::Bench)?;
+/// The profiler part; returns its markdown section.
+fn profiler(agent: &Path, secs: u64) -> anyhow::Result<String> {
     build_workloads()?;
     let cpus = thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let secs = args.seconds;
-    let bpf_stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("cannot enable kernel.bpf_stats_enabled (needed to measure the eBPF side)")?;
 
     // The CPU-bound workload: one busy process per CPU for the whole run.
     let total = Duration::from_secs(secs * 3 + 30);
@@ -88,10 +184,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let default_hz = 19;
         let a = step(
             &format!("agent at the default {default_hz} Hz for {secs}s"),
-            || run_agent("loupe-agent (default rate)", default_hz, secs, &out),
+            || run_agent(agent, "loupe-agent (default rate)", default_hz, secs, &out),
         )?;
         let b = step(&format!("agent at 99 Hz for {secs}s"), || {
-            run_agent("loupe-agent", 99, secs, &out)
+            run_agent(agent, "loupe-agent", 99, secs, &out)
         })?;
         let (c, d) = step(
             &format!("perf record -F 99 -g -a for {secs}s, then perf report"),
@@ -104,25 +200,15 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let _ = w.kill();
         let _ = w.wait();
     }
-    if let Some(before) = bpf_stats_before {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", before.trim());
-    }
     let costs = result?;
-    let report = report(&costs, cpus, secs);
-    print!("{report}");
-    let dir = root().join("bench-results");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("profiler.md");
-    std::fs::write(&file, &report).with_context(|| format!("cannot write {}", file.display()))?;
-    eprintln!("report written to {}", file.display());
-    Ok(())
+    Ok(report(&costs, cpus, secs))
 }
 
-fn run_agent(name: &str, hz: u32, secs: u64, out: &Path) -> anyhow::Result<Cost> {
+fn run_agent(agent: &Path, name: &str, hz: u32, secs: u64, out: &Path) -> anyhow::Result<Cost> {
     let dir = out.join(format!("agent-{hz}hz"));
     let _ = std::fs::remove_dir_all(&dir);
     let started = Instant::now();
-    let child = Command::new(agent_binary())
+    let child = Command::new(agent)
         .args([
             "run",
             "--profile-hz",
@@ -201,7 +287,7 @@ fn run_perf(secs: u64, out: &Path) -> anyhow::Result<(Cost, Cost)> {
 }
 
 /// Sum of `run_time_ns` and `run_cnt` over the process's BPF program descriptors.
-fn bpf_run_time(pid: u32) -> (u64, u64) {
+pub(crate) fn bpf_run_time(pid: u32) -> (u64, u64) {
     let (mut ns, mut runs) = (0u64, 0u64);
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return (0, 0);
@@ -229,7 +315,7 @@ fn bpf_run_time(pid: u32) -> (u64, u64) {
 }
 
 /// Waits for the child and returns its (user + system CPU seconds, peak RSS in MB).
-fn wait_rusage(child: Child) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn wait_rusage(child: Child) -> anyhow::Result<(f64, f64)> {
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
