@@ -123,7 +123,7 @@ pub mod socket {
     /// Connections (pid, fd) tracked at once.
     pub const CONN_ENTRIES: u32 = 64 * 1024;
     /// Bytes of the socket event ring buffer.
-    pub const SOCKET_EVENT_RING_BYTES: u32 = 16 * 1024 * 1024;
+    pub const SOCKET_EVENT_RING_BYTES: u32 = 8 * 1024 * 1024;
 
     /// Which side of the connection the traced process is.
     pub mod role {

@@ -38,8 +38,8 @@ use crate::ebpf::{EbpfError, rejected, take_map};
 
 /// Bytes copied per buffer unless told otherwise: a request line and its headers.
 pub const DEFAULT_CAPTURE_BYTES: u32 = MAX_CAPTURE_BYTES as u32;
-/// Events waiting for the span builder at most (each ≤ ~1.2 KB: ≤ ~20 MB); more are dropped.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
+/// Events waiting for the span builder at most (each ≤ ~1.2 KB: ≤ ~10 MB); more are dropped.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8 * 1024;
 /// How often connections of exited processes are looked for, unless told otherwise.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the kernel's counters are read into metrics.
