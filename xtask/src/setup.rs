@@ -28,7 +28,13 @@ const BUILD_PACKAGES: &[&str] = &[
     "gcc",
 ];
 /// Packages the tests need: real servers and tools.
-const TEST_PACKAGES: &[&str] = &["mariadb-server", "redis-server", "procps", "curl", "python3-venv"];
+const TEST_PACKAGES: &[&str] = &[
+    "mariadb-server",
+    "redis-server",
+    "procps",
+    "curl",
+    "python3-venv",
+];
 /// Packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk"];
 /// Packages the kernel matrix needs: the emulator, the initramfs's shell, `strip`.
