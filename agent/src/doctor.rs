@@ -62,15 +62,23 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
         (
             "tracepoints (tracefs)",
             &f.tracepoints,
-            "process exec/exit; syscall capture for network spans",
+            "process exec/exit; socket capture where fentry/fexit are refused",
         ),
         (
             "BTF (/sys/kernel/btf/vmlinux)",
             &f.btf,
-            "fentry attach; CO-RE programs",
+            "socket struct offsets; fentry/fexit",
         ),
-        ("fentry/fexit", &f.fentry, "faster socket capture (planned)"),
-        ("kprobes", &f.kprobes, "faster socket capture (planned)"),
+        (
+            "fentry/fexit",
+            &f.fentry,
+            "socket capture (cheapest method)",
+        ),
+        (
+            "kprobes",
+            &f.kprobes,
+            "not needed (fentry/fexit do the same for less)",
+        ),
         (
             "uprobes",
             &f.uprobes,
@@ -153,7 +161,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
             String::new()
         } else {
             format!(
-                " (also offered by this kernel, not used yet: {})",
+                " (also offered by this kernel, not used: {})",
                 unused.join(", ")
             )
         }

@@ -116,7 +116,7 @@ pub enum SocketAttach {
 impl fmt::Display for SocketAttach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            SocketAttach::Fentry => "fentry",
+            SocketAttach::Fentry => "fentry/fexit",
             SocketAttach::Kprobes => "kprobes",
             SocketAttach::Tracepoints => "syscall tracepoints",
         })
@@ -144,10 +144,12 @@ pub struct Plan {
     /// Whether exec/exit tracepoints keep the process table fresh; without them processes are read
     /// only when first sampled and forgotten by age.
     pub process_tracepoints: bool,
-    /// How socket calls are captured: syscall tracepoints, the method every supported kernel has
-    /// and the only one Loupe implements so far.
+    /// How socket calls are captured: fentry/fexit where they load (cheapest), else syscall
+    /// tracepoints, the method every supported kernel has. The capture itself falls back from
+    /// fentry/fexit to tracepoints if one of its programs is refused.
     pub socket_attach: Option<SocketAttach>,
-    /// Faster methods this kernel offers that Loupe does not use yet (fentry, kprobes).
+    /// Methods this kernel offers that Loupe does not use (kprobes: fentry/fexit do the same job
+    /// for less on every kernel with BTF, tracepoints on the others).
     pub unused_socket_methods: Vec<SocketAttach>,
 }
 
@@ -182,14 +184,16 @@ pub fn plan(f: &KernelFeatures) -> Plan {
     } else {
         Ok(())
     };
-    let socket_attach = f.tracepoints.is_yes().then_some(SocketAttach::Tracepoints);
-    let unused_socket_methods = [
-        (f.fentry.is_yes(), SocketAttach::Fentry),
-        (f.kprobes.is_yes(), SocketAttach::Kprobes),
-    ]
-    .into_iter()
-    .filter_map(|(available, method)| available.then_some(method))
-    .collect();
+    let socket_attach = if f.fentry.is_yes() {
+        Some(SocketAttach::Fentry)
+    } else {
+        f.tracepoints.is_yes().then_some(SocketAttach::Tracepoints)
+    };
+    let unused_socket_methods = if f.kprobes.is_yes() {
+        vec![SocketAttach::Kprobes]
+    } else {
+        Vec::new()
+    };
     Plan {
         profiler,
         process_tracepoints: f.tracepoints.is_yes(),
@@ -437,20 +441,23 @@ mod tests {
     }
 
     #[test]
-    fn captures_sockets_with_tracepoints_and_names_faster_methods() {
+    fn captures_sockets_with_fentry_where_it_loads_else_tracepoints() {
         let mut k = full_kernel();
         let p = plan(&k);
-        assert_eq!(p.socket_attach, Some(SocketAttach::Tracepoints));
-        assert_eq!(
-            p.unused_socket_methods,
-            vec![SocketAttach::Fentry, SocketAttach::Kprobes]
-        );
+        assert_eq!(p.socket_attach, Some(SocketAttach::Fentry));
+        assert_eq!(p.unused_socket_methods, vec![SocketAttach::Kprobes]);
+        // This host: fentry refused, kprobes compiled out.
         k.fentry = Availability::No("EPERM".into());
+        assert_eq!(plan(&k).socket_attach, Some(SocketAttach::Tracepoints));
         assert_eq!(plan(&k).unused_socket_methods, vec![SocketAttach::Kprobes]);
         k.kprobes = Availability::No("compiled out".into());
         let p = plan(&k);
         assert_eq!(p.socket_attach, Some(SocketAttach::Tracepoints));
         assert!(p.unused_socket_methods.is_empty());
+        // fentry/fexit need no tracefs.
+        let mut no_tracefs = full_kernel();
+        no_tracefs.tracepoints = Availability::No("no tracefs".into());
+        assert_eq!(plan(&no_tracefs).socket_attach, Some(SocketAttach::Fentry));
         k.tracepoints = Availability::No("no tracefs".into());
         let p = plan(&k);
         assert_eq!(p.socket_attach, None);

@@ -28,6 +28,7 @@ use crate::{
         capture::{CaptureOptions, SocketCapture},
         spans::{SpanBuilderConfig, spawn_span_builder},
     },
+    probe::SocketAttach,
     profiler::{MAX_CACHED_ADDRESSES, Profiler, ProfilerOptions, Symbolizer},
 };
 
@@ -46,7 +47,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         return Err(anyhow!("cannot start the CPU profiler: {missing}"));
     }
     let mut ebpf = crate::ebpf::load()?;
-    features.fentry = crate::probe::Availability::Unknown("not probed at run time".into());
+    // Only loading a program tells whether fentry works; it decides how sockets are captured.
+    features.fentry = crate::ebpf::probe_fentry(&mut ebpf);
+    let plan = crate::probe::plan(&features);
     tracing::debug!(?features, ?plan, "kernel features");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -95,7 +98,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // Network spans first: the capture takes its maps and programs out of the object, then the
         // profiler takes the rest.
         let network = if config.network_spans {
-            start_network_spans(&mut ebpf, &config, plan.socket_attach.is_some(), &registry, &host)
+            start_network_spans(&mut ebpf, &config, plan.socket_attach, &registry, &host)
         } else {
             None
         };
@@ -187,16 +190,16 @@ impl NetworkSpans {
 fn start_network_spans(
     ebpf: &mut aya::Ebpf,
     config: &Config,
-    kernel_can: bool,
+    attach: Option<SocketAttach>,
     registry: &Registry,
     host: &str,
 ) -> Option<NetworkSpans> {
-    if !kernel_can {
+    let Some(attach) = attach else {
         tracing::warn!(
             "network spans are off: this kernel offers no way to capture socket calls (see `loupe-agent doctor`)"
         );
         return None;
-    }
+    };
     let mut sinks: Vec<Box<dyn TraceSink>> = Vec::new();
     if config.local_traces() {
         match LocalTraceSink::new(&config.output_dir) {
@@ -218,6 +221,7 @@ fn start_network_spans(
         CaptureOptions {
             capture_bytes: config.capture_bytes,
             pids: config.pids.clone(),
+            attach,
             ..CaptureOptions::default()
         },
         registry,

@@ -240,6 +240,11 @@ pub mod socket {
         /// Non-zero: only connections of processes present in `SOCKET_PIDS` are tracked.
         pub filter_pids: u32,
         pub _pad: u32,
+        /// Where a syscall's first three arguments sit in the `struct pt_regs` the syscall entry
+        /// points (`__x64_sys_read`, `__arm64_sys_read`, ...) take: what the fentry/fexit programs
+        /// read them from. Architecture-specific, so userspace fills it in.
+        pub regs_arg_offsets: [u32; 3],
+        pub _pad2: u32,
     }
 
     /// Processes `SOCKET_PIDS` may name (the `--pid` filter).
@@ -326,7 +331,7 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 104);
     const _: () = assert!(core::mem::size_of::<SocketEvent>() == 104 + MAX_CAPTURE_BYTES);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
-    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 80);
+    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 96);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 56);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
     const _: () = assert!(MAX_CAPTURE_BYTES.is_power_of_two());

@@ -1,10 +1,12 @@
-//! Socket capture for network spans, from syscall tracepoints (the attach method every kernel has).
+//! Socket capture for network spans, in two interchangeable sets of programs over the same maps:
+//! syscall tracepoints (the baseline every kernel has) and, where BTF trampolines work, fentry/fexit
+//! on the syscalls' entry points (cheaper; see the section at the end). Userspace attaches one set.
 //!
 //! accept/accept4 and connect exits start tracking a TCP connection, keyed by (pid, fd), and announce
 //! it with an OPEN event carrying its addresses, read from the kernel's socket through the struct
-//! offsets userspace found in BTF. Data syscalls on a tracked fd save their arguments at sys_enter
-//! (per thread) and emit a DATA event at sys_exit with the byte count and the first bytes moved.
-//! close announces the end. Untracked fds cost one hash lookup per data syscall.
+//! offsets userspace found in BTF. Data syscalls on a tracked fd emit a DATA event at exit with the
+//! byte count and the first bytes moved (the tracepoint set saves the arguments per thread at
+//! sys_enter for that). close announces the end. Untracked fds cost one hash lookup per data syscall.
 //!
 //! Every event is reserved in the ring buffer at its fixed size, so the 1 KiB of captured bytes never
 //! sits on the 512-byte BPF stack; iovec gathers go through a per-CPU scratch buffer.
@@ -20,9 +22,9 @@ use aya_ebpf::{
             bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw,
         },
     },
-    macros::{map, tracepoint},
+    macros::{fentry, fexit, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use loupe_common::socket::{
     ARGS_ENTRIES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, MAX_CAPTURE_BYTES,
@@ -197,7 +199,12 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     // Servers sit in accept: the first one after the agent started has no saved arguments, and
     // still counts.
     let args = take_args(pid_tgid, buffer::SOCKADDR);
-    let ret = arg(ctx, 0) as i64;
+    accepted(pid_tgid, arg(ctx, 0) as i64, args.map(|a| (a.start_ns, a.ptr)))
+}
+
+/// accept/accept4 returned `ret`; `called` is (entry time, the caller's sockaddr) when known.
+#[inline(always)]
+fn accepted(pid_tgid: u64, ret: i64, called: Option<(u64, u64)>) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
@@ -205,8 +212,8 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if !wanted((pid_tgid >> 32) as u32, config) {
         return Ok(());
     }
-    let (start_ns, user_family) = match args {
-        Some(a) => (a.start_ns, user_family(a.ptr)),
+    let (start_ns, user_family) = match called {
+        Some((start_ns, addr)) => (start_ns, user_family(addr)),
         None => (0, None),
     };
     open(
@@ -253,22 +260,30 @@ pub fn sock_exit_connect(ctx: TracePointContext) -> u32 {
 fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = take_args(pid_tgid, buffer::SOCKADDR).ok_or(0)?;
-    let ret = arg(ctx, 0) as i64;
+    connected(pid_tgid, args.fd, args.ptr, arg(ctx, 0) as i64, args.start_ns)
+}
+
+/// connect(fd, addr) returned `ret`.
+#[inline(always)]
+fn connected(pid_tgid: u64, fd: i32, addr: u64, ret: i64, start_ns: u64) -> Result<(), i64> {
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(());
     }
     // The address asked for is the cheap filter: unix, netlink and AF_UNSPEC (UDP disconnect) stop
     // here.
-    let family = user_family(args.ptr).ok_or(0)?;
+    let family = user_family(addr).ok_or(0)?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
     let config = config().ok_or(0)?;
+    if !wanted((pid_tgid >> 32) as u32, config) {
+        return Ok(());
+    }
     open(
         pid_tgid,
-        args.fd as u32 as u64,
+        fd as u32 as u64,
         role::CLIENT,
-        args.start_ns,
+        start_ns,
         Some(family),
         config,
     )
@@ -448,19 +463,23 @@ fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn sock_enter_close(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = arg(&ctx, 0);
+    closing(bpf_get_current_pid_tgid(), arg(&ctx, 0));
+    0
+}
+
+/// close(fd) is about to run: a tracked fd's connection ends.
+#[inline(always)]
+fn closing(pid_tgid: u64, fd: u64) {
     let Some(key) = conn_key(pid_tgid, fd) else {
-        return 0;
+        return;
     };
     let Some(state) = CONNECTIONS.get_ptr(key) else {
-        return 0;
+        return;
     };
     // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
     let state = unsafe { *state };
     let _ = CONNECTIONS.remove(key);
     emit_header(kind::CLOSE, pid_tgid, fd, &state, 0);
-    0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,7 +599,12 @@ fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
 fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = take_args(pid_tgid, buffer_kind).ok_or(0)?;
-    let ret = arg(ctx, 0) as i64;
+    moved(pid_tgid, &args, arg(ctx, 0) as i64)
+}
+
+/// A data syscall described by `args` returned `ret`: on a tracked connection, emit what moved.
+#[inline(always)]
+fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
@@ -605,9 +629,9 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     let data = unsafe { core::ptr::addr_of_mut!((*event).data) } as *mut u8;
     let captured = if want == 0 {
         0
-    } else if buffer_kind == buffer::BUF {
+    } else if args.kind == buffer::BUF {
         copy_buffer(data, args.ptr, want)
-    } else if buffer_kind == buffer::IOVEC {
+    } else if args.kind == buffer::IOVEC {
         copy_iovecs(data, args.ptr, u64::from(args.count), want)
     } else {
         copy_msghdr(data, args.ptr, want)
@@ -631,6 +655,145 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     unsafe { core::ptr::addr_of_mut!((*event).header).write(header) };
     entry.submit(data_submit_flags());
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fentry/fexit path, chosen where BTF trampolines work (see agent/src/net/capture.rs). The
+// programs attach to the syscalls' entry points (`__x64_sys_read(const struct pt_regs *regs)` and
+// so on), so one fexit program sees a call's arguments and its result together: no sys_enter
+// program, no per-thread argument map, and unlike syscall tracepoints nothing puts every other
+// syscall on the system onto the tracing slow path. What they cannot see is when a call began, so
+// data events carry start_ns 0 and userspace times them by their end.
+
+/// Syscall argument `n` (0..=2), read from the entry point's `struct pt_regs`.
+#[inline(always)]
+fn regs_arg(regs: u64, n: usize, config: &SocketConfig) -> Result<u64, i64> {
+    let offset = *config.regs_arg_offsets.get(n).ok_or(0)?;
+    kread(regs, offset)
+}
+
+/// The entry point's only argument, its `struct pt_regs *`. Before 5.16 or so the verifier refuses
+/// a direct context read of a pointer to anything but a struct, and 5.10's BTF declares pt_regs
+/// only forward ("arg0 type FWD is not a struct"), so it is read the way every kernel allows: the
+/// context is the trampoline's array of argument slots, and bpf_probe_read_kernel copies slot 0.
+#[inline(always)]
+fn regs_pointer(ctx: *mut c_void) -> Result<u64, i64> {
+    // SAFETY: `ctx` points to the trampoline's argument slots, of which there is at least one;
+    // the helper copes with any address anyway.
+    unsafe { bpf_probe_read_kernel(ctx as *const u64) }.map_err(i64::from)
+}
+
+/// The return value of a one-argument entry point, from its fexit context: the slot after the
+/// argument, a plain integer every verifier lets the program read.
+#[inline(always)]
+fn fexit_ret(ctx: &FExitContext) -> i64 {
+    ctx.arg::<i64>(1)
+}
+
+#[fexit]
+pub fn sock_fexit_accept(ctx: FExitContext) -> i32 {
+    let _ = fexit_accept(&ctx);
+    0
+}
+
+#[fexit]
+pub fn sock_fexit_accept4(ctx: FExitContext) -> i32 {
+    let _ = fexit_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn fexit_accept(ctx: &FExitContext) -> Result<(), i64> {
+    let ret = fexit_ret(ctx);
+    if ret < 0 {
+        return Ok(());
+    }
+    let regs = regs_pointer(ctx.as_ptr())?;
+    let config = config().ok_or(0)?;
+    let addr = regs_arg(regs, 1, config)?;
+    accepted(bpf_get_current_pid_tgid(), ret, Some((0, addr)))
+}
+
+#[fexit]
+pub fn sock_fexit_connect(ctx: FExitContext) -> i32 {
+    let _ = fexit_connect(&ctx);
+    0
+}
+
+#[inline(always)]
+fn fexit_connect(ctx: &FExitContext) -> Result<(), i64> {
+    let ret = fexit_ret(ctx);
+    if ret != 0 && ret != -EINPROGRESS {
+        return Ok(());
+    }
+    let regs = regs_pointer(ctx.as_ptr())?;
+    let config = config().ok_or(0)?;
+    let fd = regs_arg(regs, 0, config)?;
+    let addr = regs_arg(regs, 1, config)?;
+    connected(bpf_get_current_pid_tgid(), fd as i32, addr, ret, 0)
+}
+
+/// close at entry, like the tracepoint path: after it, another thread may already have the fd
+/// number back from accept or connect.
+#[fentry]
+pub fn sock_fentry_close(ctx: FEntryContext) -> i32 {
+    if let Ok(regs) = regs_pointer(ctx.as_ptr())
+        && let Some(config) = config()
+        && let Ok(fd) = regs_arg(regs, 0, config)
+    {
+        closing(bpf_get_current_pid_tgid(), fd);
+    }
+    0
+}
+
+macro_rules! data_fexit {
+    ($name:ident, $buffer:expr, $direction:expr) => {
+        #[fexit]
+        pub fn $name(ctx: FExitContext) -> i32 {
+            let _ = fexit_data(&ctx, $buffer, $direction);
+            0
+        }
+    };
+}
+
+data_fexit!(sock_fexit_read, buffer::BUF, direction::INGRESS);
+data_fexit!(sock_fexit_write, buffer::BUF, direction::EGRESS);
+data_fexit!(sock_fexit_recvfrom, buffer::BUF, direction::INGRESS);
+data_fexit!(sock_fexit_sendto, buffer::BUF, direction::EGRESS);
+data_fexit!(sock_fexit_readv, buffer::IOVEC, direction::INGRESS);
+data_fexit!(sock_fexit_writev, buffer::IOVEC, direction::EGRESS);
+data_fexit!(sock_fexit_recvmsg, buffer::MSGHDR, direction::INGRESS);
+data_fexit!(sock_fexit_sendmsg, buffer::MSGHDR, direction::EGRESS);
+
+#[inline(always)]
+fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Result<(), i64> {
+    let ret = fexit_ret(ctx);
+    if ret <= 0 {
+        return Ok(());
+    }
+    let regs = regs_pointer(ctx.as_ptr())?;
+    let config = config().ok_or(0)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = regs_arg(regs, 0, config)?;
+    // The common case, an fd that is no tracked socket, stops at this lookup.
+    let key = conn_key(pid_tgid, fd).ok_or(0)?;
+    if CONNECTIONS.get_ptr(key).is_none() {
+        return Ok(());
+    }
+    let count = if buffer_kind == buffer::IOVEC {
+        regs_arg(regs, 2, config)?.min(u64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    let args = SyscallArgs {
+        start_ns: 0,
+        ptr: regs_arg(regs, 1, config)?,
+        fd: fd as i32,
+        kind: buffer_kind,
+        count,
+        direction: data_direction,
+    };
+    moved(pid_tgid, &args, ret)
 }
 
 /// `bpf_ringbuf_query` flag: bytes waiting to be read.

@@ -1,6 +1,14 @@
 //! Socket capture, userspace half: fills the socket programs' configuration (struct offsets from
-//! BTF), loads and attaches their syscall tracepoints, and reads their ring buffer on a thread of its
-//! own into a bounded channel for the span builder.
+//! BTF), loads and attaches one of their two program sets, and reads their ring buffer on a thread
+//! of its own into a bounded channel for the span builder.
+//!
+//! The program sets see the same calls: fentry/fexit on the syscalls' entry points where BTF
+//! trampolines work (one program per call, no argument map, no syscall-tracing slow path for the
+//! rest of the system), else syscall tracepoints. If any fentry/fexit program fails to load or
+//! attach, all of them are dropped and the tracepoints used instead, with a warning: the capture
+//! never runs half on one method and half on the other. A thread already blocked in accept() when
+//! fexit programs attach returns through the old code, so that one accepted connection is missed
+//! (the tracepoint set sees it).
 //!
 //! The reader never waits on the consumer: a full channel drops the event and counts it. Each second
 //! it turns the kernel's counters into metrics; every sweep interval (10 s) it forgets connections of
@@ -24,7 +32,10 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, trace_point::TracePointLink},
+    programs::{
+        FEntry, FExit, ProgramError, TracePoint, fentry::FEntryLink, fexit::FExitLink,
+        trace_point::TracePointLink,
+    },
 };
 use bytes::Bytes;
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
@@ -34,7 +45,10 @@ use loupe_common::socket::{
 };
 
 use super::SocketEvent;
-use crate::ebpf::{EbpfError, rejected, take_map};
+use crate::{
+    ebpf::{EbpfError, rejected, take_map},
+    probe::SocketAttach,
+};
 
 /// Bytes copied per buffer unless told otherwise: a request line and its headers.
 pub const DEFAULT_CAPTURE_BYTES: u32 = MAX_CAPTURE_BYTES as u32;
@@ -48,75 +62,62 @@ const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 /// sockets.rs), so this is also how late they can be read.
 const POLL_TIMEOUT_MS: i32 = 20;
 
-/// One syscall's tracepoint programs; `exit` is None when sys_exit has nothing to do.
+/// One syscall's programs: its tracepoint pair (`exit` is None when sys_exit has nothing to do)
+/// and its fentry/fexit program on the syscall's entry point.
 struct Syscall {
     name: &'static str,
     enter: &'static str,
     exit: Option<&'static str>,
+    trampoline: Trampoline,
 }
 
-const SYSCALLS: &[Syscall] = &[
-    Syscall {
-        name: "accept",
-        enter: "sock_enter_accept",
-        exit: Some("sock_exit_accept"),
-    },
-    Syscall {
-        name: "accept4",
-        enter: "sock_enter_accept4",
-        exit: Some("sock_exit_accept4"),
-    },
-    Syscall {
-        name: "connect",
-        enter: "sock_enter_connect",
-        exit: Some("sock_exit_connect"),
-    },
-    Syscall {
-        name: "close",
-        enter: "sock_enter_close",
-        exit: None,
-    },
-    Syscall {
-        name: "read",
-        enter: "sock_enter_read",
-        exit: Some("sock_exit_read"),
-    },
-    Syscall {
-        name: "write",
-        enter: "sock_enter_write",
-        exit: Some("sock_exit_write"),
-    },
-    Syscall {
-        name: "recvfrom",
-        enter: "sock_enter_recvfrom",
-        exit: Some("sock_exit_recvfrom"),
-    },
-    Syscall {
-        name: "sendto",
-        enter: "sock_enter_sendto",
-        exit: Some("sock_exit_sendto"),
-    },
-    Syscall {
-        name: "readv",
-        enter: "sock_enter_readv",
-        exit: Some("sock_exit_readv"),
-    },
-    Syscall {
-        name: "writev",
-        enter: "sock_enter_writev",
-        exit: Some("sock_exit_writev"),
-    },
-    Syscall {
-        name: "recvmsg",
-        enter: "sock_enter_recvmsg",
-        exit: Some("sock_exit_recvmsg"),
-    },
-    Syscall {
-        name: "sendmsg",
-        enter: "sock_enter_sendmsg",
-        exit: Some("sock_exit_sendmsg"),
-    },
-];
+/// The fentry or fexit program of a syscall.
+#[derive(Clone, Copy)]
+enum Trampoline {
+    /// Runs as the call starts (close: before the fd number can be handed out again).
+    Entry(&'static str),
+    /// Runs as it returns, with its arguments and result.
+    Exit(&'static str),
+}
+
+impl Trampoline {
+    fn program(self) -> &'static str {
+        match self {
+            Trampoline::Entry(p) | Trampoline::Exit(p) => p,
+        }
+    }
+}
+
+macro_rules! syscalls {
+    ($($name:literal: $enter:literal, $exit:expr, $trampoline:expr;)*) => {
+        &[$(Syscall { name: $name, enter: $enter, exit: $exit, trampoline: $trampoline }),*]
+    };
+}
+
+const SYSCALLS: &[Syscall] = syscalls! {
+    "accept": "sock_enter_accept", Some("sock_exit_accept"), Trampoline::Exit("sock_fexit_accept");
+    "accept4": "sock_enter_accept4", Some("sock_exit_accept4"), Trampoline::Exit("sock_fexit_accept4");
+    "connect": "sock_enter_connect", Some("sock_exit_connect"), Trampoline::Exit("sock_fexit_connect");
+    "close": "sock_enter_close", None, Trampoline::Entry("sock_fentry_close");
+    "read": "sock_enter_read", Some("sock_exit_read"), Trampoline::Exit("sock_fexit_read");
+    "write": "sock_enter_write", Some("sock_exit_write"), Trampoline::Exit("sock_fexit_write");
+    "recvfrom": "sock_enter_recvfrom", Some("sock_exit_recvfrom"), Trampoline::Exit("sock_fexit_recvfrom");
+    "sendto": "sock_enter_sendto", Some("sock_exit_sendto"), Trampoline::Exit("sock_fexit_sendto");
+    "readv": "sock_enter_readv", Some("sock_exit_readv"), Trampoline::Exit("sock_fexit_readv");
+    "writev": "sock_enter_writev", Some("sock_exit_writev"), Trampoline::Exit("sock_fexit_writev");
+    "recvmsg": "sock_enter_recvmsg", Some("sock_exit_recvmsg"), Trampoline::Exit("sock_fexit_recvmsg");
+    "sendmsg": "sock_enter_sendmsg", Some("sock_exit_sendmsg"), Trampoline::Exit("sock_fexit_sendmsg");
+};
+
+/// How the syscalls' entry points are named (`__x64_sys_read`) and where their `struct pt_regs`
+/// keeps the first three arguments: di, si, dx on x86-64 (arch/x86/include/asm/ptrace.h), regs[0..3]
+/// on arm64.
+#[cfg(target_arch = "x86_64")]
+const ENTRY_POINTS: Option<(&str, [u32; 3])> = Some(("__x64_sys_", [112, 104, 96]));
+#[cfg(target_arch = "aarch64")]
+const ENTRY_POINTS: Option<(&str, [u32; 3])> = Some(("__arm64_sys_", [0, 8, 16]));
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ENTRY_POINTS: Option<(&str, [u32; 3])> = None;
 
 /// Socket capture settings taken from the configuration.
 #[derive(Debug, Clone)]
@@ -132,6 +133,8 @@ pub struct CaptureOptions {
     pub queue_capacity: usize,
     /// How often connections of exited processes are forgotten.
     pub sweep_interval: Duration,
+    /// The attach method to try first (the doctor's plan); tracepoints are the fallback.
+    pub attach: SocketAttach,
 }
 
 impl Default for CaptureOptions {
@@ -142,6 +145,7 @@ impl Default for CaptureOptions {
             pids: Vec::new(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            attach: SocketAttach::Tracepoints,
         }
     }
 }
@@ -223,11 +227,14 @@ struct ReaderMaps {
 /// The running socket capture. Dropping it stops the reader and detaches every program.
 pub struct SocketCapture {
     /// Owned links: the programs stay attached while these live, whatever becomes of the `Ebpf`.
-    links: Vec<TracePointLink>,
+    links: Vec<CaptureLink>,
     /// Kept for the capture's lifetime: dropping a taken map closes its fd.
     _config: Array<MapData, SocketConfig>,
     _pids: BpfHashMap<MapData, u32, u8>,
     offsets_valid: bool,
+    method: SocketAttach,
+    /// Why the method asked for was not used, if it was not.
+    fallback: Option<String>,
     attached: Vec<&'static str>,
     reader: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
 }
@@ -275,6 +282,8 @@ impl SocketCapture {
                     offsets,
                     filter_pids: u32::from(!options.pids.is_empty()),
                     _pad: 0,
+                    regs_arg_offsets: ENTRY_POINTS.map(|(_, o)| o).unwrap_or_default(),
+                    _pad2: 0,
                 },
                 0,
             )
@@ -286,20 +295,40 @@ impl SocketCapture {
             args: take_map(ebpf, "SOCKET_ARGS")?,
         };
 
-        for s in SYSCALLS {
-            for prog in std::iter::once(s.enter).chain(s.exit) {
-                program(ebpf, prog)?.load().map_err(|e| rejected(prog, e))?;
-            }
-        }
+        let mut method = SocketAttach::Tracepoints;
+        let mut fallback = None;
         let mut links = Vec::new();
         let mut attached = Vec::new();
-        for s in SYSCALLS {
-            match attach_syscall(ebpf, s) {
-                Ok(mut l) => {
-                    links.append(&mut l);
-                    attached.push(s.name);
+        if options.attach == SocketAttach::Fentry {
+            match attach_trampolines(ebpf) {
+                Ok(l) => {
+                    links = l;
+                    attached = SYSCALLS.iter().map(|s| s.name).collect();
+                    method = SocketAttach::Fentry;
                 }
-                Err(e) => tracing::warn!("{e}; {}() is not captured", s.name),
+                Err(e) => {
+                    tracing::warn!(
+                        "socket capture falls back to syscall tracepoints: {e} (run with \
+                         RUST_LOG=debug for the verifier log)"
+                    );
+                    fallback = Some(e.to_string());
+                }
+            }
+        }
+        if method == SocketAttach::Tracepoints {
+            for s in SYSCALLS {
+                for prog in std::iter::once(s.enter).chain(s.exit) {
+                    program(ebpf, prog)?.load().map_err(|e| rejected(prog, e))?;
+                }
+            }
+            for s in SYSCALLS {
+                match attach_syscall(ebpf, s) {
+                    Ok(mut l) => {
+                        links.append(&mut l);
+                        attached.push(s.name);
+                    }
+                    Err(e) => tracing::warn!("{e}; {}() is not captured", s.name),
+                }
             }
         }
         if attached.is_empty() {
@@ -324,6 +353,7 @@ impl SocketCapture {
                 })?
         };
         tracing::info!(
+            method = %method,
             syscalls = attached.len(),
             capture_bytes,
             offsets = offsets.valid != 0,
@@ -336,6 +366,8 @@ impl SocketCapture {
                 _config: config,
                 _pids: pids,
                 offsets_valid: offsets.valid != 0,
+                method,
+                fallback,
                 attached,
                 reader: Some((handle, stop)),
             },
@@ -348,7 +380,17 @@ impl SocketCapture {
         self.offsets_valid
     }
 
-    /// Syscalls whose tracepoints are attached.
+    /// How the programs are attached: fentry/fexit or syscall tracepoints.
+    pub fn method(&self) -> SocketAttach {
+        self.method
+    }
+
+    /// Why the capture fell back to tracepoints from the method it was asked for, if it did.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Syscalls whose calls are captured.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
     }
@@ -376,9 +418,16 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePo
         .map_err(|_| EbpfError::Program(name))
 }
 
+/// A program's link, of whichever kind: dropping it detaches the program.
+enum CaptureLink {
+    TracePoint(#[allow(dead_code)] TracePointLink),
+    FEntry(#[allow(dead_code)] FEntryLink),
+    FExit(#[allow(dead_code)] FExitLink),
+}
+
 /// Attaches sys_exit before sys_enter, so every saved enter meets its exit; if sys_enter fails,
 /// the exit link is dropped (detached) again.
-fn attach_syscall(ebpf: &mut Ebpf, s: &Syscall) -> Result<Vec<TracePointLink>, EbpfError> {
+fn attach_syscall(ebpf: &mut Ebpf, s: &Syscall) -> Result<Vec<CaptureLink>, EbpfError> {
     let mut links = Vec::with_capacity(2);
     for (prog, tracepoint) in s
         .exit
@@ -390,11 +439,49 @@ fn attach_syscall(ebpf: &mut Ebpf, s: &Syscall) -> Result<Vec<TracePointLink>, E
         let id = program
             .attach("syscalls", &tracepoint)
             .map_err(|source| EbpfError::Attach { name: prog, source })?;
-        links.push(
+        links.push(CaptureLink::TracePoint(
             program
                 .take_link(id)
                 .map_err(|source| EbpfError::Attach { name: prog, source })?,
-        );
+        ));
+    }
+    Ok(links)
+}
+
+/// Loads and attaches every syscall's fentry/fexit program, or none: on the first failure the links
+/// made so far are dropped (detached) and the error returned.
+fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
+    let Some((prefix, _)) = ENTRY_POINTS else {
+        return Err(EbpfError::Map {
+            name: "SOCKET_EVENTS",
+            message: "fentry/fexit capture is not written for this CPU architecture".into(),
+        });
+    };
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Map {
+        name: "SOCKET_EVENTS",
+        message: format!("fentry/fexit need the kernel's BTF: {e}"),
+    })?;
+    let mut links = Vec::with_capacity(SYSCALLS.len());
+    for s in SYSCALLS {
+        let function = format!("{prefix}{}", s.name);
+        let name = s.trampoline.program();
+        let attach_error = |source: ProgramError| EbpfError::Attach { name, source };
+        let program = ebpf.program_mut(name).ok_or(EbpfError::Program(name))?;
+        let link = match s.trampoline {
+            Trampoline::Entry(_) => {
+                let p: &mut FEntry = program.try_into().map_err(|_| EbpfError::Program(name))?;
+                p.load(&function, &btf).map_err(|e| rejected(name, e))?;
+                let id = p.attach().map_err(attach_error)?;
+                CaptureLink::FEntry(p.take_link(id).map_err(attach_error)?)
+            }
+            Trampoline::Exit(_) => {
+                let p: &mut FExit = program.try_into().map_err(|_| EbpfError::Program(name))?;
+                p.load(&function, &btf).map_err(|e| rejected(name, e))?;
+                let id = p.attach().map_err(attach_error)?;
+                CaptureLink::FExit(p.take_link(id).map_err(attach_error)?)
+            }
+        };
+        links.push(link);
     }
     Ok(links)
 }

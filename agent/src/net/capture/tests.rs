@@ -187,10 +187,16 @@ struct Conn {
     tuple: ConnTuple,
 }
 
-fn opened(events: &[SocketEvent], conn_role: u32, fd: RawFd) -> Conn {
+/// The connection the thread `tid` opened as `fd` (tests on other threads open fds too).
+fn opened(events: &[SocketEvent], conn_role: u32, fd: RawFd, tid: u32) -> Conn {
     let e = events
         .iter()
-        .find(|e| e.header.kind == kind::OPEN && e.header.role == conn_role && e.header.fd == fd)
+        .find(|e| {
+            e.header.kind == kind::OPEN
+                && e.header.role == conn_role
+                && e.header.fd == fd
+                && e.header.tid == tid
+        })
         .unwrap_or_else(|| panic!("no OPEN for fd {fd} role {conn_role}"));
     assert_eq!(e.header.pid, std::process::id());
     assert_ne!(e.header.conn_id, 0);
@@ -225,8 +231,20 @@ fn small(b: &[u8]) -> (u64, Vec<u8>) {
     (b.len() as u64, b.to_vec())
 }
 
+/// What one conversation did, for checking the events it should have produced.
+struct Conversation {
+    family: u16,
+    port: u16,
+    client_port: u16,
+    client_fd: RawFd,
+    server_fd: RawFd,
+    big: Vec<u8>,
+    quiet_fds: Vec<RawFd>,
+    tid: u32,
+}
+
 /// One TCP conversation over every captured syscall, plus UDP and unix traffic that must not show.
-fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
+fn converse(listen: SocketAddr, family: u16) -> Conversation {
     let listener = TcpListener::bind(listen).unwrap();
     let port = listener.local_addr().unwrap().port();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -249,7 +267,7 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
     let (unix_server, _) = unix_listener.accept().unwrap();
     sys_write(unix_client.as_raw_fd(), b"unix payload");
     sys_read_exact(unix_server.as_raw_fd(), 12);
-    let quiet_fds = [
+    let quiet_fds = vec![
         udp_a.as_raw_fd(),
         udp_b.as_raw_fd(),
         unix_listener.as_raw_fd(),
@@ -270,18 +288,35 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
     assert_eq!(sys_read_exact(s, big.len()), big);
     drop(client);
     drop(server);
+    Conversation {
+        family,
+        port,
+        client_port,
+        client_fd: c,
+        server_fd: s,
+        big,
+        quiet_fds,
+        tid: gettid(),
+    }
+}
 
-    let mut conns = None;
+/// Reads events until both ends of the conversation are closed (or 5 seconds pass).
+fn events_of(rx: &Receiver<SocketEvent>, talk: &Conversation) -> Vec<SocketEvent> {
     let events = collect(rx, |events| {
         let open = |r, fd| {
-            events
-                .iter()
-                .find(|e| e.header.kind == kind::OPEN && e.header.role == r && e.header.fd == fd)
+            events.iter().find(|e| {
+                e.header.kind == kind::OPEN
+                    && e.header.role == r
+                    && e.header.fd == fd
+                    && e.header.tid == talk.tid
+            })
         };
-        let (Some(co), Some(so)) = (open(role::CLIENT, c), open(role::SERVER, s)) else {
+        let (Some(co), Some(so)) = (
+            open(role::CLIENT, talk.client_fd),
+            open(role::SERVER, talk.server_fd),
+        ) else {
             return false;
         };
-        conns = Some((co.header.conn_id, so.header.conn_id));
         let closed = |id| {
             events
                 .iter()
@@ -290,15 +325,20 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
         closed(co.header.conn_id) && closed(so.header.conn_id)
     });
     assert!(
-        conns.is_some(),
+        events.iter().any(|e| e.header.kind == kind::OPEN),
         "no OPEN events; got {} events",
         events.len()
     );
+    events
+}
 
-    let client_conn = opened(&events, role::CLIENT, c);
-    let server_conn = opened(&events, role::SERVER, s);
+/// Checks the events against what the conversation did.
+fn verify(events: &[SocketEvent], talk: &Conversation) {
+    let (c, s, big) = (talk.client_fd, talk.server_fd, &talk.big);
+    let client_conn = opened(events, role::CLIENT, c, talk.tid);
+    let server_conn = opened(events, role::SERVER, s, talk.tid);
     assert_ne!(client_conn.id, server_conn.id);
-    let loopback = if family == 2 {
+    let loopback = if talk.family == 2 {
         v4_mapped(Ipv4Addr::LOCALHOST)
     } else {
         Ipv6Addr::LOCALHOST.octets()
@@ -308,9 +348,9 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
         ConnTuple {
             local_addr: loopback,
             remote_addr: loopback,
-            local_port: client_port,
-            remote_port: port,
-            family,
+            local_port: talk.client_port,
+            remote_port: talk.port,
+            family: talk.family,
             _pad: 0,
         }
     );
@@ -319,16 +359,16 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
         ConnTuple {
             local_addr: loopback,
             remote_addr: loopback,
-            local_port: port,
-            remote_port: client_port,
-            family,
+            local_port: talk.port,
+            remote_port: talk.client_port,
+            family: talk.family,
             _pad: 0,
         }
     );
 
     // Client out: write, writev, the big write (bytes: all of it; captured: the first CAPTURE).
     assert_eq!(
-        data(&events, &client_conn, direction::EGRESS),
+        data(events, &client_conn, direction::EGRESS),
         vec![
             small(b"GET /write HTTP/1.1\r\n\r\n"),
             small(b"GET /writev HTTP/1.1\r\n"),
@@ -337,7 +377,7 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
     );
     // Client in: recvfrom, recvmsg.
     assert_eq!(
-        data(&events, &client_conn, direction::INGRESS),
+        data(events, &client_conn, direction::INGRESS),
         vec![
             small(b"HTTP/1.1 200 sendto\r\n"),
             small(b"HTTP/1.1 201 sendmsg\r\n")
@@ -345,14 +385,14 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
     );
     // Server out: sendto, sendmsg.
     assert_eq!(
-        data(&events, &server_conn, direction::EGRESS),
+        data(events, &server_conn, direction::EGRESS),
         vec![
             small(b"HTTP/1.1 200 sendto\r\n"),
             small(b"HTTP/1.1 201 sendmsg\r\n")
         ]
     );
     // Server in: read, readv, then the big message in as many reads as it took.
-    let server_in = data(&events, &server_conn, direction::INGRESS);
+    let server_in = data(events, &server_conn, direction::INGRESS);
     assert_eq!(
         server_in[..2],
         [
@@ -368,15 +408,42 @@ fn exercise(rx: &Receiver<SocketEvent>, listen: SocketAddr, family: u16) {
     }
     assert_eq!(offset, big.len());
 
-    assert!(closed(&events, &client_conn) && closed(&events, &server_conn));
+    assert!(closed(events, &client_conn) && closed(events, &server_conn));
     // (Other tests run on other threads of this process: only this thread's calls count here.)
-    for e in events.iter().filter(|e| e.header.tid == gettid()) {
+    for e in events.iter().filter(|e| e.header.tid == talk.tid) {
         assert!(
-            !quiet_fds.contains(&e.header.fd),
+            !talk.quiet_fds.contains(&e.header.fd),
             "event on a UDP or unix socket: {:?}",
             e.header
         );
     }
+}
+
+/// The conversation's events with what differs between two captures of the same calls taken out
+/// (connection ids, timestamps): kind, role, fd, direction, bytes, data and addresses, in order.
+type Seen = (u32, u32, i32, u32, u64, Vec<u8>, ConnTuple);
+
+fn seen(events: &[SocketEvent], talk: &Conversation) -> Vec<Seen> {
+    let ids = [
+        opened(events, role::CLIENT, talk.client_fd, talk.tid).id,
+        opened(events, role::SERVER, talk.server_fd, talk.tid).id,
+    ];
+    events
+        .iter()
+        .filter(|e| ids.contains(&e.header.conn_id))
+        .map(|e| {
+            let h = &e.header;
+            (
+                h.kind,
+                h.role,
+                h.fd,
+                h.direction,
+                h.bytes,
+                e.data.to_vec(),
+                h.tuple,
+            )
+        })
+        .collect()
 }
 
 /// Loads the embedded object, as root.
@@ -403,35 +470,38 @@ fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
-#[test]
-fn captures_tcp_syscalls_on_the_real_kernel() {
-    let mut ebpf = load();
-    let registry = Registry::new();
-    let (mut capture, rx) = SocketCapture::start(
-        &mut ebpf,
+fn start(
+    ebpf: &mut Ebpf,
+    attach: SocketAttach,
+    registry: &Registry,
+) -> (SocketCapture, Receiver<SocketEvent>) {
+    SocketCapture::start(
+        ebpf,
         CaptureOptions {
             capture_bytes: CAPTURE,
             agent_pid: 0,
             pids: vec![std::process::id()],
             queue_capacity: 4096,
+            attach,
             ..Default::default()
         },
-        &registry,
+        registry,
     )
-    .unwrap();
-    // The capture owns its links and maps: it outlives the object it came from.
-    drop(ebpf);
-    assert!(capture.offsets_valid(), "BTF offsets not found");
-    assert_eq!(capture.attached().len(), SYSCALLS.len());
+    .unwrap()
+}
 
-    exercise(&rx, "127.0.0.1:0".parse().unwrap(), 2);
+/// Loopback addresses to converse over: IPv4, and IPv6 where the host has it.
+fn loopbacks() -> Vec<(SocketAddr, u16)> {
+    let mut v = vec![("127.0.0.1:0".parse().unwrap(), 2)];
     if TcpListener::bind("[::1]:0").is_ok() {
-        exercise(&rx, "[::1]:0".parse().unwrap(), 10);
+        v.push(("[::1]:0".parse().unwrap(), 10));
     } else {
         eprintln!("no IPv6 loopback: IPv6 part skipped");
     }
+    v
+}
 
-    capture.stop();
+fn assert_nothing_lost(registry: &Registry) {
     let rendered = registry.render();
     for line in [
         "loupe_socket_events_dropped_total{reason=\"ring_full\"} 0",
@@ -442,6 +512,74 @@ fn captures_tcp_syscalls_on_the_real_kernel() {
     ] {
         assert!(rendered.contains(line), "{line} missing in:\n{rendered}");
     }
+}
+
+#[test]
+fn captures_tcp_syscalls_on_the_real_kernel() {
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = start(&mut ebpf, SocketAttach::Tracepoints, &registry);
+    // The capture owns its links and maps: it outlives the object it came from.
+    drop(ebpf);
+    assert!(capture.offsets_valid(), "BTF offsets not found");
+    assert_eq!(capture.method(), SocketAttach::Tracepoints);
+    assert_eq!(capture.attached().len(), SYSCALLS.len());
+
+    for (listen, family) in loopbacks() {
+        let talk = converse(listen, family);
+        verify(&events_of(&rx, &talk), &talk);
+    }
+    capture.stop();
+    assert_nothing_lost(&registry);
+}
+
+/// The fentry/fexit programs and the tracepoint programs, attached at once, see the same
+/// conversation as the same events. Where the kernel refuses fentry/fexit (this repository's CI
+/// host), the capture asked for them must fall back to tracepoints and still see everything; the
+/// kernel matrix sets LOUPE_EXPECT_FENTRY=1 on kernels whose doctor chose fentry/fexit, so a
+/// fallback there fails.
+#[test]
+fn fentry_and_tracepoints_capture_the_same_traffic() {
+    let (mut ebpf_tp, mut ebpf_fentry) = (load(), load());
+    let (registry_tp, registry_fentry) = (Registry::new(), Registry::new());
+    let (mut tp, rx_tp) = start(&mut ebpf_tp, SocketAttach::Tracepoints, &registry_tp);
+    let (mut fentry, rx_fentry) = start(&mut ebpf_fentry, SocketAttach::Fentry, &registry_fentry);
+    let expect_fentry = std::env::var_os("LOUPE_EXPECT_FENTRY").is_some_and(|v| v == "1");
+    match fentry.method() {
+        SocketAttach::Fentry => eprintln!("comparing fentry/fexit with syscall tracepoints"),
+        other => {
+            assert!(
+                !expect_fentry,
+                "LOUPE_EXPECT_FENTRY=1 but the capture fell back to {other}: {}",
+                fentry.fallback().unwrap_or("(no reason recorded)")
+            );
+            eprintln!("fentry/fexit refused by this kernel: checking the fallback to {other}");
+            assert_eq!(other, SocketAttach::Tracepoints);
+        }
+    }
+    assert_eq!(fentry.attached().len(), SYSCALLS.len());
+
+    for (listen, family) in loopbacks() {
+        let talk = converse(listen, family);
+        let by_tp = events_of(&rx_tp, &talk);
+        let by_fentry = events_of(&rx_fentry, &talk);
+        verify(&by_tp, &talk);
+        verify(&by_fentry, &talk);
+        assert_eq!(seen(&by_fentry, &talk), seen(&by_tp, &talk));
+        if fentry.method() == SocketAttach::Fentry {
+            // fexit sees a call only as it returns: data events carry no start time.
+            assert!(
+                by_fentry
+                    .iter()
+                    .filter(|e| e.header.kind == kind::DATA && e.header.tid == talk.tid)
+                    .all(|e| e.header.start_ns == 0)
+            );
+        }
+    }
+    tp.stop();
+    fentry.stop();
+    assert_nothing_lost(&registry_tp);
+    assert_nothing_lost(&registry_fentry);
 }
 
 /// The agent's own traffic is never traced; a process that exits without closing its socket gets
@@ -458,6 +596,7 @@ fn skips_the_agent_and_sweeps_exited_processes() {
             pids: Vec::new(),
             queue_capacity: 64 * 1024,
             sweep_interval: Duration::from_millis(200),
+            attach: SocketAttach::Tracepoints,
         },
         &registry,
     )
