@@ -62,13 +62,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let host = hostname();
 
     runtime.block_on(async {
-        if let Some(addr) = config.metrics_addr {
-            let server = MetricsServer::bind(addr, registry.clone())
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            tracing::info!(addr = %server.local_addr(), "serving self-metrics at /metrics");
-            tokio::spawn(server.run());
-        }
 
         let mut sinks: Vec<Box<dyn ProfileSink>> = Vec::new();
         if config.local_profiles() {
@@ -113,6 +106,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             },
             &registry,
         )?;
+
+        // /metrics comes up once every program is attached: a port that answers means the agent
+        // sees what happens from now on (readiness probes and tests rely on that).
+        if let Some(addr) = config.metrics_addr {
+            let server = MetricsServer::bind(addr, registry.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %server.local_addr(), "serving self-metrics at /metrics");
+            tokio::spawn(server.run());
+        }
 
         // The drainer owns the profiler on a thread of its own: draining and symbolizing are
         // blocking work, and exporters must never slow them down (try_submit never waits).

@@ -32,7 +32,7 @@ pub fn agent_bin() -> PathBuf {
     path
 }
 
-/// A test workload built by `cargo xtask test` (`hot_c`, `hot_rs`).
+/// A test workload built by `cargo xtask test` (`hot_c`, `hot_rs`, `http_server`).
 pub fn workload(name: &str) -> PathBuf {
     let dir = std::env::var_os("LOUPE_WORKLOADS")
         .map(PathBuf::from)

@@ -198,8 +198,9 @@ pub fn network(agent: &Path, secs: u64, rate: u32) -> anyhow::Result<String> {
     Ok(report(&runs, secs, agent))
 }
 
-/// Builds the HTTP server with rustc (like the profiler's workloads), when its source changed.
-fn build_server() -> anyhow::Result<PathBuf> {
+/// Builds the HTTP server with rustc (like the profiler's workloads), when its source changed. The
+/// end-to-end HTTP span test uses it too (tests/tests/http_spans.rs).
+pub(crate) fn build_server() -> anyhow::Result<PathBuf> {
     let src = root().join("xtask/workloads/http_server.rs");
     let bin = root().join("target/workloads/http_server");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();

@@ -69,5 +69,6 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .arg(out.join("hot_rs"))
                 .arg(src.join("hot.rs")),
         )
-    })
+    })?;
+    crate::bench_net::build_server().map(drop)
 }

@@ -1,5 +1,5 @@
-//! `cargo xtask vm-test`: the kernel matrix. Boots the release agent and the profiler's end-to-end
-//! tests on the kernels EKS nodes run (5.10, 6.1, 6.12), using Debian's cloud kernels as stand-ins,
+//! `cargo xtask vm-test`: the kernel matrix. Boots the release agent and its end-to-end tests
+//! (profiler, HTTP spans) on the kernels EKS nodes run (5.10, 6.1, 6.12), using Debian's cloud kernels as stand-ins,
 //! under `qemu-system-x86_64 -accel tcg` (no KVM needed), and prints a table: kernel × checks.
 //!
 //! 1. Kernels: `apt-get download` of the newest `linux-image-<series>*-cloud-amd64-unsigned` from
@@ -9,12 +9,13 @@
 //!    of each series is used.
 //! 2. One initramfs for every kernel (the cloud kernels have the 8250 serial console built in, so
 //!    no module is needed): busybox-static, tests/vm/init as /init, the release agent, the test
-//!    workloads, the `profiler` test binary and the agent's unit-test binary with the eBPF object
-//!    embedded (the three without debug sections), the shared libraries `ldd` lists and the dynamic
-//!    loader.
-//! 3. Each VM runs `loupe-agent doctor`, `profiler --test-threads=1` and the agent's socket-capture
-//!    tests (`net::capture`: the socket programs load, pass the verifier and capture loopback
-//!    traffic), prints `@@loupe ...` result lines on the serial console (qemu's stdout), and powers
+//!    workloads (hot_c, hot_rs, the HTTP server), the `profiler` and `http_spans` test binaries and
+//!    the agent's unit-test binary with the eBPF object embedded (without debug sections), the
+//!    shared libraries `ldd` lists and the dynamic loader.
+//! 3. Each VM runs `loupe-agent doctor`, the `profiler` and `http_spans` tests one at a time and the
+//!    agent's socket-capture tests (`net::capture`: both program sets load, pass the verifier,
+//!    capture loopback traffic and agree; fentry/fexit is required where the doctor chose it),
+//!    prints `@@loupe ...` result lines on the serial console (qemu's stdout), and powers
 //!    off; the host enforces a time limit.
 //!
 //! The table also goes to target/vm-results.md and, with `--update-readme`, into README.md between
@@ -51,7 +52,7 @@ pub struct VmArgs {
     /// RUST_LOG inside the VM (`debug` makes the agent print verifier logs).
     #[arg(long, default_value = "info")]
     pub rust_log: String,
-    /// Run only the profiler tests whose name contains this (the test harness's filter).
+    /// Run only the end-to-end tests (profiler, HTTP spans) whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
     /// Run only the agent's unit tests whose full name contains this (e.g.
@@ -134,7 +135,7 @@ pub fn vm_test(args: VmArgs) -> anyhow::Result<()> {
         .collect();
     build(Extras::Vm)?;
     build_workloads()?;
-    let profiler = step("building the profiler test binary", build_profiler_tests)?;
+    let e2e = step("building the end-to-end test binaries", build_e2e_tests)?;
     let capture = step(
         "building the agent's unit-test binary (socket capture tests)",
         build_agent_tests,
@@ -143,7 +144,7 @@ pub fn vm_test(args: VmArgs) -> anyhow::Result<()> {
         fetch_kernels(&series)
     })?;
     let initramfs = step("building the initramfs", || {
-        build_initramfs(&profiler, &capture, &args)
+        build_initramfs(&e2e, &capture, &args)
     })?;
 
     let mut results = Vec::new();
@@ -199,22 +200,23 @@ pub fn vm_test(args: VmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the `profiler` end-to-end test binary and returns its path.
-fn build_profiler_tests() -> anyhow::Result<PathBuf> {
-    let out = output(
-        Command::new("cargo")
-            .current_dir(root())
-            .args([
-                "test",
-                "-p",
-                "loupe-tests",
-                "--test",
-                "profiler",
-                "--no-run",
-            ])
-            .args(["--message-format=json", "--quiet"]),
-    )?;
-    test_executable(&out, "profiler")
+/// End-to-end test binaries of loupe-tests the VMs run: what each needs is in the initramfs (the
+/// spans test, with its databases and Python, is not).
+const E2E_TESTS: &[&str] = &["profiler", "http_spans"];
+
+/// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
+fn build_e2e_tests() -> anyhow::Result<Vec<PathBuf>> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args(["test", "-p", "loupe-tests", "--no-run"]);
+    for test in E2E_TESTS {
+        cmd.args(["--test", test]);
+    }
+    let out = output(cmd.args(["--message-format=json", "--quiet"]))?;
+    E2E_TESTS
+        .iter()
+        .map(|name| test_executable(&out, name))
+        .collect()
 }
 
 /// Builds the agent's unit-test binary with the kernel programs embedded (the socket capture
@@ -439,7 +441,7 @@ fn newest_cached(series: &Series) -> anyhow::Result<Kernel> {
 
 /// Stages the initramfs under target/vm-cache/initramfs and archives it (newc, uncompressed: the
 /// guest unpacks it faster than it could gunzip it under TCG).
-fn build_initramfs(profiler: &Path, capture: &Path, args: &VmArgs) -> anyhow::Result<PathBuf> {
+fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Result<PathBuf> {
     let stage = cache_dir().join("initramfs");
     if stage.exists() {
         std::fs::remove_dir_all(&stage)
@@ -464,13 +466,20 @@ fn build_initramfs(profiler: &Path, capture: &Path, args: &VmArgs) -> anyhow::Re
     copy(busybox, &stage.join("bin/busybox"))?;
     copy(&root().join("tests/vm/init"), &stage.join("init"))?;
     let workloads = root().join("target/workloads");
-    let binaries = [
-        (agent_binary(), "loupe/loupe-agent", true),
-        (profiler.to_path_buf(), "loupe/profiler", true),
-        (capture.to_path_buf(), "loupe/agent-tests", true),
-        (workloads.join("hot_c"), "loupe/workloads/hot_c", false),
-        (workloads.join("hot_rs"), "loupe/workloads/hot_rs", false),
+    let mut binaries = vec![
+        (agent_binary(), "loupe/loupe-agent".to_string(), true),
+        (capture.to_path_buf(), "loupe/agent-tests".to_string(), true),
     ];
+    for (path, name) in e2e.iter().zip(E2E_TESTS) {
+        binaries.push((path.clone(), format!("loupe/{name}"), true));
+    }
+    for workload in ["hot_c", "hot_rs", "http_server"] {
+        binaries.push((
+            workloads.join(workload),
+            format!("loupe/workloads/{workload}"),
+            false,
+        ));
+    }
     let mut libraries = Vec::new();
     for (from, to, strip) in &binaries {
         let dest = stage.join(to);
@@ -638,7 +647,7 @@ struct VmResult {
     release: Option<String>,
     doctor_rc: Option<i32>,
     doctor: Vec<String>,
-    /// Profiler tests: (test name, `ok` / `FAILED` / `ignored`).
+    /// End-to-end tests (profiler, HTTP spans): (test name, `ok` / `FAILED` / `ignored`).
     tests: Vec<(String, String)>,
     profiler_rc: Option<i32>,
     /// The agent's socket-capture tests: (full test name, `ok` / `FAILED` / `ignored` / `skipped`).
@@ -676,11 +685,11 @@ impl VmResult {
             }
         }
         if self.done && self.tests.is_empty() {
-            out.push("no profiler test ran".into());
+            out.push("no end-to-end test ran".into());
         }
         let failed_test = self.tests.iter().any(|(_, s)| s != "ok" && s != "ignored");
         if let Some(rc) = self.profiler_rc.filter(|rc| *rc != 0 && !failed_test) {
-            out.push(format!("the profiler tests exited {rc}"));
+            out.push(format!("the end-to-end tests exited {rc}"));
         }
 
         let passed = |s: &str| matches!(s, "ok" | "ignored" | "skipped");

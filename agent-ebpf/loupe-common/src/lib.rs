@@ -203,6 +203,19 @@ pub mod socket {
         pub data: [u8; MAX_CAPTURE_BYTES],
     }
 
+    /// Length of a task's `comm` (its executable name, cut to 15 bytes and a NUL).
+    pub const COMM_BYTES: usize = 16;
+
+    /// An OPEN event: the header, then (where `SocketEvent::data` starts, `captured` =
+    /// COMM_BYTES) the opening task's `comm`, so a process that is gone before userspace reads
+    /// /proc still has a name (curl, cron jobs, short-lived clients).
+    #[repr(C)]
+    #[derive(Copy, Clone)]
+    pub struct SocketOpenEvent {
+        pub header: SocketEventHeader,
+        pub comm: [u8; COMM_BYTES],
+    }
+
     /// Byte offsets of kernel struct members the programs walk to find a socket's addresses from an
     /// fd (task → files → fdtable → file → socket → sock). Userspace reads them from the running
     /// kernel's BTF and writes them into the `SOCKET_CONFIG` map; `valid == 0` means unknown, and the

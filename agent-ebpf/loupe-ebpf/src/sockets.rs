@@ -16,7 +16,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
             bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw,
@@ -27,8 +27,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use loupe_common::socket::{
-    ARGS_ENTRIES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, MAX_CAPTURE_BYTES,
-    PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader,
+    ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, MAX_CAPTURE_BYTES,
+    PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader, SocketOpenEvent,
     SyscallArgs, buffer, counter, direction, kind, role,
 };
 
@@ -433,14 +433,10 @@ fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// Emits an OPEN or CLOSE event: the header alone.
+/// Emits a CLOSE event (the header alone), or an OPEN event (the header and the task's comm).
 #[inline(always)]
 fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start_ns: u64) {
-    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketEventHeader>(0) else {
-        count(counter::EVENTS_LOST);
-        return;
-    };
-    entry.write(SocketEventHeader {
+    let header = SocketEventHeader {
         kind: event_kind,
         role: state.role,
         pid: (pid_tgid >> 32) as u32,
@@ -454,7 +450,28 @@ fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start
         captured: 0,
         _pad: 0,
         tuple: state.tuple,
-    });
+    };
+    if event_kind == kind::OPEN {
+        let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketOpenEvent>(0) else {
+            count(counter::EVENTS_LOST);
+            return;
+        };
+        let comm = bpf_get_current_comm().unwrap_or([0; COMM_BYTES]);
+        entry.write(SocketOpenEvent {
+            header: SocketEventHeader {
+                captured: COMM_BYTES as u32,
+                ..header
+            },
+            comm,
+        });
+        entry.submit(0);
+        return;
+    }
+    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketEventHeader>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    entry.write(header);
     entry.submit(0);
 }
 

@@ -647,10 +647,12 @@ fn skips_the_agent_and_sweeps_exited_processes() {
         .filter(|e| e.header.conn_id == open.header.conn_id)
         .map(|e| (e.header.kind, e.header.direction, &e.data[..]))
         .collect();
+    // OPEN carries the opening task's comm.
+    let comm = b"python3\0\0\0\0\0\0\0\0\0";
     assert_eq!(
         conn,
         [
-            (kind::OPEN, 0, &b""[..]),
+            (kind::OPEN, 0, &comm[..]),
             (kind::DATA, direction::EGRESS, &b"hi from child"[..]),
             (kind::DATA, direction::INGRESS, &b"bye"[..]),
             (kind::CLOSE, 0, &b""[..]),

@@ -242,6 +242,10 @@ impl Conn {
         Some(p)
     }
 
+    pub fn get(&self, id: u64) -> Option<&Pending> {
+        self.pending.iter().find(|p| p.id == id)
+    }
+
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
         self.pending.iter_mut().find(|p| p.id == id)
     }

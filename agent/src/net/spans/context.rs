@@ -286,13 +286,14 @@ impl TraceContexts {
     }
 
     /// A server request was read on a connection with key `key`: the client span it pairs
-    /// with, `(trace id, span id)`, or `None` (then it waits for a late client event).
+    /// with, `(trace id, span id)`, and that client request; or `None` (then it waits for a late
+    /// client event).
     pub fn server_request(
         &mut self,
         key: Option<LinkKey>,
         request: RequestRef,
         now: u64,
-    ) -> Option<SpanIds> {
+    ) -> Option<(SpanIds, RequestRef)> {
         let key = key?;
         if let Some(q) = self.clients.get_mut(&key)
             && let Some(w) = q.pop_front()
@@ -301,7 +302,7 @@ impl TraceContexts {
                 self.clients.remove(&key);
             }
             self.links = self.links.saturating_sub(1);
-            return Some(w.value);
+            return Some((w.value, w.request));
         }
         if self.make_room(now) {
             self.servers.entry(key).or_default().push_back(Waiting {

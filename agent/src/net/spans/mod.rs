@@ -159,11 +159,32 @@ struct ProcessCache {
 
 impl ProcessCache {
     fn get(&mut self, pid: u32, now: u64) -> Arc<ProcessInfo> {
+        self.get_or_name(pid, now, None)
+    }
+
+    /// Like `get`; if /proc no longer knows the process, `comm` (its executable name as the
+    /// kernel saw it at connect/accept time) names it, and an entry resolved earlier is kept.
+    fn get_or_name(&mut self, pid: u32, now: u64, comm: Option<&[u8]>) -> Arc<ProcessInfo> {
         if let Some((info, at)) = self.map.get(&pid)
             && now.saturating_sub(*at) < PROCESS_TTL_NS
         {
             return info.clone();
         }
+        let id = self.resolver.resolve(pid);
+        if id.is_none()
+            && let Some((info, at)) = self.map.get_mut(&pid)
+        {
+            *at = now;
+            return info.clone();
+        }
+        let id = id.or_else(|| {
+            let comm = comm?;
+            let name = String::from_utf8_lossy(comm.split(|&b| b == 0).next()?).into_owned();
+            (!name.is_empty()).then(|| ProcessIdentity {
+                service: name.clone(),
+                executable: Some(name),
+            })
+        });
         if self.map.len() >= MAX_PROCESSES {
             self.map
                 .retain(|_, (_, at)| now.saturating_sub(*at) < PROCESS_TTL_NS);
@@ -171,7 +192,6 @@ impl ProcessCache {
                 self.map.clear();
             }
         }
-        let id = self.resolver.resolve(pid);
         let service = id
             .as_ref()
             .map_or_else(|| "unknown_service".to_owned(), |i| i.service.clone());
@@ -344,6 +364,8 @@ struct Core {
     /// Server requests to re-parent under a client span that came late: (server request,
     /// client trace id, client span id).
     reparents: Vec<(RequestRef, [u8; 16], [u8; 8])>,
+    /// (client request, server request) pairs linked on this host since the last event.
+    linked: Vec<(RequestRef, RequestRef)>,
     reported_overflows: u64,
 }
 
@@ -391,6 +413,7 @@ impl SpanBuilder {
                 finished: Vec::new(),
                 now: 0,
                 reparents: Vec::new(),
+                linked: Vec::new(),
                 reported_overflows: 0,
             },
         }
@@ -410,6 +433,11 @@ impl SpanBuilder {
         match h.kind {
             kind::OPEN => {
                 self.core.m.events[0].inc();
+                // Name the process while it is most likely alive; the OPEN event carries its
+                // comm for when it is not (short-lived clients).
+                self.core
+                    .processes
+                    .get_or_name(h.pid, self.core.now, Some(&ev.data));
                 self.touch(h);
             }
             kind::DATA => {
@@ -684,6 +712,27 @@ impl SpanBuilder {
                 .ctx
                 .reparent_serving(p.tid, (conn_id, req_id), trace_id);
         }
+        // The server cannot have read a request before its client began sending it, but the two
+        // ends are timed by different syscalls (a write is timed by its end on the fexit path,
+        // and the reader can wake before the writer returns): a client span never starts after
+        // the server span it parents.
+        for ((client_conn, client_req), (server_conn, server_req)) in self.core.linked.drain(..) {
+            let Some(server_start) = self
+                .conns
+                .get(&server_conn)
+                .and_then(|c| c.get(server_req))
+                .map(|p| p.start_ns)
+            else {
+                continue;
+            };
+            if let Some(p) = self
+                .conns
+                .get_mut(&client_conn)
+                .and_then(|c| c.get_mut(client_req))
+            {
+                p.start_ns = p.start_ns.min(server_start);
+            }
+        }
     }
 }
 
@@ -815,7 +864,10 @@ impl Core {
     ) -> (SpanContext, Option<LinkKey>) {
         let key = LinkKey::of_server(&conn.tuple);
         let span_id = self.ids.span_id();
-        let ctx = if let Some((trace_id, parent)) = self.ctx.server_request(key, req, self.now) {
+        let ctx = if let Some(((trace_id, parent), client)) =
+            self.ctx.server_request(key, req, self.now)
+        {
+            self.linked.push((client, req));
             SpanContext {
                 trace_id,
                 span_id,
@@ -892,6 +944,7 @@ impl Core {
             ClientLink::Registered => key,
             ClientLink::ServerWaiting(server) => {
                 self.reparents.push((server, ctx.trace_id, ctx.span_id));
+                self.linked.push((req, server));
                 None
             }
             ClientLink::None => None,

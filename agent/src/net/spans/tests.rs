@@ -123,10 +123,15 @@ impl Sim {
     }
 
     fn open(&mut self, c: &C, t: u64) {
-        let header = Self::header(c, kind::OPEN, c.pid, 0, t, t, 0, 0);
+        self.open_by(c, t, b"");
+    }
+
+    /// An OPEN event carrying the opening task's comm, as the kernel sends it.
+    fn open_by(&mut self, c: &C, t: u64, comm: &[u8]) {
+        let header = Self::header(c, kind::OPEN, c.pid, 0, t, t, 0, comm.len() as u32);
         self.b.handle(&SocketEvent {
             header,
-            data: Bytes::new(),
+            data: Bytes::copy_from_slice(comm),
         });
     }
 
@@ -1165,4 +1170,108 @@ fn spawned_thread_flushes_to_the_exporter_and_stops_with_the_channel() {
             .render()
             .contains("loupe_spans_created_total{kind=\"http_server\"} 1\n")
     );
+}
+
+/// A client that writes its request head piece by piece (Rust's `write!` on an unbuffered
+/// TcpStream makes one write per formatted piece) still gets its spans, request after request.
+#[test]
+fn http_client_request_heads_written_in_pieces() {
+    let mut s = Sim::new();
+    let http = client(4, 100, 8080);
+    let mut t = 0;
+    for (path, status) in [("/api/users/7", "200"), ("/nope", "404")] {
+        for piece in [
+            &b"GET "[..],
+            path.as_bytes(),
+            b" HTTP/1.1\r\nhost: ",
+            b"10.0.0.7:8080",
+            b"\r\n",
+            b"\r\n",
+        ] {
+            s.write(&http, 5, t, t + 1, piece);
+            t += 2;
+        }
+        let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+        s.read(&http, 5, t, t + 10, response.as_bytes());
+        t += 20;
+    }
+    let spans = s.spans();
+    let got: Vec<(String, Option<String>)> = spans
+        .iter()
+        .map(|(_, span)| (span.name.clone(), a(span, "url.full")))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "GET".to_string(),
+                Some("http://10.0.0.7:8080/api/users/7".to_string())
+            ),
+            (
+                "GET".to_string(),
+                Some("http://10.0.0.7:8080/nope".to_string())
+            ),
+        ]
+    );
+}
+
+/// A client gone before its spans are built (pid 0 here: /proc knows nothing) is named after the
+/// comm its OPEN event carried; a process /proc knows keeps its /proc name.
+#[test]
+fn short_lived_clients_are_named_by_their_comm() {
+    let mut s = Sim::new();
+    for (pid, id, comm, want) in [
+        (0, 10, &b"curl\0\0\0\0\0\0\0\0\0\0\0\0"[..], "curl"),
+        (100, 11, &b"something\0\0\0\0\0\0\0"[..], "svc100"),
+    ] {
+        let c = client(id, pid, 8080);
+        s.open_by(&c, 1, comm);
+        s.write(&c, 5, 2, 3, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.read(&c, 5, 4, 5, b"HTTP/1.1 204 No Content\r\n\r\n");
+        let spans = s.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(attr(&spans[0].0, "service.name").as_deref(), Some(want));
+    }
+}
+
+/// On the fexit path a write is timed by its end, and the reader can return before the writer
+/// does: a same-host client span is then moved back to start no later than its server span, in
+/// either event order.
+#[test]
+fn linked_client_spans_never_start_after_their_server_span() {
+    let mut s = Sim::new();
+    let (cl, sv) = same_host_pair();
+    let req = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: localhost:8080\r\n\r\n");
+    // Client event first (start unknown: 0), ending after the server's read.
+    s.write(&cl, 21, 0, 300, req("/a").as_bytes());
+    s.read(&sv, 31, 250, 250, req("/a").as_bytes());
+    s.write(&sv, 31, 400, 400, OK);
+    s.read(&cl, 21, 450, 450, OK);
+    // Server event first.
+    s.read(&sv, 31, 1250, 1250, req("/b").as_bytes());
+    s.write(&cl, 21, 0, 1300, req("/b").as_bytes());
+    s.write(&sv, 31, 1400, 1400, OK);
+    s.read(&cl, 21, 1450, 1450, OK);
+
+    let spans = s.spans();
+    for path in ["/a", "/b"] {
+        let server = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == format!("GET {path}"))
+            .unwrap();
+        let client = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|c| c.span_id == server.parent_span_id)
+            .unwrap();
+        assert_eq!(
+            client.start_time_unix_nano, server.start_time_unix_nano,
+            "{path}"
+        );
+        assert!(
+            client.end_time_unix_nano >= server.end_time_unix_nano,
+            "{path}"
+        );
+    }
 }
