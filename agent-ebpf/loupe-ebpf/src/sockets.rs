@@ -8,8 +8,9 @@
 //! byte count and the first bytes moved (the tracepoint set saves the arguments per thread at
 //! sys_enter for that). close announces the end. Untracked fds cost one hash lookup per data syscall.
 //!
-//! Every event is reserved in the ring buffer at its fixed size, so the 1 KiB of captured bytes never
-//! sits on the 512-byte BPF stack; iovec gathers go through a per-CPU scratch buffer.
+//! DATA events are put together in a per-CPU scratch value (1 KiB of captured bytes cannot sit on the
+//! 512-byte BPF stack) and copied into the ring buffer at their real size; OPEN and CLOSE events are
+//! reserved in place. iovec gathers go through a second per-CPU scratch buffer.
 
 use core::ffi::c_void;
 
@@ -68,6 +69,13 @@ static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SOCKET_SCRATCH: PerCpuArray<[u8; 2 * MAX_CAPTURE_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Where a DATA event is put together before it is copied into the ring buffer at its real size
+/// (a reservation would have to be of the constant, largest size). Programs run with migration
+/// off and finish before another socket program can run on this CPU (tracepoints run with
+/// preemption off; BTF trampolines on the non-preemptible kernels EKS and Debian ship).
+#[map]
+static SOCKET_EVENT_SCRATCH: PerCpuArray<SocketEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_EVENT_RING_BYTES, 0);
@@ -636,13 +644,8 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
         .min(u64::from(config.capture_bytes))
         .min(MAX_CAPTURE_BYTES as u64);
 
-    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketEvent>(0) else {
-        count(counter::EVENTS_LOST);
-        return Ok(());
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved, writable SocketEvent in the ring buffer; `data` is a
-    // field inside it.
+    let event = SOCKET_EVENT_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: `event` points to this CPU's SocketEvent scratch value; `data` is a field inside it.
     let data = unsafe { core::ptr::addr_of_mut!((*event).data) } as *mut u8;
     let captured = if want == 0 {
         0
@@ -670,7 +673,22 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
     };
     // SAFETY: as above; the header is written in place, the data bytes before it.
     unsafe { core::ptr::addr_of_mut!((*event).header).write(header) };
-    entry.submit(data_submit_flags());
+    // The record is the header and the bytes captured, not the whole 1 KiB: most requests and
+    // responses are a few hundred bytes, so the ring holds several times more events.
+    let len = core::mem::size_of::<SocketEventHeader>()
+        + if captured == 0 {
+            0
+        } else {
+            bounded(u64::from(captured)) as usize
+        };
+    // SAFETY: `len` ≤ size_of::<SocketEvent>(), so the slice lies within the scratch value.
+    let record = unsafe { core::slice::from_raw_parts(event as *const u8, len) };
+    if SOCKET_EVENTS
+        .output::<[u8]>(record, data_submit_flags())
+        .is_err()
+    {
+        count(counter::EVENTS_LOST);
+    }
     Ok(())
 }
 
