@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test. Installs what is missing, builds the kernel programs, the release
-//! agent and the test workloads, then runs the whole workspace's tests (unit tests, eBPF tests on the
-//! real kernel, end-to-end tests against real servers).
+//! agent and the test workloads, runs the whole workspace's tests (unit tests, eBPF tests on the
+//! real kernel, end-to-end tests against real servers), then the kernel matrix (`cargo xtask
+//! vm-test`: the same programs on 5.10, 6.1 and 6.12 under QEMU).
 
 use std::process::Command;
 
@@ -14,6 +15,9 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
+    /// Skip the kernel matrix (it also is skipped when a test filter is given).
+    #[arg(long)]
+    pub no_vm: bool,
     /// Passed to `cargo test` after `--` (e.g. a test name filter).
     #[arg(trailing_var_arg = true)]
     pub cargo_test_args: Vec<String>,
@@ -39,7 +43,12 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
                 .env("LOUPE_WORKLOADS", root().join("target/workloads"))
                 .env("LOUPE_PYTHON", crate::python::python()),
         )
-    })
+    })?;
+    if args.no_vm || !args.cargo_test_args.is_empty() {
+        eprintln!("kernel matrix skipped (--no-vm or a test filter)");
+        return Ok(());
+    }
+    crate::vm::vm_test(crate::vm::VmArgs::default())
 }
 
 /// The profiler's test workloads: a C and a Rust program with two known hot functions, built with
