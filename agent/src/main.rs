@@ -22,6 +22,30 @@ use config::{CliOptions, Config};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc v3's option numbers (`mi_option_e` in its mimalloc.h; the crate pins the version, and a
+/// test checks each number against the option's default).
+mod mi_option {
+    pub const ARENA_EAGER_COMMIT: i32 = 4;
+    pub const PURGE_DELAY: i32 = 15;
+}
+
+/// Memory freed is given back to the OS at once and arenas are committed as they are used: with
+/// mimalloc's defaults (purge after 1 s, eager commit) the agent's peak RSS at saturation was
+/// 160 MB instead of 75.
+///
+/// Transparent huge pages are off for the agent (prctl PR_SET_THP_DISABLE): where the kernel
+/// honours madvise(MADV_HUGEPAGE) mimalloc asks for them, and a 2 MiB page backing a few live
+/// objects counts whole towards RSS.
+fn configure_allocator() {
+    // SAFETY: mi_option_set only stores an option value; both numbers name existing options.
+    unsafe {
+        libmimalloc_sys::mi_option_set(mi_option::PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(mi_option::ARENA_EAGER_COMMIT, 0);
+    }
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments only.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "loupe-agent",
@@ -44,6 +68,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    configure_allocator();
     init_logging();
     let cli = Cli::parse();
     let config = match Config::load(&cli.options) {
@@ -82,4 +107,27 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mi_option;
+
+    /// The option numbers name the options meant: each has its documented default here (tests
+    /// never call `configure_allocator`).
+    #[test]
+    fn mimalloc_option_numbers_match_their_defaults() {
+        // SAFETY: mi_option_get reads an option value.
+        let get = |o| unsafe { libmimalloc_sys::mi_option_get(o) };
+        assert_eq!(
+            get(mi_option::PURGE_DELAY),
+            1000,
+            "purge_delay defaults to 1 s"
+        );
+        assert_eq!(
+            get(mi_option::ARENA_EAGER_COMMIT),
+            2,
+            "arena_eager_commit defaults to 2"
+        );
+    }
 }

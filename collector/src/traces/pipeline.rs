@@ -24,8 +24,10 @@ use super::proto::trace::{ResourceSpans, ScopeSpans, Span};
 use super::{Batching, SharedTraceBatch, TraceBatch, TraceSink};
 use crate::telemetry::{Counter, Gauge, Registry};
 
-/// Queue capacity per sink, in batches, when the caller has no better idea.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 16;
+/// Queue capacity per sink, in batches, when the caller has no better idea. A batch holds up to a
+/// few thousand spans of ~1 KB each: four keep a slow sink's backlog to ~10 MB (the agent's RSS
+/// budget is 64 MB); beyond that batches are dropped and counted.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4;
 
 /// Errors of the trace export pipeline.
 #[derive(Debug, thiserror::Error)]
