@@ -29,8 +29,8 @@ use aya_ebpf::{
 };
 use loupe_common::socket::{
     ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, MAX_CAPTURE_BYTES,
-    PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader, SocketOpenEvent,
-    SyscallArgs, buffer, counter, direction, kind, role,
+    PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader,
+    SocketOpenEvent, SyscallArgs, buffer, counter, direction, kind, role,
 };
 
 const AF_INET: u16 = 2;
@@ -207,7 +207,11 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     // Servers sit in accept: the first one after the agent started has no saved arguments, and
     // still counts.
     let args = take_args(pid_tgid, buffer::SOCKADDR);
-    accepted(pid_tgid, arg(ctx, 0) as i64, args.map(|a| (a.start_ns, a.ptr)))
+    accepted(
+        pid_tgid,
+        arg(ctx, 0) as i64,
+        args.map(|a| (a.start_ns, a.ptr)),
+    )
 }
 
 /// accept/accept4 returned `ret`; `called` is (entry time, the caller's sockaddr) when known.
@@ -268,7 +272,13 @@ pub fn sock_exit_connect(ctx: TracePointContext) -> u32 {
 fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = take_args(pid_tgid, buffer::SOCKADDR).ok_or(0)?;
-    connected(pid_tgid, args.fd, args.ptr, arg(ctx, 0) as i64, args.start_ns)
+    connected(
+        pid_tgid,
+        args.fd,
+        args.ptr,
+        arg(ctx, 0) as i64,
+        args.start_ns,
+    )
 }
 
 /// connect(fd, addr) returned `ret`.
