@@ -1,6 +1,7 @@
 //! HTTP spans end to end with nothing but the agent, a Rust HTTP server (the benchmark's, from
 //! xtask/workloads) and two clients of different make: this test's own std-only client (keep-alive,
-//! one request with `traceparent`) and curl, or busybox wget where curl is missing. It needs no
+//! one request with `traceparent`, one connection opened before the agent started) and curl, or
+//! busybox wget where curl is missing. It needs no
 //! database and no Python, so the kernel matrix runs it inside each VM (tests/vm/init) as well as
 //! on this host.
 
@@ -86,22 +87,6 @@ fn other_client(url: &str) -> &'static str {
 #[test]
 fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let metrics_port = free_port();
-    let mut agent = Guard(
-        Command::new(agent_bin())
-            .args(["run", "--duration", "120s", "--profile-interval", "60s"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .arg("--output-dir")
-            .arg(dir.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start agent"),
-    );
-    // The metrics endpoint comes up once the programs are attached (connections opened before
-    // that are not seen). Under emulation (the kernel matrix) start-up takes a while.
-    wait_port(metrics_port, Duration::from_secs(90));
-
     let mut server = Guard(
         Command::new(workload("http_server"))
             .env("OTEL_SERVICE_NAME", SERVICE)
@@ -119,6 +104,26 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("port");
+
+    // A keep-alive connection opened before the agent starts: found in /proc at start-up.
+    let early = TcpStream::connect(&addr).expect("connect early");
+    early.set_nodelay(true).expect("nodelay");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = free_port();
+    let mut agent = Guard(
+        Command::new(agent_bin())
+            .args(["run", "--duration", "120s", "--profile-interval", "60s"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--output-dir")
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent"),
+    );
+    // The metrics endpoint comes up once the programs are attached and the connections open
+    // before were looked up. Under emulation (the kernel matrix) start-up takes a while.
+    wait_port(metrics_port, Duration::from_secs(90));
 
     // Our client: three requests on one keep-alive connection, the second with traceparent; each
     // head goes out in several writes (one per formatted piece). Reads and writes share the one
@@ -146,10 +151,28 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
     }
     drop(reader);
     drop(stream);
+    // The connection from before the agent started, twice. The server's thread for it has been
+    // blocked in read() since before the programs were attached, so that one read is not seen
+    // (a syscall is captured at its exit, with what its entry saved): the first request gets only
+    // its client span, the second both.
+    let mut early_writer = &early;
+    let mut early_reader = BufReader::new(&early);
+    for path in ["/api/users/11", "/api/users/12"] {
+        write!(early_writer, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").expect("write early");
+        assert_eq!(
+            read_response(&mut early_reader),
+            200,
+            "GET {path} (early connection)"
+        );
+    }
+    drop(early_reader);
+    drop(early);
     // Another client implementation, one connection per request.
     let tool = other_client(&format!("http://{addr}/api/users/9"));
     other_client(&format!("http://{addr}/api/users/10"));
-    let sent = requests.len() + 2;
+    // Server spans: ours, the early connection's second, curl's or wget's two.
+    let served = requests.len() + 1 + 2;
+    let sent = requests.len() + 2 + 2;
 
     // Give the span builder time to close the spans, read the RED metrics, then stop the agent
     // (SIGTERM flushes every sink).
@@ -187,7 +210,7 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
         .collect();
     assert_eq!(
         servers.len(),
-        sent,
+        served,
         "server spans: {servers:#?}\nagent said:\n{stderr}"
     );
     assert_eq!(
@@ -201,6 +224,16 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
     // busybox applet's executable is busybox).
     for c in &clients {
         assert_ne!(c.service, "unknown_service", "{c:#?}");
+    }
+    // The early connection's client spans: found in /proc, followed like any other.
+    for path in ["/api/users/11", "/api/users/12"] {
+        assert!(
+            clients.iter().any(|c| c
+                .attributes
+                .get("url.full")
+                .is_some_and(|u| u.ends_with(path))),
+            "no client span for {path} on the connection opened before the agent: {clients:#?}"
+        );
     }
     assert!(
         clients
@@ -227,6 +260,7 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
     assert_eq!(
         names,
         [
+            ("GET /api/users/{id}", "200"),
             ("GET /api/users/{id}", "200"),
             ("GET /api/users/{id}", "200"),
             ("GET /api/users/{id}", "200"),
@@ -276,5 +310,5 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
         .filter(|l| l.contains(SERVICE))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(count, sent as f64, "{metrics}");
+    assert_eq!(count, served as f64, "{metrics}");
 }

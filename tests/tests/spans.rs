@@ -136,7 +136,7 @@ fn http_mysql_and_redis_become_linked_spans_and_red_metrics() {
             .spawn()
             .expect("start agent"),
     );
-    // Connections opened before capture starts are not seen: start the services after the agent.
+    // The services after the agent, so their connections are seen from the first byte.
     wait_port(metrics_port);
 
     let (users_port, stock_port) = (free_port(), free_port());

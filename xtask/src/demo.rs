@@ -260,7 +260,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         fresh: args.fresh,
         loadgen_to_terminal: true,
     };
-    // The agent before the services: it sees no connection opened before it started.
+    // The agent before the services, so it sees every connection from its first byte (connections
+    // open before the agent are followed too, but a read already blocked at its start is missed).
     let mut stack = Stack::start_databases(&opts)?;
     let out = dir.join("loupe-data");
     if run_agent {
@@ -527,7 +528,7 @@ impl SpanCheck {
     }
 }
 
-/// The span exercises: the agent starts before the services (it sees no connection opened before it), the shop
+/// The span exercises: the agent starts before the services (it sees their connections from the first byte), the shop
 /// runs a baseline without the fault, then with it; the spans of both windows are compared.
 fn verify_spans(
     args: &ExerciseArgs,
@@ -1559,8 +1560,8 @@ impl Stack {
         Ok(stack)
     }
 
-    /// MariaDB and Redis only. Start the agent next, then [`Stack::start_services`]: Loupe sees no connection
-    /// opened before it started (the services open their pools and Redis connection at start-up).
+    /// MariaDB and Redis only. Start the agent next, then [`Stack::start_services`]: the agent then sees
+    /// the pools and Redis connections the services open at start-up from their first byte.
     fn start_databases(o: &StackOpts) -> anyhow::Result<Stack> {
         let logs = o.dir.join("logs");
         fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;

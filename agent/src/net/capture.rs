@@ -15,7 +15,8 @@
 //! processes that exited without closing them (the kernel closes their fds without a close()
 //! syscall), sending a made-up CLOSE (tid 0) so the span builder frees their state too.
 //!
-//! Connections opened before the capture started are not seen (no seeding from /proc yet).
+//! Connections open before the capture started are found in /proc and put into the kernel's
+//! connection map once the programs are attached (`seed.rs`).
 
 use std::{
     collections::HashMap,
@@ -40,8 +41,8 @@ use aya::{
 use bytes::Bytes;
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 use loupe_common::socket::{
-    ConnState, KernelOffsets, MAX_CAPTURE_BYTES, SocketConfig, SocketEventHeader, SyscallArgs,
-    counter, kind,
+    CONN_ENTRIES, ConnState, KernelOffsets, MAX_CAPTURE_BYTES, SocketConfig, SocketEventHeader,
+    SyscallArgs, counter, kind,
 };
 
 use super::SocketEvent;
@@ -135,6 +136,8 @@ pub struct CaptureOptions {
     pub sweep_interval: Duration,
     /// The attach method to try first (the doctor's plan); tracepoints are the fallback.
     pub attach: SocketAttach,
+    /// Follow the TCP connections already open when the capture starts (found in /proc).
+    pub seed_existing: bool,
 }
 
 impl Default for CaptureOptions {
@@ -146,6 +149,7 @@ impl Default for CaptureOptions {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             attach: SocketAttach::Tracepoints,
+            seed_existing: true,
         }
     }
 }
@@ -161,6 +165,7 @@ struct Metrics {
     read_failures_buffer: Counter,
     read_failures_tuple: Counter,
     swept: Counter,
+    seeded: Counter,
     connections: Gauge,
 }
 
@@ -205,6 +210,11 @@ impl Metrics {
             swept: r.counter(
                 "loupe_socket_connections_swept_total",
                 "Tracked connections forgotten because their process exited without closing them.",
+                &[],
+            ),
+            seeded: r.counter(
+                "loupe_socket_connections_seeded_total",
+                "Connections already open when the capture started, found in /proc and followed.",
                 &[],
             ),
             connections: r.gauge(
@@ -288,7 +298,7 @@ impl SocketCapture {
                 0,
             )
             .map_err(map_error("SOCKET_CONFIG"))?;
-        let maps = ReaderMaps {
+        let mut maps = ReaderMaps {
             ring: take_map(ebpf, "SOCKET_EVENTS")?,
             counters: take_map(ebpf, "SOCKET_COUNTERS")?,
             connections: take_map(ebpf, "CONNECTIONS")?,
@@ -339,6 +349,30 @@ impl SocketCapture {
         }
 
         let metrics = Metrics::new(registry);
+        // With the programs attached (a close from now on is seen), put the connections that
+        // were open before into the map; the kernel's own entries win (BPF_NOEXIST).
+        if options.seed_existing {
+            let agent_pid = options.agent_pid;
+            let wanted = |pid: u32| {
+                (agent_pid == 0 || pid != agent_pid)
+                    && (options.pids.is_empty() || options.pids.contains(&pid))
+            };
+            let found = super::seed::find_connections(
+                std::path::Path::new("/proc"),
+                wanted,
+                CONN_ENTRIES as usize / 2,
+            );
+            const BPF_NOEXIST: u64 = 1;
+            let seeded = found
+                .iter()
+                .filter(|(key, state)| maps.connections.insert(key, state, BPF_NOEXIST).is_ok())
+                .count();
+            metrics.seeded.add(seeded as u64);
+            tracing::info!(
+                connections = seeded,
+                "connections open before the start are followed"
+            );
+        }
         let (tx, rx) = sync_channel(options.queue_capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let sweep_interval = options.sweep_interval;

@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod capture;
+pub mod seed;
 pub mod spans;
 
 use bytes::Bytes;

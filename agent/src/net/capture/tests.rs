@@ -597,6 +597,7 @@ fn skips_the_agent_and_sweeps_exited_processes() {
             queue_capacity: 64 * 1024,
             sweep_interval: Duration::from_millis(200),
             attach: SocketAttach::Tracepoints,
+            seed_existing: true,
         },
         &registry,
     )
@@ -670,4 +671,56 @@ fn skips_the_agent_and_sweeps_exited_processes() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(swept >= 1, "{rendered}");
+}
+
+/// A connection open before the capture started is found in /proc: its reads and writes come out
+/// with its role and addresses, under a seeded connection id (there is no OPEN for it).
+#[test]
+fn connections_open_before_the_start_are_followed() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (c, s) = (client.as_raw_fd(), server.as_raw_fd());
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = start(&mut ebpf, SocketAttach::Tracepoints, &registry);
+    sys_write(c, b"PING before\r\n");
+    assert_eq!(sys_read_exact(s, 13), b"PING before\r\n");
+    let tid = gettid();
+    let ours = |e: &&SocketEvent| {
+        e.header.tid == tid && e.header.kind == kind::DATA && (e.header.fd == c || e.header.fd == s)
+    };
+    let events = collect(&rx, |events| events.iter().filter(ours).count() >= 2);
+    capture.stop();
+    let mine: Vec<&SocketEvent> = events.iter().filter(ours).collect();
+    assert_eq!(
+        mine.len(),
+        2,
+        "{:?}",
+        mine.iter().map(|e| e.header).collect::<Vec<_>>()
+    );
+    for e in &mine {
+        assert!(
+            e.header.conn_id >= super::super::seed::SEEDED_ID_BASE,
+            "{:?}",
+            e.header
+        );
+        assert_eq!(&e.data[..], b"PING before\r\n");
+        let h = &e.header;
+        if h.fd == c {
+            assert_eq!((h.role, h.direction), (role::CLIENT, direction::EGRESS));
+            assert_eq!(h.tuple.remote_port, port);
+        } else {
+            assert_eq!((h.role, h.direction), (role::SERVER, direction::INGRESS));
+            assert_eq!(h.tuple.local_port, port);
+        }
+    }
+    let rendered = registry.render();
+    let seeded: u64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("loupe_socket_connections_seeded_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(seeded >= 2, "{rendered}");
 }
