@@ -208,10 +208,29 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
         .filter(|s| s.kind == SPAN_KIND_CLIENT)
         .filter(|s| s.attributes.get("server.port") == Some(&port.to_string()))
         .collect();
+    // On failure, every span in one line each.
+    let all: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            let a = |k: &str| s.attributes.get(k).map(String::as_str).unwrap_or("-");
+            format!(
+                "{} kind={} {:?} path={} url={} status={} span={} parent={}",
+                s.service,
+                s.kind,
+                s.name,
+                a("url.path"),
+                a("url.full"),
+                a("http.response.status_code"),
+                s.span_id,
+                s.parent_span_id
+            )
+        })
+        .collect();
     assert_eq!(
         servers.len(),
         served,
-        "server spans: {servers:#?}\nagent said:\n{stderr}"
+        "server spans: {servers:#?}\nall spans:\n{}\nagent said:\n{stderr}",
+        all.join("\n")
     );
     assert_eq!(
         clients.len(),

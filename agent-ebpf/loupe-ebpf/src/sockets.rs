@@ -238,6 +238,33 @@ fn accepted(pid_tgid: u64, ret: i64, called: Option<(u64, u64)>) -> Result<(), i
     )
 }
 
+/// With fentry/fexit, for a while after the start: a thread that was already blocked in accept
+/// when the fexit programs attached returns through code they do not hook, so the connection it
+/// accepts would never be tracked. The syscall's exit tracepoint still fires for it; this program
+/// runs there and tracks only what the fexit program (which runs first) did not.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sock_exit_accept_late(ctx: TracePointContext) -> u32 {
+    let _ = accepted_untracked(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sock_exit_accept4_late(ctx: TracePointContext) -> u32 {
+    let _ = accepted_untracked(&ctx);
+    0
+}
+
+#[inline(always)]
+fn accepted_untracked(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ret = arg(ctx, 0) as i64;
+    let key = conn_key(pid_tgid, ret as u64).ok_or(0)?;
+    if CONNECTIONS.get_ptr(key).is_some() {
+        return Ok(());
+    }
+    accepted(pid_tgid, ret, None)
+}
+
 // ---------------------------------------------------------------------------------------------
 // connect: the fd is the client side of a connection once connect succeeded or is under way.
 

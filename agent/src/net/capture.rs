@@ -6,9 +6,9 @@
 //! trampolines work (one program per call, no argument map, no syscall-tracing slow path for the
 //! rest of the system), else syscall tracepoints. If any fentry/fexit program fails to load or
 //! attach, all of them are dropped and the tracepoints used instead, with a warning: the capture
-//! never runs half on one method and half on the other. A thread already blocked in accept() when
-//! fexit programs attach returns through the old code, so that one accepted connection is missed
-//! (the tracepoint set sees it).
+//! never runs half on one method and half on the other. One exception: a thread already blocked in
+//! accept() when fexit programs attach returns through code they do not hook, so for the first
+//! LATE_ACCEPT_GRACE the accept exit tracepoints also run, tracking what fexit did not.
 //!
 //! The reader never waits on the consumer: a full channel drops the event and counts it. Each second
 //! it turns the kernel's counters into metrics; every sweep interval (10 s) it forgets connections of
@@ -57,6 +57,10 @@ pub const DEFAULT_CAPTURE_BYTES: u32 = MAX_CAPTURE_BYTES as u32;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8 * 1024;
 /// How often connections of exited processes are looked for, unless told otherwise.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the fentry/fexit capture keeps the accept exit tracepoints after the start: while a
+/// syscall tracepoint is attached, every syscall on the host takes the kernel's slower tracing
+/// path, so they go once the services' accept loops have likely come round.
+const LATE_ACCEPT_GRACE: Duration = Duration::from_secs(120);
 /// How often the kernel's counters are read into metrics.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the reader waits for events: data events do not wake it (see `data_submit_flags` in
@@ -307,6 +311,7 @@ impl SocketCapture {
 
         let mut method = SocketAttach::Tracepoints;
         let mut fallback = None;
+        let mut late_accepts = Vec::new();
         let mut links = Vec::new();
         let mut attached = Vec::new();
         if options.attach == SocketAttach::Fentry {
@@ -315,6 +320,7 @@ impl SocketCapture {
                     links = l;
                     attached = SYSCALLS.iter().map(|s| s.name).collect();
                     method = SocketAttach::Fentry;
+                    late_accepts = attach_late_accepts(ebpf);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -380,7 +386,7 @@ impl SocketCapture {
             let stop = stop.clone();
             thread::Builder::new()
                 .name("loupe-sockets".into())
-                .spawn(move || read_events(maps, tx, metrics, sweep_interval, stop))
+                .spawn(move || read_events(maps, tx, metrics, sweep_interval, stop, late_accepts))
                 .map_err(|e| EbpfError::Map {
                     name: "SOCKET_EVENTS",
                     message: format!("cannot start the socket reader thread: {e}"),
@@ -482,6 +488,33 @@ fn attach_syscall(ebpf: &mut Ebpf, s: &Syscall) -> Result<Vec<CaptureLink>, Ebpf
     Ok(links)
 }
 
+/// With fentry/fexit: attaches the accept exit tracepoints that track connections accepted by
+/// threads blocked in accept() since before the start (see `sock_exit_accept_late`), for
+/// LATE_ACCEPT_GRACE. Best effort: without them only those first connections are missed.
+fn attach_late_accepts(ebpf: &mut Ebpf) -> Vec<CaptureLink> {
+    let mut links = Vec::new();
+    for (prog, tracepoint) in [
+        ("sock_exit_accept_late", "sys_exit_accept"),
+        ("sock_exit_accept4_late", "sys_exit_accept4"),
+    ] {
+        let attached = program(ebpf, prog).and_then(|p| {
+            p.load().map_err(|e| rejected(prog, e))?;
+            let id = p
+                .attach("syscalls", tracepoint)
+                .map_err(|source| EbpfError::Attach { name: prog, source })?;
+            p.take_link(id)
+                .map_err(|source| EbpfError::Attach { name: prog, source })
+        });
+        match attached {
+            Ok(link) => links.push(CaptureLink::TracePoint(link)),
+            Err(e) => tracing::debug!(
+                "{e}: a thread blocked in accept() at start-up has its next connection missed"
+            ),
+        }
+    }
+    links
+}
+
 /// Loads and attaches every syscall's fentry/fexit program, or none: on the first failure the links
 /// made so far are dropped (detached) and the error returned.
 fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
@@ -577,7 +610,9 @@ fn read_events(
     metrics: Metrics,
     sweep_interval: Duration,
     stop: Arc<AtomicBool>,
+    mut late_accepts: Vec<CaptureLink>,
 ) {
+    let late_accepts_until = Instant::now() + LATE_ACCEPT_GRACE;
     let fd = maps.ring.as_raw_fd();
     let mut tally = Tally::default();
     let mut last_counters = [0u64; counter::COUNT as usize];
@@ -603,6 +638,10 @@ fn read_events(
         }
         drain(&mut maps.ring, &tx, &mut tally);
         let now = Instant::now();
+        if !late_accepts.is_empty() && now >= late_accepts_until {
+            late_accepts.clear();
+            tracing::debug!("accept exit tracepoints detached (start-up grace over)");
+        }
         if now >= next_sweep {
             next_sweep = now + sweep_interval;
             sweep(&mut maps, &tx, &mut tally, &metrics);

@@ -767,7 +767,12 @@ impl Core {
             captured
         };
         let Some(d) = classify(candidate, raw.dir, conn.role) else {
-            conn.detect_attempts += 1;
+            // A run of bytes is one attempt however many writes it came in: a head written piece
+            // by piece, or the rest of a message a connection was picked up in the middle of
+            // (followed from /proc), must not use the attempts up. Runs end at MAX_HELD_BYTES.
+            if !joinable {
+                conn.detect_attempts += 1;
+            }
             if conn.detect_attempts >= MAX_DETECT_ATTEMPTS {
                 self.m.detected[5].inc();
                 conn.parser = Parser::Opaque;

@@ -1275,3 +1275,102 @@ fn linked_client_spans_never_start_after_their_server_span() {
         );
     }
 }
+
+/// A connection picked up mid-request (a read before the agent's start took "GET "): the rest of
+/// that head is no request, and its response answers nothing seen; the next request on the
+/// connection still makes its span.
+#[test]
+fn http_server_connection_joined_mid_request_recovers_at_the_next_request() {
+    let mut s = Sim::new();
+    let sv = server(9, 30);
+    s.read(
+        &sv,
+        31,
+        10,
+        10,
+        b"/api/users/11 HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    s.write(
+        &sv,
+        31,
+        20,
+        20,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    for (t, piece) in [
+        (30, &b"GET "[..]),
+        (31, b"/api/users/12"),
+        (32, b" HTTP/1.1\r\nhost: "),
+        (33, b"x"),
+        (34, b"\r\n"),
+        (35, b"\r\n"),
+    ] {
+        s.read(&sv, 31, t, t, piece);
+    }
+    s.write(
+        &sv,
+        31,
+        40,
+        40,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let names: Vec<String> = s.spans().into_iter().map(|(_, sp)| sp.name).collect();
+    assert_eq!(names, ["GET /api/users/{id}"]);
+}
+
+/// The rest of a head a connection was picked up in the middle of, in many small reads, is one
+/// detection attempt: the response after it is recognized and the next request makes its span.
+/// Bytes that never become a protocol still give up after a bounded amount.
+#[test]
+fn detection_counts_runs_of_bytes_not_reads() {
+    let mut s = Sim::new();
+    let sv = server(9, 30);
+    for (t, piece) in [
+        (10, &b"/api/users/11 HTTP/1.1\r\nhost: "[..]),
+        (11, b"127.0.0.1:8080"),
+        (12, b"\r\n"),
+        (13, b"\r\n"),
+        (14, b"x-extra: 1\r\n"),
+    ] {
+        s.read(&sv, 31, t, t, piece);
+    }
+    s.write(
+        &sv,
+        31,
+        20,
+        20,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    s.read(
+        &sv,
+        31,
+        30,
+        30,
+        b"GET /api/users/12 HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    s.write(
+        &sv,
+        31,
+        40,
+        40,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let names: Vec<String> = s.spans().into_iter().map(|(_, sp)| sp.name).collect();
+    assert_eq!(names, ["GET /api/users/{id}"]);
+
+    // Opaque bytes in both directions, read by read: given up after MAX_DETECT_ATTEMPTS runs.
+    let mut s = Sim::new();
+    let other = server(10, 30);
+    for t in 0..(2 * u64::from(MAX_DETECT_ATTEMPTS)) {
+        let piece = [0xde, 0xad, t as u8, 0x01];
+        if t % 2 == 0 {
+            s.read(&other, 31, t, t, &piece);
+        } else {
+            s.write(&other, 31, t, t, &piece);
+        }
+    }
+    assert!(matches!(
+        s.b.conns.get(&10).map(|c| &c.parser),
+        Some(Parser::Opaque)
+    ));
+}
