@@ -317,6 +317,12 @@ impl TraceContexts {
         None
     }
 
+    /// Whether the server request still waits for its same-host client.
+    pub fn server_waiting(&self, key: Option<LinkKey>, request: RequestRef) -> bool {
+        key.and_then(|k| self.servers.get(&k))
+            .is_some_and(|q| q.iter().any(|w| w.request == request))
+    }
+
     /// A request is over or dropped: it no longer waits to be linked.
     pub fn forget(&mut self, key: Option<LinkKey>, request: RequestRef) {
         let Some(key) = key else { return };

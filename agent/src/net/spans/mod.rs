@@ -349,6 +349,22 @@ struct Finished {
     span: Span,
 }
 
+/// A server span that finished while its same-host client's event was still to come (the ring
+/// buffer orders events by when each syscall returned, and a client's write can return after the
+/// server has read, answered and finished): it waits up to LINGER_NS for the client to re-parent
+/// it, then goes out as it is.
+struct Lingering {
+    request: RequestRef,
+    key: Option<LinkKey>,
+    since_ns: u64,
+    finished: Finished,
+}
+
+/// How long a finished server span waits for its same-host client.
+const LINGER_NS: u64 = 200_000_000;
+/// Server spans waiting so at most; more go out at once.
+const MAX_LINGERING: usize = 4096;
+
 /// Everything the event handlers need besides the connection table.
 struct Core {
     cfg: SpanBuilderConfig,
@@ -359,6 +375,9 @@ struct Core {
     red: RedMetrics,
     m: Metrics,
     finished: Vec<Finished>,
+    lingering: Vec<Lingering>,
+    /// Set while a server span that still waits for its client is emitted: `push_span` parks it.
+    linger_next: Option<(RequestRef, Option<LinkKey>)>,
     /// Latest event time (monotonic ns).
     now: u64,
     /// Server requests to re-parent under a client span that came late: (server request,
@@ -411,6 +430,8 @@ impl SpanBuilder {
                 red,
                 m: Metrics::new(registry),
                 finished: Vec::new(),
+                lingering: Vec::new(),
+                linger_next: None,
                 now: 0,
                 reparents: Vec::new(),
                 linked: Vec::new(),
@@ -456,6 +477,7 @@ impl SpanBuilder {
 
     /// Housekeeping with the current monotonic time: forgets idle connections.
     pub fn tick(&mut self, now_monotonic_ns: u64) {
+        self.settle_lingering(now_monotonic_ns);
         let idle = u64::try_from(self.core.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         while let Some(&(seen, id)) = self.lru.first() {
             if now_monotonic_ns.saturating_sub(seen) <= idle {
@@ -464,6 +486,23 @@ impl SpanBuilder {
             self.evict(id, EvictReason::Idle);
         }
         self.publish_gauges();
+    }
+
+    /// Server spans that waited LINGER_NS for their client (all of them with `u64::MAX`) go out
+    /// as they are.
+    pub fn settle_lingering(&mut self, now_monotonic_ns: u64) {
+        let core = &mut self.core;
+        let (done, wait): (Vec<Lingering>, Vec<Lingering>) = std::mem::take(&mut core.lingering)
+            .into_iter()
+            .partition(|l| {
+                now_monotonic_ns == u64::MAX
+                    || now_monotonic_ns.saturating_sub(l.since_ns) >= LINGER_NS
+            });
+        core.lingering = wait;
+        for l in done {
+            core.ctx.forget(l.key, l.request);
+            core.finish(l.finished);
+        }
     }
 
     /// Spans finished and not yet taken.
@@ -701,8 +740,22 @@ impl SpanBuilder {
     }
 
     fn apply_reparents(&mut self) {
-        for ((conn_id, req_id), trace_id, parent) in self.core.reparents.drain(..) {
+        let reparents = std::mem::take(&mut self.core.reparents);
+        for ((conn_id, req_id), trace_id, parent) in reparents {
             let Some(p) = self.conns.get_mut(&conn_id).and_then(|c| c.get_mut(req_id)) else {
+                // Finished already: it lingers for exactly this.
+                let core = &mut self.core;
+                if let Some(i) = core
+                    .lingering
+                    .iter()
+                    .position(|l| l.request == (conn_id, req_id))
+                {
+                    let mut l = core.lingering.swap_remove(i);
+                    l.finished.span.trace_id = trace_id.to_vec();
+                    l.finished.span.parent_span_id = parent.to_vec();
+                    l.finished.span.trace_state.clear();
+                    core.finish(l.finished);
+                }
                 continue;
             };
             p.ctx.trace_id = trace_id;
@@ -1042,17 +1095,30 @@ impl Core {
                     ..
                 } => {
                     let Some(p) = conn.take(*id) else { continue };
-                    self.release(conn_id, conn.role, &p);
                     let status = match &p.request {
                         Request::Http(h) => h.status,
                         _ => None,
                     };
+                    let request = (conn_id, p.id);
+                    let linger = status.is_some()
+                        && conn.role == Role::Server
+                        && self.ctx.server_waiting(p.link, request);
+                    if linger {
+                        // Keeps waiting for its client; only the serving thread is released.
+                        self.ctx.stop_serving(p.tid, request);
+                    } else {
+                        self.release(conn_id, conn.role, &p);
+                    }
                     if status.is_none() {
                         self.m.drop(DropReason::NoResponse, 1);
                         continue;
                     }
                     let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
+                    if linger {
+                        self.linger_next = Some((request, p.link));
+                    }
                     self.emit_http(conn, p, end_ns);
+                    self.linger_next = None;
                 }
                 http1::Event::MessageEnd {
                     flow: Flow::ServerToClient,
@@ -1164,11 +1230,31 @@ impl Core {
 
     /// Queues a finished span for the next flush.
     fn push_span(&mut self, pid: u32, process: Arc<ProcessInfo>, span: Span) {
+        let finished = Finished { pid, process, span };
+        match self.linger_next.take() {
+            Some((request, key)) if self.lingering.len() < MAX_LINGERING => {
+                self.lingering.push(Lingering {
+                    request,
+                    key,
+                    since_ns: self.now,
+                    finished,
+                });
+            }
+            Some((request, key)) => {
+                self.ctx.forget(key, request);
+                self.finish(finished);
+            }
+            None => self.finish(finished),
+        }
+    }
+
+    /// Queues a span for the next flush, within `max_finished_spans`.
+    fn finish(&mut self, finished: Finished) {
         if self.finished.len() >= self.cfg.max_finished_spans {
             self.m.drop(DropReason::BufferFull, 1);
             return;
         }
-        self.finished.push(Finished { pid, process, span });
+        self.finished.push(finished);
     }
 }
 
@@ -1214,6 +1300,7 @@ fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvent>, exporter: &TraceSub
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
+                builder.settle_lingering(u64::MAX);
                 flush(&mut builder);
                 builder.shutdown();
                 return;

@@ -163,6 +163,7 @@ impl Sim {
 
     /// Every finished span with its resource attributes.
     fn spans(&mut self) -> Vec<(Vec<KeyValue>, Span)> {
+        self.b.settle_lingering(u64::MAX);
         let mut out = Vec::new();
         while let Some(batch) = self.b.take_batch(3) {
             for rs in batch.resource_spans {
@@ -1066,6 +1067,7 @@ fn finished_spans_are_bounded() {
         s.read(&c, 7, i * 100, i * 100 + 1, b"GET / HTTP/1.1\r\n\r\n");
         s.write(&c, 7, i * 100 + 2, i * 100 + 3, OK);
     }
+    s.b.settle_lingering(u64::MAX);
     assert_eq!(s.b.finished_len(), 3);
     assert_eq!(
         s.metric("loupe_spans_dropped_total{reason=\"buffer_full\"}"),
@@ -1085,6 +1087,7 @@ fn unknown_role_is_inferred_and_batches_group_by_process() {
     s.write(&other, 8, 20, 30, OK);
     s.read(&c, 7, 40, 50, REQ);
     s.write(&c, 7, 60, 70, OK);
+    s.b.settle_lingering(u64::MAX);
     let batch = s.b.take_batch(100).unwrap();
     assert_eq!(batch.resource_spans.len(), 2);
     assert_eq!(batch.span_count(), 3);
@@ -1373,4 +1376,44 @@ fn detection_counts_runs_of_bytes_not_reads() {
         s.b.conns.get(&10).map(|c| &c.parser),
         Some(Parser::Opaque)
     ));
+}
+
+/// The server read, answered and finished before the client's write event came out of the ring
+/// (fexit times a write by its return): the server span waits and is still re-parented. One that
+/// waits in vain goes out unlinked once LINGER_NS has passed.
+#[test]
+fn a_server_span_finished_before_its_client_event_is_still_linked() {
+    let mut s = Sim::new();
+    let (cl, sv) = same_host_pair();
+    let req = b"GET /late HTTP/1.1\r\nHost: localhost:8080\r\n\r\n";
+    s.read(&sv, 31, 150, 150, req);
+    s.write(&sv, 31, 300, 300, OK);
+    assert_eq!(s.b.finished_len(), 0, "the server span lingers");
+    s.write(&cl, 21, 0, 320, req);
+    s.read(&cl, 21, 400, 400, OK);
+    let spans = s.spans();
+    let server = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == "GET /late")
+        .unwrap();
+    let client = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == "GET")
+        .unwrap();
+    assert_eq!(server.parent_span_id, client.span_id);
+    assert_eq!(server.trace_id, client.trace_id);
+    assert_eq!(s.b.core.ctx.len(), (0, 0), "nothing left waiting");
+
+    // No client ever: out after LINGER_NS, unlinked.
+    let mut s = Sim::new();
+    let (_, sv) = same_host_pair();
+    s.read(&sv, 31, 150, 150, req);
+    s.write(&sv, 31, 300, 300, OK);
+    s.b.tick(300 + LINGER_NS - 1);
+    assert_eq!(s.b.finished_len(), 0);
+    s.b.tick(300 + LINGER_NS);
+    assert_eq!(s.b.finished_len(), 1);
+    assert_eq!(s.b.core.ctx.len(), (0, 0));
 }
