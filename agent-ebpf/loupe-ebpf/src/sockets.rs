@@ -122,6 +122,14 @@ fn conn_key(pid_tgid: u64, fd: u64) -> Option<u64> {
     Some((pid_tgid & 0xffff_ffff_0000_0000) | u64::from(fd))
 }
 
+/// The connection tracked as (pid, fd), copied out of the map.
+#[inline(always)]
+fn tracked(pid_tgid: u64, fd: u64) -> Option<ConnState> {
+    let state = CONNECTIONS.get_ptr(conn_key(pid_tgid, fd)?)?;
+    // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+    Some(unsafe { *state })
+}
+
 /// Whether connections of this process are tracked at all.
 #[inline(always)]
 fn wanted(pid: u32, config: &SocketConfig) -> bool {
@@ -258,8 +266,7 @@ pub fn sock_exit_accept4_late(ctx: TracePointContext) -> u32 {
 fn accepted_untracked(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret = arg(ctx, 0) as i64;
-    let key = conn_key(pid_tgid, ret as u64).ok_or(0)?;
-    if CONNECTIONS.get_ptr(key).is_some() {
+    if tracked(pid_tgid, ret as u64).is_some() {
         return Ok(());
     }
     accepted(pid_tgid, ret, None)
@@ -633,10 +640,7 @@ data_syscall!(
 fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = arg(ctx, 0);
-    let Some(key) = conn_key(pid_tgid, fd) else {
-        return;
-    };
-    if CONNECTIONS.get_ptr(key).is_none() {
+    if tracked(pid_tgid, fd).is_none() {
         return;
     }
     let count = if buffer_kind == buffer::IOVEC {
@@ -661,21 +665,19 @@ fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
 fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = take_args(pid_tgid, buffer_kind).ok_or(0)?;
-    moved(pid_tgid, &args, arg(ctx, 0) as i64)
-}
-
-/// A data syscall described by `args` returned `ret`: on a tracked connection, emit what moved.
-#[inline(always)]
-fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
+    let ret = arg(ctx, 0) as i64;
     if ret <= 0 {
         return Ok(());
     }
-    let fd = args.fd as u32 as u64;
-    let key = conn_key(pid_tgid, fd).ok_or(0)?;
     // Closed by another thread meanwhile: its CLOSE is out already, so stay quiet.
-    let state = CONNECTIONS.get_ptr(key).ok_or(0)?;
-    // SAFETY: the pointer comes from a successful lookup; the value is copied out.
-    let state = unsafe { *state };
+    let state = tracked(pid_tgid, args.fd as u32 as u64).ok_or(0)?;
+    moved(pid_tgid, &args, ret, &state)
+}
+
+/// A data syscall described by `args` moved `ret` (> 0) bytes on the tracked connection `state`:
+/// emit what moved.
+#[inline(always)]
+fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
     let config = config().ok_or(0)?;
     let want = (ret as u64)
         .min(u64::from(config.capture_bytes))
@@ -848,10 +850,7 @@ fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Resu
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = regs_arg(regs, 0, config)?;
     // The common case, an fd that is no tracked socket, stops at this lookup.
-    let key = conn_key(pid_tgid, fd).ok_or(0)?;
-    if CONNECTIONS.get_ptr(key).is_none() {
-        return Ok(());
-    }
+    let state = tracked(pid_tgid, fd).ok_or(0)?;
     let count = if buffer_kind == buffer::IOVEC {
         regs_arg(regs, 2, config)?.min(u64::from(u32::MAX)) as u32
     } else {
@@ -865,7 +864,7 @@ fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Resu
         count,
         direction: data_direction,
     };
-    moved(pid_tgid, &args, ret)
+    moved(pid_tgid, &args, ret, &state)
 }
 
 /// `bpf_ringbuf_query` flag: bytes waiting to be read.
