@@ -38,6 +38,10 @@ pub enum EbpfError {
     /// A map named in the object is missing or has another type.
     #[error("eBPF map {name}: {message}")]
     Map { name: &'static str, message: String },
+    /// Something the programs need besides themselves and their maps: kernel BTF, a thread, an
+    /// attach point.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Loads the object: creates its maps; programs are loaded into the kernel one by one by their users.
@@ -82,6 +86,17 @@ where
         name,
         message: e.to_string(),
     })
+}
+
+/// A program of the object as its typed form (`TracePoint`, `FExit`, ...).
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::Program(name))?
+        .try_into()
+        .map_err(|_| EbpfError::Program(name))
 }
 
 /// Converts a program load failure, keeping the verifier's log out of the user-facing message.

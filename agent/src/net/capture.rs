@@ -47,7 +47,7 @@ use loupe_common::socket::{
 
 use super::SocketEvent;
 use crate::{
-    ebpf::{EbpfError, rejected, take_map},
+    ebpf::{EbpfError, program, rejected, take_map},
     probe::SocketAttach,
 };
 
@@ -166,6 +166,7 @@ struct Metrics {
     dropped_args_map_full: Counter,
     dropped_queue_full: Counter,
     untracked_map_full: Counter,
+    untracked_seed_limit: Counter,
     read_failures_buffer: Counter,
     read_failures_tuple: Counter,
     swept: Counter,
@@ -189,6 +190,13 @@ impl Metrics {
                 &[("reason", reason)],
             )
         };
+        let untracked = |reason: &str| {
+            r.counter(
+                "loupe_socket_connections_untracked_total",
+                "TCP connections not tracked, by reason.",
+                &[("reason", reason)],
+            )
+        };
         let read_failures = |what: &str| {
             r.counter(
                 "loupe_socket_read_failures_total",
@@ -204,11 +212,10 @@ impl Metrics {
             dropped_ring_full: dropped("ring_full"),
             dropped_args_map_full: dropped("args_map_full"),
             dropped_queue_full: dropped("queue_full"),
-            untracked_map_full: r.counter(
-                "loupe_socket_connections_untracked_total",
-                "TCP connections not tracked, by reason.",
-                &[("reason", "map_full")],
-            ),
+            untracked_map_full: untracked("map_full"),
+            // Connections open at the start beyond half the connection map (the other half is
+            // kept for new ones).
+            untracked_seed_limit: untracked("seed_limit"),
             read_failures_buffer: read_failures("buffer"),
             read_failures_tuple: read_failures("tuple"),
             swept: r.counter(
@@ -334,7 +341,9 @@ impl SocketCapture {
         if method == SocketAttach::Tracepoints {
             for s in SYSCALLS {
                 for prog in std::iter::once(s.enter).chain(s.exit) {
-                    program(ebpf, prog)?.load().map_err(|e| rejected(prog, e))?;
+                    program::<TracePoint>(ebpf, prog)?
+                        .load()
+                        .map_err(|e| rejected(prog, e))?;
                 }
             }
             for s in SYSCALLS {
@@ -348,10 +357,9 @@ impl SocketCapture {
             }
         }
         if attached.is_empty() {
-            return Err(EbpfError::Map {
-                name: "SOCKET_EVENTS",
-                message: "no syscall tracepoint could be attached (is tracefs mounted?)".into(),
-            });
+            return Err(EbpfError::Unavailable(
+                "no syscall tracepoint could be attached (is tracefs mounted?)".into(),
+            ));
         }
 
         let metrics = Metrics::new(registry);
@@ -369,11 +377,18 @@ impl SocketCapture {
                 CONN_ENTRIES as usize / 2,
             );
             const BPF_NOEXIST: u64 = 1;
-            let seeded = found
-                .iter()
-                .filter(|(key, state)| maps.connections.insert(key, state, BPF_NOEXIST).is_ok())
-                .count();
-            metrics.seeded.add(seeded as u64);
+            let mut seeded = 0;
+            for (key, state) in &found.connections {
+                match maps.connections.insert(key, state, BPF_NOEXIST) {
+                    Ok(()) => seeded += 1,
+                    // The kernel tracks it already.
+                    Err(aya::maps::MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(_) => metrics.untracked_map_full.inc(),
+                }
+            }
+            metrics.seeded.add(seeded);
+            metrics.untracked_seed_limit.add(found.over_limit as u64);
             tracing::info!(
                 connections = seeded,
                 "connections open before the start are followed"
@@ -387,9 +402,8 @@ impl SocketCapture {
             thread::Builder::new()
                 .name("loupe-sockets".into())
                 .spawn(move || read_events(maps, tx, metrics, sweep_interval, stop, late_accepts))
-                .map_err(|e| EbpfError::Map {
-                    name: "SOCKET_EVENTS",
-                    message: format!("cannot start the socket reader thread: {e}"),
+                .map_err(|e| {
+                    EbpfError::Unavailable(format!("cannot start the socket reader thread: {e}"))
                 })?
         };
         tracing::info!(
@@ -451,18 +465,27 @@ impl Drop for SocketCapture {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePoint, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or(EbpfError::Program(name))?
-        .try_into()
-        .map_err(|_| EbpfError::Program(name))
-}
-
 /// A program's link, of whichever kind: dropping it detaches the program.
 enum CaptureLink {
     TracePoint(#[allow(dead_code)] TracePointLink),
     FEntry(#[allow(dead_code)] FEntryLink),
     FExit(#[allow(dead_code)] FExitLink),
+}
+
+/// Attaches the loaded tracepoint program `prog` to `syscalls:<tracepoint>`; the link is ours.
+fn attach_owned(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    tracepoint: &str,
+) -> Result<CaptureLink, EbpfError> {
+    let program: &mut TracePoint = program(ebpf, prog)?;
+    let attach_error = |source| EbpfError::Attach { name: prog, source };
+    let id = program
+        .attach("syscalls", tracepoint)
+        .map_err(attach_error)?;
+    Ok(CaptureLink::TracePoint(
+        program.take_link(id).map_err(attach_error)?,
+    ))
 }
 
 /// Attaches sys_exit before sys_enter, so every saved enter meets its exit; if sys_enter fails,
@@ -475,15 +498,7 @@ fn attach_syscall(ebpf: &mut Ebpf, s: &Syscall) -> Result<Vec<CaptureLink>, Ebpf
         .into_iter()
         .chain([(s.enter, format!("sys_enter_{}", s.name))])
     {
-        let program = program(ebpf, prog)?;
-        let id = program
-            .attach("syscalls", &tracepoint)
-            .map_err(|source| EbpfError::Attach { name: prog, source })?;
-        links.push(CaptureLink::TracePoint(
-            program
-                .take_link(id)
-                .map_err(|source| EbpfError::Attach { name: prog, source })?,
-        ));
+        links.push(attach_owned(ebpf, prog, &tracepoint)?);
     }
     Ok(links)
 }
@@ -497,16 +512,11 @@ fn attach_late_accepts(ebpf: &mut Ebpf) -> Vec<CaptureLink> {
         ("sock_exit_accept_late", "sys_exit_accept"),
         ("sock_exit_accept4_late", "sys_exit_accept4"),
     ] {
-        let attached = program(ebpf, prog).and_then(|p| {
-            p.load().map_err(|e| rejected(prog, e))?;
-            let id = p
-                .attach("syscalls", tracepoint)
-                .map_err(|source| EbpfError::Attach { name: prog, source })?;
-            p.take_link(id)
-                .map_err(|source| EbpfError::Attach { name: prog, source })
-        });
+        let attached = program::<TracePoint>(ebpf, prog)
+            .and_then(|p| p.load().map_err(|e| rejected(prog, e)))
+            .and_then(|()| attach_owned(ebpf, prog, tracepoint));
         match attached {
-            Ok(link) => links.push(CaptureLink::TracePoint(link)),
+            Ok(link) => links.push(link),
             Err(e) => tracing::debug!(
                 "{e}: a thread blocked in accept() at start-up has its next connection missed"
             ),
@@ -519,30 +529,26 @@ fn attach_late_accepts(ebpf: &mut Ebpf) -> Vec<CaptureLink> {
 /// made so far are dropped (detached) and the error returned.
 fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
     let Some((prefix, _)) = ENTRY_POINTS else {
-        return Err(EbpfError::Map {
-            name: "SOCKET_EVENTS",
-            message: "fentry/fexit capture is not written for this CPU architecture".into(),
-        });
+        return Err(EbpfError::Unavailable(
+            "fentry/fexit capture is not written for this CPU architecture".into(),
+        ));
     };
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Map {
-        name: "SOCKET_EVENTS",
-        message: format!("fentry/fexit need the kernel's BTF: {e}"),
-    })?;
+    let btf = aya::Btf::from_sys_fs()
+        .map_err(|e| EbpfError::Unavailable(format!("fentry/fexit need the kernel's BTF: {e}")))?;
     let mut links = Vec::with_capacity(SYSCALLS.len());
     for s in SYSCALLS {
         let function = format!("{prefix}{}", s.name);
         let name = s.trampoline.program();
         let attach_error = |source: ProgramError| EbpfError::Attach { name, source };
-        let program = ebpf.program_mut(name).ok_or(EbpfError::Program(name))?;
         let link = match s.trampoline {
             Trampoline::Entry(_) => {
-                let p: &mut FEntry = program.try_into().map_err(|_| EbpfError::Program(name))?;
+                let p: &mut FEntry = program(ebpf, name)?;
                 p.load(&function, &btf).map_err(|e| rejected(name, e))?;
                 let id = p.attach().map_err(attach_error)?;
                 CaptureLink::FEntry(p.take_link(id).map_err(attach_error)?)
             }
             Trampoline::Exit(_) => {
-                let p: &mut FExit = program.try_into().map_err(|_| EbpfError::Program(name))?;
+                let p: &mut FExit = program(ebpf, name)?;
                 p.load(&function, &btf).map_err(|e| rejected(name, e))?;
                 let id = p.attach().map_err(attach_error)?;
                 CaptureLink::FExit(p.take_link(id).map_err(attach_error)?)

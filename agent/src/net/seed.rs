@@ -16,6 +16,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    net::Ipv4Addr,
     os::unix::fs::MetadataExt,
     path::Path,
 };
@@ -74,18 +75,19 @@ fn parse_endpoint(s: &str, v6: bool) -> Option<([u8; 16], u16)> {
     if addr.len() != words * 8 {
         return None;
     }
-    let mut bytes = [0u8; 16];
-    let start = if v6 {
-        0
-    } else {
-        bytes[10] = 0xff;
-        bytes[11] = 0xff;
-        12
+    let word = |w: usize| -> Option<[u8; 4]> {
+        let hex = addr.get(w * 8..w * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
     };
-    for w in 0..words {
-        let word = u32::from_str_radix(addr.get(w * 8..w * 8 + 8)?, 16).ok()?;
-        bytes[start + w * 4..start + w * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
+    let bytes = if v6 {
+        let mut bytes = [0u8; 16];
+        for w in 0..words {
+            bytes[w * 4..w * 4 + 4].copy_from_slice(&word(w)?);
+        }
+        bytes
+    } else {
+        Ipv4Addr::from(word(0)?).to_ipv6_mapped().octets()
+    };
     Some((bytes, port))
 }
 
@@ -137,13 +139,23 @@ impl NamespaceSockets {
 /// A connection found: the connection map's key (`pid << 32 | fd`) and value.
 pub type Seeded = (u64, ConnState);
 
+/// What `find_connections` found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// At most the limit asked for.
+    pub connections: Vec<Seeded>,
+    /// Established connections found beyond the limit (not followed).
+    pub over_limit: usize,
+}
+
 /// Finds the established TCP connections of every process under `proc_root` (`/proc`) that `want`
-/// accepts, at most `limit`. Processes and fds that vanish meanwhile are skipped.
-pub fn find_connections(proc_root: &Path, want: impl Fn(u32) -> bool, limit: usize) -> Vec<Seeded> {
+/// accepts, at most `limit` (the rest are only counted). Processes and fds that vanish meanwhile
+/// are skipped.
+pub fn find_connections(proc_root: &Path, want: impl Fn(u32) -> bool, limit: usize) -> Found {
     let mut namespaces: HashMap<u64, NamespaceSockets> = HashMap::new();
-    let mut out = Vec::new();
+    let mut found = Found::default();
     let Ok(entries) = fs::read_dir(proc_root) else {
-        return out;
+        return found;
     };
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -187,16 +199,18 @@ pub fn find_connections(proc_root: &Path, want: impl Fn(u32) -> bool, limit: usi
             NamespaceSockets::parse(&read("tcp"), &read("tcp6"))
         });
         for (fd, inode) in sockets {
-            if out.len() >= limit {
-                return out;
-            }
+            let out = &mut found.connections;
             let id = SEEDED_ID_BASE | out.len() as u64;
             if let Some(state) = ns.conn_state(inode, id) {
-                out.push(((u64::from(pid) << 32) | u64::from(fd), state));
+                if out.len() < limit {
+                    out.push(((u64::from(pid) << 32) | u64::from(fd), state));
+                } else {
+                    found.over_limit += 1;
+                }
             }
         }
     }
-    out
+    found
 }
 
 #[cfg(test)]
@@ -213,14 +227,6 @@ mod tests {
    0: 00000000000000000000000001000000:18EB 00000000000000000000000001000000:D431 01 00000000:00000000 00:00000000 00000000     0        0 2001 1 0000000000000000 20 4 30 10 -1
 ";
 
-    fn mapped(a: [u8; 4]) -> [u8; 16] {
-        let mut x = [0u8; 16];
-        x[10] = 0xff;
-        x[11] = 0xff;
-        x[12..].copy_from_slice(&a);
-        x
-    }
-
     #[test]
     fn parses_proc_net_tcp_lines() {
         let mut lines = TCP.lines();
@@ -232,8 +238,8 @@ mod tests {
         assert_eq!(
             server.tuple,
             ConnTuple {
-                local_addr: mapped([127, 0, 0, 1]),
-                remote_addr: mapped([127, 0, 0, 1]),
+                local_addr: Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
+                remote_addr: Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
                 local_port: 8080,
                 remote_port: 50000,
                 family: AF_INET,
@@ -281,6 +287,11 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id();
         let found = find_connections(Path::new("/proc"), |pid| pid == me, 1024);
+        assert_eq!(found.over_limit, 0);
+        // A limit of 1 keeps one of them and counts the other.
+        let one = find_connections(Path::new("/proc"), |pid| pid == me, 1);
+        assert_eq!((one.connections.len(), one.over_limit), (1, 1));
+        let found = found.connections;
         use std::os::fd::AsRawFd;
         let key = |fd: i32| (u64::from(me) << 32) | fd as u64;
         let by_key: HashMap<u64, ConnState> = found.into_iter().collect();

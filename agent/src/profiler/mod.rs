@@ -35,7 +35,7 @@ use loupe_collector::{
 };
 use loupe_common::{ProcessEvent, ProfilerConfig, SampleKey, SampleValue, counter, process_event};
 
-use crate::ebpf::{EbpfError, rejected, take_map};
+use crate::ebpf::{EbpfError, program, rejected, take_map};
 pub use assemble::comm_str;
 use assemble::{RawSample, StackStats};
 use procs::ProcessTable;
@@ -245,9 +245,8 @@ impl Profiler {
             thread::Builder::new()
                 .name("loupe-procs".into())
                 .spawn(move || watch_processes(ring, procs, stop))
-                .map_err(|e| EbpfError::Map {
-                    name: "PROCESS_EVENTS",
-                    message: format!("cannot start the process watcher thread: {e}"),
+                .map_err(|e| {
+                    EbpfError::Unavailable(format!("cannot start the process watcher thread: {e}"))
                 })?
         };
 
@@ -264,16 +263,10 @@ impl Profiler {
             }
         }
 
-        let program: &mut PerfEvent = ebpf
-            .program_mut("profile_cpu")
-            .ok_or(EbpfError::Program("profile_cpu"))?
-            .try_into()
-            .map_err(|_| EbpfError::Program("profile_cpu"))?;
+        let program: &mut PerfEvent = program(&mut ebpf, "profile_cpu")?;
         program.load().map_err(|e| rejected("profile_cpu", e))?;
-        let cpus = online_cpus().map_err(|(_, e)| EbpfError::Map {
-            name: "profile_cpu",
-            message: format!("cannot list online CPUs: {e}"),
-        })?;
+        let cpus = online_cpus()
+            .map_err(|(_, e)| EbpfError::Unavailable(format!("cannot list online CPUs: {e}")))?;
         for cpu in &cpus {
             program
                 .attach(
@@ -488,11 +481,7 @@ impl Drop for Profiler {
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<(), EbpfError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or(EbpfError::Program(prog))?
-        .try_into()
-        .map_err(|_| EbpfError::Program(prog))?;
+    let program: &mut TracePoint = program(ebpf, prog)?;
     program.load().map_err(|e| rejected(prog, e))?;
     program
         .attach("sched", name)
