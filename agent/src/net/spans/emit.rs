@@ -26,7 +26,7 @@ use loupe_protocols::{Role, mysql, redis};
 
 use super::attrs::{self, Attrs, MAX_STATUS_MESSAGE_LEN, cut};
 use super::conn::{Conn, DbRequest, Pending, Request};
-use super::{Core, ProcessInfo};
+use super::{Core, Finished, ProcessInfo};
 
 /// Longest unsanitized Redis command text kept.
 const MAX_REDIS_RAW: usize = 1024;
@@ -177,8 +177,11 @@ impl Core {
         self.processes.get(pid, self.now)
     }
 
-    pub(super) fn emit_http(&mut self, conn: &Conn, p: Pending, end_ns: u64) {
-        let Request::Http(h) = &p.request else { return };
+    /// The span of a finished HTTP request (RED metrics are recorded here); the caller queues it.
+    pub(super) fn http_span(&mut self, conn: &Conn, p: Pending, end_ns: u64) -> Option<Finished> {
+        let Request::Http(h) = &p.request else {
+            return None;
+        };
         let status = h.status.unwrap_or(0);
         let status_text = status.to_string();
         let method = h.method.semconv();
@@ -263,7 +266,11 @@ impl Core {
             SpanKind::Client
         };
         let span = self.span(&p, name, kind, end_ns, a, error.then(String::new));
-        self.push_span(conn.pid, process, span);
+        Some(Finished {
+            pid: conn.pid,
+            process,
+            span,
+        })
     }
 
     pub(super) fn emit_db(
@@ -323,6 +330,10 @@ impl Core {
             .error
             .then(|| result.message.clone().unwrap_or_default());
         let span = self.span(&p, name, SpanKind::Client, end_ns, a, status);
-        self.push_span(conn.pid, process, span);
+        self.finish(Finished {
+            pid: conn.pid,
+            process,
+            span,
+        });
     }
 }

@@ -44,7 +44,7 @@ mod red;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -360,7 +360,8 @@ struct Lingering {
     finished: Finished,
 }
 
-/// How long a finished server span waits for its same-host client.
+/// How long a finished server span waits for its same-host client (by event time, or by the
+/// clock at the next housekeeping tick when no events come).
 const LINGER_NS: u64 = 200_000_000;
 /// Server spans waiting so at most; more go out at once.
 const MAX_LINGERING: usize = 4096;
@@ -375,9 +376,8 @@ struct Core {
     red: RedMetrics,
     m: Metrics,
     finished: Vec<Finished>,
-    lingering: Vec<Lingering>,
-    /// Set while a server span that still waits for its client is emitted: `push_span` parks it.
-    linger_next: Option<(RequestRef, Option<LinkKey>)>,
+    /// In the order they finished (so the oldest is first).
+    lingering: VecDeque<Lingering>,
     /// Latest event time (monotonic ns).
     now: u64,
     /// Server requests to re-parent under a client span that came late: (server request,
@@ -430,8 +430,7 @@ impl SpanBuilder {
                 red,
                 m: Metrics::new(registry),
                 finished: Vec::new(),
-                lingering: Vec::new(),
-                linger_next: None,
+                lingering: VecDeque::new(),
                 now: 0,
                 reparents: Vec::new(),
                 linked: Vec::new(),
@@ -472,6 +471,7 @@ impl SpanBuilder {
             _ => self.core.m.events[3].inc(),
         }
         self.enforce_limits(h.conn_id);
+        self.settle_lingering(self.core.now);
         self.publish_gauges();
     }
 
@@ -492,16 +492,15 @@ impl SpanBuilder {
     /// as they are.
     pub fn settle_lingering(&mut self, now_monotonic_ns: u64) {
         let core = &mut self.core;
-        let (done, wait): (Vec<Lingering>, Vec<Lingering>) = std::mem::take(&mut core.lingering)
-            .into_iter()
-            .partition(|l| {
-                now_monotonic_ns == u64::MAX
-                    || now_monotonic_ns.saturating_sub(l.since_ns) >= LINGER_NS
-            });
-        core.lingering = wait;
-        for l in done {
-            core.ctx.forget(l.key, l.request);
-            core.finish(l.finished);
+        while core
+            .lingering
+            .front()
+            .is_some_and(|l| now_monotonic_ns.saturating_sub(l.since_ns) >= LINGER_NS)
+        {
+            if let Some(l) = core.lingering.pop_front() {
+                core.ctx.forget(l.key, l.request);
+                core.finish(l.finished);
+            }
         }
     }
 
@@ -749,8 +748,8 @@ impl SpanBuilder {
                     .lingering
                     .iter()
                     .position(|l| l.request == (conn_id, req_id))
+                    && let Some(mut l) = core.lingering.remove(i)
                 {
-                    let mut l = core.lingering.swap_remove(i);
                     l.finished.span.trace_id = trace_id.to_vec();
                     l.finished.span.parent_span_id = parent.to_vec();
                     l.finished.span.trace_state.clear();
@@ -1114,11 +1113,15 @@ impl Core {
                         continue;
                     }
                     let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
+                    let key = p.link;
+                    let Some(finished) = self.http_span(conn, p, end_ns) else {
+                        continue;
+                    };
                     if linger {
-                        self.linger_next = Some((request, p.link));
+                        self.linger(request, key, finished);
+                    } else {
+                        self.finish(finished);
                     }
-                    self.emit_http(conn, p, end_ns);
-                    self.linger_next = None;
                 }
                 http1::Event::MessageEnd {
                     flow: Flow::ServerToClient,
@@ -1228,23 +1231,19 @@ impl Core {
         }
     }
 
-    /// Queues a finished span for the next flush.
-    fn push_span(&mut self, pid: u32, process: Arc<ProcessInfo>, span: Span) {
-        let finished = Finished { pid, process, span };
-        match self.linger_next.take() {
-            Some((request, key)) if self.lingering.len() < MAX_LINGERING => {
-                self.lingering.push(Lingering {
-                    request,
-                    key,
-                    since_ns: self.now,
-                    finished,
-                });
-            }
-            Some((request, key)) => {
-                self.ctx.forget(key, request);
-                self.finish(finished);
-            }
-            None => self.finish(finished),
+    /// Parks a finished server span that still waits for its same-host client (see
+    /// `Lingering`); past MAX_LINGERING it goes out at once.
+    fn linger(&mut self, request: RequestRef, key: Option<LinkKey>, finished: Finished) {
+        if self.lingering.len() < MAX_LINGERING {
+            self.lingering.push_back(Lingering {
+                request,
+                key,
+                since_ns: self.now,
+                finished,
+            });
+        } else {
+            self.ctx.forget(key, request);
+            self.finish(finished);
         }
     }
 
