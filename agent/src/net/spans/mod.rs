@@ -903,6 +903,32 @@ impl Core {
         }
     }
 
+    /// A database client request (MySQL, Redis) waits for its response: timed from the chunk
+    /// that carried it, a child of whatever its thread serves; never linked to a server span.
+    fn queue_db_request(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        id: u64,
+        chunk: Option<Chunk>,
+        request: Request,
+    ) {
+        let (start_ns, tid) = chunk.map(|c| (c.start_ns, c.tid)).unwrap_or((self.now, 0));
+        let (ctx, link) = self.client_context((conn_id, id), conn, None, None, tid, false);
+        self.queue(
+            conn,
+            conn_id,
+            Pending {
+                id,
+                start_ns,
+                tid,
+                ctx,
+                link,
+                request,
+            },
+        );
+    }
+
     fn queue(&mut self, conn: &mut Conn, conn_id: u64, p: Pending) {
         if let Some(old) = conn.push(p, self.cfg.max_pending_requests) {
             self.release(conn_id, conn.role, &old);
@@ -1142,10 +1168,6 @@ impl Core {
         for ev in events {
             match ev {
                 mysql::Event::Request { id, command } => {
-                    let (start_ns, tid) =
-                        chunk.map(|c| (c.start_ns, c.tid)).unwrap_or((self.now, 0));
-                    let (ctx, link) =
-                        self.client_context((conn_id, *id), conn, None, None, tid, false);
                     let schema = match &conn.parser {
                         Parser::MySql(p) => p.schema().map(str::to_owned),
                         _ => None,
@@ -1155,18 +1177,7 @@ impl Core {
                         schema,
                         self.cfg.sanitize_queries,
                     ));
-                    self.queue(
-                        conn,
-                        conn_id,
-                        Pending {
-                            id: *id,
-                            start_ns,
-                            tid,
-                            ctx,
-                            link,
-                            request,
-                        },
-                    );
+                    self.queue_db_request(conn_id, conn, *id, chunk, request);
                 }
                 mysql::Event::Response { id, response, end } => {
                     let Some(p) = conn.take(*id) else { continue };
@@ -1197,24 +1208,9 @@ impl Core {
         for ev in events {
             match ev {
                 redis::Event::Request { id, command } => {
-                    let (start_ns, tid) =
-                        chunk.map(|c| (c.start_ns, c.tid)).unwrap_or((self.now, 0));
-                    let (ctx, link) =
-                        self.client_context((conn_id, *id), conn, None, None, tid, false);
                     let request =
                         Request::Redis(emit::redis_request(command, self.cfg.sanitize_queries));
-                    self.queue(
-                        conn,
-                        conn_id,
-                        Pending {
-                            id: *id,
-                            start_ns,
-                            tid,
-                            ctx,
-                            link,
-                            request,
-                        },
-                    );
+                    self.queue_db_request(conn_id, conn, *id, chunk, request);
                 }
                 redis::Event::Response { id, reply, end } => {
                     let Some(p) = conn.take(*id) else { continue };
