@@ -47,8 +47,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         return Err(anyhow!("cannot start the CPU profiler: {missing}"));
     }
     let mut ebpf = crate::ebpf::load()?;
-    // Only loading a program tells whether fentry works; it decides how sockets are captured.
-    features.fentry = crate::ebpf::probe_fentry(&mut ebpf);
+    // Only loading a program tells whether fentry works; it decides how sockets are captured,
+    // so it is tried only when they are.
+    features.fentry = if config.network_spans {
+        crate::ebpf::probe_fentry(&mut ebpf)
+    } else {
+        crate::probe::Availability::Unknown("not probed: network spans are off".into())
+    };
     let plan = crate::probe::plan(&features);
     tracing::debug!(?features, ?plan, "kernel features");
 
