@@ -1,6 +1,7 @@
 //! `cargo xtask vm-test`: the kernel matrix. Boots the release agent and its end-to-end tests
-//! (profiler, HTTP spans) on the kernels EKS nodes run (5.10, 6.1, 6.12), using Debian's cloud kernels as stand-ins,
-//! under `qemu-system-x86_64 -accel tcg` (no KVM needed), and prints a table: kernel × checks.
+//! (profiler, HTTP spans) on the kernels EKS nodes run (5.10, 6.1, 6.12), using Debian's cloud
+//! kernels as stand-ins, under `qemu-system-x86_64 -accel tcg` (no KVM needed), and prints a
+//! table: kernel × checks.
 //!
 //! 1. Kernels: `apt-get download` of the newest `linux-image-<series>*-cloud-amd64-unsigned` from
 //!    Debian's suites, with a sources list, index and cache of our own under target/vm-cache/apt
@@ -563,8 +564,10 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
     std::fs::write(
         stage.join("loupe/vm.env"),
         format!(
-            "RUST_LOG='{}'\nTEST_FILTER='{filter}'\nCAPTURE_FILTER='{}'\n",
-            args.rust_log, args.capture_filter
+            "RUST_LOG='{}'\nTEST_FILTER='{filter}'\nCAPTURE_FILTER='{}'\nE2E_TESTS='{}'\n",
+            args.rust_log,
+            args.capture_filter,
+            E2E_TESTS.join(" ")
         ),
     )?;
 
@@ -686,7 +689,7 @@ struct VmResult {
     doctor: Vec<String>,
     /// End-to-end tests (profiler, HTTP spans): (test name, `ok` / `FAILED` / `ignored`).
     tests: Vec<(String, String)>,
-    profiler_rc: Option<i32>,
+    e2e_rc: Option<i32>,
     /// The agent's socket-capture tests: (full test name, `ok` / `FAILED` / `ignored` / `skipped`).
     capture_tests: Vec<(String, String)>,
     /// (full test name, why) of the capture tests the VM skips with `--skip`.
@@ -727,7 +730,7 @@ impl VmResult {
             out.push("no end-to-end test ran".into());
         }
         let failed_test = self.tests.iter().any(|(_, s)| s != "ok" && s != "ignored");
-        if let Some(rc) = self.profiler_rc.filter(|rc| *rc != 0 && !failed_test) {
+        if let Some(rc) = self.e2e_rc.filter(|rc| *rc != 0 && !failed_test) {
             out.push(format!("the end-to-end tests exited {rc}"));
         }
 
@@ -789,7 +792,7 @@ impl VmResult {
         match word {
             "kernel" => self.release = Some(value.to_string()),
             "doctor-end" => self.doctor_rc = value.trim().parse().ok(),
-            "profiler-end" => self.profiler_rc = value.trim().parse().ok(),
+            "e2e-end" => self.e2e_rc = value.trim().parse().ok(),
             "capture-begin" => self.in_capture = true,
             "capture-end" => self.capture_rc = value.trim().parse().ok(),
             "ipv6-loopback" => self.ipv6_loopback = Some(value.trim() == "yes"),
@@ -1126,7 +1129,7 @@ mod tests {
             "@@loupe doctor-end 0",
             "@@loupe test c_workload_hot_functions_come_out_three_to_one ok",
             "@@loupe test a_process_that_exits FAILED",
-            "@@loupe profiler-end 101",
+            "@@loupe e2e-end 101",
             "@@loupe ipv6-loopback yes",
             "@@loupe capture-begin",
             "@@loupe capture-end 0",
