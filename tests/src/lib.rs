@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashMap,
-    io::Read,
+    io::{Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
@@ -57,6 +58,38 @@ pub fn require_root() {
 }
 
 /// Waits for `child` at most `limit`, killing it past that.
+/// Kills the child when dropped, so a failing assertion leaves nothing running.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`; panics after `limit`.
+pub fn wait_port(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` with `connection: close`; the raw response, head and body.
+pub fn http_get_raw(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
 pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {

@@ -1,43 +1,25 @@
 //! HTTP spans end to end with nothing but the agent, a Rust HTTP server (the benchmark's, from
 //! xtask/workloads) and two clients of different make: this test's own std-only client (keep-alive,
 //! one request with `traceparent`, one connection opened before the agent started) and curl, or
-//! busybox wget where curl is missing. It needs no
-//! database and no Python, so the kernel matrix runs it inside each VM (tests/vm/init) as well as
-//! on this host.
+//! busybox wget where curl is missing. It needs no database and no Python, so the kernel matrix
+//! runs it inside each VM (tests/vm/init) as well as on this host.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use loupe_tests::{
-    SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, infra::free_port, read_spans,
-    require_root, wait_with_deadline, workload,
+    Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, http_get_raw,
+    infra::free_port, read_spans, require_root, wait_port, wait_with_deadline, workload,
 };
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 const SERVICE: &str = "http-workload";
-
-/// Kills the child when dropped, so a failing assertion leaves nothing running.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns its status code.
 fn read_response(reader: &mut BufReader<&TcpStream>) -> u16 {
@@ -177,17 +159,7 @@ fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
     // Give the span builder time to close the spans, read the RED metrics, then stop the agent
     // (SIGTERM flushes every sink).
     thread::sleep(Duration::from_secs(4));
-    let metrics = {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        text
-    };
+    let metrics = http_get_raw(metrics_port, "/metrics");
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
     let rc = unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);

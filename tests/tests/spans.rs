@@ -7,16 +7,23 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use loupe_tests::{
-    SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin,
+    Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, http_get_raw,
     infra::{free_port, infra},
     read_spans, require_root, wait_with_deadline,
 };
+
+/// How long a service or the agent may take to listen.
+const LISTEN_LIMIT: Duration = Duration::from_secs(30);
+
+fn wait_port(port: u16) {
+    loupe_tests::wait_port(port, LISTEN_LIMIT);
+}
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -30,35 +37,6 @@ fn python() -> PathBuf {
 
 fn service_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers/py_service.py")
-}
-
-/// Kills the child when dropped, so a failing assertion leaves nothing running.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn http_get_raw(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
 }
 
 fn mariadb(port: u16, sql: &str) {
