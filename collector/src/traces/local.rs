@@ -3,8 +3,8 @@
 //!
 //! OTLP/JSON as the OTLP specification defines it ("JSON Protobuf Encoding"): lowerCamelCase
 //! field names, `traceId`/`spanId`/`parentSpanId` as lowercase hex, enums (`kind`,
-//! `status.code`) as integers, 64-bit integers (`startTimeUnixNano`, `intValue`) as strings. The
-//! serde support of `opentelemetry-proto` produces exactly that; the tests pin it.
+//! `status.code`) as integers, 64-bit integers (`startTimeUnixNano`, `intValue`) as strings,
+//! default values left out; written by [`super::json`] into a buffer the sink reuses.
 //!
 //! Bounded: when a line would take the file past the size limit, `traces.jsonl` is renamed to
 //! `traces.jsonl.1` (replacing the previous one) and a new file begins, so at most twice the
@@ -15,7 +15,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::proto::trace::ResourceSpans;
 use super::{Batching, TraceBatch, TraceExportReport, TraceSink};
 use crate::sink::BoxFuture;
 use crate::telemetry::{Counter, Registry};
@@ -48,9 +47,6 @@ pub enum LocalTraceSinkError {
         #[source]
         source: std::io::Error,
     },
-    /// The batch could not be encoded as JSON.
-    #[error("encoding spans as OTLP/JSON failed: {0}")]
-    Encode(#[source] serde_json::Error),
     /// The blocking write task panicked or was cancelled.
     #[error("the local trace sink's write task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -69,14 +65,12 @@ pub struct LocalTraceSink {
 struct FileState {
     file: Option<File>,
     size: u64,
+    /// The line being written, kept between exports (capacity capped by [`MAX_KEPT_BUFFER`]).
+    line: Vec<u8>,
 }
 
-/// The JSON form of `ExportTraceServiceRequest`, borrowing the spans instead of cloning them.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ExportRequestRef<'a> {
-    resource_spans: &'a [ResourceSpans],
-}
+/// Largest line buffer kept for the next export; a larger one is given back.
+const MAX_KEPT_BUFFER: usize = 4 * 1024 * 1024;
 
 impl LocalTraceSink {
     /// Creates `dir` if needed and opens (appends to) `dir/traces.jsonl`.
@@ -94,6 +88,7 @@ impl LocalTraceSink {
             state: Arc::new(Mutex::new(FileState {
                 file: Some(file),
                 size,
+                line: Vec::new(),
             })),
             rotations: Counter::default(),
         })
@@ -112,10 +107,10 @@ impl LocalTraceSink {
     }
 
     /// Encodes a batch as one OTLP/JSON line (without the line feed).
-    pub fn encode_line(batch: &TraceBatch) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(&ExportRequestRef {
-            resource_spans: &batch.resource_spans,
-        })
+    pub fn encode_line(batch: &TraceBatch) -> Vec<u8> {
+        let mut line = Vec::new();
+        super::json::encode_request(batch, &mut line);
+        line
     }
 }
 
@@ -133,15 +128,32 @@ fn open_append(path: &Path) -> Result<(File, u64), LocalTraceSinkError> {
     Ok((file, size))
 }
 
-/// Appends `line` (with its line feed), rotating first if the file would pass `max`.
+/// Encodes `batch` and appends it as one line, rotating first if the file would pass `max`.
 fn append(
     dir: &Path,
     state: &mut FileState,
-    mut line: Vec<u8>,
+    batch: &TraceBatch,
     max: u64,
     rotations: &Counter,
 ) -> Result<u64, LocalTraceSinkError> {
+    let mut line = std::mem::take(&mut state.line);
+    line.clear();
+    super::json::encode_request(batch, &mut line);
     line.push(b'\n');
+    let result = write_line(dir, state, &line, max, rotations);
+    if line.capacity() <= MAX_KEPT_BUFFER {
+        state.line = line;
+    }
+    result
+}
+
+fn write_line(
+    dir: &Path,
+    state: &mut FileState,
+    line: &[u8],
+    max: u64,
+    rotations: &Counter,
+) -> Result<u64, LocalTraceSinkError> {
     let len = line.len() as u64;
     let path = dir.join(TRACES_FILE);
     if state.file.is_none() || (state.size > 0 && state.size + len > max) {
@@ -155,15 +167,13 @@ fn append(
             rotations.inc();
         }
         let (file, size) = open_append(&path)?;
-        *state = FileState {
-            file: Some(file),
-            size,
-        };
+        state.file = Some(file);
+        state.size = size;
     }
     let Some(file) = state.file.as_mut() else {
         return Ok(0);
     };
-    match file.write_all(&line) {
+    match file.write_all(line) {
         Ok(()) => {
             state.size += len;
             Ok(len)
@@ -207,10 +217,8 @@ impl TraceSink for LocalTraceSink {
         Box::pin(async move {
             let spans = batch.span_count();
             let job = move || {
-                let line =
-                    LocalTraceSink::encode_line(&batch).map_err(LocalTraceSinkError::Encode)?;
                 let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                append(&dir, &mut state, line, max, &rotations)
+                append(&dir, &mut state, &batch, max, &rotations)
             };
             let result = match tokio::task::spawn_blocking(job).await {
                 Ok(r) => r,
@@ -237,9 +245,7 @@ mod tests {
     use super::super::proto::collector::ExportTraceServiceRequest;
     use super::super::proto::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
     use super::super::proto::resource::Resource;
-    use super::super::proto::trace::{
-        ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
-    };
+    use super::super::{AttrValue, Attribute, ResourceBatch, SpanData, SpanKind};
     use super::*;
     use crate::test_util::TempDir;
 
@@ -253,51 +259,47 @@ mod tests {
 
     fn sample() -> TraceBatch {
         TraceBatch {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
+            resources: vec![ResourceBatch {
+                resource: Arc::new(Resource {
                     attributes: vec![
                         kv("service.name", any_value::Value::StringValue("shop".into())),
                         kv("process.pid", any_value::Value::IntValue(4242)),
                     ],
                     ..Resource::default()
                 }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "loupe".into(),
-                        version: "0.1.0".into(),
-                        ..InstrumentationScope::default()
-                    }),
-                    spans: vec![Span {
-                        trace_id: (1..=16).collect(),
-                        span_id: vec![0xab, 0xcd, 0xef, 0, 1, 2, 3, 0xff],
-                        parent_span_id: vec![9, 8, 7, 6, 5, 4, 3, 2],
-                        name: "GET /users/{id}".into(),
-                        kind: SpanKind::Server as i32,
-                        start_time_unix_nano: 1_700_000_000_123_456_789,
-                        end_time_unix_nano: 1_700_000_000_223_456_789,
-                        attributes: vec![
-                            kv(
-                                "http.request.method",
-                                any_value::Value::StringValue("GET".into()),
-                            ),
-                            kv("http.response.status_code", any_value::Value::IntValue(503)),
-                        ],
-                        status: Some(Status {
-                            code: StatusCode::Error as i32,
-                            message: String::new(),
-                        }),
-                        ..Span::default()
-                    }],
-                    schema_url: String::new(),
+                scope: Arc::new(InstrumentationScope {
+                    name: "loupe".into(),
+                    version: "0.1.0".into(),
+                    ..InstrumentationScope::default()
+                }),
+                spans: vec![SpanData {
+                    trace_id: std::array::from_fn(|i| i as u8 + 1),
+                    span_id: [0xab, 0xcd, 0xef, 0, 1, 2, 3, 0xff],
+                    parent_span_id: Some([9, 8, 7, 6, 5, 4, 3, 2]),
+                    trace_state: String::new(),
+                    name: "GET /users/{id}".into(),
+                    kind: SpanKind::Server,
+                    start_time_unix_nano: 1_700_000_000_123_456_789,
+                    end_time_unix_nano: 1_700_000_000_223_456_789,
+                    attributes: vec![
+                        Attribute {
+                            key: "http.request.method".into(),
+                            value: AttrValue::Str("GET".into()),
+                        },
+                        Attribute {
+                            key: "http.response.status_code".into(),
+                            value: AttrValue::Int(503),
+                        },
+                    ],
+                    error: Some(String::new()),
                 }],
-                schema_url: String::new(),
             }],
         }
     }
 
     #[test]
     fn lines_are_otlp_json_and_round_trip() {
-        let line = LocalTraceSink::encode_line(&sample()).unwrap();
+        let line = LocalTraceSink::encode_line(&sample());
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         let rs = &v["resourceSpans"][0];
         assert_eq!(rs["resource"]["attributes"][0]["key"], "service.name");
@@ -329,7 +331,7 @@ mod tests {
         }
         // Back to the protobuf types: everything survives.
         let back: ExportTraceServiceRequest = serde_json::from_slice(&line).unwrap();
-        assert_eq!(back, sample().into_request());
+        assert_eq!(back, sample().to_request());
     }
 
     #[tokio::test]
@@ -348,7 +350,7 @@ mod tests {
             let back: ExportTraceServiceRequest = serde_json::from_str(l).unwrap();
             assert_eq!(
                 back.resource_spans[0].scope_spans[0].spans[0].span_id,
-                sample().resource_spans[0].scope_spans[0].spans[0].span_id
+                sample().resources[0].spans[0].span_id.to_vec()
             );
         }
         // A new sink appends to the existing file.
@@ -360,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn rotates_and_keeps_one_old_file() {
         let tmp = TempDir::new("traces-rotate");
-        let line_len = LocalTraceSink::encode_line(&sample()).unwrap().len() as u64 + 1;
+        let line_len = LocalTraceSink::encode_line(&sample()).len() as u64 + 1;
         let mut sink = LocalTraceSink::new(tmp.path())
             .unwrap()
             .with_max_file_bytes(2048);

@@ -1,5 +1,5 @@
-//! Spans out of the agent: a [`TraceBatch`] of OTLP `ResourceSpans` goes through the trace
-//! pipeline ([`pipeline`]: one bounded queue, batcher and task per sink, `try_submit` never waits)
+//! Spans out of the agent: a [`TraceBatch`] of spans grouped by resource ([`model`]: compact,
+//! converted to OTLP's protobuf types only by the gRPC sink) goes through the trace pipeline ([`pipeline`]: one bounded queue, batcher and task per sink, `try_submit` never waits)
 //! to the sinks:
 //!
 //! - [`otlp`]: OTLP/gRPC `TraceService/Export` (Tempo, Alloy, any OpenTelemetry Collector);
@@ -14,11 +14,14 @@ use std::time::Duration;
 use crate::sink::BoxFuture;
 use crate::telemetry::Registry;
 
+pub mod json;
 pub mod local;
+pub mod model;
 pub mod otlp;
 pub mod pipeline;
 
 pub use local::{LocalTraceSink, LocalTraceSinkError};
+pub use model::{AttrValue, Attribute, ResourceBatch, SpanData, SpanKind};
 pub use otlp::{OtlpConfig, OtlpConfigError, OtlpExportError, OtlpTraceSink};
 pub use pipeline::{TraceExporter, TraceExporterHandle, TracePipelineError, TraceSubmitter};
 
@@ -31,23 +34,18 @@ pub mod proto {
 }
 
 use proto::collector::ExportTraceServiceRequest;
-use proto::trace::ResourceSpans;
 
 /// Spans grouped by resource (process) and instrumentation scope, as OTLP sends them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraceBatch {
-    /// One entry per resource; each holds scopes, each holds spans.
-    pub resource_spans: Vec<ResourceSpans>,
+    /// One entry per (resource, scope).
+    pub resources: Vec<ResourceBatch>,
 }
 
 impl TraceBatch {
     /// Spans in the batch.
     pub fn span_count(&self) -> u64 {
-        self.resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len() as u64)
-            .sum()
+        self.resources.iter().map(|r| r.spans.len() as u64).sum()
     }
 
     /// Whether the batch holds no span.
@@ -56,9 +54,9 @@ impl TraceBatch {
     }
 
     /// The OTLP export request carrying the batch.
-    pub fn into_request(self) -> ExportTraceServiceRequest {
+    pub fn to_request(&self) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
-            resource_spans: self.resource_spans,
+            resource_spans: self.resources.iter().map(ResourceBatch::to_proto).collect(),
         }
     }
 }

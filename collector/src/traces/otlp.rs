@@ -276,7 +276,7 @@ impl TraceSink for OtlpTraceSink {
     fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport> {
         Box::pin(async move {
             let spans = batch.span_count();
-            let request = batch.into_request();
+            let request = batch.to_request();
             let bytes = request.encoded_len() as u64;
             let mut report = TraceExportReport::default();
             let mut attempt: u32 = 0;

@@ -20,8 +20,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::proto::trace::{ResourceSpans, ScopeSpans, Span};
-use super::{Batching, SharedTraceBatch, TraceBatch, TraceSink};
+use super::proto::common::InstrumentationScope;
+use super::proto::resource::Resource;
+use super::{Batching, ResourceBatch, SharedTraceBatch, SpanData, TraceBatch, TraceSink};
 use crate::telemetry::{Counter, Gauge, Registry};
 
 /// Queue capacity per sink, in batches, when the caller has no better idea. A batch holds up to a
@@ -281,65 +282,78 @@ struct Accumulator {
 
 impl Accumulator {
     /// Adds the spans of `incoming`; every time `max` spans are waiting they are moved to `ready`.
+    /// The spans are moved out of the batch when this lane holds the only reference to it (one
+    /// sink, the usual case) and cloned otherwise.
     fn add(
         &mut self,
-        incoming: &TraceBatch,
+        incoming: SharedTraceBatch,
         max: usize,
         now: Instant,
         ready: &mut Vec<TraceBatch>,
     ) {
-        let max = max.max(1);
-        for rs in &incoming.resource_spans {
-            for ss in &rs.scope_spans {
-                let mut rest: &[Span] = &ss.spans;
-                while !rest.is_empty() {
-                    let room = max - self.spans;
-                    let (now_part, later) = rest.split_at(room.min(rest.len()));
-                    self.slot(rs, ss).extend_from_slice(now_part);
-                    self.spans += now_part.len();
-                    self.since.get_or_insert(now);
-                    rest = later;
-                    if self.spans >= max {
-                        ready.push(self.take());
-                    }
+        match Arc::try_unwrap(incoming) {
+            Ok(owned) => {
+                for rb in owned.resources {
+                    let ResourceBatch {
+                        resource,
+                        scope,
+                        spans,
+                    } = rb;
+                    self.add_spans(&resource, &scope, spans.into_iter(), max, now, ready);
+                }
+            }
+            Err(shared) => {
+                for rb in &shared.resources {
+                    let spans = rb.spans.iter().cloned();
+                    self.add_spans(&rb.resource, &rb.scope, spans, max, now, ready);
                 }
             }
         }
     }
 
-    /// The span list of the (resource, scope) of `rs`/`ss`, created if missing.
-    fn slot(&mut self, rs: &ResourceSpans, ss: &ScopeSpans) -> &mut Vec<Span> {
-        let list = &mut self.batch.resource_spans;
-        let ri = match list
-            .iter()
-            .position(|r| r.resource == rs.resource && r.schema_url == rs.schema_url)
-        {
+    /// Adds the spans of one (resource, scope), handing `max` at a time to `ready`.
+    fn add_spans(
+        &mut self,
+        resource: &Arc<Resource>,
+        scope: &Arc<InstrumentationScope>,
+        mut spans: impl ExactSizeIterator<Item = SpanData>,
+        max: usize,
+        now: Instant,
+        ready: &mut Vec<TraceBatch>,
+    ) {
+        let max = max.max(1);
+        while spans.len() > 0 {
+            let room = max - self.spans;
+            let n = room.min(spans.len());
+            self.slot(resource, scope).extend(spans.by_ref().take(n));
+            self.spans += n;
+            self.since.get_or_insert(now);
+            if self.spans >= max {
+                ready.push(self.take());
+            }
+        }
+    }
+
+    /// The span list of (`resource`, `scope`), created if missing.
+    fn slot(
+        &mut self,
+        resource: &Arc<Resource>,
+        scope: &Arc<InstrumentationScope>,
+    ) -> &mut Vec<SpanData> {
+        let probe = ResourceBatch {
+            resource: resource.clone(),
+            scope: scope.clone(),
+            spans: Vec::new(),
+        };
+        let list = &mut self.batch.resources;
+        let i = match list.iter().position(|r| r.same_origin(&probe)) {
             Some(i) => i,
             None => {
-                list.push(ResourceSpans {
-                    resource: rs.resource.clone(),
-                    scope_spans: Vec::new(),
-                    schema_url: rs.schema_url.clone(),
-                });
+                list.push(probe);
                 list.len() - 1
             }
         };
-        let scopes = &mut list[ri].scope_spans;
-        let si = match scopes
-            .iter()
-            .position(|s| s.scope == ss.scope && s.schema_url == ss.schema_url)
-        {
-            Some(i) => i,
-            None => {
-                scopes.push(ScopeSpans {
-                    scope: ss.scope.clone(),
-                    spans: Vec::new(),
-                    schema_url: ss.schema_url.clone(),
-                });
-                scopes.len() - 1
-            }
-        };
-        &mut scopes[si].spans
+        &mut list[i].spans
     }
 
     fn take(&mut self) -> TraceBatch {
@@ -370,7 +384,7 @@ async fn run_lane(
             }
             batch = rx.recv() => match batch {
                 Some(b) => {
-                    acc.add(&b, batching.max_spans, Instant::now(), &mut ready);
+                    acc.add(b, batching.max_spans, Instant::now(), &mut ready);
                     if batching.max_delay.is_zero() && acc.spans > 0 {
                         ready.push(acc.take());
                     }
@@ -436,6 +450,7 @@ mod tests {
     use super::super::{TraceExportReport, TraceSinkError};
     use super::*;
     use crate::sink::BoxFuture;
+    use crate::traces::SpanKind;
 
     /// Records every export; waits for a permit before finishing each.
     struct Recorder {
@@ -504,35 +519,40 @@ mod tests {
 
     /// A batch with `n` spans for each pid, span names `"{pid}-{i}"`.
     fn batch(pids: &[i64], n: usize, tag: &str) -> Arc<TraceBatch> {
+        let scope = Arc::new(InstrumentationScope {
+            name: "loupe".into(),
+            ..InstrumentationScope::default()
+        });
         Arc::new(TraceBatch {
-            resource_spans: pids
+            resources: pids
                 .iter()
-                .map(|&pid| ResourceSpans {
-                    resource: Some(resource(pid)),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "loupe".into(),
-                            ..InstrumentationScope::default()
-                        }),
-                        spans: (0..n)
-                            .map(|i| Span {
-                                name: format!("{tag}{pid}-{i}"),
-                                ..Span::default()
-                            })
-                            .collect(),
-                        schema_url: String::new(),
-                    }],
-                    schema_url: String::new(),
+                .map(|&pid| ResourceBatch {
+                    // A fresh allocation per batch: merging must compare values, not pointers.
+                    resource: Arc::new(resource(pid)),
+                    scope: scope.clone(),
+                    spans: (0..n)
+                        .map(|i| SpanData {
+                            trace_id: [1; 16],
+                            span_id: [2; 8],
+                            parent_span_id: None,
+                            trace_state: String::new(),
+                            name: format!("{tag}{pid}-{i}"),
+                            kind: SpanKind::Server,
+                            start_time_unix_nano: 1,
+                            end_time_unix_nano: 2,
+                            attributes: Vec::new(),
+                            error: None,
+                        })
+                        .collect(),
                 })
                 .collect(),
         })
     }
 
     fn names(b: &TraceBatch) -> Vec<String> {
-        b.resource_spans
+        b.resources
             .iter()
-            .flat_map(|r| &r.scope_spans)
-            .flat_map(|s| &s.spans)
+            .flat_map(|r| &r.spans)
             .map(|s| s.name.clone())
             .collect()
     }
@@ -566,12 +586,7 @@ mod tests {
             let got = got.lock().unwrap();
             assert_eq!(got.len(), 1);
             let b = &got[0];
-            assert_eq!(b.resource_spans.len(), 2, "same resource merged");
-            assert_eq!(
-                b.resource_spans[1].scope_spans.len(),
-                1,
-                "same scope merged"
-            );
+            assert_eq!(b.resources.len(), 2, "same resource and scope merged");
             assert_eq!(names(b), ["a1-0", "a1-1", "a2-0", "a2-1", "b2-0"]);
         }
         assert_eq!(
@@ -604,6 +619,27 @@ mod tests {
             metric(&registry, "loupe_trace_exporter_exports_succeeded_total"),
             3
         );
+    }
+
+    /// A batch still referenced elsewhere (another sink's queue) is copied, not taken apart.
+    #[tokio::test]
+    async fn a_shared_batch_is_copied_and_left_whole() {
+        let registry = Registry::new();
+        let batching = Batching {
+            max_spans: 3,
+            max_delay: Duration::from_secs(3600),
+        };
+        let (sink, got, _gate) = recorder(batching, 1000);
+        let handle = TraceExporter::spawn(vec![sink], &registry, 8);
+        let shared = batch(&[1, 2], 2, "s");
+        assert!(handle.submitter().try_submit(shared.clone()));
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        let got = got.lock().unwrap();
+        let exported: Vec<String> = got.iter().flat_map(names).collect();
+        assert_eq!(exported, names(&shared));
+        assert_eq!(shared.span_count(), 4, "the submitter's batch is untouched");
+        let sizes: Vec<u64> = got.iter().map(TraceBatch::span_count).collect();
+        assert_eq!(sizes, [3, 1]);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use crate::traces::proto::collector::{
 };
 use crate::traces::proto::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use crate::traces::proto::resource::Resource;
-use crate::traces::proto::trace::{ResourceSpans, ScopeSpans, Span};
+use crate::traces::{ResourceBatch, SpanData, SpanKind};
 
 /// One scripted reply: an error status, or OK with this many rejected spans.
 #[derive(Clone)]
@@ -90,8 +90,8 @@ fn config(addr: SocketAddr) -> OtlpConfig {
 
 fn batch(spans: u8) -> TraceBatch {
     TraceBatch {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
+        resources: vec![ResourceBatch {
+            resource: Arc::new(Resource {
                 attributes: vec![KeyValue {
                     key: "service.name".into(),
                     value: Some(AnyValue {
@@ -101,25 +101,24 @@ fn batch(spans: u8) -> TraceBatch {
                 }],
                 ..Resource::default()
             }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "loupe".into(),
-                    ..InstrumentationScope::default()
-                }),
-                spans: (0..spans)
-                    .map(|i| Span {
-                        trace_id: vec![i; 16],
-                        span_id: vec![i + 1; 8],
-                        name: format!("GET /{i}"),
-                        kind: 2,
-                        start_time_unix_nano: 1_000 + u64::from(i),
-                        end_time_unix_nano: 2_000 + u64::from(i),
-                        ..Span::default()
-                    })
-                    .collect(),
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
+            scope: Arc::new(InstrumentationScope {
+                name: "loupe".into(),
+                ..InstrumentationScope::default()
+            }),
+            spans: (0..spans)
+                .map(|i| SpanData {
+                    trace_id: [i; 16],
+                    span_id: [i + 1; 8],
+                    parent_span_id: None,
+                    trace_state: String::new(),
+                    name: format!("GET /{i}"),
+                    kind: SpanKind::Server,
+                    start_time_unix_nano: 1_000 + u64::from(i),
+                    end_time_unix_nano: 2_000 + u64::from(i),
+                    attributes: Vec::new(),
+                    error: None,
+                })
+                .collect(),
         }],
     }
 }
@@ -138,10 +137,10 @@ async fn exports_the_exact_request_with_metadata() {
     assert_eq!(report.retries, 0);
     assert_eq!(
         report.bytes_sent,
-        batch(3).into_request().encoded_len() as u64
+        batch(3).to_request().encoded_len() as u64
     );
     let (request, tenant) = got.recv().await.unwrap();
-    assert_eq!(request, batch(3).into_request());
+    assert_eq!(request, batch(3).to_request());
     assert_eq!(tenant.as_deref(), Some("team-a"));
 }
 
@@ -157,7 +156,7 @@ async fn retries_unavailable_and_resource_exhausted() {
     assert!(report.is_success(), "{:?}", report.errors);
     assert_eq!((report.retries, report.spans_exported), (2, 2));
     for _ in 0..3 {
-        assert_eq!(got.recv().await.unwrap().0, batch(2).into_request());
+        assert_eq!(got.recv().await.unwrap().0, batch(2).to_request());
     }
 }
 

@@ -1,0 +1,121 @@
+//! Spans as the agent builds them and the trace pipeline carries them: compact, with static
+//! attribute keys and fixed-size ids, so a span costs a handful of allocations instead of the
+//! few dozen of OTLP's protobuf types. Sinks encode from these directly (OTLP/JSON) or convert
+//! them once per export (OTLP/gRPC).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::proto::common::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+use super::proto::resource::Resource;
+use super::proto::trace::{ResourceSpans, ScopeSpans, Span, Status};
+
+/// OTLP's `SpanKind` numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum SpanKind {
+    Unspecified = 0,
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+    Producer = 4,
+    Consumer = 5,
+}
+
+/// An attribute value: text (static or owned) or an integer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    Str(Cow<'static, str>),
+    Int(i64),
+}
+
+/// One span attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub key: Cow<'static, str>,
+    pub value: AttrValue,
+}
+
+/// One finished span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanData {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// W3C `tracestate`, empty when none.
+    pub trace_state: String,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub attributes: Vec<Attribute>,
+    /// `Some(message)`: the span has status ERROR with that message (often empty); `None`:
+    /// status unset.
+    pub error: Option<String>,
+}
+
+impl SpanData {
+    /// The OTLP protobuf form.
+    pub fn to_proto(&self) -> Span {
+        Span {
+            trace_id: self.trace_id.to_vec(),
+            span_id: self.span_id.to_vec(),
+            trace_state: self.trace_state.clone(),
+            parent_span_id: self.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+            name: self.name.clone(),
+            kind: self.kind as i32,
+            start_time_unix_nano: self.start_time_unix_nano,
+            end_time_unix_nano: self.end_time_unix_nano,
+            attributes: self.attributes.iter().map(Attribute::to_proto).collect(),
+            status: self.error.as_ref().map(|message| Status {
+                message: message.clone(),
+                code: super::proto::trace::status::StatusCode::Error as i32,
+            }),
+            ..Span::default()
+        }
+    }
+}
+
+impl Attribute {
+    /// The OTLP protobuf form.
+    pub fn to_proto(&self) -> KeyValue {
+        let value = match &self.value {
+            AttrValue::Str(s) => Value::StringValue(s.clone().into_owned()),
+            AttrValue::Int(i) => Value::IntValue(*i),
+        };
+        KeyValue {
+            key: self.key.clone().into_owned(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
+        }
+    }
+}
+
+/// The spans of one resource (process) and instrumentation scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceBatch {
+    pub resource: Arc<Resource>,
+    pub scope: Arc<InstrumentationScope>,
+    pub spans: Vec<SpanData>,
+}
+
+impl ResourceBatch {
+    /// Whether `other` has the same resource and scope (same allocation, or equal).
+    pub fn same_origin(&self, other: &ResourceBatch) -> bool {
+        (Arc::ptr_eq(&self.resource, &other.resource) || self.resource == other.resource)
+            && (Arc::ptr_eq(&self.scope, &other.scope) || self.scope == other.scope)
+    }
+
+    /// The OTLP protobuf form.
+    pub fn to_proto(&self) -> ResourceSpans {
+        ResourceSpans {
+            resource: Some((*self.resource).clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some((*self.scope).clone()),
+                spans: self.spans.iter().map(SpanData::to_proto).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }
+    }
+}
