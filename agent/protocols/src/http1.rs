@@ -79,6 +79,14 @@ impl Method {
     /// The method as sent.
     pub fn as_str(&self) -> &str {
         match self {
+            Method::Other(s) => s,
+            m => m.semconv(),
+        }
+    }
+
+    /// The value for `http.request.method`: the method, or `_OTHER` for non-standard ones.
+    pub fn semconv(&self) -> &'static str {
+        match self {
             Method::Get => "GET",
             Method::Head => "HEAD",
             Method::Post => "POST",
@@ -88,15 +96,7 @@ impl Method {
             Method::Options => "OPTIONS",
             Method::Trace => "TRACE",
             Method::Patch => "PATCH",
-            Method::Other(s) => s,
-        }
-    }
-
-    /// The value for `http.request.method`: the method, or `_OTHER` for non-standard ones.
-    pub fn semconv(&self) -> &str {
-        match self {
             Method::Other(_) => "_OTHER",
-            m => m.as_str(),
         }
     }
 }

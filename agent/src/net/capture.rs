@@ -45,7 +45,7 @@ use loupe_common::socket::{
     SyscallArgs, counter, kind,
 };
 
-use super::SocketEvent;
+use super::{SocketEvent, SocketEvents};
 use crate::{
     ebpf::{EbpfError, program, rejected, take_map},
     probe::SocketAttach,
@@ -55,6 +55,9 @@ use crate::{
 pub const DEFAULT_CAPTURE_BYTES: u32 = MAX_CAPTURE_BYTES as u32;
 /// Events waiting for the span builder at most (each ≤ ~1.2 KB: ≤ ~10 MB); more are dropped.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8 * 1024;
+/// Most events handed to the span builder at once: one channel message, one wake-up and one
+/// allocation for their bytes per batch instead of per event.
+pub const BATCH_EVENTS: usize = 256;
 /// How often connections of exited processes are looked for, unless told otherwise.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the fentry/fexit capture keeps the accept exit tracepoints after the start: while a
@@ -276,7 +279,7 @@ impl SocketCapture {
         ebpf: &mut Ebpf,
         options: CaptureOptions,
         registry: &Registry,
-    ) -> Result<(SocketCapture, Receiver<SocketEvent>), EbpfError> {
+    ) -> Result<(SocketCapture, Receiver<SocketEvents>), EbpfError> {
         let offsets = match super::btf::kernel_offsets() {
             Ok(o) => o,
             Err(e) => {
@@ -394,7 +397,8 @@ impl SocketCapture {
                 "connections open before the start are followed"
             );
         }
-        let (tx, rx) = sync_channel(options.queue_capacity.max(1));
+        // The queue holds batches; its capacity in events is rounded up to whole batches.
+        let (tx, rx) = sync_channel(options.queue_capacity.max(1).div_ceil(BATCH_EVENTS));
         let stop = Arc::new(AtomicBool::new(false));
         let sweep_interval = options.sweep_interval;
         let handle = {
@@ -560,7 +564,8 @@ fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
 }
 
 /// Turns one ring-buffer record into the event the span builder consumes.
-fn decode(record: &[u8]) -> Option<SocketEvent> {
+/// The header of a ring record and its captured bytes.
+fn decode(record: &[u8]) -> Option<(SocketEventHeader, &[u8])> {
     let header_len = std::mem::size_of::<SocketEventHeader>();
     if record.len() < header_len {
         return None;
@@ -573,46 +578,73 @@ fn decode(record: &[u8]) -> Option<SocketEvent> {
     let captured = (header.captured as usize).min(MAX_CAPTURE_BYTES);
     let data = record
         .get(data_start..data_start + captured)
-        .map(Bytes::copy_from_slice)
         .unwrap_or_default();
-    Some(SocketEvent { header, data })
+    Some((header, data))
 }
 
-/// Events of one drain, counted locally and added to the metrics once.
+/// Gathers events into batches for the span builder and counts them; counts reach the metrics
+/// once per [`COUNTER_INTERVAL`].
 #[derive(Default)]
 struct Tally {
     open: u64,
     data: u64,
     close: u64,
     queue_full: u64,
+    /// Headers of the batch being gathered, with their bytes' range in `bytes`.
+    headers: Vec<(SocketEventHeader, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
 }
 
 impl Tally {
-    fn send(&mut self, tx: &SyncSender<SocketEvent>, event: SocketEvent) {
-        match event.header.kind {
+    /// Adds an event to the batch; a full batch is sent.
+    fn push(&mut self, tx: &SyncSender<SocketEvents>, header: SocketEventHeader, data: &[u8]) {
+        match header.kind {
             kind::OPEN => self.open += 1,
             kind::DATA => self.data += 1,
             _ => self.close += 1,
         }
-        match tx.try_send(event) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.headers.push((header, start..self.bytes.len()));
+        if self.headers.len() >= BATCH_EVENTS {
+            self.send(tx);
+        }
+    }
+
+    /// Sends the batch gathered so far, without waiting: a full queue drops it, counted.
+    fn send(&mut self, tx: &SyncSender<SocketEvents>) {
+        if self.headers.is_empty() {
+            return;
+        }
+        let bytes = Bytes::from(std::mem::take(&mut self.bytes));
+        let events: SocketEvents = self
+            .headers
+            .drain(..)
+            .map(|(header, range)| SocketEvent {
+                header,
+                data: bytes.slice(range),
+            })
+            .collect();
+        let n = events.len() as u64;
+        match tx.try_send(events) {
             Ok(()) => {}
             // A gone consumer drops everything; count it the same way.
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.queue_full += 1,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.queue_full += n,
         }
     }
 
     fn flush(&mut self, m: &Metrics) {
-        let t = std::mem::take(self);
-        m.open.add(t.open);
-        m.data.add(t.data);
-        m.close.add(t.close);
-        m.dropped_queue_full.add(t.queue_full);
+        m.open.add(std::mem::take(&mut self.open));
+        m.data.add(std::mem::take(&mut self.data));
+        m.close.add(std::mem::take(&mut self.close));
+        m.dropped_queue_full
+            .add(std::mem::take(&mut self.queue_full));
     }
 }
 
 fn read_events(
     mut maps: ReaderMaps,
-    tx: SyncSender<SocketEvent>,
+    tx: SyncSender<SocketEvents>,
     metrics: Metrics,
     sweep_interval: Duration,
     stop: Arc<AtomicBool>,
@@ -671,14 +703,14 @@ fn read_events(
     update_kernel_counters(&maps.counters, &mut last_counters, &metrics);
 }
 
-fn drain(ring: &mut RingBuf<MapData>, tx: &SyncSender<SocketEvent>, tally: &mut Tally) {
+/// Reads every record in the ring and sends them on in batches.
+fn drain(ring: &mut RingBuf<MapData>, tx: &SyncSender<SocketEvents>, tally: &mut Tally) {
     while let Some(record) = ring.next() {
-        let event = decode(&record);
-        drop(record);
-        if let Some(event) = event {
-            tally.send(tx, event);
+        if let Some((header, data)) = decode(&record) {
+            tally.push(tx, header, data);
         }
     }
+    tally.send(tx);
 }
 
 fn update_kernel_counters(
@@ -714,7 +746,7 @@ fn monotonic_ns() -> u64 {
 
 /// Forgets connections and in-flight syscalls of processes and threads that are gone: their fds
 /// were closed by the kernel at exit, which no close() tracepoint shows.
-fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvent>, tally: &mut Tally, m: &Metrics) {
+fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally, m: &Metrics) {
     let mut alive: HashMap<u32, bool> = HashMap::new();
     let mut is_alive = |pid: u32| {
         *alive
@@ -737,24 +769,23 @@ fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvent>, tally: &mut Tally,
         }
         live -= 1;
         m.swept.inc();
-        tally.send(
+        tally.push(
             tx,
-            SocketEvent {
-                header: SocketEventHeader {
-                    kind: kind::CLOSE,
-                    role: state.role,
-                    pid,
-                    tid: 0,
-                    fd: key as u32 as i32,
-                    conn_id: state.conn_id,
-                    timestamp_ns: monotonic_ns(),
-                    tuple: state.tuple,
-                    ..Default::default()
-                },
-                data: Bytes::new(),
+            SocketEventHeader {
+                kind: kind::CLOSE,
+                role: state.role,
+                pid,
+                tid: 0,
+                fd: key as u32 as i32,
+                conn_id: state.conn_id,
+                timestamp_ns: monotonic_ns(),
+                tuple: state.tuple,
+                ..Default::default()
             },
+            &[],
         );
     }
+    tally.send(tx);
     m.connections.set(live);
 
     // A thread killed inside a syscall never reaches sys_exit: its saved arguments would stay.

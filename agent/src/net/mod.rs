@@ -23,6 +23,10 @@ pub struct SocketEvent {
     pub data: Bytes,
 }
 
+/// Events as the reader hands them to the span builder: up to [`capture::BATCH_EVENTS`] in
+/// ring order, their captured bytes slices of one buffer.
+pub type SocketEvents = Vec<SocketEvent>;
+
 /// Converts CLOCK_MONOTONIC nanoseconds (what `bpf_ktime_get_ns` returns) to Unix nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {

@@ -25,16 +25,60 @@ fn decode_bounds_the_data_by_the_record() {
     // SAFETY: the record has room for the header at its start.
     unsafe { std::ptr::write_unaligned(record.as_mut_ptr().cast(), header) };
     record[104..108].copy_from_slice(b"GET ");
-    let e = decode(&record).unwrap();
-    assert_eq!((e.header.bytes, &e.data[..]), (5000, &b"GET "[..]));
+    let (h, data) = decode(&record).unwrap();
+    assert_eq!((h.bytes, data), (5000, &b"GET "[..]));
 
     // A header claiming more bytes than the record holds gives none, and a short record nothing.
     let mut lying = record.clone();
     lying[56..60].copy_from_slice(&1000u32.to_le_bytes());
-    assert!(decode(&lying).unwrap().data.is_empty());
+    assert!(decode(&lying).unwrap().1.is_empty());
     assert!(decode(&record[..50]).is_none());
     // An OPEN/CLOSE record is the header alone.
-    assert!(decode(&record[..104]).unwrap().data.is_empty());
+    assert!(decode(&record[..104]).unwrap().1.is_empty());
+}
+
+/// Events leave in batches whose bytes are slices of one buffer; a full queue drops whole
+/// batches and counts every event in them.
+#[test]
+fn tally_batches_events_and_counts_a_full_queue() {
+    let (tx, rx) = sync_channel(1);
+    let mut tally = Tally::default();
+    let data = |i: usize| vec![i as u8; i % 7];
+    for i in 0..BATCH_EVENTS + 3 {
+        let header = SocketEventHeader {
+            kind: kind::DATA,
+            fd: i as i32,
+            captured: (i % 7) as u32,
+            ..Default::default()
+        };
+        tally.push(&tx, header, &data(i));
+    }
+    // The first batch went when it was full; the rest waits for `send`.
+    let first = rx.try_recv().unwrap();
+    assert_eq!(first.len(), BATCH_EVENTS);
+    for (i, e) in first.iter().enumerate() {
+        assert_eq!((e.header.fd, &e.data[..]), (i as i32, &data(i)[..]));
+    }
+    tally.send(&tx);
+    let rest = rx.try_recv().unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.header.fd).collect::<Vec<_>>(),
+        [256, 257, 258]
+    );
+    assert_eq!(&rest[2].data[..], &data(258)[..]);
+    // Queue of one batch: the second of two is dropped, its events counted.
+    for fd in 0..3 {
+        let header = SocketEventHeader {
+            kind: kind::CLOSE,
+            fd,
+            ..Default::default()
+        };
+        tally.push(&tx, header, &[]);
+        tally.send(&tx);
+    }
+    assert_eq!(tally.queue_full, 2);
+    assert_eq!((tally.data, tally.close), (BATCH_EVENTS as u64 + 3, 3));
+    drop(rx);
 }
 
 fn check(ret: isize, what: &str) -> usize {
@@ -167,7 +211,7 @@ fn v4_mapped(ip: Ipv4Addr) -> [u8; 16] {
 
 /// Collects events until `done` says so or 5 seconds pass.
 fn collect(
-    rx: &Receiver<SocketEvent>,
+    rx: &Receiver<SocketEvents>,
     mut done: impl FnMut(&[SocketEvent]) -> bool,
 ) -> Vec<SocketEvent> {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -175,7 +219,7 @@ fn collect(
     while !done(&events) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(e) => events.push(e),
+            Ok(batch) => events.extend(batch),
             Err(_) => break,
         }
     }
@@ -301,7 +345,7 @@ fn converse(listen: SocketAddr, family: u16) -> Conversation {
 }
 
 /// Reads events until both ends of the conversation are closed (or 5 seconds pass).
-fn events_of(rx: &Receiver<SocketEvent>, talk: &Conversation) -> Vec<SocketEvent> {
+fn events_of(rx: &Receiver<SocketEvents>, talk: &Conversation) -> Vec<SocketEvent> {
     let events = collect(rx, |events| {
         let open = |r, fd| {
             events.iter().find(|e| {
@@ -474,7 +518,7 @@ fn start(
     ebpf: &mut Ebpf,
     attach: SocketAttach,
     registry: &Registry,
-) -> (SocketCapture, Receiver<SocketEvent>) {
+) -> (SocketCapture, Receiver<SocketEvents>) {
     SocketCapture::start(
         ebpf,
         CaptureOptions {

@@ -3,7 +3,9 @@
 
 use std::net::Ipv6Addr;
 
-use loupe_collector::traces::proto::common::{AnyValue, KeyValue, any_value::Value};
+use std::borrow::Cow;
+
+use loupe_collector::traces::{AttrValue, Attribute};
 use loupe_common::socket::ConnTuple;
 
 /// Longest `url.path` / `url.full` kept, in bytes.
@@ -13,28 +15,28 @@ pub const MAX_USER_AGENT_LEN: usize = 512;
 /// Longest status message kept, in bytes.
 pub const MAX_STATUS_MESSAGE_LEN: usize = 256;
 
-/// Attributes of one span, in insertion order.
+/// Attributes of one span, in insertion order. Keys are the conventions' static names; values
+/// are borrowed when static (`"GET"`, `"http"`), else owned.
 #[derive(Debug, Default)]
-pub struct Attrs(pub Vec<KeyValue>);
+pub struct Attrs(pub Vec<Attribute>);
 
 impl Attrs {
     pub fn with_capacity(n: usize) -> Self {
         Self(Vec::with_capacity(n))
     }
 
-    pub fn str(&mut self, key: &str, value: impl Into<String>) {
-        self.push(key, Value::StringValue(value.into()));
+    pub fn str(&mut self, key: &'static str, value: impl Into<Cow<'static, str>>) {
+        self.push(key, AttrValue::Str(value.into()));
     }
 
-    pub fn int(&mut self, key: &str, value: i64) {
-        self.push(key, Value::IntValue(value));
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        self.push(key, AttrValue::Int(value));
     }
 
-    fn push(&mut self, key: &str, value: Value) {
-        self.0.push(KeyValue {
-            key: key.to_owned(),
-            value: Some(AnyValue { value: Some(value) }),
-            ..KeyValue::default()
+    fn push(&mut self, key: &'static str, value: AttrValue) {
+        self.0.push(Attribute {
+            key: Cow::Borrowed(key),
+            value,
         });
     }
 }

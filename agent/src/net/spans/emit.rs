@@ -16,9 +16,7 @@
 
 use std::sync::Arc;
 
-use loupe_collector::traces::proto::trace::span::SpanKind;
-use loupe_collector::traces::proto::trace::status::StatusCode;
-use loupe_collector::traces::proto::trace::{Span, Status};
+use loupe_collector::traces::{SpanData, SpanKind};
 use loupe_protocols::http1::Method;
 use loupe_protocols::route::infer_route;
 use loupe_protocols::sanitize::{sanitize_sql, sql_operation};
@@ -148,28 +146,18 @@ impl Core {
         end_ns: u64,
         attributes: Attrs,
         error: Option<String>,
-    ) -> Span {
-        let start = self.clock.to_unix_nanos(p.start_ns);
-        let end = self.clock.to_unix_nanos(end_ns.max(p.start_ns));
-        Span {
-            trace_id: p.ctx.trace_id.to_vec(),
-            span_id: p.ctx.span_id.to_vec(),
+    ) -> SpanData {
+        SpanData {
+            trace_id: p.ctx.trace_id,
+            span_id: p.ctx.span_id,
+            parent_span_id: p.ctx.parent_span_id,
             trace_state: p.ctx.trace_state.clone(),
-            parent_span_id: p
-                .ctx
-                .parent_span_id
-                .map(|id| id.to_vec())
-                .unwrap_or_default(),
             name,
-            kind: kind as i32,
-            start_time_unix_nano: start,
-            end_time_unix_nano: end,
+            kind,
+            start_time_unix_nano: self.clock.to_unix_nanos(p.start_ns),
+            end_time_unix_nano: self.clock.to_unix_nanos(end_ns.max(p.start_ns)),
             attributes: attributes.0,
-            status: error.map(|message| Status {
-                message,
-                code: StatusCode::Error as i32,
-            }),
-            ..Span::default()
+            error,
         }
     }
 
@@ -204,7 +192,7 @@ impl Core {
             let route = infer_route(&h.target);
             name = format!("{name_method} {route}");
             if let Some(path) = attrs::url_path(&h.target) {
-                a.str("url.path", path);
+                a.str("url.path", path.to_owned());
             }
             a.str("url.scheme", "http");
             a.str("http.route", route.clone());
@@ -228,7 +216,7 @@ impl Core {
             let from_host = h.host.as_deref().and_then(attrs::split_host);
             let server_address = match (from_host, &remote) {
                 (Some((host, port)), _) => {
-                    a.str("server.address", host);
+                    a.str("server.address", host.to_owned());
                     if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
                         a.int("server.port", i64::from(port));
                     }

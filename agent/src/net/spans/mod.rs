@@ -53,13 +53,12 @@ use std::time::{Duration, Instant};
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 use loupe_collector::traces::proto::common::InstrumentationScope;
 use loupe_collector::traces::proto::resource::Resource;
-use loupe_collector::traces::proto::trace::{ResourceSpans, ScopeSpans, Span};
-use loupe_collector::traces::{TraceBatch, TraceSubmitter};
+use loupe_collector::traces::{Attribute, ResourceBatch, SpanData, TraceBatch, TraceSubmitter};
 use loupe_common::socket::{SocketEventHeader, direction, kind, role};
 use loupe_protocols::detect::{Protocol, classify};
 use loupe_protocols::{Direction, End, Flow, Role, http1, mysql, redis};
 
-use super::{Clock, SocketEvent};
+use super::{Clock, SocketEvent, SocketEvents};
 use crate::profiler::ProcessIdentity;
 use attrs::Attrs;
 pub use conn::MAX_DETECT_ATTEMPTS;
@@ -148,7 +147,7 @@ impl ProcessResolver for ProcResolver {
 #[derive(Debug)]
 struct ProcessInfo {
     service: String,
-    resource: Resource,
+    resource: Arc<Resource>,
 }
 
 struct ProcessCache {
@@ -204,10 +203,10 @@ impl ProcessCache {
         }
         let info = Arc::new(ProcessInfo {
             service,
-            resource: Resource {
-                attributes: a.0,
+            resource: Arc::new(Resource {
+                attributes: a.0.iter().map(Attribute::to_proto).collect(),
                 ..Resource::default()
-            },
+            }),
         });
         self.map.insert(pid, (info.clone(), now));
         info
@@ -346,7 +345,7 @@ impl Metrics {
 struct Finished {
     pid: u32,
     process: Arc<ProcessInfo>,
-    span: Span,
+    span: SpanData,
 }
 
 /// A server span that finished while its same-host client's event was still to come (the ring
@@ -397,6 +396,8 @@ pub struct SpanBuilder {
     http_events: Vec<http1::Event>,
     mysql_events: Vec<mysql::Event>,
     redis_events: Vec<redis::Event>,
+    /// The instrumentation scope of every span, shared by every batch.
+    scope: Arc<InstrumentationScope>,
     core: Core,
 }
 
@@ -417,6 +418,11 @@ impl SpanBuilder {
             http_events: Vec::new(),
             mysql_events: Vec::new(),
             redis_events: Vec::new(),
+            scope: Arc::new(InstrumentationScope {
+                name: SCOPE_NAME.to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..InstrumentationScope::default()
+            }),
             core: Core {
                 ctx: TraceContexts::new(config.max_serving_threads, config.max_links),
                 cfg: config,
@@ -448,6 +454,19 @@ impl SpanBuilder {
 
     /// Consumes one event.
     pub fn handle(&mut self, ev: &SocketEvent) {
+        self.consume(ev);
+        self.publish_gauges();
+    }
+
+    /// Consumes a batch of events (the gauges are published once, after the last).
+    pub fn handle_all(&mut self, events: &[SocketEvent]) {
+        for ev in events {
+            self.consume(ev);
+        }
+        self.publish_gauges();
+    }
+
+    fn consume(&mut self, ev: &SocketEvent) {
         let h = &ev.header;
         self.core.now = self.core.now.max(h.timestamp_ns);
         match h.kind {
@@ -472,7 +491,6 @@ impl SpanBuilder {
         }
         self.enforce_limits(h.conn_id);
         self.settle_lingering(self.core.now);
-        self.publish_gauges();
     }
 
     /// Housekeeping with the current monotonic time: forgets idle connections.
@@ -509,37 +527,26 @@ impl SpanBuilder {
         self.core.finished.len()
     }
 
-    /// Up to `max` finished spans, grouped by process into `ResourceSpans`; `None` when none.
+    /// Up to `max` finished spans, grouped by process; `None` when none.
     pub fn take_batch(&mut self, max: usize) -> Option<TraceBatch> {
         if self.core.finished.is_empty() {
             return None;
         }
         let n = max.max(1).min(self.core.finished.len());
         let mut by_pid: HashMap<u32, usize> = HashMap::new();
-        let mut out: Vec<ResourceSpans> = Vec::new();
-        let scope = InstrumentationScope {
-            name: SCOPE_NAME.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            ..InstrumentationScope::default()
-        };
+        let mut out: Vec<ResourceBatch> = Vec::new();
         for f in self.core.finished.drain(..n) {
             let i = *by_pid.entry(f.pid).or_insert_with(|| {
-                out.push(ResourceSpans {
-                    resource: Some(f.process.resource.clone()),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(scope.clone()),
-                        spans: Vec::new(),
-                        schema_url: String::new(),
-                    }],
-                    schema_url: String::new(),
+                out.push(ResourceBatch {
+                    resource: f.process.resource.clone(),
+                    scope: self.scope.clone(),
+                    spans: Vec::new(),
                 });
                 out.len() - 1
             });
-            out[i].scope_spans[0].spans.push(f.span);
+            out[i].spans.push(f.span);
         }
-        Some(TraceBatch {
-            resource_spans: out,
-        })
+        Some(TraceBatch { resources: out })
     }
 
     /// The event stream ended: requests still waiting are counted as dropped.
@@ -750,8 +757,8 @@ impl SpanBuilder {
                     .position(|l| l.request == (conn_id, req_id))
                     && let Some(mut l) = core.lingering.remove(i)
                 {
-                    l.finished.span.trace_id = trace_id.to_vec();
-                    l.finished.span.parent_span_id = parent.to_vec();
+                    l.finished.span.trace_id = trace_id;
+                    l.finished.span.parent_span_id = Some(parent);
                     l.finished.span.trace_state.clear();
                     core.finish(l.finished);
                 }
@@ -1258,7 +1265,7 @@ impl Core {
 /// `exporter` with `try_submit` (never waits; drops are counted by the trace pipeline). When
 /// the channel closes, flushes what is finished and returns.
 pub fn spawn_span_builder(
-    rx: Receiver<SocketEvent>,
+    rx: Receiver<SocketEvents>,
     exporter: TraceSubmitter,
     registry: &Registry,
     host_name: String,
@@ -1276,7 +1283,7 @@ pub fn spawn_span_builder(
         .spawn(move || run(builder, &rx, &exporter))
 }
 
-fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvent>, exporter: &TraceSubmitter) {
+fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvents>, exporter: &TraceSubmitter) {
     let flush = |b: &mut SpanBuilder| {
         while let Some(batch) = b.take_batch(MAX_BATCH_SPANS) {
             if !exporter.try_submit(Arc::new(batch)) {
@@ -1287,8 +1294,8 @@ fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvent>, exporter: &TraceSub
     let mut next = Instant::now() + FLUSH_INTERVAL;
     loop {
         match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(ev) => {
-                builder.handle(&ev);
+            Ok(events) => {
+                builder.handle_all(&events);
                 if builder.finished_len() >= FLUSH_SPANS {
                     flush(&mut builder);
                 }

@@ -166,7 +166,8 @@ impl Sim {
         self.b.settle_lingering(u64::MAX);
         let mut out = Vec::new();
         while let Some(batch) = self.b.take_batch(3) {
-            for rs in batch.resource_spans {
+            // Through OTLP's protobuf form, as the gRPC sink sends them.
+            for rs in batch.to_request().resource_spans {
                 let res = rs.resource.unwrap().attributes;
                 for ss in rs.scope_spans {
                     assert_eq!(ss.scope.as_ref().unwrap().name, "loupe");
@@ -1089,16 +1090,19 @@ fn unknown_role_is_inferred_and_batches_group_by_process() {
     s.write(&c, 7, 60, 70, OK);
     s.b.settle_lingering(u64::MAX);
     let batch = s.b.take_batch(100).unwrap();
-    assert_eq!(batch.resource_spans.len(), 2);
+    assert_eq!(batch.resources.len(), 2);
     assert_eq!(batch.span_count(), 3);
-    let first = &batch.resource_spans[0];
+    let first = &batch.resources[0];
     assert_eq!(
-        attr(&first.resource.as_ref().unwrap().attributes, "process.pid").as_deref(),
+        attr(&first.resource.attributes, "process.pid").as_deref(),
         Some("100")
     );
-    assert_eq!(first.scope_spans[0].spans.len(), 2);
+    assert_eq!(first.spans.len(), 2);
     assert!(
-        first.scope_spans[0].spans.iter().all(|s| s.kind == 2),
+        first
+            .spans
+            .iter()
+            .all(|s| s.kind == loupe_collector::traces::SpanKind::Server),
         "inferred server role"
     );
     assert!(s.b.take_batch(100).is_none());
@@ -1157,10 +1161,10 @@ fn spawned_thread_flushes_to_the_exporter_and_stops_with_the_channel() {
             bytes.len() as u64,
             bytes.len() as u32,
         );
-        tx.send(SocketEvent {
+        tx.send(vec![SocketEvent {
             header,
             data: Bytes::from_static(bytes),
-        })
+        }])
         .unwrap();
     }
     drop(tx);
