@@ -23,6 +23,11 @@
 //!
 //! Every process on the host is traced, wrk included: each request is two spans (wrk's client span
 //! and the server's span, linked as same-host peers) from four socket events.
+//!
+//! A third scenario measures the floor of the syscall-tracepoint method, without the agent: the
+//! saturation load with bpftrace running empty programs on the same syscall tracepoints the
+//! agent attaches (off, floor, floor, off). Whatever the agent does, it cannot cost less than that
+//! on a host where it has to use tracepoints (no fentry).
 
 use std::{
     fmt::Write as _,
@@ -64,20 +69,32 @@ const TARGET_RSS_MB: f64 = 64.0;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Scenario {
     Saturation,
-    Moderate { rate: u32 },
+    Moderate {
+        rate: u32,
+    },
+    /// The saturation load with empty programs on the agent's syscall tracepoints (bpftrace).
+    TracepointFloor,
 }
+
+/// The syscalls whose tracepoints the agent attaches when it cannot use fentry/fexit (the list in
+/// agent/src/net/capture.rs; close has no exit program).
+const TRACED_SYSCALLS: &[&str] = &[
+    "accept", "accept4", "connect", "close", "read", "write", "recvfrom", "sendto", "readv",
+    "writev", "recvmsg", "sendmsg",
+];
 
 impl Scenario {
     fn name(self) -> String {
         match self {
             Scenario::Saturation => "saturation".into(),
+            Scenario::TracepointFloor => "saturation, tracepoint floor".into(),
             Scenario::Moderate { rate } => format!("moderate (~{rate} req/s)"),
         }
     }
 
     fn connections(self) -> u32 {
         match self {
-            Scenario::Saturation => SATURATION_CONNECTIONS,
+            Scenario::Saturation | Scenario::TracepointFloor => SATURATION_CONNECTIONS,
             Scenario::Moderate { rate } => {
                 ((rate as f64 * (DELAY_MS as f64 + ROUND_TRIP_MS) / 1000.0).round() as u32).max(1)
             }
@@ -134,9 +151,29 @@ impl AgentCost {
     }
 }
 
+/// What runs beside the server and wrk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    Agent,
+    /// bpftrace with empty programs on the agent's syscall tracepoints.
+    Floor,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Agent => "agent on",
+            Mode::Floor => "empty programs",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Run {
     scenario: Scenario,
+    mode: Mode,
     agent: Option<AgentCost>,
     wrk: WrkResult,
     server_cpu_s: f64,
@@ -168,17 +205,25 @@ pub fn network(agent: &Path, secs: u64, rate: u32) -> anyhow::Result<String> {
             run_wrk(&url, &scripts.saturation, SATURATION_CONNECTIONS, 3).map(drop)
         })?;
         let mut runs = Vec::new();
-        for scenario in [Scenario::Saturation, Scenario::Moderate { rate }] {
-            for agent_on in [false, true, true, false] {
+        for scenario in [
+            Scenario::Saturation,
+            Scenario::Moderate { rate },
+            Scenario::TracepointFloor,
+        ] {
+            for on in [false, true, true, false] {
+                let mode = match (on, scenario) {
+                    (false, _) => Mode::Off,
+                    (true, Scenario::TracepointFloor) => Mode::Floor,
+                    (true, _) => Mode::Agent,
+                };
                 let title = format!(
-                    "{}, agent {}, {secs}s: wrk -t1 -c{}",
+                    "{}, {}, {secs}s: wrk -t1 -c{}",
                     scenario.name(),
-                    if agent_on { "on" } else { "off" },
+                    mode.label(),
                     scenario.connections()
                 );
-                let agent = agent_on.then_some(agent);
                 let run = step(&title, || {
-                    run_scenario(scenario, agent, secs, &url, &scripts, &server, &out)
+                    run_scenario(scenario, mode, agent, secs, &url, &scripts, &server, &out)
                 })?;
                 eprintln!(
                     "    {:.0} req/s, p99 {:.0} µs{}",
@@ -417,9 +462,11 @@ impl Snapshot {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_scenario(
     scenario: Scenario,
-    agent_bin: Option<&Path>,
+    mode: Mode,
+    agent_bin: &Path,
     secs: u64,
     url: &str,
     scripts: &Scripts,
@@ -427,13 +474,17 @@ fn run_scenario(
     out: &Path,
 ) -> anyhow::Result<Run> {
     let script = match scenario {
-        Scenario::Saturation => &scripts.saturation,
+        Scenario::Saturation | Scenario::TracepointFloor => &scripts.saturation,
         Scenario::Moderate { .. } => &scripts.moderate,
     };
     let mut other_agents = other_agents_now();
-    let mut agent = match agent_bin {
-        Some(bin) => Some(Agent::start(bin, &out.join("agent"))?),
-        None => None,
+    let mut agent = match mode {
+        Mode::Agent => Some(Agent::start(agent_bin, &out.join("agent"))?),
+        _ => None,
+    };
+    let floor = match mode {
+        Mode::Floor => Some(Bpftrace::start(&out.join("floor.bt"))?),
+        _ => None,
     };
     let measured = (|| {
         let pid = agent.as_ref().map(|a| a.pid);
@@ -491,6 +542,7 @@ fn run_scenario(
     other_agents.sort_unstable();
     other_agents.dedup();
     let lifetime = agent.take().map(Agent::stop).transpose();
+    drop(floor);
     let (wrk, server_cpu_s, others, window_s, mut cost) = measured?;
     if let (Some(cost), Some((cpu, rss))) = (cost.as_mut(), lifetime?) {
         cost.lifetime_cpu_s = cpu;
@@ -498,12 +550,72 @@ fn run_scenario(
     }
     Ok(Run {
         scenario,
+        mode,
         agent: cost,
         wrk,
         server_cpu_s,
         others_cores: (others / window_s.max(1e-9)).max(0.0),
         other_agents,
     })
+}
+
+/// bpftrace running empty programs on the agent's syscall tracepoints; stopped on drop.
+struct Bpftrace {
+    child: Child,
+}
+
+impl Bpftrace {
+    /// Writes the script to `script`, starts bpftrace and waits until its probes are attached.
+    fn start(script: &Path) -> anyhow::Result<Bpftrace> {
+        let mut probes = Vec::new();
+        for name in TRACED_SYSCALLS {
+            probes.push(format!("tracepoint:syscalls:sys_enter_{name}"));
+            if *name != "close" {
+                probes.push(format!("tracepoint:syscalls:sys_exit_{name}"));
+            }
+        }
+        // A condition that never holds: the program runs, decides, and does nothing.
+        std::fs::write(
+            script,
+            format!(
+                "{} {{ if (pid == 0) {{ @never = 1; }} }}\n",
+                probes.join(",\n")
+            ),
+        )?;
+        let mut child = Command::new("bpftrace")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start bpftrace (package bpftrace)")?;
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        let mut text = Vec::new();
+        let mut byte = [0u8];
+        // "Attaching N probes..." comes once they are.
+        while !String::from_utf8_lossy(&text).contains("probes...") {
+            if stdout.read(&mut byte)? == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "bpftrace exited before attaching its probes: {}",
+                    String::from_utf8_lossy(&text)
+                );
+            }
+            text.push(byte[0]);
+        }
+        // Keep the pipe open (bpftrace writes its maps to it at exit) without reading it.
+        std::mem::forget(stdout);
+        thread::sleep(Duration::from_secs(1));
+        Ok(Bpftrace { child })
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
 }
 
 /// Pids of loupe-agent processes running now (other sessions' tests and demos on a shared host).
@@ -670,7 +782,10 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
          - saturation: `wrk -t1 -c{SATURATION_CONNECTIONS}`, closed loop at the host's limit.\n\
          - moderate: wrk cannot hold a rate (wrk2's `-R` is not in Debian), so each connection waits \
          {DELAY_MS} ms (Lua `delay()`) after each response: rate ≈ connections × 1000 / ({DELAY_MS} ms \
-         + round trip). Latency counts from each request's write, without the delay.\n\n\
+         + round trip). Latency counts from each request's write, without the delay.\n\
+         - saturation, tracepoint floor: the saturation load with no agent but bpftrace running \
+         empty programs on the {} syscall tracepoints the agent attaches when it cannot use \
+         fentry/fexit: what that attach method costs before the agent does anything.\n\n\
          Agent CPU: user + system time of every agent thread (`/proc/PID/stat`) over the wrk run and \
          the {} s after it (spans flush every second), plus its eBPF programs' run time (kernel BPF \
          statistics; the programs run in the server's and wrk's context, so that time is inside their \
@@ -678,6 +793,7 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
          span builder (ring, map or queue full), in % of those the kernel produced; with drops the \
          agent did less than the full work and its CPU figure is a lower bound. \"others\": CPU the \
          rest of the host used meanwhile, in cores (the noise floor). Agent binary: `{}`.\n",
+        TRACED_SYSCALLS.len() * 2 - 1,
         SETTLE.as_secs(),
         agent.display()
     );
@@ -712,7 +828,7 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
             r,
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {agent_cols} | {:.2} |",
             run.scenario.name(),
-            if run.agent.is_some() { "on" } else { "off" },
+            run.mode.label(),
             w.rps(),
             w.p50_us,
             w.p99_us,
@@ -751,7 +867,7 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
     for scenario in scenarios {
         let of = |on: bool| {
             runs.iter()
-                .filter(move |x| x.scenario == scenario && x.agent.is_some() == on)
+                .filter(move |x| x.scenario == scenario && (x.mode != Mode::Off) == on)
         };
         let rps_off = mean(of(false).map(|x| x.wrk.rps()));
         let rps_on = mean(of(true).map(|x| x.wrk.rps()));
@@ -765,6 +881,19 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
         let pct_core = ms_per_krq / 10.0;
         let loss = 100.0 * (1.0 - rps_on / rps_off.max(1e-9));
         let p99_up = 100.0 * (p99_on / p99_off.max(1e-9) - 1.0);
+        if let Scenario::TracepointFloor = scenario {
+            let _ = writeln!(
+                r,
+                "\n{}: {rps_off:.0} → {rps_on:.0} req/s (ratio {:.3}), p99 {p99_off:.0} → \
+                 {p99_on:.0} µs (ratio {:.3}): empty programs on the syscall tracepoints alone cost \
+                 {loss:.1}% of the throughput and {p99_up:+.1}% p99 at saturation on this host, the \
+                 floor of any capture through them (no target).",
+                scenario.name(),
+                rps_on / rps_off.max(1e-9),
+                p99_on / p99_off.max(1e-9),
+            );
+            continue;
+        }
         let _ = writeln!(
             r,
             "\n{}: {rps_off:.0} → {rps_on:.0} req/s (ratio {:.3}), p99 {p99_off:.0} → {p99_on:.0} µs \

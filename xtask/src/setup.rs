@@ -36,7 +36,7 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 /// Packages the benchmarks need.
-const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk"];
+const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk", "bpftrace"];
 /// Packages the kernel matrix needs: the emulator, the initramfs's shell, `strip`.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 
