@@ -723,7 +723,7 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Resu
     // SAFETY: `len` ≤ size_of::<SocketEvent>(), so the slice lies within the scratch value.
     let record = unsafe { core::slice::from_raw_parts(event as *const u8, len) };
     if SOCKET_EVENTS
-        .output::<[u8]>(record, data_submit_flags())
+        .output::<[u8]>(record, data_submit_flags(len))
         .is_err()
     {
         count(counter::EVENTS_LOST);
@@ -875,10 +875,16 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Data events do not wake the reader one by one (a wakeup per event cost three quarters of the
 /// programs' run time and a context switch per syscall): the reader polls every few milliseconds,
-/// and only a ring a quarter full wakes it at once. OPEN and CLOSE events wake it as usual.
+/// and the record that takes the ring past a quarter full wakes it at once. Only that one: a
+/// reader that is slow to run (a busy host) is already runnable, and waking it again for every
+/// later record cost the traced processes an irq_work per syscall for nothing. `len` is the size
+/// of the record about to be written. OPEN and CLOSE events wake it as usual.
 #[inline(always)]
-fn data_submit_flags() -> u64 {
-    if SOCKET_EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(SOCKET_EVENT_RING_BYTES / 4) {
+fn data_submit_flags(len: usize) -> u64 {
+    let threshold = u64::from(SOCKET_EVENT_RING_BYTES / 4);
+    let before = SOCKET_EVENTS.query(BPF_RB_AVAIL_DATA);
+    // The ring adds an 8-byte header to each record.
+    if before < threshold && before + len as u64 + 8 >= threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
