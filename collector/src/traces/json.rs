@@ -20,12 +20,9 @@ use super::{AttrValue, Attribute, ResourceBatch, SpanData, TraceBatch};
 
 /// Appends the batch as one `ExportTraceServiceRequest` JSON object (no line feed) to `out`.
 pub fn encode_request(batch: &TraceBatch, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"resourceSpans\":[");
-    for (i, rb) in batch.resources.iter().enumerate() {
-        comma(out, i);
-        resource_spans(rb, out);
-    }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(b"{\"resourceSpans\":");
+    array(out, &batch.resources, resource_spans);
+    out.push(b'}');
 }
 
 /// Writes the members of one JSON object: each call to `field` adds `"name":` after a comma
@@ -89,23 +86,11 @@ impl<'a> Object<'a> {
         }
     }
 
-    fn attributes(&mut self, name: &str, attrs: &[KeyValue]) {
-        if !attrs.is_empty() {
-            key_values(attrs, self.field(name));
-        }
-    }
-
+    /// A non-empty list, each item written by `each`.
     fn list<T>(&mut self, name: &str, items: &[T], each: impl Fn(&T, &mut Vec<u8>)) {
-        if items.is_empty() {
-            return;
+        if !items.is_empty() {
+            array(self.field(name), items, each);
         }
-        let out = self.field(name);
-        out.push(b'[');
-        for (i, item) in items.iter().enumerate() {
-            comma(out, i);
-            each(item, out);
-        }
-        out.push(b']');
     }
 
     fn close(self) {
@@ -113,10 +98,16 @@ impl<'a> Object<'a> {
     }
 }
 
-fn comma(out: &mut Vec<u8>, index: usize) {
-    if index > 0 {
-        out.push(b',');
+/// A JSON array, each item written by `each`.
+fn array<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&T, &mut Vec<u8>)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        each(item, out);
     }
+    out.push(b']');
 }
 
 fn number(out: &mut Vec<u8>, n: impl itoa_like::Int) {
@@ -139,24 +130,18 @@ fn resource_spans(rb: &ResourceBatch, out: &mut Vec<u8>) {
 
 fn resource(r: &Resource, out: &mut Vec<u8>) {
     let mut o = Object::open(out);
-    o.attributes("attributes", &r.attributes);
+    o.list("attributes", &r.attributes, key_value);
     o.u32("droppedAttributesCount", r.dropped_attributes_count);
     // Every member of an entity reference is written: opentelemetry-proto's decoder has no
     // defaults for them.
     o.list("entityRefs", &r.entity_refs, |e, out| {
-        let strings = |out: &mut Vec<u8>, items: &[String]| {
-            out.push(b'[');
-            for (i, s) in items.iter().enumerate() {
-                comma(out, i);
-                string(out, s);
-            }
-            out.push(b']');
-        };
         let mut o = Object::open(out);
         string(o.field("schemaUrl"), &e.schema_url);
         string(o.field("type"), &e.r#type);
-        strings(o.field("idKeys"), &e.id_keys);
-        strings(o.field("descriptionKeys"), &e.description_keys);
+        array(o.field("idKeys"), &e.id_keys, |k, out| string(out, k));
+        array(o.field("descriptionKeys"), &e.description_keys, |k, out| {
+            string(out, k)
+        });
         o.close();
     });
     o.close();
@@ -166,7 +151,7 @@ fn scope(s: &InstrumentationScope, out: &mut Vec<u8>) {
     let mut o = Object::open(out);
     o.str("name", &s.name);
     o.str("version", &s.version);
-    o.attributes("attributes", &s.attributes);
+    o.list("attributes", &s.attributes, key_value);
     o.u32("droppedAttributesCount", s.dropped_attributes_count);
     o.close();
 }
@@ -213,20 +198,15 @@ fn attribute(a: &Attribute, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}}");
 }
 
-fn key_values(attrs: &[KeyValue], out: &mut Vec<u8>) {
-    out.push(b'[');
-    for (i, kv) in attrs.iter().enumerate() {
-        comma(out, i);
-        // `key` is always written: a KeyValue without one does not decode.
-        out.extend_from_slice(b"{\"key\":");
-        string(out, &kv.key);
-        if let Some(v) = &kv.value {
-            out.extend_from_slice(b",\"value\":");
-            any_value(v, out);
-        }
-        out.push(b'}');
+fn key_value(kv: &KeyValue, out: &mut Vec<u8>) {
+    // `key` is always written: a KeyValue without one does not decode.
+    out.extend_from_slice(b"{\"key\":");
+    string(out, &kv.key);
+    if let Some(v) = &kv.value {
+        out.extend_from_slice(b",\"value\":");
+        any_value(v, out);
     }
-    out.push(b']');
+    out.push(b'}');
 }
 
 fn any_value(v: &AnyValue, out: &mut Vec<u8>) {
@@ -253,16 +233,13 @@ fn any_value(v: &AnyValue, out: &mut Vec<u8>) {
             double(out, *d);
         }
         Value::ArrayValue(a) => {
-            out.extend_from_slice(b"{\"arrayValue\":{\"values\":[");
-            for (i, v) in a.values.iter().enumerate() {
-                comma(out, i);
-                any_value(v, out);
-            }
-            out.extend_from_slice(b"]}");
+            out.extend_from_slice(b"{\"arrayValue\":{\"values\":");
+            array(out, &a.values, any_value);
+            out.push(b'}');
         }
         Value::KvlistValue(l) => {
             out.extend_from_slice(b"{\"kvlistValue\":{\"values\":");
-            key_values(&l.values, out);
+            array(out, &l.values, key_value);
             out.push(b'}');
         }
         Value::BytesValue(b) => {

@@ -1,6 +1,7 @@
 //! Spans out of the agent: a [`TraceBatch`] of spans grouped by resource ([`model`]: compact,
-//! converted to OTLP's protobuf types only by the gRPC sink) goes through the trace pipeline ([`pipeline`]: one bounded queue, batcher and task per sink, `try_submit` never waits)
-//! to the sinks:
+//! converted to OTLP's protobuf types only by the gRPC sink) goes through the trace pipeline
+//! ([`pipeline`]: one bounded queue, batcher and task per sink, `try_submit` never waits) to the
+//! sinks:
 //!
 //! - [`otlp`]: OTLP/gRPC `TraceService/Export` (Tempo, Alloy, any OpenTelemetry Collector);
 //! - [`local`]: one OTLP/JSON `ExportTraceServiceRequest` per line in `DIR/traces.jsonl`.

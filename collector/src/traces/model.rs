@@ -100,10 +100,10 @@ pub struct ResourceBatch {
 }
 
 impl ResourceBatch {
-    /// Whether `other` has the same resource and scope (same allocation, or equal).
-    pub fn same_origin(&self, other: &ResourceBatch) -> bool {
-        (Arc::ptr_eq(&self.resource, &other.resource) || self.resource == other.resource)
-            && (Arc::ptr_eq(&self.scope, &other.scope) || self.scope == other.scope)
+    /// Whether these spans come from `resource` and `scope` (same allocation, or equal).
+    pub fn is_from(&self, resource: &Arc<Resource>, scope: &Arc<InstrumentationScope>) -> bool {
+        (Arc::ptr_eq(&self.resource, resource) || self.resource == *resource)
+            && (Arc::ptr_eq(&self.scope, scope) || self.scope == *scope)
     }
 
     /// The OTLP protobuf form.

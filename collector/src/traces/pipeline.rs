@@ -340,16 +340,15 @@ impl Accumulator {
         resource: &Arc<Resource>,
         scope: &Arc<InstrumentationScope>,
     ) -> &mut Vec<SpanData> {
-        let probe = ResourceBatch {
-            resource: resource.clone(),
-            scope: scope.clone(),
-            spans: Vec::new(),
-        };
         let list = &mut self.batch.resources;
-        let i = match list.iter().position(|r| r.same_origin(&probe)) {
+        let i = match list.iter().position(|r| r.is_from(resource, scope)) {
             Some(i) => i,
             None => {
-                list.push(probe);
+                list.push(ResourceBatch {
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                    spans: Vec::new(),
+                });
                 list.len() - 1
             }
         };
