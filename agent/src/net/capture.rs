@@ -563,8 +563,7 @@ fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
     Ok(links)
 }
 
-/// Turns one ring-buffer record into the event the span builder consumes.
-/// The header of a ring record and its captured bytes.
+/// The header of a ring-buffer record and its captured bytes.
 fn decode(record: &[u8]) -> Option<(SocketEventHeader, &[u8])> {
     let header_len = std::mem::size_of::<SocketEventHeader>();
     if record.len() < header_len {

@@ -1,9 +1,8 @@
 //! Span attributes after the OpenTelemetry semantic conventions (HTTP, database), and the
 //! small text helpers they need: addresses, URL paths, hosts, SQL table names.
 
-use std::net::Ipv6Addr;
-
 use std::borrow::Cow;
+use std::net::Ipv6Addr;
 
 use loupe_collector::traces::{AttrValue, Attribute};
 use loupe_common::socket::ConnTuple;

@@ -454,8 +454,7 @@ impl SpanBuilder {
 
     /// Consumes one event.
     pub fn handle(&mut self, ev: &SocketEvent) {
-        self.consume(ev);
-        self.publish_gauges();
+        self.handle_all(std::slice::from_ref(ev));
     }
 
     /// Consumes a batch of events (the gauges are published once, after the last).
