@@ -10,6 +10,7 @@
 
 pub mod flamegraph;
 pub mod http;
+pub mod logs;
 pub mod pipeline;
 pub mod pprof;
 pub mod profile;
