@@ -95,6 +95,39 @@ pub struct CliOptions {
     /// OTLP/gRPC endpoint for spans, e.g. `http://alloy:4317` (Alloy, Tempo, any OTLP receiver).
     #[arg(long, env = "LOUPE_OTLP_ENDPOINT", global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Capture what processes write to stdout and stderr as logs tied to their requests [default: true].
+    #[arg(long, env = "LOUPE_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub logs: Option<bool>,
+    /// Log lines one process may log per second; more are dropped and counted [default: 1000].
+    #[arg(long, env = "LOUPE_LOG_LINES_PER_SEC", global = true, value_name = "N")]
+    pub log_lines_per_sec: Option<u32>,
+    /// Loki (or Alloy `loki.source.api`) base URL to push logs to, e.g. `http://loki:3100`.
+    #[arg(long, env = "LOUPE_LOKI_URL", global = true, value_name = "URL")]
+    pub loki_url: Option<String>,
+    /// Basic-auth user for Loki.
+    #[arg(long, env = "LOUPE_LOKI_USER", global = true, value_name = "USER")]
+    pub loki_user: Option<String>,
+    /// Basic-auth password for Loki (prefer the environment variable).
+    #[arg(
+        long,
+        env = "LOUPE_LOKI_PASSWORD",
+        global = true,
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub loki_password: Option<String>,
+    /// Bearer token for Loki (prefer the environment variable).
+    #[arg(
+        long,
+        env = "LOUPE_LOKI_TOKEN",
+        global = true,
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub loki_token: Option<String>,
+    /// Tenant sent to Loki as `X-Scope-OrgID`.
+    #[arg(long, env = "LOUPE_LOKI_TENANT", global = true, value_name = "TENANT")]
+    pub loki_tenant: Option<String>,
     /// Run this long, flush every sink and exit 0, e.g. `30s` [default: until SIGINT/SIGTERM].
     #[arg(long, env = "LOUPE_DURATION", global = true, value_name = "DURATION")]
     pub duration: Option<String>,
@@ -130,6 +163,13 @@ struct FileOptions {
     network_spans: Option<bool>,
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
+    logs: Option<bool>,
+    log_lines_per_sec: Option<u32>,
+    loki_url: Option<String>,
+    loki_user: Option<String>,
+    loki_password: Option<String>,
+    loki_token: Option<String>,
+    loki_tenant: Option<String>,
     duration: Option<String>,
     pid: Option<Vec<u32>>,
     metrics_addr: Option<String>,
@@ -147,18 +187,25 @@ pub struct Config {
     /// backend (see [`Config::local_profiles`], [`Config::local_traces`]).
     pub local_sink: Option<bool>,
     pub max_profile_files: usize,
-    pub pyroscope: Option<PyroscopeOptions>,
+    pub pyroscope: Option<PushOptions>,
     pub network_spans: bool,
     pub capture_bytes: u32,
     pub otlp_endpoint: Option<String>,
+    /// Capture stdout/stderr writes as logs.
+    pub logs: bool,
+    pub log_lines_per_sec: u32,
+    pub loki: Option<PushOptions>,
     pub duration: Option<Duration>,
     pub pids: Vec<u32>,
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// Where and how to push profiles to Pyroscope.
+/// Default lines per process per second for log capture.
+pub const DEFAULT_LOG_LINES_PER_SEC: u32 = 1000;
+
+/// Where and how to push to an HTTP backend (Pyroscope, Loki).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PyroscopeOptions {
+pub struct PushOptions {
     pub url: String,
     pub basic_auth: Option<(String, String)>,
     pub bearer_token: Option<String>,
@@ -243,52 +290,32 @@ impl Config {
             return Err(invalid("max_profile_files", "must be at least 1"));
         }
 
-        let pyroscope = match cli.pyroscope_url.clone().or(file.pyroscope_url) {
-            Some(url) => {
-                let url = url.trim_end_matches('/').to_string();
-                let host = url
-                    .strip_prefix("http://")
-                    .or_else(|| url.strip_prefix("https://"));
-                if host.is_none_or(str::is_empty) {
-                    return Err(invalid(
-                        "pyroscope_url",
-                        format!("{url:?}: must be an http:// or https:// URL"),
-                    ));
-                }
-                let user = cli.pyroscope_user.clone().or(file.pyroscope_user);
-                let password = cli.pyroscope_password.clone().or(file.pyroscope_password);
-                let basic_auth = match (user, password) {
-                    (Some(u), Some(p)) => Some((u, p)),
-                    (None, None) => None,
-                    (Some(_), None) => {
-                        return Err(invalid(
-                            "pyroscope_password",
-                            "pyroscope_user is set but no password",
-                        ));
-                    }
-                    (None, Some(_)) => {
-                        return Err(invalid(
-                            "pyroscope_user",
-                            "pyroscope_password is set but no user",
-                        ));
-                    }
-                };
-                let bearer_token = cli.pyroscope_token.clone().or(file.pyroscope_token);
-                if basic_auth.is_some() && bearer_token.is_some() {
-                    return Err(invalid(
-                        "pyroscope_token",
-                        "set either a bearer token or basic auth, not both",
-                    ));
-                }
-                Some(PyroscopeOptions {
-                    url,
-                    basic_auth,
-                    bearer_token,
-                    tenant_id: cli.pyroscope_tenant.clone().or(file.pyroscope_tenant),
-                })
-            }
-            None => None,
-        };
+        let pyroscope = push_options(
+            PushKeys::PYROSCOPE,
+            cli.pyroscope_url.clone().or(file.pyroscope_url),
+            cli.pyroscope_user.clone().or(file.pyroscope_user),
+            cli.pyroscope_password.clone().or(file.pyroscope_password),
+            cli.pyroscope_token.clone().or(file.pyroscope_token),
+            cli.pyroscope_tenant.clone().or(file.pyroscope_tenant),
+        )?;
+        let loki = push_options(
+            PushKeys::LOKI,
+            cli.loki_url.clone().or(file.loki_url),
+            cli.loki_user.clone().or(file.loki_user),
+            cli.loki_password.clone().or(file.loki_password),
+            cli.loki_token.clone().or(file.loki_token),
+            cli.loki_tenant.clone().or(file.loki_tenant),
+        )?;
+        let log_lines_per_sec = cli
+            .log_lines_per_sec
+            .or(file.log_lines_per_sec)
+            .unwrap_or(DEFAULT_LOG_LINES_PER_SEC);
+        if !(1..=1_000_000).contains(&log_lines_per_sec) {
+            return Err(invalid(
+                "log_lines_per_sec",
+                format!("{log_lines_per_sec}: must be between 1 and 1000000"),
+            ));
+        }
 
         let capture_bytes = cli
             .capture_bytes
@@ -369,6 +396,9 @@ impl Config {
             network_spans: cli.network_spans.or(file.network_spans).unwrap_or(true),
             capture_bytes,
             otlp_endpoint,
+            logs: cli.logs.or(file.logs).unwrap_or(true),
+            log_lines_per_sec,
+            loki,
             duration,
             pids,
             metrics_addr,
@@ -386,6 +416,87 @@ impl Config {
     pub fn local_traces(&self) -> bool {
         self.local_sink.unwrap_or(self.otlp_endpoint.is_none())
     }
+
+    /// Logs go to the local sink unless Loki or an OTLP endpoint is configured (or `local_sink`
+    /// says).
+    pub fn local_logs(&self) -> bool {
+        self.local_sink
+            .unwrap_or(self.loki.is_none() && self.otlp_endpoint.is_none())
+    }
+}
+
+/// The keys of one push backend's options, for error messages.
+struct PushKeys {
+    url: &'static str,
+    user: &'static str,
+    password: &'static str,
+    token: &'static str,
+}
+
+impl PushKeys {
+    const PYROSCOPE: PushKeys = PushKeys {
+        url: "pyroscope_url",
+        user: "pyroscope_user",
+        password: "pyroscope_password",
+        token: "pyroscope_token",
+    };
+    const LOKI: PushKeys = PushKeys {
+        url: "loki_url",
+        user: "loki_user",
+        password: "loki_password",
+        token: "loki_token",
+    };
+}
+
+/// Validates one push backend's options: an http(s) URL, basic auth complete or absent, and
+/// not together with a bearer token.
+fn push_options(
+    keys: PushKeys,
+    url: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    tenant: Option<String>,
+) -> Result<Option<PushOptions>, ConfigError> {
+    let Some(url) = url else { return Ok(None) };
+    let url = url.trim_end_matches('/').to_string();
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(str::is_empty) {
+        return Err(invalid(
+            keys.url,
+            format!("{url:?}: must be an http:// or https:// URL"),
+        ));
+    }
+    let basic_auth = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                keys.password,
+                format!("{} is set but no password", keys.user),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                keys.user,
+                format!("{} is set but no user", keys.password),
+            ));
+        }
+    };
+    if basic_auth.is_some() && token.is_some() {
+        return Err(invalid(
+            keys.token,
+            "set either a bearer token or basic auth, not both",
+        ));
+    }
+    Ok(Some(PushOptions {
+        url,
+        basic_auth,
+        bearer_token: token,
+        tenant_id: tenant,
+    }))
 }
 
 fn read_file(path: &Path) -> Result<FileOptions, ConfigError> {

@@ -2,8 +2,10 @@
 //! exports the profiles; `doctor` reports what the kernel offers.
 
 mod config;
+mod correlate;
 mod doctor;
 mod ebpf;
+mod logs;
 mod net;
 mod probe;
 mod profiler;

@@ -24,9 +24,11 @@ use loupe_collector::traces::{
 
 use crate::{
     config::Config,
+    correlate::SpanIndex,
+    logs::LogConfig,
     net::{
         capture::{CaptureOptions, SocketCapture},
-        spans::{SpanBuilderConfig, spawn_span_builder},
+        spans::{Correlation, LogOut, SpanBuilderConfig, spawn_span_builder},
     },
     probe::SocketAttach,
     profiler::{MAX_CACHED_ADDRESSES, Profiler, ProfilerOptions, Symbolizer},
@@ -95,9 +97,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
         // Network spans first: the capture takes its maps and programs out of the object, then the
         // profiler takes the rest.
+        let spans_index = SpanIndex::default();
         let network = if config.network_spans {
-            start_network_spans(&mut ebpf, &config, plan.socket_attach, &registry, &host)
+            start_network_spans(
+                &mut ebpf,
+                &config,
+                plan.socket_attach,
+                &registry,
+                &host,
+                spans_index.clone(),
+            )
         } else {
+            if config.logs {
+                tracing::warn!("logs are off: they are captured with network spans, which are off");
+            }
             None
         };
 
@@ -108,6 +121,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 pids: config.pids.clone(),
                 process_tracepoints: plan.process_tracepoints,
                 host_labels: vec![("host_name".to_string(), host.clone())],
+                spans: network.is_some().then(|| spans_index.clone()),
             },
             &registry,
         )?;
@@ -201,6 +215,7 @@ fn start_network_spans(
     attach: Option<SocketAttach>,
     registry: &Registry,
     host: &str,
+    spans_index: SpanIndex,
 ) -> Option<NetworkSpans> {
     let Some(attach) = attach else {
         tracing::warn!(
@@ -224,12 +239,21 @@ fn start_network_spans(
             Err(e) => tracing::warn!("OTLP trace sink disabled: {e}"),
         }
     }
+    let log_out = if config.logs {
+        start_log_export(config, registry)
+    } else {
+        None
+    };
     let (capture, events) = match SocketCapture::start(
         ebpf,
         CaptureOptions {
             capture_bytes: config.capture_bytes,
             pids: config.pids.clone(),
             attach,
+            capture_logs: config.logs,
+            // A write usually carries one line: the kernel's bound leaves room for the line
+            // limit, which the log assembler enforces exactly.
+            log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),
             ..CaptureOptions::default()
         },
         registry,
@@ -247,6 +271,16 @@ fn start_network_spans(
         registry,
         host.to_string(),
         SpanBuilderConfig::default(),
+        Correlation {
+            index: Some(spans_index),
+            logs: log_out.map(|out| {
+                let cfg = LogConfig {
+                    max_lines_per_sec: config.log_lines_per_sec,
+                    ..LogConfig::default()
+                };
+                (cfg, out)
+            }),
+        },
     ) {
         Ok(handle) => handle,
         Err(e) => {
@@ -263,6 +297,11 @@ fn start_network_spans(
         builder,
         exporter,
     })
+}
+
+/// The log sinks' pipeline, as the span builder thread hands batches to it.
+fn start_log_export(_config: &Config, _registry: &Registry) -> Option<LogOut> {
+    None
 }
 
 async fn wait_for_stop(duration: Option<Duration>) {

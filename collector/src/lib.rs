@@ -23,7 +23,7 @@ mod test_util;
 
 pub use pipeline::{PipelineError, ProfileExporter, ProfileExporterHandle, ProfileSubmitter};
 pub use profile::{
-    BatchMeta, Frame, FrameLine, Mapping, ProfileBatch, ServiceProfile, StackSample,
+    BatchMeta, Frame, FrameLine, Mapping, ProfileBatch, ServiceProfile, SpanLabel, StackSample,
 };
 pub use sink::local::summary;
 pub use sink::{ExportReport, LocalSink, ProfileSink, PyroscopeConfig, PyroscopeSink, SinkError};

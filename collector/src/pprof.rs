@@ -36,8 +36,16 @@ pub enum PprofError {
 /// Builds the pprof profile of one service for one interval.
 ///
 /// Sample types are `cpu`/`nanoseconds` (count × period, the default) and `samples`/`count`;
-/// each sample carries a `pid` number label and a `thread_name` string label.
+/// each sample carries a `pid` number label and a `thread_name` string label, and a sample taken
+/// while its thread served a request the `span_id` (16 lowercase hex digits) and `span_name`
+/// labels of that request's span (Pyroscope's span profiles, Grafana's trace → profile link).
 pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
+    // Declared before the builder, which borrows its strings.
+    let span_ids: Vec<Option<String>> = profile
+        .samples
+        .iter()
+        .map(|s| s.span.as_ref().map(|l| l.span_id_hex()))
+        .collect();
     let mut b = Builder::default();
     b.string("");
     let cpu = b.string("cpu");
@@ -46,10 +54,12 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
     let count = b.string("count");
     let pid_key = b.string("pid");
     let thread_key = b.string("thread_name");
+    let span_id_key = b.string("span_id");
+    let span_name_key = b.string("span_name");
     let period = meta.period_nanos.max(0);
 
     let mut out_samples = Vec::with_capacity(profile.samples.len());
-    for sample in &profile.samples {
+    for (sample, span_id) in profile.samples.iter().zip(&span_ids) {
         if sample.count == 0 {
             continue;
         }
@@ -68,6 +78,18 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
             label.push(Label {
                 key: thread_key,
                 str: b.string(&sample.thread_name),
+                ..Label::default()
+            });
+        }
+        if let (Some(span), Some(span_id)) = (&sample.span, span_id) {
+            label.push(Label {
+                key: span_id_key,
+                str: b.string(span_id),
+                ..Label::default()
+            });
+            label.push(Label {
+                key: span_name_key,
+                str: b.string(&span.name),
                 ..Label::default()
             });
         }

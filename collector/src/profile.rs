@@ -88,6 +88,42 @@ pub struct StackSample {
     pub count: u64,
     /// Frames, leaf first (innermost call first), root last.
     pub frames: Vec<Frame>,
+    /// The span the thread was serving when sampled (pprof labels `span_id`, `span_name`).
+    pub span: Option<Arc<SpanLabel>>,
+}
+
+/// The span a sample ran under: what Grafana's "Profiles for this span" and Pyroscope's span
+/// profiles select on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpanLabel {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The span's name (`GET /users/{id}`).
+    pub name: Arc<str>,
+}
+
+impl SpanLabel {
+    /// The span id as 16 lowercase hex digits, the form of the `span_id` label and of the
+    /// span's `pyroscope.profile.id` attribute.
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// One stack frame: an address and what it symbolized to.

@@ -25,7 +25,8 @@ pub const PROCESS_EVENT_RING_BYTES: u32 = 256 * 1024;
 /// Length of a task's `comm`, NUL included (the kernel's `TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
-/// Key of the in-kernel sample aggregation: one entry per distinct (process, thread, stacks).
+/// Key of the in-kernel sample aggregation: one entry per distinct (process, thread, stacks,
+/// request).
 ///
 /// A negative stack id is the errno `bpf_get_stackid` returned: `-EFAULT` for a thread without a user
 /// stack (kernel threads), `-EEXIST` when the stack hashed onto a bucket holding another stack, `-ENOMEM`
@@ -37,6 +38,9 @@ pub struct SampleKey {
     pub tid: u32,
     pub user_stack_id: i32,
     pub kernel_stack_id: i32,
+    /// The request the thread was serving when sampled (see [`socket::ThreadRequest`]): with
+    /// `tid` it names the request; 0 when the thread served none.
+    pub request_ns: u64,
 }
 
 /// Value of the sample aggregation.
@@ -111,7 +115,7 @@ mod pod {
 }
 
 // Layouts are part of the kernel/user contract: any change must be deliberate.
-const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
 const _: () = assert!(core::mem::size_of::<SampleValue>() == 24);
 const _: () = assert!(core::mem::size_of::<ProfilerConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 24);
@@ -149,6 +153,16 @@ pub mod socket {
         pub const DATA: u32 = 2;
         /// The connection's fd was closed.
         pub const CLOSE: u32 = 3;
+        /// A process wrote to its stdout (fd 1) or stderr (fd 2), which is no tracked
+        /// connection: a log write. `role` and `conn_id` are 0, `direction` is EGRESS.
+        pub const LOG: u32 = 4;
+    }
+
+    /// Bits of [`SocketEventHeader::flags`].
+    pub mod flags {
+        /// On a server's EGRESS DATA event: the write ended the thread's request (see
+        /// [`super::ThreadRequest`]), and CPU samples were tagged with it.
+        pub const REQUEST_SAMPLED: u32 = 1;
     }
 
     /// Addresses of a connection from the traced process's side: `local` is its own end. IPv4
@@ -191,8 +205,12 @@ pub mod socket {
         pub bytes: u64,
         /// Bytes of `data` that are valid (≤ MAX_CAPTURE_BYTES, ≤ bytes).
         pub captured: u32,
-        pub _pad: u32,
+        /// Bits of [`flags`].
+        pub flags: u32,
         pub tuple: ConnTuple,
+        /// For DATA on a server connection: the thread's request (see [`ThreadRequest`]) this
+        /// read belongs to or this write ended; 0 when none.
+        pub request_ns: u64,
     }
 
     /// A socket event as it sits in the ring buffer.
@@ -252,12 +270,15 @@ pub mod socket {
         pub offsets: KernelOffsets,
         /// Non-zero: only connections of processes present in `SOCKET_PIDS` are tracked.
         pub filter_pids: u32,
-        pub _pad: u32,
+        /// Non-zero: writes to fd 1 and 2 that are no tracked connection become LOG events.
+        pub capture_logs: u32,
         /// Where a syscall's first three arguments sit in the `struct pt_regs` the syscall entry
         /// points (`__x64_sys_read`, `__arm64_sys_read`, ...) take: what the fentry/fexit programs
         /// read them from. Architecture-specific, so userspace fills it in.
         pub regs_arg_offsets: [u32; 3],
-        pub _pad2: u32,
+        /// Log writes (LOG events) one process may make per second; more are counted
+        /// (`counter::LOG_WRITES_LIMITED`) and not captured.
+        pub log_writes_per_sec: u32,
     }
 
     /// Processes `SOCKET_PIDS` may name (the `--pid` filter).
@@ -265,6 +286,39 @@ pub mod socket {
 
     /// Threads that may be inside a socket syscall on a tracked fd at once (`SOCKET_ARGS`).
     pub const ARGS_ENTRIES: u32 = 16 * 1024;
+
+    /// Threads whose current request is remembered at once (`THREAD_REQUESTS`, LRU).
+    pub const THREAD_REQUEST_ENTRIES: u32 = 16 * 1024;
+
+    /// Processes whose log write rate is tracked at once (`LOG_RATES`, LRU).
+    pub const LOG_RATE_ENTRIES: u32 = 8 * 1024;
+
+    /// The request a thread serves: value of the `THREAD_REQUESTS` map, keyed by `pid_tgid`.
+    ///
+    /// A read on a server connection starts a request unless the thread's current one is on the
+    /// same connection (a head or body read in pieces); a write on that connection ends it. So a
+    /// thread-per-request server has exactly its request, and a thread that interleaves
+    /// connections (an async runtime) has the one whose bytes it read last. CPU samples of the
+    /// thread carry `request_ns` ([`crate::SampleKey`]); with the thread id it names the request.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct ThreadRequest {
+        pub conn_id: u64,
+        /// `timestamp_ns` of the read that started the request.
+        pub request_ns: u64,
+        /// Non-zero once a CPU sample was tagged with this request.
+        pub sampled: u32,
+        pub _pad: u32,
+    }
+
+    /// Log writes of one process in the current one-second window: value of `LOG_RATES`,
+    /// keyed by pid.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct LogRate {
+        pub window_start_ns: u64,
+        pub writes: u64,
+    }
 
     /// A tracked connection: value of the `CONNECTIONS` map, keyed by `pid << 32 | fd`.
     #[repr(C)]
@@ -319,8 +373,10 @@ pub mod socket {
         pub const ARGS_MAP_FULL: u32 = 3;
         /// Connections whose addresses could not be read from kernel memory (tuple left zeroed).
         pub const TUPLE_FAILED: u32 = 4;
+        /// Log writes not captured: the process was over `SocketConfig::log_writes_per_sec`.
+        pub const LOG_WRITES_LIMITED: u32 = 5;
         /// Number of counters.
-        pub const COUNT: u32 = 5;
+        pub const COUNT: u32 = 6;
     }
 
     #[cfg(feature = "user")]
@@ -338,11 +394,17 @@ pub mod socket {
         unsafe impl aya::Pod for super::ConnState {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::SyscallArgs {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::ThreadRequest {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::LogRate {}
     }
 
     const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
-    const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 104);
-    const _: () = assert!(core::mem::size_of::<SocketEvent>() == 104 + MAX_CAPTURE_BYTES);
+    const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 112);
+    const _: () = assert!(core::mem::size_of::<SocketEvent>() == 112 + MAX_CAPTURE_BYTES);
+    const _: () = assert!(core::mem::size_of::<ThreadRequest>() == 24);
+    const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
     const _: () = assert!(core::mem::size_of::<SocketConfig>() == 96);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 56);

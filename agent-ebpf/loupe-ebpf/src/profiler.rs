@@ -2,7 +2,10 @@
 //! per (pid, tid, user stack, kernel stack) in one of two map pairs; userspace flips the active pair
 //! and drains the other, so draining never races with sampling. Two tracepoints keep userspace's
 //! process table fresh: exec makes a process announce itself again, exit lets userspace forget it.
+//! A sample of a thread serving a request (the socket programs keep `THREAD_REQUESTS`) carries
+//! that request in its key, so userspace can tie it to the request's span.
 
+use crate::sockets::THREAD_REQUESTS;
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
@@ -91,6 +94,7 @@ fn try_profile_cpu(ctx: &PerfEventContext) -> Result<(), i64> {
         tid,
         user_stack_id,
         kernel_stack_id,
+        request_ns: current_request(pid_tgid),
     };
     if !increment(samples, &key) {
         let value = SampleValue {
@@ -104,6 +108,23 @@ fn try_profile_cpu(ctx: &PerfEventContext) -> Result<(), i64> {
     }
     announce_if_new(pid);
     Ok(())
+}
+
+/// The request the thread serves (see `ThreadRequest`), marked as sampled; 0 when none.
+#[inline(always)]
+fn current_request(pid_tgid: u64) -> u64 {
+    match THREAD_REQUESTS.get_ptr_mut(pid_tgid) {
+        Some(r) => {
+            // SAFETY: the pointer comes from a successful lookup. The entry belongs to the
+            // sampled thread, which is not running a socket program right now (it was
+            // interrupted in user or kernel code by this perf event on its own CPU).
+            unsafe {
+                (*r).sampled = 1;
+                (*r).request_ns
+            }
+        }
+        None => 0,
+    }
 }
 
 /// Adds one to the count under `key`; false when there is no such entry.

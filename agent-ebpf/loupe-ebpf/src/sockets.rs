@@ -24,13 +24,14 @@ use aya_ebpf::{
         },
     },
     macros::{fentry, fexit, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use loupe_common::socket::{
-    ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, MAX_CAPTURE_BYTES,
-    PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader,
-    SocketOpenEvent, SyscallArgs, buffer, counter, direction, kind, role,
+    ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, LOG_RATE_ENTRIES,
+    LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent,
+    SocketEventHeader, SocketOpenEvent, SyscallArgs, THREAD_REQUEST_ENTRIES, ThreadRequest, buffer,
+    counter, direction, flags, kind, role,
 };
 
 const AF_INET: u16 = 2;
@@ -79,6 +80,22 @@ static SOCKET_EVENT_SCRATCH: PerCpuArray<SocketEvent> = PerCpuArray::with_max_en
 
 #[map]
 static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_EVENT_RING_BYTES, 0);
+
+/// The request each thread serves, keyed by `pid_tgid` (see [`ThreadRequest`]); the profiler
+/// tags CPU samples with it.
+#[map]
+pub static THREAD_REQUESTS: LruHashMap<u64, ThreadRequest> =
+    LruHashMap::with_max_entries(THREAD_REQUEST_ENTRIES, 0);
+
+/// Log writes per process in the current second, keyed by pid.
+#[map]
+static LOG_RATES: LruHashMap<u32, LogRate> = LruHashMap::with_max_entries(LOG_RATE_ENTRIES, 0);
+
+/// The fds whose writes are log lines when they are no tracked connection.
+const STDOUT: u64 = 1;
+const STDERR: u64 = 2;
+/// One second in nanoseconds: the window of the log rate limit.
+const SECOND_NS: u64 = 1_000_000_000;
 
 /// A user-space `struct iovec`.
 #[repr(C)]
@@ -500,8 +517,9 @@ fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start
         start_ns,
         bytes: 0,
         captured: 0,
-        _pad: 0,
+        flags: 0,
         tuple: state.tuple,
+        request_ns: 0,
     };
     if event_kind == kind::OPEN {
         let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketOpenEvent>(0) else {
@@ -640,7 +658,7 @@ data_syscall!(
 fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = arg(ctx, 0);
-    if tracked(pid_tgid, fd).is_none() {
+    if tracked(pid_tgid, fd).is_none() && !log_write(pid_tgid, fd, data_direction) {
         return;
     }
     let count = if buffer_kind == buffer::IOVEC {
@@ -669,9 +687,108 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
-    // Closed by another thread meanwhile: its CLOSE is out already, so stay quiet.
-    let state = tracked(pid_tgid, args.fd as u32 as u64).ok_or(0)?;
-    moved(pid_tgid, &args, ret, &state)
+    match tracked(pid_tgid, args.fd as u32 as u64) {
+        Some(state) => moved(pid_tgid, &args, ret, &state),
+        // A write to stdout or stderr, saved at sys_enter as one.
+        None if log_write(pid_tgid, args.fd as u32 as u64, args.direction) => {
+            logged(pid_tgid, &args, ret)
+        }
+        // Closed by another thread meanwhile: its CLOSE is out already, so stay quiet.
+        None => Ok(()),
+    }
+}
+
+/// Whether a data syscall on `fd` (no tracked connection) is a log write to capture: a write to
+/// stdout or stderr of a traced process, with log capture on.
+#[inline(always)]
+fn log_write(pid_tgid: u64, fd: u64, data_direction: u32) -> bool {
+    if (fd != STDOUT && fd != STDERR) || data_direction != direction::EGRESS {
+        return false;
+    }
+    match config() {
+        Some(config) => config.capture_logs != 0 && wanted((pid_tgid >> 32) as u32, config),
+        None => false,
+    }
+}
+
+/// A log write described by `args` moved `ret` (> 0) bytes: emit a LOG event, within the
+/// process's rate.
+#[inline(always)]
+fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
+    let pid = (pid_tgid >> 32) as u32;
+    let config = config().ok_or(0)?;
+    let ts = now();
+    match LOG_RATES.get_ptr_mut(pid) {
+        Some(rate) => {
+            // SAFETY: the pointer comes from a successful lookup. Threads of one process on two
+            // CPUs may race here; the limit is then off by a write or two, which is harmless.
+            let rate = unsafe { &mut *rate };
+            if ts.wrapping_sub(rate.window_start_ns) >= SECOND_NS {
+                rate.window_start_ns = ts;
+                rate.writes = 0;
+            }
+            if rate.writes >= u64::from(config.log_writes_per_sec) {
+                count(counter::LOG_WRITES_LIMITED);
+                return Ok(());
+            }
+            rate.writes += 1;
+        }
+        None => {
+            let rate = LogRate {
+                window_start_ns: ts,
+                writes: 1,
+            };
+            let _ = LOG_RATES.insert(pid, rate, 0);
+        }
+    }
+    let out = Outgoing {
+        kind: kind::LOG,
+        role: 0,
+        conn_id: 0,
+        tuple: ConnTuple::default(),
+        request_ns: 0,
+        flags: 0,
+        timestamp_ns: ts,
+    };
+    emit_data(pid_tgid, args, ret, &out, config)
+}
+
+/// Keeps the thread's current request up to date (see [`ThreadRequest`]) as it reads from or
+/// writes to the server connection `conn_id` at `ts`; returns the request the bytes belong to
+/// (or ended) and the event flags.
+#[inline(always)]
+fn thread_request(pid_tgid: u64, conn_id: u64, data_direction: u32, ts: u64) -> (u64, u32) {
+    let current = THREAD_REQUESTS.get_ptr(pid_tgid).and_then(|r| {
+        // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+        let r = unsafe { *r };
+        (r.conn_id == conn_id).then_some(r)
+    });
+    if data_direction == direction::INGRESS {
+        if let Some(r) = current {
+            return (r.request_ns, 0);
+        }
+        let r = ThreadRequest {
+            conn_id,
+            request_ns: ts,
+            sampled: 0,
+            _pad: 0,
+        };
+        // LRU: a full map forgets the least recently used thread.
+        let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
+        return (ts, 0);
+    }
+    match current {
+        Some(r) => {
+            let _ = THREAD_REQUESTS.remove(pid_tgid);
+            let f = if r.sampled != 0 {
+                flags::REQUEST_SAMPLED
+            } else {
+                0
+            };
+            (r.request_ns, f)
+        }
+        None => (0, 0),
+    }
 }
 
 /// A data syscall described by `args` moved `ret` (> 0) bytes on the tracked connection `state`:
@@ -679,6 +796,44 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
 #[inline(always)]
 fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
     let config = config().ok_or(0)?;
+    let ts = now();
+    let (request_ns, event_flags) = if state.role == role::SERVER {
+        thread_request(pid_tgid, state.conn_id, args.direction, ts)
+    } else {
+        (0, 0)
+    };
+    let out = Outgoing {
+        kind: kind::DATA,
+        role: state.role,
+        conn_id: state.conn_id,
+        tuple: state.tuple,
+        request_ns,
+        flags: event_flags,
+        timestamp_ns: ts,
+    };
+    emit_data(pid_tgid, args, ret, &out, config)
+}
+
+/// What a DATA or LOG event says besides the syscall's own arguments.
+struct Outgoing {
+    kind: u32,
+    role: u32,
+    conn_id: u64,
+    tuple: ConnTuple,
+    request_ns: u64,
+    flags: u32,
+    timestamp_ns: u64,
+}
+
+/// Copies the first bytes a data syscall moved and emits them with `out` as one event.
+#[inline(always)]
+fn emit_data(
+    pid_tgid: u64,
+    args: &SyscallArgs,
+    ret: i64,
+    out: &Outgoing,
+    config: &SocketConfig,
+) -> Result<(), i64> {
     let want = (ret as u64)
         .min(u64::from(config.capture_bytes))
         .min(MAX_CAPTURE_BYTES as u64);
@@ -696,21 +851,22 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Resu
         copy_msghdr(data, args.ptr, want)
     };
     let header = SocketEventHeader {
-        kind: kind::DATA,
-        role: state.role,
+        kind: out.kind,
+        role: out.role,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         fd: args.fd,
         direction: args.direction,
-        conn_id: state.conn_id,
-        timestamp_ns: now(),
+        conn_id: out.conn_id,
+        timestamp_ns: out.timestamp_ns,
         start_ns: args.start_ns,
         bytes: ret as u64,
         captured,
-        _pad: 0,
-        tuple: state.tuple,
+        flags: out.flags,
+        tuple: out.tuple,
+        request_ns: out.request_ns,
     };
-    // SAFETY: as above; the header is written in place, the data bytes before it.
+    // SAFETY: as above; the header is written in place, the data bytes after it.
     unsafe { core::ptr::addr_of_mut!((*event).header).write(header) };
     // The record is the header and the bytes captured, not the whole 1 KiB: most requests and
     // responses are a few hundred bytes, so the ring holds several times more events.
@@ -849,8 +1005,11 @@ fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Resu
     let config = config().ok_or(0)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = regs_arg(regs, 0, config)?;
-    // The common case, an fd that is no tracked socket, stops at this lookup.
-    let state = tracked(pid_tgid, fd).ok_or(0)?;
+    // The common case, an fd that is no tracked socket (nor a log write), stops here.
+    let state = tracked(pid_tgid, fd);
+    if state.is_none() && !log_write(pid_tgid, fd, data_direction) {
+        return Ok(());
+    }
     let count = if buffer_kind == buffer::IOVEC {
         regs_arg(regs, 2, config)?.min(u64::from(u32::MAX)) as u32
     } else {
@@ -864,7 +1023,10 @@ fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Resu
         count,
         direction: data_direction,
     };
-    moved(pid_tgid, &args, ret, &state)
+    match state {
+        Some(state) => moved(pid_tgid, &args, ret, &state),
+        None => logged(pid_tgid, &args, ret),
+    }
 }
 
 /// `bpf_ringbuf_query` flag: bytes waiting to be read.

@@ -127,6 +127,9 @@ const ENTRY_POINTS: Option<(&str, [u32; 3])> = Some(("__arm64_sys_", [0, 8, 16])
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const ENTRY_POINTS: Option<(&str, [u32; 3])> = None;
 
+/// Log writes per process per second the kernel passes on by default.
+pub const DEFAULT_LOG_WRITES_PER_SEC: u32 = 2000;
+
 /// Socket capture settings taken from the configuration.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
@@ -145,6 +148,10 @@ pub struct CaptureOptions {
     pub attach: SocketAttach,
     /// Follow the TCP connections already open when the capture starts (found in /proc).
     pub seed_existing: bool,
+    /// Capture writes to stdout and stderr (fds 1 and 2) as LOG events.
+    pub capture_logs: bool,
+    /// Log writes per process per second the kernel passes on; more are counted and dropped.
+    pub log_writes_per_sec: u32,
 }
 
 impl Default for CaptureOptions {
@@ -157,6 +164,8 @@ impl Default for CaptureOptions {
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             attach: SocketAttach::Tracepoints,
             seed_existing: true,
+            capture_logs: false,
+            log_writes_per_sec: DEFAULT_LOG_WRITES_PER_SEC,
         }
     }
 }
@@ -165,6 +174,8 @@ struct Metrics {
     open: Counter,
     data: Counter,
     close: Counter,
+    log: Counter,
+    log_writes_limited: Counter,
     dropped_ring_full: Counter,
     dropped_args_map_full: Counter,
     dropped_queue_full: Counter,
@@ -212,6 +223,13 @@ impl Metrics {
             open: events("open"),
             data: events("data"),
             close: events("close"),
+            log: events("log"),
+            log_writes_limited: r.counter(
+                "loupe_logs_writes_dropped_total",
+                "Writes to stdout/stderr not captured, by reason (rate_limit: the process wrote \
+                 more than --log-writes-per-sec).",
+                &[("reason", "rate_limit")],
+            ),
             dropped_ring_full: dropped("ring_full"),
             dropped_args_map_full: dropped("args_map_full"),
             dropped_queue_full: dropped("queue_full"),
@@ -305,9 +323,9 @@ impl SocketCapture {
                     agent_pid: options.agent_pid,
                     offsets,
                     filter_pids: u32::from(!options.pids.is_empty()),
-                    _pad: 0,
+                    capture_logs: u32::from(options.capture_logs),
                     regs_arg_offsets: ENTRY_POINTS.map(|(_, o)| o).unwrap_or_default(),
-                    _pad2: 0,
+                    log_writes_per_sec: options.log_writes_per_sec,
                 },
                 0,
             )
@@ -588,6 +606,7 @@ struct Tally {
     open: u64,
     data: u64,
     close: u64,
+    log: u64,
     queue_full: u64,
     /// Headers of the batch being gathered, with their bytes' range in `bytes`.
     headers: Vec<(SocketEventHeader, std::ops::Range<usize>)>,
@@ -600,6 +619,7 @@ impl Tally {
         match header.kind {
             kind::OPEN => self.open += 1,
             kind::DATA => self.data += 1,
+            kind::LOG => self.log += 1,
             _ => self.close += 1,
         }
         let start = self.bytes.len();
@@ -636,6 +656,7 @@ impl Tally {
         m.open.add(std::mem::take(&mut self.open));
         m.data.add(std::mem::take(&mut self.data));
         m.close.add(std::mem::take(&mut self.close));
+        m.log.add(std::mem::take(&mut self.log));
         m.dropped_queue_full
             .add(std::mem::take(&mut self.queue_full));
     }
@@ -729,6 +750,7 @@ fn update_kernel_counters(
     m.untracked_map_full.add(delta(counter::CONN_MAP_FULL));
     m.read_failures_buffer.add(delta(counter::READ_FAILED));
     m.read_failures_tuple.add(delta(counter::TUPLE_FAILED));
+    m.log_writes_limited.add(delta(counter::LOG_WRITES_LIMITED));
     *last = totals;
 }
 

@@ -7,8 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use loupe_collector::profile::{Frame, ServiceProfile, StackSample};
+use loupe_collector::profile::{Frame, ServiceProfile, SpanLabel, StackSample};
 use loupe_common::{SampleKey, SampleValue};
+
+use crate::correlate::{RequestTag, SpanIndex};
 
 use super::{
     procs::{BinaryFile, FileKey, Process, ProcessTable},
@@ -34,6 +36,11 @@ pub struct StackStats {
     /// Samples of user processes whose user stack ends before a known entry point (no frame
     /// pointers somewhere on the stack, most likely).
     pub truncated: u64,
+    /// Samples taken while their thread served a request whose span is known: labelled with it.
+    pub span_tagged: u64,
+    /// Samples taken while their thread served a request whose span is not known (no span, or
+    /// no longer in the index): left unlabelled.
+    pub span_unresolved: u64,
 }
 
 const EFAULT: i32 = 14;
@@ -59,15 +66,18 @@ const STACK_ROOTS: &[&str] = &[
 ];
 
 /// Assembles profiles. Processes come from `table` (read now if unknown; read again once when a
-/// user address falls outside every mapping known, e.g. a library loaded since).
+/// user address falls outside every mapping known, e.g. a library loaded since). A sample whose
+/// key names a request is labelled with that request's span when `spans` knows it.
 pub fn assemble(
     samples: &[RawSample],
     stacks: &HashMap<i32, Vec<u64>>,
     table: &mut ProcessTable,
     symbolizer: &mut Symbolizer,
     host_labels: &[(String, String)],
+    spans: Option<&SpanIndex>,
 ) -> (Vec<ServiceProfile>, StackStats, HashMap<String, u64>) {
     let mut stats = StackStats::default();
+    let span_labels = span_labels(samples, spans, &mut stats);
     let mut truncated_by_service: HashMap<String, u64> = HashMap::new();
 
     // Pass 1: resolve every user address to (binary, file offset); gather kernel addresses.
@@ -132,7 +142,7 @@ pub fn assemble(
 
     // Pass 3: frames, leaf first: the kernel part of the stack, then the user part.
     let mut by_service: BTreeMap<String, Vec<StackSample>> = BTreeMap::new();
-    for (s, r) in samples.iter().zip(resolved) {
+    for ((s, r), span) in samples.iter().zip(resolved).zip(span_labels) {
         let mut frames = Vec::new();
         match s.key.kernel_stack_id {
             id if id >= 0 => match stacks.get(&id) {
@@ -204,6 +214,7 @@ pub fn assemble(
                 thread_name: r.thread_name,
                 count: s.value.count,
                 frames,
+                span,
             });
     }
 
@@ -216,6 +227,33 @@ pub fn assemble(
         })
         .collect();
     (profiles, stats, truncated_by_service)
+}
+
+/// The span of each sample's request (`None` for samples outside any request, or whose span is
+/// unknown), looked up in one go; counts both kinds of tagged sample.
+fn span_labels(
+    samples: &[RawSample],
+    spans: Option<&SpanIndex>,
+    stats: &mut StackStats,
+) -> Vec<Option<Arc<SpanLabel>>> {
+    let tags: Vec<RequestTag> = samples
+        .iter()
+        .map(|s| (s.key.tid, s.key.request_ns))
+        .collect();
+    let mut found = match spans {
+        Some(index) if tags.iter().any(|t| t.1 != 0) => index.lookup(&tags),
+        _ => vec![None; samples.len()],
+    };
+    for ((s, tag), label) in samples.iter().zip(&tags).zip(found.iter_mut()) {
+        if tag.1 == 0 {
+            *label = None;
+        } else if label.is_some() {
+            stats.span_tagged += s.value.count;
+        } else {
+            stats.span_unresolved += s.value.count;
+        }
+    }
+    found
 }
 
 /// Whether a stack's outermost frame is where threads start: a known entry function, or any code
@@ -332,6 +370,7 @@ mod tests {
                     tid: me,
                     user_stack_id: 3,
                     kernel_stack_id: -EFAULT,
+                    request_ns: 77,
                 },
                 value: SampleValue {
                     count: 7,
@@ -344,6 +383,7 @@ mod tests {
                     tid: me + 1,
                     user_stack_id: 5,
                     kernel_stack_id: -EEXIST,
+                    request_ns: 88,
                 },
                 value: SampleValue {
                     count: 2,
@@ -352,12 +392,34 @@ mod tests {
             },
         ];
         let host = vec![("host_name".to_string(), "h".to_string())];
-        let (profiles, stats, truncated) =
-            assemble(&samples, &stacks, &mut table, &mut symbolizer, &host);
+        // The first sample's request became a span; the second's is not known.
+        let index = SpanIndex::new(8, 8);
+        let span = Arc::new(SpanLabel {
+            trace_id: [7; 16],
+            span_id: [0xab; 8],
+            name: "GET /work".into(),
+        });
+        index.publish(&mut vec![crate::correlate::Published {
+            tag: (me, 77),
+            span: span.clone(),
+            sampled: true,
+        }]);
+        let (profiles, stats, truncated) = assemble(
+            &samples,
+            &stacks,
+            &mut table,
+            &mut symbolizer,
+            &host,
+            Some(&index),
+        );
         assert_eq!(profiles.len(), 1);
         let p = &profiles[0];
-        assert_eq!(p.labels, host);
+        assert_eq!(p.labels, host, "span ids never become series labels");
         assert_eq!(p.samples.len(), 2);
+        assert_eq!(p.samples[0].span.as_ref(), Some(&span));
+        assert_eq!(p.samples[1].span, None);
+        assert_eq!((stats.span_tagged, stats.span_unresolved), (7, 2));
+        assert_eq!(p.total_samples(), 9, "tagging never changes totals");
         let first = &p.samples[0];
         assert_eq!((first.count, first.thread_name.as_str()), (7, "worker-1"));
         assert_eq!(first.frames.len(), 1);
@@ -421,14 +483,21 @@ mod tests {
                 tid: 1,
                 user_stack_id: -EFAULT,
                 kernel_stack_id: -EFAULT,
+                request_ns: 0,
             },
             value: SampleValue {
                 count: 1,
                 comm: comm("gone"),
             },
         }];
-        let (profiles, stats, _) =
-            assemble(&samples, &HashMap::new(), &mut table, &mut symbolizer, &[]);
+        let (profiles, stats, _) = assemble(
+            &samples,
+            &HashMap::new(),
+            &mut table,
+            &mut symbolizer,
+            &[],
+            None,
+        );
         assert_eq!(profiles[0].service_name, "gone");
         assert_eq!(
             profiles[0].samples[0].frames[0].lines[0].function,

@@ -35,6 +35,7 @@ use loupe_collector::{
 };
 use loupe_common::{ProcessEvent, ProfilerConfig, SampleKey, SampleValue, counter, process_event};
 
+use crate::correlate::SpanIndex;
 use crate::ebpf::{EbpfError, program, rejected, take_map};
 pub use assemble::comm_str;
 use assemble::{RawSample, StackStats};
@@ -62,6 +63,9 @@ pub struct ProfilerOptions {
     pub pids: Vec<u32>,
     pub process_tracepoints: bool,
     pub host_labels: Vec<(String, String)>,
+    /// Where the span builder publishes which span each request became; `None` when network
+    /// spans are off (samples are then never labelled with spans).
+    pub spans: Option<SpanIndex>,
 }
 
 struct Metrics {
@@ -74,6 +78,8 @@ struct Metrics {
     stacks_map_full: Counter,
     stacks_missing: Counter,
     truncated: Counter,
+    span_tagged: Counter,
+    span_unresolved: Counter,
     symbolize_failures: Counter,
     symbol_cache_resets: Counter,
     processes: Gauge,
@@ -128,6 +134,18 @@ impl Metrics {
                 "loupe_profiler_truncated_stacks_total",
                 "Samples whose user stack ends before an entry point (binary without frame pointers).",
                 &[],
+            ),
+            span_tagged: r.counter(
+                "loupe_profiler_span_samples_total",
+                "Samples taken while their thread served a request: labelled with its span \
+                 (tagged), or left unlabelled because the span is not known (unresolved).",
+                &[("result", "tagged")],
+            ),
+            span_unresolved: r.counter(
+                "loupe_profiler_span_samples_total",
+                "Samples taken while their thread served a request: labelled with its span \
+                 (tagged), or left unlabelled because the span is not known (unresolved).",
+                &[("result", "unresolved")],
             ),
             symbolize_failures: r.counter(
                 "loupe_profiler_symbolization_failures_total",
@@ -186,6 +204,7 @@ pub struct Profiler {
     drains: u64,
     warned_truncated: HashSet<String>,
     host_labels: Vec<(String, String)>,
+    spans: Option<SpanIndex>,
     metrics: Metrics,
     watcher: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
 }
@@ -303,6 +322,7 @@ impl Profiler {
             drains: 0,
             warned_truncated: HashSet::new(),
             host_labels: options.host_labels,
+            spans: options.spans,
             metrics,
             watcher: Some((watcher, stop)),
         })
@@ -341,8 +361,14 @@ impl Profiler {
         let procs = self.procs.clone();
         let (profiles, stats, truncated_by_service) = {
             let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
-            let result =
-                assemble::assemble(&raw, &stacks, &mut table, symbolizer, &self.host_labels);
+            let result = assemble::assemble(
+                &raw,
+                &stacks,
+                &mut table,
+                symbolizer,
+                &self.host_labels,
+                self.spans.as_ref(),
+            );
             table.evict_exited(flipped_at);
             self.drains += 1;
             if self.drains.is_multiple_of(20) {
@@ -439,6 +465,8 @@ impl Profiler {
         self.metrics.stacks_map_full.add(s.map_full);
         self.metrics.stacks_missing.add(s.missing);
         self.metrics.truncated.add(s.truncated);
+        self.metrics.span_tagged.add(s.span_tagged);
+        self.metrics.span_unresolved.add(s.span_unresolved);
     }
 
     /// Says once per service when most of its stacks end early: the tell-tale of binaries built

@@ -642,6 +642,7 @@ fn skips_the_agent_and_sweeps_exited_processes() {
             sweep_interval: Duration::from_millis(200),
             attach: SocketAttach::Tracepoints,
             seed_existing: true,
+            ..CaptureOptions::default()
         },
         &registry,
     )

@@ -60,6 +60,8 @@ pub struct RawChunk {
     pub start_ns: u64,
     pub end_ns: u64,
     pub tid: u32,
+    /// The kernel's request tag (see `correlate`), 0 when none.
+    pub request_ns: u64,
 }
 
 /// One syscall's bytes as the builder times them.
@@ -73,6 +75,8 @@ pub struct Chunk {
     /// When the syscall completed.
     pub end_ns: u64,
     pub tid: u32,
+    /// The kernel's request tag (see `correlate`), 0 when none.
+    pub request_ns: u64,
 }
 
 /// What a waiting request needs to become a span.
@@ -152,6 +156,9 @@ pub struct Pending {
     pub start_ns: u64,
     /// The thread that started it.
     pub tid: u32,
+    /// The kernel's tag of the request on that thread (server requests; 0 when none): with
+    /// `tid` it names the request CPU samples carry.
+    pub request_ns: u64,
     pub ctx: SpanContext,
     /// The same-host link key it may wait under.
     pub link: Option<LinkKey>,
@@ -180,7 +187,7 @@ pub struct Conn {
     /// Monotonic time of the last event (the LRU key, with the connection id).
     pub last_seen: u64,
     /// First chunk `(start, tid)` of a client-to-server message not yet attributed to a request.
-    pub c2s_open: Option<(u64, u32)>,
+    pub c2s_open: Option<(u64, u32, u64)>,
     /// End time of the last chunk of each flow (`[client→server, server→client]`).
     pub last_end: [Option<u64>; 2],
     pub pending: VecDeque<Pending>,

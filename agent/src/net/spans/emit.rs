@@ -208,6 +208,9 @@ impl Core {
             self.red
                 .http_server(&process.service, method, &route, &status_text, secs);
             self.m.spans[0].inc();
+            if let Some(id) = self.publish_server_span(&p, &name) {
+                a.str("pyroscope.profile.id", id);
+            }
         } else {
             name = name_method.to_owned();
             if let Some(url) = attrs::url_full(&h.target, h.host.as_deref(), remote.as_ref()) {

@@ -44,21 +44,24 @@ mod red;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use loupe_collector::profile::SpanLabel;
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 use loupe_collector::traces::proto::common::InstrumentationScope;
 use loupe_collector::traces::proto::resource::Resource;
 use loupe_collector::traces::{Attribute, ResourceBatch, SpanData, TraceBatch, TraceSubmitter};
-use loupe_common::socket::{SocketEventHeader, direction, kind, role};
+use loupe_common::socket::{SocketEventHeader, direction, flags, kind, role};
 use loupe_protocols::detect::{Protocol, classify};
 use loupe_protocols::{Direction, End, Flow, Role, http1, mysql, redis};
 
 use super::{Clock, SocketEvent, SocketEvents};
+use crate::correlate::{Published, RequestTag, SpanIndex};
+use crate::logs::{LogAssembler, LogWrite};
 use crate::profiler::ProcessIdentity;
 use attrs::Attrs;
 pub use conn::MAX_DETECT_ATTEMPTS;
@@ -83,6 +86,8 @@ const PROCESS_TTL_NS: u64 = 60_000_000_000;
 const MAX_PROCESSES: usize = 4096;
 /// Longest `tracestate` kept.
 const MAX_TRACE_STATE: usize = 512;
+/// Sampled requests remembered until their span finishes.
+const MAX_SAMPLED_WAITING: usize = 4096;
 
 /// Limits and options of the span builder.
 #[derive(Debug, Clone)]
@@ -247,7 +252,7 @@ enum EvictReason {
 }
 
 struct Metrics {
-    events: [Counter; 4],
+    events: [Counter; 5],
     spans: [Counter; 3],
     dropped: [Counter; 6],
     detected: [Counter; 6],
@@ -263,7 +268,7 @@ impl Metrics {
         let c = |name: &str, help: &str, label: &str, value: &str| {
             r.counter(name, help, &[(label, value)])
         };
-        let events = ["open", "data", "close", "other"].map(|k| {
+        let events = ["open", "data", "close", "other", "log"].map(|k| {
             c(
                 "loupe_spans_events_total",
                 "Socket events the span builder consumed.",
@@ -385,6 +390,12 @@ struct Core {
     /// (client request, server request) pairs linked on this host since the last event.
     linked: Vec<(RequestRef, RequestRef)>,
     reported_overflows: u64,
+    /// Whether finished server spans are published for the profiler (see `correlate`).
+    publishing: bool,
+    /// Requests the kernel reported CPU samples of, until their span finishes.
+    sampled: HashSet<RequestTag>,
+    /// Server spans finished since the last publication.
+    published: Vec<Published>,
 }
 
 /// Turns socket events into spans; see the module docs.
@@ -399,6 +410,8 @@ pub struct SpanBuilder {
     /// The instrumentation scope of every span, shared by every batch.
     scope: Arc<InstrumentationScope>,
     core: Core,
+    index: Option<SpanIndex>,
+    logs: Option<LogAssembler>,
 }
 
 impl SpanBuilder {
@@ -441,8 +454,28 @@ impl SpanBuilder {
                 reparents: Vec::new(),
                 linked: Vec::new(),
                 reported_overflows: 0,
+                publishing: false,
+                sampled: HashSet::new(),
+                published: Vec::new(),
             },
+            index: None,
+            logs: None,
         }
+    }
+
+    /// Publishes which span each server request became into `index`, for the profiler.
+    #[must_use]
+    pub fn with_span_index(mut self, index: SpanIndex) -> Self {
+        self.core.publishing = true;
+        self.index = Some(index);
+        self
+    }
+
+    /// Turns LOG events into log records with `logs`.
+    #[must_use]
+    pub fn with_logs(mut self, logs: LogAssembler) -> Self {
+        self.logs = Some(logs);
+        self
     }
 
     /// Uses these ids (deterministic tests).
@@ -461,6 +494,9 @@ impl SpanBuilder {
     pub fn handle_all(&mut self, events: &[SocketEvent]) {
         for ev in events {
             self.consume(ev);
+        }
+        if let Some(index) = &self.index {
+            index.publish(&mut self.core.published);
         }
         self.publish_gauges();
     }
@@ -485,6 +521,11 @@ impl SpanBuilder {
             kind::CLOSE => {
                 self.core.m.events[2].inc();
                 self.on_close(h.conn_id);
+            }
+            kind::LOG => {
+                self.core.m.events[4].inc();
+                self.on_log(h, &ev.data);
+                return;
             }
             _ => self.core.m.events[3].inc(),
         }
@@ -595,6 +636,48 @@ impl SpanBuilder {
         self.lru.insert((now, h.conn_id));
     }
 
+    /// A write to stdout or stderr: a log write, tied to the request its thread serves.
+    fn on_log(&mut self, h: &SocketEventHeader, data: &[u8]) {
+        let Some(logs) = &mut self.logs else { return };
+        let captured = data
+            .get(..(h.captured as usize).min(data.len()))
+            .unwrap_or_default();
+        let write = LogWrite {
+            pid: h.pid,
+            tid: h.tid,
+            fd: h.fd,
+            monotonic_ns: h.timestamp_ns,
+            data: captured,
+            total: h.bytes.max(captured.len() as u64),
+            context: self.core.ctx.serving(h.tid),
+        };
+        let core = &mut self.core;
+        logs.on_write(write, || {
+            core.processes.get(h.pid, core.now).resource.clone()
+        });
+    }
+
+    /// Log lines waiting for a flush.
+    pub fn logs_pending(&self) -> usize {
+        self.logs.as_ref().map_or(0, LogAssembler::pending_len)
+    }
+
+    /// The waiting log records, with lines left without their end for `partial_age_ns` put out
+    /// as they are; `None` when none or logs are off.
+    pub fn take_logs(
+        &mut self,
+        now_monotonic_ns: u64,
+        partial_age_ns: u64,
+    ) -> Option<loupe_collector::logs::LogBatch> {
+        let logs = self.logs.as_mut()?;
+        let core = &mut self.core;
+        let now = core.now;
+        logs.flush_partial(now_monotonic_ns, partial_age_ns, &mut |pid| {
+            core.processes.get(pid, now).resource.clone()
+        });
+        logs.take_batch()
+    }
+
     fn on_data(&mut self, h: &SocketEventHeader, data: &[u8]) {
         let dir = match h.direction {
             direction::INGRESS => Direction::Ingress,
@@ -611,7 +694,11 @@ impl SpanBuilder {
             start_ns: h.start_ns,
             end_ns: h.timestamp_ns,
             tid: h.tid,
+            request_ns: h.request_ns,
         };
+        if h.flags & flags::REQUEST_SAMPLED != 0 {
+            self.core.note_sampled((h.tid, h.request_ns));
+        }
         let id = h.conn_id;
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -659,12 +746,13 @@ impl SpanBuilder {
             start_ns,
             end_ns: raw.end_ns,
             tid: raw.tid,
+            request_ns: raw.request_ns,
         };
         if matches!(conn.parser, Parser::Http(_))
             && flow == Flow::ClientToServer
             && conn.c2s_open.is_none()
         {
-            conn.c2s_open = Some((chunk.start_ns, chunk.tid));
+            conn.c2s_open = Some((chunk.start_ns, chunk.tid, chunk.request_ns));
         }
         let total = raw.total;
         match &mut conn.parser {
@@ -928,6 +1016,7 @@ impl Core {
                 id,
                 start_ns,
                 tid,
+                request_ns: 0,
                 ctx,
                 link,
                 request,
@@ -1077,11 +1166,11 @@ impl Core {
         for ev in events {
             match ev {
                 http1::Event::RequestStart { id, head } => {
-                    let (start_ns, tid) = conn
+                    let (start_ns, tid, request_ns) = conn
                         .c2s_open
                         .take()
-                        .or(chunk.map(|c| (c.start_ns, c.tid)))
-                        .unwrap_or((self.now, 0));
+                        .or(chunk.map(|c| (c.start_ns, c.tid, c.request_ns)))
+                        .unwrap_or((self.now, 0, 0));
                     let req = (conn_id, *id);
                     let tp = head.headers.traceparent.as_deref();
                     let ts = head.headers.tracestate.as_deref();
@@ -1094,6 +1183,7 @@ impl Core {
                         id: *id,
                         start_ns,
                         tid,
+                        request_ns,
                         ctx,
                         link,
                         request: Request::Http(HttpRequest::from_head(head)),
@@ -1249,6 +1339,42 @@ impl Core {
         }
     }
 
+    /// The kernel reported CPU samples of the request `tag` (its response write carried the
+    /// flag): its span goes into the sampled tier of the span index.
+    fn note_sampled(&mut self, tag: RequestTag) {
+        if !self.publishing {
+            return;
+        }
+        if self.sampled.len() >= MAX_SAMPLED_WAITING {
+            // Spans that never finished (dropped requests) must not pile up.
+            self.sampled.clear();
+        }
+        self.sampled.insert(tag);
+    }
+
+    /// Publishes a finished server span for the profiler's drain; returns its
+    /// `pyroscope.profile.id`.
+    fn publish_server_span(&mut self, p: &Pending, name: &str) -> Option<String> {
+        if p.request_ns == 0 {
+            return None;
+        }
+        let label = SpanLabel {
+            trace_id: p.ctx.trace_id,
+            span_id: p.ctx.span_id,
+            name: name.into(),
+        };
+        let id = label.span_id_hex();
+        if self.publishing {
+            let tag = (p.tid, p.request_ns);
+            self.published.push(Published {
+                tag,
+                sampled: self.sampled.remove(&tag),
+                span: Arc::new(label),
+            });
+        }
+        Some(id)
+    }
+
     /// Queues a span for the next flush, within `max_finished_spans`.
     fn finish(&mut self, finished: Finished) {
         if self.finished.len() >= self.cfg.max_finished_spans {
@@ -1259,35 +1385,69 @@ impl Core {
     }
 }
 
+/// Where log batches go (the log pipeline's `try_submit`: never waits).
+pub type LogOut = Box<dyn FnMut(loupe_collector::logs::LogBatch) + Send>;
+
+/// What the span builder thread does besides spans.
+#[derive(Default)]
+pub struct Correlation {
+    /// Publish which span each server request became, for the profiler.
+    pub index: Option<SpanIndex>,
+    /// Turn LOG events into log records and hand them over here.
+    pub logs: Option<(crate::logs::LogConfig, LogOut)>,
+}
+
+/// Log records that trigger a flush before [`FLUSH_INTERVAL`].
+const FLUSH_LOGS: usize = 1024;
+/// How long a line waits for its end before it goes out as it is.
+const PARTIAL_LINE_AGE_NS: u64 = 1_000_000_000;
+
 /// Runs a [`SpanBuilder`] on the thread `loupe-spans` until `rx` closes: consumes events, and
 /// every [`FLUSH_INTERVAL`] (or [`FLUSH_SPANS`] finished spans) hands finished spans to
-/// `exporter` with `try_submit` (never waits; drops are counted by the trace pipeline). When
-/// the channel closes, flushes what is finished and returns.
+/// `exporter` with `try_submit` (never waits; drops are counted by the trace pipeline), and log
+/// records likewise. When the channel closes, flushes what is finished and returns.
 pub fn spawn_span_builder(
     rx: Receiver<SocketEvents>,
     exporter: TraceSubmitter,
     registry: &Registry,
     host_name: String,
     config: SpanBuilderConfig,
+    correlation: Correlation,
 ) -> std::io::Result<JoinHandle<()>> {
-    let builder = SpanBuilder::new(
-        config,
-        registry,
-        host_name,
-        Clock::new(),
-        Box::new(ProcResolver),
-    );
+    let clock = Clock::new();
+    let mut builder = SpanBuilder::new(config, registry, host_name, clock, Box::new(ProcResolver));
+    if let Some(index) = correlation.index {
+        builder = builder.with_span_index(index);
+    }
+    let mut log_out = None;
+    if let Some((log_config, out)) = correlation.logs {
+        let scope = builder.scope.clone();
+        builder = builder.with_logs(LogAssembler::new(log_config, registry, clock, scope));
+        log_out = Some(out);
+    }
     std::thread::Builder::new()
         .name("loupe-spans".into())
-        .spawn(move || run(builder, &rx, &exporter))
+        .spawn(move || run(builder, &rx, &exporter, log_out))
 }
 
-fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvents>, exporter: &TraceSubmitter) {
+fn run(
+    mut builder: SpanBuilder,
+    rx: &Receiver<SocketEvents>,
+    exporter: &TraceSubmitter,
+    mut log_out: Option<LogOut>,
+) {
     let flush = |b: &mut SpanBuilder| {
         while let Some(batch) = b.take_batch(MAX_BATCH_SPANS) {
             if !exporter.try_submit(Arc::new(batch)) {
                 tracing::debug!("a trace sink's queue was full: spans dropped");
             }
+        }
+    };
+    let flush_logs = |b: &mut SpanBuilder, out: &mut Option<LogOut>, partial_age: u64| {
+        if let Some(out) = out
+            && let Some(batch) = b.take_logs(monotonic_now_ns(), partial_age)
+        {
+            out(batch);
         }
     };
     let mut next = Instant::now() + FLUSH_INTERVAL;
@@ -1298,11 +1458,15 @@ fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvents>, exporter: &TraceSu
                 if builder.finished_len() >= FLUSH_SPANS {
                     flush(&mut builder);
                 }
+                if builder.logs_pending() >= FLUSH_LOGS {
+                    flush_logs(&mut builder, &mut log_out, PARTIAL_LINE_AGE_NS);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 builder.settle_lingering(u64::MAX);
                 flush(&mut builder);
+                flush_logs(&mut builder, &mut log_out, 0);
                 builder.shutdown();
                 return;
             }
@@ -1310,6 +1474,7 @@ fn run(mut builder: SpanBuilder, rx: &Receiver<SocketEvents>, exporter: &TraceSu
         if Instant::now() >= next {
             builder.tick(monotonic_now_ns());
             flush(&mut builder);
+            flush_logs(&mut builder, &mut log_out, PARTIAL_LINE_AGE_NS);
             next = Instant::now() + FLUSH_INTERVAL;
         }
     }

@@ -117,8 +117,9 @@ impl Sim {
             start_ns: t0,
             bytes,
             captured,
-            _pad: 0,
+            flags: 0,
             tuple: c.tuple,
+            request_ns: 0,
         }
     }
 
@@ -1147,6 +1148,7 @@ fn spawned_thread_flushes_to_the_exporter_and_stops_with_the_channel() {
         &registry,
         "h".into(),
         SpanBuilderConfig::default(),
+        Correlation::default(),
     )
     .unwrap();
     let c = server(1, std::process::id());
@@ -1420,4 +1422,180 @@ fn a_server_span_finished_before_its_client_event_is_still_linked() {
     s.b.tick(300 + LINGER_NS);
     assert_eq!(s.b.finished_len(), 1);
     assert_eq!(s.b.core.ctx.len(), (0, 0));
+}
+
+/// A DATA event as the kernel sends it on a server connection: with the thread's request tag,
+/// and the sampled flag on the write that ended a request CPU samples were taken in.
+fn tagged(
+    c: &C,
+    tid: u32,
+    dir: u32,
+    t: u64,
+    data: &[u8],
+    request_ns: u64,
+    sampled: bool,
+) -> SocketEvent {
+    let mut header = Sim::header(
+        c,
+        kind::DATA,
+        tid,
+        dir,
+        t,
+        t,
+        data.len() as u64,
+        data.len() as u32,
+    );
+    header.request_ns = request_ns;
+    if sampled {
+        header.flags = flags::REQUEST_SAMPLED;
+    }
+    SocketEvent {
+        header,
+        data: Bytes::copy_from_slice(data),
+    }
+}
+
+/// A write to stdout as the kernel reports it.
+fn log_write(pid: u32, tid: u32, t: u64, line: &[u8]) -> SocketEvent {
+    SocketEvent {
+        header: SocketEventHeader {
+            kind: kind::LOG,
+            pid,
+            tid,
+            fd: 1,
+            direction: direction::EGRESS,
+            timestamp_ns: t,
+            start_ns: t,
+            bytes: line.len() as u64,
+            captured: line.len() as u32,
+            ..SocketEventHeader::default()
+        },
+        data: Bytes::copy_from_slice(line),
+    }
+}
+
+#[test]
+fn server_spans_are_published_for_the_profiler_and_logs_carry_their_request() {
+    let mut sim = Sim::new();
+    let index = SpanIndex::new(16, 16);
+    let logs = LogAssembler::new(
+        crate::logs::LogConfig::default(),
+        &sim.registry,
+        sim.clock,
+        Arc::new(InstrumentationScope::default()),
+    );
+    sim.b = std::mem::replace(
+        &mut sim.b,
+        SpanBuilder::new(
+            SpanBuilderConfig::default(),
+            &sim.registry,
+            "x".into(),
+            sim.clock,
+            Box::new(FakeResolver),
+        ),
+    )
+    .with_span_index(index.clone())
+    .with_logs(logs);
+
+    let c = server(1, 4242);
+    sim.open(&c, 1);
+    // Request 1: its thread was sampled (the response carries the flag); it logs a line.
+    sim.b.handle_all(&[
+        tagged(
+            &c,
+            7,
+            direction::INGRESS,
+            100,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            100,
+            false,
+        ),
+        log_write(
+            4242,
+            7,
+            150,
+            b"{\"level\":\"warn\",\"msg\":\"in request\"}\n",
+        ),
+        tagged(
+            &c,
+            7,
+            direction::EGRESS,
+            200,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            100,
+            true,
+        ),
+        // Outside any request now.
+        log_write(4242, 7, 250, b"idle\n"),
+        // Request 2, not sampled by the kernel: published in the recent tier.
+        tagged(
+            &c,
+            7,
+            direction::INGRESS,
+            300,
+            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            300,
+            false,
+        ),
+        tagged(
+            &c,
+            7,
+            direction::EGRESS,
+            400,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            300,
+            false,
+        ),
+    ]);
+    let spans = sim.spans();
+    assert_eq!(spans.len(), 2);
+    let (a, b) = (&spans[0].1, &spans[1].1);
+    assert_eq!((a.name.as_str(), b.name.as_str()), ("GET /a", "GET /b"));
+    let hex = |id: &[u8]| id.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(
+        attr(&a.attributes, "pyroscope.profile.id"),
+        Some(hex(&a.span_id))
+    );
+    assert_eq!(
+        attr(&b.attributes, "pyroscope.profile.id"),
+        Some(hex(&b.span_id))
+    );
+    assert_eq!(index.len(), (1, 1), "one sampled request, one recent");
+    let found = index.lookup(&[(7, 100), (7, 300), (7, 200)]);
+    assert_eq!(
+        found[0].as_ref().map(|s| s.span_id.to_vec()),
+        Some(a.span_id.clone())
+    );
+    assert_eq!(found[0].as_ref().map(|s| &*s.name), Some("GET /a"));
+    assert_eq!(
+        found[1].as_ref().map(|s| s.span_id.to_vec()),
+        Some(b.span_id.clone())
+    );
+    assert!(found[2].is_none());
+
+    let batch = sim.b.take_logs(u64::MAX, 0).expect("log records");
+    let records: Vec<_> = batch.resources.iter().flat_map(|r| &r.records).collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        records[0].body,
+        "{\"level\":\"warn\",\"msg\":\"in request\"}"
+    );
+    assert_eq!(records[0].severity, loupe_collector::logs::Severity::Warn);
+    assert_eq!(
+        records[0].trace_id.map(|t| t.to_vec()),
+        Some(a.trace_id.clone())
+    );
+    assert_eq!(
+        records[0].span_id.map(|s| s.to_vec()),
+        Some(a.span_id.clone())
+    );
+    assert_eq!(
+        (records[1].body.as_str(), records[1].trace_id),
+        ("idle", None)
+    );
+    // The resource is the process's, as for its spans.
+    assert_eq!(
+        attr(&batch.resources[0].resource.attributes, "service.name").as_deref(),
+        Some("svc4242")
+    );
 }
