@@ -51,8 +51,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     crate::vm::vm_test(crate::vm::VmArgs::default())
 }
 
-/// The profiler's test workloads: a C and a Rust program with two known hot functions, built with
-/// frame pointers.
+/// The profiler's test workloads: a C and a Rust program with two known hot functions, and a C
+/// HTTP server with a known function per request (correlation), built with frame pointers.
 pub fn build_workloads() -> anyhow::Result<()> {
     step("building the test workloads (target/workloads)", || {
         let out = root().join("target/workloads");
@@ -63,6 +63,12 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
                 .arg(out.join("hot_c"))
                 .arg(src.join("hot.c")),
+        )?;
+        exec(
+            Command::new("gcc")
+                .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+                .arg(out.join("span_server"))
+                .arg(src.join("span_server.c")),
         )?;
         exec(
             Command::new("rustc")

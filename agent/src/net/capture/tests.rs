@@ -21,10 +21,11 @@ fn decode_bounds_the_data_by_the_record() {
         captured: 4,
         ..Default::default()
     };
-    let mut record = vec![0u8; 104 + 8];
+    let hl = std::mem::size_of::<SocketEventHeader>();
+    let mut record = vec![0u8; hl + 8];
     // SAFETY: the record has room for the header at its start.
     unsafe { std::ptr::write_unaligned(record.as_mut_ptr().cast(), header) };
-    record[104..108].copy_from_slice(b"GET ");
+    record[hl..hl + 4].copy_from_slice(b"GET ");
     let (h, data) = decode(&record).unwrap();
     assert_eq!((h.bytes, data), (5000, &b"GET "[..]));
 
@@ -34,7 +35,7 @@ fn decode_bounds_the_data_by_the_record() {
     assert!(decode(&lying).unwrap().1.is_empty());
     assert!(decode(&record[..50]).is_none());
     // An OPEN/CLOSE record is the header alone.
-    assert!(decode(&record[..104]).unwrap().1.is_empty());
+    assert!(decode(&record[..hl]).unwrap().1.is_empty());
 }
 
 /// Events leave in batches whose bytes are slices of one buffer; a full queue drops whole
@@ -768,4 +769,84 @@ fn connections_open_before_the_start_are_followed() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(seeded >= 2, "{rendered}");
+}
+
+/// Writes to stdout and stderr (a pipe here, whatever they point to) come out as LOG events
+/// with their bytes, within the per-process rate the kernel enforces; the rest is counted.
+#[test]
+fn stdout_and_stderr_writes_become_log_events_within_the_rate() {
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = SocketCapture::start(
+        &mut ebpf,
+        CaptureOptions {
+            capture_bytes: 32,
+            queue_capacity: 64 * 1024,
+            capture_logs: true,
+            log_writes_per_sec: 6,
+            ..CaptureOptions::default()
+        },
+        &registry,
+    )
+    .unwrap();
+    // One write per line (the shell's echo); the long line is cut at the capture size.
+    let script = "echo first line; echo an error 1>&2; \
+                  echo a line longer than the thirty-two bytes captured; \
+                  i=0; while [ $i -lt 20 ]; do echo burst $i; i=$((i+1)); done";
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("burst 19"),
+        "the writes went through"
+    );
+    let events = collect(&rx, |_| false);
+    capture.stop();
+    let logs: Vec<_> = events
+        .iter()
+        .filter(|e| e.header.kind == kind::LOG)
+        .filter(|e| {
+            e.data.starts_with(b"first")
+                || e.data.starts_with(b"an error")
+                || e.data.starts_with(b"a line")
+                || e.data.starts_with(b"burst")
+        })
+        .map(|e| {
+            (
+                e.header.fd,
+                e.header.bytes,
+                &e.data[..],
+                e.header.conn_id,
+                e.header.direction,
+            )
+        })
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            (1, 11, &b"first line\n"[..], 0, direction::EGRESS),
+            // The shell's `1>&2` puts stderr on fd 1 for the builtin echo: the kernel sees fd 1.
+            (1, 9, &b"an error\n"[..], 0, direction::EGRESS),
+            (
+                1,
+                49,
+                &b"a line longer than the thirty-tw"[..],
+                0,
+                direction::EGRESS
+            ),
+            (1, 8, &b"burst 0\n"[..], 0, direction::EGRESS),
+            (1, 8, &b"burst 1\n"[..], 0, direction::EGRESS),
+            (1, 8, &b"burst 2\n"[..], 0, direction::EGRESS),
+        ],
+        "six writes pass the rate of 6 per second"
+    );
+    let rendered = registry.render();
+    let limited: u64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("loupe_logs_writes_dropped_total{reason=\"rate_limit\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(limited >= 17, "{rendered}");
 }

@@ -1,0 +1,276 @@
+//! Span ↔ profile ↔ log correlation end to end, on the real kernel: a thread-per-connection C
+//! server (tests/workloads/span_server.c) burns CPU in `loupe_request_work` inside every request
+//! and writes a log line per request. The CPU samples of that function must carry the span id of
+//! the server span they ran under (pprof labels `span_id`, `span_name`), that span must carry
+//! `pyroscope.profile.id`, and the log lines must carry its trace and span ids.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use loupe_tests::{
+    Guard, Profile, SPAN_KIND_SERVER, agent_bin, infra::free_port, read_profiles, read_spans,
+    require_root, wait_port, wait_with_deadline, workload,
+};
+
+const SERVICE: &str = "span_server";
+const HOT: &str = "loupe_request_work";
+
+/// One pprof sample: its count, the functions on its stack and its string labels.
+struct Sample {
+    count: i64,
+    functions: HashSet<String>,
+    labels: HashMap<String, String>,
+}
+
+fn samples(profile: &Profile) -> Vec<Sample> {
+    let s = |i: i64| {
+        profile
+            .string_table
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let count_index = profile
+        .sample_type
+        .iter()
+        .position(|t| s(t.r#type) == "samples")
+        .expect("a samples/count sample type");
+    let functions: HashMap<u64, String> =
+        profile.function.iter().map(|f| (f.id, s(f.name))).collect();
+    let locations: HashMap<u64, Vec<String>> = profile
+        .location
+        .iter()
+        .map(|l| {
+            let names = l
+                .line
+                .iter()
+                .filter_map(|line| functions.get(&line.function_id).cloned())
+                .collect();
+            (l.id, names)
+        })
+        .collect();
+    profile
+        .sample
+        .iter()
+        .map(|sample| Sample {
+            count: sample.value[count_index],
+            functions: sample
+                .location_id
+                .iter()
+                .flat_map(|l| locations.get(l).into_iter().flatten().cloned())
+                .collect(),
+            labels: sample
+                .label
+                .iter()
+                .filter(|l| l.str != 0)
+                .map(|l| (s(l.key), s(l.str)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Sends `GET path` on a keep-alive connection and reads the response (Content-Length body).
+fn request(stream: &TcpStream, reader: &mut BufReader<&TcpStream>, path: &str) -> u16 {
+    let mut w = stream;
+    write!(w, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("write request");
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("Content-Length:") {
+            length = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(reader, &mut body).expect("body");
+    code
+}
+
+/// Every log record in `dir/logs.jsonl`: (body, trace id, span id, severity text).
+fn read_logs(dir: &Path) -> Vec<(String, String, String, String)> {
+    let text = std::fs::read_to_string(dir.join("logs.jsonl")).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("logs.jsonl line is JSON");
+        for rl in v["resourceLogs"].as_array().into_iter().flatten() {
+            for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
+                for r in sl["logRecords"].as_array().into_iter().flatten() {
+                    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    let body = r["body"]["stringValue"].as_str().unwrap_or_default();
+                    out.push((
+                        body.to_string(),
+                        s("traceId"),
+                        s("spanId"),
+                        s("severityText"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
+    require_root();
+    let port = free_port();
+    let mut server = Guard(
+        Command::new(workload("span_server"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start span_server"),
+    );
+    wait_port(port, Duration::from_secs(10));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = free_port();
+    let mut agent = Guard(
+        Command::new(agent_bin())
+            .args(["--pid", &server.0.id().to_string()])
+            .args(["--output-dir", dir.path().to_str().expect("utf-8 path")])
+            .args(["--profile-hz", "99", "--profile-interval", "3s"])
+            .args(["--duration", "16s"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start loupe-agent"),
+    );
+    // /metrics answers once every program is attached.
+    wait_port(metrics_port, Duration::from_secs(60));
+
+    // Two keep-alive clients, each served by its own server thread, for about eight seconds.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let mut reader = BufReader::new(&stream);
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    assert_eq!(request(&stream, &mut reader, "/work/25"), 200);
+                    n += 1;
+                }
+                assert_eq!(request(&stream, &mut reader, "/fail/5"), 500);
+                n + 1
+            })
+        })
+        .collect();
+    let sent: usize = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
+    assert!(status.success(), "agent exited with {status}");
+    let _ = server.0.kill();
+
+    let spans = read_spans(dir.path());
+    let server_spans: HashMap<&str, _> = spans
+        .iter()
+        .filter(|s| s.service == SERVICE && s.kind == SPAN_KIND_SERVER)
+        .map(|s| (s.span_id.as_str(), s))
+        .collect();
+    assert!(
+        server_spans.len() * 10 >= sent * 9,
+        "{} server spans for {sent} requests",
+        server_spans.len()
+    );
+    for s in server_spans.values() {
+        assert_eq!(
+            s.attributes.get("pyroscope.profile.id").map(String::as_str),
+            Some(s.span_id.as_str()),
+            "server span {} has pyroscope.profile.id = its span id",
+            s.name
+        );
+    }
+
+    // The hot function's samples, tagged or not.
+    let (mut hot, mut tagged) = (0, 0);
+    let mut tagged_spans = HashSet::new();
+    for (name, profile) in read_profiles(dir.path()) {
+        if !name.starts_with(SERVICE) {
+            continue;
+        }
+        for sample in samples(&profile) {
+            if !sample.functions.contains(HOT) {
+                continue;
+            }
+            hot += sample.count;
+            if let Some(id) = sample.labels.get("span_id") {
+                let span = server_spans
+                    .get(id.as_str())
+                    .unwrap_or_else(|| panic!("span_id {id} is no server span of {SERVICE}"));
+                assert_eq!(sample.labels.get("span_name"), Some(&span.name));
+                assert_eq!(id.len(), 16);
+                tagged += sample.count;
+                tagged_spans.insert(id.clone());
+            }
+        }
+    }
+    assert!(hot >= 100, "only {hot} samples of {HOT}");
+    assert!(
+        tagged * 10 >= hot * 8,
+        "{tagged} of {hot} samples of {HOT} carry their span id (want ≥ 80%)"
+    );
+    assert!(
+        tagged_spans.len() >= 20,
+        "{} spans tagged",
+        tagged_spans.len()
+    );
+
+    // Every request logged a line on stdout inside its span; the failures one more on stderr.
+    let logs = read_logs(dir.path());
+    let done: Vec<_> = logs
+        .iter()
+        .filter(|l| l.0.contains("request done"))
+        .collect();
+    assert!(
+        done.len() * 10 >= sent * 9,
+        "{} log lines for {sent} requests",
+        done.len()
+    );
+    let mut with_span = 0;
+    for (body, trace_id, span_id, severity) in &done {
+        assert_eq!(severity, "INFO", "{body}");
+        if let Some(span) = server_spans.get(span_id.as_str()) {
+            assert_eq!(trace_id, &span.trace_id);
+            with_span += 1;
+        }
+    }
+    assert!(
+        with_span * 10 >= done.len() * 9,
+        "{with_span} of {} log lines carry their request's span",
+        done.len()
+    );
+    let errors: Vec<_> = logs
+        .iter()
+        .filter(|l| l.0.starts_with("ERROR request /fail"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for (body, trace_id, span_id, severity) in errors {
+        assert_eq!(severity, "ERROR", "{body}");
+        let span = server_spans
+            .get(span_id.as_str())
+            .expect("the failing request's span");
+        assert_eq!(
+            (span.trace_id.as_str(), span.status_code),
+            (trace_id.as_str(), 2)
+        );
+    }
+}
