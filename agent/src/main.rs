@@ -10,6 +10,7 @@ mod net;
 mod probe;
 mod profiler;
 mod run;
+mod span_flame;
 
 use std::process::ExitCode;
 
@@ -61,12 +62,15 @@ struct Cli {
     options: CliOptions,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 enum Command {
     /// Run the agent (the default).
     Run,
     /// Print what this kernel offers and what Loupe will use, then exit 0.
     Doctor,
+    /// Draw the flame graph of one span (or every span of one name) from the local sink's
+    /// profiles: OUTPUT_DIR/spans/<id>.svg.
+    Flamegraph(span_flame::FlamegraphArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,16 @@ fn main() -> ExitCode {
             doctor::run();
             ExitCode::SUCCESS
         }
+        Command::Flamegraph(args) => match span_flame::run(&args, &config.output_dir) {
+            Ok((path, samples)) => {
+                println!("{samples} samples → {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loupe-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run => match run::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

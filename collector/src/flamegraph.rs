@@ -59,7 +59,11 @@ pub fn folded_lines(batch: &ProfileBatch) -> Vec<String> {
 
 /// Renders the batch as a flame graph SVG.
 pub fn render_svg(batch: &ProfileBatch, title: &str) -> Result<Vec<u8>, FlamegraphError> {
-    let lines = folded_lines(batch);
+    render_folded(&folded_lines(batch), title)
+}
+
+/// Renders folded stack lines (`root;…;leaf count`) as a flame graph SVG.
+pub fn render_folded(lines: &[String], title: &str) -> Result<Vec<u8>, FlamegraphError> {
     if lines.is_empty() {
         return Err(FlamegraphError::Empty);
     }
@@ -116,12 +120,14 @@ mod tests {
                             count: 3,
                             // leaf first; `inlined_fn` inlined into `hot_fn`
                             frames: vec![frame(&["inlined_fn", "hot_fn"]), frame(&["main"])],
+                            span: None,
                         },
                         StackSample {
                             pid: 1,
                             thread_name: "b".into(),
                             count: 2,
                             frames: vec![frame(&["inlined_fn", "hot_fn"]), frame(&["main"])],
+                            span: None,
                         },
                     ],
                 },
@@ -133,6 +139,7 @@ mod tests {
                         thread_name: "c".into(),
                         count: 1,
                         frames: vec![frame(&["Vec<[u8; 8]>::push"]), frame(&[])],
+                        span: None,
                     }],
                 },
             ],

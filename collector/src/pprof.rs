@@ -139,6 +139,66 @@ pub fn encode_gzip(profile: &Profile) -> Result<Vec<u8>, PprofError> {
     enc.finish().map_err(PprofError::Gzip)
 }
 
+/// The samples of `profile` whose string label `key` equals `value`, as folded stacks
+/// (`root;…;leaf` with `root_name` prepended) and their `samples` counts, merged. This is how one
+/// span's (`span_id`) or one route's (`span_name`) flame graph is cut out of a service's
+/// profile.
+pub fn folded_with_label(
+    profile: &Profile,
+    root_name: &str,
+    key: &str,
+    value: &str,
+) -> HashMap<String, u64> {
+    let s = |i: i64| {
+        profile
+            .string_table
+            .get(usize::try_from(i).unwrap_or(usize::MAX))
+            .map_or("", String::as_str)
+    };
+    let mut out = HashMap::new();
+    let Some(count_index) = profile
+        .sample_type
+        .iter()
+        .position(|t| s(t.r#type) == "samples")
+    else {
+        return out;
+    };
+    let functions: HashMap<u64, &str> =
+        profile.function.iter().map(|f| (f.id, s(f.name))).collect();
+    let locations: HashMap<u64, &Location> = profile.location.iter().map(|l| (l.id, l)).collect();
+    for sample in &profile.sample {
+        if !sample
+            .label
+            .iter()
+            .any(|l| s(l.key) == key && s(l.str) == value)
+        {
+            continue;
+        }
+        let count = sample
+            .value
+            .get(count_index)
+            .and_then(|&c| u64::try_from(c).ok())
+            .unwrap_or(0);
+        if count == 0 {
+            continue;
+        }
+        let mut stack = String::from(root_name);
+        // Locations are leaf first, and a location's lines innermost first.
+        for id in sample.location_id.iter().rev() {
+            let Some(location) = locations.get(id) else {
+                continue;
+            };
+            for line in location.line.iter().rev() {
+                stack.push(';');
+                let name = functions.get(&line.function_id).copied().unwrap_or("");
+                stack.push_str(if name.is_empty() { "[unknown]" } else { name });
+            }
+        }
+        *out.entry(stack).or_insert(0) += count;
+    }
+    out
+}
+
 /// Which mapping a location belongs to.
 #[derive(Hash, PartialEq, Eq)]
 enum MappingKey<'a> {
@@ -343,12 +403,14 @@ mod tests {
                     thread_name: "worker-1".into(),
                     count: 3,
                     frames: vec![hot.clone(), main.clone()],
+                    span: None,
                 },
                 StackSample {
                     pid: 42,
                     thread_name: "worker-2".into(),
                     count: 2,
                     frames: vec![kernel, hot, main],
+                    span: None,
                 },
             ],
         }
@@ -395,6 +457,46 @@ mod tests {
             .map(|l| (s(&p, l.key), l.num, s(&p, l.str)))
             .collect();
         assert_eq!(labels, [("pid", 42, ""), ("thread_name", 0, "worker-2")]);
+    }
+
+    #[test]
+    fn span_labels_and_cutting_out_one_span() {
+        let mut profile = sample_profile();
+        let span = Arc::new(crate::profile::SpanLabel {
+            trace_id: [1; 16],
+            span_id: [0x0a, 0xbc, 0, 1, 2, 3, 4, 0xff],
+            name: "GET /users/{id}".into(),
+        });
+        profile.samples[1].span = Some(span);
+        let p = roundtrip(&build(meta(), &profile));
+        let labels: Vec<(&str, &str)> = p.sample[1]
+            .label
+            .iter()
+            .map(|l| (s(&p, l.key), s(&p, l.str)))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("pid", ""),
+                ("thread_name", "worker-2"),
+                ("span_id", "0abc0001020304ff"),
+                ("span_name", "GET /users/{id}"),
+            ]
+        );
+        assert_eq!(
+            p.sample[0].label.len(),
+            2,
+            "an untagged sample has no span labels"
+        );
+
+        let one = folded_with_label(&p, "checkout", "span_id", "0abc0001020304ff");
+        assert_eq!(
+            one,
+            HashMap::from([("checkout;main;hot;inlined;do_syscall_64".to_string(), 2)])
+        );
+        let route = folded_with_label(&p, "checkout", "span_name", "GET /users/{id}");
+        assert_eq!(route, one);
+        assert!(folded_with_label(&p, "checkout", "span_id", "ffffffffffffffff").is_empty());
     }
 
     #[test]
@@ -500,18 +602,21 @@ mod tests {
                             lines: vec![],
                         },
                     ],
+                    span: None,
                 },
                 StackSample {
                     pid: 2,
                     thread_name: String::new(),
                     count: 1,
                     frames: vec![],
+                    span: None,
                 },
                 StackSample {
                     pid: 3,
                     thread_name: "zero".into(),
                     count: 0,
                     frames: vec![frame(&b, 0x3010)],
+                    span: None,
                 },
             ],
         };

@@ -444,6 +444,7 @@ mod tests {
                                     lines: vec![FrameLine::function("main")],
                                 },
                             ],
+                            span: None,
                         },
                         StackSample {
                             pid: 7,
@@ -454,6 +455,7 @@ mod tests {
                                 mapping: None,
                                 lines: vec![FrameLine::function("main")],
                             }],
+                            span: None,
                         },
                     ],
                 })

@@ -137,6 +137,7 @@ fn service(name: &str, labels: &[(&str, &str)], count: u64) -> ServiceProfile {
                 thread_name: "worker".into(),
                 count,
                 frames: vec![frame(&format!("{name}_hot_fn")), frame("main")],
+                span: None,
             }]
         },
     }
