@@ -98,6 +98,10 @@ pub struct CliOptions {
     /// Capture what processes write to stdout and stderr as logs tied to their requests [default: true].
     #[arg(long, env = "LOUPE_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub logs: Option<bool>,
+    /// Publish what each thread serves in the pinned map /sys/fs/bpf/otel/traces_ctx_v1, so
+    /// another eBPF profiler on the node can tag its samples with Loupe's spans [default: false].
+    #[arg(long, env = "LOUPE_PUBLISH_TRACE_CONTEXT", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub publish_trace_context: Option<bool>,
     /// Log lines one process may log per second; more are dropped and counted [default: 1000].
     #[arg(long, env = "LOUPE_LOG_LINES_PER_SEC", global = true, value_name = "N")]
     pub log_lines_per_sec: Option<u32>,
@@ -164,6 +168,7 @@ struct FileOptions {
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
     logs: Option<bool>,
+    publish_trace_context: Option<bool>,
     log_lines_per_sec: Option<u32>,
     loki_url: Option<String>,
     loki_user: Option<String>,
@@ -193,6 +198,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Capture stdout/stderr writes as logs.
     pub logs: bool,
+    /// Fill the pinned trace context map other profilers read.
+    pub publish_trace_context: bool,
     pub log_lines_per_sec: u32,
     pub loki: Option<PushOptions>,
     pub duration: Option<Duration>,
@@ -397,6 +404,10 @@ impl Config {
             capture_bytes,
             otlp_endpoint,
             logs: cli.logs.or(file.logs).unwrap_or(true),
+            publish_trace_context: cli
+                .publish_trace_context
+                .or(file.publish_trace_context)
+                .unwrap_or(false),
             log_lines_per_sec,
             loki,
             duration,

@@ -11,6 +11,7 @@ mod probe;
 mod profiler;
 mod run;
 mod span_flame;
+mod trace_ctx_map;
 
 use std::process::ExitCode;
 

@@ -310,42 +310,50 @@ fn mount_point_of_type(fs_type: &str) -> Option<String> {
 /// hosts and some container runtimes): tracepoints are attached by their tracefs ids. Needs
 /// CAP_SYS_ADMIN; without it, tracepoints are reported missing and Loupe falls back.
 pub fn ensure_tracefs() {
-    const TRACEFS: &str = "/sys/kernel/tracing";
-    if mount_point_of_type("tracefs").is_some() || !Path::new(TRACEFS).is_dir() {
+    ensure_mounted("tracefs", "/sys/kernel/tracing");
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf when nothing is mounted there of its kind, so a map
+/// can be pinned for other programs to open (`--publish-trace-context`).
+pub fn ensure_bpffs() {
+    ensure_mounted("bpf", "/sys/fs/bpf");
+}
+
+/// Mounts a filesystem of type `kind` at `target` if none of that type is mounted, the folder
+/// exists and the kernel knows the type; says what happened in the log.
+fn ensure_mounted(kind: &str, target: &str) {
+    if mount_point_of_type(kind).is_some() || !Path::new(target).is_dir() {
         return;
     }
     let known = fs::read_to_string("/proc/filesystems")
-        .map(|f| {
-            f.lines()
-                .any(|l| l.split_whitespace().last() == Some("tracefs"))
-        })
+        .map(|f| f.lines().any(|l| l.split_whitespace().last() == Some(kind)))
         .unwrap_or(false);
     if !known {
         return;
     }
-    let (Ok(source), Ok(target), Ok(kind)) = (
-        std::ffi::CString::new("tracefs"),
-        std::ffi::CString::new(TRACEFS),
-        std::ffi::CString::new("tracefs"),
+    let (Ok(source), Ok(path), Ok(fstype)) = (
+        std::ffi::CString::new(kind),
+        std::ffi::CString::new(target),
+        std::ffi::CString::new(kind),
     ) else {
         return;
     };
     // SAFETY: the three pointers are valid NUL-terminated strings for the duration of the call and
-    // `data` may be null for tracefs.
+    // `data` may be null for tracefs and bpffs.
     let r = unsafe {
         libc::mount(
             source.as_ptr(),
-            target.as_ptr(),
-            kind.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         )
     };
     if r == 0 {
-        tracing::info!("mounted tracefs at {TRACEFS}");
+        tracing::info!("mounted {kind} at {target}");
     } else {
         tracing::debug!(
-            "cannot mount tracefs at {TRACEFS}: {}",
+            "cannot mount {kind} at {target}: {}",
             std::io::Error::last_os_error()
         );
     }

@@ -2,6 +2,7 @@
 //! duration elapses or SIGINT/SIGTERM arrives; then a last drain, a flush of every sink, and exit.
 
 use std::{
+    path::Path,
     sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant},
@@ -28,10 +29,13 @@ use crate::{
     logs::LogConfig,
     net::{
         capture::{CaptureOptions, SocketCapture},
-        spans::{Correlation, LogOut, SpanBuilderConfig, spawn_span_builder},
+        spans::{
+            Correlation, LogOut, ServingChange, ServingOut, SpanBuilderConfig, spawn_span_builder,
+        },
     },
     probe::SocketAttach,
     profiler::{MAX_CACHED_ADDRESSES, Profiler, ProfilerOptions, Symbolizer},
+    trace_ctx_map::{self, TraceContextMap},
 };
 
 /// Batches waiting for each sink at most; more are dropped and counted.
@@ -244,6 +248,20 @@ fn start_network_spans(
     } else {
         None
     };
+    let mut trace_ctx = None;
+    if config.publish_trace_context {
+        crate::probe::ensure_bpffs();
+        match TraceContextMap::create(Path::new(trace_ctx_map::PIN_PATH), registry) {
+            Ok(map) => {
+                tracing::info!(
+                    path = trace_ctx_map::PIN_PATH,
+                    "publishing what each thread serves"
+                );
+                trace_ctx = Some(map);
+            }
+            Err(e) => tracing::warn!("the shared trace context map is off: {e:#}"),
+        }
+    }
     let (capture, events) = match SocketCapture::start(
         ebpf,
         CaptureOptions {
@@ -272,6 +290,9 @@ fn start_network_spans(
         host.to_string(),
         SpanBuilderConfig::default(),
         Correlation {
+            serving: trace_ctx.map(|mut map| -> ServingOut {
+                Box::new(move |changes: &[ServingChange]| map.apply(changes))
+            }),
             index: Some(spans_index),
             logs: log_out.map(|out| {
                 let cfg = LogConfig {

@@ -103,6 +103,43 @@ fn request(stream: &TcpStream, reader: &mut BufReader<&TcpStream>, path: &str) -
     code
 }
 
+const TRACE_CONTEXT_MAP: &str = "/sys/fs/bpf/otel/traces_ctx_v1";
+
+/// The (trace id, span id) entries of the pinned trace context map for threads of `pid`, as
+/// another profiler would read them (bpftool, JSON dump: byte arrays as "0x.." strings).
+fn trace_context_entries(pid: u32) -> Vec<(String, String)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", TRACE_CONTEXT_MAP])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect()
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let key = bytes(&e["key"]);
+            let value = bytes(&e["value"]);
+            // Key: pid_tgid, little-endian; the process id is its upper half.
+            let tgid = u32::from_le_bytes(key.get(4..8)?.try_into().ok()?);
+            (tgid == pid && value.len() == 24).then(|| (hex(&value[..16]), hex(&value[16..])))
+        })
+        .collect()
+}
+
 /// Every log record in `dir/logs.jsonl`: (body, trace id, span id, severity text).
 fn read_logs(dir: &Path) -> Vec<(String, String, String, String)> {
     let text = std::fs::read_to_string(dir.join("logs.jsonl")).unwrap_or_default();
@@ -150,6 +187,7 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
             .args(["--profile-hz", "99", "--profile-interval", "3s"])
             .args(["--duration", "16s"])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--publish-trace-context")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -175,10 +213,29 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
             })
         })
         .collect();
-    let sent: usize = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    // A slow request on a third connection: while it runs, the shared map says which span its
+    // thread serves.
+    std::thread::sleep(Duration::from_secs(2));
+    let slow = std::thread::spawn(move || {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut reader = BufReader::new(&stream);
+        assert_eq!(request(&stream, &mut reader, "/work/1500"), 200);
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let published = trace_context_entries(server.0.id());
+    slow.join().expect("slow client");
+    let sent: usize = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .sum::<usize>()
+        + 1;
     let status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
     assert!(status.success(), "agent exited with {status}");
     let _ = server.0.kill();
+    assert!(
+        !Path::new(TRACE_CONTEXT_MAP).exists(),
+        "the agent unpins {TRACE_CONTEXT_MAP} when it stops"
+    );
 
     let spans = read_spans(dir.path());
     let server_spans: HashMap<&str, _> = spans
@@ -199,6 +256,19 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
             s.name
         );
     }
+
+    // The slow request's thread was published with its span, and only threads serving one.
+    let slow_span = server_spans
+        .values()
+        .find(|s| s.attributes.get("url.path").map(String::as_str) == Some("/work/1500"))
+        .expect("the slow request's span");
+    assert!(
+        published.contains(&(slow_span.trace_id.clone(), slow_span.span_id.clone())),
+        "{TRACE_CONTEXT_MAP} held {published:?} while the slow request ran, not its span {} {}",
+        slow_span.trace_id,
+        slow_span.span_id
+    );
+    assert!(published.len() <= 3, "{published:?}");
 
     // The hot function's samples, tagged or not.
     let (mut hot, mut tagged) = (0, 0);

@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "python3-venv",
+    // Reads the pinned trace context map in the correlation test.
+    "bpftool",
 ];
 /// Packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk", "bpftrace"];

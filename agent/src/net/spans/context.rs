@@ -141,6 +141,8 @@ pub type SpanIds = ([u8; 16], [u8; 8]);
 
 #[derive(Debug, Clone)]
 struct Serving {
+    /// The thread's process.
+    pid: u32,
     trace_id: [u8; 16],
     span_id: [u8; 8],
     request: RequestRef,
@@ -152,6 +154,15 @@ struct Waiting<T> {
     value: T,
     request: RequestRef,
     since_ns: u64,
+}
+
+/// A thread started or stopped serving a server span (see [`TraceContexts::journal_serving`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServingChange {
+    pub pid: u32,
+    pub tid: u32,
+    /// What it serves now: `(trace id, span id)`, or nothing.
+    pub now_serving: Option<SpanIds>,
 }
 
 /// What a client request found on the other side of a same-host link.
@@ -171,6 +182,9 @@ pub struct TraceContexts {
     max_threads: usize,
     max_links: usize,
     serving: HashMap<u32, Serving>,
+    /// When set, every change of a thread's serving state is recorded here (see
+    /// [`TraceContexts::journal_serving`]).
+    journal: Option<Vec<ServingChange>>,
     /// Client requests waiting for their server read, per link.
     clients: HashMap<LinkKey, VecDeque<Waiting<SpanIds>>>,
     /// Server requests (that found no client) waiting for a late client event, per link.
@@ -186,6 +200,7 @@ impl TraceContexts {
             max_threads: max_threads.max(1),
             max_links: max_links.max(1),
             serving: HashMap::new(),
+            journal: None,
             clients: HashMap::new(),
             servers: HashMap::new(),
             links: 0,
@@ -193,25 +208,65 @@ impl TraceContexts {
         }
     }
 
-    /// Thread `tid` now serves this server span.
-    pub fn start_serving(&mut self, tid: u32, ctx: &SpanContext, request: RequestRef, now: u64) {
+    /// Records every change of what a thread serves from now on, for [`Self::take_changes`].
+    pub fn journal_serving(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (in order).
+    pub fn take_changes(&mut self, into: &mut Vec<ServingChange>) {
+        if let Some(j) = &mut self.journal {
+            into.append(j);
+        }
+    }
+
+    fn record(&mut self, pid: u32, tid: u32, now_serving: Option<SpanIds>) {
+        if let Some(j) = &mut self.journal {
+            j.push(ServingChange {
+                pid,
+                tid,
+                now_serving,
+            });
+        }
+    }
+
+    /// Thread `tid` of process `pid` now serves this server span.
+    pub fn start_serving(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ctx: &SpanContext,
+        request: RequestRef,
+        now: u64,
+    ) {
         if self.serving.len() >= self.max_threads && !self.serving.contains_key(&tid) {
-            self.serving
-                .retain(|_, s| now.saturating_sub(s.since_ns) < STALE_NS);
+            let mut gone = Vec::new();
+            self.serving.retain(|&t, s| {
+                let keep = now.saturating_sub(s.since_ns) < STALE_NS;
+                if !keep {
+                    gone.push((s.pid, t));
+                }
+                keep
+            });
             if self.serving.len() >= self.max_threads {
                 self.overflows += self.serving.len() as u64;
-                self.serving.clear();
+                gone.extend(self.serving.drain().map(|(t, s)| (s.pid, t)));
+            }
+            for (p, t) in gone {
+                self.record(p, t, None);
             }
         }
         self.serving.insert(
             tid,
             Serving {
+                pid,
                 trace_id: ctx.trace_id,
                 span_id: ctx.span_id,
                 request,
                 since_ns: now,
             },
         );
+        self.record(pid, tid, Some((ctx.trace_id, ctx.span_id)));
     }
 
     /// The server span thread `tid` is serving: `(trace id, span id)`.
@@ -221,8 +276,10 @@ impl TraceContexts {
 
     /// The server request is over (or dropped): its thread serves nothing any more.
     pub fn stop_serving(&mut self, tid: u32, request: RequestRef) {
-        if self.serving.get(&tid).is_some_and(|s| s.request == request) {
+        if let Some(s) = self.serving.get(&tid).filter(|s| s.request == request) {
+            let pid = s.pid;
             self.serving.remove(&tid);
+            self.record(pid, tid, None);
         }
     }
 
@@ -230,6 +287,8 @@ impl TraceContexts {
     pub fn reparent_serving(&mut self, tid: u32, request: RequestRef, trace_id: [u8; 16]) {
         if let Some(s) = self.serving.get_mut(&tid).filter(|s| s.request == request) {
             s.trace_id = trace_id;
+            let (pid, span_id) = (s.pid, s.span_id);
+            self.record(pid, tid, Some((trace_id, span_id)));
         }
     }
 

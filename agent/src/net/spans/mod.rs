@@ -69,6 +69,7 @@ use conn::{
     Chunk, Conn, HttpRequest, MAX_HELD_BYTES, Parser, Pending, RawChunk, Request, flow_index,
 };
 pub use context::IdGenerator;
+pub use context::ServingChange;
 use context::{ClientLink, LinkKey, RequestRef, SpanContext, TraceContexts};
 use red::RedMetrics;
 
@@ -412,6 +413,9 @@ pub struct SpanBuilder {
     core: Core,
     index: Option<SpanIndex>,
     logs: Option<LogAssembler>,
+    /// Where changes of what each thread serves go (the shared trace context map).
+    serving_out: Option<ServingOut>,
+    changes: Vec<ServingChange>,
 }
 
 impl SpanBuilder {
@@ -460,7 +464,17 @@ impl SpanBuilder {
             },
             index: None,
             logs: None,
+            serving_out: None,
+            changes: Vec::new(),
         }
+    }
+
+    /// Hands every change of what a thread serves to `out` (after each batch of events).
+    #[must_use]
+    pub fn with_serving_out(mut self, out: ServingOut) -> Self {
+        self.core.ctx.journal_serving();
+        self.serving_out = Some(out);
+        self
     }
 
     /// Publishes which span each server request became into `index`, for the profiler.
@@ -497,6 +511,13 @@ impl SpanBuilder {
         }
         if let Some(index) = &self.index {
             index.publish(&mut self.core.published);
+        }
+        if let Some(out) = &mut self.serving_out {
+            self.core.ctx.take_changes(&mut self.changes);
+            if !self.changes.is_empty() {
+                out(&self.changes);
+                self.changes.clear();
+            }
         }
         self.publish_gauges();
     }
@@ -1071,7 +1092,7 @@ impl Core {
                 trace_state: String::new(),
             }
         };
-        self.ctx.start_serving(tid, &ctx, req, self.now);
+        self.ctx.start_serving(conn.pid, tid, &ctx, req, self.now);
         (ctx, key)
     }
 
@@ -1388,6 +1409,9 @@ impl Core {
 /// Where log batches go (the log pipeline's `try_submit`: never waits).
 pub type LogOut = Box<dyn FnMut(loupe_collector::logs::LogBatch) + Send>;
 
+/// Where changes of what threads serve go.
+pub type ServingOut = Box<dyn FnMut(&[ServingChange]) + Send>;
+
 /// What the span builder thread does besides spans.
 #[derive(Default)]
 pub struct Correlation {
@@ -1395,6 +1419,8 @@ pub struct Correlation {
     pub index: Option<SpanIndex>,
     /// Turn LOG events into log records and hand them over here.
     pub logs: Option<(crate::logs::LogConfig, LogOut)>,
+    /// Publish what each thread serves (trace id, span id) as it changes.
+    pub serving: Option<ServingOut>,
 }
 
 /// Log records that trigger a flush before [`FLUSH_INTERVAL`].
@@ -1418,6 +1444,9 @@ pub fn spawn_span_builder(
     let mut builder = SpanBuilder::new(config, registry, host_name, clock, Box::new(ProcResolver));
     if let Some(index) = correlation.index {
         builder = builder.with_span_index(index);
+    }
+    if let Some(out) = correlation.serving {
+        builder = builder.with_serving_out(out);
     }
     let mut log_out = None;
     if let Some((log_config, out)) = correlation.logs {
