@@ -71,6 +71,12 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .arg(src.join("span_server.c")),
         )?;
         exec(
+            Command::new("gcc")
+                .args(["-O2", "-o"])
+                .arg(out.join("log_flood"))
+                .arg(src.join("log_flood.c")),
+        )?;
+        exec(
             Command::new("rustc")
                 .args([
                     "--edition",
