@@ -98,6 +98,10 @@ pub struct CliOptions {
     /// Capture what processes write to stdout and stderr as logs tied to their requests [default: true].
     #[arg(long, env = "LOUPE_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub logs: Option<bool>,
+    /// Tag CPU samples with the span of the request their thread serves (pprof labels `span_id`,
+    /// `span_name`; spans get `pyroscope.profile.id`) [default: true].
+    #[arg(long, env = "LOUPE_SPAN_PROFILES", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub span_profiles: Option<bool>,
     /// Publish what each thread serves in the pinned map /sys/fs/bpf/otel/traces_ctx_v1, so
     /// another eBPF profiler on the node can tag its samples with Loupe's spans [default: false].
     #[arg(long, env = "LOUPE_PUBLISH_TRACE_CONTEXT", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -168,6 +172,7 @@ struct FileOptions {
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
     logs: Option<bool>,
+    span_profiles: Option<bool>,
     publish_trace_context: Option<bool>,
     log_lines_per_sec: Option<u32>,
     loki_url: Option<String>,
@@ -198,6 +203,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Capture stdout/stderr writes as logs.
     pub logs: bool,
+    /// Tag CPU samples with their request's span.
+    pub span_profiles: bool,
     /// Fill the pinned trace context map other profilers read.
     pub publish_trace_context: bool,
     pub log_lines_per_sec: u32,
@@ -404,6 +411,7 @@ impl Config {
             capture_bytes,
             otlp_endpoint,
             logs: cli.logs.or(file.logs).unwrap_or(true),
+            span_profiles: cli.span_profiles.or(file.span_profiles).unwrap_or(true),
             publish_trace_context: cli
                 .publish_trace_context
                 .or(file.publish_trace_context)

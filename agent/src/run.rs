@@ -125,7 +125,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 pids: config.pids.clone(),
                 process_tracepoints: plan.process_tracepoints,
                 host_labels: vec![("host_name".to_string(), host.clone())],
-                spans: network.is_some().then(|| spans_index.clone()),
+                spans: (network.is_some() && config.span_profiles).then(|| spans_index.clone()),
             },
             &registry,
         )?;
@@ -269,6 +269,7 @@ fn start_network_spans(
             pids: config.pids.clone(),
             attach,
             capture_logs: config.logs,
+            track_requests: config.span_profiles,
             // A write usually carries one line: the kernel's bound leaves room for the line
             // limit, which the log assembler enforces exactly.
             log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),
@@ -293,7 +294,7 @@ fn start_network_spans(
             serving: trace_ctx.map(|mut map| -> ServingOut {
                 Box::new(move |changes: &[ServingChange]| map.apply(changes))
             }),
-            index: Some(spans_index),
+            index: config.span_profiles.then_some(spans_index),
             logs: log_out.map(|out| {
                 let cfg = LogConfig {
                     max_lines_per_sec: config.log_lines_per_sec,

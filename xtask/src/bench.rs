@@ -18,6 +18,8 @@
 //! **network**: wrk against an HTTP service with the agent off and on (see bench_net.rs).
 //!
 //! **parsers**: `cargo bench -p loupe-protocols` (criterion), summarized (see bench_parsers.rs).
+//!
+//! **logs**: stdout/stderr capture, off vs on, under a steady flood of lines (see bench_logs.rs).
 
 use std::{
     fmt::Write as _,
@@ -62,16 +64,19 @@ pub enum Part {
     Network,
     /// Protocol parser throughput (criterion).
     Parsers,
+    /// Capturing stdout/stderr as logs, off vs on.
+    Logs,
 }
 
 impl Part {
-    const ALL: [Part; 3] = [Part::Profiler, Part::Network, Part::Parsers];
+    const ALL: [Part; 4] = [Part::Profiler, Part::Network, Part::Parsers, Part::Logs];
 
     fn name(self) -> &'static str {
         match self {
             Part::Profiler => "profiler",
             Part::Network => "network",
             Part::Parsers => "parsers",
+            Part::Logs => "logs",
         }
     }
 }
@@ -102,6 +107,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 with_bpf_stats(|| crate::bench_net::network(&agent, args.seconds, args.rate))?
             }
             Part::Parsers => crate::bench_parsers::parsers()?,
+            Part::Logs => with_bpf_stats(|| crate::bench_logs::logs(&agent, args.seconds))?,
         };
         println!("{section}");
         let file = dir.join(format!("{}.md", part.name()));
@@ -139,17 +145,17 @@ fn with_bpf_stats<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T>
 
 /// What one scenario cost.
 #[derive(Debug, Clone)]
-struct Cost {
-    name: String,
-    hz: u32,
-    user_cpu_s: f64,
-    bpf_cpu_s: f64,
-    max_rss_mb: f64,
-    wall_s: f64,
+pub(crate) struct Cost {
+    pub name: String,
+    pub hz: u32,
+    pub user_cpu_s: f64,
+    pub bpf_cpu_s: f64,
+    pub max_rss_mb: f64,
+    pub wall_s: f64,
 }
 
 impl Cost {
-    fn total_cpu_s(&self) -> f64 {
+    pub fn total_cpu_s(&self) -> f64 {
         self.user_cpu_s + self.bpf_cpu_s
     }
     /// Percent of one core per sampled CPU.
@@ -193,7 +199,34 @@ fn profiler(agent: &Path, secs: u64) -> anyhow::Result<String> {
             &format!("perf record -F 99 -g -a for {secs}s, then perf report"),
             || run_perf(secs, &out),
         )?;
-        Ok::<_, anyhow::Error>(vec![a, b, c, d])
+        // Span tagging: requests that burn CPU, the agent with span profiles on, then off.
+        let mut tagging = Vec::new();
+        for on in [true, false] {
+            let load = RequestLoad::start()?;
+            let cost = step(
+                &format!("agent at 99 Hz, requests under load, span profiles {on} for {secs}s"),
+                || {
+                    let args = [
+                        "--profile-hz".to_string(),
+                        "99".into(),
+                        format!("--span-profiles={on}"),
+                    ];
+                    measure_agent(agent, &args, secs, &out.join(format!("tagging-{on}")))
+                },
+            );
+            let requests = load.stop();
+            let mut cost = cost?;
+            cost.name = format!(
+                "loupe-agent, {:.0} req/s, span profiles {}",
+                requests as f64 / cost.wall_s,
+                if on { "on" } else { "off" }
+            );
+            cost.hz = 99;
+            tagging.push(cost);
+        }
+        let mut all = vec![a, b, c, d];
+        all.extend(tagging);
+        Ok::<_, anyhow::Error>(all)
     })();
 
     for w in &mut workload {
@@ -206,18 +239,34 @@ fn profiler(agent: &Path, secs: u64) -> anyhow::Result<String> {
 
 fn run_agent(agent: &Path, name: &str, hz: u32, secs: u64, out: &Path) -> anyhow::Result<Cost> {
     let dir = out.join(format!("agent-{hz}hz"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let args = [
+        "--profile-hz".to_string(),
+        hz.to_string(),
+        "--profile-interval".into(),
+        "15s".into(),
+    ];
+    let mut cost = measure_agent(agent, &args, secs, &dir)?;
+    cost.name = name.to_string();
+    cost.hz = hz;
+    Ok(cost)
+}
+
+/// Runs the agent with `args` for `secs` seconds (local sink in `dir`, emptied first) and
+/// measures it: CPU from rusage, the eBPF programs' run time from the kernel's statistics, peak
+/// RSS.
+pub(crate) fn measure_agent(
+    agent: &Path,
+    args: &[String],
+    secs: u64,
+    dir: &Path,
+) -> anyhow::Result<Cost> {
+    let _ = std::fs::remove_dir_all(dir);
     let started = Instant::now();
     let child = Command::new(agent)
-        .args([
-            "run",
-            "--profile-hz",
-            &hz.to_string(),
-            "--profile-interval",
-            "15s",
-        ])
+        .arg("run")
+        .args(args)
         .args(["--duration", &format!("{secs}s"), "--output-dir"])
-        .arg(&dir)
+        .arg(dir)
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start the agent")?;
@@ -234,15 +283,93 @@ fn run_agent(agent: &Path, name: &str, hz: u32, secs: u64, out: &Path) -> anyhow
     let elapsed = started.elapsed().as_secs_f64();
     let bpf_cpu_s = bpf_ns as f64 / 1e9 * (secs as f64 / elapsed).max(1.0);
     let (user, rss) = wait_rusage(child)?;
-    eprintln!("    eBPF program: {bpf_runs} runs, {bpf_per_run:.0} ns each");
+    eprintln!("    eBPF programs: {bpf_runs} runs, {bpf_per_run:.0} ns each");
     Ok(Cost {
-        name: name.to_string(),
-        hz,
+        name: String::new(),
+        hz: 0,
         user_cpu_s: user,
         bpf_cpu_s,
         max_rss_mb: rss,
         wall_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The correlation test's server (tests/workloads/span_server.c) under a steady load: two
+/// keep-alive clients, each asking for 5 ms of CPU per request, until stopped.
+struct RequestLoad {
+    server: Child,
+    clients: Vec<thread::JoinHandle<u64>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RequestLoad {
+    fn start() -> anyhow::Result<Self> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        // A free port: bound, then released for the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let server = Command::new(root().join("target/workloads/span_server"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start span_server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("span_server does not listen on {port}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        return 0;
+                    };
+                    let mut reader = BufReader::new(&stream);
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if write!(&stream, "GET /work/5 HTTP/1.1\r\nHost: b\r\n\r\n").is_err() {
+                            break;
+                        }
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            match reader.read_line(&mut line) {
+                                Ok(n) if n > 2 => {}
+                                _ => break,
+                            }
+                        }
+                        let mut body = [0u8; 2];
+                        if reader.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        Ok(Self {
+            server,
+            clients,
+            stop,
+        })
+    }
+
+    /// Stops the load; returns the requests answered.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = self.clients.drain(..).map(|c| c.join().unwrap_or(0)).sum();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        n
+    }
 }
 
 /// `perf record` alone (no symbols: raw addresses in a file), and `perf record` plus the `perf report`
@@ -359,7 +486,7 @@ fn report(costs: &[Cost], cpus: usize, secs: u64) -> String {
             c.max_rss_mb
         );
     }
-    if let [default, at99, perf, perf_report] = costs {
+    if let [default, at99, perf, perf_report, tagged, untagged] = costs {
         let _ = writeln!(r, "\nTargets:");
         let mark = |ok: bool| if ok { "met" } else { "MISSED" };
         let pct = default.pct_per_cpu(cpus);
@@ -385,6 +512,15 @@ fn report(costs: &[Cost], cpus: usize, secs: u64) -> String {
             at99.total_cpu_s(),
             perf_report.total_cpu_s(),
             mark(ratio < 1.0)
+        );
+        let added = 100.0 * (tagged.total_cpu_s() / untagged.total_cpu_s().max(1e-9) - 1.0);
+        let _ = writeln!(
+            r,
+            "- sample tagging adds ≤ 10% to the agent's CPU (99 Hz, requests under load; span \
+             profiles on vs off): {added:+.1}% ({:.2} s vs {:.2} s) — {}",
+            tagged.total_cpu_s(),
+            untagged.total_cpu_s(),
+            mark(added <= 10.0)
         );
         let _ = writeln!(
             r,

@@ -279,6 +279,10 @@ pub mod socket {
         /// Log writes (LOG events) one process may make per second; more are counted
         /// (`counter::LOG_WRITES_LIMITED`) and not captured.
         pub log_writes_per_sec: u32,
+        /// Non-zero: keep each thread's current server request (`THREAD_REQUESTS`), which tags
+        /// CPU samples and server DATA events.
+        pub track_requests: u32,
+        pub _pad: u32,
     }
 
     /// Processes `SOCKET_PIDS` may name (the `--pid` filter).
@@ -406,7 +410,7 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<ThreadRequest>() == 24);
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
-    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 96);
+    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 104);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 56);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
     const _: () = assert!(MAX_CAPTURE_BYTES.is_power_of_two());

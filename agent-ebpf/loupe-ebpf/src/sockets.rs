@@ -797,7 +797,7 @@ fn thread_request(pid_tgid: u64, conn_id: u64, data_direction: u32, ts: u64) -> 
 fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
     let config = config().ok_or(0)?;
     let ts = now();
-    let (request_ns, event_flags) = if state.role == role::SERVER {
+    let (request_ns, event_flags) = if state.role == role::SERVER && config.track_requests != 0 {
         thread_request(pid_tgid, state.conn_id, args.direction, ts)
     } else {
         (0, 0)

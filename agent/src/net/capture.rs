@@ -152,6 +152,8 @@ pub struct CaptureOptions {
     pub capture_logs: bool,
     /// Log writes per process per second the kernel passes on; more are counted and dropped.
     pub log_writes_per_sec: u32,
+    /// Keep each thread's current server request in the kernel (tags CPU samples with spans).
+    pub track_requests: bool,
 }
 
 impl Default for CaptureOptions {
@@ -166,6 +168,7 @@ impl Default for CaptureOptions {
             seed_existing: true,
             capture_logs: false,
             log_writes_per_sec: DEFAULT_LOG_WRITES_PER_SEC,
+            track_requests: true,
         }
     }
 }
@@ -326,6 +329,8 @@ impl SocketCapture {
                     capture_logs: u32::from(options.capture_logs),
                     regs_arg_offsets: ENTRY_POINTS.map(|(_, o)| o).unwrap_or_default(),
                     log_writes_per_sec: options.log_writes_per_sec,
+                    track_requests: u32::from(options.track_requests),
+                    _pad: 0,
                 },
                 0,
             )
