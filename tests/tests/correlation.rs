@@ -14,7 +14,10 @@ use std::{
 };
 
 use loupe_tests::{
-    Guard, Profile, SPAN_KIND_SERVER, agent_bin, infra::free_port, read_profiles, read_spans,
+    Guard, Profile, SPAN_KIND_SERVER, agent_bin,
+    infra::free_port,
+    read_profiles, read_spans,
+    receivers::{LokiReceiver, OtlpLogsReceiver},
     require_root, wait_port, wait_with_deadline, workload,
 };
 
@@ -180,6 +183,8 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics_port = free_port();
+    let loki = LokiReceiver::start();
+    let otlp = OtlpLogsReceiver::start();
     let mut agent = Guard(
         Command::new(agent_bin())
             .args(["--pid", &server.0.id().to_string()])
@@ -188,6 +193,9 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
             .args(["--duration", "16s"])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .arg("--publish-trace-context")
+            .args(["--loki-url", &format!("http://{}", loki.addr)])
+            .args(["--otlp-endpoint", &format!("http://{}", otlp.addr)])
+            .arg("--local-sink")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
