@@ -46,6 +46,15 @@ const TRACE_QUEUE: usize = loupe_collector::traces::pipeline::DEFAULT_QUEUE_CAPA
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loupe-export")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Listen for SIGTERM and SIGINT before anything else: one that arrives while the programs
+    // load (seconds on a slow host) must stop the agent cleanly, not kill it.
+    let stop_signals = runtime.block_on(async { StopSignals::listen() });
     crate::probe::ensure_tracefs();
     let mut features = crate::probe::detect();
     let plan = crate::probe::plan(&features);
@@ -63,12 +72,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let plan = crate::probe::plan(&features);
     tracing::debug!(?features, ?plan, "kernel features");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("loupe-export")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let registry = Registry::new();
     let host = hostname();
 
@@ -168,7 +171,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             })
             .context("cannot start the drain thread")?;
 
-        wait_for_stop(config.duration).await;
+        stop_signals.wait(config.duration).await;
         tracing::info!("stopping: draining the last interval and flushing sinks");
         let _ = stop_tx.send(());
         tokio::task::spawn_blocking(move || drainer.join())
@@ -326,33 +329,50 @@ fn start_log_export(_config: &Config, _registry: &Registry) -> Option<LogOut> {
     None
 }
 
-async fn wait_for_stop(duration: Option<Duration>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            None
-        }
-    };
-    let term = async {
-        match term.as_mut() {
-            Some(s) => {
-                s.recv().await;
+/// SIGTERM and SIGINT, listened for from the start.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Installs the handlers now (inside a runtime); a signal that arrives before `wait` is kept.
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot listen for {name}: {e}");
+                None
             }
-            None => std::future::pending().await,
+        };
+        Self {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    let elapsed = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+    }
+
+    /// Returns on SIGTERM, SIGINT or once `duration` has elapsed.
+    async fn wait(mut self, duration: Option<Duration>) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-        _ = elapsed => {}
+        let elapsed = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+            _ = elapsed => {}
+        }
     }
 }
 
