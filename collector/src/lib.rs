@@ -8,10 +8,10 @@
 //! - [`traces`]: spans (OTLP protobuf types) to an OTLP/gRPC endpoint and to a local
 //!   `traces.jsonl`, through a pipeline of their own shaped like [`pipeline`].
 
+pub mod export;
 pub mod flamegraph;
 pub mod http;
 pub mod logs;
-pub mod pipeline;
 pub mod pprof;
 pub mod profile;
 pub mod sink;
@@ -21,12 +21,17 @@ pub mod traces;
 #[cfg(test)]
 mod test_util;
 
-pub use pipeline::{PipelineError, ProfileExporter, ProfileExporterHandle, ProfileSubmitter};
+pub use export::{
+    Batching, BoxFuture, Exporter, ExporterHandle, PipelineError, SignalBatch, Sink, Submitter,
+};
 pub use profile::{
     BatchMeta, Frame, FrameLine, Mapping, ProfileBatch, ServiceProfile, StackSample,
 };
 pub use sink::local::summary;
-pub use sink::{ExportReport, LocalSink, ProfileSink, PyroscopeConfig, PyroscopeSink, SinkError};
+pub use sink::{
+    BoxedProfileSink, ExportReport, LocalSink, ProfileExporter, ProfileExporterHandle,
+    ProfileSubmitter, PyroscopeConfig, PyroscopeSink, SinkError,
+};
 pub use telemetry::{Counter, Gauge, Histogram, MetricsServer, Registry};
 
 /// The prost types of pprof (`google`), the Pyroscope push API (`push`) and labels (`types`).

@@ -21,7 +21,8 @@ use reqwest::header::{
 };
 use reqwest::{StatusCode, Url};
 
-use super::{BoxFuture, ExportReport, ProfileSink, SinkError};
+use super::{BoxFuture, ExportReport, SinkError};
+use crate::export::Sink;
 use crate::pprof::{self, PprofError};
 use crate::profile::ProfileBatch;
 
@@ -403,7 +404,7 @@ impl PyroscopeSink {
     }
 }
 
-impl ProfileSink for PyroscopeSink {
+impl Sink<ProfileBatch> for PyroscopeSink {
     fn name(&self) -> &str {
         "pyroscope"
     }
@@ -420,7 +421,7 @@ impl ProfileSink for PyroscopeSink {
                 {
                     Ok(b) => b,
                     Err(e) => {
-                        report.profiles_failed = total;
+                        report.items_failed = total;
                         report.errors.push(PushError::Task(e).into());
                         return report;
                     }
@@ -429,7 +430,7 @@ impl ProfileSink for PyroscopeSink {
                 let body = match body {
                     Ok(b) => b,
                     Err(e) => {
-                        report.profiles_failed += 1;
+                        report.items_failed += 1;
                         report.errors.push(e.into());
                         continue;
                     }
@@ -439,11 +440,11 @@ impl ProfileSink for PyroscopeSink {
                 report.retries += retries;
                 match result {
                     Ok(()) => {
-                        report.profiles_exported += 1;
+                        report.items_exported += 1;
                         report.bytes_sent += len;
                     }
                     Err(e) => {
-                        report.profiles_failed += 1;
+                        report.items_failed += 1;
                         report.errors.push(SinkError::from(e));
                     }
                 }

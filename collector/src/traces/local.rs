@@ -15,7 +15,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Batching, TraceBatch, TraceExportReport, TraceSink};
+use super::{Batching, TraceBatch, TraceExportReport};
+use crate::export::Sink;
 use crate::sink::BoxFuture;
 use crate::telemetry::{Counter, Registry};
 
@@ -186,7 +187,7 @@ fn write_line(
     }
 }
 
-impl TraceSink for LocalTraceSink {
+impl Sink<TraceBatch> for LocalTraceSink {
     fn name(&self) -> &str {
         "local"
     }
@@ -194,7 +195,7 @@ impl TraceSink for LocalTraceSink {
     fn batching(&self) -> Batching {
         // The span builder already flushes about once a second: one line per flush.
         Batching {
-            max_spans: 4096,
+            max_items: 4096,
             max_delay: std::time::Duration::ZERO,
         }
     }
@@ -209,7 +210,7 @@ impl TraceSink for LocalTraceSink {
         self.rotations = counter;
     }
 
-    fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport> {
+    fn export(&self, batch: Arc<TraceBatch>) -> BoxFuture<'_, TraceExportReport> {
         let dir = self.dir.clone();
         let state = self.state.clone();
         let max = self.max_file_bytes;
@@ -226,12 +227,12 @@ impl TraceSink for LocalTraceSink {
             };
             match result {
                 Ok(bytes) => TraceExportReport {
-                    spans_exported: spans,
+                    items_exported: spans,
                     bytes_sent: bytes,
                     ..TraceExportReport::default()
                 },
                 Err(e) => TraceExportReport {
-                    spans_failed: spans,
+                    items_failed: spans,
                     errors: vec![e.into()],
                     ..TraceExportReport::default()
                 },
@@ -339,9 +340,9 @@ mod tests {
         let tmp = TempDir::new("traces");
         let sink = LocalTraceSink::new(tmp.path().join("out")).unwrap();
         for _ in 0..3 {
-            let report = sink.export(sample()).await;
+            let report = sink.export(Arc::new(sample())).await;
             assert!(report.is_success(), "{:?}", report.errors);
-            assert_eq!(report.spans_exported, 1);
+            assert_eq!(report.items_exported, 1);
         }
         let text = fs::read_to_string(sink.path()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -355,7 +356,7 @@ mod tests {
         }
         // A new sink appends to the existing file.
         let again = LocalTraceSink::new(tmp.path().join("out")).unwrap();
-        again.export(sample()).await;
+        again.export(Arc::new(sample())).await;
         assert_eq!(fs::read_to_string(again.path()).unwrap().lines().count(), 4);
     }
 
@@ -372,7 +373,7 @@ mod tests {
         assert!(per_file >= 2, "line of {line_len} bytes");
         let exports = per_file * 3 + 1;
         for _ in 0..exports {
-            assert!(sink.export(sample()).await.is_success());
+            assert!(sink.export(Arc::new(sample())).await.is_success());
         }
         let current = fs::metadata(tmp.path().join(TRACES_FILE)).unwrap().len();
         let old = fs::metadata(tmp.path().join(ROTATED_TRACES_FILE))

@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -22,7 +23,8 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
 use super::proto::collector::trace_service_client::TraceServiceClient;
-use super::{Batching, TraceBatch, TraceExportReport, TraceSink};
+use super::{Batching, TraceBatch, TraceExportReport};
+use crate::export::Sink;
 use crate::sink::BoxFuture;
 
 /// Timeout of one export call unless configured otherwise.
@@ -218,7 +220,7 @@ impl OtlpTraceSink {
             initial_backoff: config.initial_backoff,
             max_backoff: config.max_backoff.max(config.initial_backoff),
             batching: Batching {
-                max_spans: config.max_batch_spans.max(1),
+                max_items: config.max_batch_spans.max(1),
                 max_delay: config.max_batch_delay,
             },
         })
@@ -264,7 +266,7 @@ fn cut(message: &str) -> String {
     message.chars().take(MAX_MESSAGE).collect()
 }
 
-impl TraceSink for OtlpTraceSink {
+impl Sink<TraceBatch> for OtlpTraceSink {
     fn name(&self) -> &str {
         "otlp"
     }
@@ -273,7 +275,7 @@ impl TraceSink for OtlpTraceSink {
         self.batching
     }
 
-    fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport> {
+    fn export(&self, batch: Arc<TraceBatch>) -> BoxFuture<'_, TraceExportReport> {
         Box::pin(async move {
             let spans = batch.span_count();
             let request = batch.to_request();
@@ -300,9 +302,9 @@ impl TraceSink for OtlpTraceSink {
                             })
                             .unwrap_or_default();
                         let (rejected, message) = (rejected.0.min(spans), rejected.1);
-                        report.spans_exported = spans - rejected;
+                        report.items_exported = spans - rejected;
                         if rejected > 0 {
-                            report.spans_failed = rejected;
+                            report.items_failed = rejected;
                             report.errors.push(
                                 OtlpExportError::Rejected {
                                     endpoint: self.endpoint.clone(),
@@ -320,7 +322,7 @@ impl TraceSink for OtlpTraceSink {
                         let code = status.code();
                         if attempt > self.max_retries || !retryable(code) {
                             report.retries = u64::from(attempt - 1);
-                            report.spans_failed = spans;
+                            report.items_failed = spans;
                             report.errors.push(
                                 OtlpExportError::Status {
                                     endpoint: self.endpoint.clone(),

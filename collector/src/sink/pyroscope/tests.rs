@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::pipeline::ProfileExporter;
 use crate::profile::{Frame, FrameLine, ServiceProfile, StackSample};
+use crate::sink::ProfileExporter;
 use crate::telemetry::Registry;
 
 /// One request as the receiver saw it.
@@ -193,11 +193,7 @@ async fn pushes_decodable_profiles_with_labels_and_headers() {
         .await;
     assert!(report.is_success(), "{:?}", report.errors);
     assert_eq!(
-        (
-            report.profiles_exported,
-            report.profiles_failed,
-            report.retries
-        ),
+        (report.items_exported, report.items_failed, report.retries),
         (2, 0, 0)
     );
 
@@ -290,16 +286,16 @@ async fn retries_503_then_succeeds_and_counts_the_retry() {
     );
     let metrics = registry.render();
     for line in [
-        "loupe_exporter_retries_total{sink=\"pyroscope\"} 1\n",
-        "loupe_exporter_exports_succeeded_total{sink=\"pyroscope\"} 1\n",
-        "loupe_exporter_exports_failed_total{sink=\"pyroscope\"} 0\n",
-        "loupe_exporter_profiles_exported_total{sink=\"pyroscope\"} 1\n",
-        "loupe_exporter_profiles_dropped_total{sink=\"pyroscope\"} 0\n",
+        "loupe_exporter_retries_total{signal=\"profiles\",sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_exports_succeeded_total{signal=\"profiles\",sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_exports_failed_total{signal=\"profiles\",sink=\"pyroscope\"} 0\n",
+        "loupe_exporter_items_exported_total{signal=\"profiles\",sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_items_dropped_total{reason=\"export_failed\",signal=\"profiles\",sink=\"pyroscope\"} 0\n",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
     let sent = format!(
-        "loupe_exporter_sent_bytes_total{{sink=\"pyroscope\"}} {}\n",
+        "loupe_exporter_sent_bytes_total{{signal=\"profiles\",sink=\"pyroscope\"}} {}\n",
         got[1].body.len()
     );
     assert!(metrics.contains(&sent), "missing {sent:?} in\n{metrics}");
@@ -312,11 +308,7 @@ async fn does_not_retry_400_and_quotes_the_body() {
     let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
     let report = sink.export(batch(vec![service("a", &[], 1)])).await;
     assert_eq!(
-        (
-            report.profiles_exported,
-            report.profiles_failed,
-            report.retries
-        ),
+        (report.items_exported, report.items_failed, report.retries),
         (0, 1, 0)
     );
     assert_eq!(rx.drain().len(), 1, "a 400 is not retried");
@@ -366,7 +358,7 @@ async fn gives_up_after_max_retries() {
     };
     let sink = PyroscopeSink::new(config, vec![]).unwrap();
     let report = sink.export(batch(vec![service("a", &[], 1)])).await;
-    assert_eq!((report.profiles_failed, report.retries), (1, 2));
+    assert_eq!((report.items_failed, report.retries), (1, 2));
     assert_eq!(rx.drain().len(), 3);
     let msg = report.errors[0].to_string();
     assert!(
@@ -388,7 +380,7 @@ async fn retries_connection_errors() {
     };
     let sink = PyroscopeSink::new(config, vec![]).unwrap();
     let report = sink.export(batch(vec![service("a", &[], 1)])).await;
-    assert_eq!((report.profiles_failed, report.retries), (1, 1));
+    assert_eq!((report.items_failed, report.retries), (1, 1));
     let SinkError::Pyroscope(PushError::Transport { attempts, .. }) = &report.errors[0] else {
         panic!("unexpected error {:?}", report.errors[0]);
     };
