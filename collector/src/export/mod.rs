@@ -95,6 +95,17 @@ impl<E> ExportReport<E> {
     pub fn is_success(&self) -> bool {
         self.errors.is_empty() && self.items_failed == 0
     }
+
+    /// The same report with each error converted (a wire client's error into its signal's).
+    pub fn convert<F: From<E>>(self) -> ExportReport<F> {
+        ExportReport {
+            items_exported: self.items_exported,
+            items_failed: self.items_failed,
+            bytes_sent: self.bytes_sent,
+            retries: self.retries,
+            errors: self.errors.into_iter().map(F::from).collect(),
+        }
+    }
 }
 
 /// A destination for one signal's batches.

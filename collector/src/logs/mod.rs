@@ -12,12 +12,24 @@ use crate::traces::proto::common::InstrumentationScope;
 use crate::traces::proto::resource::Resource;
 
 pub mod model;
+pub mod otlp;
 
 pub use model::{LOG_IOSTREAM, LogBatch, LogRecord, ResourceLogs, Severity};
+pub use otlp::OtlpLogSink;
+
+/// The OTLP protobuf types of logs (prost, with serde for OTLP/JSON) and the tonic logs service.
+pub mod proto {
+    pub use opentelemetry_proto::tonic::collector::logs::v1 as collector;
+    pub use opentelemetry_proto::tonic::logs::v1 as logs;
+}
 
 /// Any log sink's error.
 #[derive(Debug, thiserror::Error)]
-pub enum LogSinkError {}
+pub enum LogSinkError {
+    /// An OTLP export failed.
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::OtlpExportError),
+}
 
 /// What one log `export` call achieved; items are log records.
 pub type LogExportReport = ExportReport<LogSinkError>;

@@ -8,6 +8,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
+use prost::Message;
+use tonic::Code;
+
 use super::*;
 use crate::telemetry::Registry;
 use crate::traces::TraceExporter;
@@ -223,7 +228,7 @@ async fn pipeline_batches_into_export_calls() {
     let (addr, mut got) = start_receiver(vec![]).await;
     let registry = Registry::new();
     let sink = OtlpTraceSink::new(OtlpConfig {
-        max_batch_spans: 4,
+        max_batch_items: 4,
         max_batch_delay: Duration::from_millis(200),
         ..config(addr)
     })
