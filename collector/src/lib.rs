@@ -11,6 +11,8 @@
 pub mod export;
 pub mod flamegraph;
 pub mod http;
+pub mod json;
+pub mod jsonl;
 pub mod logs;
 pub mod otlp;
 pub mod pprof;

@@ -11,9 +11,11 @@ use crate::export::{
 use crate::traces::proto::common::InstrumentationScope;
 use crate::traces::proto::resource::Resource;
 
+pub mod local;
 pub mod model;
 pub mod otlp;
 
+pub use local::{LocalLogSink, LocalLogSinkError};
 pub use model::{LOG_IOSTREAM, LogBatch, LogRecord, ResourceLogs, Severity};
 pub use otlp::OtlpLogSink;
 
@@ -26,6 +28,9 @@ pub mod proto {
 /// Any log sink's error.
 #[derive(Debug, thiserror::Error)]
 pub enum LogSinkError {
+    /// The local logs file could not be written.
+    #[error(transparent)]
+    Local(#[from] LocalLogSinkError),
     /// An OTLP export failed.
     #[error(transparent)]
     Otlp(#[from] crate::otlp::OtlpExportError),

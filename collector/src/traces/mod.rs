@@ -13,7 +13,6 @@ use crate::export::{
     Accumulator, ExportReport, Exporter, ExporterHandle, Grouped, SignalBatch, Sink, Submitter,
 };
 
-pub mod json;
 pub mod local;
 pub mod model;
 pub mod otlp;
