@@ -1,7 +1,11 @@
 //! Logs out of the agent: lines processes wrote to stdout and stderr, as [`LogRecord`]s grouped by
 //! resource ([`model`]), through the export pipeline ([`crate::export`]: one bounded queue,
 //! accumulator and task per sink, `try_submit` never waits) to the sinks, each a
-//! [`Sink`]`<LogBatch>`.
+//! [`Sink`]`<LogBatch>`:
+//!
+//! - [`local`]: one OTLP/JSON `ExportLogsServiceRequest` per line in `DIR/logs.jsonl`;
+//! - [`otlp`]: OTLP/gRPC `LogsService/Export` (Alloy, any OpenTelemetry Collector);
+//! - [`loki`]: Loki's push API (snappy-compressed protobuf), streams labelled from the resource.
 
 use std::sync::Arc;
 
@@ -12,10 +16,12 @@ use crate::traces::proto::common::InstrumentationScope;
 use crate::traces::proto::resource::Resource;
 
 pub mod local;
+pub mod loki;
 pub mod model;
 pub mod otlp;
 
 pub use local::{LocalLogSink, LocalLogSinkError};
+pub use loki::{LokiConfig, LokiConfigError, LokiPushError, LokiSink};
 pub use model::{LOG_IOSTREAM, LogBatch, LogRecord, ResourceLogs, Severity};
 pub use otlp::OtlpLogSink;
 
@@ -31,6 +37,9 @@ pub enum LogSinkError {
     /// The local logs file could not be written.
     #[error(transparent)]
     Local(#[from] LocalLogSinkError),
+    /// A push to Loki failed.
+    #[error(transparent)]
+    Loki(#[from] LokiPushError),
     /// An OTLP export failed.
     #[error(transparent)]
     Otlp(#[from] crate::otlp::OtlpExportError),
