@@ -10,9 +10,8 @@ use std::{
 
 use anyhow::{Context, anyhow};
 use loupe_collector::{
-    pipeline::ProfileExporter,
+    BoxedProfileSink, ProfileExporter,
     sink::{
-        ProfileSink,
         local::LocalSink,
         pyroscope::{PyroscopeConfig, PyroscopeSink},
     },
@@ -20,7 +19,7 @@ use loupe_collector::{
 };
 
 use loupe_collector::traces::{
-    LocalTraceSink, OtlpConfig, OtlpTraceSink, TraceExporter, TraceExporterHandle, TraceSink,
+    BoxedTraceSink, LocalTraceSink, OtlpConfig, OtlpTraceSink, TraceExporter, TraceExporterHandle,
 };
 
 use crate::{
@@ -41,7 +40,7 @@ use crate::{
 /// Batches waiting for each sink at most; more are dropped and counted.
 const EXPORT_QUEUE: usize = 4;
 /// Span batches waiting for each trace sink at most.
-const TRACE_QUEUE: usize = loupe_collector::traces::pipeline::DEFAULT_QUEUE_CAPACITY;
+const TRACE_QUEUE: usize = loupe_collector::export::DEFAULT_QUEUE_CAPACITY;
 /// How long shutdown waits for sinks to flush.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -77,7 +76,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     runtime.block_on(async {
 
-        let mut sinks: Vec<Box<dyn ProfileSink>> = Vec::new();
+        let mut sinks: Vec<BoxedProfileSink> = Vec::new();
         if config.local_profiles() {
             let sink = LocalSink::new(&config.output_dir)
                 .map(|s| s.with_max_files_per_service(config.max_profile_files))
@@ -230,7 +229,7 @@ fn start_network_spans(
         );
         return None;
     };
-    let mut sinks: Vec<Box<dyn TraceSink>> = Vec::new();
+    let mut sinks: Vec<BoxedTraceSink> = Vec::new();
     if config.local_traces() {
         match LocalTraceSink::new(&config.output_dir) {
             Ok(sink) => sinks.push(Box::new(sink)),

@@ -529,7 +529,14 @@ fn run_scenario(
                         "loupe_socket_events_dropped_total{reason=\"queue_full\"}",
                     ),
                     dropped_spans: d("loupe_spans_dropped_total")
-                        + d("loupe_trace_exporter_spans_dropped_total"),
+                        + ["queue_full", "export_failed", "shutdown"]
+                            .into_iter()
+                            .map(|reason| {
+                                d(&format!(
+                                    "loupe_exporter_items_dropped_total{{reason=\"{reason}\",signal=\"spans\"}}"
+                                ))
+                            })
+                            .sum::<f64>(),
                     ..AgentCost::default()
                 })
             }

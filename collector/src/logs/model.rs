@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::traces::Attribute;
-use crate::traces::proto::common::InstrumentationScope;
+use crate::traces::proto::common::{AnyValue, InstrumentationScope, any_value::Value};
 use crate::traces::proto::resource::Resource;
 
 /// OTLP's `SeverityNumber`s for the levels Loupe recognizes (the first of each range).
@@ -107,3 +107,46 @@ impl LogBatch {
 
 /// Attribute key of the stream a line was written to.
 pub const LOG_IOSTREAM: Cow<'static, str> = Cow::Borrowed("log.iostream");
+
+impl LogRecord {
+    /// The OTLP protobuf form: the body as a string value, the severity as number and text.
+    pub fn to_proto(&self) -> super::proto::logs::LogRecord {
+        super::proto::logs::LogRecord {
+            time_unix_nano: self.time_unix_nano,
+            observed_time_unix_nano: self.observed_time_unix_nano,
+            severity_number: self.severity as i32,
+            severity_text: self.severity.text().to_owned(),
+            body: Some(AnyValue {
+                value: Some(Value::StringValue(self.body.clone())),
+            }),
+            attributes: self.attributes.iter().map(Attribute::to_proto).collect(),
+            trace_id: self.trace_id.map(|t| t.to_vec()).unwrap_or_default(),
+            span_id: self.span_id.map(|s| s.to_vec()).unwrap_or_default(),
+            ..super::proto::logs::LogRecord::default()
+        }
+    }
+}
+
+impl ResourceLogs {
+    /// The OTLP protobuf form.
+    pub fn to_proto(&self) -> super::proto::logs::ResourceLogs {
+        super::proto::logs::ResourceLogs {
+            resource: Some((*self.resource).clone()),
+            scope_logs: vec![super::proto::logs::ScopeLogs {
+                scope: Some((*self.scope).clone()),
+                log_records: self.records.iter().map(LogRecord::to_proto).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }
+    }
+}
+
+impl LogBatch {
+    /// The OTLP export request carrying the batch.
+    pub fn to_request(&self) -> super::proto::collector::ExportLogsServiceRequest {
+        super::proto::collector::ExportLogsServiceRequest {
+            resource_logs: self.resources.iter().map(ResourceLogs::to_proto).collect(),
+        }
+    }
+}

@@ -14,7 +14,8 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{BoxFuture, ExportReport, ProfileSink};
+use super::{BoxFuture, ExportReport};
+use crate::export::Sink;
 use crate::flamegraph::{self, FlamegraphError};
 use crate::pprof::{self, PprofError};
 use crate::profile::ProfileBatch;
@@ -120,7 +121,7 @@ impl LocalSink {
     }
 }
 
-impl ProfileSink for LocalSink {
+impl Sink<ProfileBatch> for LocalSink {
     fn name(&self) -> &str {
         "local"
     }
@@ -147,7 +148,7 @@ impl ProfileSink for LocalSink {
             match tokio::task::spawn_blocking(move || job.run(&batch)).await {
                 Ok(report) => report,
                 Err(e) => ExportReport {
-                    profiles_failed: profiles,
+                    items_failed: profiles,
                     errors: vec![LocalSinkError::Task(e).into()],
                     ..ExportReport::default()
                 },
@@ -176,7 +177,7 @@ impl WriteJob {
         tracing::info!("{}", summary(batch));
         let profiles_dir = self.dir.join(PROFILES_DIR);
         if let Err(e) = create_dir(&profiles_dir) {
-            report.profiles_failed = batch.profiles.len() as u64;
+            report.items_failed = batch.profiles.len() as u64;
             report.errors.push(e.into());
             return report;
         }
@@ -195,7 +196,7 @@ impl WriteJob {
             let bytes = match pprof::encode_gzip(&pprof::build(batch.meta(), profile)) {
                 Ok(b) => b,
                 Err(source) => {
-                    report.profiles_failed += 1;
+                    report.items_failed += 1;
                     report.errors.push(
                         LocalSinkError::Encode {
                             service: profile.service_name.clone(),
@@ -207,11 +208,11 @@ impl WriteJob {
                 }
             };
             if let Err(e) = write_atomically(&path, &bytes) {
-                report.profiles_failed += 1;
+                report.items_failed += 1;
                 report.errors.push(e.into());
                 continue;
             }
-            report.profiles_exported += 1;
+            report.items_exported += 1;
             report.bytes_sent += bytes.len() as u64;
             let files = index.files.entry(stem).or_default();
             if !files.iter().any(|(_, p)| *p == path) {
@@ -488,7 +489,7 @@ mod tests {
             .export(Arc::new(batch(1_700_000_000, &["checkout", "cart/v2"])))
             .await;
         assert!(report.is_success(), "{:?}", report.errors);
-        assert_eq!(report.profiles_exported, 2);
+        assert_eq!(report.items_exported, 2);
         assert!(report.bytes_sent > 0);
         assert_eq!(
             profile_files(tmp.path()),
@@ -573,7 +574,7 @@ mod tests {
         fs::write(&dir, b"").unwrap();
         let report = sink.export(Arc::new(batch(5, &["a"]))).await;
         assert!(!report.is_success());
-        assert_eq!(report.profiles_failed, 1);
+        assert_eq!(report.items_failed, 1);
         assert!(
             report.errors[0].to_string().contains("data"),
             "{}",

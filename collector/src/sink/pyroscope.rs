@@ -1,6 +1,8 @@
 //! The Pyroscope sink: one Connect-protocol unary `push.v1.PusherService/Push` per service
 //! profile, body a binary `PushRequest` holding one series with one gzip pprof sample.
 //!
+//! The HTTP side (TLS, auth, tenant, retries) is [`crate::http::PushClient`], shared with Loki.
+//!
 //! Series labels: `__name__=process_cpu`, `service_name`, the host labels, then the profile's
 //! labels (later ones win), sorted by name. Label names are made Prometheus-safe (`host.name`
 //! becomes `host_name`) because Pyroscope rejects other names. Retries: only 429, 502, 503, 504
@@ -16,14 +18,15 @@ use ::pyroscope::encode::r#gen::push::{PushRequest, RawProfileSeries, RawSample}
 use ::pyroscope::encode::r#gen::types::LabelPair;
 use bytes::Bytes;
 use prost::Message;
-use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
-};
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 
-use super::{BoxFuture, ExportReport, ProfileSink, SinkError};
+use super::{BoxFuture, ExportReport, SinkError};
+use crate::export::Sink;
+pub use crate::http::MAX_RETRY_AFTER;
+use crate::http::{HttpConfigError, PostError, PushClient, PushSettings};
 use crate::pprof::{self, PprofError};
 use crate::profile::ProfileBatch;
+use crate::retry::Backoff;
 
 /// Path of the push endpoint, appended to the configured base URL.
 pub const PUSH_PATH: &str = "/push.v1.PusherService/Push";
@@ -35,10 +38,6 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// Backoff ceiling unless configured otherwise.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Longest `Retry-After` honoured; longer ones are cut to this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// Response body bytes quoted in errors.
-const ERROR_BODY_PREFIX: usize = 200;
 /// Service name sent when a profile has none (Pyroscope requires one).
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -108,46 +107,7 @@ impl fmt::Debug for PyroscopeConfig {
 }
 
 /// Errors in a Pyroscope sink's configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum PyroscopeConfigError {
-    /// The URL does not parse.
-    #[error("invalid pyroscope url {url:?}: {reason}")]
-    InvalidUrl {
-        /// The URL as configured.
-        url: String,
-        /// Why it does not parse.
-        reason: String,
-    },
-    /// The URL scheme is neither `http` nor `https`.
-    #[error("unsupported scheme {scheme:?} in pyroscope url {url:?}: use http or https")]
-    UnsupportedScheme {
-        /// The URL as configured.
-        url: String,
-        /// The scheme found.
-        scheme: String,
-    },
-    /// Both basic auth and a bearer token were configured.
-    #[error("pyroscope basic auth and bearer token are exclusive; configure one")]
-    ConflictingAuth,
-    /// A header value holds characters HTTP does not allow (line breaks, control characters).
-    #[error("the pyroscope {what} contains characters not allowed in an http header")]
-    InvalidHeader {
-        /// Which setting.
-        what: &'static str,
-    },
-    /// The TLS configuration could not be built (for example no system CA certificates).
-    #[error("building tls for pyroscope url {url:?} failed: {source}")]
-    Tls {
-        /// The URL as configured.
-        url: String,
-        /// The rustls error.
-        #[source]
-        source: rustls::Error,
-    },
-    /// The HTTP client could not be built.
-    #[error("building the pyroscope http client failed: {0}")]
-    Client(#[source] reqwest::Error),
-}
+pub type PyroscopeConfigError = HttpConfigError;
 
 /// Errors of one push.
 #[derive(Debug, thiserror::Error)]
@@ -200,13 +160,8 @@ pub enum PushError {
 /// Pushes each service profile of a batch to Pyroscope.
 #[derive(Debug)]
 pub struct PyroscopeSink {
-    client: reqwest::Client,
-    push_url: Url,
-    basic_auth: Option<(String, String)>,
+    client: PushClient,
     host_labels: Vec<(String, String)>,
-    max_retries: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
 }
 
 impl PyroscopeSink {
@@ -216,87 +171,30 @@ impl PyroscopeSink {
         config: PyroscopeConfig,
         host_labels: Vec<(String, String)>,
     ) -> Result<Self, PyroscopeConfigError> {
-        let invalid = |reason: String| PyroscopeConfigError::InvalidUrl {
-            url: config.url.clone(),
-            reason,
-        };
-        let base = Url::parse(config.url.trim()).map_err(|e| invalid(e.to_string()))?;
-        let https = match base.scheme() {
-            "http" => false,
-            "https" => true,
-            other => {
-                return Err(PyroscopeConfigError::UnsupportedScheme {
-                    url: config.url.clone(),
-                    scheme: other.to_owned(),
-                });
-            }
-        };
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(invalid("a query or fragment is not allowed".to_owned()));
-        }
-        let push_url = Url::parse(&format!(
-            "{}{PUSH_PATH}",
-            base.as_str().trim_end_matches('/')
-        ))
-        .map_err(|e| invalid(e.to_string()))?;
-        if config.basic_auth.is_some() && config.bearer_token.is_some() {
-            return Err(PyroscopeConfigError::ConflictingAuth);
-        }
-
-        let mut headers = HeaderMap::new();
-        if let Some(token) = &config.bearer_token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                PyroscopeConfigError::InvalidHeader {
-                    what: "bearer token",
-                }
-            })?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
-        if let Some(tenant) = &config.tenant_id {
-            let v = HeaderValue::from_str(tenant)
-                .map_err(|_| PyroscopeConfigError::InvalidHeader { what: "tenant id" })?;
-            headers.insert(HeaderName::from_static("x-scope-orgid"), v);
-        }
-        if let Some((user, pass)) = &config.basic_auth {
-            let bad = |s: &str| s.chars().any(char::is_control);
-            if bad(user) || bad(pass) || user.contains(':') {
-                return Err(PyroscopeConfigError::InvalidHeader {
-                    what: "basic auth user or password",
-                });
-            }
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/proto"));
-        headers.insert(
-            HeaderName::from_static("connect-protocol-version"),
-            HeaderValue::from_static("1"),
-        );
-
-        let client = crate::http::client_builder(https)
-            .map_err(|source| PyroscopeConfigError::Tls {
-                url: config.url.clone(),
-                source,
-            })?
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(PyroscopeConfigError::Client)?;
-
+        let client = PushClient::new(PushSettings {
+            sink: "pyroscope",
+            base_url: &config.url,
+            path: PUSH_PATH,
+            basic_auth: config.basic_auth,
+            bearer_token: config.bearer_token,
+            tenant: config.tenant_id,
+            headers: &[
+                ("content-type", "application/proto"),
+                ("connect-protocol-version", "1"),
+            ],
+            timeout: config.timeout,
+            max_retries: config.max_retries,
+            backoff: Backoff::new(config.initial_backoff, config.max_backoff),
+        })?;
         Ok(Self {
             client,
-            push_url,
-            basic_auth: config.basic_auth,
             host_labels,
-            max_retries: config.max_retries,
-            initial_backoff: config.initial_backoff,
-            max_backoff: config.max_backoff.max(config.initial_backoff),
         })
     }
 
     /// The full push URL.
     pub fn push_url(&self) -> &Url {
-        &self.push_url
+        self.client.url()
     }
 
     /// Encodes every non-empty service profile of the batch as a `PushRequest` body.
@@ -338,72 +236,38 @@ impl PyroscopeSink {
 
     /// Sends one body, retrying as configured. Returns the result and the number of retries.
     async fn push(&self, service: &str, body: Bytes) -> (Result<(), PushError>, u64) {
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let mut request = self.client.post(self.push_url.clone()).body(body.clone());
-            if let Some((user, pass)) = &self.basic_auth {
-                request = request.basic_auth(user, Some(pass));
-            }
-            let can_retry = attempt <= self.max_retries;
-            let (error, retry_after) = match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    // Drain the (tiny) body so the connection returns to the pool.
-                    let _ = response.bytes().await;
-                    return (Ok(()), u64::from(attempt - 1));
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-                    let error = PushError::Status {
-                        service: service.to_owned(),
-                        url: self.push_url.to_string(),
-                        status: status.as_u16(),
-                        attempts: attempt,
-                        body: body_prefix(response).await,
-                    };
-                    if !can_retry || !retryable_status(status) {
-                        return (Err(error), u64::from(attempt - 1));
-                    }
-                    (error, retry_after)
-                }
-                Err(e) => {
-                    let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                    let error = PushError::Transport {
-                        service: service.to_owned(),
-                        url: self.push_url.to_string(),
-                        attempts: attempt,
-                        source: e.without_url(),
-                    };
-                    if !can_retry || !transient {
-                        return (Err(error), u64::from(attempt - 1));
-                    }
-                    (error, None)
-                }
-            };
-            let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
-            tracing::debug!(%service, attempt, ?delay, error = %error, "retrying pyroscope push");
-            tokio::time::sleep(delay).await;
-        }
+        let (result, retries) = self.client.post(body).await;
+        let url = || self.client.url().to_string();
+        let result = result.map_err(|e| match e {
+            PostError::Status {
+                status,
+                attempts,
+                body,
+            } => PushError::Status {
+                service: service.to_owned(),
+                url: url(),
+                status,
+                attempts,
+                body,
+            },
+            PostError::Transport { attempts, source } => PushError::Transport {
+                service: service.to_owned(),
+                url: url(),
+                attempts,
+                source,
+            },
+        });
+        (result, retries)
     }
 
     /// Backoff before retry number `retry` (1-based): exponential, capped, half of it jittered.
+    #[cfg(test)]
     fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
-            .min(self.max_backoff);
-        let half = exp / 2;
-        half + half.mul_f64(random_fraction())
+        self.client.backoff(retry)
     }
 }
 
-impl ProfileSink for PyroscopeSink {
+impl Sink<ProfileBatch> for PyroscopeSink {
     fn name(&self) -> &str {
         "pyroscope"
     }
@@ -420,7 +284,7 @@ impl ProfileSink for PyroscopeSink {
                 {
                     Ok(b) => b,
                     Err(e) => {
-                        report.profiles_failed = total;
+                        report.items_failed = total;
                         report.errors.push(PushError::Task(e).into());
                         return report;
                     }
@@ -429,7 +293,7 @@ impl ProfileSink for PyroscopeSink {
                 let body = match body {
                     Ok(b) => b,
                     Err(e) => {
-                        report.profiles_failed += 1;
+                        report.items_failed += 1;
                         report.errors.push(e.into());
                         continue;
                     }
@@ -439,11 +303,11 @@ impl ProfileSink for PyroscopeSink {
                 report.retries += retries;
                 match result {
                     Ok(()) => {
-                        report.profiles_exported += 1;
+                        report.items_exported += 1;
                         report.bytes_sent += len;
                     }
                     Err(e) => {
-                        report.profiles_failed += 1;
+                        report.items_failed += 1;
                         report.errors.push(SinkError::from(e));
                     }
                 }
@@ -485,32 +349,6 @@ pub fn sanitize_label_name(name: &str) -> String {
         out.insert(0, '_');
     }
     out
-}
-
-fn retryable_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 502 | 503 | 504)
-}
-
-/// The first [`ERROR_BODY_PREFIX`] bytes of a response body, lossy UTF-8, trimmed.
-async fn body_prefix(mut response: reqwest::Response) -> String {
-    let mut prefix = Vec::with_capacity(ERROR_BODY_PREFIX);
-    while prefix.len() < ERROR_BODY_PREFIX {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let take = chunk.len().min(ERROR_BODY_PREFIX - prefix.len());
-                prefix.extend_from_slice(&chunk[..take]);
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&prefix).trim().to_owned()
-}
-
-/// A uniformly distributed value in [0, 1) from the OS random source (via uuid v4, whose low 62
-/// bits are random).
-fn random_fraction() -> f64 {
-    let (_, lo) = uuid::Uuid::new_v4().as_u64_pair();
-    (lo & ((1u64 << 53) - 1)) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

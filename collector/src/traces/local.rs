@@ -4,189 +4,65 @@
 //! OTLP/JSON as the OTLP specification defines it ("JSON Protobuf Encoding"): lowerCamelCase
 //! field names, `traceId`/`spanId`/`parentSpanId` as lowercase hex, enums (`kind`,
 //! `status.code`) as integers, 64-bit integers (`startTimeUnixNano`, `intValue`) as strings,
-//! default values left out; written by [`super::json`] into a buffer the sink reuses.
+//! default values left out; written by [`crate::json`] into a buffer the sink reuses.
 //!
 //! Bounded: when a line would take the file past the size limit, `traces.jsonl` is renamed to
 //! `traces.jsonl.1` (replacing the previous one) and a new file begins, so at most twice the
-//! limit is on disk. Each line is written with one `write` call on a file opened for appending.
+//! limit is on disk ([`crate::jsonl`], shared with the local log sink).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::{Batching, TraceBatch, TraceExportReport, TraceSink};
+use super::{Batching, TraceBatch, TraceExportReport};
+use crate::export::Sink;
+pub use crate::jsonl::DEFAULT_MAX_FILE_BYTES;
+use crate::jsonl::{JsonlFile, LocalFileError};
 use crate::sink::BoxFuture;
-use crate::telemetry::{Counter, Registry};
+use crate::telemetry::Registry;
 
 /// Name of the traces file.
 pub const TRACES_FILE: &str = "traces.jsonl";
 /// Name the previous traces file is rotated to.
 pub const ROTATED_TRACES_FILE: &str = "traces.jsonl.1";
-/// Size at which the traces file is rotated unless configured otherwise.
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Errors of the local trace sink.
-#[derive(Debug, thiserror::Error)]
-pub enum LocalTraceSinkError {
-    /// The directory could not be created.
-    #[error("creating directory {} failed: {source}", path.display())]
-    CreateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The traces file could not be opened, written or rotated.
-    #[error("writing {} failed: {source}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The blocking write task panicked or was cancelled.
-    #[error("the local trace sink's write task failed: {0}")]
-    Task(#[source] tokio::task::JoinError),
-}
+pub type LocalTraceSinkError = LocalFileError;
 
 /// Appends OTLP/JSON lines to `DIR/traces.jsonl`.
 #[derive(Debug)]
 pub struct LocalTraceSink {
-    dir: PathBuf,
-    max_file_bytes: u64,
-    state: Arc<Mutex<FileState>>,
-    rotations: Counter,
+    file: JsonlFile,
 }
-
-#[derive(Debug, Default)]
-struct FileState {
-    file: Option<File>,
-    size: u64,
-    /// The line being written, kept between exports (capacity capped by [`MAX_KEPT_BUFFER`]).
-    line: Vec<u8>,
-}
-
-/// Largest line buffer kept for the next export; a larger one is given back.
-const MAX_KEPT_BUFFER: usize = 4 * 1024 * 1024;
 
 impl LocalTraceSink {
     /// Creates `dir` if needed and opens (appends to) `dir/traces.jsonl`.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LocalTraceSinkError> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| LocalTraceSinkError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let path = dir.join(TRACES_FILE);
-        let (file, size) = open_append(&path)?;
         Ok(Self {
-            dir,
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            state: Arc::new(Mutex::new(FileState {
-                file: Some(file),
-                size,
-                line: Vec::new(),
-            })),
-            rotations: Counter::default(),
+            file: JsonlFile::open(dir.into(), TRACES_FILE, ROTATED_TRACES_FILE)?,
         })
     }
 
     /// Rotates the file when it would grow past `bytes` (at least 1 KiB).
     #[must_use]
     pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
-        self.max_file_bytes = bytes.max(1024);
+        self.file.set_max_file_bytes(bytes);
         self
     }
 
     /// The traces file written to.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(TRACES_FILE)
+        self.file.path()
     }
 
     /// Encodes a batch as one OTLP/JSON line (without the line feed).
     pub fn encode_line(batch: &TraceBatch) -> Vec<u8> {
         let mut line = Vec::new();
-        super::json::encode_request(batch, &mut line);
+        crate::json::encode_traces(batch, &mut line);
         line
     }
 }
 
-fn open_append(path: &Path) -> Result<(File, u64), LocalTraceSinkError> {
-    let err = |source| LocalTraceSinkError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(err)?;
-    let size = file.metadata().map_err(err)?.len();
-    Ok((file, size))
-}
-
-/// Encodes `batch` and appends it as one line, rotating first if the file would pass `max`.
-fn append(
-    dir: &Path,
-    state: &mut FileState,
-    batch: &TraceBatch,
-    max: u64,
-    rotations: &Counter,
-) -> Result<u64, LocalTraceSinkError> {
-    let mut line = std::mem::take(&mut state.line);
-    line.clear();
-    super::json::encode_request(batch, &mut line);
-    line.push(b'\n');
-    let result = write_line(dir, state, &line, max, rotations);
-    if line.capacity() <= MAX_KEPT_BUFFER {
-        state.line = line;
-    }
-    result
-}
-
-fn write_line(
-    dir: &Path,
-    state: &mut FileState,
-    line: &[u8],
-    max: u64,
-    rotations: &Counter,
-) -> Result<u64, LocalTraceSinkError> {
-    let len = line.len() as u64;
-    let path = dir.join(TRACES_FILE);
-    if state.file.is_none() || (state.size > 0 && state.size + len > max) {
-        if state.file.take().is_some() && state.size > 0 {
-            fs::rename(&path, dir.join(ROTATED_TRACES_FILE)).map_err(|source| {
-                LocalTraceSinkError::Write {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            rotations.inc();
-        }
-        let (file, size) = open_append(&path)?;
-        state.file = Some(file);
-        state.size = size;
-    }
-    let Some(file) = state.file.as_mut() else {
-        return Ok(0);
-    };
-    match file.write_all(line) {
-        Ok(()) => {
-            state.size += len;
-            Ok(len)
-        }
-        Err(source) => {
-            // Reopen next time (the file may have been removed or the disk filled).
-            state.file = None;
-            Err(LocalTraceSinkError::Write { path, source })
-        }
-    }
-}
-
-impl TraceSink for LocalTraceSink {
+impl Sink<TraceBatch> for LocalTraceSink {
     fn name(&self) -> &str {
         "local"
     }
@@ -194,48 +70,25 @@ impl TraceSink for LocalTraceSink {
     fn batching(&self) -> Batching {
         // The span builder already flushes about once a second: one line per flush.
         Batching {
-            max_spans: 4096,
+            max_items: 4096,
             max_delay: std::time::Duration::ZERO,
         }
     }
 
     fn register_metrics(&mut self, registry: &Registry) {
-        let counter = registry.counter(
+        self.file.count_rotations_in(registry.counter(
             "loupe_local_trace_sink_rotations_total",
             "Times the local traces.jsonl was rotated to traces.jsonl.1.",
             &[],
-        );
-        counter.add(self.rotations.get());
-        self.rotations = counter;
+        ));
     }
 
-    fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport> {
-        let dir = self.dir.clone();
-        let state = self.state.clone();
-        let max = self.max_file_bytes;
-        let rotations = self.rotations.clone();
+    fn export(&self, batch: Arc<TraceBatch>) -> BoxFuture<'_, TraceExportReport> {
         Box::pin(async move {
             let spans = batch.span_count();
-            let job = move || {
-                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                append(&dir, &mut state, &batch, max, &rotations)
-            };
-            let result = match tokio::task::spawn_blocking(job).await {
-                Ok(r) => r,
-                Err(e) => Err(LocalTraceSinkError::Task(e)),
-            };
-            match result {
-                Ok(bytes) => TraceExportReport {
-                    spans_exported: spans,
-                    bytes_sent: bytes,
-                    ..TraceExportReport::default()
-                },
-                Err(e) => TraceExportReport {
-                    spans_failed: spans,
-                    errors: vec![e.into()],
-                    ..TraceExportReport::default()
-                },
-            }
+            self.file
+                .append(batch, spans, crate::json::encode_traces)
+                .await
         })
     }
 }
@@ -248,6 +101,7 @@ mod tests {
     use super::super::{AttrValue, Attribute, ResourceBatch, SpanData, SpanKind};
     use super::*;
     use crate::test_util::TempDir;
+    use std::fs;
 
     fn kv(key: &str, value: any_value::Value) -> KeyValue {
         KeyValue {
@@ -339,9 +193,9 @@ mod tests {
         let tmp = TempDir::new("traces");
         let sink = LocalTraceSink::new(tmp.path().join("out")).unwrap();
         for _ in 0..3 {
-            let report = sink.export(sample()).await;
+            let report = sink.export(Arc::new(sample())).await;
             assert!(report.is_success(), "{:?}", report.errors);
-            assert_eq!(report.spans_exported, 1);
+            assert_eq!(report.items_exported, 1);
         }
         let text = fs::read_to_string(sink.path()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -355,7 +209,7 @@ mod tests {
         }
         // A new sink appends to the existing file.
         let again = LocalTraceSink::new(tmp.path().join("out")).unwrap();
-        again.export(sample()).await;
+        again.export(Arc::new(sample())).await;
         assert_eq!(fs::read_to_string(again.path()).unwrap().lines().count(), 4);
     }
 
@@ -372,7 +226,7 @@ mod tests {
         assert!(per_file >= 2, "line of {line_len} bytes");
         let exports = per_file * 3 + 1;
         for _ in 0..exports {
-            assert!(sink.export(sample()).await.is_success());
+            assert!(sink.export(Arc::new(sample())).await.is_success());
         }
         let current = fs::metadata(tmp.path().join(TRACES_FILE)).unwrap().len();
         let old = fs::metadata(tmp.path().join(ROTATED_TRACES_FILE))

@@ -1,30 +1,25 @@
 //! Spans out of the agent: a [`TraceBatch`] of spans grouped by resource ([`model`]: compact,
-//! converted to OTLP's protobuf types only by the gRPC sink) goes through the trace pipeline
-//! ([`pipeline`]: one bounded queue, batcher and task per sink, `try_submit` never waits) to the
-//! sinks:
+//! converted to OTLP's protobuf types only by the gRPC sink) goes through the export pipeline
+//! ([`crate::export`]: one bounded queue, accumulator and task per sink, `try_submit` never
+//! waits) to the sinks, each a [`Sink`]`<TraceBatch>`:
 //!
 //! - [`otlp`]: OTLP/gRPC `TraceService/Export` (Tempo, Alloy, any OpenTelemetry Collector);
 //! - [`local`]: one OTLP/JSON `ExportTraceServiceRequest` per line in `DIR/traces.jsonl`.
-//!
-//! The pipeline mirrors [`crate::pipeline`] (profiles) rather than sharing it: traces add
-//! batching by span count and age inside each sink's lane, and count spans rather than profiles.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::sink::BoxFuture;
-use crate::telemetry::Registry;
+pub use crate::export::Batching;
+use crate::export::{
+    Accumulator, ExportReport, Exporter, ExporterHandle, Grouped, SignalBatch, Sink, Submitter,
+};
 
-pub mod json;
 pub mod local;
 pub mod model;
 pub mod otlp;
-pub mod pipeline;
 
 pub use local::{LocalTraceSink, LocalTraceSinkError};
 pub use model::{AttrValue, Attribute, ResourceBatch, SpanData, SpanKind};
 pub use otlp::{OtlpConfig, OtlpConfigError, OtlpExportError, OtlpTraceSink};
-pub use pipeline::{TraceExporter, TraceExporterHandle, TracePipelineError, TraceSubmitter};
 
 /// The OTLP protobuf types (prost, with serde for OTLP/JSON) and the tonic trace service.
 pub mod proto {
@@ -35,6 +30,8 @@ pub mod proto {
 }
 
 use proto::collector::ExportTraceServiceRequest;
+use proto::common::InstrumentationScope;
+use proto::resource::Resource;
 
 /// Spans grouped by resource (process) and instrumentation scope, as OTLP sends them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -62,25 +59,6 @@ impl TraceBatch {
     }
 }
 
-/// When a sink's lane hands accumulated spans to the sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Batching {
-    /// Most spans per export call (at least 1); a larger submission is split.
-    pub max_spans: usize,
-    /// Longest a span waits for more to join its export call; zero exports every submission at
-    /// once (still split by `max_spans`).
-    pub max_delay: Duration,
-}
-
-impl Default for Batching {
-    fn default() -> Self {
-        Self {
-            max_spans: 512,
-            max_delay: Duration::from_secs(1),
-        }
-    }
-}
-
 /// Any trace sink's error.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceSinkError {
@@ -92,52 +70,72 @@ pub enum TraceSinkError {
     Otlp(#[from] OtlpExportError),
 }
 
-/// What one `export` call achieved.
-#[derive(Debug, Default)]
-pub struct TraceExportReport {
-    /// Spans written or accepted by the receiver.
-    pub spans_exported: u64,
-    /// Spans given up on: failed after retries, or rejected by the receiver.
-    pub spans_failed: u64,
-    /// Payload bytes written or sent (encoded request).
-    pub bytes_sent: u64,
-    /// Requests retried.
-    pub retries: u64,
-    /// What went wrong.
-    pub errors: Vec<TraceSinkError>,
-}
-
-impl TraceExportReport {
-    /// True when nothing failed.
-    pub fn is_success(&self) -> bool {
-        self.errors.is_empty() && self.spans_failed == 0
-    }
-}
-
-/// A destination for spans.
-///
-/// `export` must not block the async runtime (file work goes to `spawn_blocking`) and must bound
-/// its own retries; it is never called concurrently for one sink.
-pub trait TraceSink: Send + Sync + 'static {
-    /// Short, stable name used as the `sink` metric label and in logs (`local`, `otlp`).
-    fn name(&self) -> &str;
-
-    /// How the lane batches spans for this sink.
-    fn batching(&self) -> Batching {
-        Batching::default()
-    }
-
-    /// Registers the sink's own metrics; called once by the pipeline before the first export.
-    fn register_metrics(&mut self, _registry: &Registry) {}
-
-    /// Exports one batch (at most `batching().max_spans` spans).
-    fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport>;
-
-    /// Flushes and releases resources; called once after the last export.
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), TraceSinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
+/// What one trace `export` call achieved; items are spans.
+pub type TraceExportReport = ExportReport<TraceSinkError>;
 
 /// A shared batch as submitted to every sink's queue.
 pub type SharedTraceBatch = Arc<TraceBatch>;
+
+/// Starts the trace lanes: `TraceExporter::spawn(sinks, &registry, capacity)`.
+pub type TraceExporter = Exporter<TraceBatch>;
+/// The running trace pipeline.
+pub type TraceExporterHandle = ExporterHandle<TraceBatch>;
+/// Submits span batches without waiting.
+pub type TraceSubmitter = Submitter<TraceBatch>;
+/// A boxed trace sink, as [`TraceExporter::spawn`] takes them.
+pub type BoxedTraceSink = Box<dyn Sink<TraceBatch>>;
+
+/// Spans through the shared pipeline: accumulated per sink by count and age, merged by resource
+/// and scope.
+impl SignalBatch for TraceBatch {
+    const SIGNAL: &'static str = "spans";
+    type Error = TraceSinkError;
+    type Batcher = Accumulator<Self>;
+
+    fn item_count(&self) -> u64 {
+        self.span_count()
+    }
+}
+
+impl Grouped for TraceBatch {
+    type Item = SpanData;
+    type Group = ResourceBatch;
+
+    fn groups(&self) -> &[ResourceBatch] {
+        &self.resources
+    }
+
+    fn groups_mut(&mut self) -> &mut Vec<ResourceBatch> {
+        &mut self.resources
+    }
+
+    fn into_groups(self) -> Vec<ResourceBatch> {
+        self.resources
+    }
+
+    fn new_group(resource: Arc<Resource>, scope: Arc<InstrumentationScope>) -> ResourceBatch {
+        ResourceBatch {
+            resource,
+            scope,
+            spans: Vec::new(),
+        }
+    }
+
+    fn key(group: &ResourceBatch) -> (&Arc<Resource>, &Arc<InstrumentationScope>) {
+        (&group.resource, &group.scope)
+    }
+
+    fn items(group: &ResourceBatch) -> &[SpanData] {
+        &group.spans
+    }
+
+    fn items_mut(group: &mut ResourceBatch) -> &mut Vec<SpanData> {
+        &mut group.spans
+    }
+
+    fn into_parts(
+        group: ResourceBatch,
+    ) -> (Arc<Resource>, Arc<InstrumentationScope>, Vec<SpanData>) {
+        (group.resource, group.scope, group.spans)
+    }
+}

@@ -1111,22 +1111,23 @@ fn unknown_role_is_inferred_and_batches_group_by_process() {
 
 #[test]
 fn spawned_thread_flushes_to_the_exporter_and_stops_with_the_channel() {
+    use loupe_collector::Sink;
     use loupe_collector::sink::BoxFuture;
-    use loupe_collector::traces::{Batching, TraceExportReport, TraceExporter, TraceSink};
+    use loupe_collector::traces::{Batching, TraceExportReport, TraceExporter};
     use std::sync::Mutex;
 
     struct Collect(Arc<Mutex<u64>>);
-    impl TraceSink for Collect {
+    impl Sink<TraceBatch> for Collect {
         fn name(&self) -> &str {
             "collect"
         }
         fn batching(&self) -> Batching {
             Batching {
-                max_spans: 100,
+                max_items: 100,
                 max_delay: Duration::ZERO,
             }
         }
-        fn export(&self, batch: TraceBatch) -> BoxFuture<'_, TraceExportReport> {
+        fn export(&self, batch: Arc<TraceBatch>) -> BoxFuture<'_, TraceExportReport> {
             *self.0.lock().unwrap() += batch.span_count();
             Box::pin(async { TraceExportReport::default() })
         }

@@ -1,112 +1,16 @@
 //! Tests of the Pyroscope sink against a scripted receiver on loopback.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::Read;
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use ::pyroscope::encode::r#gen::google::Profile;
 use flate2::read::GzDecoder;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use super::*;
-use crate::pipeline::ProfileExporter;
 use crate::profile::{Frame, FrameLine, ServiceProfile, StackSample};
+use crate::sink::ProfileExporter;
 use crate::telemetry::Registry;
-
-/// One request as the receiver saw it.
-#[derive(Debug)]
-struct Received {
-    method: String,
-    path: String,
-    headers: reqwest::header::HeaderMap,
-    body: Bytes,
-    at: Instant,
-}
-
-/// A scripted answer: status, extra headers, body.
-type Scripted = (u16, Vec<(&'static str, &'static str)>, String);
-
-/// A loopback HTTP/1.1 server forwarding every request into a channel and answering from a script
-/// (then 200 with an empty `PushResponse`).
-struct Receiver {
-    addr: SocketAddr,
-    requests: mpsc::UnboundedReceiver<Received>,
-}
-
-impl Receiver {
-    async fn start(script: Vec<Scripted>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, requests) = mpsc::unbounded_channel();
-        let script = Arc::new(Mutex::new(VecDeque::from(script)));
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let tx = tx.clone();
-                let script = script.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let tx = tx.clone();
-                        let script = script.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.unwrap().to_bytes();
-                            let _ = tx.send(Received {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path().to_owned(),
-                                headers: parts.headers,
-                                body,
-                                at: Instant::now(),
-                            });
-                            let (status, headers, body) = script
-                                .lock()
-                                .unwrap()
-                                .pop_front()
-                                .unwrap_or((200, vec![], String::new()));
-                            let mut resp = Response::new(Full::new(Bytes::from(body)));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            resp.headers_mut().insert(
-                                "content-type",
-                                hyper::header::HeaderValue::from_static("application/proto"),
-                            );
-                            for (k, v) in headers {
-                                resp.headers_mut()
-                                    .insert(k, hyper::header::HeaderValue::from_static(v));
-                            }
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, requests }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn drain(&mut self) -> Vec<Received> {
-        let mut out = Vec::new();
-        while let Ok(r) = self.requests.try_recv() {
-            out.push(r);
-        }
-        out
-    }
-}
+use crate::test_util::Receiver;
 
 fn fast_config(url: String) -> PyroscopeConfig {
     PyroscopeConfig {
@@ -194,11 +98,7 @@ async fn pushes_decodable_profiles_with_labels_and_headers() {
         .await;
     assert!(report.is_success(), "{:?}", report.errors);
     assert_eq!(
-        (
-            report.profiles_exported,
-            report.profiles_failed,
-            report.retries
-        ),
+        (report.items_exported, report.items_failed, report.retries),
         (2, 0, 0)
     );
 
@@ -291,16 +191,16 @@ async fn retries_503_then_succeeds_and_counts_the_retry() {
     );
     let metrics = registry.render();
     for line in [
-        "loupe_exporter_retries_total{sink=\"pyroscope\"} 1\n",
-        "loupe_exporter_exports_succeeded_total{sink=\"pyroscope\"} 1\n",
-        "loupe_exporter_exports_failed_total{sink=\"pyroscope\"} 0\n",
-        "loupe_exporter_profiles_exported_total{sink=\"pyroscope\"} 1\n",
-        "loupe_exporter_profiles_dropped_total{sink=\"pyroscope\"} 0\n",
+        "loupe_exporter_retries_total{signal=\"profiles\",sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_exports_succeeded_total{signal=\"profiles\",sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_exports_failed_total{signal=\"profiles\",sink=\"pyroscope\"} 0\n",
+        "loupe_exporter_items_exported_total{signal=\"profiles\",sink=\"pyroscope\"} 1\n",
+        "loupe_exporter_items_dropped_total{reason=\"export_failed\",signal=\"profiles\",sink=\"pyroscope\"} 0\n",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
     let sent = format!(
-        "loupe_exporter_sent_bytes_total{{sink=\"pyroscope\"}} {}\n",
+        "loupe_exporter_sent_bytes_total{{signal=\"profiles\",sink=\"pyroscope\"}} {}\n",
         got[1].body.len()
     );
     assert!(metrics.contains(&sent), "missing {sent:?} in\n{metrics}");
@@ -313,11 +213,7 @@ async fn does_not_retry_400_and_quotes_the_body() {
     let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
     let report = sink.export(batch(vec![service("a", &[], 1)])).await;
     assert_eq!(
-        (
-            report.profiles_exported,
-            report.profiles_failed,
-            report.retries
-        ),
+        (report.items_exported, report.items_failed, report.retries),
         (0, 1, 0)
     );
     assert_eq!(rx.drain().len(), 1, "a 400 is not retried");
@@ -367,7 +263,7 @@ async fn gives_up_after_max_retries() {
     };
     let sink = PyroscopeSink::new(config, vec![]).unwrap();
     let report = sink.export(batch(vec![service("a", &[], 1)])).await;
-    assert_eq!((report.profiles_failed, report.retries), (1, 2));
+    assert_eq!((report.items_failed, report.retries), (1, 2));
     assert_eq!(rx.drain().len(), 3);
     let msg = report.errors[0].to_string();
     assert!(
@@ -389,7 +285,7 @@ async fn retries_connection_errors() {
     };
     let sink = PyroscopeSink::new(config, vec![]).unwrap();
     let report = sink.export(batch(vec![service("a", &[], 1)])).await;
-    assert_eq!((report.profiles_failed, report.retries), (1, 1));
+    assert_eq!((report.items_failed, report.retries), (1, 1));
     let SinkError::Pyroscope(PushError::Transport { attempts, .. }) = &report.errors[0] else {
         panic!("unexpected error {:?}", report.errors[0]);
     };
@@ -413,7 +309,7 @@ fn rejects_bad_configs() {
             bearer_token: Some("t".into()),
             ..PyroscopeConfig::new("http://h")
         }),
-        Err(PyroscopeConfigError::ConflictingAuth)
+        Err(PyroscopeConfigError::ConflictingAuth { .. })
     ));
     assert!(matches!(
         new(PyroscopeConfig {
@@ -421,7 +317,8 @@ fn rejects_bad_configs() {
             ..PyroscopeConfig::new("http://h")
         }),
         Err(PyroscopeConfigError::InvalidHeader {
-            what: "bearer token"
+            what: "bearer token",
+            ..
         })
     ));
     assert!(matches!(
@@ -429,7 +326,10 @@ fn rejects_bad_configs() {
             tenant_id: Some("t\r".into()),
             ..PyroscopeConfig::new("http://h")
         }),
-        Err(PyroscopeConfigError::InvalidHeader { what: "tenant id" })
+        Err(PyroscopeConfigError::InvalidHeader {
+            what: "tenant id",
+            ..
+        })
     ));
     // https builds a rustls (ring) client; only a host without CA certificates may refuse it.
     match new(PyroscopeConfig::new("https://pyroscope.example:4040")) {

@@ -8,6 +8,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
+use prost::Message;
+use tonic::Code;
+
 use super::*;
 use crate::telemetry::Registry;
 use crate::traces::TraceExporter;
@@ -131,9 +136,9 @@ async fn exports_the_exact_request_with_metadata() {
         ..config(addr)
     })
     .unwrap();
-    let report = sink.export(batch(3)).await;
+    let report = sink.export(Arc::new(batch(3))).await;
     assert!(report.is_success(), "{:?}", report.errors);
-    assert_eq!(report.spans_exported, 3);
+    assert_eq!(report.items_exported, 3);
     assert_eq!(report.retries, 0);
     assert_eq!(
         report.bytes_sent,
@@ -152,9 +157,9 @@ async fn retries_unavailable_and_resource_exhausted() {
     ])
     .await;
     let sink = OtlpTraceSink::new(config(addr)).unwrap();
-    let report = sink.export(batch(2)).await;
+    let report = sink.export(Arc::new(batch(2))).await;
     assert!(report.is_success(), "{:?}", report.errors);
-    assert_eq!((report.retries, report.spans_exported), (2, 2));
+    assert_eq!((report.retries, report.items_exported), (2, 2));
     for _ in 0..3 {
         assert_eq!(got.recv().await.unwrap().0, batch(2).to_request());
     }
@@ -164,8 +169,8 @@ async fn retries_unavailable_and_resource_exhausted() {
 async fn other_statuses_fail_at_once() {
     let (addr, mut got) = start_receiver(vec![Reply::Fail(Code::InvalidArgument)]).await;
     let sink = OtlpTraceSink::new(config(addr)).unwrap();
-    let report = sink.export(batch(2)).await;
-    assert_eq!((report.retries, report.spans_failed), (0, 2));
+    let report = sink.export(Arc::new(batch(2))).await;
+    assert_eq!((report.retries, report.items_failed), (0, 2));
     let err = report.errors[0].to_string();
     assert!(
         err.contains("InvalidArgument") && err.contains("1 attempt"),
@@ -183,8 +188,8 @@ async fn retries_are_bounded() {
         ..config(addr)
     })
     .unwrap();
-    let report = sink.export(batch(1)).await;
-    assert_eq!((report.retries, report.spans_failed), (2, 1));
+    let report = sink.export(Arc::new(batch(1))).await;
+    assert_eq!((report.retries, report.items_failed), (2, 1));
     assert!(report.errors[0].to_string().contains("3 attempt"));
 }
 
@@ -192,8 +197,8 @@ async fn retries_are_bounded() {
 async fn rejected_spans_are_counted_as_failed() {
     let (addr, _got) = start_receiver(vec![Reply::Ok { rejected: 2 }]).await;
     let sink = OtlpTraceSink::new(config(addr)).unwrap();
-    let report = sink.export(batch(5)).await;
-    assert_eq!((report.spans_exported, report.spans_failed), (3, 2));
+    let report = sink.export(Arc::new(batch(5))).await;
+    assert_eq!((report.items_exported, report.items_failed), (3, 2));
     assert!(report.errors[0].to_string().contains("too old"));
 }
 
@@ -209,8 +214,8 @@ async fn unreachable_receiver_is_retried_then_fails() {
         ..config(addr)
     })
     .unwrap();
-    let report = sink.export(batch(1)).await;
-    assert_eq!((report.retries, report.spans_failed), (1, 1));
+    let report = sink.export(Arc::new(batch(1))).await;
+    assert_eq!((report.retries, report.items_failed), (1, 1));
     assert!(
         report.errors[0].to_string().contains("Unavailable"),
         "{:?}",
@@ -223,7 +228,7 @@ async fn pipeline_batches_into_export_calls() {
     let (addr, mut got) = start_receiver(vec![]).await;
     let registry = Registry::new();
     let sink = OtlpTraceSink::new(OtlpConfig {
-        max_batch_spans: 4,
+        max_batch_items: 4,
         max_batch_delay: Duration::from_millis(200),
         ..config(addr)
     })
@@ -248,7 +253,7 @@ async fn pipeline_batches_into_export_calls() {
     handle.shutdown(Duration::from_secs(5)).await.unwrap();
     let text = registry.render();
     assert!(
-        text.contains("loupe_trace_exporter_spans_exported_total{sink=\"otlp\"} 6\n"),
+        text.contains("loupe_exporter_items_exported_total{signal=\"spans\",sink=\"otlp\"} 6\n"),
         "{text}"
     );
 }

@@ -1,9 +1,11 @@
-//! OTLP/JSON encoding of span batches, written straight into a reusable buffer.
+//! OTLP/JSON encoding of span and log batches, written straight into a reusable buffer: one
+//! writer for resources, scopes, attributes and values, with the span and log record on top.
 //!
 //! The encoding is the one the OTLP specification defines ("JSON Protobuf Encoding", the proto3
 //! JSON mapping with OTLP's exceptions): lowerCamelCase field names; `traceId`, `spanId` and
-//! `parentSpanId` as lowercase hex instead of base64; enums (`kind`, `status.code`) as integers;
-//! 64-bit integers (`startTimeUnixNano`, `intValue`) as decimal strings; `bytesValue` as base64;
+//! `parentSpanId` as lowercase hex instead of base64; enums (`kind`, `status.code`,
+//! `severityNumber`) as integers; 64-bit integers (`startTimeUnixNano`, `timeUnixNano`,
+//! `intValue`) as decimal strings; `bytesValue` as base64;
 //! fields holding their default value (empty string or list, zero, absent message) are omitted,
 //! as the mapping allows. `opentelemetry-proto`'s serde types read it back as the batch's
 //! protobuf form (the tests check every field).
@@ -14,14 +16,42 @@
 
 use std::io::Write as _;
 
-use super::proto::common::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
-use super::proto::resource::Resource;
-use super::{AttrValue, Attribute, ResourceBatch, SpanData, TraceBatch};
+use crate::logs::{LogBatch, LogRecord, ResourceLogs};
+use crate::traces::proto::common::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+use crate::traces::proto::resource::Resource;
+use crate::traces::{AttrValue, Attribute, ResourceBatch, SpanData, TraceBatch};
 
 /// Appends the batch as one `ExportTraceServiceRequest` JSON object (no line feed) to `out`.
-pub fn encode_request(batch: &TraceBatch, out: &mut Vec<u8>) {
+pub fn encode_traces(batch: &TraceBatch, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"resourceSpans\":");
-    array(out, &batch.resources, resource_spans);
+    array(out, &batch.resources, |rb: &ResourceBatch, out| {
+        resource_group(
+            out,
+            &rb.resource,
+            &rb.scope,
+            "scopeSpans",
+            "spans",
+            &rb.spans,
+            span,
+        );
+    });
+    out.push(b'}');
+}
+
+/// Appends the batch as one `ExportLogsServiceRequest` JSON object (no line feed) to `out`.
+pub fn encode_logs(batch: &LogBatch, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"resourceLogs\":");
+    array(out, &batch.resources, |rl: &ResourceLogs, out| {
+        resource_group(
+            out,
+            &rl.resource,
+            &rl.scope,
+            "scopeLogs",
+            "logRecords",
+            &rl.records,
+            log_record,
+        );
+    });
     out.push(b'}');
 }
 
@@ -114,15 +144,24 @@ fn number(out: &mut Vec<u8>, n: impl itoa_like::Int) {
     n.write(out);
 }
 
-/// `{"resource":…,"scopeSpans":[{"scope":…,"spans":[…]}]}`.
-fn resource_spans(rb: &ResourceBatch, out: &mut Vec<u8>) {
+/// `{"resource":…,"<scopes>":[{"scope":…,"<items>":[…]}]}`: one resource and scope with its
+/// spans or log records.
+fn resource_group<T>(
+    out: &mut Vec<u8>,
+    r: &Resource,
+    s: &InstrumentationScope,
+    scopes: &str,
+    items_name: &str,
+    items: &[T],
+    each: impl Fn(&T, &mut Vec<u8>),
+) {
     let mut o = Object::open(out);
-    resource(&rb.resource, o.field("resource"));
-    let out = o.field("scopeSpans");
+    resource(r, o.field("resource"));
+    let out = o.field(scopes);
     out.push(b'[');
     let mut ss = Object::open(out);
-    scope(&rb.scope, ss.field("scope"));
-    ss.list("spans", &rb.spans, span);
+    scope(s, ss.field("scope"));
+    ss.list(items_name, items, each);
     ss.close();
     out.push(b']');
     o.close();
@@ -174,6 +213,28 @@ fn span(s: &SpanData, out: &mut Vec<u8>) {
         st.str("message", message);
         st.enum_i32("code", STATUS_CODE_ERROR);
         st.close();
+    }
+    o.close();
+}
+
+/// A log record; the body is always written (a string value, possibly empty), as
+/// [`LogRecord::to_proto`] always sets it.
+fn log_record(r: &LogRecord, out: &mut Vec<u8>) {
+    let mut o = Object::open(out);
+    o.u64_string("timeUnixNano", r.time_unix_nano);
+    o.u64_string("observedTimeUnixNano", r.observed_time_unix_nano);
+    o.enum_i32("severityNumber", r.severity as i32);
+    o.str("severityText", r.severity.text());
+    let body = o.field("body");
+    body.extend_from_slice(b"{\"stringValue\":");
+    string(body, &r.body);
+    body.push(b'}');
+    o.list("attributes", &r.attributes, attribute);
+    if let Some(t) = &r.trace_id {
+        o.hex("traceId", t);
+    }
+    if let Some(s) = &r.span_id {
+        o.hex("spanId", s);
     }
     o.close();
 }
@@ -386,10 +447,10 @@ mod itoa_like {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::SpanKind;
-    use super::super::proto::collector::ExportTraceServiceRequest;
-    use super::super::proto::common::{ArrayValue, EntityRef, KeyValueList};
     use super::*;
+    use crate::traces::SpanKind;
+    use crate::traces::proto::collector::ExportTraceServiceRequest;
+    use crate::traces::proto::common::{ArrayValue, EntityRef, KeyValueList};
 
     fn kv(key: &str, value: Value) -> KeyValue {
         KeyValue {
@@ -515,7 +576,7 @@ mod tests {
 
     fn encode(batch: &TraceBatch) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_request(batch, &mut out);
+        encode_traces(batch, &mut out);
         out
     }
 

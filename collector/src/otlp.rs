@@ -1,0 +1,323 @@
+//! The OTLP/gRPC client every OTLP sink shares (spans: `TraceService/Export`, logs:
+//! `LogsService/Export`): endpoint configuration, the lazily connecting tonic channel, retries
+//! with backoff and partial-success handling. Each signal's sink only builds its request and
+//! names its service.
+//!
+//! Endpoint: `http://host:port` (usually 4317), HTTP/2 cleartext, to Tempo, Loki (OTLP), Grafana
+//! Alloy or any OpenTelemetry Collector. Retries: `UNAVAILABLE` (which includes connection
+//! failures), `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED` and `ABORTED`, with exponential backoff
+//! and jitter, at most `max_retries` times; any other status fails the batch at once. Items the
+//! receiver reports as rejected (`partial_success`) are counted as failed, not retried. The
+//! connection is made lazily (and re-made after failures) by tonic's channel, so a receiver that
+//! is down at start-up only costs retries.
+//!
+//! Not supported yet: TLS (`https://`), compression, gRPC `RetryInfo` delays.
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use prost::Message;
+use tonic::Code;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::export::{Batching, ExportReport};
+use crate::retry::{Backoff, cut};
+
+/// Timeout of one export call unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries per export unless configured otherwise.
+pub const DEFAULT_MAX_RETRIES: u32 = 4;
+/// First backoff unless configured otherwise; doubles per retry.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Backoff ceiling unless configured otherwise.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Items (spans, log records) per export call unless configured otherwise.
+pub const DEFAULT_MAX_BATCH_ITEMS: usize = 512;
+/// Longest an item waits for its export call unless configured otherwise.
+pub const DEFAULT_MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
+/// Characters of a status message quoted in errors.
+const MAX_MESSAGE: usize = 200;
+
+/// Where and how to export.
+#[derive(Clone)]
+pub struct OtlpConfig {
+    /// `http://host:port` of the OTLP/gRPC receiver, usually port 4317.
+    pub endpoint: String,
+    /// gRPC metadata sent with every call (`authorization`, `x-scope-orgid`, …); names are
+    /// lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Timeout of one export call (also bounds connecting).
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Backoff before the first retry; doubles per retry.
+    pub initial_backoff: Duration,
+    /// Backoff ceiling.
+    pub max_backoff: Duration,
+    /// Most items (spans, log records) per export call.
+    pub max_batch_items: usize,
+    /// Longest an item waits for more to join its export call.
+    pub max_batch_delay: Duration,
+}
+
+impl OtlpConfig {
+    /// Defaults for everything but the endpoint.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            headers: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
+            max_batch_delay: DEFAULT_MAX_BATCH_DELAY,
+        }
+    }
+}
+
+impl fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| (k.as_str(), "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("max_batch_items", &self.max_batch_items)
+            .field("max_batch_delay", &self.max_batch_delay)
+            .finish()
+    }
+}
+
+/// Errors in an OTLP sink's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpConfigError {
+    /// The endpoint is not a valid URI.
+    #[error("invalid otlp endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The endpoint's scheme is not `http` (TLS is not supported yet).
+    #[error(
+        "unsupported scheme in otlp endpoint {endpoint:?}: use http://host:4317 (tls is not supported yet)"
+    )]
+    UnsupportedScheme {
+        /// The endpoint as configured.
+        endpoint: String,
+    },
+    /// A header name or value is not valid gRPC metadata.
+    #[error("the otlp header {name:?} is not valid grpc metadata (ascii, no control characters)")]
+    InvalidHeader {
+        /// The header name as configured.
+        name: String,
+    },
+    /// The sink was built outside a tokio runtime.
+    #[error("the otlp sink must be created inside the tokio runtime")]
+    NoRuntime,
+}
+
+/// Errors of one export.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpExportError {
+    /// The receiver (or the transport) answered with a non-OK gRPC status.
+    #[error(
+        "otlp export of {items} {signal} item(s) to {endpoint} failed with {code:?} after {attempts} attempt(s): {message}"
+    )]
+    Status {
+        /// `spans` or `logs`.
+        signal: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// Items in the failed call.
+        items: u64,
+        /// The last gRPC status code.
+        code: Code,
+        /// Its message.
+        message: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The receiver accepted the call but rejected some items.
+    #[error("otlp receiver {endpoint} rejected {rejected} {signal} item(s): {message}")]
+    Rejected {
+        /// `spans` or `logs`.
+        signal: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// Items rejected.
+        rejected: u64,
+        /// The receiver's explanation.
+        message: String,
+    },
+}
+
+/// What a receiver's `partial_success` said: items rejected and why.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PartialSuccess {
+    /// `rejected_spans`, `rejected_log_records`.
+    pub rejected: i64,
+    /// `error_message`.
+    pub message: String,
+}
+
+/// A validated endpoint with its channel, metadata, retry policy and batching: the part every
+/// OTLP sink shares.
+#[derive(Debug, Clone)]
+pub struct OtlpClient {
+    channel: Channel,
+    endpoint: String,
+    metadata: MetadataMap,
+    max_retries: u32,
+    backoff: Backoff,
+    batching: Batching,
+}
+
+impl OtlpClient {
+    /// Validates the configuration and prepares the (lazily connecting) channel. Must be called
+    /// inside a tokio runtime.
+    pub fn new(config: &OtlpConfig) -> Result<Self, OtlpConfigError> {
+        let endpoint = config.endpoint.trim().trim_end_matches('/').to_owned();
+        let invalid = |reason: String| OtlpConfigError::InvalidEndpoint {
+            endpoint: config.endpoint.clone(),
+            reason,
+        };
+        let uri = endpoint
+            .parse::<tonic::codegen::http::Uri>()
+            .map_err(|e| invalid(e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => {
+                return Err(OtlpConfigError::UnsupportedScheme {
+                    endpoint: config.endpoint.clone(),
+                });
+            }
+            None => return Err(invalid("a scheme is required: http://host:4317".into())),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(invalid("a host is required".into()));
+        }
+        let mut metadata = MetadataMap::new();
+        for (name, value) in &config.headers {
+            let bad = || OtlpConfigError::InvalidHeader { name: name.clone() };
+            let key = AsciiMetadataKey::from_str(&name.to_ascii_lowercase()).map_err(|_| bad())?;
+            let value = AsciiMetadataValue::from_str(value).map_err(|_| bad())?;
+            metadata.insert(key, value);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(OtlpConfigError::NoRuntime);
+        }
+        let channel = Endpoint::from(uri)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            channel,
+            endpoint,
+            metadata,
+            max_retries: config.max_retries,
+            backoff: Backoff::new(config.initial_backoff, config.max_backoff),
+            batching: Batching {
+                max_items: config.max_batch_items.max(1),
+                max_delay: config.max_batch_delay,
+            },
+        })
+    }
+
+    /// The endpoint exported to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// How the lane batches for this endpoint.
+    pub fn batching(&self) -> Batching {
+        self.batching
+    }
+
+    /// Sends `request` (holding `items` items of `signal`) with `call`, which makes one attempt on
+    /// a clone of the channel and returns the receiver's partial success; retries as configured.
+    pub async fn export<Req, F, Fut>(
+        &self,
+        signal: &'static str,
+        items: u64,
+        request: Req,
+        call: F,
+    ) -> ExportReport<OtlpExportError>
+    where
+        Req: Message + Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Option<PartialSuccess>, tonic::Status>>,
+    {
+        let bytes = request.encoded_len() as u64;
+        let mut report = ExportReport::default();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let mut req = tonic::Request::new(request.clone());
+            *req.metadata_mut() = self.metadata.clone();
+            match call(self.channel.clone(), req).await {
+                Ok(partial) => {
+                    report.retries = u64::from(attempt - 1);
+                    report.bytes_sent = bytes;
+                    let PartialSuccess { rejected, message } = partial.unwrap_or_default();
+                    let rejected = u64::try_from(rejected).unwrap_or(0).min(items);
+                    report.items_exported = items - rejected;
+                    if rejected > 0 {
+                        report.items_failed = rejected;
+                        report.errors.push(OtlpExportError::Rejected {
+                            signal,
+                            endpoint: self.endpoint.clone(),
+                            rejected,
+                            message: cut(&message, MAX_MESSAGE),
+                        });
+                    } else if !message.is_empty() {
+                        tracing::debug!(endpoint = %self.endpoint, signal, message = %message, "otlp receiver warning");
+                    }
+                    return report;
+                }
+                Err(status) => {
+                    let code = status.code();
+                    if attempt > self.max_retries || !retryable(code) {
+                        report.retries = u64::from(attempt - 1);
+                        report.items_failed = items;
+                        report.errors.push(OtlpExportError::Status {
+                            signal,
+                            endpoint: self.endpoint.clone(),
+                            items,
+                            code,
+                            message: cut(status.message(), MAX_MESSAGE),
+                            attempts: attempt,
+                        });
+                        return report;
+                    }
+                    let delay = self.backoff.delay(attempt);
+                    tracing::debug!(endpoint = %self.endpoint, signal, attempt, ?delay, ?code, message = status.message(), "retrying otlp export");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a call that failed with `code` may succeed if sent again.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
+    )
+}
