@@ -131,6 +131,7 @@ impl SpanIndex {
     }
 
     /// Entries held (sampled, recent).
+    #[cfg(test)]
     pub fn len(&self) -> (usize, usize) {
         self.inner
             .lock()

@@ -18,6 +18,9 @@ use loupe_collector::{
     telemetry::{MetricsServer, Registry},
 };
 
+use loupe_collector::logs::{
+    BoxedLogSink, LocalLogSink, LogExporter, LogExporterHandle, LokiConfig, LokiSink, OtlpLogSink,
+};
 use loupe_collector::traces::{
     BoxedTraceSink, LocalTraceSink, OtlpConfig, OtlpTraceSink, TraceExporter, TraceExporterHandle,
 };
@@ -41,6 +44,8 @@ use crate::{
 const EXPORT_QUEUE: usize = 4;
 /// Span batches waiting for each trace sink at most.
 const TRACE_QUEUE: usize = loupe_collector::export::DEFAULT_QUEUE_CAPACITY;
+/// Log batches waiting for each log sink at most.
+const LOG_QUEUE: usize = 4;
 /// How long shutdown waits for sinks to flush.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -187,11 +192,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// The running network-span pipeline: capture → span builder thread → trace exporter.
+/// The running network-span pipeline: capture → span builder thread → trace exporter (and log
+/// exporter).
 struct NetworkSpans {
     capture: SocketCapture,
     builder: thread::JoinHandle<()>,
     exporter: TraceExporterHandle,
+    logs: Option<LogExporterHandle>,
 }
 
 impl NetworkSpans {
@@ -207,9 +214,19 @@ impl NetworkSpans {
         {
             tracing::error!("the span builder thread panicked");
         }
-        if let Err(e) = self.exporter.shutdown(FLUSH_TIMEOUT).await {
-            tracing::warn!("not every trace sink flushed: {e}");
-        }
+        let logs = async {
+            if let Some(logs) = self.logs
+                && let Err(e) = logs.shutdown(FLUSH_TIMEOUT).await
+            {
+                tracing::warn!("not every log sink flushed: {e}");
+            }
+        };
+        let traces = async {
+            if let Err(e) = self.exporter.shutdown(FLUSH_TIMEOUT).await {
+                tracing::warn!("not every trace sink flushed: {e}");
+            }
+        };
+        tokio::join!(logs, traces);
     }
 }
 
@@ -245,10 +262,9 @@ fn start_network_spans(
             Err(e) => tracing::warn!("OTLP trace sink disabled: {e}"),
         }
     }
-    let log_out = if config.logs {
-        start_log_export(config, registry)
-    } else {
-        None
+    let (log_exporter, log_out) = match config.logs.then(|| start_log_export(config, registry)) {
+        Some((handle, out)) => (Some(handle), Some(out)),
+        None => (None, None),
     };
     let mut trace_ctx = None;
     if config.publish_trace_context {
@@ -320,12 +336,54 @@ fn start_network_spans(
         capture,
         builder,
         exporter,
+        logs: log_exporter,
     })
 }
 
-/// The log sinks' pipeline, as the span builder thread hands batches to it.
-fn start_log_export(_config: &Config, _registry: &Registry) -> Option<LogOut> {
-    None
+/// Starts the log sinks' pipeline; returns it and how the span builder thread hands it batches.
+fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle, LogOut) {
+    let mut sinks: Vec<BoxedLogSink> = Vec::new();
+    if config.local_logs() {
+        match LocalLogSink::new(&config.output_dir) {
+            Ok(sink) => sinks.push(Box::new(sink)),
+            Err(e) => tracing::warn!("local log sink disabled: {e}"),
+        }
+    }
+    if let Some(loki) = &config.loki {
+        let (user, password) = match &loki.basic_auth {
+            Some((u, p)) => (Some(u.clone()), Some(p.clone())),
+            None => (None, None),
+        };
+        match LokiSink::new(LokiConfig {
+            user,
+            password,
+            token: loki.bearer_token.clone(),
+            tenant: loki.tenant_id.clone(),
+            ..LokiConfig::new(loki.url.clone())
+        }) {
+            Ok(sink) => {
+                tracing::info!(url = %loki.url, "pushing logs to Loki");
+                sinks.push(Box::new(sink));
+            }
+            Err(e) => tracing::warn!("Loki log sink disabled: {e}"),
+        }
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        match OtlpLogSink::new(OtlpConfig::new(endpoint.clone())) {
+            Ok(sink) => {
+                tracing::info!(%endpoint, "exporting logs over OTLP/gRPC");
+                sinks.push(Box::new(sink));
+            }
+            Err(e) => tracing::warn!("OTLP log sink disabled: {e}"),
+        }
+    }
+    let handle = LogExporter::spawn(sinks, registry, LOG_QUEUE);
+    let submitter = handle.submitter();
+    let out: LogOut = Box::new(move |batch| {
+        // Full queues drop and count (loupe_exporter_items_dropped_total{signal="logs"}).
+        let _ = submitter.try_submit(Arc::new(batch));
+    });
+    (handle, out)
 }
 
 /// SIGTERM and SIGINT, listened for from the start.

@@ -107,6 +107,7 @@ impl LineSplitter {
     }
 
     /// Lines in progress.
+    #[cfg(test)]
     pub fn partial_count(&self) -> usize {
         self.partials.len()
     }
