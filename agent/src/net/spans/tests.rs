@@ -8,6 +8,7 @@ use loupe_collector::traces::proto::trace::Span;
 use loupe_common::socket::{ConnTuple, SocketEventHeader, direction, kind, role};
 
 use super::*;
+use crate::profiler::ProcessIdentity;
 
 /// Names every process `svc{pid}`, executable `exe{pid}`; pid 0 is gone.
 struct FakeResolver;

@@ -1,0 +1,507 @@
+//! The event handlers: protocol detection, the parsers' events turned into waiting requests and
+//! finished spans, trace context, same-host links and lingering server spans.
+
+use super::*;
+
+impl Core {
+    /// Tries to recognize the protocol of a connection still `Detecting` with one more chunk.
+    /// `Some(held)`: recognized (the parser is set); feed `held`, then this chunk. `None`: not
+    /// (yet) recognized; the chunk was held or dropped.
+    pub(super) fn detect(
+        &mut self,
+        conn: &mut Conn,
+        raw: RawChunk,
+        captured: &[u8],
+    ) -> Option<Vec<(RawChunk, Vec<u8>)>> {
+        let Parser::Detecting(held) = &mut conn.parser else {
+            return Some(Vec::new());
+        };
+        if captured.is_empty() {
+            return None;
+        }
+        // Fully captured chunks of one direction are tried as one run of bytes.
+        let joinable = !held.is_empty()
+            && held
+                .iter()
+                .all(|(r, b)| r.dir == raw.dir && b.len() as u64 == r.total);
+        let joined: Vec<u8>;
+        let candidate = if joinable {
+            let mut j: Vec<u8> = held.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            j.extend_from_slice(captured);
+            joined = j;
+            joined.as_slice()
+        } else {
+            captured
+        };
+        let Some(d) = classify(candidate, raw.dir, conn.role) else {
+            // A run of bytes is one attempt however many writes it came in: a head written piece
+            // by piece, or the rest of a message a connection was picked up in the middle of
+            // (followed from /proc), must not use the attempts up. Runs end at MAX_HELD_BYTES.
+            if !joinable {
+                conn.detect_attempts += 1;
+            }
+            if conn.detect_attempts >= MAX_DETECT_ATTEMPTS {
+                self.m.detected[5].inc();
+                conn.parser = Parser::Opaque;
+                return None;
+            }
+            if !joinable {
+                held.clear();
+            }
+            let held_bytes: usize = held.iter().map(|(_, b)| b.len()).sum();
+            if captured.len() as u64 == raw.total && held_bytes + captured.len() <= MAX_HELD_BYTES {
+                held.push((raw, captured.to_vec()));
+            } else {
+                held.clear();
+            }
+            return None;
+        };
+        let replay = if joinable {
+            std::mem::take(held)
+        } else {
+            Vec::new()
+        };
+        if conn.role == Role::Unknown {
+            conn.role = d.flow.role_of_process(raw.dir);
+        }
+        let (index, parser) = match (d.protocol, conn.role) {
+            (Protocol::Http1, _) => (0, Parser::Http(Box::new(http1::Http1Connection::new()))),
+            (Protocol::MySql, Role::Client) => {
+                (2, Parser::MySql(Box::new(mysql::MySqlConnection::new())))
+            }
+            (Protocol::Redis, Role::Client) => {
+                (3, Parser::Redis(Box::new(redis::RedisConnection::new())))
+            }
+            (Protocol::MySql, _) => (2, Parser::Opaque),
+            (Protocol::Redis, _) => (3, Parser::Opaque),
+            (Protocol::Http2, _) => (1, Parser::Opaque),
+            (Protocol::Tls, _) => (4, Parser::Opaque),
+        };
+        self.m.detected[index].inc();
+        conn.parser = parser;
+        Some(replay)
+    }
+
+    /// Handles (and clears) the events a parser produced for one chunk (`None`: close).
+    pub(super) fn dispatch(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        chunk: Option<Chunk>,
+        http: &mut Vec<http1::Event>,
+        my: &mut Vec<mysql::Event>,
+        rd: &mut Vec<redis::Event>,
+    ) {
+        if !http.is_empty() {
+            self.on_http(conn_id, conn, http, chunk);
+            http.clear();
+        }
+        if !my.is_empty() {
+            self.on_mysql(conn_id, conn, my, chunk);
+            my.clear();
+        }
+        if !rd.is_empty() {
+            self.on_redis(conn_id, conn, rd, chunk);
+            rd.clear();
+        }
+    }
+
+    /// The end time of a response that ended as `end`, produced by `chunk` (or by `close`).
+    pub(super) fn end_time(conn: &Conn, chunk: Option<Chunk>, end: End) -> Option<u64> {
+        let current = chunk
+            .filter(|c| c.flow == Flow::ServerToClient)
+            .map(|c| c.end_ns);
+        let last = conn.last_end[1];
+        match end {
+            End::Complete => current.or(last),
+            End::Unknown | End::Incomplete => last.or(current),
+        }
+    }
+
+    /// A database client request (MySQL, Redis) waits for its response: timed from the chunk
+    /// that carried it, a child of whatever its thread serves; never linked to a server span.
+    pub(super) fn queue_db_request(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        id: u64,
+        chunk: Option<Chunk>,
+        request: Request,
+    ) {
+        let (start_ns, tid) = chunk.map(|c| (c.start_ns, c.tid)).unwrap_or((self.now, 0));
+        let (ctx, link) = self.client_context((conn_id, id), conn, None, None, tid, false);
+        self.queue(
+            conn,
+            conn_id,
+            Pending {
+                id,
+                start_ns,
+                tid,
+                request_ns: 0,
+                ctx,
+                link,
+                request,
+            },
+        );
+    }
+
+    pub(super) fn queue(&mut self, conn: &mut Conn, conn_id: u64, p: Pending) {
+        if let Some(old) = conn.push(p, self.cfg.max_pending_requests) {
+            self.release(conn_id, conn.role, &old);
+            self.m.drop(DropReason::PendingOverflow, 1);
+        }
+    }
+
+    /// Context for a server request read by `tid`.
+    pub(super) fn server_context(
+        &mut self,
+        req: RequestRef,
+        conn: &Conn,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        tid: u32,
+    ) -> (SpanContext, Option<LinkKey>) {
+        let key = LinkKey::of_server(&conn.tuple);
+        let span_id = self.ids.span_id();
+        let ctx = if let Some(((trace_id, parent), client)) =
+            self.ctx.server_request(key, req, self.now)
+        {
+            self.linked.push((client, req));
+            SpanContext {
+                trace_id,
+                span_id,
+                parent_span_id: Some(parent),
+                trace_state: String::new(),
+            }
+        } else if let Some(tp) =
+            traceparent.and_then(|v| loupe_protocols::traceparent::parse(v).ok())
+        {
+            SpanContext {
+                trace_id: tp.trace_id,
+                span_id,
+                parent_span_id: Some(tp.parent_id),
+                trace_state: tracestate
+                    .map(|s| attrs::cut(s, MAX_TRACE_STATE).to_owned())
+                    .unwrap_or_default(),
+            }
+        } else {
+            SpanContext {
+                trace_id: self.ids.trace_id(),
+                span_id,
+                parent_span_id: None,
+                trace_state: String::new(),
+            }
+        };
+        self.ctx.start_serving(conn.pid, tid, &ctx, req, self.now);
+        (ctx, key)
+    }
+
+    /// Context for a client request started by `tid`; `link` for protocols whose server side
+    /// makes spans (HTTP).
+    pub(super) fn client_context(
+        &mut self,
+        req: RequestRef,
+        conn: &Conn,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        tid: u32,
+        link: bool,
+    ) -> (SpanContext, Option<LinkKey>) {
+        let span_id = self.ids.span_id();
+        let ctx = if let Some(tp) =
+            traceparent.and_then(|v| loupe_protocols::traceparent::parse(v).ok())
+        {
+            SpanContext {
+                trace_id: tp.trace_id,
+                span_id,
+                parent_span_id: Some(tp.parent_id),
+                trace_state: tracestate
+                    .map(|s| attrs::cut(s, MAX_TRACE_STATE).to_owned())
+                    .unwrap_or_default(),
+            }
+        } else if let Some((trace_id, parent)) = self.ctx.serving(tid) {
+            SpanContext {
+                trace_id,
+                span_id,
+                parent_span_id: Some(parent),
+                trace_state: String::new(),
+            }
+        } else {
+            SpanContext {
+                trace_id: self.ids.trace_id(),
+                span_id,
+                parent_span_id: None,
+                trace_state: String::new(),
+            }
+        };
+        let key = if link {
+            LinkKey::of_client(&conn.tuple)
+        } else {
+            None
+        };
+        let key = match self.ctx.client_request(key, &ctx, req, self.now) {
+            ClientLink::Registered => key,
+            ClientLink::ServerWaiting(server) => {
+                self.reparents.push((server, ctx.trace_id, ctx.span_id));
+                self.linked.push((req, server));
+                None
+            }
+            ClientLink::None => None,
+        };
+        (ctx, key)
+    }
+
+    /// Forgets a request's context entries (it finished or was dropped).
+    pub(super) fn release(&mut self, conn_id: u64, role: Role, p: &Pending) {
+        self.ctx.forget(p.link, (conn_id, p.id));
+        if role == Role::Server {
+            self.ctx.stop_serving(p.tid, (conn_id, p.id));
+        }
+    }
+
+    /// A connection is gone: its waiting requests are dropped, its parser's desyncs counted.
+    pub(super) fn forget_conn(&mut self, conn_id: u64, mut conn: Conn, reason: DropReason) {
+        let waiting = conn.drain();
+        for p in &waiting {
+            self.release(conn_id, conn.role, p);
+        }
+        if !waiting.is_empty() {
+            self.m.drop(reason, waiting.len() as u64);
+        }
+        let desyncs = conn.parser.desyncs();
+        match conn.parser {
+            Parser::Http(_) => self.m.desyncs[0].add(desyncs),
+            Parser::MySql(_) => self.m.desyncs[1].add(desyncs),
+            Parser::Redis(_) => self.m.desyncs[2].add(desyncs),
+            Parser::Detecting(_) | Parser::Opaque => {}
+        }
+    }
+
+    pub(super) fn on_http(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        events: &[http1::Event],
+        chunk: Option<Chunk>,
+    ) {
+        for ev in events {
+            match ev {
+                http1::Event::RequestStart { id, head } => {
+                    let (start_ns, tid, request_ns) = conn
+                        .c2s_open
+                        .take()
+                        .or(chunk.map(|c| (c.start_ns, c.tid, c.request_ns)))
+                        .unwrap_or((self.now, 0, 0));
+                    let req = (conn_id, *id);
+                    let tp = head.headers.traceparent.as_deref();
+                    let ts = head.headers.tracestate.as_deref();
+                    let (ctx, link) = if conn.role == Role::Server {
+                        self.server_context(req, conn, tp, ts, tid)
+                    } else {
+                        self.client_context(req, conn, tp, ts, tid, true)
+                    };
+                    let p = Pending {
+                        id: *id,
+                        start_ns,
+                        tid,
+                        request_ns,
+                        ctx,
+                        link,
+                        request: Request::Http(HttpRequest::from_head(head)),
+                    };
+                    self.queue(conn, conn_id, p);
+                }
+                http1::Event::ResponseStart {
+                    request_id: Some(id),
+                    head,
+                } => {
+                    if let Some(Pending {
+                        request: Request::Http(h),
+                        ..
+                    }) = conn.get_mut(*id)
+                    {
+                        h.status = Some(head.status);
+                    }
+                }
+                http1::Event::ResponseStart {
+                    request_id: None, ..
+                } => self.m.drop(DropReason::UnpairedResponse, 1),
+                http1::Event::MessageEnd {
+                    flow: Flow::ClientToServer,
+                    ..
+                } => conn.c2s_open = None,
+                http1::Event::MessageEnd {
+                    flow: Flow::ServerToClient,
+                    id: Some(id),
+                    end,
+                    ..
+                } => {
+                    let Some(p) = conn.take(*id) else { continue };
+                    let status = match &p.request {
+                        Request::Http(h) => h.status,
+                        _ => None,
+                    };
+                    let request = (conn_id, p.id);
+                    let linger = status.is_some()
+                        && conn.role == Role::Server
+                        && self.ctx.server_waiting(p.link, request);
+                    if linger {
+                        // Keeps waiting for its client; only the serving thread is released.
+                        self.ctx.stop_serving(p.tid, request);
+                    } else {
+                        self.release(conn_id, conn.role, &p);
+                    }
+                    if status.is_none() {
+                        self.m.drop(DropReason::NoResponse, 1);
+                        continue;
+                    }
+                    let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
+                    let key = p.link;
+                    let Some(finished) = self.http_span(conn, p, end_ns) else {
+                        continue;
+                    };
+                    if linger {
+                        self.linger(request, key, finished);
+                    } else {
+                        self.finish(finished);
+                    }
+                }
+                http1::Event::MessageEnd {
+                    flow: Flow::ServerToClient,
+                    id: None,
+                    ..
+                } => {}
+            }
+        }
+    }
+
+    pub(super) fn on_mysql(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        events: &[mysql::Event],
+        chunk: Option<Chunk>,
+    ) {
+        for ev in events {
+            match ev {
+                mysql::Event::Request { id, command } => {
+                    let schema = match &conn.parser {
+                        Parser::MySql(p) => p.schema().map(str::to_owned),
+                        _ => None,
+                    };
+                    let request = Request::MySql(emit::mysql_request(
+                        command,
+                        schema,
+                        self.cfg.sanitize_queries,
+                    ));
+                    self.queue_db_request(conn_id, conn, *id, chunk, request);
+                }
+                mysql::Event::Response { id, response, end } => {
+                    let Some(p) = conn.take(*id) else { continue };
+                    self.release(conn_id, conn.role, &p);
+                    match (response, end) {
+                        (Some(mysql::Response::NoResponse), _) => continue,
+                        (None, End::Incomplete) => {
+                            self.m.drop(DropReason::NoResponse, 1);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
+                    let result = emit::mysql_result(response.as_ref(), self.cfg.sanitize_queries);
+                    self.emit_db(conn, p, "mysql", result, end_ns);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_redis(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        events: &[redis::Event],
+        chunk: Option<Chunk>,
+    ) {
+        for ev in events {
+            match ev {
+                redis::Event::Request { id, command } => {
+                    let request =
+                        Request::Redis(emit::redis_request(command, self.cfg.sanitize_queries));
+                    self.queue_db_request(conn_id, conn, *id, chunk, request);
+                }
+                redis::Event::Response { id, reply, end } => {
+                    let Some(p) = conn.take(*id) else { continue };
+                    self.release(conn_id, conn.role, &p);
+                    if reply.is_none() && *end == End::Incomplete {
+                        self.m.drop(DropReason::NoResponse, 1);
+                        continue;
+                    }
+                    let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
+                    let result = emit::redis_result(reply.as_ref(), self.cfg.sanitize_queries);
+                    self.emit_db(conn, p, "redis", result, end_ns);
+                }
+            }
+        }
+    }
+
+    /// Parks a finished server span that still waits for its same-host client (see
+    /// `Lingering`); past MAX_LINGERING it goes out at once.
+    pub(super) fn linger(&mut self, request: RequestRef, key: Option<LinkKey>, finished: Finished) {
+        if self.lingering.len() < MAX_LINGERING {
+            self.lingering.push_back(Lingering {
+                request,
+                key,
+                since_ns: self.now,
+                finished,
+            });
+        } else {
+            self.ctx.forget(key, request);
+            self.finish(finished);
+        }
+    }
+
+    /// The kernel reported CPU samples of the request `tag` (its response write carried the
+    /// flag): its span goes into the sampled tier of the span index.
+    pub(super) fn note_sampled(&mut self, tag: RequestTag) {
+        if !self.publishing {
+            return;
+        }
+        if self.sampled.len() >= MAX_SAMPLED_WAITING {
+            // Spans that never finished (dropped requests) must not pile up.
+            self.sampled.clear();
+        }
+        self.sampled.insert(tag);
+    }
+
+    /// Publishes a finished server span for the profiler's drain; returns its
+    /// `pyroscope.profile.id`.
+    pub(super) fn publish_server_span(&mut self, p: &Pending, name: &str) -> Option<String> {
+        if p.request_ns == 0 {
+            return None;
+        }
+        let label = SpanLabel {
+            trace_id: p.ctx.trace_id,
+            span_id: p.ctx.span_id,
+            name: name.into(),
+        };
+        let id = label.span_id_hex();
+        if self.publishing {
+            let tag = (p.tid, p.request_ns);
+            self.published.push(Published {
+                tag,
+                sampled: self.sampled.remove(&tag),
+                span: Arc::new(label),
+            });
+        }
+        Some(id)
+    }
+
+    /// Queues a span for the next flush, within `max_finished_spans`.
+    pub(super) fn finish(&mut self, finished: Finished) {
+        if self.finished.len() >= self.cfg.max_finished_spans {
+            self.m.drop(DropReason::BufferFull, 1);
+            return;
+        }
+        self.finished.push(finished);
+    }
+}

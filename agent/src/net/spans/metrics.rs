@@ -1,0 +1,132 @@
+//! The span builder's own metrics: events consumed, spans made and lost (by reason), protocol
+//! detection, connection evictions and parser desyncs.
+
+use loupe_collector::telemetry::{Counter, Gauge, Registry};
+
+/// Why spans were lost (`loupe_spans_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DropReason {
+    /// The connection closed (or its parser gave up) before the response.
+    NoResponse,
+    /// The connection's state was evicted (capacity, memory, idle) with requests waiting.
+    Evicted,
+    /// More requests waited on one connection than allowed.
+    PendingOverflow,
+    /// More finished spans waited for a flush than allowed.
+    BufferFull,
+    /// A response answered a request that was never seen.
+    UnpairedResponse,
+    /// The builder stopped with requests still waiting.
+    Shutdown,
+}
+
+pub(super) const DROP_REASONS: [(&str, DropReason); 6] = [
+    ("no_response", DropReason::NoResponse),
+    ("evicted", DropReason::Evicted),
+    ("pending_overflow", DropReason::PendingOverflow),
+    ("buffer_full", DropReason::BufferFull),
+    ("unpaired_response", DropReason::UnpairedResponse),
+    ("shutdown", DropReason::Shutdown),
+];
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum EvictReason {
+    Capacity,
+    Memory,
+    Idle,
+}
+
+pub(super) struct Metrics {
+    pub(super) events: [Counter; 5],
+    pub(super) spans: [Counter; 3],
+    pub(super) dropped: [Counter; 6],
+    pub(super) detected: [Counter; 6],
+    pub(super) evicted: [Counter; 3],
+    pub(super) desyncs: [Counter; 3],
+    pub(super) context_overflows: Counter,
+    pub(super) connections: Gauge,
+    pub(super) buffered: Gauge,
+}
+
+impl Metrics {
+    pub(super) fn new(r: &Registry) -> Self {
+        let c = |name: &str, help: &str, label: &str, value: &str| {
+            r.counter(name, help, &[(label, value)])
+        };
+        let events = ["open", "data", "close", "other", "log"].map(|k| {
+            c(
+                "loupe_spans_events_total",
+                "Socket events the span builder consumed.",
+                "kind",
+                k,
+            )
+        });
+        let spans = ["http_server", "http_client", "db_client"].map(|k| {
+            c(
+                "loupe_spans_created_total",
+                "Spans the span builder created.",
+                "kind",
+                k,
+            )
+        });
+        let dropped = DROP_REASONS.map(|(reason, _)| {
+            c(
+                "loupe_spans_dropped_total",
+                "Requests or spans lost by the span builder, by reason.",
+                "reason",
+                reason,
+            )
+        });
+        let detected = ["http", "http2", "mysql", "redis", "tls", "unknown"].map(|p| {
+            c(
+                "loupe_spans_connections_detected_total",
+                "Connections by protocol detected from their first bytes (unknown: gave up).",
+                "protocol",
+                p,
+            )
+        });
+        let evicted = ["capacity", "memory", "idle"].map(|reason| {
+            c(
+                "loupe_spans_connections_evicted_total",
+                "Connection states the span builder forgot before their close, by reason.",
+                "reason",
+                reason,
+            )
+        });
+        let desyncs = ["http", "mysql", "redis"].map(|p| {
+            c(
+                "loupe_spans_parser_desyncs_total",
+                "Times a protocol parser lost framing (bytes outside the capture, gaps).",
+                "protocol",
+                p,
+            )
+        });
+        Self {
+            events,
+            spans,
+            dropped,
+            detected,
+            evicted,
+            desyncs,
+            context_overflows: r.counter(
+                "loupe_spans_context_overflows_total",
+                "Trace context entries dropped because a context map was full.",
+                &[],
+            ),
+            connections: r.gauge(
+                "loupe_spans_connections",
+                "Connections the span builder tracks.",
+                &[],
+            ),
+            buffered: r.gauge(
+                "loupe_spans_buffered_bytes",
+                "Parser buffers and waiting requests of all tracked connections.",
+                &[],
+            ),
+        }
+    }
+
+    pub(super) fn drop(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].add(n);
+    }
+}
