@@ -66,6 +66,9 @@ pub struct LokiPush {
     pub request: loki::PushRequest,
 }
 
+/// One entry as received: (stream labels, line, structured metadata as (name, value) pairs).
+pub type LokiEntry = (String, String, Vec<(String, String)>);
+
 /// A Loki push endpoint on 127.0.0.1; keeps every request it decoded.
 pub struct LokiReceiver {
     pub addr: SocketAddr,
@@ -87,8 +90,8 @@ impl LokiReceiver {
         Self { addr, pushes }
     }
 
-    /// Every entry received: (stream labels, line, structured metadata as pairs).
-    pub fn entries(&self) -> Vec<(String, String, Vec<(String, String)>)> {
+    /// Every entry received.
+    pub fn entries(&self) -> Vec<LokiEntry> {
         let pushes = self.pushes.lock().expect("lock");
         pushes
             .iter()
