@@ -98,6 +98,16 @@ pub struct CliOptions {
     /// Capture what processes write to stdout and stderr as logs tied to their requests [default: true].
     #[arg(long, env = "LOUPE_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub logs: Option<bool>,
+    /// Name container processes after their Kubernetes pod: `auto` (when an API server is
+    /// configured: in a pod, or with --kubeconfig), `on` or `off` [default: auto].
+    #[arg(long, env = "LOUPE_KUBERNETES", global = true, value_name = "auto|on|off")]
+    pub kubernetes: Option<String>,
+    /// This node's name, whose pods are watched [default: $NODE_NAME, from the downward API].
+    #[arg(long, env = "LOUPE_NODE_NAME", global = true, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// A kubeconfig file for the Kubernetes API [default: the pod's service account].
+    #[arg(long, env = "LOUPE_KUBECONFIG", global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Tag CPU samples with the span of the request their thread serves (pprof labels `span_id`,
     /// `span_name`; spans get `pyroscope.profile.id`) [default: true].
     #[arg(long, env = "LOUPE_SPAN_PROFILES", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -172,6 +182,9 @@ struct FileOptions {
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
     logs: Option<bool>,
+    kubernetes: Option<String>,
+    node_name: Option<String>,
+    kubeconfig: Option<PathBuf>,
     span_profiles: Option<bool>,
     publish_trace_context: Option<bool>,
     log_lines_per_sec: Option<u32>,
@@ -203,6 +216,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Capture stdout/stderr writes as logs.
     pub logs: bool,
+    /// Watch this node's pods to name container processes; `None`: off.
+    pub kubernetes: Option<crate::k8s::pods::K8sOptions>,
     /// Tag CPU samples with their request's span.
     pub span_profiles: bool,
     /// Fill the pinned trace context map other profilers read.
@@ -320,6 +335,15 @@ impl Config {
             cli.loki_token.clone().or(file.loki_token),
             cli.loki_tenant.clone().or(file.loki_tenant),
         )?;
+        let kubernetes = kubernetes(
+            cli.kubernetes.clone().or(file.kubernetes),
+            cli.node_name
+                .clone()
+                .or(file.node_name)
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())),
+            cli.kubeconfig.clone().or(file.kubeconfig),
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        )?;
         let log_lines_per_sec = cli
             .log_lines_per_sec
             .or(file.log_lines_per_sec)
@@ -411,6 +435,7 @@ impl Config {
             capture_bytes,
             otlp_endpoint,
             logs: cli.logs.or(file.logs).unwrap_or(true),
+            kubernetes,
             span_profiles: cli.span_profiles.or(file.span_profiles).unwrap_or(true),
             publish_trace_context: cli
                 .publish_trace_context
@@ -442,6 +467,41 @@ impl Config {
         self.local_sink
             .unwrap_or(self.loki.is_none() && self.otlp_endpoint.is_none())
     }
+}
+
+/// `--kubernetes`: on when asked, or (`auto`) when an API server is configured; then a node name
+/// is required, as the pods watched are the node's.
+fn kubernetes(
+    mode: Option<String>,
+    node_name: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    in_cluster: bool,
+) -> Result<Option<crate::k8s::pods::K8sOptions>, ConfigError> {
+    let on = match mode.as_deref().unwrap_or("auto") {
+        "on" | "true" => true,
+        "off" | "false" => false,
+        "auto" => in_cluster || kubeconfig.is_some(),
+        other => {
+            return Err(invalid(
+                "kubernetes",
+                format!("{other:?}: must be auto, on or off"),
+            ));
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    let node_name = node_name.filter(|n| !n.trim().is_empty()).ok_or_else(|| {
+        invalid(
+            "node_name",
+            "Kubernetes is on but this node's name is unknown: set NODE_NAME from the downward \
+             API (spec.nodeName) or --node-name",
+        )
+    })?;
+    Ok(Some(crate::k8s::pods::K8sOptions {
+        node_name,
+        kubeconfig,
+    }))
 }
 
 /// The keys of one push backend's options, for error messages.

@@ -5,6 +5,7 @@ mod config;
 mod correlate;
 mod doctor;
 mod ebpf;
+mod k8s;
 mod logs;
 mod net;
 mod probe;

@@ -80,6 +80,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let host = hostname();
 
     runtime.block_on(async {
+        // Pod names before anything names a process.
+        if let Some(k8s) = &config.kubernetes {
+            let metadata = crate::k8s::K8sMetadata::new(&k8s.node_name, &registry);
+            metadata.spawn_watcher(k8s.clone());
+            tracing::info!(node = %k8s.node_name, "watching this node's pods to name containers");
+            crate::k8s::install(metadata);
+        }
 
         let mut sinks: Vec<BoxedProfileSink> = Vec::new();
         if config.local_profiles() {

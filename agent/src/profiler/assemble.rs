@@ -141,7 +141,9 @@ pub fn assemble(
         .collect();
 
     // Pass 3: frames, leaf first: the kernel part of the stack, then the user part.
-    let mut by_service: BTreeMap<String, Vec<StackSample>> = BTreeMap::new();
+    // By service and the process's own series labels (its pod): replicas are series of their own.
+    let mut by_service: BTreeMap<(String, Vec<(String, String)>), Vec<StackSample>> =
+        BTreeMap::new();
     for ((s, r), span) in samples.iter().zip(resolved).zip(span_labels) {
         let mut frames = Vec::new();
         match s.key.kernel_stack_id {
@@ -207,7 +209,7 @@ pub fn assemble(
             });
         }
         by_service
-            .entry(r.process.service.clone())
+            .entry((r.process.service.clone(), r.process.labels.clone()))
             .or_default()
             .push(StackSample {
                 pid: s.key.pid,
@@ -220,9 +222,9 @@ pub fn assemble(
 
     let profiles = by_service
         .into_iter()
-        .map(|(service_name, samples)| ServiceProfile {
+        .map(|((service_name, labels), samples)| ServiceProfile {
             service_name,
-            labels: host_labels.to_vec(),
+            labels: host_labels.iter().cloned().chain(labels).collect(),
             samples,
         })
         .collect();

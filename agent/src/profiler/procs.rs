@@ -3,6 +3,7 @@
 //! symbolized after it has exited. Binaries are held open by file descriptor and shared between the
 //! processes that map them, so a deleted or container-private file stays readable.
 
+use crate::k8s::ContainerIdentity;
 use std::{
     collections::HashMap,
     fs::File,
@@ -51,8 +52,14 @@ pub struct MappedRange {
 /// What the profiler knows of one process.
 #[derive(Debug, Clone)]
 pub struct Process {
-    /// `OTEL_SERVICE_NAME` from the environment, else the executable's name.
+    /// `OTEL_SERVICE_NAME` from the environment, else the pod's names (see [`ProcessIdentity`]),
+    /// else the executable's name.
     pub service: String,
+    /// Series labels naming the process's pod (`namespace`, `pod`, `container`, `node`).
+    pub labels: Vec<(String, String)>,
+    /// The Kubernetes store's generation when the process was named in a container whose pod
+    /// was unknown: it is named again once the store changes.
+    pub pod_pending: Option<u64>,
     /// Executable mappings sorted by start address.
     pub maps: Vec<MappedRange>,
     pub kernel_thread: bool,
@@ -121,8 +128,21 @@ impl ProcessTable {
 
     /// The known process, or a fresh read of it.
     pub fn get_or_refresh(&mut self, pid: u32, comm: &str) -> Arc<Process> {
-        match self.procs.get(&pid) {
-            Some(p) => p.clone(),
+        match self.procs.get_mut(&pid) {
+            Some(p) => {
+                // Named while its pod was unknown: name it again once the pods changed.
+                if let Some(generation) = p.pod_pending
+                    && crate::k8s::metadata().is_some_and(|m| m.generation() != generation)
+                {
+                    let process = Arc::make_mut(p);
+                    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+                    let id = identify(pid, exe_name(exe.as_deref()), comm);
+                    process.pod_pending = id.pod_pending();
+                    process.labels = id.series_labels();
+                    process.service = id.service;
+                }
+                p.clone()
+            }
             None => self.refresh(pid, comm),
         }
     }
@@ -161,6 +181,8 @@ impl ProcessTable {
         let Ok(maps_text) = maps_text else {
             return Process {
                 service: service_from_comm(comm),
+                labels: Vec::new(),
+                pod_pending: None,
                 maps: Vec::new(),
                 kernel_thread: false,
                 exited_at: None,
@@ -171,21 +193,17 @@ impl ProcessTable {
         if maps_text.is_empty() && exe.is_none() {
             return Process {
                 service: KERNEL_SERVICE.to_string(),
+                labels: Vec::new(),
+                pod_pending: None,
                 maps: Vec::new(),
                 kernel_thread: true,
                 exited_at: None,
                 incomplete: false,
             };
         }
-        let service = read_service_name(pid)
-            .or_else(|| {
-                exe.as_ref().and_then(|p| p.file_name()).map(|n| {
-                    n.to_string_lossy()
-                        .trim_end_matches(" (deleted)")
-                        .to_string()
-                })
-            })
-            .unwrap_or_else(|| service_from_comm(comm));
+        let id = identify(pid, exe_name(exe.as_deref()), comm);
+        let (labels, pod_pending) = (id.series_labels(), id.pod_pending());
+        let service = id.service;
         let mut maps = Vec::new();
         for line in maps_text.lines() {
             let Some(entry) = parse_maps_line(line) else {
@@ -216,6 +234,8 @@ impl ProcessTable {
         maps.sort_by_key(|m| m.start);
         Process {
             service,
+            labels,
+            pod_pending,
             maps,
             kernel_thread: false,
             exited_at: None,
@@ -280,38 +300,110 @@ fn service_from_comm(comm: &str) -> String {
     }
 }
 
-/// How a running process is named in telemetry (shared with the span builder, so that spans
-/// and profiles of a process carry the same `service.name`).
+/// How a running process is named in telemetry (shared with the span builder, so that spans,
+/// logs and profiles of a process carry the same `service.name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessIdentity {
-    /// `OTEL_SERVICE_NAME` from the environment, else the executable's file name, else `comm`.
+    /// `OTEL_SERVICE_NAME` from the environment, else (in a known pod) the pod's label
+    /// `app.kubernetes.io/name`, else its workload's name, else the container's name; else the
+    /// executable's file name, else `comm`.
     pub service: String,
     /// The executable's file name (`process.executable.name`), when readable.
     pub executable: Option<String>,
+    /// The process's container and pod, when Kubernetes is on and it runs in one.
+    pub container: Option<ContainerIdentity>,
+}
+
+impl ProcessIdentity {
+    /// OTLP resource attributes naming the container and pod (semantic conventions `k8s.*`,
+    /// `container.id`); none outside containers.
+    pub fn resource_attributes(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let Some(c) = &self.container else {
+            return out;
+        };
+        out.push(("container.id", c.container_id.clone()));
+        if let Some(m) = &c.meta {
+            let pod = &m.pod;
+            out.push(("k8s.namespace.name", pod.namespace.clone()));
+            out.push(("k8s.pod.name", pod.name.clone()));
+            out.push(("k8s.pod.uid", pod.uid.clone()));
+            out.push(("k8s.container.name", m.container.clone()));
+            out.push(("k8s.node.name", pod.node.clone()));
+            if let Some((key, name)) = &pod.workload {
+                out.push((key, name.clone()));
+            }
+        }
+        out
+    }
+
+    /// Pyroscope series labels of the pod (the names `pyroscope.ebpf` users relabel to); none
+    /// outside known pods.
+    pub fn series_labels(&self) -> Vec<(String, String)> {
+        let Some(m) = self.container.as_ref().and_then(|c| c.meta.as_ref()) else {
+            return Vec::new();
+        };
+        vec![
+            ("namespace".into(), m.pod.namespace.clone()),
+            ("pod".into(), m.pod.name.clone()),
+            ("container".into(), m.container.clone()),
+            ("node".into(), m.pod.node.clone()),
+        ]
+    }
+
+    /// The pod store's generation when the process is in a container whose pod is not known
+    /// (yet): worth naming again once the store changes.
+    pub fn pod_pending(&self) -> Option<u64> {
+        let c = self.container.as_ref()?;
+        if c.meta.is_some() {
+            return None;
+        }
+        crate::k8s::metadata().map(|m| m.generation())
+    }
 }
 
 /// Names process `pid` as the profiler does; `None` when it is gone.
 pub fn process_identity(pid: u32) -> Option<ProcessIdentity> {
-    let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|p| {
-            p.file_name().map(|n| {
-                n.to_string_lossy()
-                    .trim_end_matches(" (deleted)")
-                    .to_string()
-            })
-        });
-    let service = match read_service_name(pid).or_else(|| executable.clone()) {
-        Some(s) => s,
-        None => {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            service_from_comm(comm.trim_end())
-        }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let comm = match &exe {
+        Some(_) => String::new(),
+        None => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end()
+            .to_string(),
     };
-    Some(ProcessIdentity {
+    Some(identify(pid, exe_name(exe.as_deref()), &comm))
+}
+
+/// The file name of `/proc/PID/exe`'s target.
+fn exe_name(exe: Option<&std::path::Path>) -> Option<String> {
+    exe.and_then(|p| p.file_name()).map(|n| {
+        n.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string()
+    })
+}
+
+/// The identity of `pid` from its environment, its container and its executable's name (`comm`
+/// when that is unknown).
+fn identify(pid: u32, executable: Option<String>, comm: &str) -> ProcessIdentity {
+    let container = crate::k8s::container_of(pid);
+    let service = read_service_name(pid)
+        .or_else(|| {
+            let m = container.as_ref()?.meta.as_ref()?;
+            m.pod
+                .app_name
+                .clone()
+                .or_else(|| m.pod.workload.as_ref().map(|(_, name)| name.clone()))
+                .or_else(|| Some(m.container.clone()))
+        })
+        .or_else(|| executable.clone())
+        .unwrap_or_else(|| service_from_comm(comm));
+    ProcessIdentity {
         service,
         executable,
-    })
+        container,
+    }
 }
 
 /// `OTEL_SERVICE_NAME` from /proc/PID/environ (read at most 1 MiB of it).

@@ -34,6 +34,8 @@ impl ProcessResolver for ProcResolver {
 /// A resolved process and its OTLP resource.
 #[derive(Debug)]
 pub(super) struct ProcessInfo {
+    /// See `ProcessIdentity::pod_pending`.
+    pub(super) pod_pending: Option<u64>,
     pub(super) service: String,
     pub(super) resource: Arc<Resource>,
 }
@@ -59,6 +61,10 @@ impl ProcessCache {
     ) -> Arc<ProcessInfo> {
         if let Some((info, at)) = self.map.get(&pid)
             && now.saturating_sub(*at) < PROCESS_TTL_NS
+            // Named while its pod was unknown: named again once the pods changed.
+            && info
+                .pod_pending
+                .is_none_or(|g| crate::k8s::metadata().is_none_or(|m| m.generation() == g))
         {
             return info.clone();
         }
@@ -75,6 +81,7 @@ impl ProcessCache {
             (!name.is_empty()).then(|| ProcessIdentity {
                 service: name.clone(),
                 executable: Some(name),
+                container: None,
             })
         });
         if self.map.len() >= MAX_PROCESSES {
@@ -87,15 +94,22 @@ impl ProcessCache {
         let service = id
             .as_ref()
             .map_or_else(|| "unknown_service".to_owned(), |i| i.service.clone());
-        let mut a = Attrs::with_capacity(4);
+        let mut a = Attrs::with_capacity(12);
         a.str("service.name", service.clone());
         a.str("host.name", self.host_name.clone());
         a.int("process.pid", i64::from(pid));
-        if let Some(exe) = id.and_then(|i| i.executable) {
-            a.str("process.executable.name", exe);
+        let pod_pending = id.as_ref().and_then(ProcessIdentity::pod_pending);
+        if let Some(id) = id {
+            for (key, value) in id.resource_attributes() {
+                a.str(key, value);
+            }
+            if let Some(exe) = id.executable {
+                a.str("process.executable.name", exe);
+            }
         }
         let info = Arc::new(ProcessInfo {
             service,
+            pod_pending,
             resource: Arc::new(Resource {
                 attributes: a.0.iter().map(Attribute::to_proto).collect(),
                 ..Resource::default()

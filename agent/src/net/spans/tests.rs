@@ -18,6 +18,7 @@ impl ProcessResolver for FakeResolver {
         (pid != 0).then(|| ProcessIdentity {
             service: format!("svc{pid}"),
             executable: Some(format!("exe{pid}")),
+            container: None,
         })
     }
 }
