@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::ensure;
 
+use super::logs::{LogRecord, check_error_lines};
 use super::{SpanCheck, UPSTREAM_TIMEOUT_MS};
 use crate::spans_read::{Span, quantile};
 
@@ -20,13 +21,16 @@ impl SpanCheck {
                 "checks spans: inventory's MySQL spans per GET /products go from ~1 to ≥10"
             }
             SpanCheck::ErrorBurst => {
-                "checks spans: payment's 5xx share ≈ ratio (±15 points), errors on frontend→payment calls"
+                "checks spans: payment's 5xx share ≈ ratio (±15 points), errors on frontend→payment calls; logs: a failing span's error line by its trace id"
             }
             SpanCheck::CacheOff => {
                 "checks spans: user's MySQL spans per request from ≈0 (warm cache) to ≈1, plus Redis GET+SET"
             }
             SpanCheck::DependencyTimeout => {
                 "checks spans: frontend checkouts answer 504 (error) after the 1.5 s timeout, none before"
+            }
+            SpanCheck::LogSpam => {
+                "checks logs: inventory's lines/s rise by its requests/s × 100 (±20%), DEBUG only with the fault"
             }
         }
     }
@@ -205,12 +209,14 @@ pub(super) fn check_n_plus_one(base: &Window, fault: &Window, v: &mut Verdict) {
     );
 }
 
-/// error-burst: a `ratio` of payment's requests answer 500; the frontend's checkouts fail with 502.
+/// error-burst: a `ratio` of payment's requests answer 500; the frontend's checkouts fail with 502; payment logs
+/// an error line for each failure.
 pub(super) fn check_error_burst(
     base: &Window,
     fault: &Window,
     ratio: f64,
     payment_port: u16,
+    logs: &[LogRecord],
     v: &mut Verdict,
 ) {
     let is_5xx = |s: &&Span| s.http_status().is_some_and(|c| c >= 500);
@@ -269,6 +275,8 @@ pub(super) fn check_error_burst(
             .filter(|s| s.http_status() == Some(502))
             .count()
     );
+    // The error line each failing payment writes while it is served, found by the span's trace id.
+    check_error_lines("payment", &failed, logs, v);
 }
 
 /// cache-off (mode=miss): every profile lookup is a Redis GET miss, a MySQL SELECT and a Redis SET.
@@ -519,7 +527,7 @@ impl Verdict {
             format!(", {skipped} on latency tails not asserted ({overloaded})")
         };
         println!(
-            "PASS exercise {exercise}: {} assertions on Loupe's spans hold{skipped} ({:.0} s)",
+            "PASS exercise {exercise}: {} assertions on Loupe's output hold{skipped} ({:.0} s)",
             count(Some(true)),
             started.elapsed().as_secs_f64()
         );

@@ -4,21 +4,23 @@
 //!
 //! `cargo xtask exercise NAME`: turns an exercise's fault on in the running demo (`--off` turns it off);
 //! `cargo xtask exercise NAME --verify` starts a private shop, injects the fault, runs the agent and checks that
-//! Loupe's output reveals it: the CPU profile (cpu), or the network spans in `traces.jsonl` compared with a
-//! baseline before the fault (slow-sql, n-plus-one, error-burst, cache-off, dependency-timeout). For the span
-//! checks the agent starts before the services and watches only their pids. What Loupe cannot show yet
-//! (memory-growth, log-spam) is reported as pending and fails; nothing passes without evidence.
+//! Loupe's output reveals it: the CPU profile (cpu), or the network spans in `traces.jsonl` and the logs in
+//! `logs.jsonl` compared with a baseline before the fault (slow-sql, n-plus-one, error-burst, cache-off,
+//! dependency-timeout, log-spam). For these the agent starts before the services and watches only their pids.
+//! What Loupe cannot show yet (memory-growth) is reported as pending and fails; nothing passes without evidence.
 //!
 //! Every process is started in its own process group and stopped by group (SIGTERM, then SIGKILL after a grace
 //! period), in reverse start order, also when xtask fails or panics. Only a SIGKILL of xtask itself leaves them.
 //!
 //! Dependencies beyond anyhow and clap: `libc` (signals), `prost` and `flate2` (reading the pprof output),
-//! `serde_json` (reading the spans, see spans_read.rs).
+//! `serde_json` (reading the spans, see spans_read.rs, and the logs).
 //!
 //! Here: the command line, the exercise table and the entry points. `stack.rs` runs the shop, `verify.rs` runs an
-//! exercise's check, `checks.rs` holds the span checks, `profiles.rs` reads the pprof files.
+//! exercise's check, `checks.rs` holds the span checks, `logs.rs` reads logs.jsonl and holds the log checks,
+//! `profiles.rs` reads the pprof files.
 
 mod checks;
+mod logs;
 mod profiles;
 mod stack;
 #[cfg(test)]
@@ -122,13 +124,13 @@ pub struct ExerciseArgs {
 enum Check {
     /// The named function is the top self-time function of the service's CPU profile.
     HotFunction(&'static str),
-    /// Loupe's network spans show the fault, compared with a baseline before it.
+    /// Loupe's network spans (and logs) show the fault, compared with a baseline before it.
     Spans(SpanCheck),
     /// Not checkable yet; the reason.
     Pending(&'static str),
 }
 
-/// The span-based checks, one per exercise.
+/// The checks on a baseline and a fault window of the agent's spans and logs, one per exercise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SpanCheck {
     SlowSql,
@@ -136,6 +138,7 @@ enum SpanCheck {
     ErrorBurst,
     CacheOff,
     DependencyTimeout,
+    LogSpam,
 }
 
 /// One exercise: the fault it injects and where.
@@ -149,7 +152,6 @@ struct Exercise {
 }
 
 const PENDING_MEMORY: &str = "needs memory signals, which Loupe does not collect yet";
-const PENDING_LOGS: &str = "needs log collection, which Loupe does not do yet";
 
 const EXERCISES: [Exercise; 8] = [
     Exercise {
@@ -199,7 +201,7 @@ const EXERCISES: [Exercise; 8] = [
         service: "inventory",
         params: "lines=100",
         summary: "inventory writes 100 debug lines per request",
-        check: Check::Pending(PENDING_LOGS),
+        check: Check::Spans(SpanCheck::LogSpam),
     },
     Exercise {
         name: "dependency-timeout",

@@ -15,6 +15,7 @@ use super::checks::{
     Verdict, Window, check_cache_off, check_dependency_timeout, check_error_burst,
     check_n_plus_one, check_slow_sql,
 };
+use super::logs::{self, LogWindow, check_log_spam, print_rates};
 use super::profiles::ServiceProfile;
 use super::stack::{
     Ports, STOP, Stack, StackOpts, agent_binary, build_shop, ensure_db_packages, http,
@@ -161,10 +162,26 @@ impl SpanCheck {
             tail: 2,
         }
     }
+
+    /// Whether the check reads `logs.jsonl` too.
+    fn reads_logs(self) -> bool {
+        matches!(self, SpanCheck::ErrorBurst | SpanCheck::LogSpam)
+    }
+
+    /// The agent's `--log-lines-per-sec` for this check, when not its default (1000 lines per process per second).
+    fn log_lines_per_sec(self) -> Option<u32> {
+        // log-spam makes inventory write about 20 requests/s × 100 lines: at the default limit the agent would keep
+        // 1000 lines/s and the check would measure the limit, not the fault.
+        (self == SpanCheck::LogSpam).then_some(LOG_SPAM_LINES_PER_SEC)
+    }
 }
 
-/// The span exercises: the agent starts before the services (it sees their connections from the first byte), the shop
-/// runs a baseline without the fault, then with it; the spans of both windows are compared.
+/// log-spam's `--log-lines-per-sec`: well above the ~2,000 lines/s the fault makes at the verify load.
+const LOG_SPAM_LINES_PER_SEC: u32 = 10_000;
+
+/// The span (and log) exercises: the agent starts before the services (it sees their connections from the first
+/// byte), the shop runs a baseline without the fault, then with it; the spans (and logs) of both windows are
+/// compared.
 pub(super) fn verify_spans(
     args: &ExerciseArgs,
     ex: Exercise,
@@ -187,6 +204,9 @@ pub(super) fn verify_spans(
             .arg(&out)
             // Spans are what is checked: profile little, and only once, at exit.
             .args(["--profile-hz", "1", "--profile-interval", "10m"]);
+        if let Some(n) = check.log_lines_per_sec() {
+            cmd.arg("--log-lines-per-sec").arg(n.to_string());
+        }
         for svc in SERVICES {
             let pid = stack.pid(svc).context("service not running")?;
             cmd.arg("--pid").arg(pid.to_string());
@@ -257,6 +277,29 @@ pub(super) fn verify_spans(
             "load: the frontend served {served_base:.1} req/s in the baseline, {served_fault:.1} with the fault ({} sent)",
             opts.rps
         );
+        let logs = if check.reads_logs() {
+            let logs = logs::read(&out)?;
+            ensure!(
+                !logs.records.is_empty(),
+                "the agent wrote no log records to logs.jsonl; see {}",
+                log.display()
+            );
+            let (lb, lf) = (
+                LogWindow::new("baseline", &logs.records, base_from, base_to),
+                LogWindow::new("fault", &logs.records, fault_from, fault_to),
+            );
+            println!(
+                "logs: {} records in logs.jsonl ({} unreadable lines); {} in the baseline window, {} in the fault window",
+                logs.records.len(),
+                logs.bad_lines,
+                lb.records.len(),
+                lf.records.len()
+            );
+            print_rates(&lb, &lf);
+            logs.records
+        } else {
+            Vec::new()
+        };
         let mut v = Verdict::default();
         let kept_up = served_base.min(served_fault) / opts.rps;
         if kept_up < 0.9 {
@@ -271,7 +314,7 @@ pub(super) fn verify_spans(
             SpanCheck::ErrorBurst => {
                 let ratio = fault_param(ex.params, "ratio").unwrap_or(0.3);
                 let port = stack.ports.services["payment"];
-                check_error_burst(&base, &fault, ratio, port, &mut v)
+                check_error_burst(&base, &fault, ratio, port, &logs, &mut v)
             }
             SpanCheck::CacheOff => check_cache_off(&base, &fault, &mut v),
             SpanCheck::DependencyTimeout => {
@@ -279,13 +322,22 @@ pub(super) fn verify_spans(
                 let port = stack.ports.services["payment"];
                 check_dependency_timeout(&base, &fault, stall, port, &mut v)
             }
+            SpanCheck::LogSpam => {
+                let lines = fault_param(ex.params, "lines").unwrap_or(100.0);
+                let windows = (
+                    &LogWindow::new("baseline", &logs, base_from, base_to),
+                    &LogWindow::new("fault", &logs, fault_from, fault_to),
+                );
+                let limit = check.log_lines_per_sec().unwrap_or(1000);
+                check_log_spam(windows, (&base, &fault), ex.service, lines, limit, &mut v)
+            }
         }
         v.finish(ex.name, started)
     })();
     stack.stop();
     if result.is_err() {
         println!(
-            "the shop's logs, the agent's log and traces.jsonl are in {}",
+            "the shop's logs, the agent's log, traces.jsonl and logs.jsonl are in {}",
             dir.display()
         );
     }
