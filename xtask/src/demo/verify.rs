@@ -277,13 +277,16 @@ pub(super) fn verify_spans(
             "load: the frontend served {served_base:.1} req/s in the baseline, {served_fault:.1} with the fault ({} sent)",
             opts.rps
         );
+        let mut v = Verdict::default();
         let logs = if check.reads_logs() {
-            let logs = logs::read(&out)?;
-            ensure!(
-                !logs.records.is_empty(),
-                "the agent wrote no log records to logs.jsonl; see {}",
-                log.display()
-            );
+            // Without logs the span assertions still run and print; the check fails all the same.
+            let logs = logs::read(&out).unwrap_or_else(|e| {
+                v.check(false, format!("{e:#}"));
+                logs::Logs {
+                    records: Vec::new(),
+                    bad_lines: 0,
+                }
+            });
             let (lb, lf) = (
                 LogWindow::new("baseline", &logs.records, base_from, base_to),
                 LogWindow::new("fault", &logs.records, fault_from, fault_to),
@@ -296,11 +299,14 @@ pub(super) fn verify_spans(
                 lf.records.len()
             );
             print_rates(&lb, &lf);
+            v.check(
+                !logs.records.is_empty(),
+                format!("logs.jsonl holds {} records (> 0)", logs.records.len()),
+            );
             logs.records
         } else {
             Vec::new()
         };
-        let mut v = Verdict::default();
         let kept_up = served_base.min(served_fault) / opts.rps;
         if kept_up < 0.9 {
             v.overloaded = Some(format!(
