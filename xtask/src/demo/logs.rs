@@ -66,16 +66,21 @@ pub(super) struct Logs {
     pub(super) bad_lines: usize,
 }
 
-/// Every record in `dir/logs.jsonl`.
+/// Every record in `dir/logs.jsonl`, after those of `dir/logs.jsonl.1` when the sink rotated the file (at 64 MiB).
 pub(super) fn read(dir: &Path) -> anyhow::Result<Logs> {
     let path = dir.join("logs.jsonl");
     let text = fs::read_to_string(&path)
         .with_context(|| format!("reading {} (did the agent write logs?)", path.display()))?;
+    let rotated = fs::read_to_string(dir.join("logs.jsonl.1")).unwrap_or_default();
     let mut out = Logs {
         records: Vec::new(),
         bad_lines: 0,
     };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    for line in rotated
+        .lines()
+        .chain(text.lines())
+        .filter(|l| !l.trim().is_empty())
+    {
         if !parse_line(line, &mut out.records) {
             out.bad_lines += 1;
         }
