@@ -30,7 +30,7 @@ impl SpanCheck {
                 "checks spans: frontend checkouts answer 504 (error) after the 1.5 s timeout, none before"
             }
             SpanCheck::LogSpam => {
-                "checks logs: inventory's lines/s rise by its requests/s × 100 (±20%), DEBUG only with the fault"
+                "checks logs: inventory's lines/s rise by its requests/s × 100 (±20%), DEBUG only with the fault, with its spans' trace ids"
             }
         }
     }

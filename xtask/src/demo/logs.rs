@@ -230,7 +230,8 @@ pub(super) const LOG_SPAM_TOLERANCE: f64 = 0.2;
 /// log-spam: each of `service`'s requests writes `lines` extra DEBUG lines. Its line rate must rise by its request
 /// rate (from its server spans in the same window) × `lines`, within [`LOG_SPAM_TOLERANCE`], with the DEBUG lines
 /// only in the fault window, the other services unchanged, and the rate under the agent's per-process `limit`
-/// (a rate at the limit would measure the limit, not the fault).
+/// (a rate at the limit would measure the limit, not the fault); and the lines must carry the trace ids of the
+/// requests that wrote them.
 pub(super) fn check_log_spam(
     logs: (&LogWindow, &LogWindow),
     spans: (&Window, &Window),
@@ -270,16 +271,11 @@ pub(super) fn check_log_spam(
         .iter()
         .filter(|r| traces.contains(r.trace_id.as_str()))
         .count();
-    println!(
-        "{service} DEBUG lines with the fault: {}, {:.0}% carry the trace id of one of its server spans",
-        debug.len(),
-        100.0
-            * if debug.is_empty() {
-                0.0
-            } else {
-                tied as f64 / debug.len() as f64
-            }
-    );
+    let tied_share = if debug.is_empty() {
+        0.0
+    } else {
+        tied as f64 / debug.len() as f64
+    };
     let within = |x: f64| expected > 0.0 && (x / expected - 1.0).abs() <= LOG_SPAM_TOLERANCE;
     let pct = LOG_SPAM_TOLERANCE * 100.0;
     v.check(
@@ -296,6 +292,16 @@ pub(super) fn check_log_spam(
         within(debug_fault),
         format!(
             "{service}'s DEBUG lines with the fault: {debug_fault:.0}/s, expected {expected:.0} ±{pct:.0}%"
+        ),
+    );
+    // The shop writes the lines before its handler awaits anything, on the thread that read the request: Loupe
+    // ties them to that request exactly.
+    v.check(
+        tied_share >= 0.9,
+        format!(
+            "{service}'s DEBUG lines carry the trace id of one of its server spans in the window: {tied} of {} ({:.0}%, ≥ 90%)",
+            debug.len(),
+            100.0 * tied_share
         ),
     );
     v.check(

@@ -286,7 +286,10 @@ fn shop_run(spam: u64) -> (Vec<Span>, Vec<LogRecord>) {
 }
 
 fn log_spam_verdict(spam: u64) -> anyhow::Result<()> {
-    let (spans, logs) = shop_run(spam);
+    log_spam_verdict_of(shop_run(spam))
+}
+
+fn log_spam_verdict_of((spans, logs): (Vec<Span>, Vec<LogRecord>)) -> anyhow::Result<()> {
     let (sb, sf) = (
         Window::new("baseline", &spans, 0, 10 * SEC),
         Window::new("fault", &spans, 10 * SEC, 20 * SEC),
@@ -313,6 +316,13 @@ fn log_spam_passes_on_the_expected_rise_only() {
     assert!(log_spam_verdict(0).is_err());
     // Far more than the fault writes: fails too.
     assert!(log_spam_verdict(130).is_err());
+    // The right count, but the lines tied to no request: fails.
+    let (spans, mut logs) = shop_run(100);
+    for r in logs.iter_mut().filter(|r| r.severity_number == 5) {
+        r.trace_id.clear();
+        r.span_id.clear();
+    }
+    assert!(log_spam_verdict_of((spans, logs)).is_err());
 }
 
 #[test]
