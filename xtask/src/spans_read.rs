@@ -20,6 +20,9 @@ pub const STATUS_ERROR: i64 = 2;
 pub struct Span {
     /// `service.name` of its resource.
     pub service: String,
+    /// Hex, lowercase; empty when absent.
+    pub trace_id: String,
+    pub span_id: String,
     pub name: String,
     pub kind: i64,
     pub start_ns: u64,
@@ -104,6 +107,8 @@ pub fn read(dir: &Path) -> anyhow::Result<Spans> {
                 for span in ss["spans"].as_array().into_iter().flatten() {
                     out.spans.push(Span {
                         service: service.clone(),
+                        trace_id: hex_id(&span["traceId"]),
+                        span_id: hex_id(&span["spanId"]),
                         name: span["name"].as_str().unwrap_or_default().to_string(),
                         kind: span["kind"].as_i64().unwrap_or(0),
                         start_ns: u64_field(&span["startTimeUnixNano"]),
@@ -118,7 +123,7 @@ pub fn read(dir: &Path) -> anyhow::Result<Spans> {
     Ok(out)
 }
 
-fn any_value_string(v: &Value) -> String {
+pub fn any_value_string(v: &Value) -> String {
     for key in ["stringValue", "intValue", "boolValue", "doubleValue"] {
         if let Some(x) = v.get(key) {
             return match x {
@@ -130,7 +135,7 @@ fn any_value_string(v: &Value) -> String {
     v.to_string()
 }
 
-fn attributes(v: &Value) -> BTreeMap<String, String> {
+pub fn attributes(v: &Value) -> BTreeMap<String, String> {
     v.as_array()
         .into_iter()
         .flatten()
@@ -143,8 +148,13 @@ fn attributes(v: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A trace or span id: OTLP/JSON writes them as hex strings; lowercased, "" when absent.
+pub fn hex_id(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_ascii_lowercase()
+}
+
 /// OTLP/JSON writes 64-bit integers as strings; accept numbers too.
-fn u64_field(v: &Value) -> u64 {
+pub fn u64_field(v: &Value) -> u64 {
     match v {
         Value::String(s) => s.parse().unwrap_or(0),
         Value::Number(n) => n.as_u64().unwrap_or(0),
@@ -178,6 +188,7 @@ mod tests {
         assert_eq!(read.bad_lines, 1);
         let s = &read.spans[0];
         assert_eq!(s.service, "inventory");
+        assert_eq!((s.trace_id.as_str(), s.span_id.as_str()), ("ab", "cd"));
         assert_eq!(s.db_system(), Some("mysql"));
         assert_eq!(s.attr_int("server.port"), Some(3306));
         assert!(s.is_error() && !s.is_server() && !s.is_http_client());
