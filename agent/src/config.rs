@@ -100,7 +100,12 @@ pub struct CliOptions {
     pub logs: Option<bool>,
     /// Name container processes after their Kubernetes pod: `auto` (when an API server is
     /// configured: in a pod, or with --kubeconfig), `on` or `off` [default: auto].
-    #[arg(long, env = "LOUPE_KUBERNETES", global = true, value_name = "auto|on|off")]
+    #[arg(
+        long,
+        env = "LOUPE_KUBERNETES",
+        global = true,
+        value_name = "auto|on|off"
+    )]
     pub kubernetes: Option<String>,
     /// This node's name, whose pods are watched [default: $NODE_NAME, from the downward API].
     #[arg(long, env = "LOUPE_NODE_NAME", global = true, value_name = "NAME")]

@@ -145,7 +145,9 @@ mod tests {
         let cases: Vec<(String, Runtime, bool)> = vec![
             // EKS AL2023 and Bottlerocket: cgroup v2, systemd driver, containerd.
             (
-                format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope\n"),
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope\n"
+                ),
                 Runtime::Containerd,
                 true,
             ),
@@ -177,15 +179,29 @@ mod tests {
             ),
             // CRI-O, v2, systemd.
             (
-                format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-{ID}.scope\n"),
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-{ID}.scope\n"
+                ),
                 Runtime::CriO,
                 true,
             ),
             // Docker outside Kubernetes: v2 systemd and v1 cgroupfs.
-            (format!("0::/system.slice/docker-{ID}.scope\n"), Runtime::Docker, false),
-            (format!("11:memory:/docker/{ID}\n3:cpu,cpuacct:/docker/{ID}\n"), Runtime::Unknown, false),
+            (
+                format!("0::/system.slice/docker-{ID}.scope\n"),
+                Runtime::Docker,
+                false,
+            ),
+            (
+                format!("11:memory:/docker/{ID}\n3:cpu,cpuacct:/docker/{ID}\n"),
+                Runtime::Unknown,
+                false,
+            ),
             // Seen from inside the container's cgroup namespace.
-            (format!("0::/../cri-containerd-{ID}.scope\n"), Runtime::Containerd, false),
+            (
+                format!("0::/../cri-containerd-{ID}.scope\n"),
+                Runtime::Containerd,
+                false,
+            ),
         ];
         for (text, runtime, has_pod) in cases {
             let got = parse(&text).unwrap_or_else(|| panic!("no container in {text}"));
@@ -201,7 +217,10 @@ mod tests {
             "0::/user.slice/user-0.slice/session-3.scope\n".to_string(),
             "0::/system.slice/containerd.service\n".to_string(),
             "0::/\n".to_string(),
-            format!("0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{ID}.scope\n", uid_systemd()),
+            format!(
+                "0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{ID}.scope\n",
+                uid_systemd()
+            ),
             // A pod's cgroup itself (the pause process lives in its own container though).
             format!("0::/kubepods.slice/kubepods-pod{}.slice\n", uid_systemd()),
             // Not 64 hex digits.

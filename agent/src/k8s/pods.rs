@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 
 use super::cgroup::strip_scheme;
@@ -107,7 +107,11 @@ impl Metrics {
                  in unknown pods are then named by their container id).",
                 &[],
             ),
-            pods: r.gauge("loupe_k8s_pods", "Pods of this node known to the agent.", &[]),
+            pods: r.gauge(
+                "loupe_k8s_pods",
+                "Pods of this node known to the agent.",
+                &[],
+            ),
             errors_unreachable: errors("unreachable"),
             errors_refused: errors("refused"),
             errors_other: errors("other"),
@@ -136,20 +140,13 @@ impl K8sMetadata {
 
     /// The container with this id (64 hex digits), if its pod is known.
     pub fn container(&self, id: &str) -> Option<Arc<ContainerMeta>> {
-        self.inner
-            .store
-            .read()
-            .ok()?
-            .by_container
-            .get(id)
-            .cloned()
+        self.inner.store.read().ok()?.by_container.get(id).cloned()
     }
 
     /// Changes whenever the store does.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)
     }
-
 
     /// Adds or replaces a pod.
     pub fn apply(&self, pod: &Pod) {
@@ -224,9 +221,7 @@ impl K8sMetadata {
         }
         if !m.warned.swap(true, Ordering::Relaxed) {
             let hint = match reason {
-                ApiError::Refused => {
-                    " (the agent's service account needs get/list/watch on pods)"
-                }
+                ApiError::Refused => " (the agent's service account needs get/list/watch on pods)",
                 _ => "",
             };
             tracing::warn!(

@@ -136,8 +136,9 @@ impl Drop for StandIn {
     }
 }
 
-/// Answers the pod list (Content-Length) and holds a watch open (chunked, no events) while
-/// running.
+/// Answers the pod list (Content-Length; the list's resource version is the number of pods) and
+/// a watch from resource version N with an ADDED event for every pod after the N-th, as the API
+/// server does for pods created since; then holds the watch open (chunked) while running.
 fn serve(stream: TcpStream, pods: &Mutex<Vec<serde_json::Value>>, running: &AtomicBool) {
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -171,15 +172,31 @@ fn serve(stream: TcpStream, pods: &Mutex<Vec<serde_json::Value>>, running: &Atom
             if writer.write_all(head.as_bytes()).is_err() {
                 return;
             }
+            let since: usize = path
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("resourceVersion="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let added: Vec<serde_json::Value> =
+                pods.lock().unwrap().iter().skip(since).cloned().collect();
+            for (i, mut pod) in added.into_iter().enumerate() {
+                pod["metadata"]["resourceVersion"] = (since + i + 1).to_string().into();
+                let event = serde_json::json!({"type": "ADDED", "object": pod}).to_string() + "\n";
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                if writer.write_all(chunk.as_bytes()).is_err() {
+                    return;
+                }
+            }
             while running.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
             return;
         }
+        let items = pods.lock().unwrap().clone();
         let list = serde_json::json!({
             "apiVersion": "v1", "kind": "PodList",
-            "metadata": {"resourceVersion": "10"},
-            "items": pods.lock().unwrap().clone()
+            "metadata": {"resourceVersion": items.len().to_string()},
+            "items": items
         })
         .to_string();
         let reply = format!(
@@ -210,7 +227,11 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
-    let pods = Arc::new(Mutex::new(vec![pod_json(1, "checkout-a", Some("checkout"))]));
+    let pods = Arc::new(Mutex::new(vec![pod_json(
+        1,
+        "checkout-a",
+        Some("checkout"),
+    )]));
     let mut api = StandIn::start(0, pods.clone());
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -251,7 +272,12 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
     wait_for("the outage to show", Duration::from_secs(30), || {
         metric(&registry, "loupe_k8s_api_up ") == 0
     });
-    assert!(metric(&registry, "loupe_k8s_api_errors_total{reason=\"unreachable\"} ") >= 1);
+    assert!(
+        metric(
+            &registry,
+            "loupe_k8s_api_errors_total{reason=\"unreachable\"} "
+        ) >= 1
+    );
     assert!(
         store.container(&id(1)).is_some(),
         "known pods keep their names"
@@ -260,8 +286,10 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
 
     // It comes back on the same port: the new pod is found.
     let _api = StandIn::start(api.port, pods.clone());
-    wait_for("the second pod after the outage", Duration::from_secs(60), || {
-        store.container(&id(2)).is_some()
-    });
+    wait_for(
+        "the second pod after the outage",
+        Duration::from_secs(60),
+        || store.container(&id(2)).is_some(),
+    );
     assert_eq!(metric(&registry, "loupe_k8s_api_up "), 1);
 }
