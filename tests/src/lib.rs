@@ -218,6 +218,7 @@ pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
         .collect()
 }
 pub mod infra;
+pub mod k8s_api;
 pub mod receivers;
 
 /// A span as read back from the local sink's `traces.jsonl` (OTLP/JSON).

@@ -1,7 +1,9 @@
 /* A thread-per-connection HTTP/1.1 server for the correlation tests: every request burns CPU in
  * loupe_request_work() for about the milliseconds its path asks for (`GET /work/<ms>`), then
  * writes one log line to stdout (JSON, level info) and, for `/fail/<ms>`, one to stderr (plain,
- * ERROR), and answers. Prints "listening <port>" once ready. Usage: span_server [port] */
+ * ERROR), and answers; closes the connection after a request with `Connection: close`. Prints
+ * "listening <port>" once ready. Usage: span_server [port] */
+#define _GNU_SOURCE /* strcasestr */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -60,6 +62,7 @@ static void *serve(void *arg) {
         len = snprintf(line, sizeof line,
                        "HTTP/1.1 %s\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok", status);
         if (write(fd, line, (size_t)len) < 0) break;
+        if (strcasestr(buf, "\r\nconnection: close\r\n")) break;
         /* Keep whatever followed the head (pipelining is not used by the tests). */
         size_t used = (size_t)(end + 4 - buf);
         memmove(buf, buf + used, have - used);
