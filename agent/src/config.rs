@@ -672,6 +672,86 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_mode_node_name_and_kubeconfig() {
+        // The pure decision (the environment's NODE_NAME and KUBERNETES_SERVICE_HOST passed in).
+        let node = || Some("node-1".to_string());
+        assert_eq!(
+            kubernetes(None, node(), None, false),
+            Ok(None),
+            "auto, not in a pod"
+        );
+        let on = kubernetes(None, node(), None, true).unwrap().unwrap();
+        assert_eq!((on.node_name.as_str(), on.kubeconfig), ("node-1", None));
+        let file = Some(PathBuf::from("/etc/kubeconfig"));
+        let with_file = kubernetes(Some("auto".into()), node(), file.clone(), false);
+        assert_eq!(with_file.unwrap().unwrap().kubeconfig, file);
+        assert_eq!(kubernetes(Some("off".into()), node(), None, true), Ok(None));
+        let e = kubernetes(Some("on".into()), None, None, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "node_name",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("NODE_NAME"), "{e}");
+        let e = kubernetes(Some("maybe".into()), node(), None, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "kubernetes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loki_options_are_checked_like_pyroscope_ones() {
+        let mut o = cli();
+        o.loki_url = Some("http://loki:3100/".into());
+        o.loki_user = Some("u".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "loki_password",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        o.loki_password = Some("p".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        let loki = c.loki.clone().unwrap();
+        assert_eq!(loki.url, "http://loki:3100");
+        assert_eq!(loki.basic_auth, Some(("u".into(), "p".into())));
+        assert!(
+            !c.local_logs(),
+            "a log backend turns the local log file off"
+        );
+        assert!(c.local_profiles(), "profiles have no backend here");
+        o.loki_url = Some("loki:3100".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "loki_url",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let mut o = cli();
         o.profile_hz = Some(0);
