@@ -156,9 +156,17 @@ pub fn read_profiles(dir: &Path) -> Vec<(String, Profile)> {
     out
 }
 
-/// Sample counts (the `samples`/`count` value) of every function, counting a sample once for each
-/// distinct function anywhere on its stack (inclusive time).
-pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {
+/// One pprof sample, decoded: its `samples`/`count` value, the functions on its stack (leaf
+/// first, inlined functions innermost first) and its string labels.
+#[derive(Debug, Clone)]
+pub struct DecodedSample {
+    pub count: i64,
+    pub functions: Vec<String>,
+    pub labels: HashMap<String, String>,
+}
+
+/// Every sample of `profile`, decoded.
+pub fn decode_samples(profile: &Profile) -> Vec<DecodedSample> {
     let s = |i: i64| {
         profile
             .string_table
@@ -186,14 +194,35 @@ pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {
             )
         })
         .collect();
+    profile
+        .sample
+        .iter()
+        .map(|sample| DecodedSample {
+            count: sample.value[count_index],
+            functions: sample
+                .location_id
+                .iter()
+                .flat_map(|l| locations.get(l).into_iter().flatten().cloned())
+                .collect(),
+            labels: sample
+                .label
+                .iter()
+                .filter(|l| l.str != 0)
+                .map(|l| (s(l.key), s(l.str)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Sample counts (the `samples`/`count` value) of every function, counting a sample once for each
+/// distinct function anywhere on its stack (inclusive time).
+pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {
     let mut counts = HashMap::new();
-    for sample in &profile.sample {
+    for sample in decode_samples(profile) {
         let mut seen = std::collections::HashSet::new();
-        for loc in &sample.location_id {
-            for f in locations.get(loc).into_iter().flatten() {
-                if seen.insert(f.clone()) {
-                    *counts.entry(f.clone()).or_insert(0) += sample.value[count_index];
-                }
+        for f in sample.functions {
+            if seen.insert(f.clone()) {
+                *counts.entry(f).or_insert(0) += sample.count;
             }
         }
     }

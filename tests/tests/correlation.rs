@@ -14,7 +14,7 @@ use std::{
 };
 
 use loupe_tests::{
-    Guard, Profile, SPAN_KIND_SERVER, agent_bin,
+    Guard, SPAN_KIND_SERVER, agent_bin, decode_samples,
     infra::free_port,
     read_profiles, read_spans,
     receivers::{LokiReceiver, OtlpLogsReceiver},
@@ -23,60 +23,6 @@ use loupe_tests::{
 
 const SERVICE: &str = "span_server";
 const HOT: &str = "loupe_request_work";
-
-/// One pprof sample: its count, the functions on its stack and its string labels.
-struct Sample {
-    count: i64,
-    functions: HashSet<String>,
-    labels: HashMap<String, String>,
-}
-
-fn samples(profile: &Profile) -> Vec<Sample> {
-    let s = |i: i64| {
-        profile
-            .string_table
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let count_index = profile
-        .sample_type
-        .iter()
-        .position(|t| s(t.r#type) == "samples")
-        .expect("a samples/count sample type");
-    let functions: HashMap<u64, String> =
-        profile.function.iter().map(|f| (f.id, s(f.name))).collect();
-    let locations: HashMap<u64, Vec<String>> = profile
-        .location
-        .iter()
-        .map(|l| {
-            let names = l
-                .line
-                .iter()
-                .filter_map(|line| functions.get(&line.function_id).cloned())
-                .collect();
-            (l.id, names)
-        })
-        .collect();
-    profile
-        .sample
-        .iter()
-        .map(|sample| Sample {
-            count: sample.value[count_index],
-            functions: sample
-                .location_id
-                .iter()
-                .flat_map(|l| locations.get(l).into_iter().flatten().cloned())
-                .collect(),
-            labels: sample
-                .label
-                .iter()
-                .filter(|l| l.str != 0)
-                .map(|l| (s(l.key), s(l.str)))
-                .collect(),
-        })
-        .collect()
-}
 
 /// Sends `GET path` on a keep-alive connection and reads the response (Content-Length body).
 fn request(stream: &TcpStream, reader: &mut BufReader<&TcpStream>, path: &str) -> u16 {
@@ -285,8 +231,8 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
         if !name.starts_with(SERVICE) {
             continue;
         }
-        for sample in samples(&profile) {
-            if !sample.functions.contains(HOT) {
+        for sample in decode_samples(&profile) {
+            if !sample.functions.iter().any(|f| f == HOT) {
                 continue;
             }
             hot += sample.count;

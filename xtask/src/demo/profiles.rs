@@ -15,6 +15,8 @@ pub(super) struct ServiceProfile {
     self_by_function: BTreeMap<String, i64>,
     /// Functions inlined into the leaf frame, per physical leaf function.
     inlined: BTreeMap<String, Vec<String>>,
+    /// Per function, its self value in samples labelled with a span, by span id.
+    by_span: BTreeMap<String, BTreeMap<String, i64>>,
     total: i64,
     pub(super) source: String,
 }
@@ -55,6 +57,7 @@ impl ServiceProfile {
         let mut sp = ServiceProfile {
             self_by_function: BTreeMap::new(),
             inlined: BTreeMap::new(),
+            by_span: BTreeMap::new(),
             total: 0,
             source: String::new(),
         };
@@ -83,6 +86,13 @@ impl ServiceProfile {
                     .cloned()
                     .unwrap_or_else(|| "[unknown]".to_string());
                 *sp.self_by_function.entry(leaf.clone()).or_default() += v;
+                if let Some(span_id) = p.label_str(s, "span_id") {
+                    *sp.by_span
+                        .entry(leaf.clone())
+                        .or_default()
+                        .entry(span_id.to_string())
+                        .or_default() += v;
+                }
                 if frames.len() > 1 {
                     let inl = sp.inlined.entry(leaf).or_default();
                     for f in &frames[..frames.len() - 1] {
@@ -106,6 +116,13 @@ impl ServiceProfile {
             sp.source
         );
         Ok(sp)
+    }
+
+    /// `function`'s self value: in all, and in samples labelled with a span (by span id).
+    pub(super) fn span_share(&self, function: &str) -> (i64, &BTreeMap<String, i64>) {
+        static NONE: BTreeMap<String, i64> = BTreeMap::new();
+        let total = self.self_by_function.get(function).copied().unwrap_or(0);
+        (total, self.by_span.get(function).unwrap_or(&NONE))
     }
 
     pub(super) fn ranked(&self) -> Vec<(&String, i64)> {
@@ -230,6 +247,12 @@ pub(super) mod pprof {
             } else {
                 Some(l.num)
             }
+        }
+
+        /// A label's string value.
+        pub fn label_str(&self, s: &Sample, key: &str) -> Option<&str> {
+            let l = s.label.iter().find(|l| self.string(l.key) == key)?;
+            (l.str != 0).then(|| self.string(l.str))
         }
 
         /// The sample value to count: `samples`/`count` if present, else the first.

@@ -134,10 +134,56 @@ pub(super) fn verify_profile(
             "PASS exercise {}: {hot} tops {service}'s CPU profile ({})",
             ex.name, profile.source
         );
+        check_span_share(&profile, &out, service, hot)?;
         Ok(())
     })();
     stack.stop();
     result
+}
+
+/// Share of the hot function's samples a CPU sample's span labels tie to one of the service's
+/// server spans (span ↔ profile correlation). The shop's services run on Tokio, whose worker
+/// threads interleave requests: a sample is tagged with the request its thread read last, which
+/// is the one running unless the handler moved to another thread after an `.await`.
+const MIN_SPAN_SHARE: f64 = 0.5;
+
+fn check_span_share(
+    profile: &ServiceProfile,
+    out: &Path,
+    service: &str,
+    hot: &str,
+) -> anyhow::Result<()> {
+    let (total, by_span) = profile.span_share(hot);
+    let spans = crate::spans_read::read(out)?;
+    let servers: std::collections::HashSet<&str> = spans
+        .spans
+        .iter()
+        .filter(|s| s.is_server() && s.service == service)
+        .map(|s| s.span_id.as_str())
+        .collect();
+    let tagged: i64 = by_span
+        .iter()
+        .filter(|(id, _)| servers.contains(id.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    let foreign: i64 = by_span.values().sum::<i64>() - tagged;
+    let share = tagged as f64 / total.max(1) as f64;
+    println!(
+        "span ↔ profile: {:.1}% of {hot}'s samples ({tagged} of {total}) carry the span id of one \
+         of {service}'s {} server spans ({} spans tagged; {foreign} samples name a span not in \
+         traces.jsonl)",
+        100.0 * share,
+        servers.len(),
+        by_span.len()
+    );
+    ensure!(
+        share >= MIN_SPAN_SHARE,
+        "only {:.1}% of {hot}'s samples carry their server span (want ≥ {:.0}%)",
+        100.0 * share,
+        100.0 * MIN_SPAN_SHARE
+    );
+    println!("PASS span ↔ profile: {hot}'s samples carry the spans they ran under");
+    Ok(())
 }
 
 /// How a span-based check runs: warm-up, baseline, then the fault; seconds.
