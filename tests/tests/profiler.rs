@@ -129,6 +129,8 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().to_str().expect("utf-8").to_string();
+    let metrics_port = loupe_tests::infra::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     // Whole-host profiling; the workload runs 1.5 s and exits long before the single drain at the end.
     let agent = std::thread::spawn(move || {
         run_agent(
@@ -139,14 +141,17 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
                 "--profile-interval",
                 "60s",
                 "--duration",
-                "6s",
+                "8s",
+                "--metrics-addr",
+                &metrics_addr,
                 "--output-dir",
                 &out_dir,
             ],
             Duration::from_secs(60),
         )
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // /metrics answers once every program is attached (start-up takes seconds under emulation).
+    loupe_tests::wait_port(metrics_port, Duration::from_secs(60));
     let status = Command::new(workload("hot_c"))
         .arg("1.5")
         .status()
