@@ -295,7 +295,8 @@ pub(crate) fn measure_agent(
 }
 
 /// The correlation test's server (tests/workloads/span_server.c) under a steady load: two
-/// keep-alive clients, each asking for 5 ms of CPU per request, until stopped.
+/// keep-alive clients, each asking for 5 ms of CPU per request every 20 ms (100 requests a
+/// second in all, whatever else competes for the CPUs), until stopped.
 struct RequestLoad {
     server: Child,
     clients: Vec<thread::JoinHandle<u64>>,
@@ -333,7 +334,10 @@ impl RequestLoad {
                     };
                     let mut reader = BufReader::new(&stream);
                     let mut n = 0;
+                    let mut next = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
+                        next += Duration::from_millis(20);
+                        thread::sleep(next.saturating_duration_since(Instant::now()));
                         if write!(&stream, "GET /work/5 HTTP/1.1\r\nHost: b\r\n\r\n").is_err() {
                             break;
                         }

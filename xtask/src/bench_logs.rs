@@ -49,7 +49,9 @@ pub fn logs(agent: &Path, secs: u64) -> anyhow::Result<String> {
         cost.name = name.to_string();
         costs.push(cost);
     }
-    let lines = count_lines(&out.join("logs-on").join("logs.jsonl"));
+    // logs.jsonl rotates at 64 MiB into logs.jsonl.1: count both.
+    let on = out.join("logs-on");
+    let lines = count_lines(&on.join("logs.jsonl")) + count_lines(&on.join("logs.jsonl.1"));
     Ok(report(&costs, secs, lines))
 }
 
@@ -90,7 +92,7 @@ fn report(costs: &[Cost], secs: u64, lines: u64) -> String {
         r,
         "# Loupe logs benchmark\n\n`log_flood` writes {LINES_PER_SEC} lines/s (one write each); \
          the agent runs {secs} s with logs off, then on. {lines} records reached logs.jsonl \
-         in the second run ({:.0}/s).\n",
+         in the second run ({:.0}/s; logs.jsonl and its rotated predecessor).\n",
         lines as f64 / secs as f64
     );
     let _ = writeln!(

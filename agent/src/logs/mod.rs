@@ -212,7 +212,7 @@ impl LogAssembler {
                 self.m.dropped[DropReason::BufferFull as usize].inc();
                 continue;
             }
-            let record = self.record(&line);
+            let record = self.record(line);
             let entry = match self.pending.get_mut(&pid) {
                 Some(e) => e,
                 None => {
@@ -245,13 +245,17 @@ impl LogAssembler {
         true
     }
 
-    fn record(&self, line: &Line) -> LogRecord {
+    fn record(&self, line: Line) -> LogRecord {
         let stream = if line.fd == 2 { "stderr" } else { "stdout" };
+        let severity = severity::detect(&line.bytes);
+        // Valid UTF-8 (nearly every line) becomes the body without a copy.
+        let body = String::from_utf8(line.bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         LogRecord {
             time_unix_nano: self.clock.to_unix_nanos(line.monotonic_ns),
             observed_time_unix_nano: unix_now_nanos(),
-            severity: severity::detect(&line.bytes),
-            body: String::from_utf8_lossy(&line.bytes).into_owned(),
+            severity,
+            body,
             trace_id: line.context.map(|c| c.0),
             span_id: line.context.map(|c| c.1),
             attributes: vec![
