@@ -111,14 +111,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` (or `LOUPE_LOG`) picks the level, `info` by default.
+/// Logs go to stderr; `RUST_LOG` (or `LOUPE_LOG`) picks the level, `info` by default (kube-rs's
+/// own lines off).
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("LOUPE_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        // kube-rs reports every failed retry of the pod watch at error level; the agent says
+        // once that the API is away (and when it is back), so its own lines are enough.
+        .unwrap_or_else(|| EnvFilter::new("info,kube_runtime=off,kube_client=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
