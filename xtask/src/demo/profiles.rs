@@ -118,11 +118,27 @@ impl ServiceProfile {
         Ok(sp)
     }
 
-    /// `function`'s self value: in all, and in samples labelled with a span (by span id).
-    pub(super) fn span_share(&self, function: &str) -> (i64, &BTreeMap<String, i64>) {
-        static NONE: BTreeMap<String, i64> = BTreeMap::new();
-        let total = self.self_by_function.get(function).copied().unwrap_or(0);
-        (total, self.by_span.get(function).unwrap_or(&NONE))
+    /// The self value of the functions whose name contains `function` (a symbol's full path
+    /// holds its short name, as in `check_top`): in all, and in samples labelled with a span, by
+    /// span id.
+    pub(super) fn span_share(&self, function: &str) -> (i64, BTreeMap<String, i64>) {
+        let total = self
+            .self_by_function
+            .iter()
+            .filter(|(name, _)| name.contains(function))
+            .map(|(_, v)| v)
+            .sum();
+        let mut by_span: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, spans) in self
+            .by_span
+            .iter()
+            .filter(|(name, _)| name.contains(function))
+        {
+            for (id, v) in spans {
+                *by_span.entry(id.clone()).or_default() += v;
+            }
+        }
+        (total, by_span)
     }
 
     pub(super) fn ranked(&self) -> Vec<(&String, i64)> {

@@ -144,8 +144,9 @@ pub(super) fn verify_profile(
 /// Share of the hot function's samples a CPU sample's span labels tie to one of the service's
 /// server spans (span ↔ profile correlation). The shop's services run on Tokio, whose worker
 /// threads interleave requests: a sample is tagged with the request its thread read last, which
-/// is the one running unless the handler moved to another thread after an `.await`.
-const MIN_SPAN_SHARE: f64 = 0.5;
+/// is the one running unless the handler moved to another thread after an `.await`. Measured on
+/// the cpu exercise: 98% (the floor is the correlation issue's 80%).
+const MIN_SPAN_SHARE: f64 = 0.8;
 
 fn check_span_share(
     profile: &ServiceProfile,
