@@ -71,10 +71,13 @@ struct Inner {
     metrics: Metrics,
 }
 
+/// A pod and its containers by id.
+type PodEntry = (Arc<PodMeta>, Vec<(String, Arc<ContainerMeta>)>);
+
 #[derive(Debug, Default)]
 struct Store {
     /// Pods by UID with their containers' ids.
-    pods: HashMap<String, (Arc<PodMeta>, Vec<(String, Arc<ContainerMeta>)>)>,
+    pods: HashMap<String, PodEntry>,
     by_container: HashMap<String, Arc<ContainerMeta>>,
 }
 

@@ -17,6 +17,9 @@ use super::{
     symbolize::{Lines, Symbolizer, single},
 };
 
+/// A profile series: the service and the process's own labels.
+type SeriesKey = (String, Vec<(String, String)>);
+
 /// One aggregated entry read from the kernel's sample map.
 #[derive(Debug, Clone, Copy)]
 pub struct RawSample {
@@ -142,8 +145,7 @@ pub fn assemble(
 
     // Pass 3: frames, leaf first: the kernel part of the stack, then the user part.
     // By service and the process's own series labels (its pod): replicas are series of their own.
-    let mut by_service: BTreeMap<(String, Vec<(String, String)>), Vec<StackSample>> =
-        BTreeMap::new();
+    let mut by_service: BTreeMap<SeriesKey, Vec<StackSample>> = BTreeMap::new();
     for ((s, r), span) in samples.iter().zip(resolved).zip(span_labels) {
         let mut frames = Vec::new();
         match s.key.kernel_stack_id {
