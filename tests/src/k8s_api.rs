@@ -63,10 +63,12 @@ pub fn kubeconfig(port: u16) -> String {
     )
 }
 
-/// The stand-in: the pods it serves and whether it answers.
+/// The stand-in: the pods it serves, whether it answers, and whether it refuses (403).
 pub struct KubeApi {
     /// The loopback port it answers on.
     pub port: u16,
+    /// While set, every request is refused with 403 Forbidden (missing RBAC).
+    pub refuse: Arc<AtomicBool>,
     running: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -78,14 +80,15 @@ impl KubeApi {
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let running = Arc::new(AtomicBool::new(true));
-        let (r, p) = (running.clone(), pods.clone());
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (r, p, f) = (running.clone(), pods.clone(), refuse.clone());
         let thread = std::thread::spawn(move || {
             let mut conns = Vec::new();
             while r.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (r, p) = (r.clone(), p.clone());
-                        conns.push(std::thread::spawn(move || serve(stream, &p, &r, NODE)));
+                        let (r, p, f) = (r.clone(), p.clone(), f.clone());
+                        conns.push(std::thread::spawn(move || serve(stream, &p, &r, &f, NODE)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -96,6 +99,7 @@ impl KubeApi {
         });
         Self {
             port,
+            refuse,
             running,
             thread: Some(thread),
         }
@@ -123,6 +127,7 @@ fn serve(
     stream: TcpStream,
     pods: &Mutex<Vec<serde_json::Value>>,
     running: &AtomicBool,
+    refuse: &AtomicBool,
     node: &str,
 ) {
     stream
@@ -152,6 +157,17 @@ fn serve(
         if !path.contains(&format!("fieldSelector=spec.nodeName%3D{node}")) {
             let _ = writer.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
             return;
+        }
+        if refuse.load(Ordering::Relaxed) {
+            let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:loupe:loupe\" cannot list resource \"pods\" in API group \"\" at the cluster scope","reason":"Forbidden","code":403}"#;
+            let reply = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{status}",
+                status.len()
+            );
+            if writer.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         if path.contains("watch=true") {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";

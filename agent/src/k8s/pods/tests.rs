@@ -128,3 +128,43 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
     );
     assert_eq!(metric(&registry, "loupe_k8s_api_up "), 1);
 }
+
+#[test]
+fn a_refused_watch_is_counted_and_retried_until_rbac_allows_it() {
+    let pods = Arc::new(Mutex::new(vec![pod_json(
+        1,
+        "checkout-a",
+        Some("checkout"),
+    )]));
+    let api = KubeApi::start(0, pods);
+    api.refuse.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig_file = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig_file, kubeconfig(api.port)).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = Registry::new();
+    let store = K8sMetadata::new(NODE, &registry);
+    let _guard = runtime.enter();
+    store.spawn_watcher(K8sOptions {
+        node_name: NODE.into(),
+        kubeconfig: Some(kubeconfig_file),
+    });
+    wait_for("the refusal to show", Duration::from_secs(20), || {
+        metric(&registry, "loupe_k8s_api_errors_total{reason=\"refused\"} ") >= 1
+    });
+    assert_eq!(metric(&registry, "loupe_k8s_api_up "), 0);
+    assert!(
+        store.container(&id(1)).is_none(),
+        "nothing known while refused"
+    );
+    // The ClusterRole is fixed: the next retry lists the pods.
+    api.refuse.store(false, Ordering::Relaxed);
+    wait_for("the pod once allowed", Duration::from_secs(60), || {
+        store.container(&id(1)).is_some()
+    });
+    assert_eq!(metric(&registry, "loupe_k8s_api_up "), 1);
+}
