@@ -179,13 +179,14 @@ impl LogAssembler {
         let mut lines = std::mem::take(&mut self.lines);
         self.splitter
             .flush_older(now_monotonic_ns.saturating_sub(max_age_ns), &mut lines);
-        // Lines of several processes may come out: group by pid.
+        // Lines of several processes may come out: group by pid (a stable sort keeps each
+        // process's lines in order), taking one group at a time off the end.
         lines.sort_by_key(|l| l.pid);
-        let mut rest = std::mem::take(&mut lines);
-        while let Some(pid) = rest.first().map(|l| l.pid) {
-            let n = rest.iter().take_while(|l| l.pid == pid).count();
-            let mut these: Vec<Line> = rest.drain(..n).collect();
-            self.add_lines(pid, &mut these, || resources(pid));
+        let mut group = Vec::new();
+        while let Some(pid) = lines.last().map(|l| l.pid) {
+            let start = lines.partition_point(|l| l.pid < pid);
+            group.extend(lines.drain(start..));
+            self.add_lines(pid, &mut group, || resources(pid));
         }
         self.lines = lines;
     }

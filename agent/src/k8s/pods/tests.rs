@@ -70,6 +70,40 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A store with its watcher running (on a runtime of its own) against the API on `port`.
+struct Watching {
+    registry: Registry,
+    store: K8sMetadata,
+    _kubeconfig: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Watching {
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig_file = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig_file, kubeconfig(port)).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let registry = Registry::new();
+        let store = K8sMetadata::new(NODE, &registry);
+        let _guard = runtime.enter();
+        store.spawn_watcher(K8sOptions {
+            node_name: NODE.into(),
+            kubeconfig: Some(kubeconfig_file),
+        });
+        Self {
+            registry,
+            store,
+            _kubeconfig: dir,
+            _runtime: runtime,
+        }
+    }
+}
+
 #[test]
 fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
     let pods = Arc::new(Mutex::new(vec![pod_json(
@@ -78,26 +112,13 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
         Some("checkout"),
     )]));
     let mut api = KubeApi::start(0, pods.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig_file = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig_file, kubeconfig(api.port)).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let registry = Registry::new();
-    let store = K8sMetadata::new(NODE, &registry);
-    let _guard = runtime.enter();
-    store.spawn_watcher(K8sOptions {
-        node_name: NODE.into(),
-        kubeconfig: Some(kubeconfig_file),
-    });
+    let w = Watching::start(api.port);
+    let (registry, store) = (&w.registry, &w.store);
 
     wait_for("the first pod", Duration::from_secs(20), || {
         store.container(&id(1)).is_some()
     });
-    assert_eq!(metric(&registry, "loupe_k8s_api_up "), 1);
+    assert_eq!(metric(registry, "loupe_k8s_api_up "), 1);
 
     // The API goes away; a second pod starts meanwhile.
     api.stop();
@@ -105,7 +126,7 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
         .unwrap()
         .push(pod_json(2, "checkout-b", Some("checkout")));
     wait_for("the outage to show", Duration::from_secs(30), || {
-        metric(&registry, "loupe_k8s_api_up ") == 0
+        metric(registry, "loupe_k8s_api_up ") == 0
     });
     assert!(
         metric(
@@ -126,7 +147,7 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
         Duration::from_secs(60),
         || store.container(&id(2)).is_some(),
     );
-    assert_eq!(metric(&registry, "loupe_k8s_api_up "), 1);
+    assert_eq!(metric(registry, "loupe_k8s_api_up "), 1);
 }
 
 #[test]
@@ -138,25 +159,12 @@ fn a_refused_watch_is_counted_and_retried_until_rbac_allows_it() {
     )]));
     let api = KubeApi::start(0, pods);
     api.refuse.store(true, Ordering::Relaxed);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig_file = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig_file, kubeconfig(api.port)).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let registry = Registry::new();
-    let store = K8sMetadata::new(NODE, &registry);
-    let _guard = runtime.enter();
-    store.spawn_watcher(K8sOptions {
-        node_name: NODE.into(),
-        kubeconfig: Some(kubeconfig_file),
-    });
+    let w = Watching::start(api.port);
+    let (registry, store) = (&w.registry, &w.store);
     wait_for("the refusal to show", Duration::from_secs(20), || {
-        metric(&registry, "loupe_k8s_api_errors_total{reason=\"refused\"} ") >= 1
+        metric(registry, "loupe_k8s_api_errors_total{reason=\"refused\"} ") >= 1
     });
-    assert_eq!(metric(&registry, "loupe_k8s_api_up "), 0);
+    assert_eq!(metric(registry, "loupe_k8s_api_up "), 0);
     assert!(
         store.container(&id(1)).is_none(),
         "nothing known while refused"
@@ -166,5 +174,5 @@ fn a_refused_watch_is_counted_and_retried_until_rbac_allows_it() {
     wait_for("the pod once allowed", Duration::from_secs(60), || {
         store.container(&id(1)).is_some()
     });
-    assert_eq!(metric(&registry, "loupe_k8s_api_up "), 1);
+    assert_eq!(metric(registry, "loupe_k8s_api_up "), 1);
 }
