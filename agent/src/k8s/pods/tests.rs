@@ -130,7 +130,7 @@ fn the_watcher_degrades_while_the_api_is_away_and_recovers() {
     });
     assert!(
         metric(
-            &registry,
+            registry,
             "loupe_k8s_api_errors_total{reason=\"unreachable\"} "
         ) >= 1
     );
