@@ -95,6 +95,10 @@ pub struct CliOptions {
     /// OTLP/gRPC endpoint for spans, e.g. `http://alloy:4317` (Alloy, Tempo, any OTLP receiver).
     #[arg(long, env = "LOUPE_OTLP_ENDPOINT", global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Send logs over OTLP to `--otlp-endpoint` too [default: when no `--loki-url` is given, so
+    /// that a line reaches Loki once].
+    #[arg(long, env = "LOUPE_OTLP_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub otlp_logs: Option<bool>,
     /// Capture what processes write to stdout and stderr as logs tied to their requests [default: true].
     #[arg(long, env = "LOUPE_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub logs: Option<bool>,
@@ -166,6 +170,10 @@ pub struct CliOptions {
     /// Serve the agent's own metrics in Prometheus format on this address, e.g. `127.0.0.1:9464`.
     #[arg(long, env = "LOUPE_METRICS_ADDR", global = true, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// The memory the agent stays under, resident memory plus kernel maps: bytes, or with a unit
+    /// (`256MiB`, `256Mi`, `1GiB`; `M`/`G` are powers of 1000, as in Kubernetes) [default: 256MiB].
+    #[arg(long, env = "LOUPE_MEMORY_LIMIT", global = true, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
 }
 
 /// The same options as read from the TOML file.
@@ -186,6 +194,7 @@ struct FileOptions {
     network_spans: Option<bool>,
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
+    otlp_logs: Option<bool>,
     logs: Option<bool>,
     kubernetes: Option<String>,
     node_name: Option<String>,
@@ -201,6 +210,15 @@ struct FileOptions {
     duration: Option<String>,
     pid: Option<Vec<u32>>,
     metrics_addr: Option<String>,
+    memory_limit: Option<SizeValue>,
+}
+
+/// A size in the TOML file: a number of bytes or a string with a unit.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
 }
 
 /// The validated configuration the agent runs with.
@@ -219,6 +237,8 @@ pub struct Config {
     pub network_spans: bool,
     pub capture_bytes: u32,
     pub otlp_endpoint: Option<String>,
+    /// Logs also go to the OTLP endpoint.
+    pub otlp_logs: bool,
     /// Capture stdout/stderr writes as logs.
     pub logs: bool,
     /// Watch this node's pods to name container processes; `None`: off.
@@ -232,7 +252,15 @@ pub struct Config {
     pub duration: Option<Duration>,
     pub pids: Vec<u32>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Bytes of resident memory plus kernel maps the agent stays under.
+    pub memory_limit: u64,
 }
+
+/// Default memory bound: the kernel maps take about 60 MiB, the agent's resident memory peaked at
+/// 75 MiB under saturating load (see README's benchmark figures).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
+/// The smallest memory bound accepted: below it the kernel maps alone do not fit.
+pub const MIN_MEMORY_LIMIT: u64 = 128 << 20;
 
 /// Default lines per process per second for log capture.
 pub const DEFAULT_LOG_LINES_PER_SEC: u32 = 1000;
@@ -421,6 +449,40 @@ impl Config {
             None => None,
         };
 
+        let memory_limit = match cli
+            .memory_limit
+            .clone()
+            .map(SizeValue::Text)
+            .or(file.memory_limit)
+        {
+            None => DEFAULT_MEMORY_LIMIT,
+            Some(SizeValue::Bytes(n)) => n,
+            Some(SizeValue::Text(text)) => {
+                parse_size(&text).map_err(|message| invalid("memory_limit", message))?
+            }
+        };
+        if memory_limit < MIN_MEMORY_LIMIT {
+            return Err(invalid(
+                "memory_limit",
+                format!(
+                    "{memory_limit} bytes is below the least the agent needs ({}MiB: its kernel maps alone take about 60MiB)",
+                    MIN_MEMORY_LIMIT >> 20
+                ),
+            ));
+        }
+
+        // Loki push and OTLP usually end in the same Loki: one path by default.
+        let otlp_logs = match cli.otlp_logs.or(file.otlp_logs) {
+            Some(true) if otlp_endpoint.is_none() => {
+                return Err(invalid(
+                    "otlp_logs",
+                    "logs over OTLP need otlp_endpoint".to_owned(),
+                ));
+            }
+            Some(on) => on,
+            None => otlp_endpoint.is_some() && loki.is_none(),
+        };
+
         Ok(Config {
             profile_hz,
             profile_interval,
@@ -439,6 +501,7 @@ impl Config {
             network_spans: cli.network_spans.or(file.network_spans).unwrap_or(true),
             capture_bytes,
             otlp_endpoint,
+            otlp_logs,
             logs: cli.logs.or(file.logs).unwrap_or(true),
             kubernetes,
             span_profiles: cli.span_profiles.or(file.span_profiles).unwrap_or(true),
@@ -451,6 +514,7 @@ impl Config {
             duration,
             pids,
             metrics_addr,
+            memory_limit,
         })
     }
 }
@@ -466,11 +530,10 @@ impl Config {
         self.local_sink.unwrap_or(self.otlp_endpoint.is_none())
     }
 
-    /// Logs go to the local sink unless Loki or an OTLP endpoint is configured (or `local_sink`
-    /// says).
+    /// Logs go to the local sink unless they go to Loki or over OTLP (or `local_sink` says).
     pub fn local_logs(&self) -> bool {
         self.local_sink
-            .unwrap_or(self.loki.is_none() && self.otlp_endpoint.is_none())
+            .unwrap_or(self.loki.is_none() && !self.otlp_logs)
     }
 }
 
@@ -597,6 +660,35 @@ fn read_file(path: &Path) -> Result<FileOptions, ConfigError> {
     })
 }
 
+/// Parses a size: bytes, or a number with a unit: `Ki`/`KiB`, `Mi`/`MiB`, `Gi`/`GiB` (powers of
+/// 1024), `k`/`K`/`KB`, `M`/`MB`, `G`/`GB` (powers of 1000, as Kubernetes quantities are).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 256MiB, 256Mi or 268435456"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "k" | "K" | "KB" | "kB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use Ki, Mi, Gi, KiB, MiB, GiB, k, M or G)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
 /// Parses `500ms`, `15s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -657,6 +749,36 @@ mod tests {
         o.local_sink = Some(true);
         let c = Config::merge(&o, FileOptions::default()).unwrap();
         assert!(c.local_profiles() && c.local_traces());
+    }
+
+    #[test]
+    fn logs_take_one_path_to_loki_by_default() {
+        let mut o = cli();
+        o.otlp_endpoint = Some("http://alloy:4317".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert!(c.otlp_logs && !c.local_logs(), "OTLP only: logs over OTLP");
+        o.loki_url = Some("http://alloy:3100".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert!(!c.otlp_logs, "Loki push given: not over OTLP too");
+        assert!(!c.local_logs());
+        o.otlp_logs = Some(true);
+        assert!(Config::merge(&o, FileOptions::default()).unwrap().otlp_logs);
+
+        let mut o = cli();
+        o.otlp_logs = Some(true);
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "otlp_logs",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+        assert!(!c.otlp_logs && c.local_logs());
     }
 
     #[test]
@@ -874,6 +996,53 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
         let e = read_file(&dir.path().join("missing.toml")).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+    }
+
+    #[test]
+    fn sizes_take_kubernetes_and_binary_units() {
+        assert_eq!(parse_size("268435456"), Ok(268435456));
+        assert_eq!(parse_size("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size(" 1Gi "), Ok(1 << 30));
+        assert_eq!(parse_size("300M"), Ok(300_000_000));
+        assert_eq!(parse_size("512k"), Ok(512_000));
+        assert!(parse_size("256 MB").is_ok());
+        assert!(parse_size("lots").unwrap_err().contains("256MiB"));
+        assert!(parse_size("5Ti").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn memory_limit_from_flag_or_file_with_a_floor() {
+        let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+        assert_eq!(c.memory_limit, DEFAULT_MEMORY_LIMIT);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loupe.toml");
+        std::fs::write(&path, "memory_limit = 536870912\n").unwrap();
+        let c = Config::merge(&cli(), read_file(&path).unwrap()).unwrap();
+        assert_eq!(c.memory_limit, 512 << 20);
+        std::fs::write(&path, "memory_limit = \"384Mi\"\n").unwrap();
+        let file = read_file(&path).unwrap();
+        let mut o = cli();
+        o.memory_limit = Some("1Gi".into());
+        assert_eq!(Config::merge(&o, file).unwrap().memory_limit, 1 << 30);
+
+        for bad in ["64Mi", "a lot"] {
+            let mut o = cli();
+            o.memory_limit = Some(bad.into());
+            let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Invalid {
+                        key: "memory_limit",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

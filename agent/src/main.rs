@@ -11,6 +11,7 @@ mod net;
 mod probe;
 mod profiler;
 mod run;
+mod self_metrics;
 mod span_flame;
 mod trace_ctx_map;
 

@@ -77,6 +77,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::debug!(?features, ?plan, "kernel features");
 
     let registry = Registry::new();
+    crate::self_metrics::record_kernel(&registry, &features);
+    crate::self_metrics::install_process_metrics(&registry, config.memory_limit);
+    crate::self_metrics::record_attach(&registry, "profiler", "perf_event");
+    crate::self_metrics::record_attach(
+        &registry,
+        "processes",
+        if plan.process_tracepoints {
+            "tracepoints"
+        } else {
+            "on_first_sample"
+        },
+    );
     let host = hostname();
 
     runtime.block_on(async {
@@ -143,6 +155,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             },
             &registry,
         )?;
+
+        let kernel_maps = crate::self_metrics::record_kernel_maps(&registry);
+        tokio::spawn(crate::self_metrics::watch_memory(
+            config.memory_limit,
+            kernel_maps,
+            Duration::from_secs(10),
+        ));
 
         // /metrics comes up once every program is attached: a port that answers means the agent
         // sees what happens from now on (readiness probes and tests rely on that).
@@ -339,6 +358,15 @@ fn start_network_spans(
         tracepoints = capture.attached().len(),
         "network spans: HTTP/1.1, MySQL and Redis over TCP"
     );
+    crate::self_metrics::record_attach(
+        registry,
+        "sockets",
+        match capture.method() {
+            SocketAttach::Fentry => "fentry",
+            SocketAttach::Kprobes => "kprobes",
+            SocketAttach::Tracepoints => "tracepoints",
+        },
+    );
     Some(NetworkSpans {
         capture,
         builder,
@@ -375,7 +403,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
             Err(e) => tracing::warn!("Loki log sink disabled: {e}"),
         }
     }
-    if let Some(endpoint) = &config.otlp_endpoint {
+    if let Some(endpoint) = config.otlp_endpoint.as_ref().filter(|_| config.otlp_logs) {
         match OtlpLogSink::new(OtlpConfig::new(endpoint.clone())) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting logs over OTLP/gRPC");

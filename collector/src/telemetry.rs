@@ -101,6 +101,23 @@ impl Gauge {
     }
 }
 
+/// A floating-point value set from an absolute reading (CPU seconds, bytes of memory) rather
+/// than counted up; registered as a counter or a gauge. Cheap to clone (shares the value).
+#[derive(Debug, Clone, Default)]
+pub struct FloatValue(Arc<AtomicU64>);
+
+impl FloatValue {
+    /// Sets the value.
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// Bucket upper bounds (seconds) for request durations, after the OpenTelemetry semantic
 /// conventions' advice for `http.server.request.duration`.
 pub const DEFAULT_SECONDS_BUCKETS: &[f64] = &[
@@ -216,6 +233,7 @@ impl Kind {
 enum Value {
     Counter(Counter),
     Gauge(Gauge),
+    Float(FloatValue),
     Histogram(Histogram),
 }
 
@@ -227,10 +245,20 @@ struct Family {
     series: Vec<(Vec<(String, String)>, Value)>,
 }
 
+/// Work run before each render, to refresh values read from elsewhere (e.g. `/proc/self`).
+type Hook = Box<dyn Fn() + Send + Sync>;
+
 /// The set of Loupe's self-metrics; cheap to clone (shares the families).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Registry {
     families: Arc<Mutex<BTreeMap<String, Family>>>,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -260,6 +288,36 @@ impl Registry {
             Some(Value::Gauge(g)) => g,
             _ => Gauge::default(),
         }
+    }
+
+    /// Registers (or finds) the floating-point counter `name{labels}`, set from absolute readings
+    /// (e.g. `process_cpu_seconds_total`); misuse is handled as for [`Registry::counter`].
+    pub fn float_counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> FloatValue {
+        self.float(name, help, labels, Kind::Counter)
+    }
+
+    /// Registers (or finds) the floating-point gauge `name{labels}`; misuse is handled as for
+    /// [`Registry::counter`].
+    pub fn float_gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> FloatValue {
+        self.float(name, help, labels, Kind::Gauge)
+    }
+
+    fn float(&self, name: &str, help: &str, labels: &[(&str, &str)], kind: Kind) -> FloatValue {
+        match self.register(name, help, labels, kind, || {
+            Value::Float(FloatValue::default())
+        }) {
+            Some(Value::Float(v)) => v,
+            _ => FloatValue::default(),
+        }
+    }
+
+    /// Runs `hook` before every render, to refresh values that are read rather than counted.
+    /// Hooks must be quick and must not touch the registry's families (registering is fine).
+    pub fn before_render(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(hook));
     }
 
     /// Registers (or finds) the histogram `name{labels}` with these bucket upper bounds (see
@@ -338,12 +396,30 @@ impl Registry {
             return Some(v.clone());
         }
         let value = new();
+        // An integer and a floating-point series of one kind cannot share a family.
+        if let Some((_, first)) = family.series.first()
+            && matches!(first, Value::Float(_)) != matches!(value, Value::Float(_))
+        {
+            tracing::warn!(
+                metric = name,
+                "metric registered with another value type; the new one will not be exported"
+            );
+            return None;
+        }
         family.series.push((sorted, value.clone()));
         Some(value)
     }
 
     /// Renders every family in the Prometheus text exposition format, families sorted by name.
     pub fn render(&self) -> String {
+        for hook in self
+            .hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            hook();
+        }
         let families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::with_capacity(families.len() * 160);
         for (name, family) in families.iter() {
@@ -363,6 +439,10 @@ impl Registry {
                     Value::Gauge(g) => {
                         write_series(&mut out, name, "", labels, None);
                         let _ = writeln!(out, " {}", g.get());
+                    }
+                    Value::Float(v) => {
+                        write_series(&mut out, name, "", labels, None);
+                        let _ = writeln!(out, " {}", v.get());
                     }
                     Value::Histogram(h) => {
                         let cumulative = h.cumulative_counts();
@@ -535,16 +615,21 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<(), Telemetry
 fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, registry.render()),
-        (_, "/metrics") => (
+        // The server is bound once the agent observes (see the agent's run.rs): answering is
+        // being alive and ready.
+        (&Method::GET | &Method::HEAD, "/healthz" | "/readyz") => {
+            (StatusCode::OK, "ok\n".to_owned())
+        }
+        (_, "/metrics" | "/healthz" | "/readyz") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".to_owned(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
-            "not found; try /metrics\n".to_owned(),
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
         ),
     };
-    let ok = status == StatusCode::OK;
+    let exposition = status == StatusCode::OK && req.uri().path() == "/metrics";
     let body = if req.method() == Method::HEAD {
         Bytes::new()
     } else {
@@ -552,7 +637,7 @@ fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    let content_type = if ok {
+    let content_type = if exposition {
         CONTENT_TYPE_TEXT
     } else {
         "text/plain; charset=utf-8"
@@ -697,6 +782,44 @@ mod tests {
     }
 
     #[test]
+    fn float_values_render_and_hooks_refresh_them_before_each_render() {
+        let r = Registry::new();
+        let cpu = r.float_counter("process_cpu_seconds_total", "CPU.", &[]);
+        let rss = r.float_gauge("process_resident_memory_bytes", "RSS.", &[]);
+        let reads = Arc::new(AtomicU64::new(0));
+        let (c, m, n) = (cpu.clone(), rss.clone(), reads.clone());
+        r.before_render(move || {
+            let i = n.fetch_add(1, Ordering::Relaxed) + 1;
+            c.set(0.25 * i as f64);
+            m.set(1024.0 * i as f64);
+        });
+        let first = r.render();
+        assert!(
+            first.contains(
+                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0.25\n"
+            ),
+            "{first}"
+        );
+        assert!(
+            first.contains(
+                "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1024\n"
+            ),
+            "{first}"
+        );
+        let second = r.render();
+        assert!(
+            second.contains("process_cpu_seconds_total 0.5\n"),
+            "{second}"
+        );
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
+
+        // A float and an integer series cannot share a family: the second is detached.
+        let g = r.gauge("process_resident_memory_bytes", "RSS.", &[("x", "y")]);
+        g.set(7);
+        assert!(!r.render().contains("x=\"y\""));
+    }
+
+    #[test]
     fn histogram_misuse_is_detached() {
         let r = Registry::new();
         r.counter("loupe_h_total", "h", &[]).inc();
@@ -795,6 +918,16 @@ mod tests {
         )
         .await;
         assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+
+        for probe in ["healthz", "readyz"] {
+            let resp = raw_request(
+                addr,
+                &format!("GET /{probe} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            assert!(resp.starts_with("HTTP/1.1 200"), "{probe}: {resp}");
+            assert!(resp.ends_with("ok\n"), "{probe}: {resp}");
+        }
 
         stop_tx.send(()).unwrap();
         task.await.unwrap();

@@ -141,6 +141,8 @@ fn cpu_samples_and_log_lines_carry_the_span_they_ran_under() {
             .arg("--publish-trace-context")
             .args(["--loki-url", &format!("http://{}", loki.addr)])
             .args(["--otlp-endpoint", &format!("http://{}", otlp.addr)])
+            // Both log paths at once (by default Loki push alone carries them).
+            .arg("--otlp-logs")
             .arg("--local-sink")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

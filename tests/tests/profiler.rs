@@ -152,6 +152,7 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
     });
     // /metrics answers once every program is attached (start-up takes seconds under emulation).
     loupe_tests::wait_port(metrics_port, Duration::from_secs(60));
+    assert_self_metrics(metrics_port);
     let status = Command::new(workload("hot_c"))
         .arg("1.5")
         .status()
@@ -180,6 +181,49 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
             < counts.get("hot_alpha").copied().unwrap_or(0),
         "{counts:?}"
     );
+}
+
+/// What the agent says about itself: probes answer, the kernel and attach methods are named, its
+/// memory is measured against its bound.
+fn assert_self_metrics(port: u16) {
+    for probe in ["/healthz", "/readyz"] {
+        let resp = loupe_tests::http_get_raw(port, probe);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{probe}: {resp}");
+    }
+    let metrics = loupe_tests::http_get_raw(port, "/metrics");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{series}: {e}"))
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert!(
+        metrics.contains(&format!("loupe_agent_info{{kernel=\"{}\",", release.trim())),
+        "{metrics}"
+    );
+    assert_eq!(value("loupe_kernel_feature{feature=\"perf_event\"}"), 1.0);
+    assert_eq!(
+        value("loupe_attach_method{method=\"perf_event\",program=\"profiler\"}"),
+        1.0
+    );
+    // Default network spans: the sockets family is attached one way or the other.
+    assert!(
+        metrics.contains("loupe_attach_method{method=\"fentry\",program=\"sockets\"} 1")
+            || metrics
+                .contains("loupe_attach_method{method=\"tracepoints\",program=\"sockets\"} 1"),
+        "{metrics}"
+    );
+    let rss = value("process_resident_memory_bytes");
+    let maps = value("loupe_agent_kernel_maps_bytes");
+    let limit = value("loupe_agent_memory_limit_bytes");
+    assert!(rss > 4e6, "resident memory {rss}");
+    // The stack maps alone hold tens of MiB.
+    assert!(maps > 16e6, "kernel maps {maps}");
+    assert_eq!(limit, 256.0 * 1024.0 * 1024.0);
+    assert!(value("process_start_time_seconds") > 1.6e9);
 }
 
 #[test]
