@@ -87,7 +87,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
         (
             "cgroup v2",
             &f.cgroup_v2,
-            "container and pod identity (later)",
+            "cgroup-attached programs (later); pod identity reads /proc/PID/cgroup on v1 and v2",
         ),
         (
             "bpffs (/sys/fs/bpf)",

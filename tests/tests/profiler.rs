@@ -128,28 +128,29 @@ fn rust_workload_stacks_are_walked_to_their_callers() {
 fn a_process_that_exits_before_the_drain_is_still_symbolized() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let out_dir = dir.path().to_str().expect("utf-8").to_string();
     let metrics_port = loupe_tests::infra::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    // Whole-host profiling; the workload runs 1.5 s and exits long before the single drain at the end.
-    let agent = std::thread::spawn(move || {
-        run_agent(
-            &[
-                "run",
-                "--profile-hz",
-                "99",
-                "--profile-interval",
-                "60s",
-                "--duration",
-                "8s",
-                "--metrics-addr",
-                &metrics_addr,
-                "--output-dir",
-                &out_dir,
-            ],
-            Duration::from_secs(60),
-        )
-    });
+    let stderr_path = dir.path().join("agent.stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
+    let out_dir = dir.path().join("out");
+    // Whole-host profiling with one drain at the end: the workload runs 1.5 s and exits long
+    // before it. The agent stops on SIGTERM once the workload is done (not after a fixed time,
+    // which start-up under emulation can eat).
+    let mut agent = Command::new(loupe_tests::agent_bin())
+        .args([
+            "run",
+            "--profile-hz",
+            "99",
+            "--profile-interval",
+            "60s",
+            "--metrics-addr",
+            &metrics_addr,
+            "--output-dir",
+        ])
+        .arg(&out_dir)
+        .stderr(stderr_file)
+        .spawn()
+        .expect("start agent");
     // /metrics answers once every program is attached (start-up takes seconds under emulation).
     loupe_tests::wait_port(metrics_port, Duration::from_secs(60));
     assert_self_metrics(metrics_port);
@@ -158,10 +159,13 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
         .status()
         .expect("run workload");
     assert!(status.success());
-    let out = agent.join().expect("agent thread");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "agent failed:\n{stderr}");
-    let profiles = read_profiles(dir.path());
+    // SAFETY: kill has no memory effects; the pid is our own child, still running.
+    let rc = unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let agent_status = wait_with_deadline(&mut agent, Duration::from_secs(60));
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(agent_status.success(), "agent failed:\n{stderr}");
+    let profiles = read_profiles(&out_dir);
     let (_, profile) = profiles
         .iter()
         .find(|(name, _)| name.starts_with("hot_c-"))
