@@ -77,6 +77,39 @@ pub fn wait_port(port: u16, limit: Duration) {
     }
 }
 
+/// Waits until the agent `child` answers `GET /healthz` with 200 on `port`, at most `limit`.
+/// If it exits first, or never answers, the panic carries its stderr (read from `stderr_path`),
+/// which is the only way to learn why on a CI machine.
+pub fn wait_healthy(child: &mut Child, port: u16, stderr_path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let stderr = || std::fs::read_to_string(stderr_path).unwrap_or_default();
+    let mut last = String::new();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!(
+                "the agent exited ({status}) before answering /healthz:\n{}",
+                stderr()
+            );
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            last = http_get_raw(port, "/healthz");
+            if last.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the agent did not answer /healthz on {port} within {limit:?} \
+                 (last answer {last:?}):\n{}",
+                stderr()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `GET path` on 127.0.0.1:`port` with `connection: close`; the raw response, head and body.
 pub fn http_get_raw(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");

@@ -136,23 +136,30 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
     // Whole-host profiling with one drain at the end: the workload runs 1.5 s and exits long
     // before it. The agent stops on SIGTERM once the workload is done (not after a fixed time,
     // which start-up under emulation can eat).
-    let mut agent = Command::new(loupe_tests::agent_bin())
-        .args([
-            "run",
-            "--profile-hz",
-            "99",
-            "--profile-interval",
-            "60s",
-            "--metrics-addr",
-            &metrics_addr,
-            "--output-dir",
-        ])
-        .arg(&out_dir)
-        .stderr(stderr_file)
-        .spawn()
-        .expect("start agent");
+    let mut agent = loupe_tests::Guard(
+        Command::new(loupe_tests::agent_bin())
+            .args([
+                "run",
+                "--profile-hz",
+                "99",
+                "--profile-interval",
+                "60s",
+                "--metrics-addr",
+                &metrics_addr,
+                "--output-dir",
+            ])
+            .arg(&out_dir)
+            .stderr(stderr_file)
+            .spawn()
+            .expect("start agent"),
+    );
     // /metrics answers once every program is attached (start-up takes seconds under emulation).
-    loupe_tests::wait_port(metrics_port, Duration::from_secs(60));
+    loupe_tests::wait_healthy(
+        &mut agent.0,
+        metrics_port,
+        &stderr_path,
+        Duration::from_secs(90),
+    );
     assert_self_metrics(metrics_port);
     let status = Command::new(workload("hot_c"))
         .arg("1.5")
@@ -160,9 +167,9 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
         .expect("run workload");
     assert!(status.success());
     // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    let rc = unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let agent_status = wait_with_deadline(&mut agent, Duration::from_secs(60));
+    let agent_status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(agent_status.success(), "agent failed:\n{stderr}");
     let profiles = read_profiles(&out_dir);
@@ -279,26 +286,42 @@ fn sigterm_flushes_and_service_names_come_from_the_environment() {
         .spawn()
         .expect("start workload");
     let pid = workload.id().to_string();
-    let mut agent = Command::new(loupe_tests::agent_bin())
-        .args([
-            "run",
-            "--pid",
-            &pid,
-            "--profile-hz",
-            "99",
-            "--profile-interval",
-            "60s",
-            "--output-dir",
-        ])
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agent");
-    std::thread::sleep(Duration::from_secs(4));
+    let metrics_port = loupe_tests::infra::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let stderr_path = dir.path().join("agent.stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
+    let out_dir = dir.path().join("out");
+    let mut agent = loupe_tests::Guard(
+        Command::new(loupe_tests::agent_bin())
+            .args([
+                "run",
+                "--pid",
+                &pid,
+                "--profile-hz",
+                "99",
+                "--profile-interval",
+                "60s",
+                "--metrics-addr",
+                &metrics_addr,
+                "--output-dir",
+            ])
+            .arg(&out_dir)
+            .stderr(stderr_file)
+            .spawn()
+            .expect("start agent"),
+    );
+    // Sample for a few seconds once every program is attached.
+    loupe_tests::wait_healthy(
+        &mut agent.0,
+        metrics_port,
+        &stderr_path,
+        Duration::from_secs(90),
+    );
+    std::thread::sleep(Duration::from_secs(3));
     // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    let rc = unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let status = wait_with_deadline(&mut agent, Duration::from_secs(30));
+    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(30));
     let _ = workload.kill();
     let _ = wait_with_deadline(&mut workload, Duration::from_secs(10));
     assert!(
@@ -306,7 +329,7 @@ fn sigterm_flushes_and_service_names_come_from_the_environment() {
         "SIGTERM must end the agent cleanly: {status}"
     );
     // The interval was 60 s: only the flush on SIGTERM can have written this.
-    let profiles = read_profiles(dir.path());
+    let profiles = read_profiles(&out_dir);
     assert_eq!(
         profiles.len(),
         1,
@@ -314,7 +337,7 @@ fn sigterm_flushes_and_service_names_come_from_the_environment() {
         profiles.iter().map(|p| &p.0).collect::<Vec<_>>()
     );
     assert!(profiles[0].0.starts_with("checkout-"), "{}", profiles[0].0);
-    // About 4 s at 99 Hz of a busy process, shared with other tests on two CPUs.
+    // About 3 s at 99 Hz of a busy process, shared with other tests on two CPUs.
     let alpha = inclusive_counts(&profiles[0].1)
         .get("hot_alpha")
         .copied()
