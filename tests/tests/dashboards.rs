@@ -80,7 +80,7 @@ fn dashboards_parse_with_unique_uids_and_variable_datasources() {
                 );
             }
         }
-        let mut check = |ds: &serde_json::Value, what: &str| {
+        let check = |ds: &serde_json::Value, what: &str| {
             let uid = ds["uid"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{name}: {what} without datasource uid"));
