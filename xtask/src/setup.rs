@@ -36,6 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-venv",
     // Reads the pinned trace context map in the correlation test.
     "bpftool",
+    // promtool checks and unit-tests the alert rules and the dashboards' PromQL.
+    "prometheus",
 ];
 /// Packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk", "bpftrace"];
