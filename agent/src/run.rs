@@ -89,7 +89,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             "on_first_sample"
         },
     );
-    let host = hostname();
+    // In a pod the UTS hostname is the pod's name: the node's name is the host there.
+    let host = config
+        .kubernetes
+        .as_ref()
+        .map(|k| k.node_name.clone())
+        .unwrap_or_else(hostname);
 
     runtime.block_on(async {
         // Pod names before anything names a process.
