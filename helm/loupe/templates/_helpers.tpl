@@ -1,0 +1,163 @@
+{{/* Name prefix of every object: the release name, plus the chart name unless the release already has it. */}}
+{{- define "loupe.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loupe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "loupe.labels" -}}
+{{ include "loupe.selector" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Selector labels of the agent pods. Alloy's pipeline finds agents by app.kubernetes.io/name=loupe. */}}
+{{- define "loupe.selector" -}}
+app.kubernetes.io/name: {{ include "loupe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "loupe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "loupe.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loupe.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/*
+The agent's capabilities: exactly the documented set (values.yaml, securityContext), plus the
+opt-in ones.
+*/}}
+{{- define "loupe.capabilities" -}}
+- BPF
+- PERFMON
+- SYS_PTRACE
+- DAC_READ_SEARCH
+{{- if .Values.securityContext.sysResource }}
+- SYS_RESOURCE
+{{- end }}
+{{- if .Values.securityContext.sysAdmin }}
+- SYS_ADMIN
+{{- end }}
+{{- end -}}
+
+{{/*
+The agent's TOML configuration: keys rendered from the values, then agent.extraConfig, whose keys
+win. Keys come out sorted (range over a dict), one per line.
+*/}}
+{{- define "loupe.config" -}}
+{{- $a := .Values.agent -}}
+{{- $e := .Values.exporters -}}
+{{- $host := $a.metricsHost -}}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
+{{- $cfg := dict
+  "profile_hz" $a.profileHz
+  "profile_interval" $a.profileInterval
+  "profile_debuginfo" $a.profileDebuginfo
+  "network_spans" $a.networkSpans
+  "capture_bytes" $a.captureBytes
+  "logs" $a.logs
+  "log_lines_per_sec" $a.logLinesPerSec
+  "span_profiles" $a.spanProfiles
+  "publish_trace_context" $a.publishTraceContext
+  "kubernetes" $a.kubernetes
+  "metrics_addr" (printf "%s:%d" $host (int $a.metricsPort))
+  "memory_limit" $a.memoryLimit
+  "output_dir" "/var/lib/loupe"
+-}}
+{{- if eq $e.mode "alloy" -}}
+{{- $_ := set $cfg "otlp_endpoint" (printf "http://%s:%d" $e.alloy.host (int $e.alloy.otlpPort)) -}}
+{{- $_ := set $cfg "loki_url" (printf "http://%s:%d" $e.alloy.host (int $e.alloy.lokiPort)) -}}
+{{- $_ := set $cfg "pyroscope_url" (printf "http://%s:%d" $e.alloy.host (int $e.alloy.pyroscopePort)) -}}
+{{- else if eq $e.mode "direct" -}}
+{{- if not (or $e.direct.otlpEndpoint $e.direct.lokiUrl $e.direct.pyroscopeUrl) -}}
+{{- fail "exporters.mode is direct: set at least one of exporters.direct.otlpEndpoint, exporters.direct.lokiUrl, exporters.direct.pyroscopeUrl" -}}
+{{- end -}}
+{{- with $e.direct.otlpEndpoint }}{{ $_ := set $cfg "otlp_endpoint" . }}{{ end -}}
+{{- with $e.direct.lokiUrl }}{{ $_ := set $cfg "loki_url" . }}{{ end -}}
+{{- with $e.direct.pyroscopeUrl }}{{ $_ := set $cfg "pyroscope_url" . }}{{ end -}}
+{{- end -}}
+{{- with $e.loki.tenant }}{{ $_ := set $cfg "loki_tenant" . }}{{ end -}}
+{{- with $e.loki.user }}{{ $_ := set $cfg "loki_user" . }}{{ end -}}
+{{- with $e.pyroscope.tenant }}{{ $_ := set $cfg "pyroscope_tenant" . }}{{ end -}}
+{{- with $e.pyroscope.user }}{{ $_ := set $cfg "pyroscope_user" . }}{{ end -}}
+{{- $cfg = mergeOverwrite $cfg (deepCopy $a.extraConfig) -}}
+# Rendered by the Loupe chart from its values; keys are `loupe-agent run` long flags with `_`.
+{{- range $key, $value := $cfg }}
+{{ $key }} = {{ include "loupe.tomlValue" $value }}
+{{- end }}
+{{- end -}}
+
+{{/* A TOML value from a YAML one (strings, numbers, booleans and lists of them). */}}
+{{- define "loupe.tomlValue" -}}
+{{- if kindIs "string" . -}}
+{{ . | quote }}
+{{- else if kindIs "slice" . -}}
+[{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "loupe.tomlValue" $v }}{{ end }}]
+{{- else if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) -}}
+{{- if eq (float64 .) (float64 (int64 .)) }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
+{{- else -}}
+{{ . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Env vars of the exporters' credentials, from Secret references {name, key}. */}}
+{{- define "loupe.credentialEnv" -}}
+{{- $e := .Values.exporters -}}
+{{- $refs := list
+  (list "LOUPE_LOKI_PASSWORD" $e.loki.passwordSecret)
+  (list "LOUPE_LOKI_TOKEN" $e.loki.tokenSecret)
+  (list "LOUPE_PYROSCOPE_PASSWORD" $e.pyroscope.passwordSecret)
+  (list "LOUPE_PYROSCOPE_TOKEN" $e.pyroscope.tokenSecret)
+-}}
+{{- range $refs }}
+{{- $ref := index . 1 }}
+{{- if $ref }}
+- name: {{ index . 0 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Checks across values that the schema cannot express; included by the DaemonSet. */}}
+{{- define "loupe.validate" -}}
+{{- $m := .Values.agent.memoryLimit -}}
+{{- $mib := 0 -}}
+{{- if hasSuffix "Gi" $m }}{{ $mib = mul (trimSuffix "Gi" $m | int) 1024 }}{{ else }}{{ $mib = trimSuffix "Mi" $m | int }}{{ end -}}
+{{- if lt (int $mib) 128 -}}
+{{- fail (printf "agent.memoryLimit: %s is below 128Mi; the agent's kernel maps alone take about 60Mi" $m) -}}
+{{- end -}}
+{{- range $backend := list "loki" "pyroscope" -}}
+{{- $e := index $.Values.exporters $backend -}}
+{{- if and $e.user (not $e.passwordSecret) -}}
+{{- fail (printf "exporters.%s.user is set: exporters.%s.passwordSecret must name the Secret holding its password" $backend $backend) -}}
+{{- end -}}
+{{- if and $e.passwordSecret (not $e.user) -}}
+{{- fail (printf "exporters.%s.passwordSecret is set: exporters.%s.user must be too" $backend $backend) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.securityContext.privileged .Values.securityContext.seLinuxOptions -}}
+{{- fail "securityContext.seLinuxOptions has no effect with securityContext.privileged (containerd drops SELinux options of privileged containers): set privileged to false" -}}
+{{- end -}}
+{{- end -}}

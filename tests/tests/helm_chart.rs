@@ -1,0 +1,770 @@
+//! The agent's chart (`helm/loupe`) with the real helm v4 and the Kubernetes 1.30 and 1.33 schemas:
+//! it lints and renders with its defaults and with every toggle; what it renders passes the schemas;
+//! the agent is least-privilege (exactly the capabilities values.yaml documents); RBAC is read-only;
+//! the TOML it renders is accepted by the real agent; bad values fail with the key's name; the
+//! dashboards, datasources, rules and Alloy pipeline it ships are the repository's files. The
+//! demo-shop chart is linted and validated beside it.
+//!
+//! `cargo xtask test` installs helm (LOUPE_HELM) and kubernetes-validate
+//! (LOUPE_KUBERNETES_VALIDATE); `cargo xtask setup` does too, for running this file alone.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.33.0"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn tool(env: &str, fallback: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(fallback));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask setup` (or `cargo xtask test`), which installs it, or set {env}",
+        path.display()
+    );
+    path
+}
+
+fn helm_bin() -> PathBuf {
+    tool("LOUPE_HELM", "target/tools/bin/helm")
+}
+
+fn kubernetes_validate() -> PathBuf {
+    tool(
+        "LOUPE_KUBERNETES_VALIDATE",
+        "target/pyenv/bin/kubernetes-validate",
+    )
+}
+
+fn chart() -> PathBuf {
+    repo().join("helm/loupe")
+}
+
+fn helm(args: &[&str]) -> Output {
+    Command::new(helm_bin())
+        .args(args)
+        // No repositories, caches or plugins of the developer's own.
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("loupe-helm-config"),
+        )
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("loupe-helm-cache"),
+        )
+        .output()
+        .expect("run helm")
+}
+
+/// `--set` lists of the scenarios every test renders.
+const EVERY_TOGGLE: &str = "dashboards.enabled=true,datasources.enabled=true,alloy.enabled=true,\
+     prometheusRule.enabled=true,serviceMonitor.enabled=true,agent.publishTraceContext=true,\
+     securityContext.sysResource=true,securityContext.sysAdmin=true";
+
+fn scenarios() -> Vec<(&'static str, Vec<String>)> {
+    let f = |rel: &str| chart().join(rel).display().to_string();
+    vec![
+        ("defaults", vec![]),
+        ("every toggle", vec!["--set".into(), EVERY_TOGGLE.into()]),
+        (
+            "pod monitor",
+            vec!["--set".into(), "podMonitor.enabled=true".into()],
+        ),
+        (
+            "direct exporters with credentials",
+            vec![
+                "--set".into(),
+                "exporters.mode=direct,\
+                 exporters.direct.otlpEndpoint=http://tempo.monitoring:4317,\
+                 exporters.direct.lokiUrl=http://loki-gateway.monitoring,\
+                 exporters.direct.pyroscopeUrl=http://pyroscope.monitoring:4040,\
+                 exporters.loki.tenant=shop,exporters.loki.user=loupe,\
+                 exporters.loki.passwordSecret.name=loki-auth,exporters.loki.passwordSecret.key=password,\
+                 exporters.pyroscope.tokenSecret.name=pyro-auth,exporters.pyroscope.tokenSecret.key=token"
+                    .into(),
+            ],
+        ),
+        (
+            "no backend",
+            vec!["--set".into(), "exporters.mode=none".into()],
+        ),
+        ("AL2023", vec!["-f".into(), f("values-al2023.yaml")]),
+        ("Bottlerocket", vec!["-f".into(), f("values-bottlerocket.yaml")]),
+        (
+            "privileged",
+            vec!["--set".into(), "securityContext.privileged=true".into()],
+        ),
+    ]
+}
+
+/// `helm template` of the chart with `extra` arguments, as text; panics with helm's message.
+fn render_text(extra: &[String]) -> String {
+    let chart = chart().display().to_string();
+    let mut args = vec!["template", "loupe", &chart, "--namespace", "monitoring"];
+    args.extend(extra.iter().map(String::as_str));
+    let out = helm(&args);
+    assert!(
+        out.status.success(),
+        "helm template {extra:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 manifests")
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn render(extra: &[String]) -> Vec<Value> {
+    documents(&render_text(extra))
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
+    let found = kind(docs, k);
+    assert_eq!(found.len(), 1, "expected one {k}");
+    found[0]
+}
+
+fn agent_container(docs: &[Value]) -> &Value {
+    let ds = one(docs, "DaemonSet");
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    assert_eq!(containers.len(), 1);
+    &containers[0]
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|x| x.as_str().expect("a string").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The capabilities values.yaml documents, from its comment block: `#   NAME   what needs it`.
+fn documented_capabilities() -> BTreeSet<String> {
+    let values = std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml");
+    let block: Vec<&str> = values
+        .lines()
+        .skip_while(|l| !l.contains("it gets the capabilities below"))
+        .take_while(|l| l.starts_with('#'))
+        .collect();
+    let caps: BTreeSet<String> = block
+        .iter()
+        .filter_map(|l| {
+            let word = l.trim_start_matches('#').split_whitespace().next()?;
+            (l.starts_with("#   ") && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+                .then(|| word.to_string())
+        })
+        .collect();
+    assert!(
+        caps.len() >= 4,
+        "no capability table in values.yaml: {block:?}"
+    );
+    caps
+}
+
+#[test]
+fn charts_lint_with_defaults_and_every_toggle() {
+    for (name, extra) in scenarios() {
+        let chart = chart().display().to_string();
+        let mut args = vec!["lint", "--strict", &chart];
+        args.extend(extra.iter().map(String::as_str));
+        let out = helm(&args);
+        assert!(
+            out.status.success(),
+            "helm lint ({name}) failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shop = repo().join("helm/demo-shop").display().to_string();
+    let out = helm(&["lint", "--strict", &shop]);
+    assert!(
+        out.status.success(),
+        "helm lint demo-shop:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn rendered_manifests_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for (i, (name, extra)) in scenarios().into_iter().enumerate() {
+        let path = dir.path().join(format!("loupe-{i}.yaml"));
+        std::fs::write(&path, render_text(&extra)).expect("write");
+        files.push((name.to_string(), path));
+    }
+    let shop = repo().join("helm/demo-shop").display().to_string();
+    let out = helm(&["template", "shop", &shop, "--namespace", "shop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shop_path = dir.path().join("demo-shop.yaml");
+    std::fs::write(&shop_path, &out.stdout).expect("write");
+    files.push(("demo-shop".into(), shop_path));
+
+    for version in KUBERNETES_VERSIONS {
+        for (name, path) in &files {
+            let out = Command::new(kubernetes_validate())
+                .args(["--strict", "-k", version])
+                .arg(path)
+                .output()
+                .expect("run kubernetes-validate");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && !text.contains("ERROR"),
+                "{name} against Kubernetes {version}:\n{text}"
+            );
+            // Every built-in kind was checked; only the Prometheus Operator's have no schema
+            // here (prometheus_rule_is_the_rules_files_with_thresholds_from_values checks the
+            // rules with promtool).
+            for line in text.lines().filter(|l| l.contains("Couldn't find schema")) {
+                assert!(line.contains("monitoring.coreos.com/v1"), "{name}: {line}");
+            }
+            assert!(text.contains("passed for resource daemonset/") || name == "demo-shop");
+        }
+    }
+
+    // The validator does fail: a DaemonSet with a misspelt field.
+    let broken = std::fs::read_to_string(&files[0].1)
+        .expect("read")
+        .replace("hostPID: true", "hostPid: true");
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, broken).expect("write");
+    let out = Command::new(kubernetes_validate())
+        .args(["--strict", "-k", KUBERNETES_VERSIONS[1]])
+        .arg(&path)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        !out.status.success(),
+        "a misspelt field passed strict validation"
+    );
+}
+
+#[test]
+fn the_agent_is_least_privilege_by_default() {
+    let docs = render(&[]);
+    let ds = one(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], Value::Bool(true));
+    assert!(pod["hostNetwork"].is_null(), "no host network");
+    // Every taint tolerated: an agent on every node.
+    assert_eq!(
+        pod["tolerations"],
+        serde_yaml::from_str::<Value>("[{operator: Exists}]").expect("yaml")
+    );
+    let c = agent_container(&docs);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], Value::Bool(false));
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(
+        strings(&sc["capabilities"]["drop"]),
+        BTreeSet::from(["ALL".to_string()])
+    );
+    let documented = documented_capabilities();
+    assert_eq!(
+        documented,
+        ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(strings(&sc["capabilities"]["add"]), documented);
+
+    // Opt-ins add exactly their capability.
+    let docs = render(&["--set".into(), "securityContext.sysResource=true".into()]);
+    let mut want = documented.clone();
+    want.insert("SYS_RESOURCE".into());
+    assert_eq!(
+        strings(&agent_container(&docs)["securityContext"]["capabilities"]["add"]),
+        want
+    );
+    let docs = render(&["--set".into(), "securityContext.sysAdmin=true".into()]);
+    let sc = &agent_container(&docs)["securityContext"];
+    let mut want = documented.clone();
+    want.insert("SYS_ADMIN".into());
+    assert_eq!(strings(&sc["capabilities"]["add"]), want);
+    // Kubernetes refuses allowPrivilegeEscalation=false beside SYS_ADMIN.
+    assert!(sc["allowPrivilegeEscalation"].is_null());
+
+    // Host paths: tracefs read-only; bpffs only when the trace context is published.
+    let docs = render(&[]);
+    let c = agent_container(&docs);
+    let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let host_paths: Vec<(String, String)> = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_string(),
+                v["hostPath"]["path"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        host_paths,
+        vec![("tracefs".to_string(), "/sys/kernel/tracing".to_string())]
+    );
+    for m in c["volumeMounts"].as_sequence().expect("mounts") {
+        if m["name"] == "tracefs" || m["name"] == "config" {
+            assert_eq!(m["readOnly"], Value::Bool(true), "{m:?}");
+        }
+    }
+
+    // NODE_NAME from the downward API; the config file from the ConfigMap.
+    let env = c["env"].as_sequence().expect("env");
+    let node = env
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME");
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert!(env.iter().any(|e| e["name"] == "LOUPE_CONFIG"));
+
+    // Probes on the metrics port; the memory limit is the agent's own bound.
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/healthz");
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics");
+    }
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(9464));
+    assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(c["resources"]["requests"]["memory"], "256Mi");
+    let toml = config_toml(&docs);
+    assert!(toml.contains("memory_limit = \"256Mi\""), "{toml}");
+    let docs = render(&["--set".into(), "agent.memoryLimit=1Gi".into()]);
+    assert_eq!(
+        agent_container(&docs)["resources"]["limits"]["memory"],
+        "1Gi"
+    );
+    assert!(config_toml(&docs).contains("memory_limit = \"1Gi\""));
+}
+
+#[test]
+fn rbac_is_read_only_on_pods() {
+    let docs = render(&[]);
+    let role = one(&docs, "ClusterRole");
+    let rules = role["rules"].as_sequence().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        strings(&rules[0]["resources"]),
+        BTreeSet::from(["pods".to_string()])
+    );
+    assert_eq!(
+        strings(&rules[0]["verbs"]),
+        ["get", "list", "watch"].map(String::from).into()
+    );
+    assert!(kind(&docs, "Role").is_empty());
+    let binding = one(&docs, "ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        one(&docs, "ServiceAccount")["metadata"]["name"]
+    );
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+}
+
+fn config_toml(docs: &[Value]) -> String {
+    kind(docs, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["loupe.toml"].as_str())
+        .expect("the agent's ConfigMap")
+        .to_string()
+}
+
+#[test]
+fn the_rendered_configuration_is_accepted_by_the_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cases = scenarios();
+    cases.push((
+        "extra config",
+        vec![
+            "--set".into(),
+            "agent.extraConfig.max_profile_files=50,agent.extraConfig.profile_hz=49".into(),
+        ],
+    ));
+    for (name, extra) in cases {
+        let docs = render(&extra);
+        let toml = config_toml(&docs);
+        let path = dir.path().join("loupe.toml");
+        std::fs::write(&path, &toml).expect("write");
+        // `doctor` reads the configuration as `run` does and exits 2 on any bad key or value.
+        let mut agent = Command::new(loupe_tests::agent_bin());
+        agent
+            .arg("doctor")
+            .arg("--config")
+            .arg(&path)
+            .env("NODE_NAME", "ip-10-0-1-23.eu-west-1.compute.internal")
+            .env_remove("LOUPE_CONFIG");
+        // What Kubernetes would put in the environment from the Secrets.
+        for e in agent_container(&docs)["env"].as_sequence().expect("env") {
+            if let Some(secret) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {
+                agent.env(e["name"].as_str().expect("name"), format!("from-{secret}"));
+            }
+        }
+        let out = agent.output().expect("run the agent");
+        assert!(
+            out.status.success(),
+            "{name}: the agent refused the chart's configuration:\n{toml}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match name {
+            "defaults" => {
+                for line in [
+                    "otlp_endpoint = \"http://alloy.monitoring.svc.cluster.local:4317\"",
+                    "loki_url = \"http://alloy.monitoring.svc.cluster.local:3100\"",
+                    "pyroscope_url = \"http://alloy.monitoring.svc.cluster.local:4040\"",
+                    "metrics_addr = \"0.0.0.0:9464\"",
+                    "kubernetes = \"on\"",
+                ] {
+                    assert!(toml.lines().any(|l| l == line), "{line} in\n{toml}");
+                }
+            }
+            "no backend" => assert!(!toml.contains("_url") && !toml.contains("otlp"), "{toml}"),
+            "extra config" => {
+                assert!(toml.lines().any(|l| l == "profile_hz = 49"), "{toml}");
+                assert!(
+                    toml.lines().any(|l| l == "max_profile_files = 50"),
+                    "{toml}"
+                );
+            }
+            "direct exporters with credentials" => {
+                // Secrets by reference, never in the ConfigMap.
+                let env = agent_container(&docs)["env"]
+                    .as_sequence()
+                    .expect("env")
+                    .clone();
+                let secret = |var: &str| {
+                    env.iter()
+                        .find(|e| e["name"] == var)
+                        .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+                };
+                assert_eq!(
+                    secret("LOUPE_LOKI_PASSWORD"),
+                    Some(serde_yaml::from_str("{name: loki-auth, key: password}").expect("yaml"))
+                );
+                assert_eq!(
+                    secret("LOUPE_PYROSCOPE_TOKEN"),
+                    Some(serde_yaml::from_str("{name: pyro-auth, key: token}").expect("yaml"))
+                );
+                assert!(toml.contains("loki_user = \"loupe\"") && toml.contains("loki_tenant"));
+                assert!(
+                    !toml.contains("password") && !toml.contains("token"),
+                    "{toml}"
+                );
+            }
+            _ => {}
+        }
+    }
+    // The agent does refuse a bad file (so the loop above can fail).
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "profile_hz = 19\nprofile_hz_typo = 1\n").expect("write");
+    let out = Command::new(loupe_tests::agent_bin())
+        .args(["doctor", "--config"])
+        .arg(&path)
+        .env("NODE_NAME", "n")
+        .output()
+        .expect("run the agent");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bad_values_fail_with_the_key_named() {
+    let chart = chart().display().to_string();
+    for (set, expect) in [
+        ("agent.memoryLimit=256MB", "/agent/memoryLimit"),
+        ("agent.memoryLimit=64Mi", "agent.memoryLimit"),
+        ("agent.profileHz=0", "/agent/profileHz"),
+        ("agent.profileHz=5000", "/agent/profileHz"),
+        ("agent.kubernetes=maybe", "/agent/kubernetes"),
+        ("agent.profileInteval=15s", "profileInteval"),
+        ("exporters.mode=tempo", "/exporters/mode"),
+        ("exporters.mode=direct", "exporters.direct.otlpEndpoint"),
+        (
+            "exporters.direct.lokiUrl=loki:3100",
+            "/exporters/direct/lokiUrl",
+        ),
+        (
+            "exporters.loki.passwordSecret.name=loki-auth",
+            "/exporters/loki/passwordSecret",
+        ),
+        (
+            "securityContext.privileged=yes",
+            "/securityContext/privileged",
+        ),
+        ("securityContext.capabilities=ALL", "capabilities"),
+        ("image.repository=", "/image/repository"),
+        (
+            "serviceMonitor.enabled=true,podMonitor.enabled=true",
+            "serviceMonitor.enabled and podMonitor.enabled",
+        ),
+        (
+            "securityContext.privileged=true,securityContext.seLinuxOptions.type=super_t",
+            "securityContext.seLinuxOptions",
+        ),
+        (
+            "prometheusRule.thresholds.serviceErrorRatio=2",
+            "/prometheusRule/thresholds/serviceErrorRatio",
+        ),
+    ] {
+        let out = helm(&["template", "loupe", &chart, "--set", set]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(
+            stderr.contains(expect),
+            "{set}: the error does not name {expect}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn prometheus_rule_is_the_rules_files_with_thresholds_from_values() {
+    let docs = render(&[
+        "--set".into(),
+        "prometheusRule.enabled=true,prometheusRule.thresholds.serviceErrorRatio=0.02,\
+         prometheusRule.thresholds.serviceLatencyP99Seconds=0.5"
+            .into(),
+    ]);
+    let rule = one(&docs, "PrometheusRule");
+    let groups = rule["spec"]["groups"].as_sequence().expect("groups");
+    let expr_of = |record: &str| {
+        groups
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+            .find(|r| r["record"] == record)
+            .and_then(|r| r["expr"].as_str().map(str::to_string))
+    };
+    assert_eq!(
+        expr_of("loupe:threshold:service_error_ratio").as_deref(),
+        Some("vector(0.02)")
+    );
+    assert_eq!(
+        expr_of("loupe:threshold:service_latency_p99_seconds").as_deref(),
+        Some("vector(0.5)")
+    );
+    assert_eq!(
+        expr_of("loupe:threshold:pod_cpu_cores").as_deref(),
+        Some("vector(0.9)")
+    );
+
+    // Every alert of the plain rules file, with its annotations' templates intact.
+    let file: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("dashboards/alerts/loupe.rules.yaml")).expect("read"),
+    )
+    .expect("rules parse");
+    let alerts = |groups: &[Value]| -> Vec<Value> {
+        groups
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default())
+            .filter(|r| !r["alert"].is_null())
+            .collect()
+    };
+    let shipped = alerts(groups);
+    assert_eq!(
+        shipped,
+        alerts(file["groups"].as_sequence().expect("groups"))
+    );
+    assert!(shipped.len() >= 8);
+    assert!(shipped.iter().all(|a| {
+        a["annotations"]["summary"].as_str().is_some()
+            && a["annotations"]["runbook_url"]
+                .as_str()
+                .is_some_and(|u| u.contains("docs/runbooks.md#"))
+    }));
+
+    // The defaults in values.yaml are the plain file's thresholds.
+    let docs = render(&["--set".into(), "prometheusRule.enabled=true".into()]);
+    let shipped = one(&docs, "PrometheusRule")["spec"]["groups"].clone();
+    let thresholds: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("dashboards/alerts/thresholds.rules.yaml"))
+            .expect("read"),
+    )
+    .expect("parse");
+    assert_eq!(shipped[0], thresholds["groups"][0]);
+
+    // And Prometheus accepts the result.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules.yaml");
+    let mut doc = serde_yaml::Mapping::new();
+    doc.insert("groups".into(), shipped);
+    std::fs::write(&path, serde_yaml::to_string(&doc).expect("yaml")).expect("write");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dashboards_datasources_and_alloy_are_the_repository_files() {
+    let docs = render(&["--set".into(), EVERY_TOGGLE.into()]);
+    let maps = kind(&docs, "ConfigMap");
+    // Dashboards: one ConfigMap each, labelled for the Grafana sidecar, the file byte for byte.
+    let mut shipped = BTreeSet::new();
+    for cm in maps
+        .iter()
+        .filter(|c| !c["metadata"]["labels"]["grafana_dashboard"].is_null())
+    {
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+        assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Loupe");
+        let data = cm["data"].as_mapping().expect("data");
+        assert_eq!(data.len(), 1);
+        let (file, content) = data.iter().next().expect("one entry");
+        let file = file.as_str().expect("key").to_string();
+        let on_disk = std::fs::read_to_string(repo().join("dashboards/grafana").join(&file))
+            .expect("the dashboard file");
+        assert_eq!(
+            content.as_str().map(str::trim_end),
+            Some(on_disk.trim_end()),
+            "{file}"
+        );
+        shipped.insert(file);
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(repo().join("dashboards/grafana"))
+        .expect("dashboards")
+        .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string()))
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(shipped, on_disk);
+
+    // Datasources: the provisioning file, URLs from values.
+    let ds = maps
+        .iter()
+        .find(|c| c["metadata"]["labels"]["grafana_datasource"] == "1")
+        .expect("the datasources ConfigMap");
+    let rendered: Value = serde_yaml::from_str(
+        ds["data"]["loupe-datasources.yaml"]
+            .as_str()
+            .expect("content"),
+    )
+    .expect("parse");
+    let file: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("dashboards/provisioning/datasources.yaml"))
+            .expect("read"),
+    )
+    .expect("parse");
+    assert_eq!(rendered, file, "with the default URLs, the file as it is");
+    let docs = render(&[
+        "--set".into(),
+        "datasources.enabled=true,datasources.urls.tempo=http://tempo.tracing:3200".into(),
+    ]);
+    let text = kind(&docs, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["loupe-datasources.yaml"].as_str())
+        .expect("datasources")
+        .to_string();
+    let rendered: Value = serde_yaml::from_str(&text).expect("parse");
+    let tempo = rendered["datasources"]
+        .as_sequence()
+        .expect("list")
+        .iter()
+        .find(|d| d["type"] == "tempo")
+        .expect("tempo");
+    assert_eq!(tempo["url"], "http://tempo.tracing:3200");
+    assert_eq!(
+        tempo["jsonData"]["tracesToProfiles"]["datasourceUid"],
+        "loupe-pyroscope"
+    );
+    // Grafana's `$$` escape of its own variables survives.
+    assert!(text.contains("$${__value.raw}"), "{text}");
+
+    // Alloy: the ConfigMap grafana/alloy's values name, holding config.alloy.
+    let alloy = maps
+        .iter()
+        .find(|c| c["metadata"]["name"] == "loupe-alloy")
+        .expect("loupe-alloy");
+    let on_disk =
+        std::fs::read_to_string(repo().join("collector/alloy/config.alloy")).expect("read");
+    assert_eq!(
+        alloy["data"]["config.alloy"].as_str().map(str::trim_end),
+        Some(on_disk.trim_end())
+    );
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("collector/alloy/values.yaml")).expect("read"),
+    )
+    .expect("parse");
+    assert_eq!(values["alloy"]["configMap"]["name"], "loupe-alloy");
+    assert_eq!(values["alloy"]["configMap"]["key"], "config.alloy");
+
+    // Monitors select the agents' Service and relabel like Alloy: node only.
+    let sm = one(&docs_with("serviceMonitor.enabled=true"), "ServiceMonitor").clone();
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["relabelings"][0]["targetLabel"],
+        "node"
+    );
+    let pm = one(&docs_with("podMonitor.enabled=true"), "PodMonitor").clone();
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+}
+
+fn docs_with(set: &str) -> Vec<Value> {
+    render(&["--set".into(), set.into()])
+}
+
+#[test]
+fn notes_say_where_to_look_next() {
+    let chart = chart().display().to_string();
+    let out = helm(&[
+        "install",
+        "loupe",
+        &chart,
+        "--namespace",
+        "monitoring",
+        "--dry-run=client",
+        "--set",
+        "dashboards.enabled=true",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = text.split("NOTES:").nth(1).expect("NOTES rendered");
+    for want in [
+        "rollout status ds/loupe",
+        "loupe-agent doctor",
+        "alloy.monitoring.svc.cluster.local",
+        "Loupe service health",
+        "docs/eks.md",
+    ] {
+        assert!(notes.contains(want), "{want} missing from NOTES:\n{notes}");
+    }
+}
