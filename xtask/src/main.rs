@@ -7,6 +7,7 @@ mod bench_net;
 mod bench_parsers;
 mod build;
 mod demo;
+mod helm_docs;
 mod python;
 mod setup;
 mod spans_read;
@@ -45,6 +46,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// List, inject or verify a troubleshooting exercise of the demo shop.
     Exercise(demo::ExerciseArgs),
+    /// Write docs/helm-values.md from the agent chart's documented values.
+    HelmDocs,
     /// Boot the agent and its end-to-end tests on the EKS kernels (5.10, 6.1, 6.12) under QEMU.
     VmTest(vm::VmArgs),
 }
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::test(args),
         Task::Bench(args) => bench::bench(args),
         Task::VmTest(args) => vm::vm_test(args),
+        Task::HelmDocs => helm_docs::helm_docs(),
         Task::Demo(args) => demo::demo(args),
         Task::Exercise(args) => demo::exercise(args),
     }
