@@ -368,3 +368,26 @@ pub fn read_spans(dir: &Path) -> Vec<SpanRecord> {
     }
     out
 }
+
+/// The capabilities the agent's chart grants (helm/loupe/values.yaml documents each one in the
+/// comment table above `securityContext`), e.g. `["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_PTRACE"]`.
+pub fn chart_capabilities() -> Vec<String> {
+    let values =
+        std::fs::read_to_string(root().join("helm/loupe/values.yaml")).expect("values.yaml");
+    let mut caps: Vec<String> = values
+        .lines()
+        .skip_while(|l| !l.contains("it gets the capabilities below"))
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| l.starts_with("#   "))
+        .filter_map(|l| l.trim_start_matches('#').split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_string)
+        .collect();
+    caps.sort();
+    caps.dedup();
+    assert!(
+        caps.len() >= 4,
+        "no capability table in helm/loupe/values.yaml"
+    );
+    caps
+}

@@ -162,27 +162,8 @@ fn strings(v: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// The capabilities values.yaml documents, from its comment block: `#   NAME   what needs it`.
 fn documented_capabilities() -> BTreeSet<String> {
-    let values = std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml");
-    let block: Vec<&str> = values
-        .lines()
-        .skip_while(|l| !l.contains("it gets the capabilities below"))
-        .take_while(|l| l.starts_with('#'))
-        .collect();
-    let caps: BTreeSet<String> = block
-        .iter()
-        .filter_map(|l| {
-            let word = l.trim_start_matches('#').split_whitespace().next()?;
-            (l.starts_with("#   ") && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-                .then(|| word.to_string())
-        })
-        .collect();
-    assert!(
-        caps.len() >= 4,
-        "no capability table in values.yaml: {block:?}"
-    );
-    caps
+    loupe_tests::chart_capabilities().into_iter().collect()
 }
 
 #[test]

@@ -1,0 +1,145 @@
+//! The capabilities the chart grants (helm/loupe/values.yaml) are the ones the agent needs: run
+//! with exactly that set, as the chart's container does (root in the container, every other
+//! capability out of the bounding set), the agent attaches its programs and profiles another user's
+//! process; with BPF or
+//! PERFMON missing it stops with one line naming it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use loupe_tests::{
+    Guard, agent_bin, chart_capabilities, inclusive_counts, infra::free_port, read_profiles,
+    require_root, wait_healthy, wait_with_deadline, workload,
+};
+
+/// `setpriv` arguments keeping only `caps` in the bounding set: a process of uid 0 then holds
+/// exactly those (what a container with `drop: [ALL]` and `add: caps` gets).
+fn bounding_set(caps: &[String]) -> String {
+    let mut arg = String::from("-all");
+    for c in caps {
+        arg.push_str(",+");
+        arg.push_str(&c.to_lowercase());
+    }
+    arg
+}
+
+/// Capability numbers from linux/capability.h.
+fn cap_number(name: &str) -> u32 {
+    match name {
+        "DAC_READ_SEARCH" => 2,
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("add {other} to cap_number"),
+    }
+}
+
+#[test]
+fn the_charts_capabilities_are_enough_to_profile_and_capture() {
+    require_root();
+    let caps = chart_capabilities();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let stderr_path = dir.path().join("agent.stderr");
+    let out_dir = dir.path().join("out");
+    let mut agent = Guard(
+        Command::new("setpriv")
+            .arg("--bounding-set")
+            .arg(bounding_set(&caps))
+            .arg(agent_bin())
+            .args([
+                "run",
+                "--profile-hz",
+                "99",
+                "--profile-interval",
+                "60s",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--output-dir",
+            ])
+            .arg(&out_dir)
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("setpriv (util-linux) runs the agent"),
+    );
+    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
+
+    // setpriv execs the agent: the child's pid is the agent's, holding exactly the chart's set.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).expect("status");
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("CapEff");
+    let want = caps.iter().fold(0u64, |m, c| m | 1 << cap_number(c));
+    assert_eq!(effective, want, "effective {effective:x}, chart {caps:?}");
+
+    let metrics = loupe_tests::http_get_raw(port, "/metrics");
+    assert!(
+        metrics.contains("loupe_attach_method{method=\"perf_event\",program=\"profiler\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("program=\"sockets\"} 1"),
+        "socket capture must attach with the chart's capabilities:\n{metrics}"
+    );
+
+    // Another user's process, as containers' processes are to the agent: reading its maps and
+    // binary takes SYS_PTRACE and DAC_READ_SEARCH, not just being root.
+    let ran = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(workload("hot_c"))
+        .arg("1.5")
+        .status()
+        .expect("workload");
+    assert!(ran.success());
+    // SAFETY: kill has no memory effects; the pid is our own child, still running.
+    assert_eq!(
+        unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let exit = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(exit.success(), "{stderr}");
+    let profiles = read_profiles(&out_dir);
+    let (_, profile) = profiles
+        .iter()
+        .find(|(name, _)| name.starts_with("hot_c-"))
+        .unwrap_or_else(|| panic!("no hot_c profile:\n{stderr}"));
+    let counts = inclusive_counts(profile);
+    assert!(
+        counts.get("hot_alpha").copied().unwrap_or(0) > 20,
+        "symbolized with the chart's capabilities: {counts:?}"
+    );
+}
+
+#[test]
+fn a_missing_capability_is_named_in_one_line() {
+    require_root();
+    let caps = chart_capabilities();
+    for missing in ["BPF", "PERFMON"] {
+        let kept: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("setpriv")
+            .arg("--bounding-set")
+            .arg(bounding_set(&kept))
+            .arg(agent_bin())
+            .args(["run", "--duration", "5s", "--output-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("setpriv runs the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "ran without CAP_{missing}:\n{stderr}"
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("loupe-agent:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(&format!("CAP_{missing}")), "{stderr}");
+    }
+}
