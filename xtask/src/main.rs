@@ -12,6 +12,7 @@ mod python;
 mod setup;
 mod spans_read;
 mod test;
+mod tools;
 mod util;
 mod vm;
 
@@ -29,7 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing needs (no-op when everything is there).
+    /// Install what building and testing needs (no-op when everything is there): Debian packages,
+    /// the kernel programs' toolchain, and the test tools (helm, kubernetes-validate, Grafana's
+    /// query grammars).
     Setup,
     /// Build the kernel programs and the release agent (target/release/loupe-agent).
     Build,
@@ -54,7 +57,10 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::setup(setup::Extras::Test),
+        Task::Setup => {
+            setup::setup(setup::Extras::Test)?;
+            tools::ensure_test_tools()
+        }
         Task::Build => build::build(setup::Extras::None),
         Task::Run { agent_args } => {
             if !util::is_root() {

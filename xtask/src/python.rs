@@ -1,31 +1,50 @@
-//! The Python environment of the network-span tests: a virtualenv under target/ with the real
-//! client libraries the test service uses (PyMySQL, redis-py), made once and reused.
+//! The Python environment of the tests: a virtualenv under target/ with the real client libraries
+//! the network-span test service uses (PyMySQL, redis-py) and kubernetes-validate (the Kubernetes
+//! API schemas the chart tests validate rendered manifests against), made once and reused.
 
 use std::{path::PathBuf, process::Command};
 
 use crate::util::{exec, root, step, succeeds};
 
-/// Packages the test service imports, pinned to major versions known to work.
-const PACKAGES: &[&str] = &["pymysql>=1.1,<2", "redis>=5,<9"];
+/// Packages the tests use, pinned to version ranges known to work. kubernetes-validate 1.37 ships
+/// the schemas of Kubernetes 1.25 to 1.37 (the chart is checked against 1.30 and 1.33); a release
+/// drops the oldest versions, hence the upper bound.
+const PACKAGES: &[&str] = &[
+    "pymysql>=1.1,<2",
+    "redis>=5,<9",
+    "kubernetes-validate>=1.37,<1.38",
+];
+
+fn venv() -> PathBuf {
+    root().join("target/pyenv")
+}
 
 /// The virtualenv's interpreter.
 pub fn python() -> PathBuf {
-    root().join("target/pyenv/bin/python")
+    venv().join("bin/python")
+}
+
+/// The virtualenv's `kubernetes-validate` command.
+pub fn kubernetes_validate() -> PathBuf {
+    venv().join("bin/kubernetes-validate")
+}
+
+fn complete() -> bool {
+    succeeds(Command::new(python()).args(["-c", "import pymysql, redis"]))
+        && succeeds(Command::new(kubernetes_validate()).arg("--version"))
 }
 
 pub fn ensure_test_env() -> anyhow::Result<()> {
-    let py = python();
-    if succeeds(Command::new(&py).args(["-c", "import pymysql, redis"])) {
+    if complete() {
         return Ok(());
     }
     step(
-        "creating the Python test environment (target/pyenv: PyMySQL, redis-py)",
+        "making the Python test environment (target/pyenv: PyMySQL, redis-py, kubernetes-validate)",
         || {
-            exec(
-                Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(root().join("target/pyenv")),
-            )?;
+            let py = python();
+            if !succeeds(Command::new(&py).arg("--version")) {
+                exec(Command::new("python3").args(["-m", "venv"]).arg(venv()))?;
+            }
             exec(
                 Command::new(&py)
                     .args([
@@ -36,7 +55,14 @@ pub fn ensure_test_env() -> anyhow::Result<()> {
                         "--disable-pip-version-check",
                     ])
                     .args(PACKAGES),
-            )
+            )?;
+            if !complete() {
+                anyhow::bail!(
+                    "target/pyenv still lacks a package after pip install ({}); remove target/pyenv and run `cargo xtask setup` again",
+                    PACKAGES.join(" ")
+                );
+            }
+            Ok(())
         },
     )
 }

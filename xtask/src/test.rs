@@ -32,6 +32,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     build(Extras::Test)?;
     build_workloads()?;
     crate::python::ensure_test_env()?;
+    crate::tools::ensure_test_tools()?;
     step("running every test (cargo test --workspace)", || {
         exec(
             Command::new("cargo")
@@ -41,7 +42,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
                 .args(&args.cargo_test_args)
                 .env("LOUPE_AGENT_BIN", agent_binary())
                 .env("LOUPE_WORKLOADS", root().join("target/workloads"))
-                .env("LOUPE_PYTHON", crate::python::python()),
+                .env("LOUPE_PYTHON", crate::python::python())
+                .envs(crate::tools::test_env()),
         )
     })?;
     if args.no_vm || !args.cargo_test_args.is_empty() {
