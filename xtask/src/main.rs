@@ -8,6 +8,7 @@ mod bench_parsers;
 mod build;
 mod demo;
 mod helm_docs;
+mod image;
 mod python;
 mod setup;
 mod spans_read;
@@ -49,6 +50,9 @@ enum Task {
     Demo(demo::DemoArgs),
     /// List, inject or verify a troubleshooting exercise of the demo shop.
     Exercise(demo::ExerciseArgs),
+    /// Build (and push) the container images with docker or podman: `cargo xtask image all
+    /// --registry R --tag T --push`.
+    Image(image::ImageArgs),
     /// Write docs/helm-values.md from the agent chart's documented values.
     HelmDocs,
     /// Boot the agent and its end-to-end tests on the EKS kernels (5.10, 6.1, 6.12) under QEMU.
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::bench(args),
         Task::VmTest(args) => vm::vm_test(args),
         Task::HelmDocs => helm_docs::helm_docs(),
+        Task::Image(args) => image::image(args),
         Task::Demo(args) => demo::demo(args),
         Task::Exercise(args) => demo::exercise(args),
     }

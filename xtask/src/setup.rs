@@ -152,8 +152,14 @@ fn link_toolchain() -> anyhow::Result<()> {
     )
 }
 
+/// Where `cargo install` puts bpf-linker: `$CARGO_HOME/bin` (the rust container images set
+/// CARGO_HOME), else `~/.cargo/bin`.
 pub fn bpf_linker() -> anyhow::Result<PathBuf> {
-    Ok(home()?.join(".cargo/bin/bpf-linker"))
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => home()?.join(".cargo"),
+    };
+    Ok(cargo_home.join("bin/bpf-linker"))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {

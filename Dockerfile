@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The agent's image: one binary with its eBPF object embedded, on a distroless base.
+# Build it with `cargo xtask image agent` (docker or podman; context: the repository root):
+#   docker build -t loupe-agent .
+#
+# The build stage is Debian 12, the system CI runs on, and runs the command CI builds with:
+# `cargo xtask build` installs Debian's Rust 1.96, LLVM 22 and bpf-linker for the kernel programs,
+# builds them, then the release agent (xtask/src/build.rs). Release CI should pin both base
+# images by digest.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target,id=loupe-agent-target \
+    cargo xtask build \
+    && install -D -m 0755 target/release/loupe-agent /out/loupe-agent
+
+# glibc, libgcc and nothing else: no shell, no package manager. The agent runs as uid 0 inside
+# the container because Kubernetes grants added capabilities to root only; the chart drops every
+# other capability and makes the root filesystem read-only (helm/loupe).
+FROM gcr.io/distroless/cc-debian12
+LABEL org.opencontainers.image.title="loupe-agent" \
+      org.opencontainers.image.description="Loupe: eBPF CPU profiles, network spans and logs, correlated for Grafana" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /out/loupe-agent /usr/bin/loupe-agent
+ENTRYPOINT ["/usr/bin/loupe-agent"]
+CMD ["run"]
