@@ -50,6 +50,9 @@ enum Task {
     Demo(demo::DemoArgs),
     /// List, inject or verify a troubleshooting exercise of the demo shop.
     Exercise(demo::ExerciseArgs),
+    /// Run every dashboard and alert-rule PromQL expression against a real Prometheus scraping the
+    /// agent, MySQL and Redis exporters while the demo shop is under load.
+    DashboardsCheck(demo::queries::DashboardsCheckArgs),
     /// Build (and push) the container images with docker or podman: `cargo xtask image all
     /// --registry R --tag T --push`.
     Image(image::ImageArgs),
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Task::VmTest(args) => vm::vm_test(args),
         Task::HelmDocs => helm_docs::helm_docs(),
         Task::Image(args) => image::image(args),
+        Task::DashboardsCheck(args) => demo::queries::dashboards_check(args),
         Task::Demo(args) => demo::demo(args),
         Task::Exercise(args) => demo::exercise(args),
     }

@@ -22,6 +22,7 @@
 mod checks;
 mod logs;
 mod profiles;
+pub mod queries;
 mod stack;
 #[cfg(test)]
 mod tests;

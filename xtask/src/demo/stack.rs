@@ -670,7 +670,7 @@ pub(super) fn agent_binary() -> PathBuf {
 }
 
 /// Finds a program on PATH or in the sbin directories (MariaDB's server lives in /usr/sbin).
-fn find_bin(name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn find_bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
