@@ -80,6 +80,9 @@ fn no_source_reason(expr: &str) -> Option<&'static str> {
     }
 }
 
+/// An expression, its series count or Prometheus's error, and the reason it may be empty here.
+type Outcome = (Query, Result<usize, String>, Option<&'static str>);
+
 /// One expression to run: where it comes from and the PromQL.
 #[derive(Debug, Clone, PartialEq)]
 struct Query {
@@ -330,7 +333,7 @@ pub fn dashboards_check(args: DashboardsCheckArgs) -> anyhow::Result<()> {
         loadgen_to_terminal: false,
     };
     let mut stack = Stack::start_databases(&opts)?;
-    let result = (|| -> anyhow::Result<Vec<(Query, Result<usize, String>, Option<&str>)>> {
+    let result = (|| -> anyhow::Result<Vec<Outcome>> {
         let gates = stack.spawn_services(&opts, true)?;
         let agent_port = free_port()?;
         let mut cmd = Command::new(agent_binary());
