@@ -507,6 +507,10 @@ fn bad_values_fail_with_the_key_named() {
         ("securityContext.capabilities=ALL", "capabilities"),
         ("image.repository=", "/image/repository"),
         (
+            "prometheusRule.runbookBaseUrl=docs/runbooks.md",
+            "/prometheusRule/runbookBaseUrl",
+        ),
+        (
             "serviceMonitor.enabled=true,podMonitor.enabled=true",
             "serviceMonitor.enabled and podMonitor.enabled",
         ),
@@ -583,6 +587,33 @@ fn prometheus_rule_is_the_rules_files_with_thresholds_from_values() {
                 .as_str()
                 .is_some_and(|u| u.contains("docs/runbooks.md#"))
     }));
+
+    // Runbook links follow prometheusRule.runbookBaseUrl, anchors kept.
+    let docs = render(&[
+        "--set".into(),
+        "prometheusRule.enabled=true,\
+         prometheusRule.runbookBaseUrl=https://wiki.example.internal/loupe/runbooks/"
+            .into(),
+    ]);
+    let moved = alerts(
+        one(&docs, "PrometheusRule")["spec"]["groups"]
+            .as_sequence()
+            .expect("groups"),
+    );
+    for (a, original) in moved.iter().zip(&shipped) {
+        let url = a["annotations"]["runbook_url"]
+            .as_str()
+            .expect("runbook_url");
+        let anchor = original["annotations"]["runbook_url"]
+            .as_str()
+            .and_then(|u| u.split_once('#'))
+            .map(|(_, anchor)| anchor)
+            .expect("an anchor");
+        assert_eq!(
+            url,
+            format!("https://wiki.example.internal/loupe/runbooks#{anchor}")
+        );
+    }
 
     // The defaults in values.yaml are the plain file's thresholds.
     let docs = render(&["--set".into(), "prometheusRule.enabled=true".into()]);
