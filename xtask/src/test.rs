@@ -53,6 +53,30 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     crate::vm::vm_test(crate::vm::VmArgs::default())
 }
 
+/// `name` split as distributions ship binaries: `stripped` without a symbol table, linking to
+/// `.debug/<stripped>.debug` beside it (what `objcopy --only-keep-debug` keeps).
+fn split_debug_info(dir: &std::path::Path, name: &str, stripped: &str) -> anyhow::Result<()> {
+    let debug_dir = dir.join(".debug");
+    std::fs::create_dir_all(&debug_dir)?;
+    let debug = debug_dir.join(format!("{stripped}.debug"));
+    let bin = dir.join(stripped);
+    exec(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(dir.join(name))
+            .arg(&debug),
+    )?;
+    exec(
+        Command::new("objcopy")
+            .args([
+                "--strip-all",
+                &format!("--add-gnu-debuglink={}", debug.display()),
+            ])
+            .arg(dir.join(name))
+            .arg(&bin),
+    )
+}
+
 /// The profiler's test workloads: a C and a Rust program with two known hot functions, and a C
 /// HTTP server with a known function per request (correlation), built with frame pointers.
 pub fn build_workloads() -> anyhow::Result<()> {
@@ -91,7 +115,8 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 ])
                 .arg(out.join("hot_rs"))
                 .arg(src.join("hot.rs")),
-        )
+        )?;
+        split_debug_info(&out, "hot_c", "hot_c_stripped")
     })?;
     crate::bench_net::build_server().map(drop)
 }

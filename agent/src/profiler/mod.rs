@@ -6,6 +6,7 @@
 //! maps, symbolizes). Neither ever waits on an exporter: batches are handed over with `try_submit`.
 
 mod assemble;
+mod debug_file;
 mod procs;
 mod symbolize;
 

@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::Read,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Weak},
     time::Instant,
 };
@@ -35,6 +35,8 @@ pub struct BinaryFile {
     pub path: String,
     /// GNU build id, lowercase hex.
     pub build_id: Option<String>,
+    /// A stripped binary's separate debug file, where its symbols are.
+    pub debug: Option<super::debug_file::DebugFile>,
 }
 
 /// One executable mapping of a process.
@@ -274,12 +276,17 @@ impl ProcessTable {
             .ok()
             .flatten()
             .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let debug = super::debug_file::find(Path::new(&format!("/proc/{pid}/root")), clean, &file);
+        if let Some(d) = &debug {
+            tracing::debug!(binary = clean, debug_file = %d.found_at.display(), "symbols from a separate debug file");
+        }
         let binary = Arc::new(BinaryFile {
             key,
             _file: file,
             symbolize_path,
             path: clean.to_string(),
             build_id,
+            debug,
         });
         self.binaries.insert(key, Arc::downgrade(&binary));
         Some(binary)

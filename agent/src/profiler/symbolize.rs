@@ -96,12 +96,25 @@ impl Symbolizer {
         missing.dedup();
         self.stats.cache_misses += missing.len() as u64;
         if !missing.is_empty() {
-            let mut elf = Elf::new(&binary.symbolize_path);
-            elf.debug_syms = self.debuginfo;
-            let src = Source::Elf(elf);
-            let resolved = self
-                .inner
-                .symbolize(&src, symbolize::Input::FileOffset(&missing));
+            let resolved = match &binary.debug {
+                // A stripped binary with a debug file: its symbols, at virtual offsets.
+                Some(debug) => {
+                    let virt: Vec<u64> = missing
+                        .iter()
+                        .map(|o| debug.virt_offset(*o).unwrap_or(u64::MAX))
+                        .collect();
+                    let mut elf = Elf::new(&debug.symbolize_path);
+                    elf.debug_syms = self.debuginfo;
+                    self.inner
+                        .symbolize(&Source::Elf(elf), symbolize::Input::VirtOffset(&virt))
+                }
+                None => {
+                    let mut elf = Elf::new(&binary.symbolize_path);
+                    elf.debug_syms = self.debuginfo;
+                    self.inner
+                        .symbolize(&Source::Elf(elf), symbolize::Input::FileOffset(&missing))
+                }
+            };
             let module = short_name(&binary.path);
             match resolved {
                 Ok(symbols) => {
