@@ -289,7 +289,16 @@ impl Sink<ProfileBatch> for PyroscopeSink {
                         return report;
                     }
                 };
+            // Once a push cannot reach the backend (connection refused, no DNS, timeouts) after
+            // its retries, the batch's other services are not tried: each would wait out the
+            // same retries, and a silent backend would hold the exporter for minutes per
+            // interval. They are counted as failed.
+            let mut unreachable = false;
             for (service, body) in bodies {
+                if unreachable {
+                    report.items_failed += 1;
+                    continue;
+                }
                 let body = match body {
                     Ok(b) => b,
                     Err(e) => {
@@ -307,6 +316,7 @@ impl Sink<ProfileBatch> for PyroscopeSink {
                         report.bytes_sent += len;
                     }
                     Err(e) => {
+                        unreachable = matches!(e, PushError::Transport { .. });
                         report.items_failed += 1;
                         report.errors.push(SinkError::from(e));
                     }

@@ -292,6 +292,40 @@ async fn retries_connection_errors() {
     assert_eq!(*attempts, 2);
 }
 
+#[tokio::test]
+async fn an_unreachable_backend_fails_the_rest_of_the_batch_without_waiting_each_out() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = PyroscopeConfig {
+        max_retries: 1,
+        ..fast_config(format!("http://{addr}"))
+    };
+    let sink = PyroscopeSink::new(config, vec![]).unwrap();
+    let services = ["a", "b", "c", "d"].map(|n| service(n, &[], 1)).to_vec();
+    let report = sink.export(batch(services)).await;
+    // One push tried (with its retry), the three others counted failed without a connection.
+    assert_eq!((report.items_failed, report.retries), (4, 1));
+    assert_eq!(report.errors.len(), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_push_does_not_stop_the_others() {
+    // 400 for the first service (its data is at fault, not the backend), 200 for the rest.
+    let script = vec![
+        (400, vec![], "bad profile".into()),
+        (200, vec![], String::new()),
+        (200, vec![], String::new()),
+    ];
+    let mut rx = Receiver::start(script).await;
+    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
+    let services = ["a", "b", "c"].map(|n| service(n, &[], 1)).to_vec();
+    let report = sink.export(batch(services)).await;
+    assert_eq!((report.items_failed, report.items_exported), (1, 2));
+    assert_eq!(rx.drain().len(), 3);
+}
+
 #[test]
 fn rejects_bad_configs() {
     let new = |c: PyroscopeConfig| PyroscopeSink::new(c, vec![]).map(|_| ());
