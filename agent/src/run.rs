@@ -46,8 +46,9 @@ const EXPORT_QUEUE: usize = 4;
 const TRACE_QUEUE: usize = loupe_collector::export::DEFAULT_QUEUE_CAPACITY;
 /// Log batches waiting for each log sink at most.
 const LOG_QUEUE: usize = 4;
-/// How long shutdown waits for sinks to flush.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long shutdown waits for sinks to flush (all signals at once): well inside Kubernetes' default
+/// 30 s termination grace period.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -213,12 +214,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow!("drain thread: {e}"))?
             .map_err(|_| anyhow!("the drain thread panicked"))?;
-        if let Err(e) = exporter.shutdown(FLUSH_TIMEOUT).await {
-            tracing::warn!("not every sink flushed: {e}");
-        }
-        if let Some(network) = network {
-            network.shutdown().await;
-        }
+        // Profiles, spans and logs flush side by side, so that stopping takes one flush deadline
+        // at most, inside Kubernetes' default 30 s grace period, however many backends are down.
+        let profiles = async {
+            if let Err(e) = exporter.shutdown(FLUSH_TIMEOUT).await {
+                tracing::warn!("not every sink flushed: {e}");
+            }
+        };
+        let network = async {
+            if let Some(network) = network {
+                network.shutdown().await;
+            }
+        };
+        tokio::join!(profiles, network);
         Ok::<(), anyhow::Error>(())
     })
 }

@@ -391,3 +391,18 @@ pub fn chart_capabilities() -> Vec<String> {
     );
     caps
 }
+
+/// The `span_server` workload (a thread-per-connection HTTP server logging inside each request)
+/// on a free loopback port, listening; killed when the guard drops.
+pub fn span_server() -> (Guard, u16) {
+    let port = infra::free_port();
+    let server = Guard(
+        Command::new(workload("span_server"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start span_server"),
+    );
+    wait_port(port, Duration::from_secs(10));
+    (server, port)
+}

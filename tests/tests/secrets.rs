@@ -14,7 +14,7 @@ use std::{
 
 use loupe_tests::{
     Guard, agent_bin, infra::free_port, infra::infra, read_spans, require_root, wait_healthy,
-    wait_port, wait_with_deadline, workload,
+    wait_with_deadline,
 };
 
 const SECRETS: [&str; 7] = [
@@ -60,15 +60,7 @@ fn no_secret_byte_leaves_the_node() {
     );
     wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
 
-    let http_port = free_port();
-    let _server = Guard(
-        Command::new(workload("span_server"))
-            .arg(http_port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("span_server"),
-    );
-    wait_port(http_port, Duration::from_secs(10));
+    let (_server, http_port) = loupe_tests::span_server();
     let curl = |args: &[&str]| {
         let ok = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "--max-time", "10"])
