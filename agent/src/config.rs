@@ -78,6 +78,15 @@ pub struct CliOptions {
         hide_env_values = true
     )]
     pub pyroscope_token: Option<String>,
+    /// File holding the bearer token for Pyroscope, read again when it changes (a mounted
+    /// Kubernetes Secret rotates without a restart).
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub pyroscope_token_file: Option<PathBuf>,
     /// Tenant sent as `X-Scope-OrgID`.
     #[arg(
         long,
@@ -152,6 +161,14 @@ pub struct CliOptions {
         hide_env_values = true
     )]
     pub loki_token: Option<String>,
+    /// File holding the bearer token for Loki, read again when it changes.
+    #[arg(
+        long,
+        env = "LOUPE_LOKI_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub loki_token_file: Option<PathBuf>,
     /// Tenant sent to Loki as `X-Scope-OrgID`.
     #[arg(long, env = "LOUPE_LOKI_TENANT", global = true, value_name = "TENANT")]
     pub loki_tenant: Option<String>,
@@ -190,6 +207,7 @@ struct FileOptions {
     pyroscope_user: Option<String>,
     pyroscope_password: Option<String>,
     pyroscope_token: Option<String>,
+    pyroscope_token_file: Option<PathBuf>,
     pyroscope_tenant: Option<String>,
     network_spans: Option<bool>,
     capture_bytes: Option<u32>,
@@ -206,6 +224,7 @@ struct FileOptions {
     loki_user: Option<String>,
     loki_password: Option<String>,
     loki_token: Option<String>,
+    loki_token_file: Option<PathBuf>,
     loki_tenant: Option<String>,
     duration: Option<String>,
     pid: Option<Vec<u32>>,
@@ -271,6 +290,8 @@ pub struct PushOptions {
     pub url: String,
     pub basic_auth: Option<(String, String)>,
     pub bearer_token: Option<String>,
+    /// A file holding the bearer token, read again when it changes.
+    pub bearer_token_file: Option<PathBuf>,
     pub tenant_id: Option<String>,
 }
 
@@ -358,6 +379,9 @@ impl Config {
             cli.pyroscope_user.clone().or(file.pyroscope_user),
             cli.pyroscope_password.clone().or(file.pyroscope_password),
             cli.pyroscope_token.clone().or(file.pyroscope_token),
+            cli.pyroscope_token_file
+                .clone()
+                .or(file.pyroscope_token_file),
             cli.pyroscope_tenant.clone().or(file.pyroscope_tenant),
         )?;
         let loki = push_options(
@@ -366,6 +390,7 @@ impl Config {
             cli.loki_user.clone().or(file.loki_user),
             cli.loki_password.clone().or(file.loki_password),
             cli.loki_token.clone().or(file.loki_token),
+            cli.loki_token_file.clone().or(file.loki_token_file),
             cli.loki_tenant.clone().or(file.loki_tenant),
         )?;
         let kubernetes = kubernetes(
@@ -578,6 +603,7 @@ struct PushKeys {
     user: &'static str,
     password: &'static str,
     token: &'static str,
+    token_file: &'static str,
 }
 
 impl PushKeys {
@@ -586,12 +612,14 @@ impl PushKeys {
         user: "pyroscope_user",
         password: "pyroscope_password",
         token: "pyroscope_token",
+        token_file: "pyroscope_token_file",
     };
     const LOKI: PushKeys = PushKeys {
         url: "loki_url",
         user: "loki_user",
         password: "loki_password",
         token: "loki_token",
+        token_file: "loki_token_file",
     };
 }
 
@@ -603,6 +631,7 @@ fn push_options(
     user: Option<String>,
     password: Option<String>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     tenant: Option<String>,
 ) -> Result<Option<PushOptions>, ConfigError> {
     let Some(url) = url else { return Ok(None) };
@@ -638,10 +667,30 @@ fn push_options(
             "set either a bearer token or basic auth, not both",
         ));
     }
+    if token_file.is_some() && (token.is_some() || basic_auth.is_some()) {
+        return Err(invalid(
+            keys.token_file,
+            "set one of a bearer token file, a bearer token or basic auth",
+        ));
+    }
+    if let Some(path) = &token_file {
+        // Checked at start-up so that a typo is one clear line, not a failing sink.
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => {}
+            Ok(_) => {
+                return Err(invalid(
+                    keys.token_file,
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Err(e) => return Err(invalid(keys.token_file, format!("{}: {e}", path.display()))),
+        }
+    }
     Ok(Some(PushOptions {
         url,
         basic_auth,
         bearer_token: token,
+        bearer_token_file: token_file,
         tenant_id: tenant,
     }))
 }
@@ -871,6 +920,45 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_token_file_must_be_readable_and_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let mut o = cli();
+        o.loki_url = Some("http://loki:3100".into());
+        o.loki_token_file = Some(token.clone());
+        let key = |e: ConfigError| match e {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("{other}"),
+        };
+        // Missing, then empty: one error naming the key.
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        assert_eq!(key(e), "loki_token_file");
+        std::fs::write(&token, "\n").unwrap();
+        assert_eq!(
+            key(Config::merge(&o, FileOptions::default()).unwrap_err()),
+            "loki_token_file"
+        );
+        std::fs::write(&token, "secret\n").unwrap();
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert_eq!(c.loki.unwrap().bearer_token_file, Some(token.clone()));
+        // Not with another way to authenticate.
+        o.loki_token = Some("t".into());
+        assert_eq!(
+            key(Config::merge(&o, FileOptions::default()).unwrap_err()),
+            "loki_token_file"
+        );
+        // The same for Pyroscope, from the TOML file.
+        let file: FileOptions = toml::from_str(&format!(
+            "pyroscope_url = \"http://p:4040\"\npyroscope_token_file = {:?}\n",
+            token.display().to_string()
+        ))
+        .unwrap();
+        let c = Config::merge(&cli(), file).unwrap();
+        assert_eq!(c.pyroscope.unwrap().bearer_token_file, Some(token));
     }
 
     #[test]

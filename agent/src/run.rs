@@ -120,6 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 PyroscopeConfig {
                     basic_auth: p.basic_auth.clone(),
                     bearer_token: p.bearer_token.clone(),
+                    bearer_token_file: p.bearer_token_file.clone(),
                     tenant_id: p.tenant_id.clone(),
                     ..PyroscopeConfig::new(p.url.clone())
                 },
@@ -406,6 +407,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
             user,
             password,
             token: loki.bearer_token.clone(),
+            token_file: loki.bearer_token_file.clone(),
             tenant: loki.tenant_id.clone(),
             ..LokiConfig::new(loki.url.clone())
         }) {

@@ -5,6 +5,7 @@
 //! reqwest is built with `rustls-no-provider`, so a client must always be handed a ready rustls
 //! config: building one without it would need a global provider. Use [`client_builder`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
 
 use crate::retry::Backoff;
+use crate::secret_file::SecretFile;
 
 /// A reqwest client builder with TLS ready. With `verify_with_system_roots`, server certificates
 /// are checked against the system's CA roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured);
@@ -61,6 +63,8 @@ pub struct PushSettings<'a> {
     pub basic_auth: Option<(String, String)>,
     /// Bearer token (`Authorization: Bearer …`); exclusive with `basic_auth`.
     pub bearer_token: Option<String>,
+    /// A file holding the bearer token, read again when it changes; exclusive with the others.
+    pub bearer_token_file: Option<PathBuf>,
     /// Tenant, sent as `X-Scope-OrgID`.
     pub tenant: Option<String>,
     /// Headers of every request (`Content-Type`, …).
@@ -97,10 +101,21 @@ pub enum HttpConfigError {
         scheme: String,
     },
     /// Both basic auth and a bearer token were configured.
-    #[error("{sink} basic auth and bearer token are exclusive; configure one")]
+    #[error("{sink} basic auth, bearer token and bearer token file are exclusive; configure one")]
     ConflictingAuth {
         /// The sink.
         sink: &'static str,
+    },
+    /// The bearer token file cannot be read, or is empty.
+    #[error("the {sink} bearer token file {path:?} cannot be used: {source}")]
+    TokenFile {
+        /// The sink.
+        sink: &'static str,
+        /// The file as configured.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A header value holds characters HTTP does not allow (line breaks, control characters).
     #[error("the {sink} {what} contains characters not allowed in an http header")]
@@ -162,6 +177,7 @@ pub struct PushClient {
     client: reqwest::Client,
     url: Url,
     basic_auth: Option<(String, String)>,
+    token_file: Option<SecretFile>,
     max_retries: u32,
     backoff: Backoff,
     sink: &'static str,
@@ -197,9 +213,26 @@ impl PushClient {
             s.path
         ))
         .map_err(|e| invalid(e.to_string()))?;
-        if s.basic_auth.is_some() && s.bearer_token.is_some() {
+        let auths = [
+            s.basic_auth.is_some(),
+            s.bearer_token.is_some(),
+            s.bearer_token_file.is_some(),
+        ];
+        if auths.iter().filter(|a| **a).count() > 1 {
             return Err(HttpConfigError::ConflictingAuth { sink });
         }
+        let token_file = match &s.bearer_token_file {
+            Some(path) => {
+                Some(
+                    SecretFile::open(path).map_err(|source| HttpConfigError::TokenFile {
+                        sink,
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
 
         let mut headers = HeaderMap::new();
         if let Some(token) = &s.bearer_token {
@@ -250,6 +283,7 @@ impl PushClient {
             client,
             url,
             basic_auth: s.basic_auth,
+            token_file,
             max_retries: s.max_retries,
             backoff: s.backoff,
             sink,
@@ -274,6 +308,10 @@ impl PushClient {
             let mut request = self.client.post(self.url.clone()).body(body.clone());
             if let Some((user, pass)) = &self.basic_auth {
                 request = request.basic_auth(user, Some(pass));
+            }
+            if let Some(token) = &self.token_file {
+                // reqwest marks the header sensitive.
+                request = request.bearer_auth(token.current());
             }
             let can_retry = attempt <= self.max_retries;
             let retries = u64::from(attempt - 1);

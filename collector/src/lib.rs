@@ -23,6 +23,7 @@ pub mod otlp;
 pub mod pprof;
 pub mod profile;
 pub mod retry;
+pub mod secret_file;
 pub mod sink;
 pub mod telemetry;
 pub mod traces;

@@ -71,6 +71,8 @@ pub struct LokiConfig {
     pub password: Option<String>,
     /// Bearer token (`Authorization: Bearer …`); exclusive with basic auth.
     pub token: Option<String>,
+    /// A file holding the bearer token, read again when it changes.
+    pub token_file: Option<std::path::PathBuf>,
     /// Tenant, sent as `X-Scope-OrgID`.
     pub tenant: Option<String>,
     /// Timeout of one request.
@@ -95,6 +97,7 @@ impl LokiConfig {
             user: None,
             password: None,
             token: None,
+            token_file: None,
             tenant: None,
             timeout: DEFAULT_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
@@ -114,6 +117,7 @@ impl fmt::Debug for LokiConfig {
             .field("user", &self.user)
             .field("password", &redacted(&self.password))
             .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
             .field("tenant", &self.tenant)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
@@ -247,6 +251,7 @@ impl LokiSink {
             path: PUSH_PATH,
             basic_auth,
             bearer_token: config.token,
+            bearer_token_file: config.token_file,
             tenant: config.tenant,
             headers: &[("content-type", "application/x-protobuf")],
             timeout: config.timeout,

@@ -50,6 +50,8 @@ pub struct PyroscopeConfig {
     pub basic_auth: Option<(String, String)>,
     /// Bearer token (`Authorization: Bearer …`); exclusive with `basic_auth`.
     pub bearer_token: Option<String>,
+    /// A file holding the bearer token, read again when it changes.
+    pub bearer_token_file: Option<std::path::PathBuf>,
     /// Tenant, sent as `X-Scope-OrgID`.
     pub tenant_id: Option<String>,
     /// Timeout of one request.
@@ -69,6 +71,7 @@ impl PyroscopeConfig {
             url: url.into(),
             basic_auth: None,
             bearer_token: None,
+            bearer_token_file: None,
             tenant_id: None,
             timeout: DEFAULT_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
@@ -97,6 +100,7 @@ impl fmt::Debug for PyroscopeConfig {
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("bearer_token_file", &self.bearer_token_file)
             .field("tenant_id", &self.tenant_id)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
@@ -177,6 +181,7 @@ impl PyroscopeSink {
             path: PUSH_PATH,
             basic_auth: config.basic_auth,
             bearer_token: config.bearer_token,
+            bearer_token_file: config.bearer_token_file,
             tenant: config.tenant_id,
             headers: &[
                 ("content-type", "application/proto"),

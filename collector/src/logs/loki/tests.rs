@@ -306,7 +306,8 @@ fn rejects_bad_configs_and_redacts_secrets() {
     })
     .unwrap_err();
     assert!(
-        err.to_string().contains("loki basic auth and bearer token"),
+        err.to_string()
+            .contains("loki basic auth, bearer token and bearer token file"),
         "{err}"
     );
     let err = new(LokiConfig::new("ftp://loki")).unwrap_err();

@@ -175,6 +175,60 @@ async fn basic_auth_and_path_prefix() {
 }
 
 #[tokio::test]
+async fn a_token_file_is_read_again_when_it_is_rotated() {
+    let dir = crate::test_util::TempDir::new("pyroscope-token");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "token-one\n").unwrap();
+    let mut rx = Receiver::start(vec![]).await;
+    let config = PyroscopeConfig {
+        bearer_token_file: Some(path.clone()),
+        ..fast_config(rx.url())
+    };
+    let sink = PyroscopeSink::new(config, vec![]).unwrap();
+    assert!(format!("{sink:?}").contains("token") && !format!("{sink:?}").contains("token-one"));
+    assert!(
+        sink.export(batch(vec![service("a", &[], 1)]))
+            .await
+            .is_success()
+    );
+    // As Kubernetes rotates a mounted Secret: a new file renamed over the old one.
+    let next = dir.path().join("token.next");
+    std::fs::write(&next, "token-two-rotated").unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    assert!(
+        sink.export(batch(vec![service("a", &[], 1)]))
+            .await
+            .is_success()
+    );
+    let got = rx.drain();
+    assert_eq!(got[0].headers["authorization"], "Bearer token-one");
+    assert_eq!(got[1].headers["authorization"], "Bearer token-two-rotated");
+
+    // Missing at start-up: a configuration error naming the file.
+    let err = PyroscopeSink::new(
+        PyroscopeConfig {
+            bearer_token_file: Some(dir.path().join("absent")),
+            ..fast_config(rx.url())
+        },
+        vec![],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("absent"), "{err}");
+    // Exclusive with the other ways to authenticate.
+    assert!(
+        PyroscopeSink::new(
+            PyroscopeConfig {
+                bearer_token_file: Some(path),
+                bearer_token: Some("x".into()),
+                ..fast_config(rx.url())
+            },
+            vec![],
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
 async fn retries_503_then_succeeds_and_counts_the_retry() {
     let mut rx = Receiver::start(vec![(503, vec![], "overloaded".into())]).await;
     let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
