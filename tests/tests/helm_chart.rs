@@ -398,8 +398,19 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
     for (name, extra) in cases {
         let docs = render(&extra);
         let toml = config_toml(&docs);
+        // The token Secrets, as the kubelet mounts them: a file per backend.
+        let secrets = dir.path().join("secrets");
+        for backend in ["loki", "pyroscope"] {
+            std::fs::create_dir_all(secrets.join(backend)).expect("mkdir");
+            std::fs::write(secrets.join(backend).join("token"), "from-the-secret\n")
+                .expect("write");
+        }
         let path = dir.path().join("loupe.toml");
-        std::fs::write(&path, &toml).expect("write");
+        std::fs::write(
+            &path,
+            toml.replace("/var/run/secrets/loupe", &secrets.display().to_string()),
+        )
+        .expect("write");
         // `doctor` reads the configuration as `run` does and exits 2 on any bad key or value.
         let mut agent = Command::new(loupe_tests::agent_bin());
         agent
@@ -455,13 +466,39 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
                     secret("LOUPE_LOKI_PASSWORD"),
                     Some(serde_yaml::from_str("{name: loki-auth, key: password}").expect("yaml"))
                 );
-                assert_eq!(
-                    secret("LOUPE_PYROSCOPE_TOKEN"),
-                    Some(serde_yaml::from_str("{name: pyro-auth, key: token}").expect("yaml"))
+                // Tokens are mounted files (rotated without a restart), not variables.
+                assert_eq!(secret("LOUPE_PYROSCOPE_TOKEN"), None);
+                assert!(
+                    toml.lines().any(|l| l
+                        == "pyroscope_token_file = \"/var/run/secrets/loupe/pyroscope/token\"")
+                );
+                let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
+                let volume = pod["volumes"]
+                    .as_sequence()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| v["name"] == "pyroscope-token")
+                    .expect("the token volume");
+                assert_eq!(volume["secret"]["secretName"], "pyro-auth");
+                assert_eq!(volume["secret"]["items"][0]["key"], "token");
+                assert_eq!(volume["secret"]["items"][0]["path"], "token");
+                let mount = agent_container(&docs)["volumeMounts"]
+                    .as_sequence()
+                    .expect("mounts")
+                    .iter()
+                    .find(|m| m["name"] == "pyroscope-token")
+                    .expect("the token mount")
+                    .clone();
+                assert_eq!(mount["mountPath"], "/var/run/secrets/loupe/pyroscope");
+                assert_eq!(mount["readOnly"], Value::Bool(true));
+                assert!(
+                    mount["subPath"].is_null(),
+                    "a subPath mount is never updated"
                 );
                 assert!(toml.contains("loki_user = \"loupe\"") && toml.contains("loki_tenant"));
+                // Secrets by reference: no password or token value in the ConfigMap.
                 assert!(
-                    !toml.contains("password") && !toml.contains("token"),
+                    !toml.contains("password") && !toml.contains("from-the-secret"),
                     "{toml}"
                 );
             }

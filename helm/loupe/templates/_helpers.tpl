@@ -99,6 +99,11 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- with $e.loki.user }}{{ $_ := set $cfg "loki_user" . }}{{ end -}}
 {{- with $e.pyroscope.tenant }}{{ $_ := set $cfg "pyroscope_tenant" . }}{{ end -}}
 {{- with $e.pyroscope.user }}{{ $_ := set $cfg "pyroscope_user" . }}{{ end -}}
+{{- range $backend := list "loki" "pyroscope" }}
+{{- if (index $e $backend).tokenSecret }}
+{{- $_ := set $cfg (printf "%s_token_file" $backend) (printf "%s/%s/token" (include "loupe.tokenDir" $) $backend) }}
+{{- end }}
+{{- end -}}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $a.extraConfig) -}}
 # Rendered by the Loupe chart from its values; keys are `loupe-agent run` long flags with `_`.
 {{- range $key, $value := $cfg }}
@@ -122,11 +127,10 @@ win. Keys come out sorted (range over a dict), one per line.
 {{/* Env vars of the exporters' credentials, from Secret references {name, key}. */}}
 {{- define "loupe.credentialEnv" -}}
 {{- $e := .Values.exporters -}}
+{{- /* Tokens are mounted as files instead (loupe.tokenVolumes): rotated without a restart. */}}
 {{- $refs := list
   (list "LOUPE_LOKI_PASSWORD" $e.loki.passwordSecret)
-  (list "LOUPE_LOKI_TOKEN" $e.loki.tokenSecret)
   (list "LOUPE_PYROSCOPE_PASSWORD" $e.pyroscope.passwordSecret)
-  (list "LOUPE_PYROSCOPE_TOKEN" $e.pyroscope.tokenSecret)
 -}}
 {{- range $refs }}
 {{- $ref := index . 1 }}
@@ -160,4 +164,36 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- if and .Values.securityContext.privileged .Values.securityContext.seLinuxOptions -}}
 {{- fail "securityContext.seLinuxOptions has no effect with securityContext.privileged (containerd drops SELinux options of privileged containers): set privileged to false" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Where bearer-token Secrets are mounted, one folder per backend. */}}
+{{- define "loupe.tokenDir" -}}
+/var/run/secrets/loupe
+{{- end -}}
+
+{{/*
+Volumes of the bearer-token Secrets: the whole folder is mounted (not a subPath), so the kubelet
+updates it when the Secret is rotated and the agent reads the new token.
+*/}}
+{{- define "loupe.tokenVolumes" -}}
+{{- range $backend := list "loki" "pyroscope" }}
+{{- with (index $.Values.exporters $backend).tokenSecret }}
+- name: {{ $backend }}-token
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: token
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "loupe.tokenMounts" -}}
+{{- range $backend := list "loki" "pyroscope" }}
+{{- if (index $.Values.exporters $backend).tokenSecret }}
+- name: {{ $backend }}-token
+  mountPath: {{ include "loupe.tokenDir" $ }}/{{ $backend }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end -}}
