@@ -191,6 +191,18 @@ pub struct CliOptions {
     /// (`256MiB`, `256Mi`, `1GiB`; `M`/`G` are powers of 1000, as in Kubernetes) [default: 256MiB].
     #[arg(long, env = "LOUPE_MEMORY_LIMIT", global = true, value_name = "SIZE")]
     pub memory_limit: Option<String>,
+    /// A debuginfod server for the debug files of stripped binaries that have none installed,
+    /// e.g. `https://debuginfod.debian.net` (opt-in: build ids leave the node) [default: none].
+    #[arg(long, env = "LOUPE_DEBUGINFOD_URL", global = true, value_name = "URL")]
+    pub debuginfod_url: Option<String>,
+    /// Disk the debuginfod cache (under the output directory) may use [default: 256MiB].
+    #[arg(
+        long,
+        env = "LOUPE_DEBUGINFOD_CACHE_SIZE",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub debuginfod_cache_size: Option<String>,
 }
 
 /// The same options as read from the TOML file.
@@ -230,6 +242,8 @@ struct FileOptions {
     pid: Option<Vec<u32>>,
     metrics_addr: Option<String>,
     memory_limit: Option<SizeValue>,
+    debuginfod_url: Option<String>,
+    debuginfod_cache_size: Option<SizeValue>,
 }
 
 /// A size in the TOML file: a number of bytes or a string with a unit.
@@ -273,7 +287,12 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Bytes of resident memory plus kernel maps the agent stays under.
     pub memory_limit: u64,
+    /// debuginfod server for stripped binaries' debug files, and its cache's size.
+    pub debuginfod: Option<(String, u64)>,
 }
+
+/// Default disk of the debuginfod cache.
+pub const DEFAULT_DEBUGINFOD_CACHE: u64 = 256 << 20;
 
 /// Default memory bound: the kernel maps take about 60 MiB, the agent's resident memory peaked at
 /// 75 MiB under saturating load (see README's benchmark figures).
@@ -496,6 +515,37 @@ impl Config {
             ));
         }
 
+        let debuginfod = match cli.debuginfod_url.clone().or(file.debuginfod_url) {
+            None => None,
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_string();
+                let host = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        "debuginfod_url",
+                        format!("{url:?}: must be an http:// or https:// URL"),
+                    ));
+                }
+                let cache = match cli
+                    .debuginfod_cache_size
+                    .clone()
+                    .map(SizeValue::Text)
+                    .or(file.debuginfod_cache_size)
+                {
+                    None => DEFAULT_DEBUGINFOD_CACHE,
+                    Some(SizeValue::Bytes(n)) => n,
+                    Some(SizeValue::Text(text)) => parse_size(&text)
+                        .map_err(|message| invalid("debuginfod_cache_size", message))?,
+                };
+                if cache < 1 << 20 {
+                    return Err(invalid("debuginfod_cache_size", "must be at least 1MiB"));
+                }
+                Some((url, cache))
+            }
+        };
+
         // Loki push and OTLP usually end in the same Loki: one path by default.
         let otlp_logs = match cli.otlp_logs.or(file.otlp_logs) {
             Some(true) if otlp_endpoint.is_none() => {
@@ -540,6 +590,7 @@ impl Config {
             pids,
             metrics_addr,
             memory_limit,
+            debuginfod,
         })
     }
 }

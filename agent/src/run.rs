@@ -180,6 +180,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             tokio::spawn(server.run());
         }
 
+        // Opt-in: debug files of stripped binaries from a debuginfod server, fetched off the
+        // drain thread.
+        let debuginfod = config.debuginfod.as_ref().and_then(|(url, cap)| {
+            match crate::profiler::debuginfod::Debuginfod::start(
+                url,
+                config.output_dir.join("debuginfod"),
+                *cap,
+                &registry,
+            ) {
+                Ok(d) => {
+                    tracing::info!(%url, "stripped binaries without a debug file: asking debuginfod");
+                    Some(d)
+                }
+                Err(e) => {
+                    tracing::warn!("debuginfod off: {e:#}");
+                    None
+                }
+            }
+        });
+
         // The drainer owns the profiler on a thread of its own: draining and symbolizing are
         // blocking work, and exporters must never slow them down (try_submit never waits).
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -191,6 +211,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .spawn(move || {
                 let mut profiler = profiler;
                 let mut symbolizer = Symbolizer::new(MAX_CACHED_ADDRESSES, debuginfo);
+                if let Some(d) = debuginfod {
+                    symbolizer = symbolizer.with_debuginfod(d);
+                }
                 let mut next = Instant::now() + interval;
                 loop {
                     let wait = next.saturating_duration_since(Instant::now());

@@ -25,7 +25,7 @@ const DEBUG_DIR: &str = "/usr/lib/debug";
 
 /// A load segment of the stripped binary: file range and the virtual address it maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Load {
+pub struct Load {
     offset: u64,
     size: u64,
     address: u64,
@@ -43,6 +43,23 @@ pub struct DebugFile {
 }
 
 impl DebugFile {
+    /// Opens `path` as the debug file of a stripped binary laid out as `loads`: it must be an ELF
+    /// file with a symbol table, and carry `build_id` when it has one.
+    pub fn open(path: &Path, loads: Vec<Load>, build_id: Option<&[u8]>) -> Option<Self> {
+        let file = File::open(path).ok()?;
+        let theirs = facts(&file)?;
+        let same_build = match (build_id, theirs.build_id.as_deref()) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (theirs.has_symtab && same_build).then(|| DebugFile {
+            symbolize_path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            _file: file,
+            found_at: path.to_path_buf(),
+            loads,
+        })
+    }
+
     /// The virtual offset of `file_offset` in the stripped binary: where the debug file's symbols
     /// are. `None` outside every load segment.
     pub fn virt_offset(&self, file_offset: u64) -> Option<u64> {
@@ -119,6 +136,13 @@ fn candidates(
     out
 }
 
+/// The load segments of `binary` when it is stripped (no symbol table), `None` otherwise: what a
+/// debug file fetched later needs.
+pub fn stripped_loads(binary: &File) -> Option<Vec<Load>> {
+    let own = facts(binary)?;
+    (!own.has_symtab).then_some(own.loads)
+}
+
 /// The debug file of a stripped binary, if one is installed in `root` (the process's root):
 /// `None` when the binary has its symbols, or no candidate is an ELF file with a symbol table
 /// and the binary's build id.
@@ -137,23 +161,8 @@ pub fn find(root: &Path, binary_path: &str, binary: &File) -> Option<DebugFile> 
         if path == root.join(binary_path.trim_start_matches('/')) {
             continue;
         }
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        let Some(theirs) = facts(&file) else {
-            continue;
-        };
-        let same_build = match (&own.build_id, &theirs.build_id) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        if theirs.has_symtab && same_build {
-            return Some(DebugFile {
-                symbolize_path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-                _file: file,
-                found_at: path,
-                loads: own.loads,
-            });
+        if let Some(found) = DebugFile::open(&path, own.loads.clone(), own.build_id.as_deref()) {
+            return Some(found);
         }
     }
     None

@@ -7,6 +7,7 @@
 
 mod assemble;
 mod debug_file;
+pub mod debuginfod;
 mod procs;
 mod symbolize;
 

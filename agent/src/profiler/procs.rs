@@ -37,6 +37,9 @@ pub struct BinaryFile {
     pub build_id: Option<String>,
     /// A stripped binary's separate debug file, where its symbols are.
     pub debug: Option<super::debug_file::DebugFile>,
+    /// A stripped binary without a local debug file: its load segments, for a debug file fetched
+    /// from debuginfod later.
+    pub stripped_loads: Option<Vec<super::debug_file::Load>>,
 }
 
 /// One executable mapping of a process.
@@ -280,6 +283,11 @@ impl ProcessTable {
         if let Some(d) = &debug {
             tracing::debug!(binary = clean, debug_file = %d.found_at.display(), "symbols from a separate debug file");
         }
+        let stripped_loads = if debug.is_none() {
+            super::debug_file::stripped_loads(&file)
+        } else {
+            None
+        };
         let binary = Arc::new(BinaryFile {
             key,
             _file: file,
@@ -287,6 +295,7 @@ impl ProcessTable {
             path: clean.to_string(),
             build_id,
             debug,
+            stripped_loads,
         });
         self.binaries.insert(key, Arc::downgrade(&binary));
         Some(binary)

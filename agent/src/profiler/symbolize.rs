@@ -13,6 +13,8 @@ use blazesym::{
 };
 use loupe_collector::profile::FrameLine;
 
+use super::debug_file::DebugFile;
+use super::debuginfod::Debuginfod;
 use super::procs::{BinaryFile, FileKey};
 
 /// The lines of one location: innermost inlined function first, the containing function last.
@@ -31,6 +33,10 @@ pub struct SymbolizerStats {
 
 pub struct Symbolizer {
     inner: symbolize::Symbolizer,
+    /// Debug files of stripped binaries fetched on demand, when configured.
+    debuginfod: Option<Arc<Debuginfod>>,
+    /// Debug files fetched from debuginfod and opened, by build id.
+    fetched: HashMap<String, Arc<DebugFile>>,
     /// Read DWARF (file, line, inlined functions) when present, not only ELF symbol tables.
     debuginfo: bool,
     user: HashMap<(FileKey, u64), Lines>,
@@ -46,12 +52,45 @@ impl Symbolizer {
     pub fn new(max_entries: usize, debuginfo: bool) -> Self {
         Symbolizer {
             inner: Self::fresh_inner(debuginfo),
+            debuginfod: None,
+            fetched: HashMap::new(),
             debuginfo,
             user: HashMap::new(),
             kernel: HashMap::new(),
             max_entries,
             stats: SymbolizerStats::default(),
         }
+    }
+
+    /// Fetches debug files of stripped binaries from `debuginfod` (used from a later interval on).
+    pub fn with_debuginfod(mut self, debuginfod: Arc<Debuginfod>) -> Self {
+        self.debuginfod = Some(debuginfod);
+        self
+    }
+
+    /// A stripped binary's debug file from debuginfod, once fetched; asks for it otherwise.
+    /// Also says whether one may still come (results are then not cached).
+    fn fetched_debug(&mut self, binary: &BinaryFile) -> (Option<Arc<DebugFile>>, bool) {
+        let (Some(d), Some(loads), Some(id)) =
+            (&self.debuginfod, &binary.stripped_loads, &binary.build_id)
+        else {
+            return (None, false);
+        };
+        if let Some(f) = self.fetched.get(id) {
+            return (Some(f.clone()), false);
+        }
+        d.request(id);
+        // Whether the fetch is still going, read before looking at the cache: a fetch writes
+        // its file before it counts as done, so "done" here means the file, if any, is there.
+        let pending = d.pending(id);
+        if let Some(path) = d.cached(id)
+            && let Some(f) = DebugFile::open(&path, loads.clone(), None)
+        {
+            let f = Arc::new(f);
+            self.fetched.insert(id.clone(), f.clone());
+            return (Some(f), false);
+        }
+        (None, pending)
     }
 
     fn fresh_inner(debuginfo: bool) -> symbolize::Symbolizer {
@@ -95,8 +134,15 @@ impl Symbolizer {
         missing.sort_unstable();
         missing.dedup();
         self.stats.cache_misses += missing.len() as u64;
+        let (fetched, pending) = if binary.debug.is_none() && !missing.is_empty() {
+            self.fetched_debug(binary)
+        } else {
+            (None, false)
+        };
+        // Resolved now but not cached while a debug file may still arrive.
+        let mut fresh: HashMap<u64, Lines> = HashMap::new();
         if !missing.is_empty() {
-            let resolved = match &binary.debug {
+            let resolved = match binary.debug.as_ref().or(fetched.as_deref()) {
                 // A stripped binary with a debug file: its symbols, at virtual offsets.
                 Some(debug) => {
                     let virt: Vec<u64> = missing
@@ -116,6 +162,7 @@ impl Symbolizer {
                 }
             };
             let module = short_name(&binary.path);
+            let mut results: Vec<(u64, Lines)> = Vec::with_capacity(missing.len());
             match resolved {
                 Ok(symbols) => {
                     for (offset, sym) in missing.iter().zip(symbols.iter()) {
@@ -123,24 +170,31 @@ impl Symbolizer {
                             self.stats.failures += 1;
                             unknown_in(module, *offset)
                         });
-                        self.user.insert((binary.key, *offset), lines);
+                        results.push((*offset, lines));
                     }
                 }
                 Err(e) => {
                     tracing::debug!(binary = %binary.path, error = %e, "symbolization failed");
                     self.stats.failures += missing.len() as u64;
                     for offset in &missing {
-                        self.user
-                            .insert((binary.key, *offset), unknown_in(module, *offset));
+                        results.push((*offset, unknown_in(module, *offset)));
                     }
+                }
+            }
+            for (offset, lines) in results {
+                if pending {
+                    fresh.insert(offset, lines);
+                } else {
+                    self.user.insert((binary.key, offset), lines);
                 }
             }
         }
         offsets
             .iter()
             .map(|o| {
-                self.user
-                    .get(&(binary.key, *o))
+                fresh
+                    .get(o)
+                    .or_else(|| self.user.get(&(binary.key, *o)))
                     .cloned()
                     .unwrap_or_else(|| unknown_in(short_name(&binary.path), *o))
             })
