@@ -99,6 +99,14 @@ fn scenarios() -> Vec<(&'static str, Vec<String>)> {
             "no backend",
             vec!["--set".into(), "exporters.mode=none".into()],
         ),
+        (
+            "debuginfod",
+            vec![
+                "--set".into(),
+                "agent.debuginfod.url=https://debuginfod.debian.net,agent.debuginfod.cacheSize=1Gi"
+                    .into(),
+            ],
+        ),
         ("AL2023", vec!["-f".into(), f("values-al2023.yaml")]),
         ("Bottlerocket", vec!["-f".into(), f("values-bottlerocket.yaml")]),
         (
@@ -444,6 +452,18 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
                 }
             }
             "no backend" => assert!(!toml.contains("_url") && !toml.contains("otlp"), "{toml}"),
+            "debuginfod" => {
+                assert!(toml.contains("debuginfod_cache_size = \"1Gi\""), "{toml}");
+                // The data volume holds the cache on top of the local sink's 256Mi.
+                let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
+                let data = pod["volumes"]
+                    .as_sequence()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| v["name"] == "data")
+                    .expect("data volume");
+                assert_eq!(data["emptyDir"]["sizeLimit"], "1280Mi");
+            }
             "extra config" => {
                 assert!(toml.lines().any(|l| l == "profile_hz = 49"), "{toml}");
                 assert!(
@@ -524,6 +544,7 @@ fn bad_values_fail_with_the_key_named() {
         ("agent.memoryLimit=256MB", "/agent/memoryLimit"),
         ("agent.memoryLimit=64Mi", "agent.memoryLimit"),
         ("agent.profileHz=0", "/agent/profileHz"),
+        ("agent.debuginfod.url=ftp://mirror", "/agent/debuginfod/url"),
         ("agent.profileHz=5000", "/agent/profileHz"),
         ("agent.kubernetes=maybe", "/agent/kubernetes"),
         ("agent.profileInteval=15s", "profileInteval"),

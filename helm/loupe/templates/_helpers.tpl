@@ -104,6 +104,10 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- $_ := set $cfg (printf "%s_token_file" $backend) (printf "%s/%s/token" (include "loupe.tokenDir" $) $backend) }}
 {{- end }}
 {{- end -}}
+{{- with $a.debuginfod.url }}
+{{- $_ := set $cfg "debuginfod_url" . }}
+{{- $_ := set $cfg "debuginfod_cache_size" $a.debuginfod.cacheSize }}
+{{- end -}}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $a.extraConfig) -}}
 # Rendered by the Loupe chart from its values; keys are `loupe-agent run` long flags with `_`.
 {{- range $key, $value := $cfg }}
@@ -144,11 +148,22 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- end }}
 {{- end -}}
 
+{{/* MiB of a size written with Mi or Gi (the schema allows only those). */}}
+{{- define "loupe.mib" -}}
+{{- if hasSuffix "Gi" . }}{{ mul (trimSuffix "Gi" . | int) 1024 }}{{ else }}{{ trimSuffix "Mi" . | int }}{{ end -}}
+{{- end -}}
+
+{{/* The data volume: the local sink's files, plus the debuginfod cache when it is on. */}}
+{{- define "loupe.dataSize" -}}
+{{- $mib := 256 -}}
+{{- if .Values.agent.debuginfod.url }}{{ $mib = add $mib (include "loupe.mib" .Values.agent.debuginfod.cacheSize | int) }}{{ end -}}
+{{ $mib }}Mi
+{{- end -}}
+
 {{/* Checks across values that the schema cannot express; included by the DaemonSet. */}}
 {{- define "loupe.validate" -}}
 {{- $m := .Values.agent.memoryLimit -}}
-{{- $mib := 0 -}}
-{{- if hasSuffix "Gi" $m }}{{ $mib = mul (trimSuffix "Gi" $m | int) 1024 }}{{ else }}{{ $mib = trimSuffix "Mi" $m | int }}{{ end -}}
+{{- $mib := include "loupe.mib" $m | int -}}
 {{- if lt (int $mib) 128 -}}
 {{- fail (printf "agent.memoryLimit: %s is below 128Mi; the agent's kernel maps alone take about 60Mi" $m) -}}
 {{- end -}}
