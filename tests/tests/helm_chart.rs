@@ -563,6 +563,11 @@ fn bad_values_fail_with_the_key_named() {
             "/securityContext/privileged",
         ),
         ("securityContext.capabilities=ALL", "capabilities"),
+        ("exporters.loki.user=loupe", "exporters.loki.passwordSecret"),
+        (
+            "prometheusRule.thresholds.podCpuCores=lots",
+            "/prometheusRule/thresholds/podCpuCores",
+        ),
         ("image.repository=", "/image/repository"),
         (
             "prometheusRule.runbookBaseUrl=docs/runbooks.md",
