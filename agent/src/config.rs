@@ -1194,4 +1194,59 @@ mod tests {
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("-1s").is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const KEYS: [&str; 14] = [
+            "profile_hz",
+            "profile_interval",
+            "capture_bytes",
+            "memory_limit",
+            "metrics_addr",
+            "pyroscope_url",
+            "loki_url",
+            "otlp_endpoint",
+            "log_lines_per_sec",
+            "kubernetes",
+            "duration",
+            "max_profile_files",
+            "debuginfod_url",
+            "debuginfod_cache_size",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "[ -~]{0,24}".prop_map(|t| format!("{t:?}")),
+                Just("[1, 2]".to_string()),
+            ]
+        }
+
+        proptest! {
+            /// Any file made of known keys and arbitrary values, and any bytes as a file: the
+            /// loader answers Ok or one error, never panics.
+            #[test]
+            fn arbitrary_files_load_or_fail_cleanly(
+                entries in proptest::collection::vec((0..KEYS.len(), value()), 0..8),
+                junk in "\\PC{0,80}",
+            ) {
+                let mut text = String::new();
+                let mut seen = std::collections::HashSet::new();
+                for (k, v) in entries {
+                    if seen.insert(k) {
+                        text.push_str(&format!("{} = {v}\n", KEYS[k]));
+                    }
+                }
+                for candidate in [text.as_str(), junk.as_str()] {
+                    if let Ok(file) = toml::from_str::<FileOptions>(candidate) {
+                        let _ = Config::merge(&cli(), file);
+                    }
+                }
+            }
+        }
+    }
 }

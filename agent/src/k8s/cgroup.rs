@@ -238,4 +238,36 @@ mod tests {
         assert_eq!(strip_scheme(&format!("cri-o://{ID}")), ID);
         assert_eq!(strip_scheme(ID), ID);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any text: no panic, and an id found is always 64 lowercase hex digits.
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+                if let Some(c) = parse(&text) {
+                    prop_assert_eq!(c.id.len(), 64);
+                    prop_assert!(c.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+                }
+            }
+
+            /// A containerd v2 line is found whatever the id and whatever lines surround it.
+            #[test]
+            fn a_containerd_line_is_found_among_noise(
+                id in "[0-9a-f]{64}",
+                before in proptest::collection::vec("[0-9]{1,2}:[a-z,=]{0,20}:/[a-z./_-]{0,40}", 0..4),
+            ) {
+                let mut text = before.join("\n");
+                text.push_str(&format!(
+                    "\n0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope\n",
+                    uid_systemd()
+                ));
+                let found = parse(&text);
+                prop_assert_eq!(found.map(|c| c.id), Some(id));
+            }
+        }
+    }
 }

@@ -240,4 +240,41 @@ mod tests {
         }
         assert_eq!(out.len() + s.partial_count(), 5, "none lost");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any writes, cut or not, from a few processes: no panic, no line over the limit
+            /// or holding a newline, no empty line, and every byte of every emitted line was
+            /// written by that process.
+            #[test]
+            fn arbitrary_writes_split_into_bounded_lines(
+                writes in proptest::collection::vec(
+                    (0u32..3, 1i32..3, proptest::collection::vec(any::<u8>(), 0..300), any::<bool>()),
+                    0..40,
+                ),
+                max_line in 1usize..200,
+            ) {
+                let mut s = LineSplitter::new(max_line, 4);
+                let mut out = Vec::new();
+                let mut written: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+                for (i, (pid, fd, data, cut)) in writes.iter().enumerate() {
+                    s.push(&write(*pid, *fd, i as u64, data), *cut, &mut out);
+                    written.entry(*pid).or_default().extend_from_slice(data);
+                }
+                s.flush_older(u64::MAX, &mut out);
+                for line in &out {
+                    prop_assert!(!line.bytes.is_empty());
+                    prop_assert!(line.bytes.len() <= max_line);
+                    prop_assert!(!line.bytes.contains(&b'\n'));
+                    let all = &written[&line.pid];
+                    prop_assert!(line.bytes.iter().all(|b| all.contains(b)));
+                }
+                prop_assert_eq!(s.partial_count(), 0);
+            }
+        }
+    }
 }
