@@ -136,20 +136,44 @@ fn candidates(
     out
 }
 
-/// The load segments of `binary` when it is stripped (no symbol table), `None` otherwise: what a
-/// debug file fetched later needs.
-pub fn stripped_loads(binary: &File) -> Option<Vec<Load>> {
-    let own = facts(binary)?;
-    (!own.has_symtab).then_some(own.loads)
+/// Where a binary's symbols are.
+#[derive(Debug)]
+pub enum Symbols {
+    /// In the binary itself (its symbol table), or nowhere we can read.
+    InBinary,
+    /// In a separate debug file installed in the process's root.
+    Separate(DebugFile),
+    /// Stripped, and no debug file installed: its load segments, for one fetched later.
+    Missing(Vec<Load>),
 }
 
-/// The debug file of a stripped binary, if one is installed in `root` (the process's root):
-/// `None` when the binary has its symbols, or no candidate is an ELF file with a symbol table
-/// and the binary's build id.
-pub fn find(root: &Path, binary_path: &str, binary: &File) -> Option<DebugFile> {
-    let own = facts(binary)?;
+impl Symbols {
+    /// The separate debug file, when one was found.
+    pub fn debug_file(&self) -> Option<&DebugFile> {
+        match self {
+            Symbols::Separate(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// A stripped binary's load segments when no debug file was found.
+    pub fn missing_loads(&self) -> Option<&[Load]> {
+        match self {
+            Symbols::Missing(loads) => Some(loads),
+            _ => None,
+        }
+    }
+}
+
+/// Where `binary`'s symbols are, reading its ELF headers once: in itself, in a debug file
+/// installed in `root` (the process's root) that is an ELF file with a symbol table and the
+/// binary's build id, or missing.
+pub fn locate(root: &Path, binary_path: &str, binary: &File) -> Symbols {
+    let Some(own) = facts(binary) else {
+        return Symbols::InBinary;
+    };
     if own.has_symtab {
-        return None;
+        return Symbols::InBinary;
     }
     for path in candidates(
         root,
@@ -162,10 +186,10 @@ pub fn find(root: &Path, binary_path: &str, binary: &File) -> Option<DebugFile> 
             continue;
         }
         if let Some(found) = DebugFile::open(&path, own.loads.clone(), own.build_id.as_deref()) {
-            return Some(found);
+            return Symbols::Separate(found);
         }
     }
-    None
+    Symbols::Missing(own.loads)
 }
 
 #[cfg(test)]
@@ -216,7 +240,10 @@ mod tests {
         let id = own.build_id.clone().expect("build id");
 
         // Beside the binary, through its debug link (root "/": the test's own files).
-        let found = find(Path::new("/"), bin.to_str().expect("utf-8"), &file).expect("found");
+        let Symbols::Separate(found) = locate(Path::new("/"), bin.to_str().expect("utf-8"), &file)
+        else {
+            panic!("not found beside the binary");
+        };
         assert_eq!(found.found_at, dir.path().join("prog.debug"));
 
         // Under a root's /usr/lib/debug/.build-id, as the -dbgsym packages install them.
@@ -231,7 +258,9 @@ mod tests {
             by_id.join(format!("{}.debug", &hex[2..])),
         )
         .expect("move");
-        let found = find(root.path(), "/usr/bin/prog", &file).expect("found by build id");
+        let Symbols::Separate(found) = locate(root.path(), "/usr/bin/prog", &file) else {
+            panic!("not found by build id");
+        };
         assert!(found.found_at.starts_with(root.path()));
 
         // Its segments turn a file offset of the binary into the address its symbols use.
@@ -261,7 +290,10 @@ mod tests {
         );
         let file = File::open(&bin).expect("open");
         assert!(facts(&file).expect("ELF").has_symtab);
-        assert!(find(Path::new("/"), bin.to_str().expect("utf-8"), &file).is_none());
+        assert!(matches!(
+            locate(Path::new("/"), bin.to_str().expect("utf-8"), &file),
+            Symbols::InBinary
+        ));
 
         // A debug file from another build (different build id) is refused.
         let stripped = split_binary(dir.path(), PROG);
@@ -273,6 +305,11 @@ mod tests {
         )
         .expect("copy");
         let file = File::open(&stripped).expect("open");
-        assert!(find(Path::new("/"), stripped.to_str().expect("utf-8"), &file).is_none());
+        let Symbols::Missing(loads) =
+            locate(Path::new("/"), stripped.to_str().expect("utf-8"), &file)
+        else {
+            panic!("a mismatched debug file was used");
+        };
+        assert!(!loads.is_empty());
     }
 }

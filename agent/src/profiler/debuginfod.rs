@@ -22,8 +22,9 @@ const QUEUE: usize = 64;
 /// One download's time limit.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Why a fetch ended, the `result` label of `loupe_debuginfod_fetches_total`.
-const RESULTS: [&str; 5] = ["ok", "not_found", "too_large", "error", "queue_full"];
+/// Why a fetch ended, the `result` label of `loupe_debuginfod_fetches_total` (also `queue_full`:
+/// not asked, the queue was full).
+const RESULTS: [&str; 4] = ["ok", "not_found", "too_large", "error"];
 
 pub struct Debuginfod {
     dir: PathBuf,

@@ -35,11 +35,8 @@ pub struct BinaryFile {
     pub path: String,
     /// GNU build id, lowercase hex.
     pub build_id: Option<String>,
-    /// A stripped binary's separate debug file, where its symbols are.
-    pub debug: Option<super::debug_file::DebugFile>,
-    /// A stripped binary without a local debug file: its load segments, for a debug file fetched
-    /// from debuginfod later.
-    pub stripped_loads: Option<Vec<super::debug_file::Load>>,
+    /// Where its symbols are: in it, in a separate debug file, or missing (stripped).
+    pub symbols: super::debug_file::Symbols,
 }
 
 /// One executable mapping of a process.
@@ -279,23 +276,18 @@ impl ProcessTable {
             .ok()
             .flatten()
             .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let debug = super::debug_file::find(Path::new(&format!("/proc/{pid}/root")), clean, &file);
-        if let Some(d) = &debug {
+        let symbols =
+            super::debug_file::locate(Path::new(&format!("/proc/{pid}/root")), clean, &file);
+        if let Some(d) = symbols.debug_file() {
             tracing::debug!(binary = clean, debug_file = %d.found_at.display(), "symbols from a separate debug file");
         }
-        let stripped_loads = if debug.is_none() {
-            super::debug_file::stripped_loads(&file)
-        } else {
-            None
-        };
         let binary = Arc::new(BinaryFile {
             key,
             _file: file,
             symbolize_path,
             path: clean.to_string(),
             build_id,
-            debug,
-            stripped_loads,
+            symbols,
         });
         self.binaries.insert(key, Arc::downgrade(&binary));
         Some(binary)

@@ -71,9 +71,11 @@ impl Symbolizer {
     /// A stripped binary's debug file from debuginfod, once fetched; asks for it otherwise.
     /// Also says whether one may still come (results are then not cached).
     fn fetched_debug(&mut self, binary: &BinaryFile) -> (Option<Arc<DebugFile>>, bool) {
-        let (Some(d), Some(loads), Some(id)) =
-            (&self.debuginfod, &binary.stripped_loads, &binary.build_id)
-        else {
+        let (Some(d), Some(loads), Some(id)) = (
+            &self.debuginfod,
+            binary.symbols.missing_loads(),
+            &binary.build_id,
+        ) else {
             return (None, false);
         };
         if let Some(f) = self.fetched.get(id) {
@@ -84,7 +86,7 @@ impl Symbolizer {
         // its file before it counts as done, so "done" here means the file, if any, is there.
         let pending = d.pending(id);
         if let Some(path) = d.cached(id)
-            && let Some(f) = DebugFile::open(&path, loads.clone(), None)
+            && let Some(f) = DebugFile::open(&path, loads.to_vec(), None)
         {
             let f = Arc::new(f);
             self.fetched.insert(id.clone(), f.clone());
@@ -134,7 +136,7 @@ impl Symbolizer {
         missing.sort_unstable();
         missing.dedup();
         self.stats.cache_misses += missing.len() as u64;
-        let (fetched, pending) = if binary.debug.is_none() && !missing.is_empty() {
+        let (fetched, pending) = if binary.symbols.debug_file().is_none() && !missing.is_empty() {
             self.fetched_debug(binary)
         } else {
             (None, false)
@@ -142,7 +144,7 @@ impl Symbolizer {
         // Resolved now but not cached while a debug file may still arrive.
         let mut fresh: HashMap<u64, Lines> = HashMap::new();
         if !missing.is_empty() {
-            let resolved = match binary.debug.as_ref().or(fetched.as_deref()) {
+            let resolved = match binary.symbols.debug_file().or(fetched.as_deref()) {
                 // A stripped binary with a debug file: its symbols, at virtual offsets.
                 Some(debug) => {
                     let virt: Vec<u64> = missing
