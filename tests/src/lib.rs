@@ -406,3 +406,67 @@ pub fn span_server() -> (Guard, u16) {
     wait_port(port, Duration::from_secs(10));
     (server, port)
 }
+
+/// A running agent: `/metrics` (and `/healthz`) on a free loopback port, stderr in a file;
+/// killed when dropped.
+pub struct Agent {
+    pub guard: Guard,
+    pub port: u16,
+    stderr_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts `cmd` (the agent with its arguments, or a program that execs it, such as
+    /// `setpriv … loupe-agent run …`) with `--metrics-addr` added and its stderr in
+    /// `dir/<name>.stderr`, and waits until `/healthz` answers 200.
+    pub fn start(mut cmd: Command, dir: &Path, name: &str) -> Agent {
+        let port = infra::free_port();
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut guard = Guard(
+            cmd.arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{port}"))
+                .stderr(stderr)
+                .spawn()
+                .expect("start the agent"),
+        );
+        wait_healthy(&mut guard.0, port, &stderr_path, Duration::from_secs(90));
+        Agent {
+            guard,
+            port,
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.0.id()
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits at most `limit`: its exit status and everything it wrote to stderr.
+    pub fn stop(mut self, limit: Duration) -> (ExitStatus, String) {
+        // SAFETY: kill has no memory effects; the pid is our own child, still running.
+        let rc = unsafe { libc::kill(self.guard.0.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM to the agent");
+        let status = wait_with_deadline(&mut self.guard.0, limit);
+        (status, self.stderr())
+    }
+}
+
+/// Copies an executable to `to` so that it can be run at once. The copy is written by a `cp`
+/// child rather than by this process: while this process held the new file open for writing,
+/// any thread of it that forks (tests run in parallel) would hand that descriptor to its child
+/// until the child execs, and running the copy in that window fails with ETXTBSY.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
+}

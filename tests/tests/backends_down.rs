@@ -14,10 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loupe_tests::{
-    Guard, agent_bin, http_get_raw, infra::free_port, require_root, wait_healthy,
-    wait_with_deadline,
-};
+use loupe_tests::{Agent, agent_bin, http_get_raw, infra::free_port, require_root};
 
 /// A listener that accepts connections and reads them without ever answering.
 fn black_hole() -> (u16, Arc<AtomicBool>) {
@@ -50,26 +47,30 @@ fn value(metrics: &str, name: &str, has: &str) -> f64 {
         .sum()
 }
 
+const SIGNALS: [&str; 3] = ["spans", "logs", "profiles"];
+
+/// Failed exports of `signal` counted in a `/metrics` text.
+fn failed_exports(metrics: &str, signal: &str) -> f64 {
+    value(
+        metrics,
+        "loupe_exporter_exports_failed_total",
+        &format!("signal=\"{signal}\""),
+    )
+}
+
 fn run_with_backends(case: &str, base_url: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let stderr_path = dir.path().join("agent.stderr");
     let (_server, http_port) = loupe_tests::span_server();
-    let mut agent = Guard(
-        Command::new(agent_bin())
-            .args(["run", "--profile-interval", "3s", "--metrics-addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--otlp-endpoint", base_url])
-            .args(["--loki-url", base_url])
-            .args(["--pyroscope-url", base_url])
-            .arg("--output-dir")
-            .arg(dir.path().join("out"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr"))
-            .spawn()
-            .expect("start agent"),
-    );
+    let mut agent = Command::new(agent_bin());
+    agent
+        .args(["run", "--profile-interval", "3s"])
+        .args(["--otlp-endpoint", base_url])
+        .args(["--loki-url", base_url])
+        .args(["--pyroscope-url", base_url])
+        .arg("--output-dir")
+        .arg(dir.path().join("out"));
     // Ready although nothing answers behind it.
-    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
+    let agent = Agent::start(agent, dir.path(), "agent");
 
     // Keep producing spans and logs until every signal has counted a failed export.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -79,26 +80,15 @@ fn run_with_backends(case: &str, base_url: &str) {
             .args(["-s", "-o", "/dev/null", "--max-time", "5"])
             .arg(format!("http://127.0.0.1:{http_port}/work"))
             .status();
-        metrics = http_get_raw(port, "/metrics");
-        let failed = |signal: &str| {
-            value(
-                &metrics,
-                "loupe_exporter_exports_failed_total",
-                &format!("signal=\"{signal}\""),
-            )
-        };
-        if failed("spans") > 0.0 && failed("logs") > 0.0 && failed("profiles") > 0.0 {
+        metrics = http_get_raw(agent.port, "/metrics");
+        if SIGNALS.iter().all(|s| failed_exports(&metrics, s) > 0.0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    for signal in ["spans", "logs", "profiles"] {
+    for signal in SIGNALS {
         assert!(
-            value(
-                &metrics,
-                "loupe_exporter_exports_failed_total",
-                &format!("signal=\"{signal}\"")
-            ) > 0.0,
+            failed_exports(&metrics, signal) > 0.0,
             "{case}: no failed {signal} export counted:\n{}",
             metrics
                 .lines()
@@ -119,13 +109,7 @@ fn run_with_backends(case: &str, base_url: &str) {
 
     // SIGTERM: the flush gives up on the dead backends within its deadline and exits 0.
     let stopped = Instant::now();
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    assert_eq!(
-        unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let (status, stderr) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{case}: {status}\n{stderr}");
     assert!(
         stopped.elapsed() < Duration::from_secs(25),

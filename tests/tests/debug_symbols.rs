@@ -15,8 +15,8 @@ use std::{
 };
 
 use loupe_tests::{
-    Guard, agent_bin, inclusive_counts, infra::free_port, read_profiles, require_root,
-    wait_healthy, wait_with_deadline, workload,
+    Agent, Guard, agent_bin, copy_executable, inclusive_counts, read_profiles, require_root,
+    workload,
 };
 
 fn count(counts: &HashMap<String, i64>, name: &str) -> i64 {
@@ -38,7 +38,7 @@ fn stripped_binaries_are_named_from_their_debug_files() {
     );
     // The control: the same bytes where no debug file is.
     let without_debug = dir.path().join("hot_c_stripped");
-    std::fs::copy(&with_debug, &without_debug).expect("copy");
+    copy_executable(&with_debug, &without_debug);
 
     let mut workloads = Vec::new();
     for (service, path) in [
@@ -54,33 +54,16 @@ fn stripped_binaries_are_named_from_their_debug_files() {
                 .expect("start workload"),
         ));
     }
-    let port = free_port();
-    let stderr_path = dir.path().join("agent.stderr");
     let out = dir.path().join("out");
     let mut agent = Command::new(agent_bin());
     agent.args(["run", "--profile-hz", "499", "--profile-interval", "60s"]);
     for w in &workloads {
         agent.arg("--pid").arg(w.0.id().to_string());
     }
-    let mut agent = Guard(
-        agent
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--output-dir")
-            .arg(&out)
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr"))
-            .spawn()
-            .expect("start agent"),
-    );
-    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
+    agent.arg("--output-dir").arg(&out);
+    let agent = Agent::start(agent, dir.path(), "agent");
     std::thread::sleep(Duration::from_secs(4));
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    assert_eq!(
-        unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let (status, stderr) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
 
     let profiles = read_profiles(&out);
@@ -179,7 +162,7 @@ fn a_stripped_binary_without_a_debug_file_gets_one_from_debuginfod() {
     let (server, asked) = debuginfod(id.clone(), debug);
     // Away from its debug file: only debuginfod can name its functions.
     let binary = dir.path().join("hot_c_stripped");
-    std::fs::copy(&original, &binary).expect("copy");
+    copy_executable(&original, &binary);
     let work = Guard(
         Command::new(&binary)
             .arg("40")
@@ -188,49 +171,35 @@ fn a_stripped_binary_without_a_debug_file_gets_one_from_debuginfod() {
             .spawn()
             .expect("start workload"),
     );
-    let port = free_port();
-    let stderr_path = dir.path().join("agent.stderr");
     let out = dir.path().join("out");
-    let mut agent = Guard(
-        Command::new(agent_bin())
-            .args([
-                "run",
-                "--profile-hz",
-                "199",
-                "--profile-interval",
-                "2s",
-                "--pid",
-            ])
-            .arg(work.0.id().to_string())
-            .arg("--debuginfod-url")
-            .arg(format!("http://127.0.0.1:{server}"))
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--output-dir")
-            .arg(&out)
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr"))
-            .spawn()
-            .expect("start agent"),
-    );
-    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
+    let mut agent = Command::new(agent_bin());
+    agent
+        .args([
+            "run",
+            "--profile-hz",
+            "199",
+            "--profile-interval",
+            "2s",
+            "--pid",
+        ])
+        .arg(work.0.id().to_string())
+        .arg("--debuginfod-url")
+        .arg(format!("http://127.0.0.1:{server}"))
+        .arg("--output-dir")
+        .arg(&out);
+    let agent = Agent::start(agent, dir.path(), "agent");
     // The first interval asks, a later one uses the file.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut metrics = String::new();
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(2));
-        metrics = loupe_tests::http_get_raw(port, "/metrics");
+        metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
         if metrics.contains("loupe_debuginfod_fetches_total{result=\"ok\"} 1") {
             break;
         }
     }
     std::thread::sleep(Duration::from_secs(5));
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    assert_eq!(
-        unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let (status, stderr) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
     assert!(
         metrics.contains("loupe_debuginfod_fetches_total{result=\"ok\"} 1"),

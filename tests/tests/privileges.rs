@@ -8,8 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use loupe_tests::{
-    Guard, agent_bin, chart_capabilities, inclusive_counts, infra::free_port, read_profiles,
-    require_root, wait_healthy, wait_with_deadline, workload,
+    Agent, agent_bin, chart_capabilities, inclusive_counts, read_profiles, require_root, workload,
 };
 
 /// `setpriv` arguments keeping only `caps` in the bounding set: a process of uid 0 then holds
@@ -41,33 +40,25 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     require_root();
     let caps = chart_capabilities();
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let stderr_path = dir.path().join("agent.stderr");
     let out_dir = dir.path().join("out");
-    let mut agent = Guard(
-        Command::new("setpriv")
-            .arg("--bounding-set")
-            .arg(bounding_set(&caps))
-            .arg(agent_bin())
-            .args([
-                "run",
-                "--profile-hz",
-                "99",
-                "--profile-interval",
-                "60s",
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--output-dir",
-            ])
-            .arg(&out_dir)
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-            .spawn()
-            .expect("setpriv (util-linux) runs the agent"),
-    );
-    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
+    let mut agent = Command::new("setpriv");
+    agent
+        .arg("--bounding-set")
+        .arg(bounding_set(&caps))
+        .arg(agent_bin())
+        .args([
+            "run",
+            "--profile-hz",
+            "99",
+            "--profile-interval",
+            "60s",
+            "--output-dir",
+        ])
+        .arg(&out_dir);
+    let agent = Agent::start(agent, dir.path(), "agent");
 
     // setpriv execs the agent: the child's pid is the agent's, holding exactly the chart's set.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).expect("status");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -76,7 +67,7 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     let want = caps.iter().fold(0u64, |m, c| m | 1 << cap_number(c));
     assert_eq!(effective, want, "effective {effective:x}, chart {caps:?}");
 
-    let metrics = loupe_tests::http_get_raw(port, "/metrics");
+    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
     assert!(
         metrics.contains("loupe_attach_method{method=\"perf_event\",program=\"profiler\"} 1"),
         "{metrics}"
@@ -95,13 +86,7 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         .status()
         .expect("workload");
     assert!(ran.success());
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    assert_eq!(
-        unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let exit = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
     let profiles = read_profiles(&out_dir);
     let (_, profile) = profiles

@@ -8,7 +8,7 @@ use std::{
 };
 
 use loupe_tests::{
-    inclusive_counts, read_profiles, require_root, run_agent, sample_str_labels,
+    Agent, inclusive_counts, read_profiles, require_root, run_agent, sample_str_labels,
     wait_with_deadline, workload,
 };
 
@@ -128,49 +128,30 @@ fn rust_workload_stacks_are_walked_to_their_callers() {
 fn a_process_that_exits_before_the_drain_is_still_symbolized() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let metrics_port = loupe_tests::infra::free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let stderr_path = dir.path().join("agent.stderr");
-    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
     let out_dir = dir.path().join("out");
     // Whole-host profiling with one drain at the end: the workload runs 1.5 s and exits long
     // before it. The agent stops on SIGTERM once the workload is done (not after a fixed time,
     // which start-up under emulation can eat).
-    let mut agent = loupe_tests::Guard(
-        Command::new(loupe_tests::agent_bin())
-            .args([
-                "run",
-                "--profile-hz",
-                "99",
-                "--profile-interval",
-                "60s",
-                "--metrics-addr",
-                &metrics_addr,
-                "--output-dir",
-            ])
-            .arg(&out_dir)
-            .stderr(stderr_file)
-            .spawn()
-            .expect("start agent"),
-    );
+    let mut agent = Command::new(loupe_tests::agent_bin());
+    agent
+        .args([
+            "run",
+            "--profile-hz",
+            "99",
+            "--profile-interval",
+            "60s",
+            "--output-dir",
+        ])
+        .arg(&out_dir);
     // /metrics answers once every program is attached (start-up takes seconds under emulation).
-    loupe_tests::wait_healthy(
-        &mut agent.0,
-        metrics_port,
-        &stderr_path,
-        Duration::from_secs(90),
-    );
-    assert_self_metrics(metrics_port);
+    let agent = Agent::start(agent, dir.path(), "agent");
+    assert_self_metrics(agent.port);
     let status = Command::new(workload("hot_c"))
         .arg("1.5")
         .status()
         .expect("run workload");
     assert!(status.success());
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    let rc = unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let agent_status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let (agent_status, stderr) = agent.stop(Duration::from_secs(60));
     assert!(agent_status.success(), "agent failed:\n{stderr}");
     let profiles = read_profiles(&out_dir);
     let (_, profile) = profiles
@@ -286,42 +267,24 @@ fn sigterm_flushes_and_service_names_come_from_the_environment() {
         .spawn()
         .expect("start workload");
     let pid = workload.id().to_string();
-    let metrics_port = loupe_tests::infra::free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let stderr_path = dir.path().join("agent.stderr");
-    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
     let out_dir = dir.path().join("out");
-    let mut agent = loupe_tests::Guard(
-        Command::new(loupe_tests::agent_bin())
-            .args([
-                "run",
-                "--pid",
-                &pid,
-                "--profile-hz",
-                "99",
-                "--profile-interval",
-                "60s",
-                "--metrics-addr",
-                &metrics_addr,
-                "--output-dir",
-            ])
-            .arg(&out_dir)
-            .stderr(stderr_file)
-            .spawn()
-            .expect("start agent"),
-    );
+    let mut agent = Command::new(loupe_tests::agent_bin());
+    agent
+        .args([
+            "run",
+            "--pid",
+            &pid,
+            "--profile-hz",
+            "99",
+            "--profile-interval",
+            "60s",
+        ])
+        .arg("--output-dir")
+        .arg(&out_dir);
     // Sample for a few seconds once every program is attached.
-    loupe_tests::wait_healthy(
-        &mut agent.0,
-        metrics_port,
-        &stderr_path,
-        Duration::from_secs(90),
-    );
+    let agent = Agent::start(agent, dir.path(), "agent");
     std::thread::sleep(Duration::from_secs(3));
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    let rc = unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(30));
+    let (status, _) = agent.stop(Duration::from_secs(30));
     let _ = workload.kill();
     let _ = wait_with_deadline(&mut workload, Duration::from_secs(10));
     assert!(

@@ -12,10 +12,7 @@ use std::{
     time::Duration,
 };
 
-use loupe_tests::{
-    Guard, agent_bin, infra::free_port, infra::infra, read_spans, require_root, wait_healthy,
-    wait_with_deadline,
-};
+use loupe_tests::{Agent, agent_bin, infra::infra, read_spans, require_root};
 
 const SECRETS: [&str; 7] = [
     "BearerTok3nSecret",
@@ -45,20 +42,12 @@ fn no_secret_byte_leaves_the_node() {
     let infra = infra();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
-    let port = free_port();
-    let stderr_path = dir.path().join("agent.stderr");
-    let mut agent = Guard(
-        Command::new(agent_bin())
-            .args(["run", "--profile-interval", "60s", "--metrics-addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--output-dir")
-            .arg(&out)
-            .env("LOUPE_LOG", "debug")
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr"))
-            .spawn()
-            .expect("start agent"),
-    );
-    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
+    let mut agent = Command::new(agent_bin());
+    agent
+        .args(["run", "--profile-interval", "60s", "--output-dir"])
+        .arg(&out)
+        .env("LOUPE_LOG", "debug");
+    let agent = Agent::start(agent, dir.path(), "agent");
 
     let (_server, http_port) = loupe_tests::span_server();
     let curl = |args: &[&str]| {
@@ -98,14 +87,8 @@ fn no_secret_byte_leaves_the_node() {
 
     // Everything parsed, then flushed on SIGTERM.
     std::thread::sleep(Duration::from_secs(2));
-    let metrics = loupe_tests::http_get_raw(port, "/metrics");
-    // SAFETY: kill has no memory effects; the pid is our own child, still running.
-    assert_eq!(
-        unsafe { libc::kill(agent.0.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = wait_with_deadline(&mut agent.0, Duration::from_secs(60));
-    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    let (status, log) = agent.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
 
     // The exchanges were seen: otherwise "no secret" would prove nothing.

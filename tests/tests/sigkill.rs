@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use loupe_tests::{Guard, agent_bin, infra::free_port, require_root, wait_healthy};
+use loupe_tests::{Agent, agent_bin, require_root};
 
 /// (kind, id) of every BPF program, map and link `pid` holds a descriptor of.
 fn bpf_objects(pid: u32) -> BTreeSet<(&'static str, u32)> {
@@ -56,24 +56,10 @@ fn pinned() -> BTreeSet<String> {
         .collect()
 }
 
-fn start(dir: &std::path::Path, name: &str) -> (Guard, u16, std::path::PathBuf) {
-    let port = free_port();
-    let stderr_path = dir.join(format!("{name}.stderr"));
-    let mut agent = Guard(
-        Command::new(agent_bin())
-            .args([
-                "run",
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--output-dir",
-            ])
-            .arg(dir.join(name))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-            .spawn()
-            .expect("start agent"),
-    );
-    wait_healthy(&mut agent.0, port, &stderr_path, Duration::from_secs(90));
-    (agent, port, stderr_path)
+fn start(dir: &std::path::Path, name: &str) -> Agent {
+    let mut agent = Command::new(agent_bin());
+    agent.args(["run", "--output-dir"]).arg(dir.join(name));
+    Agent::start(agent, dir, name)
 }
 
 #[test]
@@ -81,8 +67,8 @@ fn sigkill_leaves_no_program_map_or_link_and_a_restart_comes_up() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let pinned_before = pinned();
-    let (mut agent, _, _) = start(dir.path(), "first");
-    let held = bpf_objects(agent.0.id());
+    let mut agent = start(dir.path(), "first");
+    let held = bpf_objects(agent.pid());
     let progs = held.iter().filter(|(k, _)| *k == "prog").count();
     let maps = held.iter().filter(|(k, _)| *k == "map").count();
     // The profiler and the socket capture: dozens of programs and maps.
@@ -91,8 +77,8 @@ fn sigkill_leaves_no_program_map_or_link_and_a_restart_comes_up() {
         assert!(exists(kind, *id), "bpftool does not see {kind} {id}");
     }
 
-    agent.0.kill().expect("SIGKILL");
-    let _ = agent.0.wait();
+    agent.guard.0.kill().expect("SIGKILL");
+    let _ = agent.guard.0.wait();
     // The kernel frees them after an RCU grace period: give it a few seconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut left: Vec<_> = held.iter().collect();
@@ -114,8 +100,8 @@ fn sigkill_leaves_no_program_map_or_link_and_a_restart_comes_up() {
     );
 
     // A new agent comes up and serves.
-    let (mut again, port, _) = start(dir.path(), "second");
-    assert!(loupe_tests::http_get_raw(port, "/readyz").starts_with("HTTP/1.1 200"));
-    assert!(bpf_objects(again.0.id()).len() >= progs + maps);
-    again.0.kill().expect("SIGKILL");
+    let mut again = start(dir.path(), "second");
+    assert!(loupe_tests::http_get_raw(again.port, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(bpf_objects(again.pid()).len() >= progs + maps);
+    again.guard.0.kill().expect("SIGKILL");
 }
