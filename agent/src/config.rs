@@ -134,6 +134,27 @@ pub struct CliOptions {
     /// another eBPF profiler on the node can tag its samples with Loupe's spans [default: false].
     #[arg(long, env = "LOUPE_PUBLISH_TRACE_CONTEXT", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub publish_trace_context: Option<bool>,
+    /// Carry each client span's context to the server's node in a TCP header option (kind 25,
+    /// as OpenTelemetry eBPF Instrumentation writes it) and adopt it from trusted peers, so a
+    /// request is one trace across nodes, NAT and TLS; needs cgroup v2 and kernel 5.10
+    /// [default: true].
+    #[arg(long, env = "LOUPE_TCP_CONTEXT", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tcp_context: Option<bool>,
+    /// Peers whose TCP option context is adopted, as CIDRs (comma-separated) [default: the
+    /// private, shared and loopback ranges: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+    /// 100.64.0.0/10, 127.0.0.0/8, fc00::/7, ::1/128].
+    #[arg(
+        long,
+        env = "LOUPE_TCP_CONTEXT_TRUSTED",
+        global = true,
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub tcp_context_trusted: Vec<String>,
+    /// Link a client span to the server span of the same TCP connection on this host by their
+    /// addresses (works without the TCP option) [default: true].
+    #[arg(long, env = "LOUPE_LINK_SAME_HOST", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub link_same_host: Option<bool>,
     /// Log lines one process may log per second; more are dropped and counted [default: 1000].
     #[arg(long, env = "LOUPE_LOG_LINES_PER_SEC", global = true, value_name = "N")]
     pub log_lines_per_sec: Option<u32>,
@@ -231,6 +252,9 @@ struct FileOptions {
     kubeconfig: Option<PathBuf>,
     span_profiles: Option<bool>,
     publish_trace_context: Option<bool>,
+    tcp_context: Option<bool>,
+    tcp_context_trusted: Option<Vec<String>>,
+    link_same_host: Option<bool>,
     log_lines_per_sec: Option<u32>,
     loki_url: Option<String>,
     loki_user: Option<String>,
@@ -280,6 +304,12 @@ pub struct Config {
     pub span_profiles: bool,
     /// Fill the pinned trace context map other profilers read.
     pub publish_trace_context: bool,
+    /// In-band trace context in a TCP option.
+    pub tcp_context: bool,
+    /// Peers whose TCP option context is adopted: (network address, prefix length).
+    pub tcp_context_trusted: Vec<(std::net::IpAddr, u8)>,
+    /// Link client and server spans of one connection on this host by address.
+    pub link_same_host: bool,
     pub log_lines_per_sec: u32,
     pub loki: Option<PushOptions>,
     pub duration: Option<Duration>,
@@ -289,6 +319,55 @@ pub struct Config {
     pub memory_limit: u64,
     /// debuginfod server for stripped binaries' debug files, and its cache's size.
     pub debuginfod: Option<(String, u64)>,
+}
+
+/// Peers whose TCP option context is adopted unless told otherwise: the private (RFC 1918,
+/// RFC 4193), shared (RFC 6598, EKS custom networking) and loopback ranges, never the internet.
+pub const DEFAULT_TRUSTED_PEERS: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "::1/128",
+];
+
+/// `ADDR/LEN` (a bare address is `/32` or `/128`), with no bits set past the prefix.
+pub fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let text = text.trim();
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{text:?}: not an IP address or CIDR"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|&l| l <= max)
+            .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        None => max,
+    };
+    let bits = match addr {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        std::net::IpAddr::V6(a) => u128::from(a),
+    };
+    // IPv4 sits in the top 32 bits, so for both families the prefix is the top `len` bits.
+    let host = if len >= 128 {
+        0
+    } else {
+        bits & (u128::MAX >> len)
+    };
+    if host != 0 {
+        return Err(format!(
+            "{text:?}: bits are set past the /{len} prefix (did you mean the network address?)"
+        ));
+    }
+    Ok((addr, len))
 }
 
 /// Default disk of the debuginfod cache.
@@ -465,6 +544,31 @@ impl Config {
         };
         let local_sink = cli.local_sink.or(file.local_sink);
 
+        let trusted_text = if cli.tcp_context_trusted.is_empty() {
+            file.tcp_context_trusted.clone().unwrap_or_else(|| {
+                DEFAULT_TRUSTED_PEERS
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            })
+        } else {
+            cli.tcp_context_trusted.clone()
+        };
+        let mut tcp_context_trusted = Vec::with_capacity(trusted_text.len());
+        for text in &trusted_text {
+            tcp_context_trusted
+                .push(parse_cidr(text).map_err(|e| invalid("tcp_context_trusted", e))?);
+        }
+        if tcp_context_trusted.len() > loupe_common::socket::TRUSTED_PEER_ENTRIES as usize {
+            return Err(invalid(
+                "tcp_context_trusted",
+                format!(
+                    "at most {} CIDRs",
+                    loupe_common::socket::TRUSTED_PEER_ENTRIES
+                ),
+            ));
+        }
+
         let pids = if cli.pids.is_empty() {
             file.pid.unwrap_or_default()
         } else {
@@ -584,6 +688,9 @@ impl Config {
                 .publish_trace_context
                 .or(file.publish_trace_context)
                 .unwrap_or(false),
+            tcp_context: cli.tcp_context.or(file.tcp_context).unwrap_or(true),
+            tcp_context_trusted,
+            link_same_host: cli.link_same_host.or(file.link_same_host).unwrap_or(true),
             log_lines_per_sec,
             loki,
             duration,
@@ -1010,6 +1117,51 @@ mod tests {
         .unwrap();
         let c = Config::merge(&cli(), file).unwrap();
         assert_eq!(c.pyroscope.unwrap().bearer_token_file, Some(token));
+    }
+
+    #[test]
+    fn trusted_peers_are_cidrs_with_private_defaults() {
+        let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+        assert!(c.tcp_context && c.link_same_host);
+        assert_eq!(c.tcp_context_trusted.len(), DEFAULT_TRUSTED_PEERS.len());
+        assert!(
+            c.tcp_context_trusted
+                .contains(&("10.0.0.0".parse().unwrap(), 8))
+        );
+
+        assert_eq!(
+            parse_cidr("192.0.2.7"),
+            Ok(("192.0.2.7".parse().unwrap(), 32))
+        );
+        assert_eq!(parse_cidr("fd00::/8"), Ok(("fd00::".parse().unwrap(), 8)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok(("0.0.0.0".parse().unwrap(), 0)));
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "fd00::1/8",
+            "example.com/8",
+            "10.0.0.0/x",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+
+        let mut o = cli();
+        o.tcp_context_trusted = vec!["10.1.0.0/16".into(), "10.2.0.1/16".into()];
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid value for tcp_context_trusted: \"10.2.0.1/16\""),
+            "{e}"
+        );
+        let file: FileOptions =
+            toml::from_str("tcp_context = false\ntcp_context_trusted = [\"10.9.0.0/16\"]\n")
+                .unwrap();
+        let c = Config::merge(&cli(), file).unwrap();
+        assert!(!c.tcp_context);
+        assert_eq!(
+            c.tcp_context_trusted,
+            vec![("10.9.0.0".parse().unwrap(), 16)]
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
             caps.bpf, caps.perfmon, caps.sys_admin
         ))
     };
-    let rows: [(&str, &Availability, &str); 12] = [
+    let rows: [(&str, &Availability, &str); 13] = [
         (
             "privileges (CAP_BPF+CAP_PERFMON or root)",
             &privileges,
@@ -87,7 +87,12 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
         (
             "cgroup v2",
             &f.cgroup_v2,
-            "cgroup-attached programs (later); pod identity reads /proc/PID/cgroup on v1 and v2",
+            "in-band trace context; pod identity reads /proc/PID/cgroup on v1 and v2",
+        ),
+        (
+            "TCP header options (sockops)",
+            &f.tcp_options,
+            "trace context across nodes and NAT (--tcp-context)",
         ),
         (
             "bpffs (/sys/fs/bpf)",
@@ -194,6 +199,7 @@ mod tests {
             kprobes: no(),
             fentry: Availability::No("load failed: EPERM".into()),
             cgroup_v2: Availability::Yes,
+            tcp_options: Availability::Yes,
             bpffs: no(),
         }
     }

@@ -102,6 +102,9 @@ pub struct KernelFeatures {
     /// Filled by the agent after loading its object, which holds the fentry probe program.
     pub fentry: Availability,
     pub cgroup_v2: Availability,
+    /// sockops programs with TCP header option callbacks on the root cgroup (v2): in-band trace
+    /// context across nodes.
+    pub tcp_options: Availability,
     pub bpffs: Availability,
 }
 
@@ -266,11 +269,55 @@ pub fn detect() -> KernelFeatures {
             Some(_) => Availability::Yes,
             None => Availability::No("no cgroup2 mount".into()),
         },
+        tcp_options: probe_tcp_options(privileged),
         bpffs: Availability::from_bool(
             is_mount_of_type("/sys/fs/bpf", "bpf"),
             "no bpf filesystem at /sys/fs/bpf",
         ),
     }
+}
+
+/// Header option callbacks came in Linux 5.10; the program attaches to the root of cgroup v2.
+fn probe_tcp_options(privileged: bool) -> Availability {
+    match aya::util::KernelVersion::current() {
+        Ok(v) if v < aya::util::KernelVersion::new(5, 10, 0) => {
+            return Availability::No("TCP header option callbacks need kernel 5.10".into());
+        }
+        Ok(_) => {}
+        Err(e) => return Availability::Unknown(e.to_string()),
+    }
+    if cgroup2_root().is_none() {
+        return Availability::No("no cgroup v2 root found".into());
+    }
+    if privileged {
+        program_supported(aya::programs::ProgramType::SockOps)
+    } else {
+        Availability::Unknown("not privileged enough to try".into())
+    }
+}
+
+/// cgroup v2's root as this host sees it. In a pod with its own cgroup namespace the local
+/// /sys/fs/cgroup is the pod's subtree, so the host's, through pid 1's root (the chart runs
+/// with hostPID), comes first; then this mount namespace's cgroup2 mount.
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let is_cgroup2 = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs writes into the zeroed struct it is given; `c` is a valid C string.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0)
+            && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    };
+    [
+        "/proc/1/root/sys/fs/cgroup",
+        "/proc/1/root/sys/fs/cgroup/unified",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .chain(mount_point_of_type("cgroup2").map(Into::into))
+    .find(|p| is_cgroup2(p))
 }
 
 fn program_supported(kind: aya::programs::ProgramType) -> Availability {
@@ -444,6 +491,7 @@ mod tests {
             kprobes: Availability::Yes,
             fentry: Availability::Yes,
             cgroup_v2: Availability::Yes,
+            tcp_options: Availability::Yes,
             bpffs: Availability::Yes,
         }
     }

@@ -351,6 +351,8 @@ fn start_network_spans(
             attach,
             capture_logs: config.logs,
             track_requests: config.span_profiles,
+            tcp_context: config.tcp_context,
+            trusted_peers: config.tcp_context_trusted.clone(),
             // A write usually carries one line: the kernel's bound leaves room for the line
             // limit, which the log assembler enforces exactly.
             log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),
@@ -370,7 +372,10 @@ fn start_network_spans(
         exporter.submitter(),
         registry,
         host.to_string(),
-        SpanBuilderConfig::default(),
+        SpanBuilderConfig {
+            link_same_host: config.link_same_host,
+            ..SpanBuilderConfig::default()
+        },
         Correlation {
             serving: trace_ctx.map(|mut map| -> ServingOut {
                 Box::new(move |changes: &[ServingChange]| map.apply(changes))

@@ -40,7 +40,7 @@ pub fn record_kernel(registry: &Registry, features: &KernelFeatures) {
 }
 
 /// Every probed feature under its metric label.
-fn feature_list(f: &KernelFeatures) -> [(&'static str, &Availability); 10] {
+fn feature_list(f: &KernelFeatures) -> [(&'static str, &Availability); 11] {
     [
         ("btf", &f.btf),
         ("perf_event", &f.perf_event),
@@ -51,6 +51,7 @@ fn feature_list(f: &KernelFeatures) -> [(&'static str, &Availability); 10] {
         ("kprobes", &f.kprobes),
         ("fentry", &f.fentry),
         ("cgroup_v2", &f.cgroup_v2),
+        ("tcp_options", &f.tcp_options),
         ("bpffs", &f.bpffs),
     ]
 }
@@ -299,6 +300,7 @@ mod tests {
             kprobes: Availability::No("compiled out".into()),
             fentry: Availability::Unknown("not probed".into()),
             cgroup_v2: Availability::Yes,
+            tcp_options: Availability::Yes,
             bpffs: Availability::Yes,
         };
         let r = Registry::new();
@@ -325,6 +327,6 @@ mod tests {
             text.contains("loupe_attach_method{method=\"tracepoints\",program=\"sockets\"} 1\n"),
             "{text}"
         );
-        assert_eq!(text.matches("loupe_kernel_feature{").count(), 10);
+        assert_eq!(text.matches("loupe_kernel_feature{").count(), 11);
     }
 }

@@ -163,7 +163,57 @@ pub mod socket {
         /// On a server's EGRESS DATA event: the write ended the thread's request (see
         /// [`super::ThreadRequest`]), and CPU samples were tagged with it.
         pub const REQUEST_SAMPLED: u32 = 1;
+        /// `SocketEventHeader::ctx` holds the context the kernel gave the request this event
+        /// starts or belongs to (in-band propagation is on).
+        pub const CTX: u32 = 2;
+        /// With [`CTX`], on a server request: its parent came from the client's TCP option.
+        pub const CTX_FROM_PEER: u32 = 4;
     }
+
+    /// A span's context as the kernel assigns it when in-band propagation is on: it must be
+    /// known before the request's first byte leaves, long before userspace sees the request.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct SpanCtx {
+        pub trace_id: [u8; 16],
+        pub span_id: [u8; 8],
+        /// All zero: a root span.
+        pub parent_id: [u8; 8],
+    }
+
+    /// TCP option kind carrying trace context: unassigned in IANA's registry, the kind
+    /// OpenTelemetry eBPF Instrumentation writes, so a Loupe node and an OBI node link spans.
+    pub const TCP_OPTION_KIND: u8 = 25;
+
+    /// The TCP option as it sits in a segment's header: kind, length (26), the client span's
+    /// trace id and span id, in that byte order.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct TcpTraceOption {
+        pub kind: u8,
+        pub len: u8,
+        pub trace_id: [u8; 16],
+        pub span_id: [u8; 8],
+    }
+
+    /// Context a server socket's peer sent in a TCP option: value of `TCP_CTX_IN`, keyed by
+    /// the server socket's [`ConnTuple`] (its own view: local = server).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct PeerCtx {
+        pub trace_id: [u8; 16],
+        pub span_id: [u8; 8],
+        /// Non-zero once a server request adopted it: a context is adopted once, and a
+        /// later segment repeating it (an ACK) does not make it new again.
+        pub used: u32,
+        pub _pad: u32,
+    }
+
+    /// Entries of `TCP_CTX_OUT` and `TCP_CTX_IN` (LRU): connections with a context in flight.
+    pub const TCP_CTX_ENTRIES: u32 = 16 * 1024;
+    /// CIDRs `TRUSTED_PEERS` (a longest-prefix-match trie of IPv6 addresses, IPv4 ones
+    /// IPv4-mapped) holds at most: the peers whose TCP option context is adopted.
+    pub const TRUSTED_PEER_ENTRIES: u32 = 64;
 
     /// Addresses of a connection from the traced process's side: `local` is its own end. IPv4
     /// addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). Ports in host byte order.
@@ -211,6 +261,8 @@ pub mod socket {
         /// For DATA on a server connection: the thread's request (see [`ThreadRequest`]) this
         /// read belongs to or this write ended; 0 when none.
         pub request_ns: u64,
+        /// With [`flags::CTX`]: the context of the request this DATA event starts or belongs to.
+        pub ctx: SpanCtx,
     }
 
     /// A socket event as it sits in the ring buffer.
@@ -282,7 +334,9 @@ pub mod socket {
         /// Non-zero: keep each thread's current server request (`THREAD_REQUESTS`), which tags
         /// CPU samples and server DATA events.
         pub track_requests: u32,
-        pub _pad: u32,
+        /// Non-zero: in-band trace context (the kernel assigns span contexts, writes the client
+        /// span's into its TCP segments, adopts a trusted peer's; needs `track_requests`).
+        pub propagate: u32,
     }
 
     /// Processes `SOCKET_PIDS` may name (the `--pid` filter).
@@ -313,6 +367,9 @@ pub mod socket {
         /// Non-zero once a CPU sample was tagged with this request.
         pub sampled: u32,
         pub _pad: u32,
+        /// With in-band propagation: the server span's context, which the client requests the
+        /// thread makes meanwhile are children of.
+        pub ctx: SpanCtx,
     }
 
     /// Log writes of one process in the current one-second window: value of `LOG_RATES`,
@@ -331,8 +388,12 @@ pub mod socket {
         pub conn_id: u64,
         /// One of [`role`].
         pub role: u32,
-        pub _pad: u32,
+        /// One of [`direction`]: the last data seen on it (0: none yet). On a client
+        /// connection, a write after a read (or first) starts a request.
+        pub last_direction: u32,
         pub tuple: ConnTuple,
+        /// With in-band propagation, on a client connection: the current request's context.
+        pub ctx: SpanCtx,
     }
 
     /// What the pointer of a [`SyscallArgs`] points to.
@@ -379,8 +440,15 @@ pub mod socket {
         pub const TUPLE_FAILED: u32 = 4;
         /// Log writes not captured: the process was over `SocketConfig::log_writes_per_sec`.
         pub const LOG_WRITES_LIMITED: u32 = 5;
+        /// Client requests whose context could not go into the TCP header (no option space
+        /// left, or the store failed).
+        pub const CTX_WRITE_FAILED: u32 = 6;
+        /// Server requests that adopted a peer's context from its TCP option.
+        pub const CTX_ADOPTED: u32 = 7;
+        /// TCP options with context from a peer outside the trusted prefixes, ignored.
+        pub const CTX_UNTRUSTED: u32 = 8;
         /// Number of counters.
-        pub const COUNT: u32 = 6;
+        pub const COUNT: u32 = 9;
     }
 
     #[cfg(feature = "user")]
@@ -402,16 +470,23 @@ pub mod socket {
         unsafe impl aya::Pod for super::ThreadRequest {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::LogRate {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::SpanCtx {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::PeerCtx {}
     }
 
     const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
-    const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 112);
-    const _: () = assert!(core::mem::size_of::<SocketEvent>() == 112 + MAX_CAPTURE_BYTES);
-    const _: () = assert!(core::mem::size_of::<ThreadRequest>() == 24);
+    const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 144);
+    const _: () = assert!(core::mem::size_of::<SocketEvent>() == 144 + MAX_CAPTURE_BYTES);
+    const _: () = assert!(core::mem::size_of::<ThreadRequest>() == 56);
+    const _: () = assert!(core::mem::size_of::<SpanCtx>() == 32);
+    const _: () = assert!(core::mem::size_of::<TcpTraceOption>() == 26);
+    const _: () = assert!(core::mem::size_of::<PeerCtx>() == 32);
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
     const _: () = assert!(core::mem::size_of::<SocketConfig>() == 104);
-    const _: () = assert!(core::mem::size_of::<ConnState>() == 56);
+    const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
     const _: () = assert!(MAX_CAPTURE_BYTES.is_power_of_two());
 }

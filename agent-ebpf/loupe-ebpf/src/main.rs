@@ -6,6 +6,7 @@
 mod probes;
 mod profiler;
 mod sockets;
+mod tcp_context;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -19,8 +19,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-            bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw,
+            bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id,
+            bpf_ktime_get_ns, bpf_probe_read_kernel as read_kernel_raw,
+            bpf_probe_read_user as read_user_raw,
         },
     },
     macros::{fentry, fexit, map, tracepoint},
@@ -30,9 +31,11 @@ use aya_ebpf::{
 use loupe_common::socket::{
     ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, LOG_RATE_ENTRIES,
     LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent,
-    SocketEventHeader, SocketOpenEvent, SyscallArgs, THREAD_REQUEST_ENTRIES, ThreadRequest, buffer,
-    counter, direction, flags, kind, role,
+    SocketEventHeader, SocketOpenEvent, SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES,
+    ThreadRequest, buffer, counter, direction, flags, kind, role,
 };
+
+use crate::tcp_context::{TCP_CTX_IN, TCP_CTX_OUT};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -106,7 +109,7 @@ struct Iovec {
 }
 
 #[inline(always)]
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(slot) = SOCKET_COUNTERS.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup, so it is valid, aligned
         // and only touched by this CPU while the program runs.
@@ -124,7 +127,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 }
 
 #[inline(always)]
-fn config() -> Option<&'static SocketConfig> {
+pub(crate) fn config() -> Option<&'static SocketConfig> {
     // SAFETY: a lookup of index 0 in a one-entry array; the value is only read.
     SOCKET_CONFIG.get_ptr(0).map(|c| unsafe { &*c })
 }
@@ -145,6 +148,16 @@ fn tracked(pid_tgid: u64, fd: u64) -> Option<ConnState> {
     let state = CONNECTIONS.get_ptr(conn_key(pid_tgid, fd)?)?;
     // SAFETY: the pointer comes from a successful lookup; the value is copied out.
     Some(unsafe { *state })
+}
+
+/// The connection tracked as (pid, fd), in the map: no copy on the BPF stack. The value stays
+/// valid while the program runs (map elements are freed after an RCU grace period), though
+/// another CPU may change or delete it meanwhile.
+#[inline(always)]
+fn tracked_ref(pid_tgid: u64, fd: u64) -> Option<&'static ConnState> {
+    let state = CONNECTIONS.get_ptr(conn_key(pid_tgid, fd)?)?;
+    // SAFETY: see above; the pointer comes from a successful lookup.
+    Some(unsafe { &*state })
 }
 
 /// Whether connections of this process are tracked at all.
@@ -388,8 +401,9 @@ fn open(
     let mut state = ConnState {
         conn_id: 0,
         role: conn_role,
-        _pad: 0,
+        last_direction: 0,
         tuple: ConnTuple::default(),
+        ctx: SpanCtx::default(),
     };
     let from_kernel = if config.offsets.valid != 0 {
         match read_tuple(fd, &config.offsets, &mut state.tuple) {
@@ -496,7 +510,7 @@ fn read_tuple(fd: u64, o: &KernelOffsets, tuple: &mut ConnTuple) -> Result<u16, 
 }
 
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+pub(crate) fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
     ]
@@ -520,6 +534,7 @@ fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start
         flags: 0,
         tuple: state.tuple,
         request_ns: 0,
+        ctx: SpanCtx::default(),
     };
     if event_kind == kind::OPEN {
         let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketOpenEvent>(0) else {
@@ -661,6 +676,9 @@ fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
     if tracked(pid_tgid, fd).is_none() && !log_write(pid_tgid, fd, data_direction) {
         return;
     }
+    if data_direction == direction::EGRESS {
+        client_sending(pid_tgid, fd);
+    }
     let count = if buffer_kind == buffer::IOVEC {
         arg(ctx, 2).min(u64::from(u32::MAX)) as u32
     } else {
@@ -687,8 +705,8 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
-    match tracked(pid_tgid, args.fd as u32 as u64) {
-        Some(state) => moved(pid_tgid, &args, ret, &state),
+    match tracked_ref(pid_tgid, args.fd as u32 as u64) {
+        Some(state) => moved(pid_tgid, &args, ret, state),
         // A write to stdout or stderr, saved at sys_enter as one.
         None if log_write(pid_tgid, args.fd as u32 as u64, args.direction) => {
             logged(pid_tgid, &args, ret)
@@ -741,11 +759,16 @@ fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
             let _ = LOG_RATES.insert(pid, rate, 0);
         }
     }
+    if let Some(event) = SOCKET_EVENT_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch event; a log write has no context.
+        unsafe { (*event).header.ctx = SpanCtx::default() };
+    }
+    let no_tuple = ConnTuple::default();
     let out = Outgoing {
         kind: kind::LOG,
         role: 0,
         conn_id: 0,
-        tuple: ConnTuple::default(),
+        tuple: &no_tuple,
         request_ns: 0,
         flags: 0,
         timestamp_ns: ts,
@@ -754,41 +777,162 @@ fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
 }
 
 /// Keeps the thread's current request up to date (see [`ThreadRequest`]) as it reads from or
-/// writes to the server connection `conn_id` at `ts`; returns the request the bytes belong to
-/// (or ended) and the event flags.
+/// writes to the server connection `state` at `ts`; returns the request the bytes belong to
+/// (or ended), the event flags and, with in-band propagation, the request's context.
 #[inline(always)]
-fn thread_request(pid_tgid: u64, conn_id: u64, data_direction: u32, ts: u64) -> (u64, u32) {
+fn thread_request(
+    pid_tgid: u64,
+    state: &ConnState,
+    data_direction: u32,
+    ts: u64,
+    config: &SocketConfig,
+    ctx: &mut SpanCtx,
+) -> (u64, u32) {
+    let ctx_flag = if config.propagate != 0 { flags::CTX } else { 0 };
     let current = THREAD_REQUESTS.get_ptr(pid_tgid).and_then(|r| {
-        // SAFETY: the pointer comes from a successful lookup; the value is copied out.
-        let r = unsafe { *r };
-        (r.conn_id == conn_id).then_some(r)
+        // SAFETY: the pointer comes from a successful lookup; read in place.
+        let r = unsafe { &*r };
+        (r.conn_id == state.conn_id).then_some(r)
     });
     if data_direction == direction::INGRESS {
         if let Some(r) = current {
-            return (r.request_ns, 0);
+            *ctx = r.ctx;
+            return (r.request_ns, ctx_flag);
         }
+        let from_peer = if config.propagate != 0 {
+            server_ctx(&state.tuple, ctx)
+        } else {
+            0
+        };
         let r = ThreadRequest {
-            conn_id,
+            conn_id: state.conn_id,
             request_ns: ts,
             sampled: 0,
             _pad: 0,
+            ctx: *ctx,
         };
         // LRU: a full map forgets the least recently used thread.
         let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
-        return (ts, 0);
+        return (ts, ctx_flag | from_peer);
     }
     match current {
         Some(r) => {
+            let (request_ns, sampled) = (r.request_ns, r.sampled);
+            *ctx = r.ctx;
             let _ = THREAD_REQUESTS.remove(pid_tgid);
-            let f = if r.sampled != 0 {
+            let f = if sampled != 0 {
                 flags::REQUEST_SAMPLED
             } else {
                 0
             };
-            (r.request_ns, f)
+            (request_ns, f | ctx_flag)
         }
         None => (0, 0),
     }
+}
+
+/// The context of a server request that starts now on the connection `tuple`: a child of the
+/// client span its peer's TCP option named, if a trusted peer sent one not adopted before
+/// (then also [`flags::CTX_FROM_PEER`]); else the root of a new trace.
+#[inline(always)]
+fn server_ctx(tuple: &ConnTuple, ctx: &mut SpanCtx) -> u32 {
+    ctx.span_id = new_span_id();
+    ctx.parent_id = [0; 8];
+    if let Some(peer) = TCP_CTX_IN.get_ptr_mut(tuple) {
+        // SAFETY: the pointer comes from a successful lookup. A parse on another CPU may
+        // rewrite it meanwhile; the worst outcome is a context adopted with a stale half.
+        let peer = unsafe { &mut *peer };
+        if peer.used == 0 {
+            peer.used = 1;
+            ctx.trace_id = peer.trace_id;
+            ctx.parent_id = peer.span_id;
+            count(counter::CTX_ADOPTED);
+            return flags::CTX_FROM_PEER;
+        }
+    }
+    ctx.trace_id = new_trace_id();
+    0
+}
+
+/// A tracked fd is about to send. On a client connection with in-band propagation, a write
+/// after a read (or the first) starts a request, which gets its context here, before its bytes
+/// leave: a child of the server span the thread serves, else the root of a new trace. The
+/// sockops program writes it into the connection's segments until the response is read.
+#[inline(always)]
+fn client_sending(pid_tgid: u64, fd: u64) {
+    let Some(config) = config() else { return };
+    if config.propagate == 0 {
+        return;
+    }
+    let Some(key) = conn_key(pid_tgid, fd) else {
+        return;
+    };
+    let Some(state) = CONNECTIONS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup. Two threads writing one connection at
+    // once would both start a request here; each writes a whole context, one of them wins.
+    let state = unsafe { &mut *state };
+    if state.role != role::CLIENT || state.last_direction == direction::EGRESS {
+        return;
+    }
+    state.last_direction = direction::EGRESS;
+    let mut ctx = SpanCtx {
+        trace_id: [0; 16],
+        span_id: new_span_id(),
+        parent_id: [0; 8],
+    };
+    match THREAD_REQUESTS.get_ptr(pid_tgid) {
+        // SAFETY: the pointer comes from a successful lookup; the fields are copied out.
+        Some(r) if unsafe { (*r).ctx.span_id } != [0; 8] => unsafe {
+            ctx.trace_id = (*r).ctx.trace_id;
+            ctx.parent_id = (*r).ctx.span_id;
+        },
+        _ => ctx.trace_id = new_trace_id(),
+    }
+    state.ctx = ctx;
+    // LRU: a full map forgets the least recently used connection's context.
+    let _ = TCP_CTX_OUT.insert(&state.tuple, &ctx, 0);
+}
+
+/// A client connection received data: its request's response is coming, so its segments stop
+/// carrying the context, and its next write starts a new request.
+#[inline(always)]
+fn client_received(pid_tgid: u64, fd: u64) {
+    let Some(key) = conn_key(pid_tgid, fd) else {
+        return;
+    };
+    let Some(state) = CONNECTIONS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup; see client_sending.
+    let state = unsafe { &mut *state };
+    if state.last_direction == direction::EGRESS && state.ctx.span_id != [0; 8] {
+        let _ = TCP_CTX_OUT.remove(&state.tuple);
+    }
+    state.last_direction = direction::INGRESS;
+}
+
+#[inline(always)]
+fn random_u64() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    let (hi, lo) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// A random, non-zero span id.
+#[inline(always)]
+fn new_span_id() -> [u8; 8] {
+    (random_u64() | 1).to_be_bytes()
+}
+
+/// A random, non-zero trace id.
+#[inline(always)]
+fn new_trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&random_u64().to_be_bytes());
+    id[8..].copy_from_slice(&(random_u64() | 1).to_be_bytes());
+    id
 }
 
 /// A data syscall described by `args` moved `ret` (> 0) bytes on the tracked connection `state`:
@@ -797,8 +941,24 @@ fn thread_request(pid_tgid: u64, conn_id: u64, data_direction: u32, ts: u64) -> 
 fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
     let config = config().ok_or(0)?;
     let ts = now();
+    let event = SOCKET_EVENT_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: this CPU's scratch event (see SOCKET_EVENT_SCRATCH): the context goes straight
+    // into its header, emit_data writes the rest.
+    let ctx = unsafe { &mut (*event).header.ctx };
+    *ctx = SpanCtx::default();
     let (request_ns, event_flags) = if state.role == role::SERVER && config.track_requests != 0 {
-        thread_request(pid_tgid, state.conn_id, args.direction, ts)
+        thread_request(pid_tgid, state, args.direction, ts, config, ctx)
+    } else if state.role == role::CLIENT && config.propagate != 0 {
+        if args.direction == direction::INGRESS {
+            client_received(pid_tgid, args.fd as u32 as u64);
+            (0, 0)
+        } else if state.last_direction == direction::EGRESS && state.ctx.span_id != [0; 8] {
+            // The context client_sending gave this request before its bytes left.
+            *ctx = state.ctx;
+            (0, flags::CTX)
+        } else {
+            (0, 0)
+        }
     } else {
         (0, 0)
     };
@@ -806,7 +966,7 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Resu
         kind: kind::DATA,
         role: state.role,
         conn_id: state.conn_id,
-        tuple: state.tuple,
+        tuple: &state.tuple,
         request_ns,
         flags: event_flags,
         timestamp_ns: ts,
@@ -814,12 +974,13 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Resu
     emit_data(pid_tgid, args, ret, &out, config)
 }
 
-/// What a DATA or LOG event says besides the syscall's own arguments.
-struct Outgoing {
+/// What a DATA or LOG event says besides the syscall's own arguments and its context (which
+/// the caller writes into the scratch event's header first).
+struct Outgoing<'a> {
     kind: u32,
     role: u32,
     conn_id: u64,
-    tuple: ConnTuple,
+    tuple: &'a ConnTuple,
     request_ns: u64,
     flags: u32,
     timestamp_ns: u64,
@@ -850,24 +1011,25 @@ fn emit_data(
     } else {
         copy_msghdr(data, args.ptr, want)
     };
-    let header = SocketEventHeader {
-        kind: out.kind,
-        role: out.role,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        fd: args.fd,
-        direction: args.direction,
-        conn_id: out.conn_id,
-        timestamp_ns: out.timestamp_ns,
-        start_ns: args.start_ns,
-        bytes: ret as u64,
-        captured,
-        flags: out.flags,
-        tuple: out.tuple,
-        request_ns: out.request_ns,
-    };
-    // SAFETY: as above; the header is written in place, the data bytes after it.
-    unsafe { core::ptr::addr_of_mut!((*event).header).write(header) };
+    // SAFETY: as above; the header is written in place, field by field (a whole header built
+    // on the stack first would not fit the 512-byte BPF stack with its callers' frames).
+    unsafe {
+        let h = &mut (*event).header;
+        h.kind = out.kind;
+        h.role = out.role;
+        h.pid = (pid_tgid >> 32) as u32;
+        h.tid = pid_tgid as u32;
+        h.fd = args.fd;
+        h.direction = args.direction;
+        h.conn_id = out.conn_id;
+        h.timestamp_ns = out.timestamp_ns;
+        h.start_ns = args.start_ns;
+        h.bytes = ret as u64;
+        h.captured = captured;
+        h.flags = out.flags;
+        h.tuple = *out.tuple;
+        h.request_ns = out.request_ns;
+    }
     // The record is the header and the bytes captured, not the whole 1 KiB: most requests and
     // responses are a few hundred bytes, so the ring holds several times more events.
     let len = core::mem::size_of::<SocketEventHeader>()
@@ -995,6 +1157,28 @@ data_fexit!(sock_fexit_writev, buffer::IOVEC, direction::EGRESS);
 data_fexit!(sock_fexit_recvmsg, buffer::MSGHDR, direction::INGRESS);
 data_fexit!(sock_fexit_sendmsg, buffer::MSGHDR, direction::EGRESS);
 
+/// With in-band propagation the fexit set also needs the start of every send (see
+/// `client_sending`): the request's context must be known before its bytes leave.
+macro_rules! send_fentry {
+    ($name:ident) => {
+        #[fentry]
+        pub fn $name(ctx: FEntryContext) -> i32 {
+            if let Ok(regs) = regs_pointer(ctx.as_ptr())
+                && let Some(config) = config()
+                && let Ok(fd) = regs_arg(regs, 0, config)
+            {
+                client_sending(bpf_get_current_pid_tgid(), fd);
+            }
+            0
+        }
+    };
+}
+
+send_fentry!(sock_fentry_write);
+send_fentry!(sock_fentry_sendto);
+send_fentry!(sock_fentry_writev);
+send_fentry!(sock_fentry_sendmsg);
+
 #[inline(always)]
 fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Result<(), i64> {
     let ret = fexit_ret(ctx);
@@ -1006,7 +1190,7 @@ fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Resu
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = regs_arg(regs, 0, config)?;
     // The common case, an fd that is no tracked socket (nor a log write), stops here.
-    let state = tracked(pid_tgid, fd);
+    let state = tracked_ref(pid_tgid, fd);
     if state.is_none() && !log_write(pid_tgid, fd, data_direction) {
         return Ok(());
     }
@@ -1024,7 +1208,7 @@ fn fexit_data(ctx: &FExitContext, buffer_kind: u32, data_direction: u32) -> Resu
         direction: data_direction,
     };
     match state {
-        Some(state) => moved(pid_tgid, &args, ret, &state),
+        Some(state) => moved(pid_tgid, &args, ret, state),
         None => logged(pid_tgid, &args, ret),
     }
 }

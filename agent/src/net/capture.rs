@@ -32,10 +32,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
-        FEntry, FExit, ProgramError, TracePoint, fentry::FEntryLink, fexit::FExitLink,
-        trace_point::TracePointLink,
+        CgroupAttachMode, FEntry, FExit, ProgramError, SockOps, TracePoint, fentry::FEntryLink,
+        fexit::FExitLink, sock_ops::SockOpsLink, trace_point::TracePointLink,
     },
 };
 use bytes::Bytes;
@@ -117,6 +120,18 @@ const SYSCALLS: &[Syscall] = syscalls! {
     "sendmsg": "sock_enter_sendmsg", Some("sock_exit_sendmsg"), Trampoline::Exit("sock_fexit_sendmsg");
 };
 
+/// With in-band trace context, the fentry/fexit set also runs at the start of every send: a
+/// client request's context must be known before its bytes leave.
+const SEND_ENTRIES: &[(&str, &str)] = &[
+    ("write", "sock_fentry_write"),
+    ("sendto", "sock_fentry_sendto"),
+    ("writev", "sock_fentry_writev"),
+    ("sendmsg", "sock_fentry_sendmsg"),
+];
+
+/// The sockops program writing and reading the trace context TCP option.
+const TCP_CONTEXT_PROGRAM: &str = "loupe_tcp_context";
+
 /// How the syscalls' entry points are named (`__x64_sys_read`) and where their `struct pt_regs`
 /// keeps the first three arguments: di, si, dx on x86-64 (arch/x86/include/asm/ptrace.h), regs[0..3]
 /// on arm64.
@@ -154,6 +169,10 @@ pub struct CaptureOptions {
     pub log_writes_per_sec: u32,
     /// Keep each thread's current server request in the kernel (tags CPU samples with spans).
     pub track_requests: bool,
+    /// In-band trace context in a TCP option (see `tcp_context.rs` in loupe-ebpf).
+    pub tcp_context: bool,
+    /// Peers whose TCP option context is adopted: (network, prefix length).
+    pub trusted_peers: Vec<(std::net::IpAddr, u8)>,
 }
 
 impl Default for CaptureOptions {
@@ -169,6 +188,8 @@ impl Default for CaptureOptions {
             capture_logs: false,
             log_writes_per_sec: DEFAULT_LOG_WRITES_PER_SEC,
             track_requests: true,
+            tcp_context: false,
+            trusted_peers: Vec::new(),
         }
     }
 }
@@ -189,6 +210,9 @@ struct Metrics {
     swept: Counter,
     seeded: Counter,
     connections: Gauge,
+    ctx_adopted: Counter,
+    ctx_untrusted: Counter,
+    ctx_write_failed: Counter,
 }
 
 impl Metrics {
@@ -257,6 +281,23 @@ impl Metrics {
                 "Connections tracked in the kernel at the last sweep.",
                 &[],
             ),
+            ctx_adopted: r.counter(
+                "loupe_tcp_context_adopted_total",
+                "Server requests that adopted the trace context a trusted peer sent in its TCP \
+                 option.",
+                &[],
+            ),
+            ctx_untrusted: r.counter(
+                "loupe_tcp_context_untrusted_total",
+                "TCP options with trace context from a peer outside --tcp-context-trusted, ignored.",
+                &[],
+            ),
+            ctx_write_failed: r.counter(
+                "loupe_tcp_context_write_failures_total",
+                "Client segments that should have carried the trace context option but had no \
+                 option space left (or the store failed).",
+                &[],
+            ),
         }
     }
 }
@@ -277,6 +318,8 @@ pub struct SocketCapture {
     _config: Array<MapData, SocketConfig>,
     _pids: BpfHashMap<MapData, u32, u8>,
     offsets_valid: bool,
+    /// Why in-band trace context is off, when it was asked for and is.
+    tcp_context: Result<(), String>,
     method: SocketAttach,
     /// Why the method asked for was not used, if it was not.
     fallback: Option<String>,
@@ -313,6 +356,23 @@ impl SocketCapture {
         };
         let capture_bytes = options.capture_bytes.min(MAX_CAPTURE_BYTES as u32);
 
+        // Attached before the configuration says `propagate`, so nothing half-works meanwhile.
+        let mut links = Vec::new();
+        let tcp_context = if options.tcp_context {
+            attach_tcp_context(ebpf, &options.trusted_peers).map(|link| links.push(link))
+        } else {
+            Err("off (--tcp-context=false)".to_owned())
+        };
+        if let Err(e) = &tcp_context
+            && options.tcp_context
+        {
+            tracing::warn!(
+                "in-band trace context is off: {e}; spans across nodes link only through \
+                 traceparent headers"
+            );
+        }
+        let propagate = tcp_context.is_ok();
+
         let mut config: Array<MapData, SocketConfig> = take_map(ebpf, "SOCKET_CONFIG")?;
         let mut pids: BpfHashMap<MapData, u32, u8> = take_map(ebpf, "SOCKET_PIDS")?;
         for pid in &options.pids {
@@ -329,8 +389,9 @@ impl SocketCapture {
                     capture_logs: u32::from(options.capture_logs),
                     regs_arg_offsets: ENTRY_POINTS.map(|(_, o)| o).unwrap_or_default(),
                     log_writes_per_sec: options.log_writes_per_sec,
-                    track_requests: u32::from(options.track_requests),
-                    _pad: 0,
+                    // The client side needs the thread's server request to parent its context.
+                    track_requests: u32::from(options.track_requests || propagate),
+                    propagate: u32::from(propagate),
                 },
                 0,
             )
@@ -345,12 +406,11 @@ impl SocketCapture {
         let mut method = SocketAttach::Tracepoints;
         let mut fallback = None;
         let mut late_accepts = Vec::new();
-        let mut links = Vec::new();
         let mut attached = Vec::new();
         if options.attach == SocketAttach::Fentry {
-            match attach_trampolines(ebpf) {
-                Ok(l) => {
-                    links = l;
+            match attach_trampolines(ebpf, propagate) {
+                Ok(mut l) => {
+                    links.append(&mut l);
                     attached = SYSCALLS.iter().map(|s| s.name).collect();
                     method = SocketAttach::Fentry;
                     late_accepts = attach_late_accepts(ebpf);
@@ -447,6 +507,7 @@ impl SocketCapture {
                 _config: config,
                 _pids: pids,
                 offsets_valid: offsets.valid != 0,
+                tcp_context,
                 method,
                 fallback,
                 attached,
@@ -459,6 +520,11 @@ impl SocketCapture {
     /// Whether connections carry their addresses (struct offsets were found in BTF).
     pub fn offsets_valid(&self) -> bool {
         self.offsets_valid
+    }
+
+    /// Why in-band trace context (the TCP option) is off, or `None` when it is on.
+    pub fn tcp_context_off(&self) -> Option<&str> {
+        self.tcp_context.as_ref().err().map(String::as_str)
     }
 
     /// How the programs are attached: fentry/fexit or syscall tracepoints.
@@ -497,6 +563,54 @@ enum CaptureLink {
     TracePoint(#[allow(dead_code)] TracePointLink),
     FEntry(#[allow(dead_code)] FEntryLink),
     FExit(#[allow(dead_code)] FExitLink),
+    SockOps(#[allow(dead_code)] SockOpsLink),
+}
+
+/// Loads the sockops program, fills the trusted peers, and attaches it to the root cgroup
+/// through a BPF link (which goes with the agent, even on SIGKILL). Header-option callbacks
+/// exist from Linux 5.10, and links for cgroup programs from 5.7.
+fn attach_tcp_context(
+    ebpf: &mut Ebpf,
+    trusted: &[(std::net::IpAddr, u8)],
+) -> Result<CaptureLink, String> {
+    let kernel = aya::util::KernelVersion::current().map_err(|e| e.to_string())?;
+    if kernel < aya::util::KernelVersion::new(5, 10, 0) {
+        return Err(format!(
+            "kernel {kernel:?} has no TCP header option callbacks (they came in 5.10)"
+        ));
+    }
+    let root = crate::probe::cgroup2_root().ok_or("no cgroup v2 root found")?;
+    let cgroup = std::fs::File::open(&root)
+        .map_err(|e| format!("cannot open the cgroup root {}: {e}", root.display()))?;
+    let mut peers: LpmTrie<MapData, [u8; 16], u8> =
+        take_map(ebpf, "TRUSTED_PEERS").map_err(|e| e.to_string())?;
+    for (addr, len) in trusted {
+        let (bytes, len) = match addr {
+            std::net::IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), u32::from(*len) + 96),
+            std::net::IpAddr::V6(a) => (a.octets(), u32::from(*len)),
+        };
+        peers
+            .insert(&LpmKey::new(len, bytes), 1, 0)
+            .map_err(|e| format!("TRUSTED_PEERS: {e}"))?;
+    }
+    let name = TCP_CONTEXT_PROGRAM;
+    let p: &mut SockOps = program(ebpf, name).map_err(|e| e.to_string())?;
+    p.load().map_err(|e| rejected(name, e).to_string())?;
+    // Loaded, the program holds the map; its fd here may go (not before: loading resolves the
+    // program's map references through it).
+    drop(peers);
+    let id = p
+        // Through a BPF link (5.7+) the kernel takes no attach flags, and links always share
+        // the cgroup with other programs (Cilium's, OBI's): multi is implied.
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            format!("cannot attach {name} to {}: {e}{cause}", root.display())
+        })?;
+    let link = p.take_link(id).map_err(|e| e.to_string())?;
+    Ok(CaptureLink::SockOps(link))
 }
 
 /// Attaches the loaded tracepoint program `prog` to `syscalls:<tracepoint>`; the link is ours.
@@ -554,7 +668,7 @@ fn attach_late_accepts(ebpf: &mut Ebpf) -> Vec<CaptureLink> {
 
 /// Loads and attaches every syscall's fentry/fexit program, or none: on the first failure the links
 /// made so far are dropped (detached) and the error returned.
-fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
+fn attach_trampolines(ebpf: &mut Ebpf, propagate: bool) -> Result<Vec<CaptureLink>, EbpfError> {
     let Some((prefix, _)) = ENTRY_POINTS else {
         return Err(EbpfError::Unavailable(
             "fentry/fexit capture is not written for this CPU architecture".into(),
@@ -582,6 +696,14 @@ fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<CaptureLink>, EbpfError> {
             }
         };
         links.push(link);
+    }
+    for (syscall, name) in SEND_ENTRIES.iter().filter(|_| propagate) {
+        let function = format!("{prefix}{syscall}");
+        let attach_error = |source: ProgramError| EbpfError::Attach { name, source };
+        let p: &mut FEntry = program(ebpf, name)?;
+        p.load(&function, &btf).map_err(|e| rejected(name, e))?;
+        let id = p.attach().map_err(attach_error)?;
+        links.push(CaptureLink::FEntry(p.take_link(id).map_err(attach_error)?));
     }
     Ok(links)
 }
@@ -756,6 +878,9 @@ fn update_kernel_counters(
     m.read_failures_buffer.add(delta(counter::READ_FAILED));
     m.read_failures_tuple.add(delta(counter::TUPLE_FAILED));
     m.log_writes_limited.add(delta(counter::LOG_WRITES_LIMITED));
+    m.ctx_adopted.add(delta(counter::CTX_ADOPTED));
+    m.ctx_untrusted.add(delta(counter::CTX_UNTRUSTED));
+    m.ctx_write_failed.add(delta(counter::CTX_WRITE_FAILED));
     *last = totals;
 }
 

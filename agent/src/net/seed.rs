@@ -130,8 +130,9 @@ impl NamespaceSockets {
         Some(ConnState {
             conn_id,
             role,
-            _pad: 0,
+            last_direction: 0,
             tuple,
+            ctx: Default::default(),
         })
     }
 }

@@ -8,7 +8,7 @@ use loupe_protocols::http1::{self, Method, Version};
 use loupe_protocols::{Direction, Flow, MySqlConnection, RedisConnection, Role};
 
 use super::attrs::{MAX_URL_LEN, MAX_USER_AGENT_LEN, cut};
-use super::context::{LinkKey, SpanContext};
+use super::context::{KernelCtx, LinkKey, SpanContext};
 
 /// Chunks inspected for a protocol before a connection is left alone.
 pub const MAX_DETECT_ATTEMPTS: u8 = 4;
@@ -62,6 +62,8 @@ pub struct RawChunk {
     pub tid: u32,
     /// The kernel's request tag (see `correlate`), 0 when none.
     pub request_ns: u64,
+    /// The context the kernel gave the request these bytes start or belong to.
+    pub kctx: Option<KernelCtx>,
 }
 
 /// One syscall's bytes as the builder times them.
@@ -77,6 +79,8 @@ pub struct Chunk {
     pub tid: u32,
     /// The kernel's request tag (see `correlate`), 0 when none.
     pub request_ns: u64,
+    /// The context the kernel gave the request these bytes start or belong to.
+    pub kctx: Option<KernelCtx>,
 }
 
 /// What a waiting request needs to become a span.
@@ -186,8 +190,11 @@ pub struct Conn {
     pub detect_attempts: u8,
     /// Monotonic time of the last event (the LRU key, with the connection id).
     pub last_seen: u64,
-    /// First chunk `(start, tid)` of a client-to-server message not yet attributed to a request.
-    pub c2s_open: Option<(u64, u32, u64)>,
+    /// First chunk of a client-to-server message not yet attributed to a request.
+    pub c2s_open: Option<Chunk>,
+    /// The span id of the last kernel context a request of this connection took: pipelined
+    /// requests the kernel saw as one must not share it.
+    pub last_kernel_span: Option<[u8; 8]>,
     /// End time of the last chunk of each flow (`[client→server, server→client]`).
     pub last_end: [Option<u64>; 2],
     pub pending: VecDeque<Pending>,
@@ -214,6 +221,7 @@ impl Conn {
             detect_attempts: 0,
             last_seen: now,
             c2s_open: None,
+            last_kernel_span: None,
             last_end: [None; 2],
             pending: VecDeque::new(),
             pending_bytes: 0,

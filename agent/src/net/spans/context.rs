@@ -31,6 +31,19 @@ pub struct SpanContext {
     pub trace_state: String,
 }
 
+/// The context the kernel gave a request (in-band propagation, see `tcp_context.rs` in
+/// loupe-ebpf): fixed before the request's first byte left, so it is what the other side saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Server request: the client span its peer's TCP option named. Client request: the server
+    /// span its thread served in the kernel's view.
+    pub parent_id: Option<[u8; 8]>,
+    /// Server request: the parent came from the peer's TCP option.
+    pub from_peer: bool,
+}
+
 /// Random trace and span ids (xoshiro256++, seeded once; ids need uniqueness, not secrecy).
 #[derive(Debug, Clone)]
 pub struct IdGenerator {

@@ -129,7 +129,8 @@ impl Core {
         request: Request,
     ) {
         let (start_ns, tid) = chunk.map(|c| (c.start_ns, c.tid)).unwrap_or((self.now, 0));
-        let (ctx, link) = self.client_context((conn_id, id), conn, None, None, tid, false);
+        let kctx = chunk.and_then(|c| c.kctx);
+        let (ctx, link) = self.client_context((conn_id, id), conn, None, None, tid, kctx, false);
         self.queue(
             conn,
             conn_id,
@@ -152,21 +153,42 @@ impl Core {
         }
     }
 
-    /// Context for a server request read by `tid`.
+    /// The kernel's context for a request of `conn`, unless an earlier request of it took that
+    /// one already (requests pipelined within one read or write share the kernel's).
+    fn fresh_kernel_ctx(conn: &mut Conn, kctx: Option<KernelCtx>) -> Option<KernelCtx> {
+        let k = kctx?;
+        if conn.last_kernel_span == Some(k.span_id) {
+            return None;
+        }
+        conn.last_kernel_span = Some(k.span_id);
+        Some(k)
+    }
+
+    /// Context for a server request read by `tid`. Its parent, by precedence: the client span
+    /// of the same TCP connection on this host; the request's own `traceparent`; the client
+    /// span its peer's TCP option named (in-band, any node); none (a new trace). The kernel's
+    /// ids are kept where it gave some, since the calls the request makes carry them.
     pub(super) fn server_context(
         &mut self,
         req: RequestRef,
-        conn: &Conn,
+        conn: &mut Conn,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
         tid: u32,
+        kctx: Option<KernelCtx>,
     ) -> (SpanContext, Option<LinkKey>) {
-        let key = LinkKey::of_server(&conn.tuple);
-        let span_id = self.ids.span_id();
+        let kctx = Self::fresh_kernel_ctx(conn, kctx);
+        let key = if self.cfg.link_same_host {
+            LinkKey::of_server(&conn.tuple)
+        } else {
+            None
+        };
+        let span_id = kctx.map_or_else(|| self.ids.span_id(), |k| k.span_id);
         let ctx = if let Some(((trace_id, parent), client)) =
             self.ctx.server_request(key, req, self.now)
         {
             self.linked.push((client, req));
+            self.m.parents[0].inc();
             SpanContext {
                 trace_id,
                 span_id,
@@ -176,6 +198,7 @@ impl Core {
         } else if let Some(tp) =
             traceparent.and_then(|v| loupe_protocols::traceparent::parse(v).ok())
         {
+            self.m.parents[1].inc();
             SpanContext {
                 trace_id: tp.trace_id,
                 span_id,
@@ -183,6 +206,16 @@ impl Core {
                 trace_state: tracestate
                     .map(|s| attrs::cut(s, MAX_TRACE_STATE).to_owned())
                     .unwrap_or_default(),
+            }
+        } else if let Some(k) = kctx {
+            if k.from_peer {
+                self.m.parents[2].inc();
+            }
+            SpanContext {
+                trace_id: k.trace_id,
+                span_id,
+                parent_span_id: k.parent_id.filter(|_| k.from_peer),
+                trace_state: String::new(),
             }
         } else {
             SpanContext {
@@ -197,17 +230,23 @@ impl Core {
     }
 
     /// Context for a client request started by `tid`; `link` for protocols whose server side
-    /// makes spans (HTTP).
+    /// makes spans (HTTP). Its parent: the request's own `traceparent` (an SDK's), else the
+    /// server span its thread serves. With a kernel context the ids are the kernel's, which
+    /// went out in the TCP option; the parent is kept only where this builder knows that span.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn client_context(
         &mut self,
         req: RequestRef,
-        conn: &Conn,
+        conn: &mut Conn,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
         tid: u32,
+        kctx: Option<KernelCtx>,
         link: bool,
     ) -> (SpanContext, Option<LinkKey>) {
-        let span_id = self.ids.span_id();
+        let kctx = Self::fresh_kernel_ctx(conn, kctx);
+        let span_id = kctx.map_or_else(|| self.ids.span_id(), |k| k.span_id);
+        let serving = self.ctx.serving(tid);
         let ctx = if let Some(tp) =
             traceparent.and_then(|v| loupe_protocols::traceparent::parse(v).ok())
         {
@@ -219,7 +258,24 @@ impl Core {
                     .map(|s| attrs::cut(s, MAX_TRACE_STATE).to_owned())
                     .unwrap_or_default(),
             }
-        } else if let Some((trace_id, parent)) = self.ctx.serving(tid) {
+        } else if let Some(k) = kctx {
+            // The kernel's parent is the server request its thread serves; the span this
+            // builder made of that request may be in another trace (its own `traceparent`).
+            match serving.filter(|&(_, s)| Some(s) == k.parent_id) {
+                Some((trace_id, parent)) => SpanContext {
+                    trace_id,
+                    span_id,
+                    parent_span_id: Some(parent),
+                    trace_state: String::new(),
+                },
+                None => SpanContext {
+                    trace_id: k.trace_id,
+                    span_id,
+                    parent_span_id: None,
+                    trace_state: String::new(),
+                },
+            }
+        } else if let Some((trace_id, parent)) = serving {
             SpanContext {
                 trace_id,
                 span_id,
@@ -234,7 +290,7 @@ impl Core {
                 trace_state: String::new(),
             }
         };
-        let key = if link {
+        let key = if link && self.cfg.link_same_host {
             LinkKey::of_client(&conn.tuple)
         } else {
             None
@@ -287,18 +343,19 @@ impl Core {
         for ev in events {
             match ev {
                 http1::Event::RequestStart { id, head } => {
-                    let (start_ns, tid, request_ns) = conn
+                    let (start_ns, tid, request_ns, kctx) = conn
                         .c2s_open
                         .take()
-                        .or(chunk.map(|c| (c.start_ns, c.tid, c.request_ns)))
-                        .unwrap_or((self.now, 0, 0));
+                        .or(chunk)
+                        .map(|c| (c.start_ns, c.tid, c.request_ns, c.kctx))
+                        .unwrap_or((self.now, 0, 0, None));
                     let req = (conn_id, *id);
                     let tp = head.headers.traceparent.as_deref();
                     let ts = head.headers.tracestate.as_deref();
                     let (ctx, link) = if conn.role == Role::Server {
-                        self.server_context(req, conn, tp, ts, tid)
+                        self.server_context(req, conn, tp, ts, tid, kctx)
                     } else {
-                        self.client_context(req, conn, tp, ts, tid, true)
+                        self.client_context(req, conn, tp, ts, tid, kctx, true)
                     };
                     let p = Pending {
                         id: *id,

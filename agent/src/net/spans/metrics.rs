@@ -44,6 +44,8 @@ pub(super) struct Metrics {
     pub(super) evicted: [Counter; 3],
     pub(super) desyncs: [Counter; 3],
     pub(super) context_overflows: Counter,
+    /// Server spans given a parent, by where it came from: [same_host, traceparent, tcp_option].
+    pub(super) parents: [Counter; 3],
     pub(super) connections: Gauge,
     pub(super) buffered: Gauge,
 }
@@ -101,9 +103,20 @@ impl Metrics {
                 p,
             )
         });
+        let parents = ["same_host", "traceparent", "tcp_option"].map(|source| {
+            c(
+                "loupe_spans_server_parents_total",
+                "Server spans given a parent span, by where the parent came from: the client \
+                 end of the same connection on this host, the request's traceparent header, or \
+                 the client's TCP option (in-band, any node).",
+                "source",
+                source,
+            )
+        });
         Self {
             events,
             spans,
+            parents,
             dropped,
             detected,
             evicted,

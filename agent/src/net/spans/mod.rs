@@ -74,7 +74,7 @@ use conn::{
 };
 pub use context::IdGenerator;
 pub use context::ServingChange;
-use context::{ClientLink, LinkKey, RequestRef, SpanContext, TraceContexts};
+use context::{ClientLink, KernelCtx, LinkKey, RequestRef, SpanContext, TraceContexts};
 use metrics::{DropReason, EvictReason, Metrics};
 pub use process::{ProcResolver, ProcessResolver};
 use process::{ProcessCache, ProcessInfo};
@@ -112,6 +112,9 @@ pub struct SpanBuilderConfig {
     pub max_serving_threads: usize,
     /// Requests waiting to be linked to the other end on this host.
     pub max_links: usize,
+    /// Link a client request to the server request it becomes on this host by their shared
+    /// TCP connection (off: only in-band context and `traceparent` link them).
+    pub link_same_host: bool,
 }
 
 impl Default for SpanBuilderConfig {
@@ -127,6 +130,7 @@ impl Default for SpanBuilderConfig {
             max_routes_per_service: 100,
             max_serving_threads: 64 * 1024,
             max_links: 16 * 1024,
+            link_same_host: true,
         }
     }
 }
@@ -500,6 +504,12 @@ impl SpanBuilder {
             end_ns: h.timestamp_ns,
             tid: h.tid,
             request_ns: h.request_ns,
+            kctx: (h.flags & flags::CTX != 0 && h.ctx.span_id != [0; 8]).then(|| KernelCtx {
+                trace_id: h.ctx.trace_id,
+                span_id: h.ctx.span_id,
+                parent_id: (h.ctx.parent_id != [0; 8]).then_some(h.ctx.parent_id),
+                from_peer: h.flags & flags::CTX_FROM_PEER != 0,
+            }),
         };
         if h.flags & flags::REQUEST_SAMPLED != 0 {
             self.core.note_sampled((h.tid, h.request_ns));
@@ -552,12 +562,13 @@ impl SpanBuilder {
             end_ns: raw.end_ns,
             tid: raw.tid,
             request_ns: raw.request_ns,
+            kctx: raw.kctx,
         };
         if matches!(conn.parser, Parser::Http(_))
             && flow == Flow::ClientToServer
             && conn.c2s_open.is_none()
         {
-            conn.c2s_open = Some((chunk.start_ns, chunk.tid, chunk.request_ns));
+            conn.c2s_open = Some(chunk);
         }
         let total = raw.total;
         match &mut conn.parser {

@@ -122,6 +122,7 @@ impl Sim {
             flags: 0,
             tuple: c.tuple,
             request_ns: 0,
+            ctx: Default::default(),
         }
     }
 
@@ -142,6 +143,42 @@ impl Sim {
     #[allow(clippy::too_many_arguments)]
     fn io(&mut self, c: &C, tid: u32, dir: u32, t0: u64, t1: u64, data: &[u8], total: u64) {
         let header = Self::header(c, kind::DATA, tid, dir, t0, t1, total, data.len() as u32);
+        self.b.handle(&SocketEvent {
+            header,
+            data: Bytes::copy_from_slice(data),
+        });
+    }
+
+    /// A syscall carrying the context the kernel gave its request (`from_peer`: a server
+    /// request's parent came from the client's TCP option).
+    #[allow(clippy::too_many_arguments)]
+    fn io_ctx(
+        &mut self,
+        c: &C,
+        tid: u32,
+        dir: u32,
+        t: u64,
+        data: &[u8],
+        ctx: loupe_common::socket::SpanCtx,
+        from_peer: bool,
+    ) {
+        let mut header = Self::header(
+            c,
+            kind::DATA,
+            tid,
+            dir,
+            t,
+            t,
+            data.len() as u64,
+            data.len() as u32,
+        );
+        header.ctx = ctx;
+        header.flags = loupe_common::socket::flags::CTX
+            | if from_peer {
+                loupe_common::socket::flags::CTX_FROM_PEER
+            } else {
+                0
+            };
         self.b.handle(&SocketEvent {
             header,
             data: Bytes::copy_from_slice(data),
@@ -1601,4 +1638,155 @@ fn server_spans_are_published_for_the_profiler_and_logs_carry_their_request() {
         attr(&batch.resources[0].resource.attributes, "service.name").as_deref(),
         Some("svc4242")
     );
+}
+
+fn kctx(trace: u8, span: u8, parent: u8) -> loupe_common::socket::SpanCtx {
+    loupe_common::socket::SpanCtx {
+        trace_id: [trace; 16],
+        span_id: [span; 8],
+        parent_id: [parent; 8],
+    }
+}
+
+#[test]
+fn a_server_request_with_a_peers_tcp_option_context_is_its_childs() {
+    let mut s = Sim::with(SpanBuilderConfig {
+        link_same_host: false,
+        ..SpanBuilderConfig::default()
+    });
+    let c = server(1, 100);
+    s.open(&c, 10);
+    s.io_ctx(
+        &c,
+        101,
+        direction::INGRESS,
+        1_000,
+        REQ,
+        kctx(0xaa, 0x11, 0x22),
+        true,
+    );
+    s.io_ctx(
+        &c,
+        101,
+        direction::EGRESS,
+        1_200,
+        OK,
+        kctx(0xaa, 0x11, 0x22),
+        true,
+    );
+    // Pipelined in one read: the second request must not take the same context.
+    let two = [REQ, REQ].concat();
+    s.io_ctx(
+        &c,
+        101,
+        direction::INGRESS,
+        2_000,
+        &two,
+        kctx(0xbb, 0x33, 0x44),
+        true,
+    );
+    s.write(&c, 101, 2_100, 2_200, &[OK, OK].concat());
+    let spans = s.spans();
+    assert_eq!(spans.len(), 3);
+    let first = &spans[0].1;
+    assert_eq!(first.trace_id, vec![0xaa; 16]);
+    assert_eq!(first.span_id, vec![0x11; 8]);
+    assert_eq!(first.parent_span_id, vec![0x22; 8]);
+    assert_eq!(spans[1].1.parent_span_id, vec![0x44; 8]);
+    assert_eq!(spans[1].1.span_id, vec![0x33; 8]);
+    assert!(spans[2].1.parent_span_id.is_empty(), "a second adoption");
+    assert_ne!(spans[2].1.span_id, vec![0x33; 8]);
+    assert_eq!(
+        s.metric("loupe_spans_server_parents_total{source=\"tcp_option\"}"),
+        2
+    );
+}
+
+#[test]
+fn the_kernels_context_without_a_peer_is_a_root_with_the_kernels_ids() {
+    let mut s = Sim::new();
+    let c = server(1, 100);
+    s.open(&c, 10);
+    s.io_ctx(
+        &c,
+        101,
+        direction::INGRESS,
+        1_000,
+        REQ,
+        kctx(0xaa, 0x11, 0),
+        false,
+    );
+    // Its thread's outgoing call carries the kernel's context, a child of the server span.
+    let out = client(2, 100, 9000);
+    s.io_ctx(
+        &out,
+        101,
+        direction::EGRESS,
+        1_050,
+        REQ,
+        kctx(0xaa, 0x55, 0x11),
+        false,
+    );
+    s.read(&out, 101, 1_060, 1_080, OK);
+    s.write(&c, 101, 1_100, 1_200, OK);
+    let spans = s.spans();
+    let server_span = &spans.iter().find(|(_, sp)| sp.kind == 2).unwrap().1;
+    let client_span = &spans.iter().find(|(_, sp)| sp.kind == 3).unwrap().1;
+    assert_eq!(server_span.trace_id, vec![0xaa; 16]);
+    assert_eq!(server_span.span_id, vec![0x11; 8]);
+    assert!(server_span.parent_span_id.is_empty());
+    assert_eq!(client_span.trace_id, vec![0xaa; 16]);
+    assert_eq!(client_span.span_id, vec![0x55; 8]);
+    assert_eq!(client_span.parent_span_id, vec![0x11; 8]);
+}
+
+#[test]
+fn a_traceparent_header_wins_over_the_tcp_option() {
+    let mut s = Sim::new();
+    let c = server(1, 100);
+    s.open(&c, 10);
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n";
+    s.io_ctx(
+        &c,
+        101,
+        direction::INGRESS,
+        1_000,
+        req,
+        kctx(0xaa, 0x11, 0x22),
+        true,
+    );
+    // The thread's call: the kernel's parent is the server span, which joined the header's
+    // trace, so the call joins it too.
+    let out = client(2, 100, 9000);
+    s.io_ctx(
+        &out,
+        101,
+        direction::EGRESS,
+        1_050,
+        REQ,
+        kctx(0xaa, 0x55, 0x11),
+        false,
+    );
+    s.read(&out, 101, 1_060, 1_080, OK);
+    s.write(&c, 101, 1_100, 1_200, OK);
+    let spans = s.spans();
+    let server_span = &spans.iter().find(|(_, sp)| sp.kind == 2).unwrap().1;
+    let client_span = &spans.iter().find(|(_, sp)| sp.kind == 3).unwrap().1;
+    let header_trace = hex_bytes("0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(server_span.trace_id, header_trace);
+    assert_eq!(server_span.parent_span_id, hex_bytes("b7ad6b7169203331"));
+    assert_eq!(server_span.span_id, vec![0x11; 8]);
+    assert_eq!(client_span.trace_id, header_trace);
+    assert_eq!(client_span.parent_span_id, vec![0x11; 8]);
+    assert_eq!(
+        s.metric("loupe_spans_server_parents_total{source=\"traceparent\"}"),
+        1
+    );
+}
+
+fn hex_bytes(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        .collect()
 }
