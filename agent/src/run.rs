@@ -409,6 +409,10 @@ fn start_network_spans(
             SocketAttach::Tracepoints => "tracepoints",
         },
     );
+    match capture.tcp_context_off() {
+        None => crate::self_metrics::record_attach(registry, "tcp_context", "sockops"),
+        Some(why) => tracing::debug!("in-band trace context: {why}"),
+    }
     Some(NetworkSpans {
         capture,
         builder,

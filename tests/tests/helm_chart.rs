@@ -107,6 +107,15 @@ fn scenarios() -> Vec<(&'static str, Vec<String>)> {
                     .into(),
             ],
         ),
+        (
+            "trace context from the VPC only",
+            vec![
+                "--set-json".into(),
+                r#"agent.tcpContext.trustedCidrs=["10.0.0.0/16","fd00::/8"]"#.into(),
+                "--set".into(),
+                "agent.linkSameHost=false".into(),
+            ],
+        ),
         ("AL2023", vec!["-f".into(), f("values-al2023.yaml")]),
         ("Bottlerocket", vec!["-f".into(), f("values-bottlerocket.yaml")]),
         (
@@ -284,11 +293,25 @@ fn the_agent_is_least_privilege_by_default() {
     let documented = documented_capabilities();
     assert_eq!(
         documented,
-        ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]
-            .map(String::from)
-            .into()
+        [
+            "BPF",
+            "PERFMON",
+            "SYS_PTRACE",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN"
+        ]
+        .map(String::from)
+        .into()
     );
     assert_eq!(strings(&sc["capabilities"]["add"]), documented);
+    // NET_ADMIN only serves the TCP option: off, it goes.
+    let docs = render(&["--set".into(), "agent.tcpContext.enabled=false".into()]);
+    let mut want = documented.clone();
+    want.remove("NET_ADMIN");
+    assert_eq!(
+        strings(&agent_container(&docs)["securityContext"]["capabilities"]["add"]),
+        want
+    );
 
     // Opt-ins add exactly their capability.
     let docs = render(&["--set".into(), "securityContext.sysResource=true".into()]);

@@ -26,6 +26,7 @@ fn bounding_set(caps: &[String]) -> String {
 fn cap_number(name: &str) -> u32 {
     match name {
         "DAC_READ_SEARCH" => 2,
+        "NET_ADMIN" => 12,
         "SYS_PTRACE" => 19,
         "SYS_ADMIN" => 21,
         "SYS_RESOURCE" => 24,
@@ -75,6 +76,10 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     assert!(
         metrics.contains("program=\"sockets\"} 1"),
         "socket capture must attach with the chart's capabilities:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("loupe_attach_method{method=\"sockops\",program=\"tcp_context\"} 1"),
+        "the TCP option program must attach with the chart's capabilities:\n{metrics}"
     );
 
     // Another user's process, as containers' processes are to the agent: reading its maps and

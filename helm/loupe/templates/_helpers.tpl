@@ -51,6 +51,9 @@ opt-in ones.
 - PERFMON
 - SYS_PTRACE
 - DAC_READ_SEARCH
+{{- if .Values.agent.tcpContext.enabled }}
+- NET_ADMIN
+{{- end }}
 {{- if .Values.securityContext.sysResource }}
 - SYS_RESOURCE
 {{- end }}
@@ -78,6 +81,8 @@ win. Keys come out sorted (range over a dict), one per line.
   "log_lines_per_sec" $a.logLinesPerSec
   "span_profiles" $a.spanProfiles
   "publish_trace_context" $a.publishTraceContext
+  "tcp_context" $a.tcpContext.enabled
+  "link_same_host" $a.linkSameHost
   "kubernetes" $a.kubernetes
   "metrics_addr" (printf "%s:%d" $host (int $a.metricsPort))
   "memory_limit" $a.memoryLimit
@@ -103,6 +108,9 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- if (index $e $backend).tokenSecret }}
 {{- $_ := set $cfg (printf "%s_token_file" $backend) (printf "%s/%s/token" (include "loupe.tokenDir" $) $backend) }}
 {{- end }}
+{{- end -}}
+{{- with $a.tcpContext.trustedCidrs }}
+{{- $_ := set $cfg "tcp_context_trusted" . }}
 {{- end -}}
 {{- with $a.debuginfod.url }}
 {{- $_ := set $cfg "debuginfod_url" . }}
