@@ -19,9 +19,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id,
-            bpf_ktime_get_ns, bpf_probe_read_kernel as read_kernel_raw,
-            bpf_probe_read_user as read_user_raw,
+            bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+            bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw,
         },
     },
     macros::{fentry, fexit, map, tracepoint},

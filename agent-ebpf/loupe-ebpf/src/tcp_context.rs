@@ -104,7 +104,12 @@ fn try_tcp_context(ctx: &SockOpsContext) -> Result<(), i64> {
             };
             // SAFETY: `option` is OPTION_LEN bytes on this program's stack.
             let rc = unsafe {
-                bpf_store_hdr_opt(ctx.ops, (&option as *const TcpTraceOption).cast(), OPTION_LEN, 0)
+                bpf_store_hdr_opt(
+                    ctx.ops,
+                    (&option as *const TcpTraceOption).cast(),
+                    OPTION_LEN,
+                    0,
+                )
             };
             if rc != 0 {
                 count(counter::CTX_WRITE_FAILED);
@@ -127,13 +132,21 @@ fn parse(ctx: &SockOpsContext) -> Result<(), i64> {
     };
     // SAFETY: `option` is OPTION_LEN writable bytes on this program's stack.
     let rc = unsafe {
-        bpf_load_hdr_opt(ctx.ops, (&mut option as *mut TcpTraceOption).cast(), OPTION_LEN, 0)
+        bpf_load_hdr_opt(
+            ctx.ops,
+            (&mut option as *mut TcpTraceOption).cast(),
+            OPTION_LEN,
+            0,
+        )
     };
     if rc != i64::from(OPTION_LEN) || option.len != OPTION_LEN as u8 {
         return Ok(());
     }
     let tuple = tuple(ctx).ok_or(0)?;
-    if TRUSTED_PEERS.get(Key::new(128, tuple.remote_addr)).is_none() {
+    if TRUSTED_PEERS
+        .get(Key::new(128, tuple.remote_addr))
+        .is_none()
+    {
         count(counter::CTX_UNTRUSTED);
         return Ok(());
     }
