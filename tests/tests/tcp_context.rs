@@ -5,18 +5,26 @@
 //! agent's sockops program) can make the server span the client span's child.
 //!
 //! The same calls with the option off, and with the client's address outside the trusted
-//! CIDRs, leave the server spans without a parent (so the first assertion can fail); a client
+//! CIDRs, leave the server spans without a parent (so the first assertion can fail); with the
+//! option off and same-host linking on, the two ends are linked by the client's address and
+//! port, which DNAT leaves alone; a client
 //! sending its own `traceparent` keeps its trace: the option never overrides the header.
+//!
+//! The loopback test needs nothing but the agent and a workload: the kernel matrix runs it in
+//! each VM (5.10, 6.1, 6.12, where the socket programs attach by fentry/fexit), whose initramfs
+//! has no iproute2, iptables or Python for the namespace test.
 
 use std::{
     collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use loupe_tests::{
     Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, read_spans,
-    require_root,
+    require_root, workload,
 };
 
 /// Where the client calls: a ClusterIP-like address that exists only as a DNAT rule.
@@ -154,9 +162,7 @@ fn calls_under_agent(
 ) -> (Vec<SpanRecord>, Vec<SpanRecord>, String) {
     let out = dir.join(name);
     let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--link-same-host=false", "--output-dir"])
-        .arg(&out)
-        .args(extra);
+    cmd.args(["run", "--output-dir"]).arg(&out).args(extra);
     let agent = Agent::start(cmd, dir, name);
     for _ in 0..CALLS {
         assert_eq!(ns.call(headers), "200", "{name}: the call through DNAT");
@@ -217,7 +223,8 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
     }
 
     // With the option: every server span is the child of its client span, in its trace.
-    let (clients, servers, metrics) = calls_under_agent(&ns, dir.path(), "option", &[], &[]);
+    const NO_LINK: &str = "--link-same-host=false";
+    let (clients, servers, metrics) = calls_under_agent(&ns, dir.path(), "option", &[NO_LINK], &[]);
     let by_id: HashMap<&str, &SpanRecord> =
         clients.iter().map(|s| (s.span_id.as_str(), s)).collect();
     for s in &servers {
@@ -236,10 +243,36 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
     assert!(metric(&metrics, "loupe_tcp_context_adopted_total") >= CALLS as u64);
 
     // Without it, nothing links them.
-    let (_, servers, _) = calls_under_agent(&ns, dir.path(), "off", &["--tcp-context=false"], &[]);
+    let (_, servers, _) = calls_under_agent(
+        &ns,
+        dir.path(),
+        "off",
+        &["--tcp-context=false", NO_LINK],
+        &[],
+    );
     assert!(
         servers.iter().all(|s| s.parent_span_id.is_empty()),
         "{servers:#?}"
+    );
+
+    // Without the option, linking by the client's address and port (both namespaces are on this
+    // host) sees through the DNAT that changed the server's address and port.
+    let (clients, servers, metrics) =
+        calls_under_agent(&ns, dir.path(), "same-host", &["--tcp-context=false"], &[]);
+    let by_id: HashMap<&str, &SpanRecord> =
+        clients.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for s in &servers {
+        assert!(
+            by_id.contains_key(s.parent_span_id.as_str()),
+            "server span {s:#?} is no client span's child: {clients:#?}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            "loupe_spans_server_parents_total{source=\"same_host\"}"
+        ),
+        CALLS as u64
     );
 
     // A client outside the trusted CIDRs: its option is read, counted and ignored.
@@ -247,7 +280,7 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
         &ns,
         dir.path(),
         "untrusted",
-        &["--tcp-context-trusted", "192.0.2.0/24"],
+        &["--tcp-context-trusted", "192.0.2.0/24", NO_LINK],
         &[],
     );
     assert!(
@@ -260,8 +293,66 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let header = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
     let (clients, servers, _) =
-        calls_under_agent(&ns, dir.path(), "header", &[], &[header.as_str()]);
+        calls_under_agent(&ns, dir.path(), "header", &[NO_LINK], &[header.as_str()]);
     for s in clients.iter().chain(&servers) {
         assert_eq!(s.trace_id, trace, "{s:#?}");
+    }
+}
+
+#[test]
+fn a_loopback_call_is_linked_by_the_tcp_option_alone() {
+    require_root();
+    let mut server = Guard(
+        Command::new(workload("http_server"))
+            .env("OTEL_SERVICE_NAME", "tcp-option-server")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the HTTP server workload (built by `cargo xtask test`)"),
+    );
+    let mut addr = String::new();
+    BufReader::new(server.0.stdout.take().expect("server stdout"))
+        .read_line(&mut addr)
+        .expect("server address");
+    let addr = addr.trim().to_string();
+    let port = addr.rsplit(':').next().expect("port").to_string();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--link-same-host=false", "--output-dir"])
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    // New connections (the option is asked for when one is established), one request each.
+    for i in 0..CALLS {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        write!(
+            s,
+            "GET /api/users/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    let (status, stderr) = agent.stop(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    let spans = read_spans(&out);
+    let port_of = |s: &SpanRecord| s.attributes.get("server.port").cloned().unwrap_or_default();
+    let clients: HashMap<&str, &SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT && port_of(s) == port)
+        .map(|s| (s.span_id.as_str(), s))
+        .collect();
+    let servers: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_SERVER && s.service == "tcp-option-server")
+        .collect();
+    assert_eq!(clients.len(), CALLS, "{spans:#?}\n{stderr}");
+    assert_eq!(servers.len(), CALLS, "{spans:#?}\n{stderr}");
+    for s in servers {
+        let parent = clients
+            .get(s.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("{s:#?} is no client span's child\n{stderr}"));
+        assert_eq!(s.trace_id, parent.trace_id);
     }
 }

@@ -65,6 +65,9 @@ const TARGET_THROUGHPUT_LOSS_PCT: f64 = 2.0;
 const TARGET_P99_INCREASE_PCT: f64 = 5.0;
 const TARGET_PCT_CORE_PER_KRPS: f64 = 2.0;
 const TARGET_RSS_MB: f64 = 64.0;
+/// Target of issue 14: the agent's CPU (userspace + eBPF) per request ≤ this share of the
+/// server's own CPU per request.
+const TARGET_AGENT_SHARE_OF_SERVER: f64 = 0.25;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Scenario {
@@ -156,6 +159,8 @@ impl AgentCost {
 enum Mode {
     Off,
     Agent,
+    /// The agent with in-band trace context (the TCP option) off: its own cost, by difference.
+    AgentNoTcpContext,
     /// bpftrace with empty programs on the agent's syscall tracepoints.
     Floor,
 }
@@ -165,6 +170,7 @@ impl Mode {
         match self {
             Mode::Off => "off",
             Mode::Agent => "agent on",
+            Mode::AgentNoTcpContext => "agent on, TCP option off",
             Mode::Floor => "empty programs",
         }
     }
@@ -210,12 +216,18 @@ pub fn network(agent: &Path, secs: u64, rate: u32) -> anyhow::Result<String> {
             Scenario::Moderate { rate },
             Scenario::TracepointFloor,
         ] {
-            for on in [false, true, true, false] {
-                let mode = match (on, scenario) {
-                    (false, _) => Mode::Off,
-                    (true, Scenario::TracepointFloor) => Mode::Floor,
-                    (true, _) => Mode::Agent,
-                };
+            let modes: &[Mode] = match scenario {
+                Scenario::Saturation => &[
+                    Mode::Off,
+                    Mode::Agent,
+                    Mode::AgentNoTcpContext,
+                    Mode::Agent,
+                    Mode::Off,
+                ],
+                Scenario::Moderate { .. } => &[Mode::Off, Mode::Agent, Mode::Agent, Mode::Off],
+                Scenario::TracepointFloor => &[Mode::Off, Mode::Floor, Mode::Floor, Mode::Off],
+            };
+            for &mode in modes {
                 let title = format!(
                     "{}, {}, {secs}s: wrk -t1 -c{}",
                     scenario.name(),
@@ -479,7 +491,12 @@ fn run_scenario(
     };
     let mut other_agents = other_agents_now();
     let mut agent = match mode {
-        Mode::Agent => Some(Agent::start(agent_bin, &out.join("agent"))?),
+        Mode::Agent => Some(Agent::start(agent_bin, &out.join("agent"), &[])?),
+        Mode::AgentNoTcpContext => Some(Agent::start(
+            agent_bin,
+            &out.join("agent"),
+            &["--tcp-context=false"],
+        )?),
         _ => None,
     };
     let floor = match mode {
@@ -650,7 +667,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Agent> {
+    fn start(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Agent> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -660,6 +677,7 @@ impl Agent {
             .args(["run", "--output-dir"])
             .arg(dir.join("data"))
             .args(["--metrics-addr", &metrics_addr])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -783,7 +801,8 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
          {cpus} CPUs. `{wrk_version}` (one thread) against a std-only Rust HTTP/1.1 keep-alive server \
          (xtask/workloads/http_server.rs, one thread per connection) on loopback, `GET {PATH}` → 200 \
          with 54 bytes of JSON. {secs} s per run; each scenario runs agent off, on, on, off and \
-         compares the means. The agent runs with its defaults (network spans, profiler at 19 Hz, \
+         compares the means (saturation also runs the agent once with the TCP option off, \
+         between the two on runs, to show that option's own cost). The agent runs with its defaults (network spans, profiler at 19 Hz, \
          local sink writing traces.jsonl) and traces every process, so each request is two spans \
          (wrk's client span and the server's span) from four socket events.\n\n\
          - saturation: `wrk -t1 -c{SATURATION_CONNECTIONS}`, closed loop at the host's limit.\n\
@@ -872,9 +891,14 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
     }
     let mut rss_max: f64 = 0.0;
     for scenario in scenarios {
+        // "On" is the agent with its defaults (or the empty programs); the TCP option-off runs
+        // are reported apart below.
         let of = |on: bool| {
-            runs.iter()
-                .filter(move |x| x.scenario == scenario && (x.mode != Mode::Off) == on)
+            runs.iter().filter(move |x| {
+                x.scenario == scenario
+                    && x.mode != Mode::AgentNoTcpContext
+                    && (x.mode != Mode::Off) == on
+            })
         };
         let rps_off = mean(of(false).map(|x| x.wrk.rps()));
         let rps_on = mean(of(true).map(|x| x.wrk.rps()));
@@ -912,6 +936,34 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
             ms_per_krq / 2.0
         );
         if let Scenario::Saturation = scenario {
+            // Server CPU per request with the agent on: eBPF time spent in the server's syscalls
+            // is inside it, so the share is if anything understated by that much.
+            let server_us =
+                mean(of(true).map(|x| x.server_cpu_s * 1e6 / x.wrk.requests.max(1) as f64));
+            let share = ms_per_krq / server_us.max(1e-9);
+            let _ = writeln!(
+                r,
+                "- agent CPU per request ≤ {:.0}% of the server's own (issue 14): {ms_per_krq:.2} µs \
+                 against {server_us:.2} µs, {:.0}% — {}",
+                TARGET_AGENT_SHARE_OF_SERVER * 100.0,
+                share * 100.0,
+                mark(share <= TARGET_AGENT_SHARE_OF_SERVER)
+            );
+            let no_option: Vec<&Run> = runs
+                .iter()
+                .filter(|x| x.scenario == scenario && x.mode == Mode::AgentNoTcpContext)
+                .collect();
+            if !no_option.is_empty() {
+                let ms_without = mean(no_option.iter().filter_map(|x| x.agent_ms_per_krq()));
+                let rps_without = mean(no_option.iter().map(|x| x.wrk.rps()));
+                let p99_without = mean(no_option.iter().map(|x| x.wrk.p99_us));
+                let _ = writeln!(
+                    r,
+                    "- the TCP option's own cost (agent on with `--tcp-context=false` for \
+                     comparison): agent {ms_without:.2} → {ms_per_krq:.2} ms per 1,000 requests, \
+                     {rps_without:.0} → {rps_on:.0} req/s, p99 {p99_without:.0} → {p99_on:.0} µs"
+                );
+            }
             let _ = writeln!(
                 r,
                 "- ≤ {TARGET_THROUGHPUT_LOSS_PCT}% throughput loss at saturation: {loss:.1}% — {}",

@@ -5,7 +5,8 @@
 //!   its response is over (or the thread starts serving another request). Client requests the
 //!   thread starts meanwhile are children of that server span.
 //! - Same host: a client connection `(local L, remote R)` and a server connection
-//!   `(local R, remote L)` are the two ends of one TCP connection. Requests on them pair in
+//!   `(local R', remote L)` are the two ends of one TCP connection (R' = R unless DNAT
+//!   rewrote the destination: keyed by L alone). Requests on them pair in
 //!   order (FIFO, so pipelining pairs too). Either event may come first in the ring buffer (the
 //!   server's read can return on another CPU before the client's write does), so both sides
 //!   wait for the other in a bounded map; when the server side came first, the server request is
@@ -117,11 +118,13 @@ impl IdGenerator {
     }
 }
 
-/// Both ends of a TCP connection as the *client* sees them: (local, remote).
+/// A TCP connection on this host, named by its client end: the client's address and port, which
+/// both ends see alike through DNAT (a ClusterIP Service: the client's socket has the service
+/// address as its peer, the server's socket the client's own). SNAT rewrites the client end too;
+/// there only the TCP option links the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LinkKey {
     client: ([u8; 16], u16),
-    server: ([u8; 16], u16),
 }
 
 impl LinkKey {
@@ -129,7 +132,6 @@ impl LinkKey {
     pub fn of_client(t: &ConnTuple) -> Option<LinkKey> {
         known(t).then_some(LinkKey {
             client: (t.local_addr, t.local_port),
-            server: (t.remote_addr, t.remote_port),
         })
     }
 
@@ -137,7 +139,6 @@ impl LinkKey {
     pub fn of_server(t: &ConnTuple) -> Option<LinkKey> {
         known(t).then_some(LinkKey {
             client: (t.remote_addr, t.remote_port),
-            server: (t.local_addr, t.local_port),
         })
     }
 }
