@@ -196,6 +196,24 @@ pub struct CliOptions {
     /// Run this long, flush every sink and exit 0, e.g. `30s` [default: until SIGINT/SIGTERM].
     #[arg(long, env = "LOUPE_DURATION", global = true, value_name = "DURATION")]
     pub duration: Option<String>,
+    /// Profile this process's off-CPU time too: where its threads wait, by stack (repeatable; in
+    /// the environment, comma-separated) [default: none].
+    #[arg(
+        long = "off-cpu-pid",
+        env = "LOUPE_OFF_CPU_PID",
+        global = true,
+        value_name = "PID",
+        value_delimiter = ','
+    )]
+    pub off_cpu_pids: Vec<u32>,
+    /// Off-CPU blocks shorter than this are not recorded, e.g. `1ms` [default: 1ms].
+    #[arg(
+        long,
+        env = "LOUPE_OFF_CPU_MIN_BLOCK",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub off_cpu_min_block: Option<String>,
     /// Only profile this process (repeatable; in the environment, comma-separated).
     #[arg(
         long = "pid",
@@ -263,6 +281,8 @@ struct FileOptions {
     loki_token_file: Option<PathBuf>,
     loki_tenant: Option<String>,
     duration: Option<String>,
+    off_cpu_pid: Option<Vec<u32>>,
+    off_cpu_min_block: Option<String>,
     pid: Option<Vec<u32>>,
     metrics_addr: Option<String>,
     memory_limit: Option<SizeValue>,
@@ -314,6 +334,10 @@ pub struct Config {
     pub loki: Option<PushOptions>,
     pub duration: Option<Duration>,
     pub pids: Vec<u32>,
+    /// Processes whose off-CPU time is profiled.
+    pub off_cpu_pids: Vec<u32>,
+    /// Shortest off-CPU block recorded.
+    pub off_cpu_min_block: Duration,
     pub metrics_addr: Option<SocketAddr>,
     /// Bytes of resident memory plus kernel maps the agent stays under.
     pub memory_limit: u64,
@@ -369,6 +393,10 @@ pub fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), String> {
     }
     Ok((addr, len))
 }
+
+/// Shortest off-CPU block recorded unless told otherwise: waits below a millisecond (lock
+/// hand-offs, scheduler noise) are many and cheap, and would dominate the map.
+pub const DEFAULT_OFF_CPU_MIN_BLOCK: Duration = Duration::from_millis(1);
 
 /// Default disk of the debuginfod cache.
 pub const DEFAULT_DEBUGINFOD_CACHE: u64 = 256 << 20;
@@ -451,6 +479,32 @@ impl Config {
                 format!("{profile_interval:?}: must be between 1s and 1h"),
             ));
         }
+
+        let off_cpu_pids = if cli.off_cpu_pids.is_empty() {
+            file.off_cpu_pid.clone().unwrap_or_default()
+        } else {
+            cli.off_cpu_pids.clone()
+        };
+        if let Some(&bad) = off_cpu_pids.iter().find(|&&p| p == 0) {
+            return Err(invalid("off_cpu_pid", format!("{bad}: not a process id")));
+        }
+        if off_cpu_pids.len() > loupe_common::TARGET_PID_ENTRIES as usize {
+            return Err(invalid(
+                "off_cpu_pid",
+                format!(
+                    "at most {} processes can be named",
+                    loupe_common::TARGET_PID_ENTRIES
+                ),
+            ));
+        }
+        let off_cpu_min_block = match cli
+            .off_cpu_min_block
+            .as_ref()
+            .or(file.off_cpu_min_block.as_ref())
+        {
+            Some(text) => parse_duration(text).map_err(|m| invalid("off_cpu_min_block", m))?,
+            None => DEFAULT_OFF_CPU_MIN_BLOCK,
+        };
 
         let duration = match cli.duration.as_ref().or(file.duration.as_ref()) {
             Some(text) => {
@@ -695,6 +749,8 @@ impl Config {
             loki,
             duration,
             pids,
+            off_cpu_pids,
+            off_cpu_min_block,
             metrics_addr,
             memory_limit,
             debuginfod,
@@ -1117,6 +1173,33 @@ mod tests {
         .unwrap();
         let c = Config::merge(&cli(), file).unwrap();
         assert_eq!(c.pyroscope.unwrap().bearer_token_file, Some(token));
+    }
+
+    #[test]
+    fn off_cpu_targets_and_minimum_block() {
+        let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+        assert!(c.off_cpu_pids.is_empty());
+        assert_eq!(c.off_cpu_min_block, DEFAULT_OFF_CPU_MIN_BLOCK);
+        let mut o = cli();
+        o.off_cpu_pids = vec![7, 9];
+        o.off_cpu_min_block = Some("5ms".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert_eq!(c.off_cpu_pids, vec![7, 9]);
+        assert_eq!(c.off_cpu_min_block, Duration::from_millis(5));
+        let mut o = cli();
+        o.off_cpu_pids = vec![0];
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid value for off_cpu_pid"),
+            "{e}"
+        );
+        let file: FileOptions =
+            toml::from_str("off_cpu_pid = [12]\noff_cpu_min_block = \"2s\"\n").unwrap();
+        let c = Config::merge(&cli(), file).unwrap();
+        assert_eq!(
+            (c.off_cpu_pids, c.off_cpu_min_block),
+            (vec![12], Duration::from_secs(2))
+        );
     }
 
     #[test]

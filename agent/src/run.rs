@@ -159,6 +159,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 process_tracepoints: plan.process_tracepoints,
                 host_labels: vec![("host_name".to_string(), host.clone())],
                 spans: (network.is_some() && config.span_profiles).then(|| spans_index.clone()),
+                off_cpu_pids: config.off_cpu_pids.clone(),
+                off_cpu_min: config.off_cpu_min_block,
             },
             &registry,
         )?;
@@ -218,9 +220,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 loop {
                     let wait = next.saturating_duration_since(Instant::now());
                     let stopping = !matches!(stop_rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout));
-                    let batch = profiler.drain(&mut symbolizer);
-                    if !submitter.try_submit(Arc::new(batch)) {
-                        tracing::warn!("export queue full: an interval's profiles were dropped");
+                    let (cpu, off_cpu) = profiler.drain(&mut symbolizer);
+                    for batch in std::iter::once(cpu).chain(off_cpu) {
+                        if !submitter.try_submit(Arc::new(batch)) {
+                            tracing::warn!("export queue full: an interval's profiles were dropped");
+                        }
                     }
                     if stopping {
                         profiler.stop();

@@ -178,6 +178,7 @@ mod tests {
                 start_unix_nanos: t * 1_000_000_000,
                 duration_nanos: 15_000_000_000,
                 period_nanos: 10_000_000,
+                kind: Default::default(),
             };
             let gz =
                 loupe_collector::pprof::encode_gzip(&loupe_collector::pprof::build(meta, &profile))

@@ -109,6 +109,7 @@ mod tests {
             start_unix_nanos: 0,
             duration_nanos: 1_000_000_000,
             period_nanos: 10_000_000,
+            kind: Default::default(),
             profiles: vec![
                 ServiceProfile {
                     service_name: "checkout".into(),

@@ -16,7 +16,7 @@ use pyroscope::encode::r#gen::google::{
     Function, Label, Line, Location, Mapping as PprofMapping, Sample, ValueType,
 };
 
-use crate::profile::{BatchMeta, Frame, Mapping, ServiceProfile, UNKNOWN_FUNCTION};
+use crate::profile::{BatchMeta, Frame, Mapping, ProfileKind, ServiceProfile, UNKNOWN_FUNCTION};
 
 /// File name of the synthetic mapping used for kernel frames.
 pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
@@ -57,6 +57,10 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
     let span_id_key = b.string("span_id");
     let span_name_key = b.string("span_name");
     let period = meta.period_nanos.max(0);
+    let off_cpu = meta.kind == ProfileKind::OffCpu;
+    // Off-CPU: one value, nanoseconds blocked (`off_cpu:events:nanoseconds::` in Pyroscope,
+    // as the OpenTelemetry eBPF profiler's).
+    let events = if off_cpu { b.string("events") } else { 0 };
 
     let mut out_samples = Vec::with_capacity(profile.samples.len());
     for (sample, span_id) in profile.samples.iter().zip(&span_ids) {
@@ -95,11 +99,32 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
         }
         out_samples.push(Sample {
             location_id,
-            value: vec![n.saturating_mul(period), n],
+            value: if off_cpu {
+                vec![n]
+            } else {
+                vec![n.saturating_mul(period), n]
+            },
             label,
         });
     }
 
+    if off_cpu {
+        return Profile {
+            sample_type: vec![ValueType {
+                r#type: events,
+                unit: nanoseconds,
+            }],
+            sample: out_samples,
+            mapping: b.mappings,
+            location: b.locations,
+            function: b.functions,
+            string_table: b.strings,
+            time_nanos: meta.start_unix_nanos,
+            duration_nanos: meta.duration_nanos,
+            default_sample_type: events,
+            ..Profile::default()
+        };
+    }
     Profile {
         sample_type: vec![
             ValueType {
@@ -421,6 +446,7 @@ mod tests {
             start_unix_nanos: 1_700_000_000_000_000_000,
             duration_nanos: 10_000_000_000,
             period_nanos: 10_101_010,
+            kind: Default::default(),
         }
     }
 
@@ -430,6 +456,27 @@ mod tests {
         let mut raw = Vec::new();
         GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
         Profile::decode(&raw[..]).unwrap()
+    }
+
+    #[test]
+    fn off_cpu_profiles_are_nanoseconds_of_events_without_a_period() {
+        let meta = BatchMeta {
+            kind: ProfileKind::OffCpu,
+            period_nanos: 0,
+            ..meta()
+        };
+        let p = roundtrip(&build(meta, &sample_profile()));
+        let types: Vec<(&str, &str)> = p
+            .sample_type
+            .iter()
+            .map(|t| (s(&p, t.r#type), s(&p, t.unit)))
+            .collect();
+        assert_eq!(types, [("events", "nanoseconds")]);
+        assert_eq!(s(&p, p.default_sample_type), "events");
+        assert!(p.period_type.is_none());
+        // Counts are nanoseconds blocked, as they are.
+        let values: Vec<Vec<i64>> = p.sample.iter().map(|x| x.value.clone()).collect();
+        assert_eq!(values, [vec![3], vec![2]]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The CPU profile model the agent fills after symbolization and every sink consumes.
+//! The profile model the agent fills after symbolization and every sink consumes: CPU samples,
+//! or off-CPU time.
 //!
 //! One [`ProfileBatch`] covers one drain interval for all services; stacks are stored leaf first,
 //! and each [`Frame`] lists its inlined functions innermost first, the real (outer) function last.
@@ -8,15 +9,46 @@ use std::sync::Arc;
 /// Function name used when a frame could not be symbolized.
 pub const UNKNOWN_FUNCTION: &str = "[unknown]";
 
-/// One drain interval of CPU samples, all services.
+/// What a profile's sample values count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProfileKind {
+    /// CPU samples: each count stands for `period_nanos` of CPU time.
+    #[default]
+    Cpu,
+    /// Time threads spent blocked: each count is nanoseconds (`period_nanos` is unused).
+    OffCpu,
+}
+
+impl ProfileKind {
+    /// Pyroscope's `__name__` for the kind: `process_cpu`, or `off_cpu` as the OpenTelemetry
+    /// eBPF profiler's off-CPU profiles are named there.
+    pub fn pyroscope_name(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "process_cpu",
+            ProfileKind::OffCpu => "off_cpu",
+        }
+    }
+
+    /// Words for logs and titles.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "cpu",
+            ProfileKind::OffCpu => "off-cpu",
+        }
+    }
+}
+
+/// One drain interval of samples of one kind, all services.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProfileBatch {
     /// Start of the interval, nanoseconds since the Unix epoch.
     pub start_unix_nanos: i64,
     /// Length of the interval in nanoseconds.
     pub duration_nanos: i64,
-    /// Time one sample stands for: 1e9 / sampling frequency in Hz.
+    /// Time one sample stands for: 1e9 / sampling frequency in Hz (CPU profiles).
     pub period_nanos: i64,
+    /// What the sample values count.
+    pub kind: ProfileKind,
     /// One profile per service seen during the interval.
     pub profiles: Vec<ServiceProfile>,
 }
@@ -30,6 +62,7 @@ pub struct BatchMeta {
     pub duration_nanos: i64,
     /// Time one sample stands for, in nanoseconds.
     pub period_nanos: i64,
+    pub kind: ProfileKind,
 }
 
 impl ProfileBatch {
@@ -39,6 +72,7 @@ impl ProfileBatch {
             start_unix_nanos: self.start_unix_nanos,
             duration_nanos: self.duration_nanos,
             period_nanos: self.period_nanos,
+            kind: self.kind,
         }
     }
 

@@ -98,6 +98,12 @@ pub fn build_workloads() -> anyhow::Result<()> {
         )?;
         exec(
             Command::new("gcc")
+                .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+                .arg(out.join("off_cpu"))
+                .arg(src.join("off_cpu.c")),
+        )?;
+        exec(
+            Command::new("gcc")
                 .args(["-O2", "-o"])
                 .arg(out.join("log_flood"))
                 .arg(src.join("log_flood.c")),

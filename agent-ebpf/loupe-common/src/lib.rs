@@ -41,7 +41,38 @@ pub struct SampleKey {
     /// The request the thread was serving when sampled (see [`socket::ThreadRequest`]): with
     /// `tid` it names the request; 0 when the thread served none.
     pub request_ns: u64,
+    /// One of [`sample_kind`]: what the value counts.
+    pub kind: u32,
+    pub _pad: u32,
 }
+
+/// What a [`SampleKey`]'s value counts.
+pub mod sample_kind {
+    /// CPU samples (perf_event), counted one by one.
+    pub const CPU: u32 = 0;
+    /// Off-CPU: nanoseconds the thread spent blocked with this stack (sched_switch).
+    pub const OFF_CPU: u32 = 1;
+}
+
+/// A thread of an off-CPU target that blocked: value of `OFF_CPU_STARTS`, keyed by thread id,
+/// until the thread runs again.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct OffCpuStart {
+    /// `bpf_ktime_get_ns()` when it left the CPU.
+    pub start_ns: u64,
+    /// The request the thread was serving (see [`SampleKey::request_ns`]).
+    pub request_ns: u64,
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+    pub pid: u32,
+    /// The slot whose stack map holds the stacks: a block spanning a drain is not recorded.
+    pub slot: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Threads of off-CPU targets blocked at once (`OFF_CPU_STARTS`, LRU).
+pub const OFF_CPU_START_ENTRIES: u32 = 16 * 1024;
 
 /// Value of the sample aggregation.
 #[repr(C)]
@@ -62,6 +93,15 @@ pub struct ProfilerConfig {
     pub active_slot: u32,
     /// Non-zero: only processes present in `TARGET_PIDS` are sampled.
     pub filter_pids: u32,
+    /// Non-zero: record off-CPU time of the processes in `OFF_CPU_PIDS`.
+    pub off_cpu: u32,
+    /// Offsets in the `sched:sched_switch` tracepoint record of `prev_state` (a `long`) and
+    /// `next_pid`, from its tracefs format.
+    pub sched_prev_state_offset: u32,
+    pub sched_next_pid_offset: u32,
+    pub _pad: u32,
+    /// Blocks shorter than this are not recorded (counted).
+    pub off_cpu_min_ns: u64,
 }
 
 /// Indices of the per-CPU `PROFILER_COUNTERS` array: things the kernel side counts for the metrics.
@@ -76,8 +116,15 @@ pub mod counter {
     pub const SAMPLE_MAP_FULL: u32 = 3;
     /// Process announcements lost because the ring buffer was full.
     pub const PROCESS_EVENTS_LOST: u32 = 4;
+    /// Off-CPU blocks recorded.
+    pub const OFF_CPU_RECORDED: u32 = 5;
+    /// Off-CPU blocks shorter than the minimum, not recorded.
+    pub const OFF_CPU_SHORT: u32 = 6;
+    /// Off-CPU blocks not recorded: they spanned a drain (their stacks went with it), or the
+    /// sample map was full.
+    pub const OFF_CPU_LOST: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
 }
 
 /// What a [`ProcessEvent`] announces.
@@ -103,7 +150,7 @@ pub struct ProcessEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)], Copy, made only of integers and integer arrays with no padding
+    // SAFETY: all of them are #[repr(C)], Copy, made only of integers and integer arrays with no padding
     // bytes (sizes checked below), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: as above.
@@ -112,12 +159,15 @@ mod pod {
     unsafe impl aya::Pod for super::ProfilerConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OffCpuStart {}
 }
 
 // Layouts are part of the kernel/user contract: any change must be deliberate.
-const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 32);
+const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 48);
 const _: () = assert!(core::mem::size_of::<SampleValue>() == 24);
-const _: () = assert!(core::mem::size_of::<ProfilerConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ProfilerConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 24);
 
 /// Socket capture for network spans: events the kernel programs emit per TCP connection.

@@ -4,19 +4,24 @@
 //! process table fresh: exec makes a process announce itself again, exit lets userspace forget it.
 //! A sample of a thread serving a request (the socket programs keep `THREAD_REQUESTS`) carries
 //! that request in its key, so userspace can tie it to the request's span.
+//!
+//! Off-CPU (opt-in, per process): on `sched_switch`, a thread of a target process that leaves
+//! the CPU blocked (not preempted) has its stacks taken into the active slot and its start time
+//! kept; when it is switched in again, the time it was away is added under those stacks, with
+//! the `OFF_CPU` kind, in the same sample map, so the drain and symbolization are shared.
 
 use crate::sockets::THREAD_REQUESTS;
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
 };
 use loupe_common::{
-    COMM_LEN, KNOWN_PID_ENTRIES, PROCESS_EVENT_RING_BYTES, ProcessEvent, ProfilerConfig,
-    SAMPLE_MAP_ENTRIES, STACK_MAP_ENTRIES, SampleKey, SampleValue, TARGET_PID_ENTRIES, counter,
-    process_event,
+    COMM_LEN, KNOWN_PID_ENTRIES, OFF_CPU_START_ENTRIES, OffCpuStart, PROCESS_EVENT_RING_BYTES,
+    ProcessEvent, ProfilerConfig, SAMPLE_MAP_ENTRIES, STACK_MAP_ENTRIES, SampleKey, SampleValue,
+    TARGET_PID_ENTRIES, counter, process_event, sample_kind,
 };
 
 #[map]
@@ -44,6 +49,15 @@ static KNOWN_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(KNOWN_PID_
 
 #[map]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(PROCESS_EVENT_RING_BYTES, 0);
+
+/// Processes whose off-CPU time is recorded.
+#[map]
+static OFF_CPU_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_PID_ENTRIES, 0);
+
+/// Threads of those processes that are blocked now, keyed by thread id.
+#[map]
+static OFF_CPU_STARTS: LruHashMap<u32, OffCpuStart> =
+    LruHashMap::with_max_entries(OFF_CPU_START_ENTRIES, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -95,19 +109,138 @@ fn try_profile_cpu(ctx: &PerfEventContext) -> Result<(), i64> {
         user_stack_id,
         kernel_stack_id,
         request_ns: current_request(pid_tgid),
+        kind: sample_kind::CPU,
+        _pad: 0,
     };
-    if !increment(samples, &key) {
-        let value = SampleValue {
-            count: 1,
-            comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
-        };
-        // BPF_NOEXIST: two CPUs may race to create the same key; the loser adds to the winner's entry.
-        if samples.insert(&key, &value, BPF_NOEXIST as u64).is_err() && !increment(samples, &key) {
-            count(counter::SAMPLE_MAP_FULL);
-        }
+    if !add(samples, &key, 1, None) {
+        count(counter::SAMPLE_MAP_FULL);
     }
     announce_if_new(pid);
     Ok(())
+}
+
+/// Adds `n` to the value under `key`, creating it (with `comm`, or the current task's) when
+/// missing; false when the map is full.
+#[inline(always)]
+fn add(
+    samples: &HashMap<SampleKey, SampleValue>,
+    key: &SampleKey,
+    n: u64,
+    comm: Option<[u8; COMM_LEN]>,
+) -> bool {
+    if increment(samples, key, n) {
+        return true;
+    }
+    let value = SampleValue {
+        count: n,
+        comm: comm.unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0u8; COMM_LEN])),
+    };
+    // BPF_NOEXIST: two CPUs may race to create the same key; the loser adds to the winner's entry.
+    samples.insert(key, &value, BPF_NOEXIST as u64).is_ok() || increment(samples, key, n)
+}
+
+/// `prev_state` bits of a thread that left the CPU blocked: S, D, T, t, P and I (TASK_REPORT
+/// and TASK_REPORT_IDLE); a preempted thread reports TASK_REPORT_MAX (0x100) or 0.
+const BLOCKED_STATES: i64 = 0xff;
+/// X and Z: the thread is exiting, not waiting.
+const EXITING_STATES: i64 = 0x30;
+
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn profile_off_cpu(ctx: TracePointContext) -> u32 {
+    let _ = try_off_cpu(&ctx);
+    0
+}
+
+fn try_off_cpu(ctx: &TracePointContext) -> Result<(), i64> {
+    let config = PROFILER_CONFIG.get(0).copied().unwrap_or_default();
+    if config.off_cpu == 0 {
+        return Ok(());
+    }
+    let now = now_ns();
+    let (samples, stacks) = if config.active_slot == 0 {
+        (&SAMPLES_0, &STACKS_0)
+    } else {
+        (&SAMPLES_1, &STACKS_1)
+    };
+    // SAFETY: offsets of the record's fields from its tracefs format; read_at checks bounds.
+    let prev_state: i64 =
+        unsafe { ctx.read_at(config.sched_prev_state_offset as usize) }.map_err(i64::from)?;
+    // SAFETY: as above.
+    let next_tid: i32 =
+        unsafe { ctx.read_at(config.sched_next_pid_offset as usize) }.map_err(i64::from)?;
+
+    // The thread leaving the CPU is the current task: its stacks are at hand.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tid != 0
+        && prev_state & BLOCKED_STATES != 0
+        && prev_state & EXITING_STATES == 0
+        // SAFETY: a plain u8 only tested for presence.
+        && unsafe { OFF_CPU_PIDS.get(&pid) }.is_some()
+    {
+        let start = OffCpuStart {
+            start_ns: now,
+            request_ns: THREAD_REQUESTS
+                .get_ptr(pid_tgid)
+                // SAFETY: the pointer comes from a successful lookup; the field is copied out.
+                .map_or(0, |r| unsafe { (*r).request_ns }),
+            user_stack_id: match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
+                Ok(id) => id as i32,
+                Err(errno) => errno,
+            },
+            kernel_stack_id: match ctx.get_stackid(stacks, 0) {
+                Ok(id) => id as i32,
+                Err(errno) => errno,
+            },
+            pid,
+            slot: config.active_slot,
+            comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
+        };
+        let _ = OFF_CPU_STARTS.insert(&tid, &start, 0);
+        announce_if_new(pid);
+    }
+
+    // The thread coming on: its wait is over.
+    if next_tid <= 0 {
+        return Ok(());
+    }
+    let next_tid = next_tid as u32;
+    let Some(start) = OFF_CPU_STARTS.get_ptr(&next_tid) else {
+        return Ok(());
+    };
+    // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
+    let start = unsafe { *start };
+    let _ = OFF_CPU_STARTS.remove(&next_tid);
+    let blocked = now.saturating_sub(start.start_ns);
+    if blocked < config.off_cpu_min_ns {
+        count(counter::OFF_CPU_SHORT);
+        return Ok(());
+    }
+    if start.slot != config.active_slot {
+        count(counter::OFF_CPU_LOST);
+        return Ok(());
+    }
+    let key = SampleKey {
+        pid: start.pid,
+        tid: next_tid,
+        user_stack_id: start.user_stack_id,
+        kernel_stack_id: start.kernel_stack_id,
+        request_ns: start.request_ns,
+        kind: sample_kind::OFF_CPU,
+        _pad: 0,
+    };
+    if add(samples, &key, blocked, Some(start.comm)) {
+        count(counter::OFF_CPU_RECORDED);
+    } else {
+        count(counter::OFF_CPU_LOST);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// The request the thread serves (see `ThreadRequest`), marked as sampled; 0 when none.
@@ -127,15 +260,16 @@ fn current_request(pid_tgid: u64) -> u64 {
     }
 }
 
-/// Adds one to the count under `key`; false when there is no such entry.
+/// Adds `n` to the count under `key`; false when there is no such entry.
 #[inline(always)]
-fn increment(samples: &HashMap<SampleKey, SampleValue>, key: &SampleKey) -> bool {
+fn increment(samples: &HashMap<SampleKey, SampleValue>, key: &SampleKey, n: u64) -> bool {
     match samples.get_ptr_mut(key) {
         Some(value) => {
             // SAFETY: the pointer comes from a successful lookup in a preallocated hash map, so it
             // points to a live, aligned value. The key holds the thread id and a thread runs on one
-            // CPU at a time, so no two CPUs update the same entry at once: a plain add is exact.
-            unsafe { (*value).count += 1 };
+            // CPU at a time (its CPU samples, its switch-in), so no two CPUs update the same entry
+            // at once: a plain add is exact.
+            unsafe { (*value).count += n };
             true
         }
         None => false,

@@ -375,6 +375,8 @@ mod tests {
                     user_stack_id: 3,
                     kernel_stack_id: -EFAULT,
                     request_ns: 77,
+                    kind: 0,
+                    _pad: 0,
                 },
                 value: SampleValue {
                     count: 7,
@@ -388,6 +390,8 @@ mod tests {
                     user_stack_id: 5,
                     kernel_stack_id: -EEXIST,
                     request_ns: 88,
+                    kind: 0,
+                    _pad: 0,
                 },
                 value: SampleValue {
                     count: 2,
@@ -488,6 +492,8 @@ mod tests {
                 user_stack_id: -EFAULT,
                 kernel_stack_id: -EFAULT,
                 request_ns: 0,
+                kind: 0,
+                _pad: 0,
             },
             value: SampleValue {
                 count: 1,

@@ -32,10 +32,12 @@ use aya::{
     util::online_cpus,
 };
 use loupe_collector::{
-    profile::ProfileBatch,
+    profile::{ProfileBatch, ProfileKind},
     telemetry::{Counter, Gauge, Registry},
 };
-use loupe_common::{ProcessEvent, ProfilerConfig, SampleKey, SampleValue, counter, process_event};
+use loupe_common::{
+    ProcessEvent, ProfilerConfig, SampleKey, SampleValue, counter, process_event, sample_kind,
+};
 
 use crate::correlate::SpanIndex;
 use crate::ebpf::{EbpfError, program, rejected, take_map};
@@ -68,6 +70,10 @@ pub struct ProfilerOptions {
     /// Where the span builder publishes which span each request became; `None` when network
     /// spans are off (samples are then never labelled with spans).
     pub spans: Option<SpanIndex>,
+    /// Processes whose off-CPU time is profiled (empty: off).
+    pub off_cpu_pids: Vec<u32>,
+    /// Blocks shorter than this are not recorded.
+    pub off_cpu_min: Duration,
 }
 
 struct Metrics {
@@ -89,6 +95,7 @@ struct Metrics {
     open_binaries: Gauge,
     drains: Counter,
     drain_micros: Gauge,
+    off_cpu_blocks: [Counter; 3],
 }
 
 impl Metrics {
@@ -184,6 +191,14 @@ impl Metrics {
                 "Time the last drain took, symbolization included.",
                 &[],
             ),
+            off_cpu_blocks: ["recorded", "short", "lost"].map(|result| {
+                r.counter(
+                    "loupe_profiler_off_cpu_blocks_total",
+                    "Off-CPU blocks of the chosen processes: recorded, shorter than \
+                     --off-cpu-min-block, or lost (spanning a drain, or the sample map full).",
+                    &[("result", result)],
+                )
+            }),
         }
     }
 }
@@ -197,8 +212,10 @@ pub struct Profiler {
     counters: PerCpuArray<MapData, u64>,
     samples: [BpfHashMap<MapData, SampleKey, SampleValue>; 2],
     stacks: [StackTraceMap<MapData>; 2],
-    active_slot: u32,
-    filter_pids: u32,
+    /// What the kernel is told at each flip, `active_slot` aside.
+    kernel_config: ProfilerConfig,
+    /// Kept for the profiler's lifetime (see `_targets`).
+    _off_cpu_targets: Option<BpfHashMap<MapData, u32, u8>>,
     period_nanos: i64,
     procs: Arc<Mutex<ProcessTable>>,
     last_counters: [u64; counter::COUNT as usize],
@@ -231,15 +248,29 @@ impl Profiler {
                 })?;
             }
         }
+        let mut kernel_config = ProfilerConfig {
+            active_slot: 0,
+            filter_pids,
+            ..ProfilerConfig::default()
+        };
+        let off_cpu_targets = if options.off_cpu_pids.is_empty() {
+            None
+        } else {
+            let mut map: BpfHashMap<MapData, u32, u8> = take_map(&mut ebpf, "OFF_CPU_PIDS")?;
+            for pid in &options.off_cpu_pids {
+                map.insert(pid, 1, 0).map_err(|e| EbpfError::Map {
+                    name: "OFF_CPU_PIDS",
+                    message: e.to_string(),
+                })?;
+            }
+            let (state, next_pid) = sched_switch_offsets();
+            kernel_config.sched_prev_state_offset = state;
+            kernel_config.sched_next_pid_offset = next_pid;
+            kernel_config.off_cpu_min_ns = options.off_cpu_min.as_nanos() as u64;
+            Some(map)
+        };
         config
-            .set(
-                0,
-                ProfilerConfig {
-                    active_slot: 0,
-                    filter_pids,
-                },
-                0,
-            )
+            .set(0, kernel_config, 0)
             .map_err(|e| EbpfError::Map {
                 name: "PROFILER_CONFIG",
                 message: e.to_string(),
@@ -284,6 +315,26 @@ impl Profiler {
             }
         }
 
+        if off_cpu_targets.is_some() {
+            match attach_tracepoint(&mut ebpf, "profile_off_cpu", "sched_switch") {
+                Ok(()) => {
+                    kernel_config.off_cpu = 1;
+                    config
+                        .set(0, kernel_config, 0)
+                        .map_err(|e| EbpfError::Map {
+                            name: "PROFILER_CONFIG",
+                            message: e.to_string(),
+                        })?;
+                    tracing::info!(
+                        pids = ?options.off_cpu_pids,
+                        min_block = ?options.off_cpu_min,
+                        "off-CPU profiler attached"
+                    );
+                }
+                Err(e) => tracing::warn!("off-CPU profiles are off: {e}"),
+            }
+        }
+
         let program: &mut PerfEvent = program(&mut ebpf, "profile_cpu")?;
         program.load().map_err(|e| rejected("profile_cpu", e))?;
         let cpus = online_cpus()
@@ -315,8 +366,8 @@ impl Profiler {
             counters,
             samples,
             stacks,
-            active_slot: 0,
-            filter_pids,
+            kernel_config,
+            _off_cpu_targets: off_cpu_targets,
             period_nanos: 1_000_000_000 / i64::from(options.hz),
             procs,
             last_counters: [0; counter::COUNT as usize],
@@ -330,20 +381,14 @@ impl Profiler {
         })
     }
 
-    /// Flips the active slot, drains the other one and returns its profiles. The symbolizer is
-    /// passed in because blazesym's is not `Send`: it lives on the draining thread.
-    pub fn drain(&mut self, symbolizer: &mut Symbolizer) -> ProfileBatch {
+    /// Flips the active slot, drains the other one and returns its profiles: CPU, and off-CPU
+    /// when it is on. The symbolizer is passed in because blazesym's is not `Send`: it lives on
+    /// the draining thread.
+    pub fn drain(&mut self, symbolizer: &mut Symbolizer) -> (ProfileBatch, Option<ProfileBatch>) {
         let started = Instant::now();
-        let idle_slot = self.active_slot as usize;
-        self.active_slot ^= 1;
-        if let Err(e) = self.config.set(
-            0,
-            ProfilerConfig {
-                active_slot: self.active_slot,
-                filter_pids: self.filter_pids,
-            },
-            0,
-        ) {
+        let idle_slot = self.kernel_config.active_slot as usize;
+        self.kernel_config.active_slot ^= 1;
+        if let Err(e) = self.config.set(0, self.kernel_config, 0) {
             // Without the flip the kernel keeps writing the slot we drain: counts may be lost between
             // reading and deleting, which the metrics cannot see. Say so loudly.
             tracing::error!("cannot flip the profiler's active slot: {e}");
@@ -356,14 +401,23 @@ impl Profiler {
         let duration_nanos = unix_nanos(now) - start_unix_nanos;
         self.last_drain = now;
 
-        let raw = self.read_samples(idle_slot);
+        let mut raw = self.read_samples(idle_slot);
         let stacks = self.read_stacks(idle_slot, &raw);
         self.update_kernel_counters();
+        let off_cpu_raw: Vec<RawSample> = if self.kernel_config.off_cpu != 0 {
+            let (off, cpu) = raw
+                .into_iter()
+                .partition(|s| s.key.kind == sample_kind::OFF_CPU);
+            raw = cpu;
+            off
+        } else {
+            Vec::new()
+        };
 
         let procs = self.procs.clone();
-        let (profiles, stats, truncated_by_service) = {
+        let (profiles, stats, truncated_by_service, off_cpu_profiles) = {
             let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
-            let result = assemble::assemble(
+            let (profiles, stats, truncated) = assemble::assemble(
                 &raw,
                 &stacks,
                 &mut table,
@@ -371,6 +425,20 @@ impl Profiler {
                 &self.host_labels,
                 self.spans.as_ref(),
             );
+            // The same stacks and symbols; its stack statistics count nanoseconds, not samples,
+            // so they stay out of the CPU profiler's metrics.
+            let off_cpu = (self.kernel_config.off_cpu != 0).then(|| {
+                assemble::assemble(
+                    &off_cpu_raw,
+                    &stacks,
+                    &mut table,
+                    symbolizer,
+                    &self.host_labels,
+                    self.spans.as_ref(),
+                )
+                .0
+            });
+            let result = (profiles, stats, truncated, off_cpu);
             table.evict_exited(flipped_at);
             self.drains += 1;
             if self.drains.is_multiple_of(20) {
@@ -394,12 +462,21 @@ impl Profiler {
             .drain_micros
             .set(started.elapsed().as_micros() as i64);
 
-        ProfileBatch {
+        let cpu = ProfileBatch {
             start_unix_nanos,
             duration_nanos,
             period_nanos: self.period_nanos,
+            kind: ProfileKind::Cpu,
             profiles,
-        }
+        };
+        let off_cpu = off_cpu_profiles.map(|profiles| ProfileBatch {
+            start_unix_nanos,
+            duration_nanos,
+            period_nanos: 0,
+            kind: ProfileKind::OffCpu,
+            profiles,
+        });
+        (cpu, off_cpu)
     }
 
     fn read_samples(&mut self, slot: usize) -> Vec<RawSample> {
@@ -453,6 +530,16 @@ impl Profiler {
         self.metrics
             .process_events_lost
             .add(delta(counter::PROCESS_EVENTS_LOST));
+        for (i, c) in [
+            counter::OFF_CPU_RECORDED,
+            counter::OFF_CPU_SHORT,
+            counter::OFF_CPU_LOST,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.metrics.off_cpu_blocks[i].add(delta(c));
+        }
         if delta(counter::SAMPLE_MAP_FULL) > 0 {
             tracing::warn!(
                 lost = delta(counter::SAMPLE_MAP_FULL),
@@ -508,6 +595,32 @@ impl Drop for Profiler {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Offsets of `prev_state` and `next_pid` in the `sched:sched_switch` record, from its tracefs
+/// format; the layout every kernel since 4.x has when the format cannot be read.
+fn sched_switch_offsets() -> (u32, u32) {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/events/sched/sched_switch/format")).ok()
+        })
+        .unwrap_or_default();
+    let offset = |field: &str| {
+        format.lines().find_map(|l| {
+            let l = l.trim();
+            let decl = l.strip_prefix("field:")?.split(';').next()?;
+            (decl.split_whitespace().last()? == field).then_some(())?;
+            l.split(';')
+                .find_map(|part| part.trim().strip_prefix("offset:"))?
+                .parse::<u32>()
+                .ok()
+        })
+    };
+    (
+        offset("prev_state").unwrap_or(32),
+        offset("next_pid").unwrap_or(56),
+    )
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<(), EbpfError> {

@@ -18,7 +18,7 @@ use super::{BoxFuture, ExportReport};
 use crate::export::Sink;
 use crate::flamegraph::{self, FlamegraphError};
 use crate::pprof::{self, PprofError};
-use crate::profile::ProfileBatch;
+use crate::profile::{ProfileBatch, ProfileKind};
 use crate::telemetry::{Counter, Registry};
 
 /// Profile files kept per service unless configured otherwise.
@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_FILES_PER_SERVICE: usize = 200;
 pub const PROFILES_DIR: &str = "profiles";
 /// Name of the flame graph file.
 pub const FLAMEGRAPH_FILE: &str = "flamegraph.svg";
+/// The off-CPU flame graph of the last interval, beside the CPU one.
+pub const OFF_CPU_FLAMEGRAPH_FILE: &str = "flamegraph.off_cpu.svg";
 const PROFILE_SUFFIX: &str = ".pb.gz";
 const MAX_FILE_STEM: usize = 100;
 
@@ -191,7 +193,13 @@ impl WriteJob {
             if profile.total_samples() == 0 {
                 continue;
             }
-            let stem = sanitize_file_stem(&profile.service_name);
+            let stem = match batch.kind {
+                ProfileKind::Cpu => sanitize_file_stem(&profile.service_name),
+                // `checkout.off_cpu-<secs>.pb.gz`: pruned apart from the CPU files.
+                ProfileKind::OffCpu => {
+                    format!("{}.off_cpu", sanitize_file_stem(&profile.service_name))
+                }
+            };
             let path = profiles_dir.join(format!("{stem}-{secs}{PROFILE_SUFFIX}"));
             let bytes = match pprof::encode_gzip(&pprof::build(batch.meta(), profile)) {
                 Ok(b) => b,
@@ -232,7 +240,10 @@ impl WriteJob {
         }
         drop(index);
 
-        let svg_path = self.dir.join(FLAMEGRAPH_FILE);
+        let svg_path = self.dir.join(match batch.kind {
+            ProfileKind::Cpu => FLAMEGRAPH_FILE,
+            ProfileKind::OffCpu => OFF_CPU_FLAMEGRAPH_FILE,
+        });
         match flamegraph::render_svg(batch, &flamegraph_title(batch)) {
             Ok(svg) => {
                 if let Err(e) = write_atomically(&svg_path, &svg) {
@@ -262,8 +273,13 @@ pub fn summary(batch: &ProfileBatch) -> String {
         .iter()
         .filter(|p| p.total_samples() > 0)
         .count();
+    let unit = match batch.kind {
+        ProfileKind::Cpu => "samples",
+        ProfileKind::OffCpu => "ns blocked",
+    };
     let mut line = format!(
-        "cpu profile {} +{:.1}s: {total} samples, {services} service{}",
+        "{} profile {} +{:.1}s: {total} {unit}, {services} service{}",
+        batch.kind.describe(),
         format_utc(batch.start_unix_secs()),
         batch.duration_nanos as f64 / 1e9,
         if services == 1 { "" } else { "s" },
@@ -283,7 +299,7 @@ pub fn summary(batch: &ProfileBatch) -> String {
         .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)));
     if let Some((function, n)) = top {
         line.push_str(&format!(
-            "; top self: {function} ({n} samples, {:.1}%)",
+            "; top self: {function} ({n} {unit}, {:.1}%)",
             n as f64 * 100.0 / total.max(1) as f64
         ));
     }
@@ -314,8 +330,12 @@ pub fn sanitize_file_stem(service: &str) -> String {
 }
 
 fn flamegraph_title(batch: &ProfileBatch) -> String {
+    let kind = match batch.kind {
+        ProfileKind::Cpu => "CPU",
+        ProfileKind::OffCpu => "off-CPU",
+    };
     format!(
-        "Loupe CPU profile, {} +{:.0}s",
+        "Loupe {kind} profile, {} +{:.0}s",
         format_utc(batch.start_unix_secs()),
         batch.duration_nanos as f64 / 1e9
     )
@@ -423,6 +443,7 @@ mod tests {
             start_unix_nanos: start_secs * 1_000_000_000,
             duration_nanos: 10_000_000_000,
             period_nanos: 10_000_000,
+            kind: Default::default(),
             profiles: services
                 .iter()
                 .map(|s| ServiceProfile {

@@ -25,7 +25,7 @@ use crate::export::Sink;
 pub use crate::http::MAX_RETRY_AFTER;
 use crate::http::{HttpConfigError, PostError, PushClient, PushSettings};
 use crate::pprof::{self, PprofError};
-use crate::profile::ProfileBatch;
+use crate::profile::{ProfileBatch, ProfileKind};
 use crate::retry::Backoff;
 
 /// Path of the push endpoint, appended to the configured base URL.
@@ -221,7 +221,12 @@ impl PyroscopeSink {
                     .map(|raw_profile| {
                         let request = PushRequest {
                             series: vec![RawProfileSeries {
-                                labels: series_labels(&service, host_labels, &profile.labels),
+                                labels: series_labels(
+                                    batch.kind,
+                                    &service,
+                                    host_labels,
+                                    &profile.labels,
+                                ),
                                 samples: vec![RawSample {
                                     raw_profile,
                                     id: uuid::Uuid::new_v4().to_string(),
@@ -335,6 +340,7 @@ impl Sink<ProfileBatch> for PyroscopeSink {
 /// The series labels: reserved ones, host labels, profile labels; sanitized, deduplicated (later
 /// wins, reserved always win) and sorted by name.
 pub fn series_labels(
+    kind: ProfileKind,
     service: &str,
     host_labels: &[(String, String)],
     profile_labels: &[(String, String)],
@@ -346,7 +352,7 @@ pub fn series_labels(
             labels.insert(name, value.clone());
         }
     }
-    labels.insert("__name__".to_owned(), "process_cpu".to_owned());
+    labels.insert("__name__".to_owned(), kind.pyroscope_name().to_owned());
     labels.insert("service_name".to_owned(), service.to_owned());
     labels
         .into_iter()

@@ -52,6 +52,7 @@ fn batch(services: Vec<ServiceProfile>) -> Arc<ProfileBatch> {
         start_unix_nanos: 1_700_000_000_000_000_000,
         duration_nanos: 10_000_000_000,
         period_nanos: 10_000_000,
+        kind: Default::default(),
         profiles: services,
     })
 }
@@ -153,6 +154,33 @@ async fn pushes_decodable_profiles_with_labels_and_headers() {
         push.series[0].samples[0].id,
         decode(&got[0].body).0.series[0].samples[0].id
     );
+}
+
+#[tokio::test]
+async fn off_cpu_profiles_are_pushed_as_off_cpu_nanoseconds() {
+    let mut rx = Receiver::start(vec![]).await;
+    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
+    let mut b = (*batch(vec![service("checkout", &[], 1_500_000)])).clone();
+    b.kind = ProfileKind::OffCpu;
+    b.period_nanos = 0;
+    let report = sink.export(Arc::new(b)).await;
+    assert!(report.is_success(), "{:?}", report.errors);
+    let got = rx.drain();
+    let (push, profile) = decode(&got[0].body);
+    assert_eq!(
+        labels(&push),
+        [("__name__", "off_cpu"), ("service_name", "checkout")]
+    );
+    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    // Pyroscope names it `off_cpu:events:nanoseconds::`, as the OpenTelemetry eBPF profiler's.
+    assert_eq!(types, [("events", "nanoseconds")]);
+    assert_eq!(profile.sample[0].value, [1_500_000]);
+    assert!(profile.period_type.is_none());
 }
 
 #[tokio::test]
@@ -444,6 +472,7 @@ fn label_names_are_sanitized() {
     assert_eq!(sanitize_label_name("k8s.pod-name"), "k8s_pod_name");
     assert_eq!(sanitize_label_name("1abc"), "_1abc");
     let l = series_labels(
+        ProfileKind::Cpu,
         "svc",
         &[("".into(), "x".into()), ("a".into(), String::new())],
         &[],
@@ -453,6 +482,11 @@ fn label_names_are_sanitized() {
         names,
         ["__name__", "service_name"],
         "empty names and values are dropped"
+    );
+    let off_cpu = series_labels(ProfileKind::OffCpu, "svc", &[], &[]);
+    assert_eq!(
+        (off_cpu[0].name.as_str(), off_cpu[0].value.as_str()),
+        ("__name__", "off_cpu")
     );
 }
 
