@@ -101,9 +101,79 @@ pub struct CliOptions {
     /// Bytes of each socket read/write copied for protocol parsing (1..=1024) [default: 1024].
     #[arg(long, env = "LOUPE_CAPTURE_BYTES", global = true, value_name = "N")]
     pub capture_bytes: Option<u32>,
-    /// OTLP/gRPC endpoint for spans, e.g. `http://alloy:4317` (Alloy, Tempo, any OTLP receiver).
+    /// OTLP/gRPC endpoint for spans, e.g. `http://alloy:4317` (Alloy, Tempo, any OTLP receiver),
+    /// or `https://…` for TLS.
     #[arg(long, env = "LOUPE_OTLP_ENDPOINT", global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// PEM file of the CA certificates the OTLP endpoint's TLS certificate is checked against, instead
+    /// of the system's (`https://` only).
+    #[arg(long, env = "LOUPE_OTLP_CA_FILE", global = true, value_name = "FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) to present to the OTLP endpoint (with `--otlp-key-file`).
+    #[arg(long, env = "LOUPE_OTLP_CERT_FILE", global = true, value_name = "FILE")]
+    pub otlp_cert_file: Option<PathBuf>,
+    /// PEM file of that client certificate's private key.
+    #[arg(long, env = "LOUPE_OTLP_KEY_FILE", global = true, value_name = "FILE")]
+    pub otlp_key_file: Option<PathBuf>,
+    /// The name the OTLP endpoint's certificate must carry when it is not the URL's host.
+    #[arg(
+        long,
+        env = "LOUPE_OTLP_SERVER_NAME",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub otlp_server_name: Option<String>,
+    /// PEM file of the CA certificates Loki's TLS certificate is checked against, instead
+    /// of the system's (`https://` only).
+    #[arg(long, env = "LOUPE_LOKI_CA_FILE", global = true, value_name = "FILE")]
+    pub loki_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) to present to Loki (with `--loki-key-file`).
+    #[arg(long, env = "LOUPE_LOKI_CERT_FILE", global = true, value_name = "FILE")]
+    pub loki_cert_file: Option<PathBuf>,
+    /// PEM file of that client certificate's private key.
+    #[arg(long, env = "LOUPE_LOKI_KEY_FILE", global = true, value_name = "FILE")]
+    pub loki_key_file: Option<PathBuf>,
+    /// The name Loki's certificate must carry when it is not the URL's host.
+    #[arg(
+        long,
+        env = "LOUPE_LOKI_SERVER_NAME",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub loki_server_name: Option<String>,
+    /// PEM file of the CA certificates Pyroscope's TLS certificate is checked against, instead
+    /// of the system's (`https://` only).
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_CA_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub pyroscope_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) to present to Pyroscope (with `--pyroscope-key-file`).
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_CERT_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub pyroscope_cert_file: Option<PathBuf>,
+    /// PEM file of that client certificate's private key.
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_KEY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub pyroscope_key_file: Option<PathBuf>,
+    /// The name Pyroscope's certificate must carry when it is not the URL's host.
+    #[arg(
+        long,
+        env = "LOUPE_PYROSCOPE_SERVER_NAME",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub pyroscope_server_name: Option<String>,
     /// Send logs over OTLP to `--otlp-endpoint` too [default: when no `--loki-url` is given, so
     /// that a line reaches Loki once].
     #[arg(long, env = "LOUPE_OTLP_LOGS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -263,6 +333,18 @@ struct FileOptions {
     network_spans: Option<bool>,
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
+    otlp_ca_file: Option<PathBuf>,
+    otlp_cert_file: Option<PathBuf>,
+    otlp_key_file: Option<PathBuf>,
+    otlp_server_name: Option<String>,
+    loki_ca_file: Option<PathBuf>,
+    loki_cert_file: Option<PathBuf>,
+    loki_key_file: Option<PathBuf>,
+    loki_server_name: Option<String>,
+    pyroscope_ca_file: Option<PathBuf>,
+    pyroscope_cert_file: Option<PathBuf>,
+    pyroscope_key_file: Option<PathBuf>,
+    pyroscope_server_name: Option<String>,
     otlp_logs: Option<bool>,
     logs: Option<bool>,
     kubernetes: Option<String>,
@@ -314,6 +396,8 @@ pub struct Config {
     pub network_spans: bool,
     pub capture_bytes: u32,
     pub otlp_endpoint: Option<String>,
+    /// TLS settings of the OTLP endpoint.
+    pub otlp_tls: loupe_collector::tls::TlsSettings,
     /// Logs also go to the OTLP endpoint.
     pub otlp_logs: bool,
     /// Capture stdout/stderr writes as logs.
@@ -419,6 +503,7 @@ pub struct PushOptions {
     /// A file holding the bearer token, read again when it changes.
     pub bearer_token_file: Option<PathBuf>,
     pub tenant_id: Option<String>,
+    pub tls: loupe_collector::tls::TlsSettings,
 }
 
 /// A configuration value that cannot be used.
@@ -525,6 +610,53 @@ impl Config {
             return Err(invalid("max_profile_files", "must be at least 1"));
         }
 
+        let tls_of =
+            |keys: TlsKeys,
+             url: Option<&str>,
+             ca: Option<PathBuf>,
+             cert: Option<PathBuf>,
+             key: Option<PathBuf>,
+             name: Option<String>| { tls_settings(keys, url, ca, cert, key, name) };
+        let pyroscope_tls = tls_of(
+            TlsKeys::PYROSCOPE,
+            cli.pyroscope_url
+                .as_deref()
+                .or(file.pyroscope_url.as_deref()),
+            cli.pyroscope_ca_file
+                .clone()
+                .or(file.pyroscope_ca_file.clone()),
+            cli.pyroscope_cert_file
+                .clone()
+                .or(file.pyroscope_cert_file.clone()),
+            cli.pyroscope_key_file
+                .clone()
+                .or(file.pyroscope_key_file.clone()),
+            cli.pyroscope_server_name
+                .clone()
+                .or(file.pyroscope_server_name.clone()),
+        )?;
+        let loki_tls = tls_of(
+            TlsKeys::LOKI,
+            cli.loki_url.as_deref().or(file.loki_url.as_deref()),
+            cli.loki_ca_file.clone().or(file.loki_ca_file.clone()),
+            cli.loki_cert_file.clone().or(file.loki_cert_file.clone()),
+            cli.loki_key_file.clone().or(file.loki_key_file.clone()),
+            cli.loki_server_name
+                .clone()
+                .or(file.loki_server_name.clone()),
+        )?;
+        let otlp_tls = tls_of(
+            TlsKeys::OTLP,
+            cli.otlp_endpoint
+                .as_deref()
+                .or(file.otlp_endpoint.as_deref()),
+            cli.otlp_ca_file.clone().or(file.otlp_ca_file.clone()),
+            cli.otlp_cert_file.clone().or(file.otlp_cert_file.clone()),
+            cli.otlp_key_file.clone().or(file.otlp_key_file.clone()),
+            cli.otlp_server_name
+                .clone()
+                .or(file.otlp_server_name.clone()),
+        )?;
         let pyroscope = push_options(
             PushKeys::PYROSCOPE,
             cli.pyroscope_url.clone().or(file.pyroscope_url),
@@ -535,7 +667,11 @@ impl Config {
                 .clone()
                 .or(file.pyroscope_token_file),
             cli.pyroscope_tenant.clone().or(file.pyroscope_tenant),
-        )?;
+        )?
+        .map(|p| PushOptions {
+            tls: pyroscope_tls,
+            ..p
+        });
         let loki = push_options(
             PushKeys::LOKI,
             cli.loki_url.clone().or(file.loki_url),
@@ -544,7 +680,8 @@ impl Config {
             cli.loki_token.clone().or(file.loki_token),
             cli.loki_token_file.clone().or(file.loki_token_file),
             cli.loki_tenant.clone().or(file.loki_tenant),
-        )?;
+        )?
+        .map(|p| PushOptions { tls: loki_tls, ..p });
         let kubernetes = kubernetes(
             cli.kubernetes.clone().or(file.kubernetes),
             cli.node_name
@@ -734,6 +871,7 @@ impl Config {
             network_spans: cli.network_spans.or(file.network_spans).unwrap_or(true),
             capture_bytes,
             otlp_endpoint,
+            otlp_tls,
             otlp_logs,
             logs: cli.logs.or(file.logs).unwrap_or(true),
             kubernetes,
@@ -906,7 +1044,85 @@ fn push_options(
         bearer_token: token,
         bearer_token_file: token_file,
         tenant_id: tenant,
+        tls: Default::default(),
     }))
+}
+
+/// The configuration keys of one exporter's TLS settings, for error messages.
+struct TlsKeys {
+    ca: &'static str,
+    cert: &'static str,
+    key: &'static str,
+    name: &'static str,
+}
+
+impl TlsKeys {
+    const OTLP: TlsKeys = TlsKeys {
+        ca: "otlp_ca_file",
+        cert: "otlp_cert_file",
+        key: "otlp_key_file",
+        name: "otlp_server_name",
+    };
+    const LOKI: TlsKeys = TlsKeys {
+        ca: "loki_ca_file",
+        cert: "loki_cert_file",
+        key: "loki_key_file",
+        name: "loki_server_name",
+    };
+    const PYROSCOPE: TlsKeys = TlsKeys {
+        ca: "pyroscope_ca_file",
+        cert: "pyroscope_cert_file",
+        key: "pyroscope_key_file",
+        name: "pyroscope_server_name",
+    };
+}
+
+/// One exporter's TLS settings, checked now (files readable, PEM, a whole client identity, an
+/// `https://` URL) so that a mistake is one clear line at start-up.
+fn tls_settings(
+    keys: TlsKeys,
+    url: Option<&str>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    server_name: Option<String>,
+) -> Result<loupe_collector::tls::TlsSettings, ConfigError> {
+    use loupe_collector::tls::{TlsError, TlsSettings};
+    let settings = TlsSettings {
+        ca_file,
+        cert_file,
+        key_file,
+        server_name,
+    };
+    if !settings.is_customized() {
+        return Ok(settings);
+    }
+    let first_key = if settings.ca_file.is_some() {
+        keys.ca
+    } else if settings.cert_file.is_some() {
+        keys.cert
+    } else if settings.key_file.is_some() {
+        keys.key
+    } else {
+        keys.name
+    };
+    if !url.is_some_and(|u| u.trim().starts_with("https://")) {
+        return Err(invalid(
+            first_key,
+            "set for an endpoint that is not https:// (TLS settings need TLS)",
+        ));
+    }
+    settings.validate().map_err(|e| {
+        let key = match &e {
+            TlsError::File { what, .. } if what.starts_with("CA") => keys.ca,
+            TlsError::File { what, .. } if what.contains("key") => keys.key,
+            TlsError::File { .. } | TlsError::HalfClientIdentity => keys.cert,
+            TlsError::ServerName(_) => keys.name,
+            _ => first_key,
+        };
+        invalid(key, e.to_string())
+    })?;
+    Ok(settings)
 }
 
 fn read_file(path: &Path) -> Result<FileOptions, ConfigError> {
@@ -1173,6 +1389,43 @@ mod tests {
         .unwrap();
         let c = Config::merge(&cli(), file).unwrap();
         assert_eq!(c.pyroscope.unwrap().bearer_token_file, Some(token));
+    }
+
+    #[test]
+    fn tls_settings_need_https_and_readable_files() {
+        let key_of = |e: ConfigError| match e {
+            ConfigError::Invalid { key, message } => (key, message),
+            other => panic!("{other}"),
+        };
+        let mut o = cli();
+        o.otlp_endpoint = Some("http://tempo:4317".into());
+        o.otlp_server_name = Some("tempo".into());
+        let (key, message) = key_of(Config::merge(&o, FileOptions::default()).unwrap_err());
+        assert_eq!(key, "otlp_server_name");
+        assert!(message.contains("https://"), "{message}");
+
+        let mut o = cli();
+        o.loki_url = Some("https://loki:3100".into());
+        o.loki_ca_file = Some("/nonexistent/ca.pem".into());
+        let (key, message) = key_of(Config::merge(&o, FileOptions::default()).unwrap_err());
+        assert_eq!(key, "loki_ca_file");
+        assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+
+        let mut o = cli();
+        o.pyroscope_url = Some("https://pyroscope:4040".into());
+        o.pyroscope_cert_file = Some("/etc/ssl/certs/ca-certificates.crt".into());
+        let (key, _) = key_of(Config::merge(&o, FileOptions::default()).unwrap_err());
+        assert_eq!(key, "pyroscope_cert_file", "a certificate without its key");
+
+        // Debian's CA bundle is a valid CA file.
+        let mut o = cli();
+        o.otlp_endpoint = Some("https://tempo:4317".into());
+        o.otlp_ca_file = Some("/etc/ssl/certs/ca-certificates.crt".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        assert_eq!(
+            c.otlp_tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"))
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     bearer_token: p.bearer_token.clone(),
                     bearer_token_file: p.bearer_token_file.clone(),
                     tenant_id: p.tenant_id.clone(),
+                    tls: p.tls.clone(),
                     ..PyroscopeConfig::new(p.url.clone())
                 },
                 Vec::new(),
@@ -321,7 +322,10 @@ fn start_network_spans(
         }
     }
     if let Some(endpoint) = &config.otlp_endpoint {
-        match OtlpTraceSink::new(OtlpConfig::new(endpoint.clone())) {
+        match OtlpTraceSink::new(OtlpConfig {
+            tls: config.otlp_tls.clone(),
+            ..OtlpConfig::new(endpoint.clone())
+        }) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting spans over OTLP/gRPC");
                 sinks.push(Box::new(sink));
@@ -445,6 +449,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
             token: loki.bearer_token.clone(),
             token_file: loki.bearer_token_file.clone(),
             tenant: loki.tenant_id.clone(),
+            tls: loki.tls.clone(),
             ..LokiConfig::new(loki.url.clone())
         }) {
             Ok(sink) => {
@@ -455,7 +460,10 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
         }
     }
     if let Some(endpoint) = config.otlp_endpoint.as_ref().filter(|_| config.otlp_logs) {
-        match OtlpLogSink::new(OtlpConfig::new(endpoint.clone())) {
+        match OtlpLogSink::new(OtlpConfig {
+            tls: config.otlp_tls.clone(),
+            ..OtlpConfig::new(endpoint.clone())
+        }) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting logs over OTLP/gRPC");
                 sinks.push(Box::new(sink));

@@ -17,6 +17,7 @@ use rustls::crypto::CryptoProvider;
 
 use crate::retry::Backoff;
 use crate::secret_file::SecretFile;
+use crate::tls::{TlsError, TlsSettings};
 
 /// A reqwest client builder with TLS ready. With `verify_with_system_roots`, server certificates
 /// are checked against the system's CA roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured);
@@ -75,6 +76,8 @@ pub struct PushSettings<'a> {
     pub max_retries: u32,
     /// Backoff before the first retry and its ceiling.
     pub backoff: Backoff,
+    /// CA file, client certificate, server name (`https://` only).
+    pub tls: TlsSettings,
 }
 
 /// Errors in an HTTP push sink's configuration.
@@ -135,6 +138,15 @@ pub enum HttpConfigError {
         /// The rustls error.
         #[source]
         source: rustls::Error,
+    },
+    /// TLS settings given for an `http://` URL, or that cannot be used.
+    #[error("{sink} tls settings: {source}")]
+    TlsSettings {
+        /// The sink.
+        sink: &'static str,
+        /// Why.
+        #[source]
+        source: TlsError,
     },
     /// The HTTP client could not be built.
     #[error("building the {sink} http client failed: {source}")]
@@ -268,12 +280,29 @@ impl PushClient {
             );
         }
 
-        let client = client_builder(https)
-            .map_err(|source| HttpConfigError::Tls {
+        let builder = if https {
+            let config = s
+                .tls
+                .client_config(&[b"http/1.1"])
+                .map_err(|source| HttpConfigError::TlsSettings { sink, source })?;
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(config)
+                .http1_only()
+                .user_agent(concat!("loupe/", env!("CARGO_PKG_VERSION")))
+        } else {
+            if s.tls.is_customized() {
+                return Err(HttpConfigError::TlsSettings {
+                    sink,
+                    source: TlsError::NotHttps,
+                });
+            }
+            client_builder(false).map_err(|source| HttpConfigError::Tls {
                 sink,
                 url: s.base_url.to_owned(),
                 source,
             })?
+        };
+        let client = builder
             .default_headers(headers)
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(5)))

@@ -26,6 +26,7 @@ pub mod retry;
 pub mod secret_file;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;
 pub mod traces;
 
 #[cfg(test)]

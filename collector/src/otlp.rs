@@ -3,19 +3,21 @@
 //! with backoff and partial-success handling. Each signal's sink only builds its request and
 //! names its service.
 //!
-//! Endpoint: `http://host:port` (usually 4317), HTTP/2 cleartext, to Tempo, Loki (OTLP), Grafana
-//! Alloy or any OpenTelemetry Collector. Retries: `UNAVAILABLE` (which includes connection
+//! Endpoint: `http://host:port` (usually 4317), HTTP/2 cleartext, or `https://host:port`, HTTP/2
+//! over TLS (rustls: the system's roots or a CA file, an optional client certificate and server
+//! name, see [`crate::tls`]), to Tempo, Loki (OTLP), Grafana Alloy or any OpenTelemetry Collector. Retries: `UNAVAILABLE` (which includes connection
 //! failures), `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED` and `ABORTED`, with exponential backoff
 //! and jitter, at most `max_retries` times; any other status fails the batch at once. Items the
 //! receiver reports as rejected (`partial_success`) are counted as failed, not retried. The
 //! connection is made lazily (and re-made after failures) by tonic's channel, so a receiver that
 //! is down at start-up only costs retries.
 //!
-//! Not supported yet: TLS (`https://`), compression, gRPC `RetryInfo` delays.
+//! Not supported yet: compression, gRPC `RetryInfo` delays.
 
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -61,6 +63,8 @@ pub struct OtlpConfig {
     pub max_batch_items: usize,
     /// Longest an item waits for more to join its export call.
     pub max_batch_delay: Duration,
+    /// CA file, client certificate, server name (`https://` only).
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl OtlpConfig {
@@ -75,6 +79,7 @@ impl OtlpConfig {
             max_backoff: DEFAULT_MAX_BACKOFF,
             max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
             max_batch_delay: DEFAULT_MAX_BATCH_DELAY,
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 }
@@ -97,6 +102,7 @@ impl fmt::Debug for OtlpConfig {
             .field("max_backoff", &self.max_backoff)
             .field("max_batch_items", &self.max_batch_items)
             .field("max_batch_delay", &self.max_batch_delay)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -112,13 +118,20 @@ pub enum OtlpConfigError {
         /// Why it is invalid.
         reason: String,
     },
-    /// The endpoint's scheme is not `http` (TLS is not supported yet).
-    #[error(
-        "unsupported scheme in otlp endpoint {endpoint:?}: use http://host:4317 (tls is not supported yet)"
-    )]
+    /// The endpoint's scheme is neither `http` nor `https`.
+    #[error("unsupported scheme in otlp endpoint {endpoint:?}: use http://host:4317 or https://")]
     UnsupportedScheme {
         /// The endpoint as configured.
         endpoint: String,
+    },
+    /// The TLS settings cannot be used.
+    #[error("otlp endpoint {endpoint:?} tls settings: {source}")]
+    Tls {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: crate::tls::TlsError,
     },
     /// A header name or value is not valid gRPC metadata.
     #[error("the otlp header {name:?} is not valid grpc metadata (ascii, no control characters)")]
@@ -199,18 +212,32 @@ impl OtlpClient {
         let uri = endpoint
             .parse::<tonic::codegen::http::Uri>()
             .map_err(|e| invalid(e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(_) => {
                 return Err(OtlpConfigError::UnsupportedScheme {
                     endpoint: config.endpoint.clone(),
                 });
             }
             None => return Err(invalid("a scheme is required: http://host:4317".into())),
-        }
+        };
         if uri.host().is_none_or(str::is_empty) {
             return Err(invalid("a host is required".into()));
         }
+        let tls_error = |source| OtlpConfigError::Tls {
+            endpoint: config.endpoint.clone(),
+            source,
+        };
+        let tls = if https {
+            Some(Arc::new(
+                config.tls.client_config(&[b"h2"]).map_err(tls_error)?,
+            ))
+        } else if config.tls.is_customized() {
+            return Err(tls_error(crate::tls::TlsError::NotHttps));
+        } else {
+            None
+        };
         let mut metadata = MetadataMap::new();
         for (name, value) in &config.headers {
             let bad = || OtlpConfigError::InvalidHeader { name: name.clone() };
@@ -221,11 +248,29 @@ impl OtlpClient {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(OtlpConfigError::NoRuntime);
         }
-        let channel = Endpoint::from(uri)
+        let connect_timeout = config.timeout.min(Duration::from_secs(5));
+        let endpoint_builder = Endpoint::from(uri)
             .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true);
+        let channel = match tls {
+            None => endpoint_builder.connect_lazy(),
+            Some(tls) => endpoint_builder.connect_with_connector_lazy(tower::service_fn(
+                move |uri: tonic::codegen::http::Uri| {
+                    let tls = tls.clone();
+                    async move {
+                        tokio::time::timeout(connect_timeout, connect_tls(uri, tls))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "tls connect timed out",
+                                )
+                            })?
+                    }
+                },
+            )),
+        };
         Ok(Self {
             channel,
             endpoint,
@@ -312,6 +357,30 @@ impl OtlpClient {
             }
         }
     }
+}
+
+/// TCP, then TLS with `tls` (ALPN h2), to the endpoint's host and port (443 by default).
+async fn connect_tls(
+    uri: tonic::codegen::http::Uri,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|_| bad("the host is not a DNS name or an IP address"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
 }
 
 /// Whether a call that failed with `code` may succeed if sent again.

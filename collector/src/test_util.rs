@@ -66,6 +66,15 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(script: Vec<Scripted>) -> Self {
+        Self::start_with(script, None).await
+    }
+
+    /// The same receiver speaking HTTPS with `tls` (a handshake failure closes the connection).
+    pub async fn start_tls(script: Vec<Scripted>, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(script, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(script: Vec<Scripted>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
@@ -75,6 +84,7 @@ impl Receiver {
                 let (stream, _) = listener.accept().await.unwrap();
                 let tx = tx.clone();
                 let script = script.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let tx = tx.clone();
@@ -107,9 +117,20 @@ impl Receiver {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });

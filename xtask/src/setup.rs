@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-server",
     "procps",
     "curl",
+    // A CA bundle the configuration tests use as a CA file.
+    "ca-certificates",
     "python3-venv",
     // Reads the pinned trace context map in the correlation test.
     "bpftool",

@@ -87,6 +87,8 @@ pub struct LokiConfig {
     pub max_batch_records: usize,
     /// Longest a record waits for more to join its push.
     pub max_batch_delay: Duration,
+    /// CA file, client certificate, server name (`https://` only).
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl LokiConfig {
@@ -105,6 +107,7 @@ impl LokiConfig {
             max_backoff: DEFAULT_MAX_BACKOFF,
             max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
             max_batch_delay: DEFAULT_MAX_BATCH_DELAY,
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl fmt::Debug for LokiConfig {
             .field("max_backoff", &self.max_backoff)
             .field("max_batch_records", &self.max_batch_records)
             .field("max_batch_delay", &self.max_batch_delay)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -257,6 +261,7 @@ impl LokiSink {
             timeout: config.timeout,
             max_retries: config.max_retries,
             backoff: Backoff::new(config.initial_backoff, config.max_backoff),
+            tls: config.tls.clone(),
         })?;
         Ok(Self {
             client,
@@ -505,4 +510,4 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

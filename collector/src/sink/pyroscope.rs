@@ -62,6 +62,8 @@ pub struct PyroscopeConfig {
     pub initial_backoff: Duration,
     /// Backoff ceiling.
     pub max_backoff: Duration,
+    /// CA file, client certificate, server name (`https://` only).
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl PyroscopeConfig {
@@ -77,6 +79,7 @@ impl PyroscopeConfig {
             max_retries: DEFAULT_MAX_RETRIES,
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 }
@@ -106,6 +109,7 @@ impl fmt::Debug for PyroscopeConfig {
             .field("max_retries", &self.max_retries)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -190,6 +194,7 @@ impl PyroscopeSink {
             timeout: config.timeout,
             max_retries: config.max_retries,
             backoff: Backoff::new(config.initial_backoff, config.max_backoff),
+            tls: config.tls.clone(),
         })?;
         Ok(Self {
             client,

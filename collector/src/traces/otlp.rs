@@ -72,4 +72,4 @@ impl Sink<TraceBatch> for OtlpTraceSink {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -54,7 +54,7 @@ fn record(t: u64, severity: Severity, body: &str, ids: bool, stream: &str) -> Lo
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
-fn sample() -> LogBatch {
+pub(crate) fn sample() -> LogBatch {
     let scope = Arc::new(InstrumentationScope::default());
     LogBatch {
         resources: vec![

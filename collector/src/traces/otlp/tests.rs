@@ -93,7 +93,7 @@ fn config(addr: SocketAddr) -> OtlpConfig {
     }
 }
 
-fn batch(spans: u8) -> TraceBatch {
+pub(crate) fn batch(spans: u8) -> TraceBatch {
     TraceBatch {
         resources: vec![ResourceBatch {
             resource: Arc::new(Resource {
@@ -266,7 +266,19 @@ fn bad_configs_are_refused() {
         .unwrap();
     let _guard = rt.enter();
     let err = |c: OtlpConfig| OtlpTraceSink::new(c).unwrap_err().to_string();
-    assert!(err(OtlpConfig::new("https://tempo:4317")).contains("tls"));
+    assert!(err(OtlpConfig::new("ftp://tempo:4317")).contains("unsupported scheme"));
+    // TLS settings need an https:// endpoint.
+    assert!(
+        err(OtlpConfig {
+            tls: crate::tls::TlsSettings {
+                server_name: Some("tempo".into()),
+                ..Default::default()
+            },
+            ..OtlpConfig::new("http://tempo:4317")
+        })
+        .contains("use https://")
+    );
+    assert!(OtlpTraceSink::new(OtlpConfig::new("https://tempo:4317")).is_ok());
     assert!(err(OtlpConfig::new("tempo:4317")).contains("invalid otlp endpoint"));
     assert!(err(OtlpConfig::new("not a uri")).contains("invalid otlp endpoint"));
     assert!(
