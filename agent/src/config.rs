@@ -105,6 +105,38 @@ pub struct CliOptions {
     /// or `https://…` for TLS.
     #[arg(long, env = "LOUPE_OTLP_ENDPOINT", global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Basic-auth user for the OTLP endpoint (with `--otlp-password`).
+    #[arg(long, env = "LOUPE_OTLP_USER", global = true, value_name = "USER")]
+    pub otlp_user: Option<String>,
+    /// Basic-auth password for the OTLP endpoint.
+    #[arg(
+        long,
+        env = "LOUPE_OTLP_PASSWORD",
+        global = true,
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub otlp_password: Option<String>,
+    /// Bearer token for the OTLP endpoint.
+    #[arg(
+        long,
+        env = "LOUPE_OTLP_TOKEN",
+        global = true,
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub otlp_token: Option<String>,
+    /// A file holding the OTLP bearer token, read again when it changes (a mounted Secret).
+    #[arg(
+        long,
+        env = "LOUPE_OTLP_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub otlp_token_file: Option<PathBuf>,
+    /// Tenant sent to the OTLP endpoint as `X-Scope-OrgID` (multi-tenant Tempo, Loki).
+    #[arg(long, env = "LOUPE_OTLP_TENANT", global = true, value_name = "TENANT")]
+    pub otlp_tenant: Option<String>,
     /// PEM file of the CA certificates the OTLP endpoint's TLS certificate is checked against, instead
     /// of the system's (`https://` only).
     #[arg(long, env = "LOUPE_OTLP_CA_FILE", global = true, value_name = "FILE")]
@@ -333,6 +365,11 @@ struct FileOptions {
     network_spans: Option<bool>,
     capture_bytes: Option<u32>,
     otlp_endpoint: Option<String>,
+    otlp_user: Option<String>,
+    otlp_password: Option<String>,
+    otlp_token: Option<String>,
+    otlp_token_file: Option<PathBuf>,
+    otlp_tenant: Option<String>,
     otlp_ca_file: Option<PathBuf>,
     otlp_cert_file: Option<PathBuf>,
     otlp_key_file: Option<PathBuf>,
@@ -398,6 +435,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// TLS settings of the OTLP endpoint.
     pub otlp_tls: loupe_collector::tls::TlsSettings,
+    /// Credentials and tenant for the OTLP endpoint (its URL is `otlp_endpoint`).
+    pub otlp_credentials: Option<PushOptions>,
     /// Logs also go to the OTLP endpoint.
     pub otlp_logs: bool,
     /// Capture stdout/stderr writes as logs.
@@ -657,6 +696,15 @@ impl Config {
                 .clone()
                 .or(file.otlp_server_name.clone()),
         )?;
+        let otlp_credentials = push_options(
+            PushKeys::OTLP,
+            cli.otlp_endpoint.clone().or(file.otlp_endpoint.clone()),
+            cli.otlp_user.clone().or(file.otlp_user.clone()),
+            cli.otlp_password.clone().or(file.otlp_password.clone()),
+            cli.otlp_token.clone().or(file.otlp_token.clone()),
+            cli.otlp_token_file.clone().or(file.otlp_token_file.clone()),
+            cli.otlp_tenant.clone().or(file.otlp_tenant.clone()),
+        )?;
         let pyroscope = push_options(
             PushKeys::PYROSCOPE,
             cli.pyroscope_url.clone().or(file.pyroscope_url),
@@ -872,6 +920,7 @@ impl Config {
             capture_bytes,
             otlp_endpoint,
             otlp_tls,
+            otlp_credentials,
             otlp_logs,
             logs: cli.logs.or(file.logs).unwrap_or(true),
             kubernetes,
@@ -965,6 +1014,13 @@ impl PushKeys {
         password: "pyroscope_password",
         token: "pyroscope_token",
         token_file: "pyroscope_token_file",
+    };
+    const OTLP: PushKeys = PushKeys {
+        url: "otlp_endpoint",
+        user: "otlp_user",
+        password: "otlp_password",
+        token: "otlp_token",
+        token_file: "otlp_token_file",
     };
     const LOKI: PushKeys = PushKeys {
         url: "loki_url",
@@ -1389,6 +1445,47 @@ mod tests {
         .unwrap();
         let c = Config::merge(&cli(), file).unwrap();
         assert_eq!(c.pyroscope.unwrap().bearer_token_file, Some(token));
+    }
+
+    #[test]
+    fn otlp_credentials_are_validated_like_the_pushes() {
+        let mut o = cli();
+        o.otlp_endpoint = Some("https://tempo:4317".into());
+        o.otlp_token = Some("t0k".into());
+        o.otlp_tenant = Some("shop".into());
+        let c = Config::merge(&o, FileOptions::default()).unwrap();
+        let creds = c.otlp_credentials.expect("credentials");
+        assert_eq!(
+            (creds.bearer_token.as_deref(), creds.tenant_id.as_deref()),
+            (Some("t0k"), Some("shop"))
+        );
+        o.otlp_user = Some("u".into());
+        o.otlp_password = Some("p".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "otlp_token",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut o = cli();
+        o.otlp_endpoint = Some("http://tempo:4317".into());
+        o.otlp_token_file = Some("/nonexistent/token".into());
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "otlp_token_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

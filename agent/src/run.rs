@@ -322,10 +322,7 @@ fn start_network_spans(
         }
     }
     if let Some(endpoint) = &config.otlp_endpoint {
-        match OtlpTraceSink::new(OtlpConfig {
-            tls: config.otlp_tls.clone(),
-            ..OtlpConfig::new(endpoint.clone())
-        }) {
+        match OtlpTraceSink::new(otlp_config(config, endpoint)) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting spans over OTLP/gRPC");
                 sinks.push(Box::new(sink));
@@ -460,10 +457,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
         }
     }
     if let Some(endpoint) = config.otlp_endpoint.as_ref().filter(|_| config.otlp_logs) {
-        match OtlpLogSink::new(OtlpConfig {
-            tls: config.otlp_tls.clone(),
-            ..OtlpConfig::new(endpoint.clone())
-        }) {
+        match OtlpLogSink::new(otlp_config(config, endpoint)) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting logs over OTLP/gRPC");
                 sinks.push(Box::new(sink));
@@ -531,4 +525,19 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The OTLP exporter's configuration: endpoint, TLS, credentials and tenant.
+fn otlp_config(config: &Config, endpoint: &str) -> OtlpConfig {
+    let mut c = OtlpConfig {
+        tls: config.otlp_tls.clone(),
+        ..OtlpConfig::new(endpoint)
+    };
+    if let Some(creds) = &config.otlp_credentials {
+        c.basic_auth = creds.basic_auth.clone();
+        c.bearer_token = creds.bearer_token.clone();
+        c.bearer_token_file = creds.bearer_token_file.clone();
+        c.tenant = creds.tenant_id.clone();
+    }
+    c
 }

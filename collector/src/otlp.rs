@@ -48,9 +48,16 @@ const MAX_MESSAGE: usize = 200;
 pub struct OtlpConfig {
     /// `http://host:port` of the OTLP/gRPC receiver, usually port 4317.
     pub endpoint: String,
-    /// gRPC metadata sent with every call (`authorization`, `x-scope-orgid`, …); names are
-    /// lowercased.
+    /// gRPC metadata sent with every call; names are lowercased.
     pub headers: Vec<(String, String)>,
+    /// Basic auth user and password (`authorization: Basic …`).
+    pub basic_auth: Option<(String, String)>,
+    /// Bearer token (`authorization: Bearer …`).
+    pub bearer_token: Option<String>,
+    /// A file holding the bearer token, read again when it changes.
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// Tenant, sent as `x-scope-orgid`.
+    pub tenant: Option<String>,
     /// Timeout of one export call (also bounds connecting).
     pub timeout: Duration,
     /// Retries after the first attempt.
@@ -73,6 +80,10 @@ impl OtlpConfig {
         Self {
             endpoint: endpoint.into(),
             headers: Vec::new(),
+            basic_auth: None,
+            bearer_token: None,
+            bearer_token_file: None,
+            tenant: None,
             timeout: DEFAULT_TIMEOUT,
             max_retries: DEFAULT_MAX_RETRIES,
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
@@ -96,6 +107,16 @@ impl fmt::Debug for OtlpConfig {
                     .map(|(k, _)| (k.as_str(), "<redacted>"))
                     .collect::<Vec<_>>(),
             )
+            .field(
+                "basic_auth",
+                &self.basic_auth.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("tenant", &self.tenant)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
             .field("initial_backoff", &self.initial_backoff)
@@ -138,6 +159,18 @@ pub enum OtlpConfigError {
     InvalidHeader {
         /// The header name as configured.
         name: String,
+    },
+    /// Basic auth, bearer token and bearer token file are exclusive.
+    #[error("otlp basic auth, bearer token and bearer token file are exclusive; configure one")]
+    ConflictingAuth,
+    /// The bearer token file cannot be read, or is empty.
+    #[error("the otlp bearer token file {path:?} cannot be used: {source}")]
+    TokenFile {
+        /// The file as configured.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The sink was built outside a tokio runtime.
     #[error("the otlp sink must be created inside the tokio runtime")]
@@ -195,6 +228,7 @@ pub struct OtlpClient {
     channel: Channel,
     endpoint: String,
     metadata: MetadataMap,
+    token_file: Option<Arc<crate::secret_file::SecretFile>>,
     max_retries: u32,
     backoff: Backoff,
     batching: Batching,
@@ -245,6 +279,55 @@ impl OtlpClient {
             let value = AsciiMetadataValue::from_str(value).map_err(|_| bad())?;
             metadata.insert(key, value);
         }
+        let auths = [
+            config.basic_auth.is_some(),
+            config.bearer_token.is_some(),
+            config.bearer_token_file.is_some(),
+        ];
+        if auths.iter().filter(|a| **a).count() > 1 {
+            return Err(OtlpConfigError::ConflictingAuth);
+        }
+        let secret = |name: &str, value: String| {
+            let mut v = AsciiMetadataValue::from_str(&value).map_err(|_| {
+                OtlpConfigError::InvalidHeader {
+                    name: name.to_owned(),
+                }
+            })?;
+            v.set_sensitive(true);
+            Ok::<_, OtlpConfigError>(v)
+        };
+        if let Some((user, password)) = &config.basic_auth {
+            let v = secret(
+                "basic auth",
+                format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
+            )?;
+            metadata.insert("authorization", v);
+        }
+        if let Some(token) = &config.bearer_token {
+            metadata.insert(
+                "authorization",
+                secret("bearer token", format!("Bearer {token}"))?,
+            );
+        }
+        if let Some(tenant) = &config.tenant {
+            let v = AsciiMetadataValue::from_str(tenant).map_err(|_| {
+                OtlpConfigError::InvalidHeader {
+                    name: "tenant".to_owned(),
+                }
+            })?;
+            metadata.insert("x-scope-orgid", v);
+        }
+        let token_file = match &config.bearer_token_file {
+            Some(path) => Some(Arc::new(
+                crate::secret_file::SecretFile::open(path).map_err(|source| {
+                    OtlpConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+            )),
+            None => None,
+        };
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(OtlpConfigError::NoRuntime);
         }
@@ -275,6 +358,7 @@ impl OtlpClient {
             channel,
             endpoint,
             metadata,
+            token_file,
             max_retries: config.max_retries,
             backoff: Backoff::new(config.initial_backoff, config.max_backoff),
             batching: Batching {
@@ -315,6 +399,13 @@ impl OtlpClient {
             attempt += 1;
             let mut req = tonic::Request::new(request.clone());
             *req.metadata_mut() = self.metadata.clone();
+            if let Some(file) = &self.token_file
+                && let Ok(mut v) =
+                    AsciiMetadataValue::from_str(&format!("Bearer {}", file.current()))
+            {
+                v.set_sensitive(true);
+                req.metadata_mut().insert("authorization", v);
+            }
             match call(self.channel.clone(), req).await {
                 Ok(partial) => {
                     report.retries = u64::from(attempt - 1);
@@ -357,6 +448,28 @@ impl OtlpClient {
             }
         }
     }
+}
+
+/// Standard base64 with padding (RFC 4648), for basic auth.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// TCP, then TLS with `tls` (ALPN h2), to the endpoint's host and port (443 by default).

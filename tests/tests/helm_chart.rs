@@ -91,7 +91,9 @@ fn scenarios() -> Vec<(&'static str, Vec<String>)> {
                  exporters.direct.pyroscopeUrl=http://pyroscope.monitoring:4040,\
                  exporters.loki.tenant=shop,exporters.loki.user=loupe,\
                  exporters.loki.passwordSecret.name=loki-auth,exporters.loki.passwordSecret.key=password,\
-                 exporters.pyroscope.tokenSecret.name=pyro-auth,exporters.pyroscope.tokenSecret.key=token"
+                 exporters.pyroscope.tokenSecret.name=pyro-auth,exporters.pyroscope.tokenSecret.key=token,\
+                 exporters.otlp.tenant=shop,\
+                 exporters.otlp.tokenSecret.name=tempo-auth,exporters.otlp.tokenSecret.key=token"
                     .into(),
             ],
         ),
@@ -431,7 +433,7 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
         let toml = config_toml(&docs);
         // The token Secrets, as the kubelet mounts them: a file per backend.
         let secrets = dir.path().join("secrets");
-        for backend in ["loki", "pyroscope"] {
+        for backend in ["otlp", "loki", "pyroscope"] {
             std::fs::create_dir_all(secrets.join(backend)).expect("mkdir");
             std::fs::write(secrets.join(backend).join("token"), "from-the-secret\n")
                 .expect("write");
@@ -511,6 +513,12 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
                 );
                 // Tokens are mounted files (rotated without a restart), not variables.
                 assert_eq!(secret("LOUPE_PYROSCOPE_TOKEN"), None);
+                for line in [
+                    "otlp_tenant = \"shop\"",
+                    "otlp_token_file = \"/var/run/secrets/loupe/otlp/token\"",
+                ] {
+                    assert!(toml.lines().any(|l| l == line), "{line} in\n{toml}");
+                }
                 assert!(
                     toml.lines().any(|l| l
                         == "pyroscope_token_file = \"/var/run/secrets/loupe/pyroscope/token\"")

@@ -104,7 +104,9 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- with $e.loki.user }}{{ $_ := set $cfg "loki_user" . }}{{ end -}}
 {{- with $e.pyroscope.tenant }}{{ $_ := set $cfg "pyroscope_tenant" . }}{{ end -}}
 {{- with $e.pyroscope.user }}{{ $_ := set $cfg "pyroscope_user" . }}{{ end -}}
-{{- range $backend := list "loki" "pyroscope" }}
+{{- with $e.otlp.tenant }}{{ $_ := set $cfg "otlp_tenant" . }}{{ end -}}
+{{- with $e.otlp.user }}{{ $_ := set $cfg "otlp_user" . }}{{ end -}}
+{{- range $backend := list "otlp" "loki" "pyroscope" }}
 {{- if (index $e $backend).tokenSecret }}
 {{- $_ := set $cfg (printf "%s_token_file" $backend) (printf "%s/%s/token" (include "loupe.tokenDir" $) $backend) }}
 {{- end }}
@@ -143,6 +145,7 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- $refs := list
   (list "LOUPE_LOKI_PASSWORD" $e.loki.passwordSecret)
   (list "LOUPE_PYROSCOPE_PASSWORD" $e.pyroscope.passwordSecret)
+  (list "LOUPE_OTLP_PASSWORD" $e.otlp.passwordSecret)
 -}}
 {{- range $refs }}
 {{- $ref := index . 1 }}
@@ -175,7 +178,7 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- if lt (int $mib) 128 -}}
 {{- fail (printf "agent.memoryLimit: %s is below 128Mi; the agent's kernel maps alone take about 60Mi" $m) -}}
 {{- end -}}
-{{- range $backend := list "loki" "pyroscope" -}}
+{{- range $backend := list "otlp" "loki" "pyroscope" -}}
 {{- $e := index $.Values.exporters $backend -}}
 {{- if and $e.user (not $e.passwordSecret) -}}
 {{- fail (printf "exporters.%s.user is set: exporters.%s.passwordSecret must name the Secret holding its password" $backend $backend) -}}
@@ -199,7 +202,7 @@ Volumes of the bearer-token Secrets: the whole folder is mounted (not a subPath)
 updates it when the Secret is rotated and the agent reads the new token.
 */}}
 {{- define "loupe.tokenVolumes" -}}
-{{- range $backend := list "loki" "pyroscope" }}
+{{- range $backend := list "otlp" "loki" "pyroscope" }}
 {{- with (index $.Values.exporters $backend).tokenSecret }}
 - name: {{ $backend }}-token
   secret:
@@ -212,7 +215,7 @@ updates it when the Secret is rotated and the agent reads the new token.
 {{- end -}}
 
 {{- define "loupe.tokenMounts" -}}
-{{- range $backend := list "loki" "pyroscope" }}
+{{- range $backend := list "otlp" "loki" "pyroscope" }}
 {{- if (index $.Values.exporters $backend).tokenSecret }}
 - name: {{ $backend }}-token
   mountPath: {{ include "loupe.tokenDir" $ }}/{{ $backend }}

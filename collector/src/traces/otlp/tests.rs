@@ -34,6 +34,8 @@ enum Reply {
 struct Receiver {
     script: Mutex<VecDeque<Reply>>,
     got: mpsc::UnboundedSender<(ExportTraceServiceRequest, Option<String>)>,
+    /// The `authorization` metadata of each call, when asked for.
+    auth: Option<mpsc::UnboundedSender<Option<String>>>,
 }
 
 #[tonic::async_trait]
@@ -47,6 +49,15 @@ impl TraceService for Receiver {
             .get("x-scope-orgid")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if let Some(auth) = &self.auth {
+            let _ = auth.send(
+                request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            );
+        }
         let _ = self.got.send((request.into_inner(), tenant));
         let reply = self
             .script
@@ -69,12 +80,20 @@ impl TraceService for Receiver {
 type Got = mpsc::UnboundedReceiver<(ExportTraceServiceRequest, Option<String>)>;
 
 async fn start_receiver(script: Vec<Reply>) -> (SocketAddr, Got) {
+    start_receiver_with(script, None).await
+}
+
+async fn start_receiver_with(
+    script: Vec<Reply>,
+    auth: Option<mpsc::UnboundedSender<Option<String>>>,
+) -> (SocketAddr, Got) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let service = Receiver {
         script: Mutex::new(script.into()),
         got: tx,
+        auth,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -294,4 +313,51 @@ fn bad_configs_are_refused() {
         OtlpTraceSink::new(OtlpConfig::new("http://tempo:4317")),
         Err(OtlpConfigError::NoRuntime)
     ));
+}
+
+#[tokio::test]
+async fn credentials_and_tenant_go_as_metadata_and_a_token_file_is_read_again() {
+    let (auth_tx, mut auth) = mpsc::unbounded_channel();
+    let (addr, mut got) = start_receiver_with(vec![], Some(auth_tx)).await;
+
+    let sink = OtlpTraceSink::new(OtlpConfig {
+        basic_auth: Some(("tempo".into(), "s3cret".into())),
+        tenant: Some("team-b".into()),
+        ..config(addr)
+    })
+    .unwrap();
+    assert!(sink.export(Arc::new(batch(1))).await.is_success());
+    // base64("tempo:s3cret")
+    assert_eq!(
+        auth.recv().await.unwrap().as_deref(),
+        Some("Basic dGVtcG86czNjcmV0")
+    );
+    assert_eq!(got.recv().await.unwrap().1.as_deref(), Some("team-b"));
+    assert!(!format!("{sink:?}").contains("s3cret"));
+
+    let dir = crate::test_util::TempDir::new("otlp-token");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "first\n").unwrap();
+    let sink = OtlpTraceSink::new(OtlpConfig {
+        bearer_token_file: Some(file.clone()),
+        ..config(addr)
+    })
+    .unwrap();
+    assert!(sink.export(Arc::new(batch(1))).await.is_success());
+    assert_eq!(auth.recv().await.unwrap().as_deref(), Some("Bearer first"));
+    // A rotated Secret: a new file (another length) swapped in.
+    std::fs::write(&file, "second-token\n").unwrap();
+    assert!(sink.export(Arc::new(batch(1))).await.is_success());
+    assert_eq!(
+        auth.recv().await.unwrap().as_deref(),
+        Some("Bearer second-token")
+    );
+
+    let rt_err = OtlpTraceSink::new(OtlpConfig {
+        bearer_token: Some("t".into()),
+        bearer_token_file: Some(file),
+        ..config(addr)
+    })
+    .unwrap_err();
+    assert!(rt_err.to_string().contains("exclusive"), "{rt_err}");
 }
