@@ -27,6 +27,13 @@ use loupe_tests::{
     require_root, workload,
 };
 
+/// The two tests run one at a time: each runs an agent that traces every process and attaches
+/// its sockops program to the root cgroup, and a segment carries the option of whichever program
+/// runs first (a second store of kind 25 fails, counted in
+/// `loupe_tcp_context_write_failures_total`). One agent per node is the deployment; two at once
+/// would see each other's client span ids.
+static ONE_AGENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Where the client calls: a ClusterIP-like address that exists only as a DNAT rule.
 const SERVICE: &str = "10.96.77.7";
 const CLIENT_ADDR: &str = "10.203.0.1";
@@ -206,6 +213,7 @@ fn metric(text: &str, series: &str) -> u64 {
 #[test]
 fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
     require_root();
+    let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let ns = Namespaces::create();
     let mut server = Command::new("ip");
@@ -302,6 +310,7 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
 #[test]
 fn a_loopback_call_is_linked_by_the_tcp_option_alone() {
     require_root();
+    let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
     let mut server = Guard(
         Command::new(workload("http_server"))
             .env("OTEL_SERVICE_NAME", "tcp-option-server")
