@@ -110,6 +110,20 @@ fn scenarios() -> Vec<(&'static str, Vec<String>)> {
             ],
         ),
         (
+            "direct over TLS with a private CA",
+            vec![
+                "--set".into(),
+                "exporters.mode=direct,\
+                 exporters.direct.otlpEndpoint=https://tempo.monitoring:4317,\
+                 exporters.direct.lokiUrl=https://loki-gateway.monitoring,\
+                 exporters.otlp.tls.caSecret.name=observability-ca,exporters.otlp.tls.caSecret.key=ca.crt,\
+                 exporters.otlp.tls.clientCertSecret.name=loupe-client-tls,\
+                 exporters.otlp.tls.serverName=tempo.internal,\
+                 exporters.loki.tls.caSecret.name=observability-ca,exporters.loki.tls.caSecret.key=ca.crt"
+                    .into(),
+            ],
+        ),
+        (
             "trace context from the VPC only",
             vec![
                 "--set-json".into(),
@@ -437,6 +451,24 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
             std::fs::create_dir_all(secrets.join(backend)).expect("mkdir");
             std::fs::write(secrets.join(backend).join("token"), "from-the-secret\n")
                 .expect("write");
+            // The TLS Secrets: a CA bundle, and a client certificate made here.
+            let tls = secrets.join("tls").join(backend);
+            std::fs::create_dir_all(&tls).expect("mkdir");
+            std::fs::copy("/etc/ssl/certs/ca-certificates.crt", tls.join("ca.crt"))
+                .expect("Debian's CA bundle (ca-certificates)");
+            if !tls.join("tls.key").exists() {
+                let status = Command::new("openssl")
+                    .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                    .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+                    .args(["-subj", "/CN=loupe-agent", "-keyout"])
+                    .arg(tls.join("tls.key"))
+                    .arg("-out")
+                    .arg(tls.join("tls.crt"))
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .expect("openssl");
+                assert!(status.success(), "openssl req");
+            }
         }
         let path = dir.path().join("loupe.toml");
         std::fs::write(
@@ -494,6 +526,27 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
                 assert!(
                     toml.lines().any(|l| l == "max_profile_files = 50"),
                     "{toml}"
+                );
+            }
+            "direct over TLS with a private CA" => {
+                for line in [
+                    "otlp_ca_file = \"/var/run/secrets/loupe/tls/otlp/ca.crt\"",
+                    "otlp_cert_file = \"/var/run/secrets/loupe/tls/otlp/tls.crt\"",
+                    "otlp_key_file = \"/var/run/secrets/loupe/tls/otlp/tls.key\"",
+                    "otlp_server_name = \"tempo.internal\"",
+                    "loki_ca_file = \"/var/run/secrets/loupe/tls/loki/ca.crt\"",
+                ] {
+                    assert!(toml.lines().any(|l| l == line), "{line} in\n{toml}");
+                }
+                let mounts = agent_container(&docs)["volumeMounts"].clone();
+                assert!(
+                    mounts
+                        .as_sequence()
+                        .expect("mounts")
+                        .iter()
+                        .any(|m| m["mountPath"] == "/var/run/secrets/loupe/tls/otlp"
+                            && m["readOnly"] == true),
+                    "{mounts:?}"
                 );
             }
             "direct exporters with credentials" => {
@@ -581,6 +634,8 @@ fn bad_values_fail_with_the_key_named() {
         ("agent.profileInteval=15s", "profileInteval"),
         ("exporters.mode=tempo", "/exporters/mode"),
         ("exporters.mode=direct", "exporters.direct.otlpEndpoint"),
+        // TLS settings need an https:// endpoint the chart sends to directly.
+        ("exporters.loki.tls.serverName=loki", "exporters.loki.tls"),
         (
             "exporters.direct.lokiUrl=loki:3100",
             "/exporters/direct/lokiUrl",

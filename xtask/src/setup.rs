@@ -33,8 +33,10 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-server",
     "procps",
     "curl",
-    // A CA bundle the configuration tests use as a CA file.
+    // A CA bundle the configuration tests use as a CA file, and openssl to make a client
+    // certificate for the chart's TLS scenario.
     "ca-certificates",
+    "openssl",
     "python3-venv",
     // Reads the pinned trace context map in the correlation test.
     "bpftool",

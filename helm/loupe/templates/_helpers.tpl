@@ -110,6 +110,14 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- if (index $e $backend).tokenSecret }}
 {{- $_ := set $cfg (printf "%s_token_file" $backend) (printf "%s/%s/token" (include "loupe.tokenDir" $) $backend) }}
 {{- end }}
+{{- $tls := (index $e $backend).tls }}
+{{- $dir := printf "%s/tls/%s" (include "loupe.tokenDir" $) $backend }}
+{{- if $tls.caSecret }}{{ $_ := set $cfg (printf "%s_ca_file" $backend) (printf "%s/ca.crt" $dir) }}{{ end }}
+{{- if $tls.clientCertSecret }}
+{{- $_ := set $cfg (printf "%s_cert_file" $backend) (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $cfg (printf "%s_key_file" $backend) (printf "%s/tls.key" $dir) }}
+{{- end }}
+{{- with $tls.serverName }}{{ $_ := set $cfg (printf "%s_server_name" $backend) . }}{{ end }}
 {{- end -}}
 {{- with $a.tcpContext.trustedCidrs }}
 {{- $_ := set $cfg "tcp_context_trusted" . }}
@@ -187,6 +195,16 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- fail (printf "exporters.%s.passwordSecret is set: exporters.%s.user must be too" $backend $backend) -}}
 {{- end -}}
 {{- end -}}
+{{- $e := .Values.exporters -}}
+{{- $urls := dict "otlp" $e.direct.otlpEndpoint "loki" $e.direct.lokiUrl "pyroscope" $e.direct.pyroscopeUrl -}}
+{{- range $backend := list "otlp" "loki" "pyroscope" -}}
+{{- $tls := (index $e $backend).tls -}}
+{{- if or $tls.caSecret $tls.clientCertSecret $tls.serverName -}}
+{{- if not (and (eq $e.mode "direct") (hasPrefix "https://" (index $urls $backend))) -}}
+{{- fail (printf "exporters.%s.tls is set: it needs exporters.mode=direct and an https:// endpoint for %s" $backend $backend) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.securityContext.privileged .Values.securityContext.seLinuxOptions -}}
 {{- fail "securityContext.seLinuxOptions has no effect with securityContext.privileged (containerd drops SELinux options of privileged containers): set privileged to false" -}}
 {{- end -}}
@@ -211,6 +229,28 @@ updates it when the Secret is rotated and the agent reads the new token.
       - key: {{ .key }}
         path: token
 {{- end }}
+{{- $tls := (index $.Values.exporters $backend).tls }}
+{{- if or $tls.caSecret $tls.clientCertSecret }}
+- name: {{ $backend }}-tls
+  projected:
+    sources:
+      {{- with $tls.caSecret }}
+      - secret:
+          name: {{ .name }}
+          items:
+            - key: {{ .key }}
+              path: ca.crt
+      {{- end }}
+      {{- with $tls.clientCertSecret }}
+      - secret:
+          name: {{ .name }}
+          items:
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+      {{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -219,6 +259,12 @@ updates it when the Secret is rotated and the agent reads the new token.
 {{- if (index $.Values.exporters $backend).tokenSecret }}
 - name: {{ $backend }}-token
   mountPath: {{ include "loupe.tokenDir" $ }}/{{ $backend }}
+  readOnly: true
+{{- end }}
+{{- $tls := (index $.Values.exporters $backend).tls }}
+{{- if or $tls.caSecret $tls.clientCertSecret }}
+- name: {{ $backend }}-tls
+  mountPath: {{ include "loupe.tokenDir" $ }}/tls/{{ $backend }}
   readOnly: true
 {{- end }}
 {{- end }}
