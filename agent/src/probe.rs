@@ -279,21 +279,29 @@ pub fn detect() -> KernelFeatures {
 
 /// Header option callbacks came in Linux 5.10; the program attaches to the root of cgroup v2.
 fn probe_tcp_options(privileged: bool) -> Availability {
-    match aya::util::KernelVersion::current() {
-        Ok(v) if v < aya::util::KernelVersion::new(5, 10, 0) => {
-            return Availability::No("TCP header option callbacks need kernel 5.10".into());
-        }
-        Ok(_) => {}
-        Err(e) => return Availability::Unknown(e.to_string()),
-    }
-    if cgroup2_root().is_none() {
-        return Availability::No("no cgroup v2 root found".into());
+    if let Err(missing) = tcp_options_root() {
+        return missing;
     }
     if privileged {
         program_supported(aya::programs::ProgramType::SockOps)
     } else {
         Availability::Unknown("not privileged enough to try".into())
     }
+}
+
+/// Where the TCP option program attaches (the cgroup v2 root), if this kernel has the header
+/// option callbacks it needs (Linux 5.10); else what is missing.
+pub fn tcp_options_root() -> Result<std::path::PathBuf, Availability> {
+    match aya::util::KernelVersion::current() {
+        Ok(v) if v < aya::util::KernelVersion::new(5, 10, 0) => {
+            return Err(Availability::No(
+                "TCP header option callbacks need kernel 5.10".into(),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(Availability::Unknown(e.to_string())),
+    }
+    cgroup2_root().ok_or_else(|| Availability::No("no cgroup v2 root found".into()))
 }
 
 /// cgroup v2's root as this host sees it. In a pod with its own cgroup namespace the local

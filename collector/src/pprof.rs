@@ -48,19 +48,47 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
         .collect();
     let mut b = Builder::default();
     b.string("");
-    let cpu = b.string("cpu");
-    let nanoseconds = b.string("nanoseconds");
-    let samples = b.string("samples");
-    let count = b.string("count");
+    let off_cpu = meta.kind == ProfileKind::OffCpu;
+    // CPU: time (count × period) and sample counts, the period being CPU time. Off-CPU: one
+    // value, nanoseconds blocked, no period (`off_cpu:events:nanoseconds::` in Pyroscope, as the
+    // OpenTelemetry eBPF profiler's).
+    let (sample_type, period_type, default_sample_type) = if off_cpu {
+        let events = b.string("events");
+        let nanoseconds = b.string("nanoseconds");
+        (
+            vec![ValueType {
+                r#type: events,
+                unit: nanoseconds,
+            }],
+            None,
+            events,
+        )
+    } else {
+        let cpu = b.string("cpu");
+        let nanoseconds = b.string("nanoseconds");
+        let samples = b.string("samples");
+        let count = b.string("count");
+        let cpu_time = ValueType {
+            r#type: cpu,
+            unit: nanoseconds,
+        };
+        (
+            vec![
+                cpu_time,
+                ValueType {
+                    r#type: samples,
+                    unit: count,
+                },
+            ],
+            Some(cpu_time),
+            cpu,
+        )
+    };
     let pid_key = b.string("pid");
     let thread_key = b.string("thread_name");
     let span_id_key = b.string("span_id");
     let span_name_key = b.string("span_name");
-    let period = meta.period_nanos.max(0);
-    let off_cpu = meta.kind == ProfileKind::OffCpu;
-    // Off-CPU: one value, nanoseconds blocked (`off_cpu:events:nanoseconds::` in Pyroscope,
-    // as the OpenTelemetry eBPF profiler's).
-    let events = if off_cpu { b.string("events") } else { 0 };
+    let period = if off_cpu { 0 } else { meta.period_nanos.max(0) };
 
     let mut out_samples = Vec::with_capacity(profile.samples.len());
     for (sample, span_id) in profile.samples.iter().zip(&span_ids) {
@@ -108,34 +136,8 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
         });
     }
 
-    if off_cpu {
-        return Profile {
-            sample_type: vec![ValueType {
-                r#type: events,
-                unit: nanoseconds,
-            }],
-            sample: out_samples,
-            mapping: b.mappings,
-            location: b.locations,
-            function: b.functions,
-            string_table: b.strings,
-            time_nanos: meta.start_unix_nanos,
-            duration_nanos: meta.duration_nanos,
-            default_sample_type: events,
-            ..Profile::default()
-        };
-    }
     Profile {
-        sample_type: vec![
-            ValueType {
-                r#type: cpu,
-                unit: nanoseconds,
-            },
-            ValueType {
-                r#type: samples,
-                unit: count,
-            },
-        ],
+        sample_type,
         sample: out_samples,
         mapping: b.mappings,
         location: b.locations,
@@ -143,12 +145,9 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
         string_table: b.strings,
         time_nanos: meta.start_unix_nanos,
         duration_nanos: meta.duration_nanos,
-        period_type: Some(ValueType {
-            r#type: cpu,
-            unit: nanoseconds,
-        }),
+        period_type,
         period,
-        default_sample_type: cpu,
+        default_sample_type,
         ..Profile::default()
     }
 }

@@ -409,6 +409,25 @@ pub fn span_server() -> (Guard, u16) {
     (server, port)
 }
 
+/// The `http_server` workload (a std-only Rust HTTP/1.1 server) named `service`, listening:
+/// its guard and the `127.0.0.1:PORT` it printed.
+pub fn http_server(service: &str) -> (Guard, String) {
+    let mut server = Guard(
+        Command::new(workload("http_server"))
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the HTTP server workload (built by `cargo xtask test`)"),
+    );
+    let mut addr = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().expect("server stdout")),
+        &mut addr,
+    )
+    .expect("server address");
+    (server, addr.trim().to_string())
+}
+
 /// A running agent: `/metrics` (and `/healthz`) on a free loopback port, stderr in a file;
 /// killed when dropped.
 pub struct Agent {

@@ -14,7 +14,7 @@ use std::{
 
 use loupe_tests::{
     Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, http_get_raw,
-    infra::free_port, read_spans, require_root, wait_port, wait_with_deadline, workload,
+    infra::free_port, read_spans, require_root, wait_port, wait_with_deadline,
 };
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -69,18 +69,7 @@ fn other_client(url: &str) -> &'static str {
 #[test]
 fn requests_to_a_rust_server_become_linked_server_and_client_spans() {
     require_root();
-    let mut server = Guard(
-        Command::new(workload("http_server"))
-            .env("OTEL_SERVICE_NAME", SERVICE)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the HTTP server workload (built by `cargo xtask test`)"),
-    );
-    let mut addr = String::new();
-    BufReader::new(server.0.stdout.take().expect("server stdout"))
-        .read_line(&mut addr)
-        .expect("server address");
-    let addr = addr.trim().to_string();
+    let (_server, addr) = loupe_tests::http_server(SERVICE);
     let port: u16 = addr
         .rsplit(':')
         .next()

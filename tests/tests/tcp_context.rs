@@ -16,7 +16,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -24,7 +24,7 @@ use std::{
 
 use loupe_tests::{
     Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, read_spans,
-    require_root, workload,
+    require_root,
 };
 
 /// The two tests run one at a time: each runs an agent that traces every process and attaches
@@ -311,18 +311,7 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
 fn a_loopback_call_is_linked_by_the_tcp_option_alone() {
     require_root();
     let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
-    let mut server = Guard(
-        Command::new(workload("http_server"))
-            .env("OTEL_SERVICE_NAME", "tcp-option-server")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the HTTP server workload (built by `cargo xtask test`)"),
-    );
-    let mut addr = String::new();
-    BufReader::new(server.0.stdout.take().expect("server stdout"))
-        .read_line(&mut addr)
-        .expect("server address");
-    let addr = addr.trim().to_string();
+    let (_server, addr) = loupe_tests::http_server("tcp-option-server");
     let port = addr.rsplit(':').next().expect("port").to_string();
 
     let dir = tempfile::tempdir().expect("tempdir");

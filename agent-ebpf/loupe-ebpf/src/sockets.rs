@@ -141,14 +141,6 @@ fn conn_key(pid_tgid: u64, fd: u64) -> Option<u64> {
     Some((pid_tgid & 0xffff_ffff_0000_0000) | u64::from(fd))
 }
 
-/// The connection tracked as (pid, fd), copied out of the map.
-#[inline(always)]
-fn tracked(pid_tgid: u64, fd: u64) -> Option<ConnState> {
-    let state = CONNECTIONS.get_ptr(conn_key(pid_tgid, fd)?)?;
-    // SAFETY: the pointer comes from a successful lookup; the value is copied out.
-    Some(unsafe { *state })
-}
-
 /// The connection tracked as (pid, fd), in the map: no copy on the BPF stack. The value stays
 /// valid while the program runs (map elements are freed after an RCU grace period), though
 /// another CPU may change or delete it meanwhile.
@@ -295,7 +287,7 @@ pub fn sock_exit_accept4_late(ctx: TracePointContext) -> u32 {
 fn accepted_untracked(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret = arg(ctx, 0) as i64;
-    if tracked(pid_tgid, ret as u64).is_some() {
+    if tracked_ref(pid_tgid, ret as u64).is_some() {
         return Ok(());
     }
     accepted(pid_tgid, ret, None)
@@ -672,11 +664,15 @@ data_syscall!(
 fn enter_data(ctx: &TracePointContext, buffer_kind: u32, data_direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = arg(ctx, 0);
-    if tracked(pid_tgid, fd).is_none() && !log_write(pid_tgid, fd, data_direction) {
+    // One lookup serves both the check and the client context below.
+    let state = conn_key(pid_tgid, fd).and_then(|key| CONNECTIONS.get_ptr_mut(key));
+    if state.is_none() && !log_write(pid_tgid, fd, data_direction) {
         return;
     }
-    if data_direction == direction::EGRESS {
-        client_sending(pid_tgid, fd);
+    if data_direction == direction::EGRESS
+        && let Some(state) = state
+    {
+        client_sending(pid_tgid, state);
     }
     let count = if buffer_kind == buffer::IOVEC {
         arg(ctx, 2).min(u64::from(u32::MAX)) as u32
@@ -858,19 +854,14 @@ fn server_ctx(tuple: &ConnTuple, ctx: &mut SpanCtx) -> u32 {
 /// leave: a child of the server span the thread serves, else the root of a new trace. The
 /// sockops program writes it into the connection's segments until the response is read.
 #[inline(always)]
-fn client_sending(pid_tgid: u64, fd: u64) {
+fn client_sending(pid_tgid: u64, state: *mut ConnState) {
     let Some(config) = config() else { return };
     if config.propagate == 0 {
         return;
     }
-    let Some(key) = conn_key(pid_tgid, fd) else {
-        return;
-    };
-    let Some(state) = CONNECTIONS.get_ptr_mut(key) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup. Two threads writing one connection at
-    // once would both start a request here; each writes a whole context, one of them wins.
+    // SAFETY: the caller got the pointer from a successful CONNECTIONS lookup. Two threads
+    // writing one connection at once would both start a request here; each writes a whole
+    // context, one of them wins.
     let state = unsafe { &mut *state };
     if state.role != role::CLIENT || state.last_direction == direction::EGRESS {
         return;
@@ -1166,7 +1157,12 @@ macro_rules! send_fentry {
                 && let Some(config) = config()
                 && let Ok(fd) = regs_arg(regs, 0, config)
             {
-                client_sending(bpf_get_current_pid_tgid(), fd);
+                let pid_tgid = bpf_get_current_pid_tgid();
+                if let Some(state) =
+                    conn_key(pid_tgid, fd).and_then(|key| CONNECTIONS.get_ptr_mut(key))
+                {
+                    client_sending(pid_tgid, state);
+                }
             }
             0
         }

@@ -568,18 +568,13 @@ enum CaptureLink {
 
 /// Loads the sockops program, fills the trusted peers, and attaches it to the root cgroup
 /// through a BPF link (which goes with the agent, even on SIGKILL). Header-option callbacks
-/// exist from Linux 5.10, and links for cgroup programs from 5.7.
+/// exist from Linux 5.10 (checked by `probe::tcp_options_root`), links for cgroup programs from
+/// 5.7.
 fn attach_tcp_context(
     ebpf: &mut Ebpf,
     trusted: &[(std::net::IpAddr, u8)],
 ) -> Result<CaptureLink, String> {
-    let kernel = aya::util::KernelVersion::current().map_err(|e| e.to_string())?;
-    if kernel < aya::util::KernelVersion::new(5, 10, 0) {
-        return Err(format!(
-            "kernel {kernel:?} has no TCP header option callbacks (they came in 5.10)"
-        ));
-    }
-    let root = crate::probe::cgroup2_root().ok_or("no cgroup v2 root found")?;
+    let root = crate::probe::tcp_options_root().map_err(|missing| missing.to_string())?;
     let cgroup = std::fs::File::open(&root)
         .map_err(|e| format!("cannot open the cgroup root {}: {e}", root.display()))?;
     let mut peers: LpmTrie<MapData, [u8; 16], u8> =

@@ -269,12 +269,6 @@ impl Profiler {
             kernel_config.off_cpu_min_ns = options.off_cpu_min.as_nanos() as u64;
             Some(map)
         };
-        config
-            .set(0, kernel_config, 0)
-            .map_err(|e| EbpfError::Map {
-                name: "PROFILER_CONFIG",
-                message: e.to_string(),
-            })?;
 
         let counters = take_map(&mut ebpf, "PROFILER_COUNTERS")?;
         let samples = [
@@ -319,12 +313,6 @@ impl Profiler {
             match attach_tracepoint(&mut ebpf, "profile_off_cpu", "sched_switch") {
                 Ok(()) => {
                     kernel_config.off_cpu = 1;
-                    config
-                        .set(0, kernel_config, 0)
-                        .map_err(|e| EbpfError::Map {
-                            name: "PROFILER_CONFIG",
-                            message: e.to_string(),
-                        })?;
                     tracing::info!(
                         pids = ?options.off_cpu_pids,
                         min_block = ?options.off_cpu_min,
@@ -334,6 +322,14 @@ impl Profiler {
                 Err(e) => tracing::warn!("off-CPU profiles are off: {e}"),
             }
         }
+        // Set once every program but the sampler is attached (the off-CPU one does nothing while
+        // the map still holds zeros), before the sampler starts reading it.
+        config
+            .set(0, kernel_config, 0)
+            .map_err(|e| EbpfError::Map {
+                name: "PROFILER_CONFIG",
+                message: e.to_string(),
+            })?;
 
         let program: &mut PerfEvent = program(&mut ebpf, "profile_cpu")?;
         program.load().map_err(|e| rejected("profile_cpu", e))?;
