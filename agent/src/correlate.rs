@@ -17,7 +17,9 @@
 //! A tag that is in neither tier leaves its samples untagged (counted by the profiler); tagging
 //! never changes the number of samples.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use loupe_collector::profile::SpanLabel;

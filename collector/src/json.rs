@@ -348,8 +348,17 @@ fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Most text needs no escape: one scan, one copy.
+    if !bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -374,6 +383,19 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
 }
+
+/// Bytes a JSON string cannot hold as they are: controls, `"` and `\\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 /// Standard base64 with padding (RFC 4648 §4), as the proto3 JSON mapping writes `bytes`.
 fn base64(out: &mut Vec<u8>, bytes: &[u8]) {

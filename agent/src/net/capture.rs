@@ -72,6 +72,9 @@ const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the reader waits for events: data events do not wake it (see `data_submit_flags` in
 /// sockets.rs), so this is also how late they can be read.
 const POLL_TIMEOUT_MS: i32 = 20;
+/// The shortest time between two drains: reading a busy ring as soon as it has any record made
+/// batches of a few events, each a wake-up of this thread and the span builder's.
+const MIN_DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 
 /// One syscall's programs: its tracepoint pair (`exit` is None when sys_exit has nothing to do)
 /// and its fentry/fexit program on the syscall's entry point.
@@ -730,8 +733,10 @@ struct Tally {
     close: u64,
     log: u64,
     queue_full: u64,
-    /// Headers of the batch being gathered, with their bytes' range in `bytes`.
-    headers: Vec<(SocketEventHeader, std::ops::Range<usize>)>,
+    /// The batch being gathered; each event's bytes are still only a range in `bytes` (in
+    /// `ranges`), made slices of one buffer when the batch is sent.
+    events: SocketEvents,
+    ranges: Vec<std::ops::Range<usize>>,
     bytes: Vec<u8>,
 }
 
@@ -746,26 +751,33 @@ impl Tally {
         }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
-        self.headers.push((header, start..self.bytes.len()));
-        if self.headers.len() >= BATCH_EVENTS {
+        self.ranges.push(start..self.bytes.len());
+        if self.events.capacity() == 0 {
+            self.events.reserve_exact(BATCH_EVENTS);
+        }
+        self.events.push(SocketEvent {
+            header,
+            data: Bytes::new(),
+        });
+        if self.events.len() >= BATCH_EVENTS {
             self.send(tx);
         }
     }
 
     /// Sends the batch gathered so far, without waiting: a full queue drops it, counted.
     fn send(&mut self, tx: &SyncSender<SocketEvents>) {
-        if self.headers.is_empty() {
+        if self.events.is_empty() {
             return;
         }
-        let bytes = Bytes::from(std::mem::take(&mut self.bytes));
-        let events: SocketEvents = self
-            .headers
-            .drain(..)
-            .map(|(header, range)| SocketEvent {
-                header,
-                data: bytes.slice(range),
-            })
-            .collect();
+        // The next batch likely needs about as many bytes as this one.
+        let size = self.bytes.len();
+        let bytes = Bytes::from(std::mem::replace(&mut self.bytes, Vec::with_capacity(size)));
+        let mut events = std::mem::take(&mut self.events);
+        for (event, range) in events.iter_mut().zip(self.ranges.drain(..)) {
+            if !range.is_empty() {
+                event.data = bytes.slice(range);
+            }
+        }
         let n = events.len() as u64;
         match tx.try_send(events) {
             Ok(()) => {}
@@ -799,23 +811,29 @@ fn read_events(
     let mut next_counters = Instant::now() + COUNTER_INTERVAL;
     let mut next_sweep = Instant::now() + sweep_interval;
     let mut warned_queue_full = false;
-    while !stop.load(Ordering::Relaxed) {
-        let mut pollfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pollfd` is a valid array of one element for the duration of the call, and `fd`
-        // stays open because `maps.ring` outlives the loop.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, POLL_TIMEOUT_MS) };
-        if ready < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                tracing::error!("socket reader: poll failed: {err}");
-                thread::sleep(Duration::from_millis(100));
-            }
-            continue;
+    let waker = match RingWaker::new(fd) {
+        Ok(w) => Some(w),
+        Err(err) => {
+            tracing::warn!(
+                "socket reader: epoll unavailable ({err}); reading every {POLL_TIMEOUT_MS} ms"
+            );
+            None
         }
+    };
+    let mut last_drain = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        match &waker {
+            Some(w) => w.wait(POLL_TIMEOUT_MS),
+            None => thread::sleep(Duration::from_millis(POLL_TIMEOUT_MS as u64)),
+        }
+        // Even when woken (the ring passing a quarter full, or an OPEN or CLOSE into an empty
+        // ring, which connection churn makes constant), records gather for MIN_DRAIN_INTERVAL:
+        // at any rate a host reaches, a quarter of the ring lasts longer than that.
+        let since = last_drain.elapsed();
+        if since < MIN_DRAIN_INTERVAL {
+            thread::sleep(MIN_DRAIN_INTERVAL - since);
+        }
+        last_drain = Instant::now();
         drain(&mut maps.ring, &tx, &mut tally);
         let now = Instant::now();
         if !late_accepts.is_empty() && now >= late_accepts_until {
@@ -843,6 +861,58 @@ fn read_events(
     drain(&mut maps.ring, &tx, &mut tally);
     tally.flush(&metrics);
     update_kernel_counters(&maps.counters, &mut last_counters, &metrics);
+}
+
+/// An edge-triggered epoll instance on the ring: unlike poll(), which reports a ring with any
+/// record in it as ready at once, it returns only when the kernel wakes the ring's readers, which
+/// data events do only when the ring passes a quarter full.
+struct RingWaker {
+    epoll: std::os::fd::OwnedFd,
+}
+
+impl RingWaker {
+    fn new(ring_fd: std::os::fd::RawFd) -> std::io::Result<RingWaker> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscall; a non-negative result is a new descriptor this process owns.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a valid descriptor nothing else owns.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open; `event` is valid for the call.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                std::os::fd::AsRawFd::as_raw_fd(&epoll),
+                libc::EPOLL_CTL_ADD,
+                ring_fd,
+                &mut event,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(RingWaker { epoll })
+    }
+
+    /// Waits up to `timeout_ms` for a wake-up (an interrupted wait returns early, which only
+    /// means an early drain).
+    fn wait(&self, timeout_ms: i32) {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: the epoll descriptor is open and `event` has room for the one event asked for.
+        unsafe {
+            libc::epoll_wait(
+                std::os::fd::AsRawFd::as_raw_fd(&self.epoll),
+                &mut event,
+                1,
+                timeout_ms,
+            )
+        };
+    }
 }
 
 /// Reads every record in the ring and sends them on in batches.

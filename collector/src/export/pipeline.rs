@@ -220,12 +220,22 @@ impl<B: SignalBatch> Submitter<B> {
             return true;
         }
         let mut all = true;
-        for lane in self.lanes.iter() {
+        // The last lane gets the caller's reference itself, so that with one sink the lane holds
+        // the only one and can take the items instead of copying them.
+        let mut batch = Some(batch);
+        let last = self.lanes.len().saturating_sub(1);
+        for (i, lane) in self.lanes.iter().enumerate() {
             let m = &lane.metrics;
+            let this = if i == last {
+                batch.take()
+            } else {
+                batch.clone()
+            };
+            let Some(this) = this else { break };
             // Count as pending before sending so the lane's decrement never comes first.
             m.pending_items.add(as_gauge(items));
             m.queued_batches.fetch_add(1, Ordering::Relaxed);
-            match lane.tx.try_send(batch.clone()) {
+            match lane.tx.try_send(this) {
                 Ok(()) => m.submitted.inc(),
                 Err(e) => {
                     m.pending_items.add(-as_gauge(items));

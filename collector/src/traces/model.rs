@@ -22,11 +22,83 @@ pub enum SpanKind {
     Consumer = 5,
 }
 
-/// An attribute value: text (static or owned) or an integer.
+/// An attribute value: text or an integer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
-    Str(Cow<'static, str>),
+    Str(Text),
     Int(i64),
+}
+
+/// Attribute text: static, owned by this value, or shared with other spans (an address or a
+/// route that many spans carry, made once).
+#[derive(Clone)]
+pub enum Text {
+    Static(&'static str),
+    Owned(String),
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Owned(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Owned(s)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Text {
+        Text::Shared(s)
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    fn from(s: &Arc<str>) -> Text {
+        Text::Shared(s.clone())
+    }
+}
+
+impl From<Cow<'static, str>> for Text {
+    fn from(s: Cow<'static, str>) -> Text {
+        match s {
+            Cow::Borrowed(s) => Text::Static(s),
+            Cow::Owned(s) => Text::Owned(s),
+        }
+    }
 }
 
 /// One span attribute.
@@ -80,7 +152,7 @@ impl Attribute {
     /// The OTLP protobuf form.
     pub fn to_proto(&self) -> KeyValue {
         let value = match &self.value {
-            AttrValue::Str(s) => Value::StringValue(s.clone().into_owned()),
+            AttrValue::Str(s) => Value::StringValue(s.to_string()),
             AttrValue::Int(i) => Value::IntValue(*i),
         };
         KeyValue {

@@ -1,10 +1,12 @@
 //! Span attributes after the OpenTelemetry semantic conventions (HTTP, database), and the
 //! small text helpers they need: addresses, URL paths, hosts, SQL table names.
 
+use foldhash::HashMap;
 use std::borrow::Cow;
 use std::net::Ipv6Addr;
+use std::sync::Arc;
 
-use loupe_collector::traces::{AttrValue, Attribute};
+use loupe_collector::traces::{AttrValue, Attribute, Text};
 use loupe_common::socket::ConnTuple;
 
 /// Longest `url.path` / `url.full` kept, in bytes.
@@ -24,7 +26,7 @@ impl Attrs {
         Self(Vec::with_capacity(n))
     }
 
-    pub fn str(&mut self, key: &'static str, value: impl Into<Cow<'static, str>>) {
+    pub fn str(&mut self, key: &'static str, value: impl Into<Text>) {
         self.push(key, AttrValue::Str(value.into()));
     }
 
@@ -49,15 +51,39 @@ pub fn addr_string(addr: &[u8; 16]) -> String {
     }
 }
 
-/// The local end `(address, port)` when known.
-pub fn local_end(t: &ConnTuple) -> Option<(String, u16)> {
-    (t.local_port != 0).then(|| (addr_string(&t.local_addr), t.local_port))
+/// Addresses seen in text form, made once and shared by every span that carries them: a host
+/// talks to few addresses, and formatting one for every span was a twentieth of the builder's
+/// time. Bounded: past [`AddrNames::MAX`] entries it starts over.
+#[derive(Debug, Default)]
+pub struct AddrNames {
+    map: HashMap<[u8; 16], Arc<str>>,
 }
 
-/// The remote end `(address, port)` when known.
-pub fn remote_end(t: &ConnTuple) -> Option<(String, u16)> {
-    (t.remote_port != 0 && t.remote_addr != [0; 16])
-        .then(|| (addr_string(&t.remote_addr), t.remote_port))
+impl AddrNames {
+    pub const MAX: usize = 4096;
+
+    pub fn get(&mut self, addr: &[u8; 16]) -> Arc<str> {
+        if let Some(name) = self.map.get(addr) {
+            return name.clone();
+        }
+        if self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        let name: Arc<str> = addr_string(addr).into();
+        self.map.insert(*addr, name.clone());
+        name
+    }
+
+    /// The local end `(address, port)` when known.
+    pub fn local_end(&mut self, t: &ConnTuple) -> Option<(Arc<str>, u16)> {
+        (t.local_port != 0).then(|| (self.get(&t.local_addr), t.local_port))
+    }
+
+    /// The remote end `(address, port)` when known.
+    pub fn remote_end(&mut self, t: &ConnTuple) -> Option<(Arc<str>, u16)> {
+        (t.remote_port != 0 && t.remote_addr != [0; 16])
+            .then(|| (self.get(&t.remote_addr), t.remote_port))
+    }
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -111,11 +137,7 @@ pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
 
 /// The `url.full` of an HTTP client request: `http://authority/path` (no query), from the
 /// absolute-form target, else the `Host` header, else the remote address.
-pub fn url_full(
-    target: &str,
-    host: Option<&str>,
-    remote: Option<&(String, u16)>,
-) -> Option<String> {
+pub fn url_full(target: &str, host: Option<&str>, remote: Option<(&str, u16)>) -> Option<String> {
     let end = target.find(['?', '#']).unwrap_or(target.len());
     let t = &target[..end];
     if t.starts_with("http://") || t.starts_with("https://") {
@@ -132,9 +154,9 @@ pub fn url_full(
             let addr = if addr.contains(':') {
                 format!("[{addr}]")
             } else {
-                addr.clone()
+                addr.to_owned()
             };
-            if *port == 80 {
+            if port == 80 {
                 addr
             } else {
                 format!("{addr}:{port}")
@@ -313,17 +335,17 @@ mod tests {
         assert_eq!(split_host("shop"), Some(("shop", None)));
         assert_eq!(split_host("[::1]:81"), Some(("::1", Some(81))));
         assert_eq!(split_host(""), None);
-        let remote = ("10.0.0.2".to_string(), 8080);
+        let remote = ("10.0.0.2", 8080);
         assert_eq!(
-            url_full("/a?secret=1", Some("api:81"), Some(&remote)).as_deref(),
+            url_full("/a?secret=1", Some("api:81"), Some(remote)).as_deref(),
             Some("http://api:81/a")
         );
         assert_eq!(
-            url_full("/a", None, Some(&remote)).as_deref(),
+            url_full("/a", None, Some(remote)).as_deref(),
             Some("http://10.0.0.2:8080/a")
         );
         assert_eq!(
-            url_full("/a", None, Some(&("::1".to_string(), 80))).as_deref(),
+            url_full("/a", None, Some(("::1", 80))).as_deref(),
             Some("http://[::1]/a")
         );
         assert_eq!(

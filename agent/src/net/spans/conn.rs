@@ -188,7 +188,8 @@ pub struct Conn {
     pub tuple: ConnTuple,
     pub parser: Parser,
     pub detect_attempts: u8,
-    /// Monotonic time of the last event (the LRU key, with the connection id).
+    /// Monotonic time of the last event, to `LRU_GRANULARITY_NS` (the LRU key, with the
+    /// connection id).
     pub last_seen: u64,
     /// First chunk of a client-to-server message not yet attributed to a request.
     pub c2s_open: Option<Chunk>,

@@ -14,7 +14,9 @@
 //!
 //! Every map here is bounded; entries also leave when their request ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::hash::{BuildHasher, Hasher};
 
 use loupe_common::socket::ConnTuple;

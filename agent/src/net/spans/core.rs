@@ -504,8 +504,8 @@ impl Core {
     /// Parks a finished server span that still waits for its same-host client (see
     /// `Lingering`); past MAX_LINGERING it goes out at once.
     pub(super) fn linger(&mut self, request: RequestRef, key: Option<LinkKey>, finished: Finished) {
-        if self.lingering.len() < MAX_LINGERING {
-            self.lingering.push_back(Lingering {
+        if self.lingering.slots() < MAX_LINGERING {
+            self.lingering.push(Lingering {
                 request,
                 key,
                 since_ns: self.now,

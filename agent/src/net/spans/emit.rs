@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use loupe_collector::traces::{SpanData, SpanKind};
+use loupe_collector::traces::{SpanData, SpanKind, Text};
 use loupe_protocols::http1::Method;
 use loupe_protocols::route::infer_route;
 use loupe_protocols::sanitize::{sanitize_sql, sql_operation};
@@ -175,8 +175,8 @@ impl Core {
         let method = h.method.semconv();
         let name_method = if method == "_OTHER" { "HTTP" } else { method };
         let process = self.process(conn.pid);
-        let local = attrs::local_end(&conn.tuple);
-        let remote = attrs::remote_end(&conn.tuple);
+        let local = self.addr_names.local_end(&conn.tuple);
+        let remote = self.addr_names.remote_end(&conn.tuple);
         let secs = seconds(p.start_ns, end_ns);
         let mut a = Attrs::with_capacity(14);
         a.str("http.request.method", method);
@@ -213,24 +213,29 @@ impl Core {
             }
         } else {
             name = name_method.to_owned();
-            if let Some(url) = attrs::url_full(&h.target, h.host.as_deref(), remote.as_ref()) {
+            if let Some(url) = attrs::url_full(
+                &h.target,
+                h.host.as_deref(),
+                remote.as_ref().map(|(addr, port)| (&**addr, *port)),
+            ) {
                 a.str("url.full", url);
             }
             let from_host = h.host.as_deref().and_then(attrs::split_host);
             let server_address = match (from_host, &remote) {
                 (Some((host, port)), _) => {
-                    a.str("server.address", host.to_owned());
+                    let host = Text::from(host.to_owned());
+                    a.str("server.address", host.clone());
                     if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
                         a.int("server.port", i64::from(port));
                     }
-                    host.to_owned()
+                    host
                 }
                 (None, Some((addr, port))) => {
-                    a.str("server.address", addr.clone());
+                    a.str("server.address", addr);
                     a.int("server.port", i64::from(*port));
-                    addr.clone()
+                    Text::from(addr)
                 }
-                (None, None) => String::new(),
+                (None, None) => Text::Static(""),
             };
             if let Some((addr, port)) = &remote {
                 a.str("network.peer.address", addr.clone());
@@ -291,7 +296,7 @@ impl Core {
         if let Some(q) = &d.query {
             a.str("db.query.text", q.clone());
         }
-        if let Some((addr, port)) = attrs::remote_end(&conn.tuple) {
+        if let Some((addr, port)) = self.addr_names.remote_end(&conn.tuple) {
             a.str("server.address", addr.clone());
             a.int("server.port", i64::from(port));
             a.str("network.peer.address", addr);

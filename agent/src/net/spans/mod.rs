@@ -53,7 +53,10 @@ mod red;
 mod tests;
 mod thread;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +156,60 @@ struct Lingering {
     finished: Finished,
 }
 
+/// Lingering server spans, oldest first, each findable by its request in constant time: a span
+/// re-parented early leaves an empty slot behind instead of being cut out of the middle of the
+/// queue (which moved thousands of spans per re-parent at a high rate).
+#[derive(Default)]
+struct Lingerers {
+    queue: VecDeque<Option<Lingering>>,
+    /// The sequence number of `queue[0]`.
+    first_seq: u64,
+    /// The sequence number of each waiting request.
+    index: HashMap<RequestRef, u64>,
+}
+
+impl Lingerers {
+    /// Slots held, empty ones included (what the bound applies to).
+    fn slots(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn push(&mut self, l: Lingering) {
+        let seq = self.first_seq + self.queue.len() as u64;
+        self.index.insert(l.request, seq);
+        self.queue.push_back(Some(l));
+    }
+
+    /// Takes the span of `request` out of the queue, if it waits.
+    fn take(&mut self, request: RequestRef) -> Option<Lingering> {
+        let seq = self.index.remove(&request)?;
+        let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        self.queue.get_mut(i)?.take()
+    }
+
+    /// The oldest waiting span if `due` says it waited long enough; empty slots at the front are
+    /// dropped on the way.
+    fn pop_if(&mut self, due: impl Fn(&Lingering) -> bool) -> Option<Lingering> {
+        loop {
+            match self.queue.front() {
+                None => return None,
+                Some(None) => {}
+                Some(Some(l)) if due(l) => {}
+                Some(Some(_)) => return None,
+            }
+            let front = self.queue.pop_front().flatten();
+            let seq = self.first_seq;
+            self.first_seq += 1;
+            if let Some(l) = front {
+                if self.index.get(&l.request) == Some(&seq) {
+                    self.index.remove(&l.request);
+                }
+                return Some(l);
+            }
+        }
+    }
+}
+
 /// How long a finished server span waits for its same-host client (by event time, or by the
 /// clock at the next housekeeping tick when no events come).
 const LINGER_NS: u64 = 200_000_000;
@@ -166,11 +223,12 @@ struct Core {
     ids: IdGenerator,
     ctx: TraceContexts,
     processes: ProcessCache,
+    addr_names: attrs::AddrNames,
     red: RedMetrics,
     m: Metrics,
     finished: Vec<Finished>,
     /// In the order they finished (so the oldest is first).
-    lingering: VecDeque<Lingering>,
+    lingering: Lingerers,
     /// Latest event time (monotonic ns).
     now: u64,
     /// Server requests to re-parent under a client span that came late: (server request,
@@ -187,10 +245,14 @@ struct Core {
     published: Vec<Published>,
 }
 
+/// How stale a connection's place in the least-recently-used order may be.
+const LRU_GRANULARITY_NS: u64 = 100_000_000;
+
 /// Turns socket events into spans; see the module docs.
 pub struct SpanBuilder {
     conns: HashMap<u64, Conn>,
-    /// `(last_seen, conn_id)` of every connection, oldest first.
+    /// `(last_seen, conn_id)` of every connection, oldest first; `last_seen` lags the last
+    /// event by less than [`LRU_GRANULARITY_NS`].
     lru: BTreeSet<(u64, u64)>,
     buffered: usize,
     http_events: Vec<http1::Event>,
@@ -238,10 +300,11 @@ impl SpanBuilder {
                     host_name,
                     map: HashMap::new(),
                 },
+                addr_names: attrs::AddrNames::default(),
                 red,
                 m: Metrics::new(registry),
                 finished: Vec::new(),
-                lingering: VecDeque::new(),
+                lingering: Lingerers::default(),
                 now: 0,
                 reparents: Vec::new(),
                 linked: Vec::new(),
@@ -359,15 +422,12 @@ impl SpanBuilder {
     /// as they are.
     pub fn settle_lingering(&mut self, now_monotonic_ns: u64) {
         let core = &mut self.core;
-        while core
+        while let Some(l) = core
             .lingering
-            .front()
-            .is_some_and(|l| now_monotonic_ns.saturating_sub(l.since_ns) >= LINGER_NS)
+            .pop_if(|l| now_monotonic_ns.saturating_sub(l.since_ns) >= LINGER_NS)
         {
-            if let Some(l) = core.lingering.pop_front() {
-                core.ctx.forget(l.key, l.request);
-                core.finish(l.finished);
-            }
+            core.ctx.forget(l.key, l.request);
+            core.finish(l.finished);
         }
     }
 
@@ -382,18 +442,23 @@ impl SpanBuilder {
             return None;
         }
         let n = max.max(1).min(self.core.finished.len());
-        let mut by_pid: HashMap<u32, usize> = HashMap::new();
-        let mut out: Vec<ResourceBatch> = Vec::new();
+        // Spans per process first, so that each process's list is allocated once.
+        let mut by_pid: HashMap<u32, (usize, usize)> = HashMap::new();
+        for f in &self.core.finished[..n] {
+            by_pid.entry(f.pid).or_insert((usize::MAX, 0)).1 += 1;
+        }
+        let mut out: Vec<ResourceBatch> = Vec::with_capacity(by_pid.len());
         for f in self.core.finished.drain(..n) {
-            let i = *by_pid.entry(f.pid).or_insert_with(|| {
+            let (i, count) = by_pid.entry(f.pid).or_insert((usize::MAX, 1));
+            if *i == usize::MAX {
+                *i = out.len();
                 out.push(ResourceBatch {
                     resource: f.process.resource.clone(),
                     scope: self.scope.clone(),
-                    spans: Vec::new(),
+                    spans: Vec::with_capacity(*count),
                 });
-                out.len() - 1
-            });
-            out[i].spans.push(f.span);
+            }
+            out[*i].spans.push(f.span);
         }
         Some(TraceBatch { resources: out })
     }
@@ -429,20 +494,28 @@ impl SpanBuilder {
     /// Finds or creates the connection of `h` and marks it used.
     fn touch(&mut self, h: &SocketEventHeader) {
         let now = h.timestamp_ns;
-        let conn = self.conns.entry(h.conn_id).or_insert_with(|| {
-            let role = match h.role {
-                role::CLIENT => Role::Client,
-                role::SERVER => Role::Server,
-                _ => Role::Unknown,
-            };
-            Conn::new(h.pid, role, h.tuple, now)
-        });
+        let conn = match self.conns.entry(h.conn_id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let role = match h.role {
+                    role::CLIENT => Role::Client,
+                    role::SERVER => Role::Server,
+                    _ => Role::Unknown,
+                };
+                self.lru.insert((now, h.conn_id));
+                e.insert(Conn::new(h.pid, role, h.tuple, now))
+            }
+        };
         if conn.tuple.local_port == 0 && h.tuple.local_port != 0 {
             conn.tuple = h.tuple;
         }
-        self.lru.remove(&(conn.last_seen, h.conn_id));
-        conn.last_seen = now;
-        self.lru.insert((now, h.conn_id));
+        // The order is kept to LRU_GRANULARITY_NS: moving the connection in the tree on every
+        // event cost more than parsing its bytes.
+        if now.saturating_sub(conn.last_seen) >= LRU_GRANULARITY_NS || conn.last_seen > now {
+            self.lru.remove(&(conn.last_seen, h.conn_id));
+            conn.last_seen = now;
+            self.lru.insert((now, h.conn_id));
+        }
     }
 
     /// A write to stdout or stderr: a log write, tied to the request its thread serves.
@@ -654,12 +727,7 @@ impl SpanBuilder {
             let Some(p) = self.conns.get_mut(&conn_id).and_then(|c| c.get_mut(req_id)) else {
                 // Finished already: it lingers for exactly this.
                 let core = &mut self.core;
-                if let Some(i) = core
-                    .lingering
-                    .iter()
-                    .position(|l| l.request == (conn_id, req_id))
-                    && let Some(mut l) = core.lingering.remove(i)
-                {
+                if let Some(mut l) = core.lingering.take((conn_id, req_id)) {
                     l.finished.span.trace_id = trace_id;
                     l.finished.span.parent_span_id = Some(parent);
                     l.finished.span.trace_state.clear();

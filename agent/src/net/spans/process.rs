@@ -1,7 +1,7 @@
 //! Process names and resources for spans and logs: `service.name` and the OTLP resource of each
 //! traced process, cached with a time to live (pids are reused).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use loupe_collector::traces::Attribute;

@@ -50,7 +50,10 @@ struct Family {
     name: &'static str,
     help: &'static str,
     keys: [&'static str; 4],
-    series: HashMap<[String; 4], Histogram>,
+    /// Series by their four label values, each prefixed with its length (see [`series_key`]),
+    /// so that a lookup needs no allocation.
+    series: HashMap<String, Histogram>,
+    scratch: String,
 }
 
 impl Family {
@@ -60,30 +63,38 @@ impl Family {
             help,
             keys,
             series: HashMap::new(),
+            scratch: String::new(),
         }
     }
 
     fn observe(&mut self, registry: &Registry, values: [&str; 4], seconds: f64) {
-        let key = values.map(str::to_owned);
-        if let Some(h) = self.series.get(&key) {
+        series_key(&mut self.scratch, values);
+        if let Some(h) = self.series.get(self.scratch.as_str()) {
             h.observe(seconds);
             return;
         }
-        let key = if self.series.len() >= MAX_SERIES {
-            [OVERFLOW; 4].map(str::to_owned)
+        let values = if self.series.len() >= MAX_SERIES {
+            [OVERFLOW; 4]
         } else {
-            key
+            values
         };
-        let h = self.series.entry(key).or_insert_with_key(|k| {
-            let labels: Vec<(&str, &str)> = self
-                .keys
-                .iter()
-                .zip(k.iter())
-                .map(|(n, v)| (*n, v.as_str()))
-                .collect();
+        series_key(&mut self.scratch, values);
+        let h = self.series.entry(self.scratch.clone()).or_insert_with(|| {
+            let labels: Vec<(&str, &str)> = self.keys.iter().copied().zip(values).collect();
             registry.histogram(self.name, self.help, &labels, DEFAULT_SECONDS_BUCKETS)
         });
         h.observe(seconds);
+    }
+}
+
+/// Writes the key of a series into `out`: each value as `<length>:<value>`, which no two
+/// different value lists share.
+fn series_key(out: &mut String, values: [&str; 4]) {
+    use std::fmt::Write;
+    out.clear();
+    for v in values {
+        let _ = write!(out, "{}:", v.len());
+        out.push_str(v);
     }
 }
 

@@ -1790,3 +1790,51 @@ fn hex_bytes(h: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
         .collect()
 }
+
+#[test]
+fn lingering_spans_are_taken_out_of_order_and_settled_in_order() {
+    let lingering = |request: RequestRef, since_ns: u64| Lingering {
+        request,
+        key: None,
+        since_ns,
+        finished: Finished {
+            pid: 1,
+            process: Arc::new(ProcessInfo {
+                pod_pending: None,
+                service: "svc".into(),
+                resource: Arc::default(),
+            }),
+            span: SpanData {
+                trace_id: [0; 16],
+                span_id: [0; 8],
+                parent_span_id: None,
+                trace_state: String::new(),
+                name: String::new(),
+                kind: loupe_collector::traces::SpanKind::Server,
+                start_time_unix_nano: 0,
+                end_time_unix_nano: 0,
+                attributes: Vec::new(),
+                error: None,
+            },
+        },
+    };
+    let mut l = Lingerers::default();
+    for (i, since) in [(1, 10), (2, 20), (3, 30)] {
+        l.push(lingering((7, i), since));
+    }
+    assert_eq!(l.take((7, 2)).map(|x| x.request), Some((7, 2)));
+    assert!(l.take((7, 2)).is_none(), "taken once");
+    assert!(l.take((9, 9)).is_none());
+    // Not due yet: nothing comes out, and the empty slot stays behind the first.
+    assert!(l.pop_if(|x| x.since_ns < 10).is_none());
+    let due = |x: &Lingering| x.since_ns <= 30;
+    assert_eq!(l.pop_if(due).map(|x| x.request), Some((7, 1)));
+    // The empty slot of (7, 2) is skipped on the way to (7, 3).
+    assert_eq!(l.pop_if(due).map(|x| x.request), Some((7, 3)));
+    assert!(l.pop_if(due).is_none());
+    assert_eq!(l.slots(), 0);
+    assert!(l.index.is_empty());
+    // Sequence numbers go on after the queue emptied.
+    l.push(lingering((8, 1), 40));
+    assert_eq!(l.take((8, 1)).map(|x| x.request), Some((8, 1)));
+}
