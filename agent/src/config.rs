@@ -324,6 +324,14 @@ pub struct CliOptions {
         value_name = "DURATION"
     )]
     pub off_cpu_min_block: Option<String>,
+    /// Page-fault profiles: the stacks that touch new memory, sampled every
+    /// `--page-fault-period` faults, for every profiled process [default: true].
+    #[arg(long, env = "LOUPE_PAGE_FAULTS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub page_faults: Option<bool>,
+    /// One page-fault sample every this many page faults [default: 64, i.e. one per 256 KiB of
+    /// 4 KiB pages first touched].
+    #[arg(long, env = "LOUPE_PAGE_FAULT_PERIOD", global = true, value_name = "N")]
+    pub page_fault_period: Option<u64>,
     /// Only profile this process (repeatable; in the environment, comma-separated).
     #[arg(
         long = "pid",
@@ -410,6 +418,8 @@ struct FileOptions {
     duration: Option<String>,
     off_cpu_pid: Option<Vec<u32>>,
     off_cpu_min_block: Option<String>,
+    page_faults: Option<bool>,
+    page_fault_period: Option<u64>,
     pid: Option<Vec<u32>>,
     metrics_addr: Option<String>,
     memory_limit: Option<SizeValue>,
@@ -469,6 +479,8 @@ pub struct Config {
     pub off_cpu_pids: Vec<u32>,
     /// Shortest off-CPU block recorded.
     pub off_cpu_min_block: Duration,
+    /// Page-fault profiles: one sample every this many faults (`None`: off).
+    pub page_fault_period: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
     /// Bytes of resident memory plus kernel maps the agent stays under.
     pub memory_limit: u64,
@@ -491,6 +503,11 @@ pub const DEFAULT_TRUSTED_PEERS: &[&str] = &[
 /// Shortest off-CPU block recorded unless told otherwise: waits below a millisecond (lock
 /// hand-offs, scheduler noise) are many and cheap, and would dominate the map.
 pub const DEFAULT_OFF_CPU_MIN_BLOCK: Duration = Duration::from_millis(1);
+
+/// Page faults per page-fault sample unless told otherwise: one sample per 256 KiB of 4 KiB pages
+/// first touched, a few samples a second for a service growing by a megabyte a second, while a
+/// host's steady churn of faults costs little.
+pub const DEFAULT_PAGE_FAULT_PERIOD: u64 = 64;
 
 /// Default disk of the debuginfod cache.
 pub const DEFAULT_DEBUGINFOD_CACHE: u64 = 256 << 20;
@@ -600,6 +617,18 @@ impl Config {
             Some(text) => parse_duration(text).map_err(|m| invalid("off_cpu_min_block", m))?,
             None => DEFAULT_OFF_CPU_MIN_BLOCK,
         };
+        let page_fault_period = cli.page_fault_period.or(file.page_fault_period);
+        if page_fault_period == Some(0) {
+            return Err(invalid(
+                "page_fault_period",
+                "0: at least one fault per sample",
+            ));
+        }
+        let page_fault_period = cli
+            .page_faults
+            .or(file.page_faults)
+            .unwrap_or(true)
+            .then(|| page_fault_period.unwrap_or(DEFAULT_PAGE_FAULT_PERIOD));
 
         let duration = match cli.duration.as_ref().or(file.duration.as_ref()) {
             Some(text) => {
@@ -909,6 +938,7 @@ impl Config {
             pids,
             off_cpu_pids,
             off_cpu_min_block,
+            page_fault_period,
             metrics_addr,
             memory_limit,
             debuginfod,

@@ -52,7 +52,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
         (
             "BPF programs on perf events",
             &f.perf_event_program,
-            "CPU profiler stack capture (required)",
+            "CPU and page-fault profiler stack capture (required)",
         ),
         (
             "BPF ring buffer",

@@ -162,9 +162,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 spans: (network.is_some() && config.span_profiles).then(|| spans_index.clone()),
                 off_cpu_pids: config.off_cpu_pids.clone(),
                 off_cpu_min: config.off_cpu_min_block,
+                page_fault_period: config.page_fault_period,
             },
             &registry,
         )?;
+        if profiler.page_faults_on() {
+            crate::self_metrics::record_attach(&registry, "page_faults", "perf_event");
+        }
 
         let kernel_maps = crate::self_metrics::record_kernel_maps(&registry);
         tokio::spawn(crate::self_metrics::watch_memory(
@@ -221,8 +225,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 loop {
                     let wait = next.saturating_duration_since(Instant::now());
                     let stopping = !matches!(stop_rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout));
-                    let (cpu, off_cpu) = profiler.drain(&mut symbolizer);
-                    for batch in std::iter::once(cpu).chain(off_cpu) {
+                    for batch in profiler.drain(&mut symbolizer) {
                         if !submitter.try_submit(Arc::new(batch)) {
                             tracing::warn!("export queue full: an interval's profiles were dropped");
                         }

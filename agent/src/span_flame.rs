@@ -87,10 +87,14 @@ pub fn run(args: &FlamegraphArgs, output_dir: &Path) -> anyhow::Result<(PathBuf,
     Ok((out, total))
 }
 
-/// `checkout-1700000000.pb.gz` → `checkout`.
+/// `checkout-1700000000.pb.gz` → `checkout`; `None` for other kinds' files
+/// (`checkout.off_cpu-…`, `checkout.page_faults-…`), whose values are not CPU samples.
 fn service_of(file_name: &str) -> Option<&str> {
     let stem = file_name.strip_suffix(".pb.gz")?;
     let (service, time) = stem.rsplit_once('-')?;
+    if service.ends_with(".off_cpu") || service.ends_with(".page_faults") {
+        return None;
+    }
     time.bytes().all(|b| b.is_ascii_digit()).then_some(service)
 }
 
@@ -140,6 +144,15 @@ mod tests {
                 .collect(),
             span,
         }
+    }
+
+    #[test]
+    fn only_cpu_profile_files_name_a_service() {
+        assert_eq!(service_of("checkout-1700000000.pb.gz"), Some("checkout"));
+        assert_eq!(service_of("shop.api-1700000000.pb.gz"), Some("shop.api"));
+        assert_eq!(service_of("checkout.off_cpu-1700000000.pb.gz"), None);
+        assert_eq!(service_of("checkout.page_faults-1700000000.pb.gz"), None);
+        assert_eq!(service_of("checkout-latest.pb.gz"), None);
     }
 
     #[test]

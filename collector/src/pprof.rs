@@ -16,7 +16,9 @@ use pyroscope::encode::r#gen::google::{
     Function, Label, Line, Location, Mapping as PprofMapping, Sample, ValueType,
 };
 
-use crate::profile::{BatchMeta, Frame, Mapping, ProfileKind, ServiceProfile, UNKNOWN_FUNCTION};
+use crate::profile::{
+    BatchMeta, Frame, Mapping, PAGE_BYTES, ProfileKind, ServiceProfile, UNKNOWN_FUNCTION,
+};
 
 /// File name of the synthetic mapping used for kernel frames.
 pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
@@ -48,11 +50,11 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
         .collect();
     let mut b = Builder::default();
     b.string("");
-    let off_cpu = meta.kind == ProfileKind::OffCpu;
     // CPU: time (count × period) and sample counts, the period being CPU time. Off-CPU: one
     // value, nanoseconds blocked, no period (`off_cpu:events:nanoseconds::` in Pyroscope, as the
-    // OpenTelemetry eBPF profiler's).
-    let (sample_type, period_type, default_sample_type) = if off_cpu {
+    // OpenTelemetry eBPF profiler's). Page faults: bytes first touched (faults × page size, the
+    // default) and faults (count × period), the period being faults.
+    let (sample_type, period_type, default_sample_type) = if meta.kind == ProfileKind::OffCpu {
         let events = b.string("events");
         let nanoseconds = b.string("nanoseconds");
         (
@@ -62,6 +64,26 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
             }],
             None,
             events,
+        )
+    } else if meta.kind == ProfileKind::PageFaults {
+        let space = b.string("space");
+        let bytes = b.string("bytes");
+        let faults = b.string("faults");
+        let count = b.string("count");
+        let faults = ValueType {
+            r#type: faults,
+            unit: count,
+        };
+        (
+            vec![
+                ValueType {
+                    r#type: space,
+                    unit: bytes,
+                },
+                faults,
+            ],
+            Some(faults),
+            space,
         )
     } else {
         let cpu = b.string("cpu");
@@ -88,7 +110,10 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
     let thread_key = b.string("thread_name");
     let span_id_key = b.string("span_id");
     let span_name_key = b.string("span_name");
-    let period = if off_cpu { 0 } else { meta.period_nanos.max(0) };
+    let period = match meta.kind {
+        ProfileKind::OffCpu => 0,
+        ProfileKind::Cpu | ProfileKind::PageFaults => meta.period_nanos.max(0),
+    };
 
     let mut out_samples = Vec::with_capacity(profile.samples.len());
     for (sample, span_id) in profile.samples.iter().zip(&span_ids) {
@@ -127,10 +152,13 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
         }
         out_samples.push(Sample {
             location_id,
-            value: if off_cpu {
-                vec![n]
-            } else {
-                vec![n.saturating_mul(period), n]
+            value: match meta.kind {
+                ProfileKind::OffCpu => vec![n],
+                ProfileKind::Cpu => vec![n.saturating_mul(period), n],
+                ProfileKind::PageFaults => {
+                    let faults = n.saturating_mul(period);
+                    vec![faults.saturating_mul(PAGE_BYTES), faults]
+                }
             },
             label,
         });

@@ -1,5 +1,5 @@
 //! The profile model the agent fills after symbolization and every sink consumes: CPU samples,
-//! or off-CPU time.
+//! off-CPU time, or page faults.
 //!
 //! One [`ProfileBatch`] covers one drain interval for all services; stacks are stored leaf first,
 //! and each [`Frame`] lists its inlined functions innermost first, the real (outer) function last.
@@ -17,15 +17,25 @@ pub enum ProfileKind {
     Cpu,
     /// Time threads spent blocked: each count is nanoseconds (`period_nanos` is unused).
     OffCpu,
+    /// Page-fault samples: each count stands for `period_nanos` page faults (the field holds a
+    /// number of faults for this kind), each fault about one page ([`PAGE_BYTES`]) of memory
+    /// first touched.
+    PageFaults,
 }
 
+/// The page size page-fault profiles convert faults to bytes with: 4 KiB, the base page of
+/// x86-64 and of the arm64 kernels EKS runs. Faults on huge pages count one page each, so the
+/// bytes are a lower bound.
+pub const PAGE_BYTES: i64 = 4096;
+
 impl ProfileKind {
-    /// Pyroscope's `__name__` for the kind: `process_cpu`, or `off_cpu` as the OpenTelemetry
-    /// eBPF profiler's off-CPU profiles are named there.
+    /// Pyroscope's `__name__` for the kind: `process_cpu`, `off_cpu` as the OpenTelemetry
+    /// eBPF profiler's off-CPU profiles are named there, or `page_faults`.
     pub fn pyroscope_name(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "process_cpu",
             ProfileKind::OffCpu => "off_cpu",
+            ProfileKind::PageFaults => "page_faults",
         }
     }
 
@@ -34,6 +44,7 @@ impl ProfileKind {
         match self {
             ProfileKind::Cpu => "cpu",
             ProfileKind::OffCpu => "off-cpu",
+            ProfileKind::PageFaults => "page-faults",
         }
     }
 }

@@ -166,8 +166,19 @@ pub fn run_agent(args: &[&str], limit: Duration) -> Output {
     }
 }
 
-/// Every `profiles/*.pb.gz` the local sink wrote under `dir`, decoded, with their file names.
+/// The CPU profiles (`profiles/SERVICE-<t>.pb.gz`) the local sink wrote under `dir`, decoded,
+/// with their file names; other kinds (`SERVICE.off_cpu-…`, `SERVICE.page_faults-…`) are left
+/// out.
 pub fn read_profiles(dir: &Path) -> Vec<(String, Profile)> {
+    read_all_profiles(dir)
+        .into_iter()
+        .filter(|(name, _)| !name.contains(".off_cpu-") && !name.contains(".page_faults-"))
+        .collect()
+}
+
+/// Every `profiles/*.pb.gz` the local sink wrote under `dir`, of every kind, decoded, with their
+/// file names.
+pub fn read_all_profiles(dir: &Path) -> Vec<(String, Profile)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir.join("profiles")) else {
         return out;
@@ -463,6 +474,11 @@ impl Agent {
         self.guard.0.id()
     }
 
+    /// Its `/metrics` text now.
+    pub fn metrics(&self) -> String {
+        http_get_raw(self.port, "/metrics")
+    }
+
     /// What it has written to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
@@ -476,6 +492,17 @@ impl Agent {
         let status = wait_with_deadline(&mut self.guard.0, limit);
         (status, self.stderr())
     }
+}
+
+/// The sum of every series of the metric `name` in a `/metrics` text (0 when absent).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Copies an executable to `to` so that it can be run at once. The copy is written by a `cp`

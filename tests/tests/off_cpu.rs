@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use loupe_tests::{
-    Agent, Guard, agent_bin, inclusive_counts, read_profiles, require_root, workload,
+    Agent, Guard, agent_bin, inclusive_counts, read_all_profiles, require_root, workload,
 };
 
 #[test]
@@ -34,7 +34,7 @@ fn a_waiting_thread_tops_off_cpu_and_a_spinning_one_cpu() {
     let (status, stderr) = agent.stop(Duration::from_secs(30));
     assert!(status.success(), "{stderr}");
 
-    let profiles = read_profiles(&out);
+    let profiles = read_all_profiles(&out);
     let find = |prefix: &str| {
         profiles
             .iter()

@@ -74,6 +74,10 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         "{metrics}"
     );
     assert!(
+        metrics.contains("loupe_attach_method{method=\"perf_event\",program=\"page_faults\"} 1"),
+        "page-fault profiles must attach with the chart's capabilities:\n{metrics}"
+    );
+    assert!(
         metrics.contains("program=\"sockets\"} 1"),
         "socket capture must attach with the chart's capabilities:\n{metrics}"
     );

@@ -242,7 +242,13 @@ pub fn vm_test(args: VmArgs) -> anyhow::Result<()> {
 /// End-to-end test binaries of loupe-tests the VMs run: what each needs is in the initramfs (the
 /// spans test, with its databases and Python, is not; nor is tcp_context's namespace test, which
 /// tests/vm/init skips).
-const E2E_TESTS: &[&str] = &["profiler", "http_spans", "tcp_context", "off_cpu"];
+const E2E_TESTS: &[&str] = &[
+    "profiler",
+    "http_spans",
+    "tcp_context",
+    "off_cpu",
+    "page_faults",
+];
 
 /// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
 fn build_e2e_tests() -> anyhow::Result<Vec<PathBuf>> {
@@ -513,7 +519,7 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
     for (path, name) in e2e.iter().zip(E2E_TESTS) {
         binaries.push((path.clone(), format!("loupe/{name}"), true));
     }
-    for workload in ["hot_c", "hot_rs", "http_server", "off_cpu"] {
+    for workload in ["hot_c", "hot_rs", "http_server", "off_cpu", "page_faults"] {
         binaries.push((
             workloads.join(workload),
             format!("loupe/workloads/{workload}"),

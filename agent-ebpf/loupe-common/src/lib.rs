@@ -52,6 +52,8 @@ pub mod sample_kind {
     pub const CPU: u32 = 0;
     /// Off-CPU: nanoseconds the thread spent blocked with this stack (sched_switch).
     pub const OFF_CPU: u32 = 1;
+    /// Page faults (a software perf_event firing every `period` faults), counted one by one.
+    pub const PAGE_FAULT: u32 = 2;
 }
 
 /// A thread of an off-CPU target that blocked: value of `OFF_CPU_STARTS`, keyed by thread id,
@@ -123,8 +125,12 @@ pub mod counter {
     /// Off-CPU blocks not recorded: they spanned a drain (their stacks went with it), or the
     /// sample map was full.
     pub const OFF_CPU_LOST: u32 = 7;
+    /// Page-fault samples that fired (idle and filtered included).
+    pub const PAGE_FAULT_SAMPLES: u32 = 8;
+    /// Page-fault samples lost because the sample map of the active slot was full.
+    pub const PAGE_FAULT_MAP_FULL: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
 }
 
 /// What a [`ProcessEvent`] announces.

@@ -77,18 +77,54 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
 fn try_profile_cpu(ctx: &PerfEventContext) -> Result<(), i64> {
     count(counter::SAMPLES);
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    let tid = pid_tgid as u32;
-    if tid == 0 {
+    if pid_tgid as u32 == 0 {
         count(counter::IDLE);
         return Ok(());
     }
     let config = PROFILER_CONFIG.get(0).copied().unwrap_or_default();
     // SAFETY: the value is a plain u8 read once; a concurrent update can only change it to another u8.
-    if config.filter_pids != 0 && unsafe { TARGET_PIDS.get(&pid) }.is_none() {
+    if config.filter_pids != 0 && unsafe { TARGET_PIDS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
         count(counter::FILTERED);
         return Ok(());
     }
+    if !record_stacks(ctx, &config, pid_tgid, sample_kind::CPU) {
+        count(counter::SAMPLE_MAP_FULL);
+    }
+    Ok(())
+}
+
+/// Page faults, sampled every `period` faults by a software perf_event on each CPU: the stacks
+/// that touch memory for the first time (RSS growth), as `PAGE_FAULT` keys in the sample maps.
+/// The same `--pid` filter as CPU samples; faults of kernel threads are not recorded.
+#[perf_event]
+pub fn profile_page_faults(ctx: PerfEventContext) -> u32 {
+    count(counter::PAGE_FAULT_SAMPLES);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid as u32 == 0 {
+        return 0;
+    }
+    let config = PROFILER_CONFIG.get(0).copied().unwrap_or_default();
+    // SAFETY: as in `try_profile_cpu`.
+    if config.filter_pids != 0 && unsafe { TARGET_PIDS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+        return 0;
+    }
+    if !record_stacks(&ctx, &config, pid_tgid, sample_kind::PAGE_FAULT) {
+        count(counter::PAGE_FAULT_MAP_FULL);
+    }
+    0
+}
+
+/// Adds one sample of `kind` under the current thread's user and kernel stacks, in the active
+/// slot; false when the sample map is full.
+#[inline(always)]
+fn record_stacks(
+    ctx: &PerfEventContext,
+    config: &ProfilerConfig,
+    pid_tgid: u64,
+    kind: u32,
+) -> bool {
+    let pid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
 
     let (samples, stacks) = if config.active_slot == 0 {
         (&SAMPLES_0, &STACKS_0)
@@ -109,14 +145,12 @@ fn try_profile_cpu(ctx: &PerfEventContext) -> Result<(), i64> {
         user_stack_id,
         kernel_stack_id,
         request_ns: current_request(pid_tgid),
-        kind: sample_kind::CPU,
+        kind,
         _pad: 0,
     };
-    if !add(samples, &key, 1, None) {
-        count(counter::SAMPLE_MAP_FULL);
-    }
+    let added = add(samples, &key, 1, None);
     announce_if_new(pid);
-    Ok(())
+    added
 }
 
 /// Adds `n` to the value under `key`, creating it (with `comm`, or the current task's) when

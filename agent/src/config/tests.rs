@@ -274,6 +274,42 @@ fn tls_settings_need_https_and_readable_files() {
 }
 
 #[test]
+fn page_faults_are_on_by_default_with_their_period() {
+    let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+    assert_eq!(c.page_fault_period, Some(DEFAULT_PAGE_FAULT_PERIOD));
+    let mut o = cli();
+    o.page_fault_period = Some(16);
+    assert_eq!(
+        Config::merge(&o, FileOptions::default())
+            .unwrap()
+            .page_fault_period,
+        Some(16)
+    );
+    o.page_faults = Some(false);
+    assert_eq!(
+        Config::merge(&o, FileOptions::default())
+            .unwrap()
+            .page_fault_period,
+        None
+    );
+    let mut o = cli();
+    o.page_fault_period = Some(0);
+    let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("invalid value for page_fault_period"),
+        "{e}"
+    );
+    let file: FileOptions = toml::from_str("page_faults = false\n").unwrap();
+    assert_eq!(Config::merge(&cli(), file).unwrap().page_fault_period, None);
+    let file: FileOptions = toml::from_str("page_fault_period = 256\n").unwrap();
+    assert_eq!(
+        Config::merge(&cli(), file).unwrap().page_fault_period,
+        Some(256)
+    );
+}
+
+#[test]
 fn off_cpu_targets_and_minimum_block() {
     let c = Config::merge(&cli(), FileOptions::default()).unwrap();
     assert!(c.off_cpu_pids.is_empty());

@@ -74,6 +74,8 @@ pub struct ProfilerOptions {
     pub off_cpu_pids: Vec<u32>,
     /// Blocks shorter than this are not recorded.
     pub off_cpu_min: Duration,
+    /// Page-fault profiles: one sample every this many page faults (`None`: off).
+    pub page_fault_period: Option<u64>,
 }
 
 struct Metrics {
@@ -96,6 +98,8 @@ struct Metrics {
     drains: Counter,
     drain_micros: Gauge,
     off_cpu_blocks: [Counter; 3],
+    page_fault_samples: Counter,
+    page_faults_map_full: Counter,
 }
 
 impl Metrics {
@@ -191,6 +195,13 @@ impl Metrics {
                 "Time the last drain took, symbolization included.",
                 &[],
             ),
+            page_fault_samples: r.counter(
+                "loupe_profiler_page_fault_samples_total",
+                "Page-fault samples taken by the kernel (one per --page-fault-period faults), \
+                 filtered ones included.",
+                &[],
+            ),
+            page_faults_map_full: dropped("page_fault_map_full"),
             off_cpu_blocks: ["recorded", "short", "lost"].map(|result| {
                 r.counter(
                     "loupe_profiler_off_cpu_blocks_total",
@@ -217,6 +228,8 @@ pub struct Profiler {
     /// Kept for the profiler's lifetime (see `_targets`).
     _off_cpu_targets: Option<BpfHashMap<MapData, u32, u8>>,
     period_nanos: i64,
+    /// Faults one page-fault sample stands for, when page-fault profiles are on.
+    page_fault_period: Option<u64>,
     procs: Arc<Mutex<ProcessTable>>,
     last_counters: [u64; counter::COUNT as usize],
     last_drain: SystemTime,
@@ -354,6 +367,19 @@ impl Profiler {
             pids = ?options.pids,
             "CPU profiler attached"
         );
+        let page_fault_period =
+            options.page_fault_period.and_then(|period| {
+                match attach_page_faults(&mut ebpf, &cpus, period) {
+                    Ok(()) => {
+                        tracing::info!(period, "page-fault profiler attached");
+                        Some(period)
+                    }
+                    Err(e) => {
+                        tracing::warn!("page-fault profiles are off: {e}");
+                        None
+                    }
+                }
+            });
 
         Ok(Profiler {
             _ebpf: ebpf,
@@ -365,6 +391,7 @@ impl Profiler {
             kernel_config,
             _off_cpu_targets: off_cpu_targets,
             period_nanos: 1_000_000_000 / i64::from(options.hz),
+            page_fault_period,
             procs,
             last_counters: [0; counter::COUNT as usize],
             last_drain: SystemTime::now(),
@@ -377,10 +404,15 @@ impl Profiler {
         })
     }
 
-    /// Flips the active slot, drains the other one and returns its profiles: CPU, and off-CPU
-    /// when it is on. The symbolizer is passed in because blazesym's is not `Send`: it lives on
-    /// the draining thread.
-    pub fn drain(&mut self, symbolizer: &mut Symbolizer) -> (ProfileBatch, Option<ProfileBatch>) {
+    /// Whether page-fault profiles are recorded (asked for, and attached).
+    pub fn page_faults_on(&self) -> bool {
+        self.page_fault_period.is_some()
+    }
+
+    /// Flips the active slot, drains the other one and returns its profiles: CPU first, then
+    /// off-CPU and page faults when they are on. The symbolizer is passed in because blazesym's
+    /// is not `Send`: it lives on the draining thread.
+    pub fn drain(&mut self, symbolizer: &mut Symbolizer) -> Vec<ProfileBatch> {
         let started = Instant::now();
         let idle_slot = self.kernel_config.active_slot as usize;
         self.kernel_config.active_slot ^= 1;
@@ -397,21 +429,20 @@ impl Profiler {
         let duration_nanos = unix_nanos(now) - start_unix_nanos;
         self.last_drain = now;
 
-        let mut raw = self.read_samples(idle_slot);
-        let stacks = self.read_stacks(idle_slot, &raw);
+        let all = self.read_samples(idle_slot);
+        let stacks = self.read_stacks(idle_slot, &all);
         self.update_kernel_counters();
-        let off_cpu_raw: Vec<RawSample> = if self.kernel_config.off_cpu != 0 {
-            let (off, cpu) = raw
-                .into_iter()
-                .partition(|s| s.key.kind == sample_kind::OFF_CPU);
-            raw = cpu;
-            off
-        } else {
-            Vec::new()
-        };
+        let (mut raw, mut off_cpu_raw, mut page_fault_raw) = (Vec::new(), Vec::new(), Vec::new());
+        for s in all {
+            match s.key.kind {
+                sample_kind::OFF_CPU => off_cpu_raw.push(s),
+                sample_kind::PAGE_FAULT => page_fault_raw.push(s),
+                _ => raw.push(s),
+            }
+        }
 
         let procs = self.procs.clone();
-        let (profiles, stats, truncated_by_service, off_cpu_profiles) = {
+        let (profiles, stats, truncated_by_service, off_cpu_profiles, page_fault_profiles) = {
             let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
             let (profiles, stats, truncated) = assemble::assemble(
                 &raw,
@@ -434,7 +465,19 @@ impl Profiler {
                 )
                 .0
             });
-            let result = (profiles, stats, truncated, off_cpu);
+            // Likewise; its counts are samples, each standing for `page_fault_period` faults.
+            let page_faults = self.page_fault_period.is_some().then(|| {
+                assemble::assemble(
+                    &page_fault_raw,
+                    &stacks,
+                    &mut table,
+                    symbolizer,
+                    &self.host_labels,
+                    self.spans.as_ref(),
+                )
+                .0
+            });
+            let result = (profiles, stats, truncated, off_cpu, page_faults);
             table.evict_exited(flipped_at);
             self.drains += 1;
             if self.drains.is_multiple_of(20) {
@@ -472,7 +515,19 @@ impl Profiler {
             kind: ProfileKind::OffCpu,
             profiles,
         });
-        (cpu, off_cpu)
+        let page_faults = page_fault_profiles.map(|profiles| ProfileBatch {
+            start_unix_nanos,
+            duration_nanos,
+            period_nanos: self
+                .page_fault_period
+                .map_or(1, |p| i64::try_from(p).unwrap_or(i64::MAX)),
+            kind: ProfileKind::PageFaults,
+            profiles,
+        });
+        std::iter::once(cpu)
+            .chain(off_cpu)
+            .chain(page_faults)
+            .collect()
     }
 
     fn read_samples(&mut self, slot: usize) -> Vec<RawSample> {
@@ -536,6 +591,12 @@ impl Profiler {
         {
             self.metrics.off_cpu_blocks[i].add(delta(c));
         }
+        self.metrics
+            .page_fault_samples
+            .add(delta(counter::PAGE_FAULT_SAMPLES));
+        self.metrics
+            .page_faults_map_full
+            .add(delta(counter::PAGE_FAULT_MAP_FULL));
         if delta(counter::SAMPLE_MAP_FULL) > 0 {
             tracing::warn!(
                 lost = delta(counter::SAMPLE_MAP_FULL),
@@ -617,6 +678,29 @@ fn sched_switch_offsets() -> (u32, u32) {
         offset("prev_state").unwrap_or(32),
         offset("next_pid").unwrap_or(56),
     )
+}
+
+/// Loads the page-fault program and attaches it to a software page-fault event on every CPU,
+/// firing every `period` faults.
+fn attach_page_faults(ebpf: &mut Ebpf, cpus: &[u32], period: u64) -> Result<(), EbpfError> {
+    let program: &mut PerfEvent = program(ebpf, "profile_page_faults")?;
+    program
+        .load()
+        .map_err(|e| rejected("profile_page_faults", e))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::PageFaults),
+                PerfEventScope::AllProcessesOneCpu { cpu: *cpu },
+                SamplePolicy::Period(period.max(1)),
+                false,
+            )
+            .map_err(|source| EbpfError::Attach {
+                name: "profile_page_faults",
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<(), EbpfError> {

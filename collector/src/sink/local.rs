@@ -29,6 +29,8 @@ pub const PROFILES_DIR: &str = "profiles";
 pub const FLAMEGRAPH_FILE: &str = "flamegraph.svg";
 /// The off-CPU flame graph of the last interval, beside the CPU one.
 pub const OFF_CPU_FLAMEGRAPH_FILE: &str = "flamegraph.off_cpu.svg";
+/// The page-fault flame graph's file name.
+pub const PAGE_FAULTS_FLAMEGRAPH_FILE: &str = "flamegraph.page_faults.svg";
 const PROFILE_SUFFIX: &str = ".pb.gz";
 const MAX_FILE_STEM: usize = 100;
 
@@ -199,6 +201,9 @@ impl WriteJob {
                 ProfileKind::OffCpu => {
                     format!("{}.off_cpu", sanitize_file_stem(&profile.service_name))
                 }
+                ProfileKind::PageFaults => {
+                    format!("{}.page_faults", sanitize_file_stem(&profile.service_name))
+                }
             };
             let path = profiles_dir.join(format!("{stem}-{secs}{PROFILE_SUFFIX}"));
             let bytes = match pprof::encode_gzip(&pprof::build(batch.meta(), profile)) {
@@ -243,6 +248,7 @@ impl WriteJob {
         let svg_path = self.dir.join(match batch.kind {
             ProfileKind::Cpu => FLAMEGRAPH_FILE,
             ProfileKind::OffCpu => OFF_CPU_FLAMEGRAPH_FILE,
+            ProfileKind::PageFaults => PAGE_FAULTS_FLAMEGRAPH_FILE,
         });
         match flamegraph::render_svg(batch, &flamegraph_title(batch)) {
             Ok(svg) => {
@@ -276,6 +282,7 @@ pub fn summary(batch: &ProfileBatch) -> String {
     let unit = match batch.kind {
         ProfileKind::Cpu => "samples",
         ProfileKind::OffCpu => "ns blocked",
+        ProfileKind::PageFaults => "page-fault samples",
     };
     let mut line = format!(
         "{} profile {} +{:.1}s: {total} {unit}, {services} service{}",
@@ -333,6 +340,7 @@ fn flamegraph_title(batch: &ProfileBatch) -> String {
     let kind = match batch.kind {
         ProfileKind::Cpu => "CPU",
         ProfileKind::OffCpu => "off-CPU",
+        ProfileKind::PageFaults => "page-fault",
     };
     format!(
         "Loupe {kind} profile, {} +{:.0}s",

@@ -75,6 +75,8 @@ win. Keys come out sorted (range over a dict), one per line.
   "profile_hz" $a.profileHz
   "profile_interval" $a.profileInterval
   "profile_debuginfo" $a.profileDebuginfo
+  "page_faults" $a.pageFaults
+  "page_fault_period" (int $a.pageFaultPeriod)
   "network_spans" $a.networkSpans
   "capture_bytes" $a.captureBytes
   "logs" $a.logs

@@ -331,8 +331,14 @@ impl Faults {
         if bytes == 0 || self.leaked_bytes() + bytes as u64 > max {
             return;
         }
-        // Non-zero so the pages are really written, not shared zero pages.
-        let block = vec![0xA5u8; bytes].into_boxed_slice();
+        // Zeroed (fresh pages from the kernel), then one non-zero byte written per page here, so
+        // the pages are really resident (not the shared zero page) and the faults happen in this
+        // function rather than in libc's memset: a frame-pointer walk from inside memset (which
+        // has no frame of its own) skips its caller, and the exercise looks for this function.
+        let mut block = vec![0u8; bytes].into_boxed_slice();
+        for page in block.iter_mut().step_by(4096) {
+            *page = 0xA5;
+        }
         self.leaked
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -9,10 +9,33 @@ use anyhow::{Context, ensure};
 
 use super::checks::short;
 
-/// The samples of one service, from every pprof file Loupe wrote.
+/// Which of the local sink's profile files to read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ProfileFiles {
+    /// `SERVICE-<t>.pb.gz`.
+    Cpu,
+    /// `SERVICE.page_faults-<t>.pb.gz`.
+    PageFaults,
+}
+
+impl ProfileFiles {
+    fn matches(self, file_name: &str) -> bool {
+        let page_faults = file_name.contains(".page_faults-");
+        let off_cpu = file_name.contains(".off_cpu-");
+        match self {
+            ProfileFiles::Cpu => !page_faults && !off_cpu,
+            ProfileFiles::PageFaults => page_faults,
+        }
+    }
+}
+
+/// The samples of one service, from the pprof files of one kind Loupe wrote.
 pub(super) struct ServiceProfile {
     /// Self value per function (the physical frame of the leaf location: the symbol the sampled IP is in).
     self_by_function: BTreeMap<String, i64>,
+    /// Value of the samples each function is on the stack of (inlined frames included), once
+    /// per sample.
+    inclusive_by_function: BTreeMap<String, i64>,
     /// Functions inlined into the leaf frame, per physical leaf function.
     inlined: BTreeMap<String, Vec<String>>,
     /// Per function, its self value in samples labelled with a span, by span id.
@@ -24,13 +47,22 @@ pub(super) struct ServiceProfile {
 impl ServiceProfile {
     /// Reads `DIR/profiles/*.pb.gz`. Samples are attributed to the service by their `pid` label when the files
     /// carry one, else by file name (the local sink writes one profile per service).
-    pub(super) fn read(out: &Path, service: &str, pid: u32) -> anyhow::Result<ServiceProfile> {
+    pub(super) fn read(
+        out: &Path,
+        service: &str,
+        pid: u32,
+        kind: ProfileFiles,
+    ) -> anyhow::Result<ServiceProfile> {
         let dir = out.join("profiles");
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)
             .with_context(|| format!("reading {} (did the agent write profiles?)", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.to_string_lossy().ends_with(".pb.gz") || p.extension().is_some_and(|x| x == "pb")
+            })
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| kind.matches(&n.to_string_lossy()))
             })
             .collect();
         files.sort();
@@ -56,6 +88,7 @@ impl ServiceProfile {
             .any(|(_, p)| p.sample.iter().any(|s| p.label_num(s, "pid").is_some()));
         let mut sp = ServiceProfile {
             self_by_function: BTreeMap::new(),
+            inclusive_by_function: BTreeMap::new(),
             inlined: BTreeMap::new(),
             by_span: BTreeMap::new(),
             total: 0,
@@ -86,6 +119,13 @@ impl ServiceProfile {
                     .cloned()
                     .unwrap_or_else(|| "[unknown]".to_string());
                 *sp.self_by_function.entry(leaf.clone()).or_default() += v;
+                let mut on_stack = std::collections::BTreeSet::new();
+                for id in &s.location_id {
+                    on_stack.extend(p.frames(*id));
+                }
+                for f in on_stack {
+                    *sp.inclusive_by_function.entry(f).or_default() += v;
+                }
                 if let Some(span_id) = p.label_str(s, "span_id") {
                     *sp.by_span
                         .entry(leaf.clone())
@@ -163,6 +203,36 @@ impl ServiceProfile {
             println!(
                 "  {:>5.1}%  {}{inl}",
                 100.0 * v as f64 / self.total as f64,
+                short(name, 100)
+            );
+        }
+    }
+
+    /// Share of the profile's value in samples with a function whose name contains `function`
+    /// on their stack.
+    pub(super) fn inclusive_share(&self, function: &str) -> f64 {
+        let on = self
+            .inclusive_by_function
+            .iter()
+            .filter(|(name, _)| name.contains(function))
+            .map(|(_, v)| *v)
+            .max()
+            .unwrap_or(0);
+        on as f64 / self.total.max(1) as f64
+    }
+
+    pub(super) fn print_top_inclusive(&self, n: usize) {
+        println!("functions on the most stacks ({}):", self.source);
+        let mut v: Vec<(&String, i64)> = self
+            .inclusive_by_function
+            .iter()
+            .map(|(k, v)| (k, *v))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        for (name, value) in v.into_iter().take(n) {
+            println!(
+                "  {:>5.1}%  {}",
+                100.0 * value as f64 / self.total.max(1) as f64,
                 short(name, 100)
             );
         }

@@ -16,7 +16,7 @@ use super::checks::{
     check_n_plus_one, check_slow_sql,
 };
 use super::logs::{self, LogWindow, check_log_spam, print_rates};
-use super::profiles::ServiceProfile;
+use super::profiles::{ProfileFiles, ServiceProfile};
 use super::stack::{
     Ports, STOP, Stack, StackOpts, agent_binary, build_shop, ensure_db_packages, http,
     install_stop_handler, kill_group, target_dir,
@@ -27,11 +27,8 @@ use crate::util::is_root;
 
 pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow::Result<()> {
     let what = match ex.check {
-        Check::Pending(why) => bail!(
-            "exercise {}: pending: {why}; no check is run, so this does not pass",
-            ex.name
-        ),
         Check::HotFunction(_) => "the hot function",
+        Check::MemoryGrowth(_) => "the growing function",
         Check::Spans(_) => "the spans",
     };
     ensure!(
@@ -53,7 +50,11 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
     );
     install_stop_handler();
     ensure_db_packages()?;
-    let shop = build_shop(args.frame_pointers)?;
+    // A page fault's leaf is the libc routine writing the memory (memset), whose caller only a
+    // frame-pointer walk through the services finds: until DWARF unwinding, memory-growth builds
+    // them with frame pointers.
+    let frame_pointers = args.frame_pointers || matches!(ex.check, Check::MemoryGrowth(_));
+    let shop = build_shop(frame_pointers)?;
     let dir = target_dir().join("demo-verify").join(ex.name);
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -75,9 +76,18 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
         loadgen_to_terminal: false,
     };
     let result = match ex.check {
-        Check::HotFunction(hot) => verify_profile(args, ex, service, hot, &agent, &opts),
+        Check::HotFunction(hot) => {
+            verify_profile(args, ex, service, ProfileCheck::CpuTop(hot), &agent, &opts)
+        }
+        Check::MemoryGrowth(f) => verify_profile(
+            args,
+            ex,
+            service,
+            ProfileCheck::PageFaults(f),
+            &agent,
+            &opts,
+        ),
         Check::Spans(check) => verify_spans(args, ex, check, &agent, &opts),
-        Check::Pending(_) => unreachable!("refused above"),
     };
     if result.is_ok() && !args.keep {
         let _ = fs::remove_dir_all(&dir);
@@ -85,12 +95,26 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
     result
 }
 
-/// The CPU exercise: the agent profiles the faulted service; its hot function must top the profile.
+/// What a profile exercise checks.
+#[derive(Clone, Copy)]
+pub(super) enum ProfileCheck {
+    /// The function tops the CPU profile's self time (and its samples carry their spans).
+    CpuTop(&'static str),
+    /// The function is on the stacks of at least [`MIN_MEMORY_SHARE`] of the page-fault profile.
+    PageFaults(&'static str),
+}
+
+/// Share of the page-fault profile's bytes the growing function must be on the stack of. The
+/// payment service leaks 256 KiB per request; everything else it does reuses memory it has.
+const MIN_MEMORY_SHARE: f64 = 0.5;
+
+/// The CPU and memory exercises: the agent profiles the faulted service; its hot function must
+/// top the CPU profile, its growing function the page-fault profile.
 pub(super) fn verify_profile(
     args: &ExerciseArgs,
     ex: Exercise,
     service: &str,
-    hot: &str,
+    check: ProfileCheck,
     agent: &Path,
     opts: &StackOpts,
 ) -> anyhow::Result<()> {
@@ -120,6 +144,10 @@ pub(super) fn verify_profile(
             .arg("--profile-hz")
             .arg("99");
         cmd.arg("--pid").arg(pid.to_string());
+        if let ProfileCheck::PageFaults(_) = check {
+            // The leak is inlined into its handler: DWARF names inlined functions.
+            cmd.arg("--profile-debuginfo");
+        }
         let log = dir.join("logs").join("agent.log");
         let status = run_with_timeout(cmd, &log, Duration::from_secs(args.seconds + 60))?;
         ensure!(
@@ -127,14 +155,37 @@ pub(super) fn verify_profile(
             "the agent failed ({status}); see {}",
             log.display()
         );
-        let profile = ServiceProfile::read(&out, service, pid)?;
-        profile.print_top(10);
-        profile.check_top(hot)?;
-        println!(
-            "PASS exercise {}: {hot} tops {service}'s CPU profile ({})",
-            ex.name, profile.source
-        );
-        check_span_share(&profile, &out, service, hot)?;
+        match check {
+            ProfileCheck::CpuTop(hot) => {
+                let profile = ServiceProfile::read(&out, service, pid, ProfileFiles::Cpu)?;
+                profile.print_top(10);
+                profile.check_top(hot)?;
+                println!(
+                    "PASS exercise {}: {hot} tops {service}'s CPU profile ({})",
+                    ex.name, profile.source
+                );
+                check_span_share(&profile, &out, service, hot)?;
+            }
+            ProfileCheck::PageFaults(growing) => {
+                let profile = ServiceProfile::read(&out, service, pid, ProfileFiles::PageFaults)?;
+                profile.print_top_inclusive(10);
+                let share = profile.inclusive_share(growing);
+                ensure!(
+                    share >= MIN_MEMORY_SHARE,
+                    "FAIL: {growing} is on the stacks of {:.1}% of {service}'s page-fault bytes, \
+                     below {:.0}%",
+                    share * 100.0,
+                    MIN_MEMORY_SHARE * 100.0
+                );
+                println!(
+                    "PASS exercise {}: {growing} is on the stacks of {:.1}% of {service}'s \
+                     page-fault bytes ({})",
+                    ex.name,
+                    share * 100.0,
+                    profile.source
+                );
+            }
+        }
         Ok(())
     })();
     stack.stop();

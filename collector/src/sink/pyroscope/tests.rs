@@ -184,6 +184,37 @@ async fn off_cpu_profiles_are_pushed_as_off_cpu_nanoseconds() {
 }
 
 #[tokio::test]
+async fn page_fault_profiles_are_pushed_as_bytes_and_faults() {
+    let mut rx = Receiver::start(vec![]).await;
+    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
+    // Three samples of 64 faults each.
+    let mut b = (*batch(vec![service("payment", &[], 3)])).clone();
+    b.kind = ProfileKind::PageFaults;
+    b.period_nanos = 64;
+    let report = sink.export(Arc::new(b)).await;
+    assert!(report.is_success(), "{:?}", report.errors);
+    let got = rx.drain();
+    let (push, profile) = decode(&got[0].body);
+    assert_eq!(
+        labels(&push),
+        [("__name__", "page_faults"), ("service_name", "payment")]
+    );
+    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    // `page_faults:space:bytes:faults:count` and `page_faults:faults:count:faults:count`.
+    assert_eq!(types, [("space", "bytes"), ("faults", "count")]);
+    assert_eq!(profile.sample[0].value, [3 * 64 * 4096, 3 * 64]);
+    let period = profile.period_type.as_ref().expect("a period type");
+    assert_eq!((s(period.r#type), s(period.unit)), ("faults", "count"));
+    assert_eq!(profile.period, 64);
+    assert_eq!(s(profile.default_sample_type), "space");
+}
+
+#[tokio::test]
 async fn basic_auth_and_path_prefix() {
     let mut rx = Receiver::start(vec![]).await;
     let config = PyroscopeConfig {
