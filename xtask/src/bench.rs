@@ -224,17 +224,65 @@ fn profiler(agent: &Path, secs: u64) -> anyhow::Result<String> {
             cost.hz = 99;
             tagging.push(cost);
         }
+        // Page-fault profiles: the page_faults workload faults in ~15,000 fresh pages a second
+        // (beside the busy CPUs); the agent at the default rate with page-fault profiles on, then
+        // off. The difference is what sampling every 64th fault costs.
+        let mut faulting = Vec::new();
+        for on in [true, false] {
+            let mut load = Command::new(root().join("target/workloads/page_faults"))
+                .arg((secs + 30).to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start the page_faults workload")?;
+            let cost = step(
+                &format!(
+                    "agent at {default_hz} Hz, page-faulting workload, page-fault profiles {on} for {secs}s"
+                ),
+                || {
+                    let args = [
+                        "--profile-hz".to_string(),
+                        default_hz.to_string(),
+                        format!("--page-faults={on}"),
+                    ];
+                    measure_agent(agent, &args, secs, &out.join(format!("page-faults-{on}")))
+                },
+            );
+            let faults = minor_faults(load.id());
+            let _ = load.kill();
+            let _ = load.wait();
+            let mut cost = cost?;
+            cost.name = format!(
+                "loupe-agent, {:.0} page faults/s, page-fault profiles {}",
+                faults as f64 / cost.wall_s,
+                if on { "on" } else { "off" }
+            );
+            cost.hz = default_hz;
+            faulting.push((cost, faults));
+        }
+        let fault_rate = faulting[0].1 as f64 / faulting[0].0.wall_s.max(1e-9);
         let mut all = vec![a, b, c, d];
         all.extend(tagging);
-        Ok::<_, anyhow::Error>(all)
+        all.extend(faulting.into_iter().map(|(c, _)| c));
+        Ok::<_, anyhow::Error>((all, fault_rate))
     })();
 
     for w in &mut workload {
         let _ = w.kill();
         let _ = w.wait();
     }
-    let costs = result?;
-    Ok(report(&costs, cpus, secs))
+    let (costs, fault_rate) = result?;
+    Ok(report(&costs, cpus, secs, fault_rate))
+}
+
+/// Minor page faults of a running process so far (`/proc/PID/stat` field 10).
+fn minor_faults(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 fn run_agent(agent: &Path, name: &str, hz: u32, secs: u64, out: &Path) -> anyhow::Result<Cost> {
@@ -468,7 +516,7 @@ pub(crate) fn wait_rusage(child: Child) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
-fn report(costs: &[Cost], cpus: usize, secs: u64) -> String {
+fn report(costs: &[Cost], cpus: usize, secs: u64, fault_rate: f64) -> String {
     let mut r = String::new();
     let _ = writeln!(
         r,
@@ -490,7 +538,17 @@ fn report(costs: &[Cost], cpus: usize, secs: u64) -> String {
             c.max_rss_mb
         );
     }
-    if let [default, at99, perf, perf_report, tagged, untagged] = costs {
+    if let [
+        default,
+        at99,
+        perf,
+        perf_report,
+        tagged,
+        untagged,
+        faults_on,
+        faults_off,
+    ] = costs
+    {
         let _ = writeln!(r, "\nTargets:");
         let mark = |ok: bool| if ok { "met" } else { "MISSED" };
         let pct = default.pct_per_cpu(cpus);
@@ -525,6 +583,17 @@ fn report(costs: &[Cost], cpus: usize, secs: u64) -> String {
             tagged.total_cpu_s(),
             untagged.total_cpu_s(),
             mark(added <= 10.0)
+        );
+        let added_s = faults_on.total_cpu_s() - faults_off.total_cpu_s();
+        let faults = fault_rate * faults_on.wall_s;
+        let _ = writeln!(
+            r,
+            "- page-fault profiles (no target; issue 13 asks for \"cheap\"): {added_s:+.2} s of agent CPU \
+             over {secs} s with a workload faulting {fault_rate:.0} pages/s, i.e. {:.0} ns per fault \
+             ({:.3} s on vs {:.3} s off)",
+            1e9 * added_s / faults.max(1.0),
+            faults_on.total_cpu_s(),
+            faults_off.total_cpu_s(),
         );
         let _ = writeln!(
             r,
