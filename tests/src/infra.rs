@@ -70,11 +70,23 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// A loopback port nothing listens on now, never the same one twice in this test process: the
+/// tests of one binary run in parallel, and a port handed to an agent that takes seconds to start
+/// listening could otherwise be handed out again in between, so that one test's `/healthz` is
+/// answered by another test's agent.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn pid_alive(pid: &str) -> bool {

@@ -476,7 +476,27 @@ impl Agent {
 
     /// Its `/metrics` text now.
     pub fn metrics(&self) -> String {
-        http_get_raw(self.port, "/metrics")
+        self.get("/metrics")
+    }
+
+    /// `GET path` on its metrics port: the raw response. When nothing answers, the panic says
+    /// whether the agent is still running and carries its stderr.
+    pub fn get(&self, path: &str) -> String {
+        if let Err(e) = TcpStream::connect(("127.0.0.1", self.port)) {
+            // A child that exited stays a zombie (state Z) until it is waited for.
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()));
+            let state = match stat.as_deref().ok().and_then(|s| s.rsplit_once(") ")) {
+                Some((_, rest)) if rest.starts_with('Z') => "the agent has exited",
+                Some(_) => "the agent still runs",
+                None => "the agent is gone",
+            };
+            panic!(
+                "GET {path} on 127.0.0.1:{}: {e}; {state}; its stderr:\n{}",
+                self.port,
+                self.stderr()
+            );
+        }
+        http_get_raw(self.port, path)
     }
 
     /// What it has written to stderr so far.

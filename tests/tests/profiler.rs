@@ -145,7 +145,7 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
         .arg(&out_dir);
     // /metrics answers once every program is attached (start-up takes seconds under emulation).
     let agent = Agent::start(agent, dir.path(), "agent");
-    assert_self_metrics(agent.port);
+    assert_self_metrics(&agent);
     let status = Command::new(workload("hot_c"))
         .arg("1.5")
         .status()
@@ -177,12 +177,12 @@ fn a_process_that_exits_before_the_drain_is_still_symbolized() {
 
 /// What the agent says about itself: probes answer, the kernel and attach methods are named, its
 /// memory is measured against its bound.
-fn assert_self_metrics(port: u16) {
+fn assert_self_metrics(agent: &Agent) {
     for probe in ["/healthz", "/readyz"] {
-        let resp = loupe_tests::http_get_raw(port, probe);
+        let resp = agent.get(probe);
         assert!(resp.starts_with("HTTP/1.1 200"), "{probe}: {resp}");
     }
-    let metrics = loupe_tests::http_get_raw(port, "/metrics");
+    let metrics = agent.get("/metrics");
     let value = |series: &str| -> f64 {
         metrics
             .lines()

@@ -178,7 +178,13 @@ struct WriteJob {
 impl WriteJob {
     fn run(&self, batch: &ProfileBatch) -> ExportReport {
         let mut report = ExportReport::default();
-        tracing::info!("{}", summary(batch));
+        // Every CPU interval is logged (it says the profiler is alive); an empty interval of
+        // another kind (page faults are on by default) only at debug level.
+        if batch.kind == ProfileKind::Cpu || batch.total_samples() > 0 {
+            tracing::info!("{}", summary(batch));
+        } else {
+            tracing::debug!("{}", summary(batch));
+        }
         let profiles_dir = self.dir.join(PROFILES_DIR);
         if let Err(e) = create_dir(&profiles_dir) {
             report.items_failed = batch.profiles.len() as u64;
