@@ -3,19 +3,16 @@
 //!
 //! A bad value is reported as one [`ConfigError`] naming the key; `main` prints it and exits 2.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
-use serde::Deserialize;
 
-use exporters::{PushKeys, TlsKeys, push_options, tls_settings};
+use exporters::{PushKeys, TlsKeys, http_url, push_options, tls_settings};
+use file::{FileOptions, SizeValue, read_file};
 pub use values::{parse_cidr, parse_duration, parse_size};
 
 mod exporters;
+mod file;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -362,79 +359,6 @@ pub struct CliOptions {
     pub debuginfod_cache_size: Option<String>,
 }
 
-/// The same options as read from the TOML file.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileOptions {
-    profile_hz: Option<u32>,
-    profile_interval: Option<String>,
-    profile_debuginfo: Option<bool>,
-    output_dir: Option<PathBuf>,
-    local_sink: Option<bool>,
-    max_profile_files: Option<usize>,
-    pyroscope_url: Option<String>,
-    pyroscope_user: Option<String>,
-    pyroscope_password: Option<String>,
-    pyroscope_token: Option<String>,
-    pyroscope_token_file: Option<PathBuf>,
-    pyroscope_tenant: Option<String>,
-    network_spans: Option<bool>,
-    capture_bytes: Option<u32>,
-    otlp_endpoint: Option<String>,
-    otlp_user: Option<String>,
-    otlp_password: Option<String>,
-    otlp_token: Option<String>,
-    otlp_token_file: Option<PathBuf>,
-    otlp_tenant: Option<String>,
-    otlp_ca_file: Option<PathBuf>,
-    otlp_cert_file: Option<PathBuf>,
-    otlp_key_file: Option<PathBuf>,
-    otlp_server_name: Option<String>,
-    loki_ca_file: Option<PathBuf>,
-    loki_cert_file: Option<PathBuf>,
-    loki_key_file: Option<PathBuf>,
-    loki_server_name: Option<String>,
-    pyroscope_ca_file: Option<PathBuf>,
-    pyroscope_cert_file: Option<PathBuf>,
-    pyroscope_key_file: Option<PathBuf>,
-    pyroscope_server_name: Option<String>,
-    otlp_logs: Option<bool>,
-    logs: Option<bool>,
-    kubernetes: Option<String>,
-    node_name: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    span_profiles: Option<bool>,
-    publish_trace_context: Option<bool>,
-    tcp_context: Option<bool>,
-    tcp_context_trusted: Option<Vec<String>>,
-    link_same_host: Option<bool>,
-    log_lines_per_sec: Option<u32>,
-    loki_url: Option<String>,
-    loki_user: Option<String>,
-    loki_password: Option<String>,
-    loki_token: Option<String>,
-    loki_token_file: Option<PathBuf>,
-    loki_tenant: Option<String>,
-    duration: Option<String>,
-    off_cpu_pid: Option<Vec<u32>>,
-    off_cpu_min_block: Option<String>,
-    page_faults: Option<bool>,
-    page_fault_period: Option<u64>,
-    pid: Option<Vec<u32>>,
-    metrics_addr: Option<String>,
-    memory_limit: Option<SizeValue>,
-    debuginfod_url: Option<String>,
-    debuginfod_cache_size: Option<SizeValue>,
-}
-
-/// A size in the TOML file: a number of bytes or a string with a unit.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum SizeValue {
-    Bytes(u64),
-    Text(String),
-}
-
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -763,24 +687,12 @@ impl Config {
                 ),
             ));
         }
-        let otlp_endpoint = match cli.otlp_endpoint.clone().or(file.otlp_endpoint) {
-            Some(url) => {
-                let url = url.trim_end_matches('/').to_string();
-                let host = url
-                    .strip_prefix("http://")
-                    .or_else(|| url.strip_prefix("https://"));
-                if host.is_none_or(str::is_empty) {
-                    return Err(invalid(
-                        "otlp_endpoint",
-                        format!(
-                            "{url:?}: must be an http:// or https:// URL, e.g. http://alloy:4317"
-                        ),
-                    ));
-                }
-                Some(url)
-            }
-            None => None,
-        };
+        let otlp_endpoint = cli
+            .otlp_endpoint
+            .clone()
+            .or(file.otlp_endpoint)
+            .map(|url| http_url("otlp_endpoint", &url, ", e.g. http://alloy:4317"))
+            .transpose()?;
         let local_sink = cli.local_sink.or(file.local_sink);
 
         let trusted_text = if cli.tcp_context_trusted.is_empty() {
@@ -997,18 +909,4 @@ fn kubernetes(
         node_name,
         kubeconfig,
     }))
-}
-
-fn read_file(path: &Path) -> Result<FileOptions, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.message().to_string()
-            + &e.span()
-                .map(|s| format!(" (at byte {})", s.start))
-                .unwrap_or_default(),
-    })
 }

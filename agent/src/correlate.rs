@@ -18,9 +18,9 @@
 //! never changes the number of samples.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use foldhash::HashMap;
-use std::sync::{Arc, Mutex};
 
 use loupe_collector::profile::SpanLabel;
 

@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
+use loupe_collector::profile::ProfileKind;
 use loupe_collector::proto::google::Profile;
 
 /// Which spans to draw.
@@ -92,7 +93,10 @@ pub fn run(args: &FlamegraphArgs, output_dir: &Path) -> anyhow::Result<(PathBuf,
 fn service_of(file_name: &str) -> Option<&str> {
     let stem = file_name.strip_suffix(".pb.gz")?;
     let (service, time) = stem.rsplit_once('-')?;
-    if service.ends_with(".off_cpu") || service.ends_with(".page_faults") {
+    let other_kind = ProfileKind::ALL
+        .iter()
+        .any(|k| !k.file_tag().is_empty() && service.ends_with(k.file_tag()));
+    if other_kind {
         return None;
     }
     time.bytes().all(|b| b.is_ascii_digit()).then_some(service)

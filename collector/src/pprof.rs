@@ -54,57 +54,61 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
     // value, nanoseconds blocked, no period (`off_cpu:events:nanoseconds::` in Pyroscope, as the
     // OpenTelemetry eBPF profiler's). Page faults: bytes first touched (faults × page size, the
     // default) and faults (count × period), the period being faults.
-    let (sample_type, period_type, default_sample_type) = if meta.kind == ProfileKind::OffCpu {
-        let events = b.string("events");
-        let nanoseconds = b.string("nanoseconds");
-        (
-            vec![ValueType {
-                r#type: events,
+    let (sample_type, period_type, default_sample_type) = match meta.kind {
+        ProfileKind::OffCpu => {
+            let events = b.string("events");
+            let nanoseconds = b.string("nanoseconds");
+            (
+                vec![ValueType {
+                    r#type: events,
+                    unit: nanoseconds,
+                }],
+                None,
+                events,
+            )
+        }
+        ProfileKind::PageFaults => {
+            let space = b.string("space");
+            let bytes = b.string("bytes");
+            let faults = b.string("faults");
+            let count = b.string("count");
+            let faults = ValueType {
+                r#type: faults,
+                unit: count,
+            };
+            (
+                vec![
+                    ValueType {
+                        r#type: space,
+                        unit: bytes,
+                    },
+                    faults,
+                ],
+                Some(faults),
+                space,
+            )
+        }
+        ProfileKind::Cpu => {
+            let cpu = b.string("cpu");
+            let nanoseconds = b.string("nanoseconds");
+            let samples = b.string("samples");
+            let count = b.string("count");
+            let cpu_time = ValueType {
+                r#type: cpu,
                 unit: nanoseconds,
-            }],
-            None,
-            events,
-        )
-    } else if meta.kind == ProfileKind::PageFaults {
-        let space = b.string("space");
-        let bytes = b.string("bytes");
-        let faults = b.string("faults");
-        let count = b.string("count");
-        let faults = ValueType {
-            r#type: faults,
-            unit: count,
-        };
-        (
-            vec![
-                ValueType {
-                    r#type: space,
-                    unit: bytes,
-                },
-                faults,
-            ],
-            Some(faults),
-            space,
-        )
-    } else {
-        let cpu = b.string("cpu");
-        let nanoseconds = b.string("nanoseconds");
-        let samples = b.string("samples");
-        let count = b.string("count");
-        let cpu_time = ValueType {
-            r#type: cpu,
-            unit: nanoseconds,
-        };
-        (
-            vec![
-                cpu_time,
-                ValueType {
-                    r#type: samples,
-                    unit: count,
-                },
-            ],
-            Some(cpu_time),
-            cpu,
-        )
+            };
+            (
+                vec![
+                    cpu_time,
+                    ValueType {
+                        r#type: samples,
+                        unit: count,
+                    },
+                ],
+                Some(cpu_time),
+                cpu,
+            )
+        }
     };
     let pid_key = b.string("pid");
     let thread_key = b.string("thread_name");

@@ -39,6 +39,23 @@ impl ProfileKind {
         }
     }
 
+    /// What the local sink writes between the service and the time in the kind's file names:
+    /// nothing for CPU (`checkout-<t>.pb.gz`), else `.off_cpu` or `.page_faults`.
+    pub fn file_tag(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "",
+            ProfileKind::OffCpu => ".off_cpu",
+            ProfileKind::PageFaults => ".page_faults",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [ProfileKind; 3] = [
+        ProfileKind::Cpu,
+        ProfileKind::OffCpu,
+        ProfileKind::PageFaults,
+    ];
+
     /// Words for logs and titles.
     pub fn describe(self) -> &'static str {
         match self {

@@ -36,6 +36,22 @@ impl PushKeys {
     };
 }
 
+/// `url` without trailing slashes when it is an `http://` or `https://` URL with a host; else an
+/// error naming `key`, its message ending with `example`.
+pub(super) fn http_url(key: &'static str, url: &str, example: &str) -> Result<String, ConfigError> {
+    let url = url.trim_end_matches('/');
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(str::is_empty) {
+        return Err(invalid(
+            key,
+            format!("{url:?}: must be an http:// or https:// URL{example}"),
+        ));
+    }
+    Ok(url.to_string())
+}
+
 /// Validates one push backend's options: an http(s) URL, basic auth complete or absent, and
 /// not together with a bearer token.
 pub(super) fn push_options(
@@ -48,16 +64,7 @@ pub(super) fn push_options(
     tenant: Option<String>,
 ) -> Result<Option<PushOptions>, ConfigError> {
     let Some(url) = url else { return Ok(None) };
-    let url = url.trim_end_matches('/').to_string();
-    let host = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    if host.is_none_or(str::is_empty) {
-        return Err(invalid(
-            keys.url,
-            format!("{url:?}: must be an http:// or https:// URL"),
-        ));
-    }
+    let url = http_url(keys.url, &url, "")?;
     let basic_auth = match (user, password) {
         (Some(u), Some(p)) => Some((u, p)),
         (None, None) => None,

@@ -43,10 +43,7 @@ pub fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), String> {
 /// 1024), `k`/`K`/`KB`, `M`/`MB`, `G`/`GB` (powers of 1000, as Kubernetes quantities are).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = number_and_unit(text);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?}: expected a size such as 256MiB, 256Mi or 268435456"))?;
@@ -71,10 +68,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses `500ms`, `15s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = number_and_unit(text);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 15s, 2m or 1h"))?;
@@ -90,4 +84,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(d)
+}
+
+/// `text` split after its leading digits.
+fn number_and_unit(text: &str) -> (&str, &str) {
+    text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    )
 }

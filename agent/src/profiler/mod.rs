@@ -444,39 +444,19 @@ impl Profiler {
         let procs = self.procs.clone();
         let (profiles, stats, truncated_by_service, off_cpu_profiles, page_fault_profiles) = {
             let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
-            let (profiles, stats, truncated) = assemble::assemble(
-                &raw,
-                &stacks,
-                &mut table,
-                symbolizer,
-                &self.host_labels,
-                self.spans.as_ref(),
-            );
-            // The same stacks and symbols; its stack statistics count nanoseconds, not samples,
-            // so they stay out of the CPU profiler's metrics.
-            let off_cpu = (self.kernel_config.off_cpu != 0).then(|| {
-                assemble::assemble(
-                    &off_cpu_raw,
-                    &stacks,
-                    &mut table,
-                    symbolizer,
-                    &self.host_labels,
-                    self.spans.as_ref(),
-                )
-                .0
-            });
-            // Likewise; its counts are samples, each standing for `page_fault_period` faults.
-            let page_faults = self.page_fault_period.is_some().then(|| {
-                assemble::assemble(
-                    &page_fault_raw,
-                    &stacks,
-                    &mut table,
-                    symbolizer,
-                    &self.host_labels,
-                    self.spans.as_ref(),
-                )
-                .0
-            });
+            let (host_labels, spans) = (&self.host_labels, self.spans.as_ref());
+            let mut assemble = |raw: &[RawSample]| {
+                assemble::assemble(raw, &stacks, &mut table, symbolizer, host_labels, spans)
+            };
+            let (profiles, stats, truncated) = assemble(&raw);
+            // The same stacks and symbols. Only the CPU profile's stack statistics reach the
+            // metrics: off-CPU counts are nanoseconds, page-fault counts samples of
+            // `page_fault_period` faults.
+            let off_cpu = (self.kernel_config.off_cpu != 0).then(|| assemble(&off_cpu_raw).0);
+            let page_faults = self
+                .page_fault_period
+                .is_some()
+                .then(|| assemble(&page_fault_raw).0);
             let result = (profiles, stats, truncated, off_cpu, page_faults);
             table.evict_exited(flipped_at);
             self.drains += 1;

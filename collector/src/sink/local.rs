@@ -201,16 +201,12 @@ impl WriteJob {
             if profile.total_samples() == 0 {
                 continue;
             }
-            let stem = match batch.kind {
-                ProfileKind::Cpu => sanitize_file_stem(&profile.service_name),
-                // `checkout.off_cpu-<secs>.pb.gz`: pruned apart from the CPU files.
-                ProfileKind::OffCpu => {
-                    format!("{}.off_cpu", sanitize_file_stem(&profile.service_name))
-                }
-                ProfileKind::PageFaults => {
-                    format!("{}.page_faults", sanitize_file_stem(&profile.service_name))
-                }
-            };
+            // `checkout.off_cpu-<secs>.pb.gz`: pruned apart from the CPU files.
+            let stem = format!(
+                "{}{}",
+                sanitize_file_stem(&profile.service_name),
+                batch.kind.file_tag()
+            );
             let path = profiles_dir.join(format!("{stem}-{secs}{PROFILE_SUFFIX}"));
             let bytes = match pprof::encode_gzip(&pprof::build(batch.meta(), profile)) {
                 Ok(b) => b,

@@ -50,9 +50,8 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
     );
     install_stop_handler();
     ensure_db_packages()?;
-    // A page fault's leaf is the libc routine writing the memory (memset), whose caller only a
-    // frame-pointer walk through the services finds: until DWARF unwinding, memory-growth builds
-    // them with frame pointers.
+    // The page-fault profile's stacks go up from the leak to its handler by frame pointers: until
+    // DWARF unwinding, memory-growth builds the services with them.
     let frame_pointers = args.frame_pointers || matches!(ex.check, Check::MemoryGrowth(_));
     let shop = build_shop(frame_pointers)?;
     let dir = target_dir().join("demo-verify").join(ex.name);
@@ -76,17 +75,9 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
         loadgen_to_terminal: false,
     };
     let result = match ex.check {
-        Check::HotFunction(hot) => {
-            verify_profile(args, ex, service, ProfileCheck::CpuTop(hot), &agent, &opts)
+        Check::HotFunction(_) | Check::MemoryGrowth(_) => {
+            verify_profile(args, ex, service, &agent, &opts)
         }
-        Check::MemoryGrowth(f) => verify_profile(
-            args,
-            ex,
-            service,
-            ProfileCheck::PageFaults(f),
-            &agent,
-            &opts,
-        ),
         Check::Spans(check) => verify_spans(args, ex, check, &agent, &opts),
     };
     if result.is_ok() && !args.keep {
@@ -95,26 +86,17 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
     result
 }
 
-/// What a profile exercise checks.
-#[derive(Clone, Copy)]
-pub(super) enum ProfileCheck {
-    /// The function tops the CPU profile's self time (and its samples carry their spans).
-    CpuTop(&'static str),
-    /// The function is on the stacks of at least [`MIN_MEMORY_SHARE`] of the page-fault profile.
-    PageFaults(&'static str),
-}
-
 /// Share of the page-fault profile's bytes the growing function must be on the stack of. The
 /// payment service leaks 256 KiB per request; everything else it does reuses memory it has.
 const MIN_MEMORY_SHARE: f64 = 0.5;
 
 /// The CPU and memory exercises: the agent profiles the faulted service; its hot function must
-/// top the CPU profile, its growing function the page-fault profile.
+/// top the CPU profile (`Check::HotFunction`), its growing function be on the stacks of at least
+/// [`MIN_MEMORY_SHARE`] of the page-fault profile (`Check::MemoryGrowth`).
 pub(super) fn verify_profile(
     args: &ExerciseArgs,
     ex: Exercise,
     service: &str,
-    check: ProfileCheck,
     agent: &Path,
     opts: &StackOpts,
 ) -> anyhow::Result<()> {
@@ -144,7 +126,7 @@ pub(super) fn verify_profile(
             .arg("--profile-hz")
             .arg("99");
         cmd.arg("--pid").arg(pid.to_string());
-        if let ProfileCheck::PageFaults(_) = check {
+        if let Check::MemoryGrowth(_) = ex.check {
             // The leak is inlined into its handler: DWARF names inlined functions.
             cmd.arg("--profile-debuginfo");
         }
@@ -155,8 +137,8 @@ pub(super) fn verify_profile(
             "the agent failed ({status}); see {}",
             log.display()
         );
-        match check {
-            ProfileCheck::CpuTop(hot) => {
+        match ex.check {
+            Check::HotFunction(hot) => {
                 let profile = ServiceProfile::read(&out, service, pid, ProfileFiles::Cpu)?;
                 profile.print_top(10);
                 profile.check_top(hot)?;
@@ -166,7 +148,7 @@ pub(super) fn verify_profile(
                 );
                 check_span_share(&profile, &out, service, hot)?;
             }
-            ProfileCheck::PageFaults(growing) => {
+            Check::MemoryGrowth(growing) => {
                 let profile = ServiceProfile::read(&out, service, pid, ProfileFiles::PageFaults)?;
                 profile.print_top_inclusive(10);
                 let share = profile.inclusive_share(growing);
@@ -185,6 +167,7 @@ pub(super) fn verify_profile(
                     profile.source
                 );
             }
+            Check::Spans(_) => bail!("exercise {}: not a profile check", ex.name),
         }
         Ok(())
     })();

@@ -1,10 +1,11 @@
 //! Span attributes after the OpenTelemetry semantic conventions (HTTP, database), and the
 //! small text helpers they need: addresses, URL paths, hosts, SQL table names.
 
-use foldhash::HashMap;
 use std::borrow::Cow;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use loupe_collector::traces::{AttrValue, Attribute, Text};
 use loupe_common::socket::ConnTuple;

@@ -15,9 +15,9 @@
 //! Every map here is bounded; entries also leave when their request ends.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 
 use foldhash::{HashMap, HashMapExt};
-use std::hash::{BuildHasher, Hasher};
 
 use loupe_common::socket::ConnTuple;
 

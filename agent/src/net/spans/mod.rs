@@ -55,10 +55,10 @@ mod thread;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, VecDeque};
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 use std::time::Duration;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use loupe_collector::profile::SpanLabel;
 use loupe_collector::telemetry::Registry;
@@ -443,22 +443,23 @@ impl SpanBuilder {
         }
         let n = max.max(1).min(self.core.finished.len());
         // Spans per process first, so that each process's list is allocated once.
-        let mut by_pid: HashMap<u32, (usize, usize)> = HashMap::new();
+        // (its batch in `out` once made, its spans)
+        let mut by_pid: HashMap<u32, (Option<usize>, usize)> = HashMap::new();
         for f in &self.core.finished[..n] {
-            by_pid.entry(f.pid).or_insert((usize::MAX, 0)).1 += 1;
+            by_pid.entry(f.pid).or_default().1 += 1;
         }
         let mut out: Vec<ResourceBatch> = Vec::with_capacity(by_pid.len());
         for f in self.core.finished.drain(..n) {
-            let (i, count) = by_pid.entry(f.pid).or_insert((usize::MAX, 1));
-            if *i == usize::MAX {
-                *i = out.len();
+            let (slot, count) = by_pid.entry(f.pid).or_insert((None, 1));
+            let i = *slot.get_or_insert_with(|| {
                 out.push(ResourceBatch {
                     resource: f.process.resource.clone(),
                     scope: self.scope.clone(),
                     spans: Vec::with_capacity(*count),
                 });
-            }
-            out[*i].spans.push(f.span);
+                out.len() - 1
+            });
+            out[i].spans.push(f.span);
         }
         Some(TraceBatch { resources: out })
     }

@@ -1,8 +1,9 @@
 //! Process names and resources for spans and logs: `service.name` and the OTLP resource of each
 //! traced process, cached with a time to live (pids are reused).
 
-use foldhash::HashMap;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use loupe_collector::traces::Attribute;
 use loupe_collector::traces::proto::resource::Resource;

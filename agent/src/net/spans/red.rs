@@ -73,12 +73,11 @@ impl Family {
             h.observe(seconds);
             return;
         }
-        let values = if self.series.len() >= MAX_SERIES {
-            [OVERFLOW; 4]
-        } else {
-            values
-        };
-        series_key(&mut self.scratch, values);
+        let mut values = values;
+        if self.series.len() >= MAX_SERIES {
+            values = [OVERFLOW; 4];
+            series_key(&mut self.scratch, values);
+        }
         let h = self.series.entry(self.scratch.clone()).or_insert_with(|| {
             let labels: Vec<(&str, &str)> = self.keys.iter().copied().zip(values).collect();
             registry.histogram(self.name, self.help, &labels, DEFAULT_SECONDS_BUCKETS)

@@ -156,58 +156,63 @@ async fn pushes_decodable_profiles_with_labels_and_headers() {
     );
 }
 
-#[tokio::test]
-async fn off_cpu_profiles_are_pushed_as_off_cpu_nanoseconds() {
+/// Pushes one service's `count` samples as a batch of `kind` with `period` to a loopback
+/// receiver: the request and its profile, decoded, and the profile's value types as text.
+async fn push_kind(
+    kind: ProfileKind,
+    period: i64,
+    name: &str,
+    count: u64,
+) -> (PushRequest, Profile, Vec<(String, String)>) {
     let mut rx = Receiver::start(vec![]).await;
     let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
-    let mut b = (*batch(vec![service("checkout", &[], 1_500_000)])).clone();
-    b.kind = ProfileKind::OffCpu;
-    b.period_nanos = 0;
+    let mut b = (*batch(vec![service(name, &[], count)])).clone();
+    b.kind = kind;
+    b.period_nanos = period;
     let report = sink.export(Arc::new(b)).await;
     assert!(report.is_success(), "{:?}", report.errors);
     let got = rx.drain();
     let (push, profile) = decode(&got[0].body);
-    assert_eq!(
-        labels(&push),
-        [("__name__", "off_cpu"), ("service_name", "checkout")]
-    );
-    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
-    let types: Vec<(&str, &str)> = profile
+    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].clone();
+    let types = profile
         .sample_type
         .iter()
         .map(|t| (s(t.r#type), s(t.unit)))
         .collect();
+    (push, profile, types)
+}
+
+#[tokio::test]
+async fn off_cpu_profiles_are_pushed_as_off_cpu_nanoseconds() {
+    let (push, profile, types) = push_kind(ProfileKind::OffCpu, 0, "checkout", 1_500_000).await;
+    assert_eq!(
+        labels(&push),
+        [("__name__", "off_cpu"), ("service_name", "checkout")]
+    );
     // Pyroscope names it `off_cpu:events:nanoseconds::`, as the OpenTelemetry eBPF profiler's.
-    assert_eq!(types, [("events", "nanoseconds")]);
+    assert_eq!(types, [("events".into(), "nanoseconds".into())]);
     assert_eq!(profile.sample[0].value, [1_500_000]);
     assert!(profile.period_type.is_none());
 }
 
 #[tokio::test]
 async fn page_fault_profiles_are_pushed_as_bytes_and_faults() {
-    let mut rx = Receiver::start(vec![]).await;
-    let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
     // Three samples of 64 faults each.
-    let mut b = (*batch(vec![service("payment", &[], 3)])).clone();
-    b.kind = ProfileKind::PageFaults;
-    b.period_nanos = 64;
-    let report = sink.export(Arc::new(b)).await;
-    assert!(report.is_success(), "{:?}", report.errors);
-    let got = rx.drain();
-    let (push, profile) = decode(&got[0].body);
+    let (push, profile, types) = push_kind(ProfileKind::PageFaults, 64, "payment", 3).await;
     assert_eq!(
         labels(&push),
         [("__name__", "page_faults"), ("service_name", "payment")]
     );
-    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
-    let types: Vec<(&str, &str)> = profile
-        .sample_type
-        .iter()
-        .map(|t| (s(t.r#type), s(t.unit)))
-        .collect();
     // `page_faults:space:bytes:faults:count` and `page_faults:faults:count:faults:count`.
-    assert_eq!(types, [("space", "bytes"), ("faults", "count")]);
+    assert_eq!(
+        types,
+        [
+            ("space".into(), "bytes".into()),
+            ("faults".into(), "count".into())
+        ]
+    );
     assert_eq!(profile.sample[0].value, [3 * 64 * 4096, 3 * 64]);
+    let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
     let period = profile.period_type.as_ref().expect("a period type");
     assert_eq!((s(period.r#type), s(period.unit)), ("faults", "count"));
     assert_eq!(profile.period, 64);
