@@ -329,6 +329,35 @@ pub struct CliOptions {
     /// 4 KiB pages first touched].
     #[arg(long, env = "LOUPE_PAGE_FAULT_PERIOD", global = true, value_name = "N")]
     pub page_fault_period: Option<u64>,
+    /// Allocation profiles of this process (repeatable; in the environment, comma-separated):
+    /// uprobes on the allocator it calls (glibc, jemalloc, …) sample malloc/calloc/realloc and
+    /// track frees, for `--alloc-duration`. Costs the process about a microsecond per call
+    /// [default: none].
+    #[arg(
+        long = "alloc-pid",
+        env = "LOUPE_ALLOC_PID",
+        global = true,
+        value_name = "PID",
+        value_delimiter = ','
+    )]
+    pub alloc_pids: Vec<u32>,
+    /// Mean bytes allocated between two allocation samples, e.g. `512KiB` [default: 512KiB].
+    #[arg(
+        long,
+        env = "LOUPE_ALLOC_SAMPLE_BYTES",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub alloc_sample_bytes: Option<String>,
+    /// How long allocation profiles run before the probes are detached; `0` for as long as
+    /// the agent runs [default: 10m].
+    #[arg(
+        long,
+        env = "LOUPE_ALLOC_DURATION",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub alloc_duration: Option<String>,
     /// Only profile this process (repeatable; in the environment, comma-separated).
     #[arg(
         long = "pid",
@@ -405,6 +434,8 @@ pub struct Config {
     pub off_cpu_min_block: Duration,
     /// Page-fault profiles: one sample every this many faults (`None`: off).
     pub page_fault_period: Option<u64>,
+    /// Allocation profiles of chosen processes (`None`: off).
+    pub alloc: Option<crate::profiler::AllocOptions>,
     pub metrics_addr: Option<SocketAddr>,
     /// Bytes of resident memory plus kernel maps the agent stays under.
     pub memory_limit: u64,
@@ -553,6 +584,8 @@ impl Config {
             .or(file.page_faults)
             .unwrap_or(true)
             .then(|| page_fault_period.unwrap_or(DEFAULT_PAGE_FAULT_PERIOD));
+
+        let alloc = alloc_options(cli, &file)?;
 
         let duration = match cli.duration.as_ref().or(file.duration.as_ref()) {
             Some(text) => {
@@ -851,11 +884,67 @@ impl Config {
             off_cpu_pids,
             off_cpu_min_block,
             page_fault_period,
+            alloc,
             metrics_addr,
             memory_limit,
             debuginfod,
         })
     }
+}
+
+/// `--alloc-pid`, `--alloc-sample-bytes` and `--alloc-duration`: `None` when no process is named.
+fn alloc_options(
+    cli: &CliOptions,
+    file: &FileOptions,
+) -> Result<Option<crate::profiler::AllocOptions>, ConfigError> {
+    use crate::profiler::{DEFAULT_ALLOC_DURATION, DEFAULT_SAMPLE_BYTES, MAX_SAMPLE_BYTES};
+    let pids = if cli.alloc_pids.is_empty() {
+        file.alloc_pid.clone().unwrap_or_default()
+    } else {
+        cli.alloc_pids.clone()
+    };
+    if let Some(&bad) = pids.iter().find(|&&p| p == 0) {
+        return Err(invalid("alloc_pid", format!("{bad}: not a process id")));
+    }
+    if pids.len() > loupe_common::alloc::PID_ENTRIES as usize {
+        return Err(invalid(
+            "alloc_pid",
+            format!(
+                "at most {} processes can be named",
+                loupe_common::alloc::PID_ENTRIES
+            ),
+        ));
+    }
+    let sample_bytes = match cli
+        .alloc_sample_bytes
+        .clone()
+        .map(SizeValue::Text)
+        .or(file.alloc_sample_bytes.clone())
+    {
+        None => DEFAULT_SAMPLE_BYTES,
+        Some(SizeValue::Bytes(n)) => n,
+        Some(SizeValue::Text(text)) => {
+            parse_size(&text).map_err(|m| invalid("alloc_sample_bytes", m))?
+        }
+    };
+    if !(1..=MAX_SAMPLE_BYTES).contains(&sample_bytes) {
+        return Err(invalid(
+            "alloc_sample_bytes",
+            format!("{sample_bytes}: must be between 1 byte and 1TiB"),
+        ));
+    }
+    let duration = match cli.alloc_duration.as_ref().or(file.alloc_duration.as_ref()) {
+        Some(text) => {
+            let d = parse_duration(text).map_err(|m| invalid("alloc_duration", m))?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(DEFAULT_ALLOC_DURATION),
+    };
+    Ok((!pids.is_empty()).then_some(crate::profiler::AllocOptions {
+        pids,
+        sample_bytes,
+        duration,
+    }))
 }
 
 impl Config {

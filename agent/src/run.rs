@@ -163,11 +163,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 off_cpu_pids: config.off_cpu_pids.clone(),
                 off_cpu_min: config.off_cpu_min_block,
                 page_fault_period: config.page_fault_period,
+                alloc: config.alloc.clone(),
             },
             &registry,
         )?;
         if profiler.page_faults_on() {
             crate::self_metrics::record_attach(&registry, "page_faults", "perf_event");
+        }
+        if profiler.alloc_on() {
+            crate::self_metrics::record_attach(&registry, "alloc", "uprobe");
         }
 
         let kernel_maps = crate::self_metrics::record_kernel_maps(&registry);

@@ -138,6 +138,7 @@ mod tests {
             pid: 1,
             thread_name: "t".into(),
             count,
+            objects: 0,
             frames: [leaf, "main"]
                 .iter()
                 .map(|f| Frame {

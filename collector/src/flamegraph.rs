@@ -119,6 +119,7 @@ mod tests {
                             pid: 1,
                             thread_name: "a".into(),
                             count: 3,
+                            objects: 0,
                             // leaf first; `inlined_fn` inlined into `hot_fn`
                             frames: vec![frame(&["inlined_fn", "hot_fn"]), frame(&["main"])],
                             span: None,
@@ -127,6 +128,7 @@ mod tests {
                             pid: 1,
                             thread_name: "b".into(),
                             count: 2,
+                            objects: 0,
                             frames: vec![frame(&["inlined_fn", "hot_fn"]), frame(&["main"])],
                             span: None,
                         },
@@ -139,6 +141,7 @@ mod tests {
                         pid: 2,
                         thread_name: "c".into(),
                         count: 1,
+                        objects: 0,
                         frames: vec![frame(&["Vec<[u8; 8]>::push"]), frame(&[])],
                         span: None,
                     }],

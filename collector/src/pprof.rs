@@ -37,8 +37,8 @@ pub enum PprofError {
 
 /// Builds the pprof profile of one service for one interval.
 ///
-/// Sample types are `cpu`/`nanoseconds` (count × period, the default) and `samples`/`count`;
-/// each sample carries a `pid` number label and a `thread_name` string label, and a sample taken
+/// Sample types depend on the kind (see below; for CPU, `cpu`/`nanoseconds` (count × period,
+/// the default) and `samples`/`count`); each sample carries a `pid` number label and a `thread_name` string label, and a sample taken
 /// while its thread served a request the `span_id` (16 lowercase hex digits) and `span_name`
 /// labels of that request's span (Pyroscope's span profiles, Grafana's trace → profile link).
 pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
@@ -53,8 +53,37 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
     // CPU: time (count × period) and sample counts, the period being CPU time. Off-CPU: one
     // value, nanoseconds blocked, no period (`off_cpu:events:nanoseconds::` in Pyroscope, as the
     // OpenTelemetry eBPF profiler's). Page faults: bytes first touched (faults × page size, the
-    // default) and faults (count × period), the period being faults.
+    // default) and faults (count × period), the period being faults. Allocations, as Go's heap
+    // profiles: objects and bytes (the default), `alloc_*` or `inuse_*`, the period being the
+    // mean bytes between two samples (`space`/`bytes`).
     let (sample_type, period_type, default_sample_type) = match meta.kind {
+        ProfileKind::Alloc | ProfileKind::InUse => {
+            let (objects, space) = if meta.kind == ProfileKind::Alloc {
+                (b.string("alloc_objects"), b.string("alloc_space"))
+            } else {
+                (b.string("inuse_objects"), b.string("inuse_space"))
+            };
+            let count = b.string("count");
+            let bytes = b.string("bytes");
+            let period_space = b.string("space");
+            (
+                vec![
+                    ValueType {
+                        r#type: objects,
+                        unit: count,
+                    },
+                    ValueType {
+                        r#type: space,
+                        unit: bytes,
+                    },
+                ],
+                Some(ValueType {
+                    r#type: period_space,
+                    unit: bytes,
+                }),
+                space,
+            )
+        }
         ProfileKind::OffCpu => {
             let events = b.string("events");
             let nanoseconds = b.string("nanoseconds");
@@ -116,7 +145,9 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
     let span_name_key = b.string("span_name");
     let period = match meta.kind {
         ProfileKind::OffCpu => 0,
-        ProfileKind::Cpu | ProfileKind::PageFaults => meta.period_nanos.max(0),
+        ProfileKind::Cpu | ProfileKind::PageFaults | ProfileKind::Alloc | ProfileKind::InUse => {
+            meta.period_nanos.max(0)
+        }
     };
 
     let mut out_samples = Vec::with_capacity(profile.samples.len());
@@ -162,6 +193,9 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
                 ProfileKind::PageFaults => {
                     let faults = n.saturating_mul(period);
                     vec![faults.saturating_mul(PAGE_BYTES), faults]
+                }
+                ProfileKind::Alloc | ProfileKind::InUse => {
+                    vec![i64::try_from(sample.objects).unwrap_or(i64::MAX), n]
                 }
             },
             label,
@@ -458,6 +492,7 @@ mod tests {
                     pid: 42,
                     thread_name: "worker-1".into(),
                     count: 3,
+                    objects: 0,
                     frames: vec![hot.clone(), main.clone()],
                     span: None,
                 },
@@ -465,6 +500,7 @@ mod tests {
                     pid: 42,
                     thread_name: "worker-2".into(),
                     count: 2,
+                    objects: 0,
                     frames: vec![kernel, hot, main],
                     span: None,
                 },
@@ -670,6 +706,7 @@ mod tests {
                     pid: 1,
                     thread_name: String::new(),
                     count: 1,
+                    objects: 0,
                     frames: vec![
                         frame(&a, 0x1010),
                         frame(&a2, 0x1010),
@@ -686,6 +723,7 @@ mod tests {
                     pid: 2,
                     thread_name: String::new(),
                     count: 1,
+                    objects: 0,
                     frames: vec![],
                     span: None,
                 },
@@ -693,6 +731,7 @@ mod tests {
                     pid: 3,
                     thread_name: "zero".into(),
                     count: 0,
+                    objects: 0,
                     frames: vec![frame(&b, 0x3010)],
                     span: None,
                 },

@@ -1,5 +1,5 @@
 //! The profile model the agent fills after symbolization and every sink consumes: CPU samples,
-//! off-CPU time, or page faults.
+//! off-CPU time, page faults, or sampled allocations (allocated, and still in use).
 //!
 //! One [`ProfileBatch`] covers one drain interval for all services; stacks are stored leaf first,
 //! and each [`Frame`] lists its inlined functions innermost first, the real (outer) function last.
@@ -21,6 +21,13 @@ pub enum ProfileKind {
     /// number of faults for this kind), each fault about one page ([`PAGE_BYTES`]) of memory
     /// first touched.
     PageFaults,
+    /// Sampled allocations: each count is bytes allocated (an estimate: each sample stands for
+    /// `period_nanos` bytes on average, the field holding bytes for this kind), with
+    /// [`StackSample::objects`] the estimated number of blocks.
+    Alloc,
+    /// Sampled allocations not freed at the end of the interval, whenever they were made: counts
+    /// and objects as for [`ProfileKind::Alloc`].
+    InUse,
 }
 
 /// The page size page-fault profiles convert faults to bytes with: 4 KiB, the base page of
@@ -30,12 +37,15 @@ pub const PAGE_BYTES: i64 = 4096;
 
 impl ProfileKind {
     /// Pyroscope's `__name__` for the kind: `process_cpu`, `off_cpu` as the OpenTelemetry
-    /// eBPF profiler's off-CPU profiles are named there, or `page_faults`.
+    /// eBPF profiler's off-CPU profiles are named there, `page_faults`, or `memory` for both
+    /// allocation kinds, as Go's heap profiles (their sample types tell them apart:
+    /// `memory:alloc_space:bytes:space:bytes`, `memory:inuse_space:bytes:space:bytes`, …).
     pub fn pyroscope_name(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "process_cpu",
             ProfileKind::OffCpu => "off_cpu",
             ProfileKind::PageFaults => "page_faults",
+            ProfileKind::Alloc | ProfileKind::InUse => "memory",
         }
     }
 
@@ -46,14 +56,18 @@ impl ProfileKind {
             ProfileKind::Cpu => "",
             ProfileKind::OffCpu => ".off_cpu",
             ProfileKind::PageFaults => ".page_faults",
+            ProfileKind::Alloc => ".alloc",
+            ProfileKind::InUse => ".inuse",
         }
     }
 
     /// Every kind.
-    pub const ALL: [ProfileKind; 3] = [
+    pub const ALL: [ProfileKind; 5] = [
         ProfileKind::Cpu,
         ProfileKind::OffCpu,
         ProfileKind::PageFaults,
+        ProfileKind::Alloc,
+        ProfileKind::InUse,
     ];
 
     /// Words for logs and titles.
@@ -62,6 +76,30 @@ impl ProfileKind {
             ProfileKind::Cpu => "cpu",
             ProfileKind::OffCpu => "off-cpu",
             ProfileKind::PageFaults => "page-faults",
+            ProfileKind::Alloc => "alloc",
+            ProfileKind::InUse => "in-use",
+        }
+    }
+
+    /// What a sample count is, for summaries.
+    pub fn count_unit(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "samples",
+            ProfileKind::OffCpu => "ns blocked",
+            ProfileKind::PageFaults => "page-fault samples",
+            ProfileKind::Alloc => "bytes allocated",
+            ProfileKind::InUse => "bytes in use",
+        }
+    }
+
+    /// The kind in a flame graph's title.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "CPU",
+            ProfileKind::OffCpu => "off-CPU",
+            ProfileKind::PageFaults => "page-fault",
+            ProfileKind::Alloc => "allocation",
+            ProfileKind::InUse => "in-use memory",
         }
     }
 }
@@ -146,8 +184,10 @@ pub struct StackSample {
     pub pid: u32,
     /// Thread name (`comm`).
     pub thread_name: String,
-    /// Number of samples.
+    /// Number of samples (for [`ProfileKind::Alloc`] and [`ProfileKind::InUse`], bytes).
     pub count: u64,
+    /// Blocks allocated, for [`ProfileKind::Alloc`] and [`ProfileKind::InUse`]; 0 otherwise.
+    pub objects: u64,
     /// Frames, leaf first (innermost call first), root last.
     pub frames: Vec<Frame>,
     /// The span the thread was serving when sampled (pprof labels `span_id`, `span_name`).

@@ -275,6 +275,50 @@ pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {
     counts
 }
 
+/// Values of the sample type `type_name` (e.g. `alloc_space`) of every function, counting a sample
+/// once for each distinct function anywhere on its stack (inclusive).
+pub fn inclusive_values(profile: &Profile, type_name: &str) -> HashMap<String, i64> {
+    let s = |i: i64| {
+        profile
+            .string_table
+            .get(i as usize)
+            .map_or("", String::as_str)
+    };
+    let index = profile
+        .sample_type
+        .iter()
+        .position(|t| s(t.r#type) == type_name)
+        .unwrap_or_else(|| panic!("no sample type {type_name} in the profile"));
+    let functions: HashMap<u64, &str> =
+        profile.function.iter().map(|f| (f.id, s(f.name))).collect();
+    let locations: HashMap<u64, Vec<&str>> = profile
+        .location
+        .iter()
+        .map(|l| {
+            let names = l
+                .line
+                .iter()
+                .filter_map(|line| functions.get(&line.function_id).copied())
+                .collect();
+            (l.id, names)
+        })
+        .collect();
+    let mut values = HashMap::new();
+    for sample in &profile.sample {
+        let mut seen = std::collections::HashSet::new();
+        for f in sample
+            .location_id
+            .iter()
+            .flat_map(|l| locations.get(l).into_iter().flatten())
+        {
+            if seen.insert(*f) {
+                *values.entry(f.to_string()).or_insert(0) += sample.value[index];
+            }
+        }
+    }
+    values
+}
+
 /// The label `key` (string value) of every sample.
 pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
     let s = |i: i64| {

@@ -110,6 +110,12 @@ pub fn build_workloads() -> anyhow::Result<()> {
         )?;
         exec(
             Command::new("gcc")
+                .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+                .arg(out.join("alloc"))
+                .arg(src.join("alloc.c")),
+        )?;
+        exec(
+            Command::new("gcc")
                 .args(["-O2", "-o"])
                 .arg(out.join("log_flood"))
                 .arg(src.join("log_flood.c")),

@@ -617,3 +617,62 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn allocation_profiles_are_off_until_a_process_is_named() {
+    use crate::profiler::{AllocOptions, DEFAULT_ALLOC_DURATION, DEFAULT_SAMPLE_BYTES};
+    assert_eq!(
+        Config::merge(&cli(), FileOptions::default()).unwrap().alloc,
+        None
+    );
+    let mut o = cli();
+    o.alloc_pids = vec![42];
+    assert_eq!(
+        Config::merge(&o, FileOptions::default()).unwrap().alloc,
+        Some(AllocOptions {
+            pids: vec![42],
+            sample_bytes: DEFAULT_SAMPLE_BYTES,
+            duration: Some(DEFAULT_ALLOC_DURATION),
+        })
+    );
+    o.alloc_sample_bytes = Some("64KiB".into());
+    o.alloc_duration = Some("0".into());
+    let a = Config::merge(&o, FileOptions::default())
+        .unwrap()
+        .alloc
+        .unwrap();
+    assert_eq!(
+        (a.sample_bytes, a.duration),
+        (64 << 10, None),
+        "0: no limit"
+    );
+    for (key, bad) in [("alloc_sample_bytes", "0"), ("alloc_duration", "soon")] {
+        let mut o = cli();
+        o.alloc_pids = vec![42];
+        if key == "alloc_sample_bytes" {
+            o.alloc_sample_bytes = Some(bad.into());
+        } else {
+            o.alloc_duration = Some(bad.into());
+        }
+        let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid value for {key}")),
+            "{e}"
+        );
+    }
+    let mut o = cli();
+    o.alloc_pids = vec![0];
+    assert!(Config::merge(&o, FileOptions::default()).is_err());
+    let file: FileOptions =
+        toml::from_str("alloc_pid = [7]\nalloc_sample_bytes = 4096\nalloc_duration = \"30s\"\n")
+            .unwrap();
+    assert_eq!(
+        Config::merge(&cli(), file).unwrap().alloc,
+        Some(AllocOptions {
+            pids: vec![7],
+            sample_bytes: 4096,
+            duration: Some(Duration::from_secs(30)),
+        })
+    );
+}

@@ -25,6 +25,8 @@ type SeriesKey = (String, Vec<(String, String)>);
 pub struct RawSample {
     pub key: SampleKey,
     pub value: SampleValue,
+    /// Blocks allocated, for allocation samples (whose count is bytes); 0 otherwise.
+    pub objects: u64,
 }
 
 /// What went wrong with stacks in one drain, for the metrics.
@@ -46,7 +48,8 @@ pub struct StackStats {
     pub span_unresolved: u64,
 }
 
-const EFAULT: i32 = 14;
+/// `-EFAULT` as a stack id: no stack of that kind (not an error).
+pub(super) const EFAULT: i32 = 14;
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 
@@ -217,6 +220,7 @@ pub fn assemble(
                 pid: s.key.pid,
                 thread_name: r.thread_name,
                 count: s.value.count,
+                objects: s.objects,
                 frames,
                 span,
             });
@@ -382,6 +386,7 @@ mod tests {
                     count: 7,
                     comm: comm("worker-1"),
                 },
+                objects: 0,
             },
             RawSample {
                 key: SampleKey {
@@ -397,6 +402,7 @@ mod tests {
                     count: 2,
                     comm: comm("worker-2"),
                 },
+                objects: 0,
             },
         ];
         let host = vec![("host_name".to_string(), "h".to_string())];
@@ -499,6 +505,7 @@ mod tests {
                 count: 1,
                 comm: comm("gone"),
             },
+            objects: 0,
         }];
         let (profiles, stats, _) = assemble(
             &samples,

@@ -5,6 +5,7 @@
 //! Two threads: the process watcher (reads the ring buffer, reads /proc) and the drainer (owns the
 //! maps, symbolizes). Neither ever waits on an exporter: batches are handed over with `try_submit`.
 
+mod alloc;
 mod assemble;
 mod debug_file;
 pub mod debuginfod;
@@ -41,6 +42,11 @@ use loupe_common::{
 
 use crate::correlate::SpanIndex;
 use crate::ebpf::{EbpfError, program, rejected, take_map};
+use alloc::AllocTracker;
+pub use alloc::{
+    AllocOptions, DEFAULT_DURATION as DEFAULT_ALLOC_DURATION, DEFAULT_SAMPLE_BYTES,
+    MAX_SAMPLE_BYTES,
+};
 pub use assemble::comm_str;
 use assemble::{RawSample, StackStats};
 use procs::ProcessTable;
@@ -76,6 +82,8 @@ pub struct ProfilerOptions {
     pub off_cpu_min: Duration,
     /// Page-fault profiles: one sample every this many page faults (`None`: off).
     pub page_fault_period: Option<u64>,
+    /// Allocation profiles of chosen processes (`None`: off).
+    pub alloc: Option<AllocOptions>,
 }
 
 struct Metrics {
@@ -216,6 +224,9 @@ impl Metrics {
 
 /// The running profiler. Dropping it detaches every program.
 pub struct Profiler {
+    /// Allocation profiles, when asked for and attached (declared first: its probes detach
+    /// before the programs go).
+    alloc: Option<AllocTracker>,
     /// Holds the programs and their perf-event links.
     _ebpf: Ebpf,
     config: Array<MapData, ProfilerConfig>,
@@ -380,8 +391,18 @@ impl Profiler {
                     }
                 }
             });
+        let alloc = options.alloc.as_ref().and_then(|alloc| {
+            match AllocTracker::start(&mut ebpf, alloc, registry) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("allocation profiles are off: {e}");
+                    None
+                }
+            }
+        });
 
         Ok(Profiler {
+            alloc,
             _ebpf: ebpf,
             config,
             _targets: targets,
@@ -407,6 +428,11 @@ impl Profiler {
     /// Whether page-fault profiles are recorded (asked for, and attached).
     pub fn page_faults_on(&self) -> bool {
         self.page_fault_period.is_some()
+    }
+
+    /// Whether allocation profiles are recorded (asked for, and attached to some process).
+    pub fn alloc_on(&self) -> bool {
+        self.alloc.is_some()
     }
 
     /// Flips the active slot, drains the other one and returns its profiles: CPU first, then
@@ -504,10 +530,53 @@ impl Profiler {
             kind: ProfileKind::PageFaults,
             profiles,
         });
-        std::iter::once(cpu)
+        let mut batches: Vec<ProfileBatch> = std::iter::once(cpu)
             .chain(off_cpu)
             .chain(page_faults)
-            .collect()
+            .collect();
+        if let Some(tracker) = &mut self.alloc {
+            let active = tracker.active();
+            let alloc::Drained {
+                allocated,
+                in_use,
+                stacks,
+            } = tracker.drain();
+            let mut table = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut assemble = |raw: &[RawSample]| {
+                assemble::assemble(
+                    raw,
+                    &stacks,
+                    &mut table,
+                    symbolizer,
+                    &self.host_labels,
+                    None,
+                )
+                .0
+            };
+            let period_nanos = i64::try_from(tracker.sample_bytes).unwrap_or(i64::MAX);
+            // Allocations of the interval, while probed (and the last ones after).
+            if active || !allocated.is_empty() {
+                batches.push(ProfileBatch {
+                    start_unix_nanos,
+                    duration_nanos,
+                    period_nanos,
+                    kind: ProfileKind::Alloc,
+                    profiles: assemble(&allocated),
+                });
+            }
+            if tracker.active() {
+                batches.push(ProfileBatch {
+                    start_unix_nanos,
+                    duration_nanos,
+                    period_nanos,
+                    kind: ProfileKind::InUse,
+                    profiles: assemble(&in_use),
+                });
+            }
+            drop(table);
+            symbolizer.release_parsed();
+        }
+        batches
     }
 
     fn read_samples(&mut self, slot: usize) -> Vec<RawSample> {
@@ -515,7 +584,11 @@ impl Profiler {
         let raw: Vec<RawSample> = map
             .iter()
             .filter_map(Result::ok)
-            .map(|(key, value)| RawSample { key, value })
+            .map(|(key, value)| RawSample {
+                key,
+                value,
+                objects: 0,
+            })
             .collect();
         for s in &raw {
             let _ = map.remove(&s.key);
@@ -619,8 +692,11 @@ impl Profiler {
         }
     }
 
-    /// Stops the process watcher.
+    /// Stops the process watcher and the allocation reader.
     pub fn stop(&mut self) {
+        if let Some(alloc) = &mut self.alloc {
+            alloc.stop();
+        }
         if let Some((handle, stop)) = self.watcher.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();

@@ -31,6 +31,10 @@ pub const FLAMEGRAPH_FILE: &str = "flamegraph.svg";
 pub const OFF_CPU_FLAMEGRAPH_FILE: &str = "flamegraph.off_cpu.svg";
 /// The page-fault flame graph's file name.
 pub const PAGE_FAULTS_FLAMEGRAPH_FILE: &str = "flamegraph.page_faults.svg";
+/// The allocation flame graph's file name.
+pub const ALLOC_FLAMEGRAPH_FILE: &str = "flamegraph.alloc.svg";
+/// The in-use memory flame graph's file name.
+pub const INUSE_FLAMEGRAPH_FILE: &str = "flamegraph.inuse.svg";
 const PROFILE_SUFFIX: &str = ".pb.gz";
 const MAX_FILE_STEM: usize = 100;
 
@@ -251,6 +255,8 @@ impl WriteJob {
             ProfileKind::Cpu => FLAMEGRAPH_FILE,
             ProfileKind::OffCpu => OFF_CPU_FLAMEGRAPH_FILE,
             ProfileKind::PageFaults => PAGE_FAULTS_FLAMEGRAPH_FILE,
+            ProfileKind::Alloc => ALLOC_FLAMEGRAPH_FILE,
+            ProfileKind::InUse => INUSE_FLAMEGRAPH_FILE,
         });
         match flamegraph::render_svg(batch, &flamegraph_title(batch)) {
             Ok(svg) => {
@@ -281,11 +287,7 @@ pub fn summary(batch: &ProfileBatch) -> String {
         .iter()
         .filter(|p| p.total_samples() > 0)
         .count();
-    let unit = match batch.kind {
-        ProfileKind::Cpu => "samples",
-        ProfileKind::OffCpu => "ns blocked",
-        ProfileKind::PageFaults => "page-fault samples",
-    };
+    let unit = batch.kind.count_unit();
     let mut line = format!(
         "{} profile {} +{:.1}s: {total} {unit}, {services} service{}",
         batch.kind.describe(),
@@ -339,13 +341,9 @@ pub fn sanitize_file_stem(service: &str) -> String {
 }
 
 fn flamegraph_title(batch: &ProfileBatch) -> String {
-    let kind = match batch.kind {
-        ProfileKind::Cpu => "CPU",
-        ProfileKind::OffCpu => "off-CPU",
-        ProfileKind::PageFaults => "page-fault",
-    };
     format!(
-        "Loupe {kind} profile, {} +{:.0}s",
+        "Loupe {} profile, {} +{:.0}s",
+        batch.kind.title(),
         format_utc(batch.start_unix_secs()),
         batch.duration_nanos as f64 / 1e9
     )
@@ -464,6 +462,7 @@ mod tests {
                             pid: 7,
                             thread_name: "t".into(),
                             count: 4,
+                            objects: 0,
                             frames: vec![
                                 Frame {
                                     address: 1,
@@ -482,6 +481,7 @@ mod tests {
                             pid: 7,
                             thread_name: "t".into(),
                             count: 1,
+                            objects: 0,
                             frames: vec![Frame {
                                 address: 2,
                                 mapping: None,

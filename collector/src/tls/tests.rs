@@ -125,6 +125,7 @@ fn profile_batch() -> Arc<crate::profile::ProfileBatch> {
                 pid: 1,
                 thread_name: "main".into(),
                 count: 3,
+                objects: 0,
                 frames: vec![Frame {
                     address: 1,
                     mapping: None,

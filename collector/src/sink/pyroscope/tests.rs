@@ -40,6 +40,7 @@ fn service(name: &str, labels: &[(&str, &str)], count: u64) -> ServiceProfile {
                 pid: 99,
                 thread_name: "worker".into(),
                 count,
+                objects: 0,
                 frames: vec![frame(&format!("{name}_hot_fn")), frame("main")],
                 span: None,
             }]
@@ -156,19 +157,24 @@ async fn pushes_decodable_profiles_with_labels_and_headers() {
     );
 }
 
-/// Pushes one service's `count` samples as a batch of `kind` with `period` to a loopback
-/// receiver: the request and its profile, decoded, and the profile's value types as text.
+/// Pushes one service's `count` samples (of `objects` blocks, for allocation kinds) as a batch
+/// of `kind` with `period` to a loopback receiver: the request and its profile, decoded, and the
+/// profile's value types as text.
 async fn push_kind(
     kind: ProfileKind,
     period: i64,
     name: &str,
     count: u64,
+    objects: u64,
 ) -> (PushRequest, Profile, Vec<(String, String)>) {
     let mut rx = Receiver::start(vec![]).await;
     let sink = PyroscopeSink::new(fast_config(rx.url()), vec![]).unwrap();
     let mut b = (*batch(vec![service(name, &[], count)])).clone();
     b.kind = kind;
     b.period_nanos = period;
+    for sample in b.profiles.iter_mut().flat_map(|p| &mut p.samples) {
+        sample.objects = objects;
+    }
     let report = sink.export(Arc::new(b)).await;
     assert!(report.is_success(), "{:?}", report.errors);
     let got = rx.drain();
@@ -184,7 +190,7 @@ async fn push_kind(
 
 #[tokio::test]
 async fn off_cpu_profiles_are_pushed_as_off_cpu_nanoseconds() {
-    let (push, profile, types) = push_kind(ProfileKind::OffCpu, 0, "checkout", 1_500_000).await;
+    let (push, profile, types) = push_kind(ProfileKind::OffCpu, 0, "checkout", 1_500_000, 0).await;
     assert_eq!(
         labels(&push),
         [("__name__", "off_cpu"), ("service_name", "checkout")]
@@ -198,7 +204,7 @@ async fn off_cpu_profiles_are_pushed_as_off_cpu_nanoseconds() {
 #[tokio::test]
 async fn page_fault_profiles_are_pushed_as_bytes_and_faults() {
     // Three samples of 64 faults each.
-    let (push, profile, types) = push_kind(ProfileKind::PageFaults, 64, "payment", 3).await;
+    let (push, profile, types) = push_kind(ProfileKind::PageFaults, 64, "payment", 3, 0).await;
     assert_eq!(
         labels(&push),
         [("__name__", "page_faults"), ("service_name", "payment")]
@@ -217,6 +223,35 @@ async fn page_fault_profiles_are_pushed_as_bytes_and_faults() {
     assert_eq!((s(period.r#type), s(period.unit)), ("faults", "count"));
     assert_eq!(profile.period, 64);
     assert_eq!(s(profile.default_sample_type), "space");
+}
+
+#[tokio::test]
+async fn allocation_profiles_are_pushed_as_go_heap_profiles() {
+    // 3 MiB in 96 blocks, sampled every 512 KiB.
+    for (kind, objects, space) in [
+        (ProfileKind::Alloc, "alloc_objects", "alloc_space"),
+        (ProfileKind::InUse, "inuse_objects", "inuse_space"),
+    ] {
+        let (push, profile, types) = push_kind(kind, 512 << 10, "inventory", 3 << 20, 96).await;
+        // Pyroscope names them `memory:alloc_space:bytes:space:bytes` and so on, as Go's.
+        assert_eq!(
+            labels(&push),
+            [("__name__", "memory"), ("service_name", "inventory")]
+        );
+        assert_eq!(
+            types,
+            [
+                (objects.into(), "count".into()),
+                (space.into(), "bytes".into())
+            ]
+        );
+        assert_eq!(profile.sample[0].value, [96, 3 << 20]);
+        let s = |i: i64| profile.string_table[usize::try_from(i).unwrap()].as_str();
+        let period = profile.period_type.as_ref().expect("a period type");
+        assert_eq!((s(period.r#type), s(period.unit)), ("space", "bytes"));
+        assert_eq!(profile.period, 512 << 10);
+        assert_eq!(s(profile.default_sample_type), space);
+    }
 }
 
 #[tokio::test]

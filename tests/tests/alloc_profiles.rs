@@ -1,0 +1,197 @@
+//! Allocation profiles on the real kernel: the `alloc` workload allocates from `alloc_big` and
+//! `alloc_small` at 2:1 in bytes and 1:2 in blocks, freeing everything, and keeps 32 MiB from
+//! `hold_here` (malloc, then realloc). With `--alloc-pid` on it, the allocation profile has the
+//! two allocators at 2:1 bytes and 1:2 objects (±15%), and the in-use profile has the 32 MiB
+//! held (±15%) under `hold_here` and next to nothing under the functions that free. Blocks
+//! allocated before the probes attach are not seen, so the workload holds its memory only when
+//! told (SIGUSR1), once the agent is up.
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use loupe_tests::{
+    Agent, Guard, Profile, agent_bin, inclusive_values, metric_value, read_all_profiles,
+    require_root, workload,
+};
+
+const HELD: i64 = 32 << 20;
+
+#[test]
+fn alloc_and_in_use_profiles_match_what_the_workload_does() {
+    require_root();
+    let work = Command::new(workload("alloc"))
+        .arg("60")
+        .env("OTEL_SERVICE_NAME", "allocator")
+        .spawn()
+        .expect("start the alloc workload (built by `cargo xtask test`)");
+    let pid = work.id();
+    let _work = Guard(work);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--network-spans=false", "--page-faults=false"])
+        .args(["--profile-interval", "3s", "--alloc-sample-bytes", "64KiB"])
+        .arg(format!("--alloc-pid={pid}"))
+        .arg("--output-dir")
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    // The agent answers once every program is attached.
+    // SAFETY: kill(2) with a pid this test started and still holds (not reaped), and a signal
+    // the workload handles.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    std::thread::sleep(Duration::from_secs(10));
+    let metrics = agent.metrics();
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("allocation profiler attached") && stderr.contains("libc.so"),
+        "the C library's allocator is found: {stderr}"
+    );
+
+    let profiles = read_all_profiles(&out);
+    let of = |prefix: &str| -> Vec<&Profile> {
+        let found: Vec<_> = profiles
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, p)| p)
+            .collect();
+        if found.is_empty() {
+            let names: Vec<&String> = profiles.iter().map(|(n, _)| n).collect();
+            panic!("no {prefix}* profile among {names:?}\n{stderr}");
+        }
+        found
+    };
+    let alloc_files = of("allocator.alloc-");
+    let inuse_files = of("allocator.inuse-");
+
+    // Go's heap profile layout, as Pyroscope expects it.
+    let first = alloc_files[0];
+    let s = |p: &Profile, i: i64| p.string_table[i as usize].clone();
+    let types = |p: &Profile| {
+        p.sample_type
+            .iter()
+            .map(|t| (s(p, t.r#type), s(p, t.unit)))
+            .collect::<Vec<_>>()
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        types(first),
+        [pair("alloc_objects", "count"), pair("alloc_space", "bytes")]
+    );
+    assert_eq!(
+        types(inuse_files[0]),
+        [pair("inuse_objects", "count"), pair("inuse_space", "bytes")]
+    );
+    let period_type = first.period_type.as_ref().expect("a period type");
+    assert_eq!(
+        (s(first, period_type.r#type), s(first, period_type.unit)),
+        pair("space", "bytes")
+    );
+    assert_eq!(first.period, 64 << 10, "the sampling interval");
+
+    let sum = |files: &[&Profile], type_name: &str| {
+        let mut total: HashMap<String, i64> = HashMap::new();
+        for p in files {
+            for (f, v) in inclusive_values(p, type_name) {
+                *total.entry(f).or_default() += v;
+            }
+        }
+        total
+    };
+    let get = |m: &HashMap<String, i64>, f: &str| m.get(f).copied().unwrap_or(0);
+    let bytes = sum(&alloc_files, "alloc_space");
+    let objects = sum(&alloc_files, "alloc_objects");
+    let (big, small) = (get(&bytes, "alloc_big"), get(&bytes, "alloc_small"));
+    let (big_n, small_n) = (get(&objects, "alloc_big"), get(&objects, "alloc_small"));
+    eprintln!(
+        "allocated: alloc_big {big} B in {big_n} blocks, alloc_small {small} B in {small_n} blocks"
+    );
+    // ~12 s at ≥25 MiB/s from alloc_big: thousands of samples of 64 KiB each.
+    assert!(
+        small >= 16 << 20,
+        "alloc_small allocated {small} B: {bytes:?}"
+    );
+    let ratio = big as f64 / small as f64;
+    assert!(
+        (ratio - 2.0).abs() <= 0.3,
+        "alloc_big:alloc_small bytes = {ratio:.2}, expected 2 ±15%: {bytes:?}"
+    );
+    let ratio = big_n as f64 / small_n as f64;
+    assert!(
+        (ratio - 0.5).abs() <= 0.075,
+        "alloc_big:alloc_small blocks = {ratio:.2}, expected 0.5 ±15%: {objects:?}"
+    );
+
+    // The last interval's in-use profile: what is held now, whenever it was allocated.
+    let last = inuse_files.last().expect("an in-use profile");
+    let in_use = inclusive_values(last, "inuse_space");
+    let held = get(&in_use, "hold_here");
+    let freed = get(&in_use, "alloc_big") + get(&in_use, "alloc_small");
+    eprintln!("in use: hold_here {held} B, alloc_big + alloc_small {freed} B");
+    assert!(
+        (held as f64 / HELD as f64 - 1.0).abs() <= 0.15,
+        "hold_here holds {held} B in the in-use profile, the workload {HELD} B: {in_use:?}"
+    );
+    assert!(
+        freed * 20 <= held,
+        "freed blocks still counted in use: {freed} B: {in_use:?}"
+    );
+
+    let m = |name: &str| metric_value(&metrics, name);
+    assert!(m("loupe_profiler_alloc_samples_total") > 100.0);
+    assert!(
+        m("loupe_profiler_alloc_frees_total") > 100.0,
+        "frees of sampled blocks seen"
+    );
+    assert_eq!(
+        m("loupe_attach_method{method=\"uprobe\",program=\"alloc\"}"),
+        1.0
+    );
+    for reason in [
+        "ring_full",
+        "live_set_full",
+        "thread_map_full",
+        "interval_full",
+    ] {
+        assert_eq!(
+            m(&format!(
+                "loupe_profiler_alloc_samples_dropped_total{{reason=\"{reason}\"}}"
+            )),
+            0.0,
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn a_process_without_an_allocator_to_probe_leaves_the_rest_running() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    // pid 2 is kthreadd: no maps, no allocator.
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--network-spans=false", "--alloc-pid=2"])
+        .args(["--profile-interval", "2s"])
+        .arg("--output-dir")
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = agent.metrics();
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("allocation profiles are off"),
+        "one clear line says why: {stderr}"
+    );
+    assert!(
+        !metrics.contains("program=\"alloc\""),
+        "no attach method claimed for allocation profiles"
+    );
+    assert!(
+        read_all_profiles(&out).iter().any(|(n, _)| {
+            [".page_faults-", ".off_cpu-", ".alloc-", ".inuse-"]
+                .iter()
+                .all(|tag| !n.contains(tag))
+        }),
+        "CPU profiles still written"
+    );
+}
