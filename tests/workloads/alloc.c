@@ -4,8 +4,12 @@
  * profiler is attached, so that it sees all of them), hold_here() mallocs 512 blocks of 32 KiB,
  * grows each to 64 KiB with realloc, and keeps them: HOLD_BYTES, the process's only memory in
  * use from then on. Runs for argv[1] seconds (default 30). Built with frame pointers by
- * `cargo xtask test`. */
+ * `cargo xtask test`.
+ *
+ * `alloc calls N` (for `cargo xtask bench --only alloc`) instead waits for SIGUSR1, then times
+ * N pairs of malloc(64) and free, prints the nanoseconds per pair and exits. */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -66,8 +70,39 @@ __attribute__((noinline)) void hold_here(void)
     }
 }
 
+static double now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+static int calls(long pairs)
+{
+    sigset_t usr1, old;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, &old);
+    printf("ready\n");
+    fflush(stdout);
+    while (!hold_now)
+        sigsuspend(&old);
+    double start = now_ns();
+    for (long i = 0; i < pairs; i++) {
+        void *p = malloc(64);
+        use(p, 64);
+        free(p);
+    }
+    printf("%.1f ns per malloc+free\n", (now_ns() - start) / pairs);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 2 && strcmp(argv[1], "calls") == 0) {
+        signal(SIGUSR1, on_usr1);
+        return calls(atol(argv[2]));
+    }
     int seconds = argc > 1 ? atoi(argv[1]) : 30;
     struct timespec start, now, tick = {0, 10 * 1000 * 1000};
     signal(SIGUSR1, on_usr1);

@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: the agent's overhead against its targets, in three parts that
-//! `--only profiler|network|parsers` runs alone (the default runs all three). Each part's markdown
+//! `cargo xtask bench`: the agent's overhead against its targets, in parts that
+//! `--only profiler|network|parsers|logs|alloc` runs alone (the default runs them all). Each part's markdown
 //! section goes to stdout and to `bench-results/<part>.md`; `bench-results/report.md` gathers the
 //! latest section of every part.
 //!
@@ -20,6 +20,8 @@
 //! **parsers**: `cargo bench -p loupe-protocols` (criterion), summarized (see bench_parsers.rs).
 //!
 //! **logs**: stdout/stderr capture, off vs on, under a steady flood of lines (see bench_logs.rs).
+//!
+//! **alloc**: what allocation profiles cost the processes they probe (see bench_alloc.rs).
 
 use std::{
     fmt::Write as _,
@@ -66,10 +68,18 @@ pub enum Part {
     Parsers,
     /// Capturing stdout/stderr as logs, off vs on.
     Logs,
+    /// Allocation profiles' cost to the probed process.
+    Alloc,
 }
 
 impl Part {
-    const ALL: [Part; 4] = [Part::Profiler, Part::Network, Part::Parsers, Part::Logs];
+    const ALL: [Part; 5] = [
+        Part::Profiler,
+        Part::Network,
+        Part::Parsers,
+        Part::Logs,
+        Part::Alloc,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -77,6 +87,7 @@ impl Part {
             Part::Network => "network",
             Part::Parsers => "parsers",
             Part::Logs => "logs",
+            Part::Alloc => "alloc",
         }
     }
 }
@@ -108,6 +119,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
             Part::Parsers => crate::bench_parsers::parsers()?,
             Part::Logs => with_bpf_stats(|| crate::bench_logs::logs(&agent, args.seconds))?,
+            Part::Alloc => crate::bench_alloc::alloc(&agent)?,
         };
         println!("{section}");
         let file = dir.join(format!("{}.md", part.name()));

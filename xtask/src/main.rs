@@ -2,6 +2,7 @@
 //! (see setup.rs) so the README's two commands work on a fresh machine.
 
 mod bench;
+mod bench_alloc;
 mod bench_logs;
 mod bench_net;
 mod bench_parsers;
