@@ -195,3 +195,106 @@ fn a_process_without_an_allocator_to_probe_leaves_the_rest_running() {
         "CPU profiles still written"
     );
 }
+
+/// Debian's Redis allocates through jemalloc (libjemalloc.so.2): the agent probes that, not the
+/// C library, and 20,000 SETs of 512-byte values show as allocated and, kept, in use, under the
+/// service name Redis was started as (the file is `redis-check-rdb`, a multi-call binary).
+#[test]
+fn redis_allocates_through_jemalloc_and_its_values_stay_in_use() {
+    use std::io::{Read, Write};
+    require_root();
+    let redis = loupe_tests::infra::find_bin("redis-server").unwrap_or_else(|e| panic!("{e}"));
+    let port = loupe_tests::infra::free_port();
+    let server = Command::new(redis)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let pid = server.id();
+    let _server = Guard(server);
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut conn = conn.expect("redis-server listens");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--network-spans=false", "--page-faults=false"])
+        .args(["--profile-interval", "2s", "--alloc-sample-bytes", "32KiB"])
+        .arg(format!("--alloc-pid={pid}"))
+        .arg("--output-dir")
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+
+    // 20,000 SETs, pipelined 1,000 at a time: ~10 MiB of values kept.
+    let value = "v".repeat(512);
+    let mut reply = vec![0u8; 64 * 1024];
+    for batch in 0..20 {
+        let mut req = String::new();
+        for i in 0..1000 {
+            let key = format!("key:{batch}:{i}");
+            req.push_str(&format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            ));
+        }
+        conn.write_all(req.as_bytes()).expect("send SETs");
+        let mut oks = 0;
+        while oks < 1000 {
+            let n = conn.read(&mut reply).expect("read replies");
+            assert!(n > 0, "redis closed the connection");
+            oks += reply[..n].iter().filter(|&&b| b == b'\n').count();
+        }
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("libjemalloc"),
+        "the allocator found is jemalloc: {stderr}"
+    );
+
+    let profiles = read_all_profiles(&out);
+    let names: Vec<&String> = profiles.iter().map(|(n, _)| n).collect();
+    let total = |tag: &str, type_name: &str| -> Vec<i64> {
+        profiles
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("redis-server.{tag}-")))
+            .map(|(_, p)| {
+                let i = p
+                    .sample_type
+                    .iter()
+                    .position(|t| p.string_table[t.r#type as usize] == type_name)
+                    .expect("sample type");
+                p.sample.iter().map(|s| s.value[i]).sum()
+            })
+            .collect()
+    };
+    let allocated: i64 = total("alloc", "alloc_space").iter().sum();
+    let in_use = total("inuse", "inuse_space");
+    eprintln!("redis-server: allocated {allocated} B, in use by interval {in_use:?}");
+    let kept = 20_000 * 512;
+    assert!(
+        allocated >= kept / 2,
+        "allocated {allocated} B for {kept} B of values: {names:?}\n{stderr}"
+    );
+    let last = in_use.last().copied().unwrap_or(0);
+    assert!(
+        last >= kept / 2,
+        "in use at the end: {last} B for {kept} B of values kept: {names:?}"
+    );
+}

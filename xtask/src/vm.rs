@@ -248,6 +248,7 @@ const E2E_TESTS: &[&str] = &[
     "tcp_context",
     "off_cpu",
     "page_faults",
+    "alloc_profiles",
 ];
 
 /// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
@@ -519,7 +520,14 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
     for (path, name) in e2e.iter().zip(E2E_TESTS) {
         binaries.push((path.clone(), format!("loupe/{name}"), true));
     }
-    for workload in ["hot_c", "hot_rs", "http_server", "off_cpu", "page_faults"] {
+    for workload in [
+        "hot_c",
+        "hot_rs",
+        "http_server",
+        "off_cpu",
+        "page_faults",
+        "alloc",
+    ] {
         binaries.push((
             workloads.join(workload),
             format!("loupe/workloads/{workload}"),

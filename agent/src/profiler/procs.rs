@@ -405,6 +405,12 @@ fn identify(pid: u32, executable: Option<String>, comm: &str) -> ProcessIdentity
                 .or_else(|| m.pod.workload.as_ref().map(|(_, name)| name.clone()))
                 .or_else(|| Some(m.container.clone()))
         })
+        .or_else(|| {
+            let exe = executable.as_deref()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let main_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            invoked_name(exe, main_comm.trim_end(), &cmdline)
+        })
         .or_else(|| executable.clone())
         .unwrap_or_else(|| service_from_comm(comm));
     ProcessIdentity {
@@ -412,6 +418,21 @@ fn identify(pid: u32, executable: Option<String>, comm: &str) -> ProcessIdentity
         executable,
         container,
     }
+}
+
+/// The name a multi-call executable was started under, when it is not the file's: Debian's
+/// `redis-server` is a link to `redis-check-rdb`, busybox's applets are links to `busybox`. That
+/// is `argv[0]`'s file name when the kernel's `comm` (the name exec was given, 15 bytes at most)
+/// starts it; a process that renamed itself or rewrote its arguments keeps its file's name.
+fn invoked_name(exe: &str, comm: &str, cmdline: &[u8]) -> Option<String> {
+    let argv0 = cmdline.split(|&b| b == 0).next()?;
+    // A process title written over the arguments (`redis-server *:6379`) keeps the name first.
+    let argv0 = String::from_utf8_lossy(argv0);
+    // … or a title `name: role` (nginx, PostgreSQL).
+    let first = argv0.split_whitespace().next()?.trim_end_matches(':');
+    let name = first.rsplit('/').next()?;
+    (!comm.is_empty() && name != exe && name.starts_with(comm) && !name.is_empty())
+        .then(|| name.to_string())
 }
 
 /// `OTEL_SERVICE_NAME` from /proc/PID/environ (read at most 1 MiB of it).
@@ -469,6 +490,41 @@ pub fn parse_maps_line(line: &str) -> Option<MapsEntry<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_call_executables_are_named_as_invoked() {
+        // Debian's redis-server → redis-check-rdb, with its process title over its arguments.
+        assert_eq!(
+            invoked_name(
+                "redis-check-rdb",
+                "redis-server",
+                b"redis-server *:6379\0\0"
+            ),
+            Some("redis-server".into())
+        );
+        assert_eq!(
+            invoked_name("busybox", "httpd", b"/bin/httpd\0-f\0"),
+            Some("httpd".into())
+        );
+        // comm holds 15 bytes of the name.
+        assert_eq!(
+            invoked_name("x", "a-very-long-nam", b"/usr/bin/a-very-long-name\0"),
+            Some("a-very-long-name".into())
+        );
+        // The usual case, a script (comm is the script's name, argv[0] the interpreter), and a
+        // process that renamed itself: the file's name stays.
+        assert_eq!(invoked_name("java", "java", b"/usr/bin/java\0-jar\0"), None);
+        assert_eq!(
+            invoked_name("python3.11", "app.py", b"/usr/bin/python3\0app.py\0"),
+            None
+        );
+        assert_eq!(
+            invoked_name("nginx", "nginx", b"nginx: master process\0"),
+            None
+        );
+        assert_eq!(invoked_name("redis-check-rdb", "", b"redis-server\0"), None);
+        assert_eq!(invoked_name("x", "y", b""), None);
+    }
 
     #[test]
     fn parses_maps_lines() {
