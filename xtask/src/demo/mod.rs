@@ -309,7 +309,9 @@ pub fn exercise(args: ExerciseArgs) -> anyhow::Result<()> {
             let check = match e.check {
                 Check::HotFunction(f) => format!("checks {f} tops the CPU profile"),
                 Check::Spans(c) => c.describe().to_string(),
-                Check::MemoryGrowth(f) => format!("checks {f} holds most page faults"),
+                Check::MemoryGrowth(f) => {
+                    format!("checks {f} holds most page faults and in-use bytes")
+                }
             };
             println!("{:<20} {:<10} {:<22} {check}", e.name, e.service, e.params);
         }

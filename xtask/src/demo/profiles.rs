@@ -16,15 +16,21 @@ pub(super) enum ProfileFiles {
     Cpu,
     /// `SERVICE.page_faults-<t>.pb.gz`.
     PageFaults,
+    /// `SERVICE.inuse-<t>.pb.gz`: allocated blocks not freed (with `--alloc-pid`).
+    InUse,
 }
 
 impl ProfileFiles {
     fn matches(self, file_name: &str) -> bool {
         let page_faults = file_name.contains(".page_faults-");
-        let off_cpu = file_name.contains(".off_cpu-");
+        let in_use = file_name.contains(".inuse-");
+        let other = [".off_cpu-", ".alloc-"]
+            .iter()
+            .any(|tag| file_name.contains(tag));
         match self {
-            ProfileFiles::Cpu => !page_faults && !off_cpu,
+            ProfileFiles::Cpu => !page_faults && !in_use && !other,
             ProfileFiles::PageFaults => page_faults,
+            ProfileFiles::InUse => in_use,
         }
     }
 }
@@ -341,11 +347,16 @@ pub(super) mod pprof {
             (l.str != 0).then(|| self.string(l.str))
         }
 
-        /// The sample value to count: `samples`/`count` if present, else the first.
+        /// The sample value to count: `samples`/`count` if present, else bytes (`space`,
+        /// `alloc_space`, `inuse_space`), else the first.
         pub fn value_index(&self) -> usize {
-            self.sample_type
-                .iter()
-                .position(|t| self.string(t.r#type) == "samples")
+            let find = |f: &dyn Fn(&str) -> bool| {
+                self.sample_type
+                    .iter()
+                    .position(|t| f(self.string(t.r#type)))
+            };
+            find(&|t| t == "samples")
+                .or_else(|| find(&|t| t.ends_with("space")))
                 .unwrap_or(0)
         }
 

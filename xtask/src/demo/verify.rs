@@ -129,6 +129,8 @@ pub(super) fn verify_profile(
         if let Check::MemoryGrowth(_) = ex.check {
             // The leak is inlined into its handler: DWARF names inlined functions.
             cmd.arg("--profile-debuginfo");
+            // And what it keeps: allocation profiles of the service.
+            cmd.arg("--alloc-pid").arg(pid.to_string());
         }
         let log = dir.join("logs").join("agent.log");
         let status = run_with_timeout(cmd, &log, Duration::from_secs(args.seconds + 60))?;
@@ -165,6 +167,22 @@ pub(super) fn verify_profile(
                     ex.name,
                     share * 100.0,
                     profile.source
+                );
+                // Blocks leaked before the probes attached are not in it: a share, not a sum.
+                let in_use = ServiceProfile::read(&out, service, pid, ProfileFiles::InUse)?;
+                in_use.print_top_inclusive(10);
+                let share = in_use.inclusive_share(growing);
+                ensure!(
+                    share >= MIN_MEMORY_SHARE,
+                    "FAIL: {growing} holds {:.1}% of {service}'s in-use bytes, below {:.0}%",
+                    share * 100.0,
+                    MIN_MEMORY_SHARE * 100.0
+                );
+                println!(
+                    "PASS exercise {}: {growing} holds {:.1}% of {service}'s in-use bytes ({})",
+                    ex.name,
+                    share * 100.0,
+                    in_use.source
                 );
             }
             Check::Spans(_) => bail!("exercise {}: not a profile check", ex.name),
