@@ -262,6 +262,10 @@ pub struct CliOptions {
     /// addresses (works without the TCP option) [default: true].
     #[arg(long, env = "LOUPE_LINK_SAME_HOST", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub link_same_host: Option<bool>,
+    /// TLS in clear: probe OpenSSL's SSL_read/SSL_write in every process that uses the host's or
+    /// a running container's libssl, so HTTPS, MySQL and Redis over TLS give spans [default: true].
+    #[arg(long, env = "LOUPE_TLS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
     /// Log lines one process may log per second; more are dropped and counted [default: 1000].
     #[arg(long, env = "LOUPE_LOG_LINES_PER_SEC", global = true, value_name = "N")]
     pub log_lines_per_sec: Option<u32>,
@@ -424,6 +428,8 @@ pub struct Config {
     pub tcp_context_trusted: Vec<(std::net::IpAddr, u8)>,
     /// Link client and server spans of one connection on this host by address.
     pub link_same_host: bool,
+    /// Probe TLS libraries for plaintext.
+    pub tls: bool,
     pub log_lines_per_sec: u32,
     pub loki: Option<PushOptions>,
     pub duration: Option<Duration>,
@@ -877,6 +883,7 @@ impl Config {
             tcp_context: cli.tcp_context.or(file.tcp_context).unwrap_or(true),
             tcp_context_trusted,
             link_same_host: cli.link_same_host.or(file.link_same_host).unwrap_or(true),
+            tls: cli.tls.or(file.tls).unwrap_or(true),
             log_lines_per_sec,
             loki,
             duration,

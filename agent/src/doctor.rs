@@ -25,6 +25,28 @@ pub fn run() {
     }
     let plan = crate::probe::plan(&features);
     print!("{}", report(&features, &plan));
+    let libraries: Vec<String> = crate::net::tls::find_libraries()
+        .iter()
+        .map(|l| l.path.display().to_string())
+        .collect();
+    println!("{}", tls_line(features.uprobes.is_yes(), &libraries));
+}
+
+/// What TLS capture finds: the OpenSSL libraries its probes go on (see `net::tls`).
+fn tls_line(uprobes: bool, libraries: &[String]) -> String {
+    match (uprobes, libraries) {
+        (false, _) => "TLS in clear: off, no uprobes on this kernel".to_string(),
+        (true, []) => "TLS in clear: no OpenSSL library (libssl.so*) on this host or in its \
+                       processes; TLS connections stay opaque"
+            .to_string(),
+        (true, libs) => format!(
+            "TLS in clear: OpenSSL's SSL_read/SSL_write probed in {} librar{}: {} (not covered: Go's \
+             crypto/tls, rustls, Java)",
+            libs.len(),
+            if libs.len() == 1 { "y" } else { "ies" },
+            libs.join(", ")
+        ),
+    }
 }
 
 /// The report as text; separate from probing so it is tested with made-up kernels.
@@ -82,7 +104,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
         (
             "uprobes",
             &f.uprobes,
-            "TLS library and runtime hooks (later)",
+            "TLS in clear (OpenSSL); allocation profiles (--alloc-pid)",
         ),
         (
             "cgroup v2",
@@ -184,6 +206,18 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
 mod tests {
     use super::*;
     use crate::probe::{Capabilities, plan};
+
+    #[test]
+    fn tls_line_names_the_libraries_or_says_why_none() {
+        let libs = ["/usr/lib/x86_64-linux-gnu/libssl.so.3".to_string()];
+        let line = tls_line(true, &libs);
+        assert!(
+            line.contains("1 library: /usr/lib/x86_64-linux-gnu/libssl.so.3"),
+            "{line}"
+        );
+        assert!(tls_line(true, &[]).contains("stay opaque"));
+        assert!(tls_line(false, &libs).contains("no uprobes"));
+    }
 
     fn kernel(caps: Capabilities) -> KernelFeatures {
         let no = || Availability::No("compiled out".into());

@@ -14,6 +14,7 @@ mod run;
 mod self_metrics;
 mod span_flame;
 mod trace_ctx_map;
+mod uprobes;
 
 use std::process::ExitCode;
 

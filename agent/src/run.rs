@@ -271,6 +271,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// exporter).
 struct NetworkSpans {
     capture: SocketCapture,
+    /// TLS plaintext probes, held while spans are built (dropping them detaches them).
+    _tls: Option<crate::net::tls::TlsProbes>,
     builder: thread::JoinHandle<()>,
     exporter: TraceExporterHandle,
     logs: Option<LogExporterHandle>,
@@ -378,6 +380,21 @@ fn start_network_spans(
             return None;
         }
     };
+    // TLS in clear: the plaintext goes through the socket programs just attached.
+    let tls = if config.tls {
+        match crate::net::tls::attach(ebpf) {
+            Ok(probes) => {
+                crate::self_metrics::record_attach(registry, "tls", "uprobe");
+                Some(probes)
+            }
+            Err(e) => {
+                tracing::warn!("TLS connections stay opaque: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let exporter = TraceExporter::spawn(sinks, registry, TRACE_QUEUE);
     let builder = match spawn_span_builder(
         events,
@@ -427,6 +444,7 @@ fn start_network_spans(
     }
     Some(NetworkSpans {
         capture,
+        _tls: tls,
         builder,
         exporter,
         logs: log_exporter,

@@ -13,7 +13,7 @@ use std::{
 
 pub use pyroscope::encode::r#gen::google::Profile;
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)

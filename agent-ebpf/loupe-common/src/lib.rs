@@ -224,7 +224,40 @@ pub mod socket {
         pub const CTX: u32 = 2;
         /// With [`CTX`], on a server request: its parent came from the client's TCP option.
         pub const CTX_FROM_PEER: u32 = 4;
+        /// The DATA event's bytes are a TLS library's plaintext (`SSL_read`/`SSL_write`), not
+        /// the socket's own (ciphertext) bytes: from then on the connection is read through it.
+        pub const PLAINTEXT: u32 = 8;
     }
+
+    /// A TLS library call in flight on a thread (`TLS_CALLS`, keyed by `pid_tgid`): saved at the
+    /// call's entry, completed at its return, told its socket by the syscall it makes meanwhile.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct TlsCall {
+        /// The library's connection object (`SSL *`).
+        pub ssl: u64,
+        /// The caller's plaintext buffer.
+        pub buf: u64,
+        /// `_ex` variants: where the library writes the byte count (`size_t *`); else 0.
+        pub len_ptr: u64,
+        pub start_ns: u64,
+        /// One of [`direction`].
+        pub direction: u32,
+        /// The socket a syscall inside the call used; -1 until one did.
+        pub fd: i32,
+    }
+
+    /// Key of `TLS_FDS`: which socket a process's TLS connection object was last seen using.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct TlsKey {
+        pub pid: u32,
+        pub _pad: u32,
+        pub ssl: u64,
+    }
+
+    /// TLS calls in flight (`TLS_CALLS`) and connection objects remembered (`TLS_FDS`, LRU).
+    pub const TLS_ENTRIES: u32 = 16 * 1024;
 
     /// A span's context as the kernel assigns it when in-band propagation is on: it must be
     /// known before the request's first byte leaves, long before userspace sees the request.
@@ -503,8 +536,11 @@ pub mod socket {
         pub const CTX_ADOPTED: u32 = 7;
         /// TCP options with context from a peer outside the trusted prefixes, ignored.
         pub const CTX_UNTRUSTED: u32 = 8;
+        /// TLS plaintext not sent: the library call made no syscall and its connection object
+        /// had not been seen with a socket yet.
+        pub const TLS_NO_SOCKET: u32 = 9;
         /// Number of counters.
-        pub const COUNT: u32 = 9;
+        pub const COUNT: u32 = 10;
     }
 
     #[cfg(feature = "user")]
@@ -530,6 +566,10 @@ pub mod socket {
         unsafe impl aya::Pod for super::SpanCtx {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::PeerCtx {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::TlsCall {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::TlsKey {}
     }
 
     const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
@@ -544,6 +584,8 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<SocketConfig>() == 104);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
+    const _: () = assert!(core::mem::size_of::<TlsCall>() == 40);
+    const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);
     const _: () = assert!(MAX_CAPTURE_BYTES.is_power_of_two());
 }
 

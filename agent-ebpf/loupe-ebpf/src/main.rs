@@ -8,6 +8,7 @@ mod probes;
 mod profiler;
 mod sockets;
 mod tcp_context;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -145,7 +145,7 @@ fn conn_key(pid_tgid: u64, fd: u64) -> Option<u64> {
 /// valid while the program runs (map elements are freed after an RCU grace period), though
 /// another CPU may change or delete it meanwhile.
 #[inline(always)]
-fn tracked_ref(pid_tgid: u64, fd: u64) -> Option<&'static ConnState> {
+pub(crate) fn tracked_ref(pid_tgid: u64, fd: u64) -> Option<&'static ConnState> {
     let state = CONNECTIONS.get_ptr(conn_key(pid_tgid, fd)?)?;
     // SAFETY: see above; the pointer comes from a successful lookup.
     Some(unsafe { &*state })
@@ -153,7 +153,7 @@ fn tracked_ref(pid_tgid: u64, fd: u64) -> Option<&'static ConnState> {
 
 /// Whether connections of this process are tracked at all.
 #[inline(always)]
-fn wanted(pid: u32, config: &SocketConfig) -> bool {
+pub(crate) fn wanted(pid: u32, config: &SocketConfig) -> bool {
     if pid == config.agent_pid {
         return false;
     }
@@ -161,7 +161,7 @@ fn wanted(pid: u32, config: &SocketConfig) -> bool {
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -926,9 +926,26 @@ fn new_trace_id() -> [u8; 16] {
 }
 
 /// A data syscall described by `args` moved `ret` (> 0) bytes on the tracked connection `state`:
-/// emit what moved.
+/// emit what moved, unless a TLS library call made it (then its bytes are ciphertext, and the
+/// library's probes send the plaintext: see tls.rs).
 #[inline(always)]
 fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
+    if crate::tls::inside_call(pid_tgid, args.fd) {
+        return Ok(());
+    }
+    moved_bytes(pid_tgid, args, ret, state, 0)
+}
+
+/// Emits `ret` (> 0) bytes described by `args` on the tracked connection `state`, with
+/// `extra_flags` (`flags::PLAINTEXT` from the TLS probes) on the event.
+#[inline(always)]
+pub(crate) fn moved_bytes(
+    pid_tgid: u64,
+    args: &SyscallArgs,
+    ret: i64,
+    state: &ConnState,
+    extra_flags: u32,
+) -> Result<(), i64> {
     let config = config().ok_or(0)?;
     let ts = now();
     let event = SOCKET_EVENT_SCRATCH.get_ptr_mut(0).ok_or(0)?;
@@ -958,7 +975,7 @@ fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Resu
         conn_id: state.conn_id,
         tuple: &state.tuple,
         request_ns,
-        flags: event_flags,
+        flags: event_flags | extra_flags,
         timestamp_ns: ts,
     };
     emit_data(pid_tgid, args, ret, &out, config)

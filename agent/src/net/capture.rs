@@ -216,6 +216,7 @@ struct Metrics {
     ctx_adopted: Counter,
     ctx_untrusted: Counter,
     ctx_write_failed: Counter,
+    tls_no_socket: Counter,
 }
 
 impl Metrics {
@@ -301,6 +302,7 @@ impl Metrics {
                  option space left (or the store failed).",
                 &[],
             ),
+            tls_no_socket: dropped("tls_no_socket"),
         }
     }
 }
@@ -946,6 +948,7 @@ fn update_kernel_counters(
     m.ctx_adopted.add(delta(counter::CTX_ADOPTED));
     m.ctx_untrusted.add(delta(counter::CTX_UNTRUSTED));
     m.ctx_write_failed.add(delta(counter::CTX_WRITE_FAILED));
+    m.tls_no_socket.add(delta(counter::TLS_NO_SOCKET));
     *last = totals;
 }
 

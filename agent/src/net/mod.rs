@@ -10,6 +10,7 @@ pub mod btf;
 pub mod capture;
 pub mod seed;
 pub mod spans;
+pub mod tls;
 
 use bytes::Bytes;
 #[allow(unused_imports)]

@@ -136,9 +136,14 @@ pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// The `url.full` of an HTTP client request: `http://authority/path` (no query), from the
-/// absolute-form target, else the `Host` header, else the remote address.
-pub fn url_full(target: &str, host: Option<&str>, remote: Option<(&str, u16)>) -> Option<String> {
+/// The `url.full` of an HTTP client request: `http://authority/path` (`https://` over TLS; no
+/// query), from the absolute-form target, else the `Host` header, else the remote address.
+pub fn url_full(
+    target: &str,
+    host: Option<&str>,
+    remote: Option<(&str, u16)>,
+    tls: bool,
+) -> Option<String> {
     let end = target.find(['?', '#']).unwrap_or(target.len());
     let t = &target[..end];
     if t.starts_with("http://") || t.starts_with("https://") {
@@ -157,14 +162,15 @@ pub fn url_full(target: &str, host: Option<&str>, remote: Option<(&str, u16)>) -
             } else {
                 addr.to_owned()
             };
-            if port == 80 {
+            if port == if tls { 443 } else { 80 } {
                 addr
             } else {
                 format!("{addr}:{port}")
             }
         }
     };
-    let mut url = format!("http://{authority}{path}");
+    let scheme = if tls { "https" } else { "http" };
+    let mut url = format!("{scheme}://{authority}{path}");
     if url.len() > MAX_URL_LEN {
         url = cut(&url, MAX_URL_LEN).to_owned();
     }
@@ -338,20 +344,29 @@ mod tests {
         assert_eq!(split_host(""), None);
         let remote = ("10.0.0.2", 8080);
         assert_eq!(
-            url_full("/a?secret=1", Some("api:81"), Some(remote)).as_deref(),
+            url_full("/a?secret=1", Some("api:81"), Some(remote), false).as_deref(),
             Some("http://api:81/a")
         );
         assert_eq!(
-            url_full("/a", None, Some(remote)).as_deref(),
+            url_full("/a", None, Some(remote), false).as_deref(),
             Some("http://10.0.0.2:8080/a")
         );
         assert_eq!(
-            url_full("/a", None, Some(("::1", 80))).as_deref(),
+            url_full("/a", None, Some(("::1", 80)), false).as_deref(),
             Some("http://[::1]/a")
         );
         assert_eq!(
-            url_full("http://x/y?z", None, None).as_deref(),
+            url_full("http://x/y?z", None, None, false).as_deref(),
             Some("http://x/y")
+        );
+        // Over TLS: https, and 443 is the default port.
+        assert_eq!(
+            url_full("/a", None, Some(("10.0.0.2", 443)), true).as_deref(),
+            Some("https://10.0.0.2/a")
+        );
+        assert_eq!(
+            url_full("/a", Some("api:8443"), None, true).as_deref(),
+            Some("https://api:8443/a")
         );
     }
 

@@ -188,6 +188,9 @@ pub struct Conn {
     pub tuple: ConnTuple,
     pub parser: Parser,
     pub detect_attempts: u8,
+    /// Read through a TLS library's plaintext (`flags::PLAINTEXT` events): the socket's own
+    /// bytes, ciphertext, are ignored from the first plaintext event on.
+    pub plaintext: bool,
     /// Monotonic time of the last event, to `LRU_GRANULARITY_NS` (the LRU key, with the
     /// connection id).
     pub last_seen: u64,
@@ -220,6 +223,7 @@ impl Conn {
             tuple,
             parser: Parser::Detecting(Vec::new()),
             detect_attempts: 0,
+            plaintext: false,
             last_seen: now,
             c2s_open: None,
             last_kernel_span: None,

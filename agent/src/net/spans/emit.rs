@@ -194,7 +194,7 @@ impl Core {
             if let Some(path) = attrs::url_path(&h.target) {
                 a.str("url.path", path.to_owned());
             }
-            a.str("url.scheme", "http");
+            a.str("url.scheme", if conn.plaintext { "https" } else { "http" });
             a.str("http.route", route.clone());
             if let Some((addr, port)) = &local {
                 a.str("server.address", addr.clone());
@@ -217,6 +217,7 @@ impl Core {
                 &h.target,
                 h.host.as_deref(),
                 remote.as_ref().map(|(addr, port)| (&**addr, *port)),
+                conn.plaintext,
             ) {
                 a.str("url.full", url);
             }

@@ -44,6 +44,8 @@ pub(super) struct Metrics {
     pub(super) evicted: [Counter; 3],
     pub(super) desyncs: [Counter; 3],
     pub(super) context_overflows: Counter,
+    /// Connections read through a TLS library's plaintext.
+    pub(super) tls_plaintext: Counter,
     /// Server spans given a parent, by where it came from: [same_host, traceparent, tcp_option].
     pub(super) parents: [Counter; 3],
     pub(super) connections: Gauge,
@@ -121,6 +123,11 @@ impl Metrics {
             detected,
             evicted,
             desyncs,
+            tls_plaintext: r.counter(
+                "loupe_spans_tls_connections_total",
+                "Connections read in clear through the TLS library's probes (OpenSSL).",
+                &[],
+            ),
             context_overflows: r.counter(
                 "loupe_spans_context_overflows_total",
                 "Trace context entries dropped because a context map was full.",

@@ -26,8 +26,10 @@
 //!   issues the query counts, not the connection);
 //! - same-host linking needs both ends' addresses to be the same 4-tuple: NAT in between
 //!   (Kubernetes Service ClusterIPs, Docker port publishing) hides the link;
-//! - HTTP/2 (and so gRPC) is recognized but not parsed; TLS is invisible (no uprobes on TLS
-//!   libraries yet); `url.query` is never recorded (it often carries secrets);
+//! - HTTP/2 (and so gRPC) is recognized but not parsed; TLS is read in clear only through
+//!   OpenSSL's probes (`flags::PLAINTEXT` events: a connection switches to them at the first,
+//!   and its ciphertext is ignored from then on); `url.query` is never recorded (it often
+//!   carries secrets);
 //! - a response written before the request's client event is processed (a preempted client)
 //!   leaves that server span unlinked.
 //!
@@ -592,6 +594,19 @@ impl SpanBuilder {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        match (h.flags & flags::PLAINTEXT != 0, conn.plaintext) {
+            // The first plaintext from the TLS probes: what came before was the handshake.
+            (true, false) => {
+                conn.plaintext = true;
+                conn.parser = Parser::Detecting(Vec::new());
+                conn.detect_attempts = 0;
+                conn.c2s_open = None;
+                self.core.m.tls_plaintext.inc();
+            }
+            // Ciphertext of a connection read in clear (alerts, close_notify, key updates).
+            (false, true) => return,
+            _ => {}
+        }
         if matches!(conn.parser, Parser::Detecting(_)) {
             match self.core.detect(conn, raw, captured) {
                 Some(held) => {
