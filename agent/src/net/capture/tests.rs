@@ -850,3 +850,29 @@ fn stdout_and_stderr_writes_become_log_events_within_the_rate() {
         .unwrap_or(0);
     assert!(limited >= 17, "{rendered}");
 }
+
+/// The uprobe programs (OpenSSL plaintext, allocation sampling) pass this kernel's verifier.
+/// They are loaded only where their targets exist (a libssl, `--alloc-pid`), which the kernel
+/// matrix's VMs lack: this loads them without attaching, so 5.10, 6.1 and 6.12 check them too.
+#[test]
+fn uprobe_programs_pass_this_kernels_verifier() {
+    let mut ebpf = load();
+    for name in [
+        "tls_write",
+        "tls_write_ex",
+        "tls_read",
+        "tls_read_ex",
+        "tls_return",
+        "alloc_malloc",
+        "alloc_calloc",
+        "alloc_realloc",
+        "alloc_free",
+        "alloc_return",
+    ] {
+        let p: &mut aya::programs::UProbe =
+            crate::ebpf::program(&mut ebpf, name).expect("the program is in the object");
+        if let Err(e) = p.load() {
+            panic!("{name} rejected: {:#}", crate::ebpf::rejected(name, e));
+        }
+    }
+}
