@@ -136,7 +136,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // Network spans first: the capture takes its maps and programs out of the object, then the
         // profiler takes the rest.
         let spans_index = SpanIndex::default();
-        let network = if config.network_spans {
+        let mut network = if config.network_spans {
             start_network_spans(
                 &mut ebpf,
                 &config,
@@ -152,7 +152,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             None
         };
 
-        let profiler = Profiler::start(
+        let mut profiler = Profiler::start(
             ebpf,
             ProfilerOptions {
                 hz: config.profile_hz,
@@ -167,6 +167,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             },
             &registry,
         )?;
+        if let Some(tls) = network.as_mut().and_then(|n| n.tls.take()) {
+            profiler.adopt_tls(tls);
+        }
         if profiler.page_faults_on() {
             crate::self_metrics::record_attach(&registry, "page_faults", "perf_event");
         }
@@ -271,8 +274,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// exporter).
 struct NetworkSpans {
     capture: SocketCapture,
-    /// TLS plaintext probes, held while spans are built (dropping them detaches them).
-    _tls: Option<crate::net::tls::TlsProbes>,
+    /// TLS plaintext probes, until the profiler takes them (it rescans for new libraries).
+    tls: Option<crate::net::tls::TlsProbes>,
     builder: thread::JoinHandle<()>,
     exporter: TraceExporterHandle,
     logs: Option<LogExporterHandle>,
@@ -444,7 +447,7 @@ fn start_network_spans(
     }
     Some(NetworkSpans {
         capture,
-        _tls: tls,
+        tls,
         builder,
         exporter,
         logs: log_exporter,

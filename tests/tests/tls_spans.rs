@@ -1,9 +1,11 @@
 //! TLS in clear through OpenSSL: an HTTPS server (Python's http.server over its ssl module) with
-//! a certificate from a test CA, and two clients of different make (curl, and Python's urllib),
+//! a certificate from a test CA, and two clients of different make (curl, and Python's
+//! http.client), and Redis over TLS (redis-server and redis-cli),
 //! all on Debian's libssl3. With the agent's TLS probes (the default) the spans are those of
 //! clear-text HTTP: server spans with routes and statuses and `url.scheme` https, client spans
 //! with `url.full` https://…, each client span the parent of its server span. With `--tls=false`
-//! the same traffic gives no HTTP span at all (so the test can fail).
+//! the same traffic gives no HTTP span at all (so the test can fail). Redis commands from
+//! redis-cli give the client spans of clear text, without their values.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -183,24 +185,31 @@ fn https_requests_become_the_spans_of_clear_text_http() {
         Some("404")
     );
 
-    for (client, requests) in [("curl-client", 3), ("python-client", 2)] {
-        let clients: Vec<&SpanRecord> = spans
-            .iter()
-            .filter(|s| s.kind == SPAN_KIND_CLIENT && s.service == client)
-            .filter(ours)
-            .collect();
-        assert_eq!(clients.len(), requests, "{client}: {names:?}");
-        for c in &clients {
-            let url = c.attributes.get("url.full").cloned().unwrap_or_default();
-            assert!(
-                url.starts_with(&format!("https://127.0.0.1:{port}/")),
-                "{client}: url.full {url:?}"
-            );
-            assert!(!url.contains("secret"), "no query values: {url}");
-            let child = servers.iter().find(|s| s.parent_span_id == c.span_id);
-            let child = child.unwrap_or_else(|| panic!("{client}'s span has no server child"));
-            assert_eq!(child.trace_id, c.trace_id);
-        }
+    // Clients by this test's port, whatever their names: curl exits before the agent reads its
+    // environment (then it is named by its command), Python's runs a little longer.
+    let clients: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .filter(ours)
+        .collect();
+    assert_eq!(clients.len(), 5, "3 from curl, 2 from Python: {names:?}");
+    for client in ["curl", "python"] {
+        assert!(
+            clients.iter().any(|c| c.service.starts_with(client)),
+            "{client}: {names:?}"
+        );
+    }
+    for c in &clients {
+        let url = c.attributes.get("url.full").cloned().unwrap_or_default();
+        assert!(
+            url.starts_with(&format!("https://127.0.0.1:{port}/")),
+            "{}: url.full {url:?}",
+            c.service
+        );
+        assert!(!url.contains("secret"), "no query values: {url}");
+        let child = servers.iter().find(|s| s.parent_span_id == c.span_id);
+        let child = child.unwrap_or_else(|| panic!("{}'s span has no server child", c.service));
+        assert_eq!(child.trace_id, c.trace_id);
     }
     assert_eq!(
         metric_value(
@@ -235,4 +244,159 @@ fn without_the_tls_probes_the_same_traffic_gives_no_http_span() {
         "the connections are seen, as TLS"
     );
     assert!(!metrics.contains("program=\"tls\""));
+}
+
+/// Redis over TLS (Debian's redis-server and redis-cli are built with OpenSSL): the client's
+/// commands come out as the Redis client spans of clear text.
+#[test]
+fn redis_over_tls_gives_the_client_spans_of_clear_text() {
+    require_root();
+    let redis = loupe_tests::infra::find_bin("redis-server").unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certificates(dir.path());
+    let port = free_port();
+    let server = Command::new(redis)
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server with TLS");
+    let _server = Guard(server);
+    wait_port(port, Duration::from_secs(20));
+
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--page-faults=false", "--output-dir"])
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    for args in [
+        &["SET", "tls:key", "secret-value"][..],
+        &["GET", "tls:key"],
+        &["DEL", "tls:key"],
+    ] {
+        let status = Command::new("redis-cli")
+            .args(["--tls", "--cacert", "ca.pem", "-h", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(args)
+            .current_dir(dir.path())
+            .env("OTEL_SERVICE_NAME", "redis-tls-client")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli (Debian's redis-tools)");
+        assert!(status.success(), "redis-cli {args:?}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+
+    let spans = read_spans(&out);
+    let port_text = port.to_string();
+    let ops: Vec<String> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .filter(|s| {
+            s.attributes.get("server.port") == Some(&port_text)
+                || s.attributes.get("network.peer.port") == Some(&port_text)
+        })
+        .filter(|s| s.attributes.get("db.system.name").map(String::as_str) == Some("redis"))
+        .filter_map(|s| s.attributes.get("db.operation.name").cloned())
+        .collect();
+    let names: Vec<(&str, &str)> = spans
+        .iter()
+        .map(|s| (s.service.as_str(), s.name.as_str()))
+        .collect();
+    for op in ["SET", "GET", "DEL"] {
+        assert!(
+            ops.iter().any(|o| o == op),
+            "no Redis {op} span from redis-cli over TLS: {ops:?}\n{names:?}"
+        );
+    }
+    // Values never leave the node, in clear or not.
+    let written = std::fs::read_to_string(out.join("traces.jsonl")).unwrap_or_default();
+    assert!(!written.contains("secret-value"));
+}
+
+/// A libssl no process mapped when the agent started (a container image run for the first
+/// time, here a copy of the host's library loaded through LD_LIBRARY_PATH) is found at a later
+/// drain and probed: the client that loaded it, waiting past a drain before its requests, gets
+/// its HTTPS client spans.
+#[test]
+fn a_library_mapped_after_the_start_is_probed_at_the_next_drain() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certificates(dir.path());
+    let host_lib = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/usr/lib64/libssl.so.3",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("the host's libssl.so.3 (Debian's libssl3)");
+    let libs = dir.path().join("lib");
+    std::fs::create_dir(&libs).unwrap();
+    std::fs::copy(host_lib, libs.join("libssl.so.3")).expect("copy libssl");
+
+    let port = free_port();
+    let server = Command::new(python())
+        .arg(root().join("tests/workloads/tls_server.py"))
+        .arg(port.to_string())
+        .args(["server.pem", "server.key"])
+        .current_dir(dir.path())
+        .spawn()
+        .expect("start the TLS server");
+    let _server = Guard(server);
+    wait_port(port, Duration::from_secs(20));
+
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--page-faults=false", "--profile-interval", "1s"])
+        .arg("--output-dir")
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    // Loads the copy at once (import ssl), then waits past a few drains.
+    let script = format!(
+        "import http.client, ssl, time\n\
+         ctx = ssl.create_default_context(cafile='ca.pem')\n\
+         time.sleep(4)\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {port}, context=ctx)\n\
+         for p in ('/late/1', '/late/2'):\n    \
+         c.request('GET', p); r = c.getresponse(); r.read(); assert r.status == 200\n"
+    );
+    let client = Command::new(python())
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .env("LD_LIBRARY_PATH", &libs)
+        .status()
+        .expect("python client");
+    assert!(client.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}", libs.join("libssl.so.3").display())),
+        "the copy is probed: {stderr}"
+    );
+    let port_text = port.to_string();
+    let late: Vec<&SpanRecord> = read_spans(&out)
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .filter(|s| s.attributes.get("server.port") == Some(&port_text))
+        .cloned()
+        .collect::<Vec<_>>()
+        .leak()
+        .iter()
+        .collect();
+    assert_eq!(
+        late.len(),
+        2,
+        "client spans through the late library: {late:?}"
+    );
 }

@@ -4,16 +4,17 @@
 //! plaintext then goes through the socket programs' path, so TLS connections give the same spans
 //! as their clear-text twins.
 //!
-//! Libraries are looked for when the agent starts: in every running process's mappings (a
-//! container's libssl is reached through `/proc/PID/root`; an image's layer is one file for all
-//! its containers, so one attachment serves them all) and in the host's usual library
-//! directories (processes started later that use them are covered). A library that only appears
-//! later, in a container of an image no process ran at start-up, is not probed until a restart.
-//! Not covered: Go's `crypto/tls`, rustls, Java's JSSE, statically linked OpenSSL without
-//! symbols.
+//! Libraries are looked for when the agent starts, in the host's usual library directories and
+//! in every running process's mappings (a container's libssl is reached through
+//! `/proc/PID/root`; an image's layer is one file for all its containers, so one attachment
+//! serves them all), then at every profile drain in the mappings of processes started since
+//! (`TlsProbes::rescan`, run by the profiler's drain thread, which owns the eBPF object): a
+//! container of a new image is probed within one `--profile-interval` of its start; the TLS
+//! connections it opened meanwhile stay opaque. Not covered: Go's `crypto/tls`, rustls, Java's
+//! JSSE, statically linked OpenSSL without symbols.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -58,14 +59,20 @@ pub struct Library {
 
 /// The TLS probes attached, held for the agent's lifetime (dropping detaches them).
 pub struct TlsProbes {
-    _links: Vec<UProbeLink>,
+    links: Vec<UProbeLink>,
     /// The libraries probed, as found.
     pub libraries: Vec<PathBuf>,
+    /// Files looked at already (probed, or not probeable), by (device, inode).
+    seen: HashSet<(u64, u64)>,
+    /// Processes whose mappings were read, and how many times.
+    scanned: HashMap<u32, u8>,
 }
 
 /// Loads the TLS programs and attaches them to every libssl found; `Err` when none could be.
 pub fn attach(ebpf: &mut Ebpf) -> Result<TlsProbes, EbpfError> {
-    let libraries = find_libraries();
+    let mut seen = HashSet::new();
+    let mut scanned = HashMap::new();
+    let libraries = find_libraries_into(&mut seen, &mut scanned, true);
     if libraries.is_empty() {
         return Err(EbpfError::Unavailable(
             "no OpenSSL library (libssl.so*) on this host or in its processes".into(),
@@ -93,9 +100,32 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<TlsProbes, EbpfError> {
         ));
     }
     Ok(TlsProbes {
-        _links: links,
+        links,
         libraries: probed,
+        seen,
+        scanned,
     })
+}
+
+impl TlsProbes {
+    /// Reads the mappings of processes started since the last scan and probes the libssl files
+    /// among them not probed yet. Returns how many were attached.
+    pub fn rescan(&mut self, ebpf: &mut Ebpf) -> usize {
+        let found = find_libraries_into(&mut self.seen, &mut self.scanned, false);
+        let mut attached = 0;
+        for lib in found {
+            match attach_library(ebpf, &lib.path) {
+                Ok(mut l) => {
+                    tracing::info!(library = %lib.path.display(), "TLS plaintext probes attached");
+                    self.links.append(&mut l);
+                    self.libraries.push(lib.path);
+                    attached += 1;
+                }
+                Err(e) => tracing::warn!(library = %lib.path.display(), "TLS probes: {e}"),
+            }
+        }
+        attached
+    }
 }
 
 fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<UProbeLink>, String> {
@@ -123,9 +153,24 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<UProbeLink>, Strin
 
 /// Every distinct libssl: the host's, then those mapped by running processes.
 pub fn find_libraries() -> Vec<Library> {
-    let mut seen = HashSet::new();
+    find_libraries_into(&mut HashSet::new(), &mut HashMap::new(), true)
+}
+
+/// A process's mappings are read at this many scans at most: a library loaded late (Python
+/// imports `ssl` when first needed) is found within its first few drains, and long-running
+/// processes are not read again and again.
+const READS_PER_PROCESS: u8 = 4;
+
+/// The libssl files not in `seen` (which they join): the host's when `host`, then those mapped
+/// by processes read fewer than [`READS_PER_PROCESS`] times (`scanned`, which forgets the
+/// processes gone).
+fn find_libraries_into(
+    seen: &mut HashSet<(u64, u64)>,
+    scanned: &mut HashMap<u32, u8>,
+    host: bool,
+) -> Vec<Library> {
     let mut found = Vec::new();
-    for dir in LIBRARY_DIRS {
+    for dir in LIBRARY_DIRS.iter().filter(|_| host) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -152,6 +197,7 @@ pub fn find_libraries() -> Vec<Library> {
         return found;
     };
     let me = std::process::id();
+    let mut running = HashSet::new();
     for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -160,9 +206,12 @@ pub fn find_libraries() -> Vec<Library> {
         else {
             continue;
         };
-        if pid == me {
+        running.insert(pid);
+        let reads = scanned.entry(pid).or_insert(0);
+        if pid == me || *reads >= READS_PER_PROCESS {
             continue;
         }
+        *reads += 1;
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             continue;
         };
@@ -178,6 +227,8 @@ pub fn find_libraries() -> Vec<Library> {
             }
         }
     }
+    // A pid that is gone may come back as another process: it is read again then.
+    scanned.retain(|pid, _| running.contains(pid));
     found
 }
 

@@ -227,8 +227,11 @@ pub struct Profiler {
     /// Allocation profiles, when asked for and attached (declared first: its probes detach
     /// before the programs go).
     alloc: Option<AllocTracker>,
+    /// TLS probes (network spans), rescanned for new libraries at each drain: attaching needs
+    /// the eBPF object, which lives here.
+    tls: Option<crate::net::tls::TlsProbes>,
     /// Holds the programs and their perf-event links.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     config: Array<MapData, ProfilerConfig>,
     _targets: BpfHashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
@@ -403,7 +406,8 @@ impl Profiler {
 
         Ok(Profiler {
             alloc,
-            _ebpf: ebpf,
+            tls: None,
+            ebpf,
             config,
             _targets: targets,
             counters,
@@ -433,6 +437,11 @@ impl Profiler {
     /// Whether allocation profiles are recorded (asked for, and attached to some process).
     pub fn alloc_on(&self) -> bool {
         self.alloc.is_some()
+    }
+
+    /// Takes the TLS probes network spans attached, to look for new TLS libraries at each drain.
+    pub fn adopt_tls(&mut self, probes: crate::net::tls::TlsProbes) {
+        self.tls = Some(probes);
     }
 
     /// Flips the active slot, drains the other one and returns its profiles: CPU first, then
@@ -530,6 +539,9 @@ impl Profiler {
             kind: ProfileKind::PageFaults,
             profiles,
         });
+        if let Some(tls) = &mut self.tls {
+            tls.rescan(&mut self.ebpf);
+        }
         let mut batches: Vec<ProfileBatch> = std::iter::once(cpu)
             .chain(off_cpu)
             .chain(page_faults)
