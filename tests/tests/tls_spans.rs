@@ -385,14 +385,11 @@ fn a_library_mapped_after_the_start_is_probed_at_the_next_drain() {
         "the copy is probed: {stderr}"
     );
     let port_text = port.to_string();
-    let late: Vec<&SpanRecord> = read_spans(&out)
+    let spans = read_spans(&out);
+    let late: Vec<&SpanRecord> = spans
         .iter()
         .filter(|s| s.kind == SPAN_KIND_CLIENT)
         .filter(|s| s.attributes.get("server.port") == Some(&port_text))
-        .cloned()
-        .collect::<Vec<_>>()
-        .leak()
-        .iter()
         .collect();
     assert_eq!(
         late.len(),
