@@ -79,6 +79,7 @@ win. Keys come out sorted (range over a dict), one per line.
   "page_fault_period" (int $a.pageFaultPeriod)
   "network_spans" $a.networkSpans
   "capture_bytes" $a.captureBytes
+  "tls" $a.tls
   "logs" $a.logs
   "log_lines_per_sec" $a.logLinesPerSec
   "span_profiles" $a.spanProfiles
