@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the agent's overhead against its targets, in parts that
-//! `--only profiler|network|parsers|logs|alloc` runs alone (the default runs them all). Each part's markdown
+//! `--only profiler|network|parsers|logs|alloc|tls` runs alone (the default runs them all). Each part's markdown
 //! section goes to stdout and to `bench-results/<part>.md`; `bench-results/report.md` gathers the
 //! latest section of every part.
 //!
@@ -22,6 +22,8 @@
 //! **logs**: stdout/stderr capture, off vs on, under a steady flood of lines (see bench_logs.rs).
 //!
 //! **alloc**: what allocation profiles cost the processes they probe (see bench_alloc.rs).
+//!
+//! **tls**: what reading TLS in clear costs OpenSSL users (see bench_tls.rs).
 
 use std::{
     fmt::Write as _,
@@ -70,15 +72,18 @@ pub enum Part {
     Logs,
     /// Allocation profiles' cost to the probed process.
     Alloc,
+    /// TLS in clear: the OpenSSL probes' cost to an HTTPS client and server.
+    Tls,
 }
 
 impl Part {
-    const ALL: [Part; 5] = [
+    const ALL: [Part; 6] = [
         Part::Profiler,
         Part::Network,
         Part::Parsers,
         Part::Logs,
         Part::Alloc,
+        Part::Tls,
     ];
 
     fn name(self) -> &'static str {
@@ -88,6 +93,7 @@ impl Part {
             Part::Parsers => "parsers",
             Part::Logs => "logs",
             Part::Alloc => "alloc",
+            Part::Tls => "tls",
         }
     }
 }
@@ -120,6 +126,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Part::Parsers => crate::bench_parsers::parsers()?,
             Part::Logs => with_bpf_stats(|| crate::bench_logs::logs(&agent, args.seconds))?,
             Part::Alloc => crate::bench_alloc::alloc(&agent)?,
+            Part::Tls => crate::bench_tls::tls(&agent)?,
         };
         println!("{section}");
         let file = dir.join(format!("{}.md", part.name()));

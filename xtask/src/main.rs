@@ -6,6 +6,7 @@ mod bench_alloc;
 mod bench_logs;
 mod bench_net;
 mod bench_parsers;
+mod bench_tls;
 mod build;
 mod demo;
 mod helm_docs;
