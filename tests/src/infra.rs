@@ -14,6 +14,8 @@ use std::{
 /// The shared servers.
 pub struct Infra {
     pub mysql_port: u16,
+    /// The CA of MariaDB's certificate: it accepts TLS (and clear text) connections.
+    pub mysql_ca: PathBuf,
     pub redis_port: u16,
     pub dir: PathBuf,
 }
@@ -138,6 +140,8 @@ fn start_infra() -> Result<Infra, String> {
     )
     .map_err(|e| e.to_string())?;
 
+    // TLS on (clients choose): the TLS capture test connects through it.
+    make_test_certificates(&dir);
     let mysql_port = free_port();
     let mut cmd = Command::new(mariadbd);
     cmd.arg("--no-defaults")
@@ -149,6 +153,9 @@ fn start_infra() -> Result<Infra, String> {
         .arg("--skip-name-resolve")
         .arg("--innodb-buffer-pool-size=64M")
         .arg("--max-connections=500")
+        .arg(format!("--ssl-ca={}", dir.join("ca.pem").display()))
+        .arg(format!("--ssl-cert={}", dir.join("server.pem").display()))
+        .arg(format!("--ssl-key={}", dir.join("server.key").display()))
         .arg(format!("--log-error={}", dir.join("mariadb.log").display()));
     if root {
         cmd.arg("--user=root");
@@ -198,7 +205,74 @@ fn start_infra() -> Result<Infra, String> {
     std::mem::forget(redis);
     Ok(Infra {
         mysql_port,
+        mysql_ca: dir.join("ca.pem"),
         redis_port,
         dir,
     })
+}
+
+/// A CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.pem`, `server.key`) in `dir`, made with the openssl CLI (Debian's openssl package).
+pub fn make_test_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian's openssl package; `cargo xtask setup` installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Loupe test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
 }

@@ -5,89 +5,25 @@
 //! clear-text HTTP: server spans with routes and statuses and `url.scheme` https, client spans
 //! with `url.full` https://…, each client span the parent of its server span. With `--tls=false`
 //! the same traffic gives no HTTP span at all (so the test can fail). Redis commands from
-//! redis-cli give the client spans of clear text, without their values.
+//! redis-cli, and MySQL queries from PyMySQL to the test MariaDB over TLS, give the client spans
+//! of clear text, without their values or literals.
 
 use std::{path::Path, process::Command, time::Duration};
 
 use loupe_tests::{
     Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, infra::free_port,
-    metric_value, read_spans, require_root, root, wait_port,
+    infra::make_test_certificates, metric_value, read_spans, require_root, root, wait_port,
 };
 
 fn python() -> std::ffi::OsString {
     std::env::var_os("LOUPE_PYTHON").unwrap_or_else(|| "python3".into())
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl CLI.
-fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (Debian's openssl package; `cargo xtask setup` installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=Loupe test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-    ]);
-}
-
 /// Runs the server, the agent (with `agent_args`) and the clients; returns the spans written
 /// and the agent's metrics.
 fn run(agent_args: &[&str]) -> (Vec<SpanRecord>, String, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
-    make_certificates(dir.path());
+    make_test_certificates(dir.path());
     let port = free_port();
     let server = Command::new(python())
         .arg(root().join("tests/workloads/tls_server.py"))
@@ -253,7 +189,7 @@ fn redis_over_tls_gives_the_client_spans_of_clear_text() {
     require_root();
     let redis = loupe_tests::infra::find_bin("redis-server").unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("tempdir");
-    make_certificates(dir.path());
+    make_test_certificates(dir.path());
     let port = free_port();
     let server = Command::new(redis)
         .args(["--port", "0", "--tls-port", &port.to_string()])
@@ -332,7 +268,7 @@ fn redis_over_tls_gives_the_client_spans_of_clear_text() {
 fn a_library_mapped_after_the_start_is_probed_at_the_next_drain() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    make_certificates(dir.path());
+    make_test_certificates(dir.path());
     let host_lib = [
         "/usr/lib/x86_64-linux-gnu/libssl.so.3",
         "/usr/lib64/libssl.so.3",
@@ -395,5 +331,71 @@ fn a_library_mapped_after_the_start_is_probed_at_the_next_drain() {
         late.len(),
         2,
         "client spans through the late library: {late:?}"
+    );
+}
+
+/// MySQL over TLS: PyMySQL (Python's ssl module, OpenSSL) to the test MariaDB, which has a
+/// certificate. The session is encrypted (the server says which cipher), and its queries come
+/// out as the MySQL client spans of clear text, their literals still replaced by `?`.
+#[test]
+fn mysql_over_tls_gives_sanitized_client_spans() {
+    require_root();
+    let infra = loupe_tests::infra::infra();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--page-faults=false", "--output-dir"])
+        .arg(&out);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    let script = format!(
+        "import pymysql\n\
+         c = pymysql.connect(host='127.0.0.1', port={port}, user='shop', password='shop', \
+         ssl={{'ca': {ca:?}}})\n\
+         cur = c.cursor()\n\
+         cur.execute(\"SHOW SESSION STATUS LIKE 'Ssl_cipher'\")\n\
+         cipher = cur.fetchone()[1]\n\
+         assert cipher, 'the session is not encrypted'\n\
+         for i in range(3):\n    \
+         cur.execute(\"SELECT 'tls-literal-%d' AS v, 4217 AS n\" % i); cur.fetchall()\n\
+         print(cipher)\n",
+        port = infra.mysql_port,
+        ca = infra.mysql_ca.display().to_string(),
+    );
+    let py = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .expect("python client");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+
+    let port_text = infra.mysql_port.to_string();
+    let spans = read_spans(&out);
+    let queries: Vec<&String> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .filter(|s| s.attributes.get("server.port") == Some(&port_text))
+        .filter(|s| s.attributes.get("db.system.name").map(String::as_str) == Some("mysql"))
+        .filter_map(|s| s.attributes.get("db.query.text"))
+        .collect();
+    let selects = queries
+        .iter()
+        .filter(|q| q.as_str() == "SELECT ? AS v, ? AS n")
+        .count();
+    assert_eq!(
+        selects,
+        3,
+        "three sanitized SELECTs over TLS (cipher {}): {queries:?}",
+        String::from_utf8_lossy(&py.stdout).trim()
+    );
+    let written = std::fs::read_to_string(out.join("traces.jsonl")).unwrap_or_default();
+    assert!(
+        !written.contains("tls-literal"),
+        "no literal leaves the node"
     );
 }
