@@ -25,9 +25,16 @@ pub fn run() {
     }
     let plan = crate::probe::plan(&features);
     print!("{}", report(&features, &plan));
-    let libraries: Vec<String> = crate::net::tls::find_libraries()
+    let libraries: Vec<String> = crate::net::tls::survey()
         .iter()
-        .map(|l| l.path.display().to_string())
+        .map(|(lib, version, pids)| {
+            format!(
+                "{} ({version}; mapped by {} process{} now)",
+                lib.path.display(),
+                pids.len(),
+                if pids.len() == 1 { "" } else { "es" }
+            )
+        })
         .collect();
     println!("{}", tls_line(features.uprobes.is_yes(), &libraries));
 }

@@ -232,6 +232,58 @@ fn find_libraries_into(
     found
 }
 
+/// For `loupe-agent doctor`: each libssl found, its OpenSSL version and the processes mapping
+/// it now.
+pub fn survey() -> Vec<(Library, String, Vec<u32>)> {
+    let libraries = find_libraries();
+    let mut users: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for pid in procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+                for (_, id) in libssl_mappings(&maps) {
+                    users.entry(id).or_default().push(pid);
+                }
+            }
+        }
+    }
+    libraries
+        .into_iter()
+        .map(|lib| {
+            let version = version_of(&lib.path);
+            let pids = users.remove(&lib.id).unwrap_or_default();
+            (lib, version, pids)
+        })
+        .collect()
+}
+
+/// `OpenSSL 3.0.19 …` from the libcrypto beside a libssl (libssl itself holds no version
+/// string), else the soname's major version.
+fn version_of(libssl: &Path) -> String {
+    let name = libssl.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let suffix = name.strip_prefix("libssl.so").unwrap_or("");
+    let crypto = libssl.with_file_name(format!("libcrypto.so{suffix}"));
+    if let Ok(data) = std::fs::read(&crypto)
+        && let Some(at) = data
+            .windows(9)
+            .position(|w| w.starts_with(b"OpenSSL ") && w[8].is_ascii_digit())
+    {
+        let text: String = data[at..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_graphic() || b == b' ')
+            .take(40)
+            .map(|&b| char::from(b))
+            .collect();
+        return text;
+    }
+    match suffix.trim_start_matches('.') {
+        "" => "OpenSSL (version unknown)".to_string(),
+        major => format!("OpenSSL {major}.x"),
+    }
+}
+
 fn is_libssl(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -293,6 +345,20 @@ mod tests {
             .and_then(parse_device)
             .unwrap();
         assert_eq!(dev, meta.dev());
+    }
+
+    #[test]
+    fn versions_come_from_the_libcrypto_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let ssl = dir.path().join("libssl.so.3");
+        std::fs::write(&ssl, b"no version here").unwrap();
+        assert_eq!(version_of(&ssl), "OpenSSL 3.x");
+        std::fs::write(
+            dir.path().join("libcrypto.so.3"),
+            b"\x00junk\x00OpenSSL 3.0.19 27 Jan 2026\x00more",
+        )
+        .unwrap();
+        assert_eq!(version_of(&ssl), "OpenSSL 3.0.19 27 Jan 2026");
     }
 
     #[test]
