@@ -9,6 +9,7 @@ mod k8s;
 mod logs;
 mod net;
 mod probe;
+mod procfs;
 mod profiler;
 mod run;
 mod self_metrics;

@@ -200,6 +200,26 @@ pub fn read_all_profiles(dir: &Path) -> Vec<(String, Profile)> {
     out
 }
 
+/// The profiles among `profiles` (from [`read_all_profiles`]) whose file name starts with
+/// `prefix` (e.g. `checkout.page_faults-`); panics naming the files there are when none does,
+/// with `context` (the agent's stderr).
+pub fn profiles_named<'a>(
+    profiles: &'a [(String, Profile)],
+    prefix: &str,
+    context: &str,
+) -> Vec<&'a Profile> {
+    let found: Vec<&Profile> = profiles
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, p)| p)
+        .collect();
+    if found.is_empty() {
+        let names: Vec<&String> = profiles.iter().map(|(n, _)| n).collect();
+        panic!("no {prefix}* profile among {names:?}\n{context}");
+    }
+    found
+}
+
 /// One pprof sample, decoded: its `samples`/`count` value (an off-CPU profile's only value,
 /// nanoseconds, where there is none), the functions on its stack (leaf
 /// first, inlined functions innermost first) and its string labels.

@@ -9,8 +9,8 @@
 use std::{collections::HashMap, process::Command, time::Duration};
 
 use loupe_tests::{
-    Agent, Guard, Profile, agent_bin, inclusive_values, metric_value, read_all_profiles,
-    require_root, workload,
+    Agent, Guard, Profile, agent_bin, inclusive_values, metric_value, profiles_named,
+    read_all_profiles, require_root, workload,
 };
 
 const HELD: i64 = 32 << 20;
@@ -48,20 +48,8 @@ fn alloc_and_in_use_profiles_match_what_the_workload_does() {
     );
 
     let profiles = read_all_profiles(&out);
-    let of = |prefix: &str| -> Vec<&Profile> {
-        let found: Vec<_> = profiles
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, p)| p)
-            .collect();
-        if found.is_empty() {
-            let names: Vec<&String> = profiles.iter().map(|(n, _)| n).collect();
-            panic!("no {prefix}* profile among {names:?}\n{stderr}");
-        }
-        found
-    };
-    let alloc_files = of("allocator.alloc-");
-    let inuse_files = of("allocator.inuse-");
+    let alloc_files = profiles_named(&profiles, "allocator.alloc-", &stderr);
+    let inuse_files = profiles_named(&profiles, "allocator.inuse-", &stderr);
 
     // Go's heap profile layout, as Pyroscope expects it.
     let first = alloc_files[0];

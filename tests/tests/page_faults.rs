@@ -7,7 +7,8 @@
 use std::{process::Command, time::Duration};
 
 use loupe_tests::{
-    Agent, Guard, agent_bin, inclusive_counts, read_all_profiles, require_root, workload,
+    Agent, Guard, agent_bin, inclusive_counts, profiles_named, read_all_profiles, require_root,
+    workload,
 };
 
 #[test]
@@ -35,20 +36,8 @@ fn growing_functions_top_the_page_fault_profile_in_proportion() {
 
     // Drains every 3 s: the counters are read at each, and the files are summed.
     let profiles = read_all_profiles(&out);
-    let of = |prefix: &str| {
-        let found: Vec<_> = profiles
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, p)| p)
-            .collect();
-        if found.is_empty() {
-            let names: Vec<&String> = profiles.iter().map(|(n, _)| n).collect();
-            panic!("no {prefix}* profile among {names:?}\n{stderr}");
-        }
-        found
-    };
-    let fault_files = of("grower.page_faults-");
-    let cpu_files = of("grower-");
+    let fault_files = profiles_named(&profiles, "grower.page_faults-", &stderr);
+    let cpu_files = profiles_named(&profiles, "grower-", &stderr);
     let sum = |files: &[&loupe_tests::Profile]| {
         let mut total: std::collections::HashMap<String, i64> = Default::default();
         for p in files {

@@ -8,7 +8,11 @@
 //! redis-cli, and MySQL queries from PyMySQL to the test MariaDB over TLS, give the client spans
 //! of clear text, without their values or literals.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use loupe_tests::{
     Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, infra::free_port,
@@ -17,6 +21,17 @@ use loupe_tests::{
 
 fn python() -> std::ffi::OsString {
     std::env::var_os("LOUPE_PYTHON").unwrap_or_else(|| "python3".into())
+}
+
+/// The agent with network spans (TLS probes on by default) and `args`, writing to `dir/out`.
+fn start_agent(dir: &Path, args: &[&str]) -> (Agent, PathBuf) {
+    let out = dir.join("out");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--page-faults=false"])
+        .args(args)
+        .arg("--output-dir")
+        .arg(&out);
+    (Agent::start(cmd, dir, "agent"), out)
 }
 
 /// Runs the server, the agent (with `agent_args`) and the clients; returns the spans written
@@ -36,13 +51,7 @@ fn run(agent_args: &[&str]) -> (Vec<SpanRecord>, String, u16) {
     let _server = Guard(server);
     wait_port(port, Duration::from_secs(20));
 
-    let out = dir.path().join("out");
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--page-faults=false"])
-        .args(agent_args)
-        .arg("--output-dir")
-        .arg(&out);
-    let agent = Agent::start(cmd, dir.path(), "agent");
+    let (agent, out) = start_agent(dir.path(), agent_args);
 
     let base = format!("https://127.0.0.1:{port}");
     for path in ["/hello/1?token=secret", "/hello/2", "/missing"] {
@@ -208,11 +217,7 @@ fn redis_over_tls_gives_the_client_spans_of_clear_text() {
     let _server = Guard(server);
     wait_port(port, Duration::from_secs(20));
 
-    let out = dir.path().join("out");
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--page-faults=false", "--output-dir"])
-        .arg(&out);
-    let agent = Agent::start(cmd, dir.path(), "agent");
+    let (agent, out) = start_agent(dir.path(), &[]);
     for args in [
         &["SET", "tls:key", "secret-value"][..],
         &["GET", "tls:key"],
@@ -291,12 +296,7 @@ fn a_library_mapped_after_the_start_is_probed_at_the_next_drain() {
     let _server = Guard(server);
     wait_port(port, Duration::from_secs(20));
 
-    let out = dir.path().join("out");
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--page-faults=false", "--profile-interval", "1s"])
-        .arg("--output-dir")
-        .arg(&out);
-    let agent = Agent::start(cmd, dir.path(), "agent");
+    let (agent, out) = start_agent(dir.path(), &["--profile-interval", "1s"]);
     // Loads the copy at once (import ssl), then waits past a few drains.
     let script = format!(
         "import http.client, ssl, time\n\
@@ -342,11 +342,7 @@ fn mysql_over_tls_gives_sanitized_client_spans() {
     require_root();
     let infra = loupe_tests::infra::infra();
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out");
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--page-faults=false", "--output-dir"])
-        .arg(&out);
-    let agent = Agent::start(cmd, dir.path(), "agent");
+    let (agent, out) = start_agent(dir.path(), &[]);
     let script = format!(
         "import pymysql\n\
          c = pymysql.connect(host='127.0.0.1', port={port}, user='shop', password='shop', \

@@ -14,8 +14,7 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -26,7 +25,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     test::build_workloads,
-    util::{root, step},
+    util::{KillOnDrop, http_get, root, step, terminate, wait_for_port},
 };
 
 const PAIRS: u64 = 2_000_000;
@@ -83,7 +82,7 @@ fn glibc_pairs(agent: &Path, on: bool, out: &Path) -> anyhow::Result<f64> {
     let line = lines.next().transpose()?.unwrap_or_default();
     let _ = work.wait();
     if let Some(agent) = agent {
-        stop(agent);
+        terminate(agent);
     }
     line.split_whitespace()
         .next()
@@ -111,7 +110,7 @@ fn redis_run(agent: &Path, on: bool, out: &Path) -> anyhow::Result<RedisRun> {
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start redis-server")?;
-    let server = Guard(server);
+    let server = KillOnDrop(server);
     wait_for_port(REDIS_PORT)?;
     let agent = on
         .then(|| start_agent(agent, server.0.id(), &out.join("redis")))
@@ -132,7 +131,7 @@ fn redis_run(agent: &Path, on: bool, out: &Path) -> anyhow::Result<RedisRun> {
     ]))?;
     let after = agent.as_ref().map(|_| alloc_calls()).transpose()?;
     if let Some(agent) = agent {
-        stop(agent);
+        terminate(agent);
     }
     // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
     let row = csv
@@ -171,58 +170,23 @@ fn start_agent(agent: &Path, pid: u32, dir: &Path) -> anyhow::Result<Child> {
         .context("cannot start the agent")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if metrics().is_ok_and(|m| m.contains("program=\"alloc\"")) {
+        if http_get(METRICS_PORT, "/metrics").is_ok_and(|m| m.contains("program=\"alloc\"")) {
             return Ok(child);
         }
         thread::sleep(Duration::from_millis(200));
     }
-    stop(child);
+    terminate(child);
     bail!("the agent did not attach its allocation probes within 60 s")
-}
-
-fn stop(mut agent: Child) {
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let _ = agent.wait();
 }
 
 /// The agent's `loupe_profiler_alloc_calls_total`, once a drain has updated it.
 fn alloc_calls() -> anyhow::Result<f64> {
     thread::sleep(Duration::from_millis(1500));
-    let text = metrics()?;
+    let text = http_get(METRICS_PORT, "/metrics")?;
     text.lines()
         .find_map(|l| l.strip_prefix("loupe_profiler_alloc_calls_total "))
         .and_then(|v| v.trim().parse().ok())
         .context("no loupe_profiler_alloc_calls_total in the agent's metrics")
-}
-
-fn metrics() -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loupe\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn report(pairs: &[f64], redis: &[RedisRun]) -> String {

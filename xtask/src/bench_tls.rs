@@ -7,8 +7,6 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -17,7 +15,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::util::{root, step};
+use crate::util::{KillOnDrop, http_get, root, step, terminate, wait_for_port};
 
 const REQUESTS: u32 = 5_000;
 const SERVER_PORT: u16 = 16_543;
@@ -38,7 +36,7 @@ pub fn tls(agent: &Path) -> anyhow::Result<String> {
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start the TLS server")?;
-    let _server = Guard(server);
+    let _server = KillOnDrop(server);
     wait_for_port(SERVER_PORT)?;
     let mut runs = Vec::new();
     for (name, args) in [
@@ -52,7 +50,7 @@ pub fn tls(agent: &Path) -> anyhow::Result<String> {
                 .transpose()?;
             let us = client(&python, &dir);
             if let Some(agent) = agent {
-                stop(agent);
+                terminate(agent);
             }
             us
         })?;
@@ -109,48 +107,13 @@ fn start_agent(agent: &Path, flag: &str, dir: &Path) -> anyhow::Result<Child> {
         .context("cannot start the agent")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if metrics().is_ok_and(|m| m.contains("program=\"sockets\"")) {
+        if http_get(METRICS_PORT, "/metrics").is_ok_and(|m| m.contains("program=\"sockets\"")) {
             return Ok(child);
         }
         thread::sleep(Duration::from_millis(200));
     }
-    stop(child);
+    terminate(child);
     bail!("the agent did not come up within 60 s")
-}
-
-fn stop(mut agent: Child) {
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let _ = agent.wait();
-}
-
-fn metrics() -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loupe\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn report(runs: &[(&str, f64)]) -> String {

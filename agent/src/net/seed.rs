@@ -155,21 +155,11 @@ pub struct Found {
 pub fn find_connections(proc_root: &Path, want: impl Fn(u32) -> bool, limit: usize) -> Found {
     let mut namespaces: HashMap<u64, NamespaceSockets> = HashMap::new();
     let mut found = Found::default();
-    let Ok(entries) = fs::read_dir(proc_root) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in crate::procfs::pids(proc_root) {
         if !want(pid) {
             continue;
         }
-        let dir = entry.path();
+        let dir = proc_root.join(pid.to_string());
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };

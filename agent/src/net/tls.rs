@@ -193,19 +193,9 @@ fn find_libraries_into(
             }
         }
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
     let me = std::process::id();
     let mut running = HashSet::new();
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in crate::procfs::pids(Path::new("/proc")) {
         running.insert(pid);
         let reads = scanned.entry(pid).or_insert(0);
         if pid == me || *reads >= READS_PER_PROCESS {
@@ -237,15 +227,10 @@ fn find_libraries_into(
 pub fn survey() -> Vec<(Library, String, Vec<u32>)> {
     let libraries = find_libraries();
     let mut users: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for pid in procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        {
-            if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-                for (_, id) in libssl_mappings(&maps) {
-                    users.entry(id).or_default().push(pid);
-                }
+    for pid in crate::procfs::pids(Path::new("/proc")) {
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for (_, id) in libssl_mappings(&maps) {
+                users.entry(id).or_default().push(pid);
             }
         }
     }
