@@ -5,7 +5,7 @@
 //! sends the plaintext it moved through the socket programs' path (`moved_bytes`), flagged
 //! `PLAINTEXT`, so parsers, spans, request tracking and counters are the same as in clear text.
 //! A call that needs no syscall (data already decrypted and buffered) uses the socket its
-//! connection object last used (`TLS_FDS`).
+//! connection object last used (`TLS_FDS`), which `SSL_free` forgets.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -98,6 +98,21 @@ pub(crate) fn inside_call(pid_tgid: u64, fd: i32) -> bool {
         }
         None => false,
     }
+}
+
+/// `SSL_free(ssl)`: the object's socket is forgotten, so an object allocated later at the same
+/// address does not inherit it.
+#[uprobe]
+pub fn tls_free(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let key = TlsKey {
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+            ssl,
+        };
+        let _ = TLS_FDS.remove(&key);
+    }
+    0
 }
 
 /// The return of all four calls.

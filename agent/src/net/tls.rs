@@ -78,7 +78,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<TlsProbes, EbpfError> {
             "no OpenSSL library (libssl.so*) on this host or in its processes".into(),
         ));
     }
-    for name in PROBES.iter().map(|p| p.0).chain(["tls_return"]) {
+    for name in PROBES.iter().map(|p| p.0).chain(["tls_return", "tls_free"]) {
         let p: &mut UProbe = program(ebpf, name)?;
         p.load().map_err(|e| rejected(name, e))?;
     }
@@ -141,14 +141,29 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<UProbeLink>, Strin
             return Err(format!("no {function} in it"));
         };
         for name in [prog, "tls_return"] {
-            let p: &mut UProbe = program(ebpf, name).map_err(|e| e.to_string())?;
-            let id = p
-                .attach(offset, path, UProbeScope::AllProcesses)
-                .map_err(|e| format!("attaching {name} to {function}: {e}"))?;
-            links.push(p.take_link(id).map_err(|e| e.to_string())?);
+            links.push(attach_at(ebpf, name, function, offset, path)?);
         }
     }
+    // Without it a freed object's socket lingers (an LRU entry) until reused or evicted.
+    match symbol_file_offset(&file, "SSL_free") {
+        Some(offset) => links.push(attach_at(ebpf, "tls_free", "SSL_free", offset, path)?),
+        None => tracing::debug!(library = %path.display(), "no SSL_free to probe"),
+    }
     Ok(links)
+}
+
+fn attach_at(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+    offset: u64,
+    path: &Path,
+) -> Result<UProbeLink, String> {
+    let p: &mut UProbe = program(ebpf, name).map_err(|e| e.to_string())?;
+    let id = p
+        .attach(offset, path, UProbeScope::AllProcesses)
+        .map_err(|e| format!("attaching {name} to {function}: {e}"))?;
+    p.take_link(id).map_err(|e| e.to_string())
 }
 
 /// Every distinct libssl: the host's, then those mapped by running processes.

@@ -863,6 +863,7 @@ fn uprobe_programs_pass_this_kernels_verifier() {
         "tls_read",
         "tls_read_ex",
         "tls_return",
+        "tls_free",
         "alloc_malloc",
         "alloc_calloc",
         "alloc_realloc",
