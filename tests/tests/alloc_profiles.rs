@@ -158,7 +158,7 @@ fn a_process_without_an_allocator_to_probe_leaves_the_rest_running() {
     // pid 2 is kthreadd: no maps, no allocator.
     let mut cmd = Command::new(agent_bin());
     cmd.args(["run", "--network-spans=false", "--alloc-pid=2"])
-        .args(["--profile-interval", "2s"])
+        .args(["--profile-interval", "1s"])
         .arg("--output-dir")
         .arg(&out);
     let agent = Agent::start(cmd, dir.path(), "agent");
@@ -174,13 +174,11 @@ fn a_process_without_an_allocator_to_probe_leaves_the_rest_running() {
         !metrics.contains("program=\"alloc\""),
         "no attach method claimed for allocation profiles"
     );
+    // The profiler runs on: it drains (files need samples of some busy process, which an idle
+    // VM of the kernel matrix may not have).
     assert!(
-        read_all_profiles(&out).iter().any(|(n, _)| {
-            [".page_faults-", ".off_cpu-", ".alloc-", ".inuse-"]
-                .iter()
-                .all(|tag| !n.contains(tag))
-        }),
-        "CPU profiles still written"
+        metric_value(&metrics, "loupe_profiler_drains_total") >= 1.0,
+        "the CPU profiler drains: {metrics}"
     );
 }
 
