@@ -18,14 +18,14 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 
 use crate::{
     test::build_workloads,
-    util::{KillOnDrop, http_get, root, step, terminate, wait_for_port},
+    util::{KillOnDrop, http_get, root, start_agent_until, step, terminate, wait_for_port},
 };
 
 const PAIRS: u64 = 2_000_000;
@@ -156,27 +156,15 @@ fn redis_run(agent: &Path, on: bool, out: &Path) -> anyhow::Result<RedisRun> {
 
 /// Starts the agent probing `pid`'s allocator, and waits until it says the probes are on.
 fn start_agent(agent: &Path, pid: u32, dir: &Path) -> anyhow::Result<Child> {
-    let _ = std::fs::remove_dir_all(dir);
-    let child = Command::new(agent)
-        .args(["run", "--network-spans=false", "--page-faults=false"])
+    let args = [
+        "--network-spans=false".to_string(),
+        "--page-faults=false".into(),
         // The counters are read from the kernel at each drain: every second here.
-        .args(["--profile-interval", "1s"])
-        .arg(format!("--alloc-pid={pid}"))
-        .arg(format!("--metrics-addr=127.0.0.1:{METRICS_PORT}"))
-        .args(["--duration", "300s", "--output-dir"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start the agent")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if http_get(METRICS_PORT, "/metrics").is_ok_and(|m| m.contains("program=\"alloc\"")) {
-            return Ok(child);
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    terminate(child);
-    bail!("the agent did not attach its allocation probes within 60 s")
+        "--profile-interval".into(),
+        "1s".into(),
+        format!("--alloc-pid={pid}"),
+    ];
+    start_agent_until(agent, &args, METRICS_PORT, dir, "program=\"alloc\"")
 }
 
 /// The agent's `loupe_profiler_alloc_calls_total`, once a drain has updated it.

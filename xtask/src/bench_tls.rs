@@ -9,13 +9,11 @@ use std::{
     fmt::Write as _,
     path::Path,
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
-use crate::util::{KillOnDrop, http_get, root, step, terminate, wait_for_port};
+use crate::util::{KillOnDrop, root, start_agent_until, step, terminate, wait_for_port};
 
 const REQUESTS: u32 = 5_000;
 const SERVER_PORT: u16 = 16_543;
@@ -95,25 +93,10 @@ fn client(python: &Path, dir: &Path) -> anyhow::Result<f64> {
         .with_context(|| format!("unexpected client output {out:?}"))
 }
 
+/// The agent with network spans and `flag`, once its socket programs are attached.
 fn start_agent(agent: &Path, flag: &str, dir: &Path) -> anyhow::Result<Child> {
-    let _ = std::fs::remove_dir_all(dir);
-    let child = Command::new(agent)
-        .args(["run", "--page-faults=false", flag])
-        .arg(format!("--metrics-addr=127.0.0.1:{METRICS_PORT}"))
-        .args(["--duration", "300s", "--output-dir"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start the agent")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if http_get(METRICS_PORT, "/metrics").is_ok_and(|m| m.contains("program=\"sockets\"")) {
-            return Ok(child);
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    terminate(child);
-    bail!("the agent did not come up within 60 s")
+    let args = ["--page-faults=false".to_string(), flag.to_string()];
+    start_agent_until(agent, &args, METRICS_PORT, dir, "program=\"sockets\"")
 }
 
 fn report(runs: &[(&str, f64)]) -> String {

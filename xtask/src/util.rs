@@ -102,3 +102,34 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Starts `agent run` with `args`, `/metrics` on 127.0.0.1:`metrics_port` and its local sink in
+/// `dir` (emptied first), and waits up to 60 s until its metrics contain `ready` (an attach
+/// method, say); the agent is stopped again when they do not.
+pub fn start_agent_until(
+    agent: &std::path::Path,
+    args: &[String],
+    metrics_port: u16,
+    dir: &std::path::Path,
+    ready: &str,
+) -> anyhow::Result<std::process::Child> {
+    let _ = std::fs::remove_dir_all(dir);
+    let child = Command::new(agent)
+        .arg("run")
+        .args(args)
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+        .args(["--duration", "300s", "--output-dir"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start the agent")?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if http_get(metrics_port, "/metrics").is_ok_and(|m| m.contains(ready)) {
+            return Ok(child);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    terminate(child);
+    bail!("the agent's metrics did not show {ready} within 60 s")
+}
