@@ -553,23 +553,12 @@ impl Config {
             ));
         }
 
-        let off_cpu_pids = if cli.off_cpu_pids.is_empty() {
-            file.off_cpu_pid.clone().unwrap_or_default()
-        } else {
-            cli.off_cpu_pids.clone()
-        };
-        if let Some(&bad) = off_cpu_pids.iter().find(|&&p| p == 0) {
-            return Err(invalid("off_cpu_pid", format!("{bad}: not a process id")));
-        }
-        if off_cpu_pids.len() > loupe_common::TARGET_PID_ENTRIES as usize {
-            return Err(invalid(
-                "off_cpu_pid",
-                format!(
-                    "at most {} processes can be named",
-                    loupe_common::TARGET_PID_ENTRIES
-                ),
-            ));
-        }
+        let off_cpu_pids = pid_list(
+            "off_cpu_pid",
+            &cli.off_cpu_pids,
+            file.off_cpu_pid.as_ref(),
+            loupe_common::TARGET_PID_ENTRIES,
+        )?;
         let off_cpu_min_block = match cli
             .off_cpu_min_block
             .as_ref()
@@ -759,23 +748,12 @@ impl Config {
             ));
         }
 
-        let pids = if cli.pids.is_empty() {
-            file.pid.unwrap_or_default()
-        } else {
-            cli.pids.clone()
-        };
-        if let Some(&bad) = pids.iter().find(|&&p| p == 0) {
-            return Err(invalid("pid", format!("{bad}: not a process id")));
-        }
-        if pids.len() > loupe_common::TARGET_PID_ENTRIES as usize {
-            return Err(invalid(
-                "pid",
-                format!(
-                    "at most {} processes can be named",
-                    loupe_common::TARGET_PID_ENTRIES
-                ),
-            ));
-        }
+        let pids = pid_list(
+            "pid",
+            &cli.pids,
+            file.pid.as_ref(),
+            loupe_common::TARGET_PID_ENTRIES,
+        )?;
 
         let metrics_addr = match cli.metrics_addr.as_ref().or(file.metrics_addr.as_ref()) {
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
@@ -899,29 +877,42 @@ impl Config {
     }
 }
 
+/// A list of process ids (`key`): the flag's when given, else the file's; no 0, at most `max`.
+fn pid_list(
+    key: &'static str,
+    cli: &[u32],
+    file: Option<&Vec<u32>>,
+    max: u32,
+) -> Result<Vec<u32>, ConfigError> {
+    let pids = if cli.is_empty() {
+        file.cloned().unwrap_or_default()
+    } else {
+        cli.to_vec()
+    };
+    if let Some(&bad) = pids.iter().find(|&&p| p == 0) {
+        return Err(invalid(key, format!("{bad}: not a process id")));
+    }
+    if pids.len() > max as usize {
+        return Err(invalid(
+            key,
+            format!("at most {max} processes can be named"),
+        ));
+    }
+    Ok(pids)
+}
+
 /// `--alloc-pid`, `--alloc-sample-bytes` and `--alloc-duration`: `None` when no process is named.
 fn alloc_options(
     cli: &CliOptions,
     file: &FileOptions,
 ) -> Result<Option<crate::profiler::AllocOptions>, ConfigError> {
     use crate::profiler::{DEFAULT_ALLOC_DURATION, DEFAULT_SAMPLE_BYTES, MAX_SAMPLE_BYTES};
-    let pids = if cli.alloc_pids.is_empty() {
-        file.alloc_pid.clone().unwrap_or_default()
-    } else {
-        cli.alloc_pids.clone()
-    };
-    if let Some(&bad) = pids.iter().find(|&&p| p == 0) {
-        return Err(invalid("alloc_pid", format!("{bad}: not a process id")));
-    }
-    if pids.len() > loupe_common::alloc::PID_ENTRIES as usize {
-        return Err(invalid(
-            "alloc_pid",
-            format!(
-                "at most {} processes can be named",
-                loupe_common::alloc::PID_ENTRIES
-            ),
-        ));
-    }
+    let pids = pid_list(
+        "alloc_pid",
+        &cli.alloc_pids,
+        file.alloc_pid.as_ref(),
+        loupe_common::alloc::PID_ENTRIES,
+    )?;
     let sample_bytes = match cli
         .alloc_sample_bytes
         .clone()
