@@ -7,7 +7,8 @@
 //! Recognized (each check is strict, to keep false positives rare):
 //! - TLS: a handshake record (`16 03 0x`), ClientHello or ServerHello → [`Protocol::Tls`];
 //! - HTTP/2: the client connection preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, or (role known) a
-//!   server's first SETTINGS frame;
+//!   server's first SETTINGS frame, or (a connection picked up mid-way) whole plausible frames
+//!   with a HEADERS frame that starts with a pseudo-header ([`crate::http2::midway_flow`]);
 //! - HTTP/1.x: a request line with a well-known method, or an `HTTP/1.x NNN` status line;
 //! - MySQL: a server greeting (protocol 10, NUL-terminated version string) or a greeting-time
 //!   ERR packet; a client command packet (sequence 0, known command, plausible length and text);
@@ -24,7 +25,7 @@ use crate::{Direction, Flow, Role};
 pub enum Protocol {
     /// HTTP/1.0 or HTTP/1.1 ([`crate::http1`]).
     Http1,
-    /// HTTP/2 (recognized only; no parser yet).
+    /// HTTP/2, gRPC included ([`crate::http2`]).
     Http2,
     /// MySQL or MariaDB ([`crate::mysql`]).
     MySql,
@@ -83,6 +84,12 @@ pub fn classify(first_bytes: &[u8], direction: Direction, role: Role) -> Option<
     }
     if may(S2C) && redis_reply(b) {
         return hit(Protocol::Redis, S2C);
+    }
+    // Last, and strict: HTTP/2 frames of a connection picked up after its preface.
+    if let Some(flow) = crate::http2::midway_flow(b, None)
+        && may(flow)
+    {
+        return hit(Protocol::Http2, flow);
     }
     None
 }

@@ -61,7 +61,8 @@ pub enum Method {
 }
 
 impl Method {
-    fn from_token(tok: &[u8]) -> Method {
+    /// The method named by `tok` (HTTP/2's `:method` too).
+    pub fn from_token(tok: &[u8]) -> Method {
         match tok {
             b"GET" => Method::Get,
             b"HEAD" => Method::Head,

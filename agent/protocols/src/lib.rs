@@ -6,7 +6,8 @@
 //! `(flow, captured, total_len)`, parses what was captured and skips the uncaptured rest by count.
 //!
 //! - [`mod@detect`]: which protocol a connection speaks, from its first bytes.
-//! - [`http1`], [`mysql`], [`redis`]: per-connection state machines that emit events in wire order.
+//! - [`http1`], [`http2`] (with gRPC), [`mysql`], [`redis`]: per-connection state machines that
+//!   emit events in wire order.
 //! - [`sanitize`], [`route`], [`traceparent`]: helpers that turn parsed values into span attributes.
 //!
 //! Parsers do no I/O and read no clock: the caller knows which `feed` call produced which events
@@ -35,6 +36,7 @@
 
 pub mod detect;
 pub mod http1;
+pub mod http2;
 pub mod mysql;
 pub mod redis;
 pub mod route;
@@ -44,6 +46,7 @@ mod util;
 
 pub use detect::{Detection, Protocol, classify, detect};
 pub use http1::Http1Connection;
+pub use http2::Http2Connection;
 pub use mysql::MySqlConnection;
 pub use redis::RedisConnection;
 

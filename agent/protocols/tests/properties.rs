@@ -3,6 +3,7 @@
 //! chunked; the helpers round-trip or are idempotent.
 
 use loupe_protocols::http1::{self, Http1Connection};
+use loupe_protocols::http2::{self, Http2Connection};
 use loupe_protocols::mysql::{self, MySqlConnection};
 use loupe_protocols::redis::{self, RedisConnection};
 use loupe_protocols::traceparent::{self, TraceParent};
@@ -13,6 +14,12 @@ use proptest::prelude::*;
 const HTTP_BOUND: usize = 2 * http1::MAX_HEAD + 4096;
 const REDIS_BOUND: usize = 64 * 1024;
 const MYSQL_BOUND: usize = mysql::MAX_STATEMENT_BYTES + 32 * 1024;
+/// Per direction: the HPACK table and its scratch, a frame's payload and a header block.
+const H2_BOUND: usize = 2
+    * (2 * http2::hpack::MAX_TABLE_SIZE
+        + 2 * http2::hpack::MAX_STRING
+        + 2 * http2::MAX_HEADER_BLOCK)
+    + 64 * http2::MAX_STREAMS;
 
 /// One syscall: flow, captured bytes, extra uncaptured bytes.
 fn chunk() -> impl Strategy<Value = (bool, Vec<u8>, u32)> {
@@ -48,6 +55,14 @@ fn protocolish() -> impl Strategy<Value = Vec<u8>> {
         b"\x05\x00\x00\x05\xfe\x00\x00\x02\x00",
         b"\x01\x00\x00\x01\x02",
         b"\xff\xff\xff\x00",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        b"\x00\x00\x03\x01\x04\x00\x00\x00\x01\x83\x86\x84",
+        b"\x00\x00\x05\x01\x05\x00\x00\x00\x03\x83\x86\x44\x01/",
+        b"\x00\x00\x01\x01\x04\x00\x00\x00\x01\x88",
+        b"\x00\x00\x02\x00\x01\x00\x00\x00\x01hi",
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x03\x00\x00\x00\x08",
+        b"\x00\x00\x02\x09\x04\x00\x00\x00\x01\xbe\xbf",
     ]);
     prop::collection::vec(
         prop_oneof![
@@ -75,18 +90,22 @@ proptest! {
         let mut h = Http1Connection::new();
         let mut m = MySqlConnection::new();
         let mut r = RedisConnection::new();
-        let (mut he, mut me, mut re) = (Vec::new(), Vec::new(), Vec::new());
+        let mut t = Http2Connection::new();
+        let (mut he, mut me, mut re, mut te) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, (c2s, bytes, extra)) in chunks.iter().enumerate() {
             let f = flow(*c2s);
             let total = bytes.len() as u64 + u64::from(*extra);
             h.feed(f, bytes, total, &mut he);
             m.feed(f, bytes, total, &mut me);
             r.feed(f, bytes, total, &mut re);
+            t.feed(f, bytes, total, &mut te);
             if gap_at == Some(i as u8) {
                 h.gap(f);
                 m.gap(f);
                 r.gap(f);
+                t.gap(f);
             }
+            prop_assert!(t.buffered_bytes() <= H2_BOUND);
             prop_assert!(h.buffered_bytes() <= HTTP_BOUND);
             prop_assert!(m.buffered_bytes() <= MYSQL_BOUND);
             prop_assert!(r.buffered_bytes() <= REDIS_BOUND);
@@ -99,8 +118,10 @@ proptest! {
         h.close(&mut he);
         m.close(&mut me);
         r.close(&mut re);
+        t.close(&mut te);
         check_pairing_mysql(&me)?;
         check_pairing_redis(&re)?;
+        check_pairing_http2(&te)?;
     }
 
     #[test]
@@ -113,7 +134,8 @@ proptest! {
         let mut h = Http1Connection::new();
         let mut m = MySqlConnection::new();
         let mut r = RedisConnection::new();
-        let (mut he, mut me, mut re) = (Vec::new(), Vec::new(), Vec::new());
+        let mut t = Http2Connection::new();
+        let (mut he, mut me, mut re, mut te) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut a, mut b) = (&c2s[..], &s2c[..]);
         let mut turn = true;
         for s in splits.iter().cycle().take(200) {
@@ -129,14 +151,18 @@ proptest! {
             h.feed(f, captured, now.len() as u64, &mut he);
             m.feed(f, captured, now.len() as u64, &mut me);
             r.feed(f, captured, now.len() as u64, &mut re);
+            t.feed(f, captured, now.len() as u64, &mut te);
+            prop_assert!(t.buffered_bytes() <= H2_BOUND);
             prop_assert!(h.buffered_bytes() <= HTTP_BOUND);
             prop_assert!(m.buffered_bytes() <= MYSQL_BOUND);
             prop_assert!(r.buffered_bytes() <= REDIS_BOUND);
         }
         m.close(&mut me);
         r.close(&mut re);
+        t.close(&mut te);
         check_pairing_mysql(&me)?;
         check_pairing_redis(&re)?;
+        check_pairing_http2(&te)?;
     }
 
     #[test]
@@ -185,6 +211,29 @@ proptest! {
         }
         prop_assert_eq!(sanitize::sanitize_sql(&once), once);
     }
+}
+
+/// Every stream ends once, after its request, with at most one response in between; all end
+/// after `close`.
+fn check_pairing_http2(events: &[http2::Event]) -> Result<(), TestCaseError> {
+    let mut open = std::collections::HashMap::new();
+    for e in events {
+        match e {
+            http2::Event::Request { stream, .. } => {
+                prop_assert!(open.insert(*stream, false).is_none())
+            }
+            http2::Event::Response { stream, .. } => {
+                let answered = open.get_mut(stream);
+                prop_assert!(answered.as_ref().is_some_and(|a| !**a));
+                if let Some(a) = answered {
+                    *a = true;
+                }
+            }
+            http2::Event::End { stream, .. } => prop_assert!(open.remove(stream).is_some()),
+        }
+    }
+    prop_assert!(open.is_empty());
+    Ok(())
 }
 
 fn check_pairing_mysql(events: &[mysql::Event]) -> Result<(), TestCaseError> {
@@ -614,5 +663,138 @@ proptest! {
             }
         }
         prop_assert_eq!(c.desyncs(), 0);
+    }
+}
+
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// One gRPC call: method path, request and response message sizes, status.
+fn grpc_call() -> impl Strategy<Value = (String, usize, usize, u32)> {
+    (
+        "/[a-z]{1,8}\\.[A-Z][a-z]{0,8}/[A-Z][a-z]{1,12}",
+        0usize..3000,
+        0usize..3000,
+        0u32..17,
+    )
+}
+
+/// Client and server bytes of `calls` on one connection, responses in `order`.
+fn grpc_exchange(calls: &[(String, usize, usize, u32)], order: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    let mut c2s = http2::PREFACE.to_vec();
+    c2s.extend(h2_frame(4, 0, 0, &[]));
+    for (i, (path, req, _, _)) in calls.iter().enumerate() {
+        // POST, http, `:path` inserted into the table, content-type.
+        let mut block = vec![0x83, 0x86, 0x44, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x0f, 0x10, 16]);
+        block.extend_from_slice(b"application/grpc");
+        let stream = 1 + 2 * i as u32;
+        c2s.extend(h2_frame(1, 0x4, stream, &block));
+        c2s.extend(h2_frame(0, 0x1, stream, &vec![1u8; *req]));
+    }
+    let mut s2c = h2_frame(4, 0, 0, &[]);
+    for &i in order {
+        let (_, _, resp, status) = &calls[i];
+        let stream = 1 + 2 * i as u32;
+        s2c.extend(h2_frame(1, 0x4, stream, &[0x88]));
+        s2c.extend(h2_frame(0, 0, stream, &vec![2u8; *resp]));
+        let status = status.to_string();
+        let mut trailers = vec![0x00, 11];
+        trailers.extend_from_slice(b"grpc-status");
+        trailers.push(status.len() as u8);
+        trailers.extend_from_slice(status.as_bytes());
+        s2c.extend(h2_frame(1, 0x5, stream, &trailers));
+    }
+    (c2s, s2c)
+}
+
+/// Feeds `bytes` cut at `cuts` (cycled), capturing at most `cap` bytes of each syscall.
+fn feed_h2(
+    t: &mut Http2Connection,
+    f: Flow,
+    bytes: &[u8],
+    cuts: &[usize],
+    cap: usize,
+    out: &mut Vec<http2::Event>,
+) {
+    for piece in syscalls(bytes, cuts) {
+        t.feed(f, &piece[..piece.len().min(cap)], piece.len() as u64, out);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn grpc_calls_pair_exactly_however_they_are_chunked(
+        calls in prop::collection::vec(grpc_call(), 1..12),
+        seed in any::<u64>(),
+        cuts in prop::collection::vec(1usize..700, 1..8),
+    ) {
+        let mut order: Vec<usize> = (0..calls.len()).collect();
+        // A deterministic shuffle: responses come back in any order.
+        let mut x = seed | 1;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let (c2s, s2c) = grpc_exchange(&calls, &order);
+        let mut t = Http2Connection::new();
+        let mut ev = Vec::new();
+        feed_h2(&mut t, Flow::ClientToServer, &c2s, &cuts, usize::MAX, &mut ev);
+        feed_h2(&mut t, Flow::ServerToClient, &s2c, &cuts, usize::MAX, &mut ev);
+        prop_assert_eq!(t.desyncs(), 0);
+        check_pairing_http2(&ev)?;
+        let paths: Vec<_> = ev.iter().filter_map(|e| match e {
+            http2::Event::Request { headers, .. } => headers.path.clone(),
+            _ => None,
+        }).collect();
+        prop_assert_eq!(paths, calls.iter().map(|c| c.0.clone()).collect::<Vec<_>>());
+        let ends: Vec<_> = ev.iter().filter_map(|e| match e {
+            http2::Event::End { stream, grpc_status, end, .. } => Some((*stream, *grpc_status, *end)),
+            _ => None,
+        }).collect();
+        let want: Vec<_> = order.iter().map(|&i| (1 + 2 * i as u32, Some(calls[i].3), End::Complete)).collect();
+        prop_assert_eq!(ends, want);
+    }
+
+    /// With a capture limit, values go missing but are never wrong.
+    #[test]
+    fn a_capture_limit_loses_values_but_never_invents_them(
+        calls in prop::collection::vec(grpc_call(), 1..12),
+        cuts in prop::collection::vec(1usize..3000, 1..8),
+        cap in 16usize..1024,
+    ) {
+        let order: Vec<usize> = (0..calls.len()).collect();
+        let (c2s, s2c) = grpc_exchange(&calls, &order);
+        let mut t = Http2Connection::new();
+        let mut ev = Vec::new();
+        feed_h2(&mut t, Flow::ClientToServer, &c2s, &cuts, cap, &mut ev);
+        feed_h2(&mut t, Flow::ServerToClient, &s2c, &cuts, cap, &mut ev);
+        t.close(&mut ev);
+        check_pairing_http2(&ev)?;
+        for e in &ev {
+            match e {
+                http2::Event::Request { stream, headers, .. } => {
+                    let call = &calls[(*stream as usize - 1) / 2];
+                    if let Some(p) = &headers.path {
+                        prop_assert!(call.0.starts_with(p.as_str()), "{} for {}", p, call.0);
+                    }
+                }
+                http2::Event::End { stream, grpc_status: Some(s), .. } => {
+                    prop_assert_eq!(*s, calls[(*stream as usize - 1) / 2].3);
+                }
+                _ => {}
+            }
+        }
     }
 }
