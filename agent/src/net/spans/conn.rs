@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 
 use loupe_common::socket::ConnTuple;
-use loupe_protocols::http1::{self, Method, Version};
+use loupe_protocols::http1::{self, Method};
+use loupe_protocols::http2::{self, Http2Connection};
 use loupe_protocols::{Direction, Flow, MySqlConnection, RedisConnection, Role};
 
 use super::attrs::{MAX_URL_LEN, MAX_USER_AGENT_LEN, cut};
@@ -24,9 +25,10 @@ pub enum Parser {
     /// No protocol recognized yet; fully captured first chunks of one direction are held.
     Detecting(Vec<(RawChunk, Vec<u8>)>),
     Http(Box<http1::Http1Connection>),
+    Http2(Box<Http2Connection>),
     MySql(Box<MySqlConnection>),
     Redis(Box<RedisConnection>),
-    /// Unrecognized, encrypted, HTTP/2, or a database seen from its server side: no spans.
+    /// Unrecognized, encrypted, or a database seen from its server side: no spans.
     Opaque,
 }
 
@@ -34,6 +36,7 @@ impl Parser {
     pub fn buffered_bytes(&self) -> usize {
         match self {
             Parser::Http(p) => p.buffered_bytes(),
+            Parser::Http2(p) => p.buffered_bytes(),
             Parser::MySql(p) => p.buffered_bytes(),
             Parser::Redis(p) => p.buffered_bytes(),
             Parser::Detecting(held) => held.iter().map(|(_, b)| b.capacity()).sum(),
@@ -44,6 +47,7 @@ impl Parser {
     pub fn desyncs(&self) -> u64 {
         match self {
             Parser::Http(p) => p.desyncs(),
+            Parser::Http2(p) => p.desyncs(),
             Parser::MySql(p) => p.desyncs(),
             Parser::Redis(p) => p.desyncs(),
             Parser::Detecting(_) | Parser::Opaque => 0,
@@ -87,6 +91,7 @@ pub struct Chunk {
 #[derive(Debug)]
 pub enum Request {
     Http(HttpRequest),
+    Grpc(GrpcRequest),
     MySql(DbRequest),
     Redis(DbRequest),
 }
@@ -98,7 +103,8 @@ pub struct HttpRequest {
     pub target: String,
     pub host: Option<String>,
     pub user_agent: Option<String>,
-    pub version: Version,
+    /// `network.protocol.version`: 1.0, 1.1 or 2.
+    pub version: &'static str,
     /// Set when the response head arrives.
     pub status: Option<u16>,
 }
@@ -114,7 +120,22 @@ impl HttpRequest {
                 .user_agent
                 .as_deref()
                 .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
-            version: head.version,
+            version: head.version.as_str(),
+            status: None,
+        }
+    }
+
+    /// An HTTP/2 request: `:path` is the target, `:authority` the host.
+    pub fn from_h2(h: &http2::Headers) -> Self {
+        Self {
+            method: Method::from_token(h.method.as_deref().unwrap_or("_OTHER").as_bytes()),
+            target: cut(h.path.as_deref().unwrap_or(""), MAX_URL_LEN).to_owned(),
+            host: h.authority.as_deref().map(|a| cut(a, 255).to_owned()),
+            user_agent: h
+                .user_agent
+                .as_deref()
+                .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
+            version: "2",
             status: None,
         }
     }
@@ -123,6 +144,40 @@ impl HttpRequest {
         self.target.len()
             + self.host.as_ref().map_or(0, String::len)
             + self.user_agent.as_ref().map_or(0, String::len)
+    }
+}
+
+/// A gRPC call (an HTTP/2 stream whose content-type is `application/grpc`).
+#[derive(Debug)]
+pub struct GrpcRequest {
+    /// `rpc.service`: the path's first segment (`package.Service`); empty if `:path` was not
+    /// known (HPACK picked up mid-way).
+    pub service: String,
+    /// `rpc.method`.
+    pub method: String,
+    /// `:authority`.
+    pub authority: Option<String>,
+    /// The HTTP status of the response headers, once seen.
+    pub status: Option<u16>,
+}
+
+impl GrpcRequest {
+    pub fn from_h2(h: &http2::Headers) -> Self {
+        let path = h.path.as_deref().unwrap_or("");
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or(("", ""));
+        Self {
+            service: cut(service, 255).to_owned(),
+            method: cut(method, 255).to_owned(),
+            authority: h.authority.as_deref().map(|a| cut(a, 255).to_owned()),
+            status: None,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.service.len() + self.method.len() + self.authority.as_ref().map_or(0, String::len)
     }
 }
 
@@ -175,6 +230,7 @@ impl Pending {
             + self.ctx.trace_state.len()
             + match &self.request {
                 Request::Http(h) => h.heap_bytes(),
+                Request::Grpc(g) => g.heap_bytes(),
                 Request::MySql(d) | Request::Redis(d) => d.heap_bytes(),
             }
     }

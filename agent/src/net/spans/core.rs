@@ -74,7 +74,7 @@ impl Core {
             }
             (Protocol::MySql, _) => (2, Parser::Opaque),
             (Protocol::Redis, _) => (3, Parser::Opaque),
-            (Protocol::Http2, _) => (1, Parser::Opaque),
+            (Protocol::Http2, _) => (1, Parser::Http2(Box::default())),
             (Protocol::Tls, _) => (4, Parser::Opaque),
         };
         self.m.detected[index].inc();
@@ -88,21 +88,23 @@ impl Core {
         conn_id: u64,
         conn: &mut Conn,
         chunk: Option<Chunk>,
-        http: &mut Vec<http1::Event>,
-        my: &mut Vec<mysql::Event>,
-        rd: &mut Vec<redis::Event>,
+        ev: &mut ParserEvents,
     ) {
-        if !http.is_empty() {
-            self.on_http(conn_id, conn, http, chunk);
-            http.clear();
+        if !ev.http.is_empty() {
+            self.on_http(conn_id, conn, &ev.http, chunk);
+            ev.http.clear();
         }
-        if !my.is_empty() {
-            self.on_mysql(conn_id, conn, my, chunk);
-            my.clear();
+        if !ev.http2.is_empty() {
+            self.on_http2(conn_id, conn, &ev.http2, chunk);
+            ev.http2.clear();
         }
-        if !rd.is_empty() {
-            self.on_redis(conn_id, conn, rd, chunk);
-            rd.clear();
+        if !ev.mysql.is_empty() {
+            self.on_mysql(conn_id, conn, &ev.mysql, chunk);
+            ev.mysql.clear();
+        }
+        if !ev.redis.is_empty() {
+            self.on_redis(conn_id, conn, &ev.redis, chunk);
+            ev.redis.clear();
         }
     }
 
@@ -329,6 +331,7 @@ impl Core {
             Parser::Http(_) => self.m.desyncs[0].add(desyncs),
             Parser::MySql(_) => self.m.desyncs[1].add(desyncs),
             Parser::Redis(_) => self.m.desyncs[2].add(desyncs),
+            Parser::Http2(_) => self.m.desyncs[3].add(desyncs),
             Parser::Detecting(_) | Parser::Opaque => {}
         }
     }
@@ -428,6 +431,109 @@ impl Core {
                     id: None,
                     ..
                 } => {}
+            }
+        }
+    }
+
+    /// HTTP/2 streams: each its own request, paired by stream id, so multiplexed streams never
+    /// take each other's responses. gRPC streams become RPC spans.
+    pub(super) fn on_http2(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        events: &[http2::Event],
+        chunk: Option<Chunk>,
+    ) {
+        for ev in events {
+            match ev {
+                http2::Event::Request {
+                    stream, headers, ..
+                } => {
+                    let (start_ns, tid, request_ns, kctx) = chunk
+                        .map(|c| (c.start_ns, c.tid, c.request_ns, c.kctx))
+                        .unwrap_or((self.now, 0, 0, None));
+                    let id = u64::from(*stream);
+                    let req = (conn_id, id);
+                    let tp = headers.traceparent.as_deref();
+                    let ts = headers.tracestate.as_deref();
+                    let (ctx, link) = if conn.role == Role::Server {
+                        self.server_context(req, conn, tp, ts, tid, kctx)
+                    } else {
+                        self.client_context(req, conn, tp, ts, tid, kctx, true)
+                    };
+                    let request = if headers.is_grpc() {
+                        Request::Grpc(GrpcRequest::from_h2(headers))
+                    } else {
+                        Request::Http(HttpRequest::from_h2(headers))
+                    };
+                    let p = Pending {
+                        id,
+                        start_ns,
+                        tid,
+                        request_ns,
+                        ctx,
+                        link,
+                        request,
+                    };
+                    self.queue(conn, conn_id, p);
+                }
+                http2::Event::Response { stream, headers } => {
+                    match conn.get_mut(u64::from(*stream)).map(|p| &mut p.request) {
+                        Some(Request::Http(h)) => h.status = headers.status,
+                        Some(Request::Grpc(g)) => g.status = headers.status.or(Some(0)),
+                        _ => {}
+                    }
+                }
+                http2::Event::End {
+                    stream,
+                    end,
+                    grpc_status,
+                    reset,
+                } => {
+                    let Some(p) = conn.take(u64::from(*stream)) else {
+                        continue;
+                    };
+                    let grpc_status = match &p.request {
+                        Request::Grpc(_) => {
+                            grpc_status.or(reset.map(|(_, code)| grpc_status_of_reset(code)))
+                        }
+                        _ => None,
+                    };
+                    let answered = match &p.request {
+                        Request::Http(h) => h.status.is_some(),
+                        Request::Grpc(g) => g.status.is_some() || grpc_status.is_some(),
+                        _ => false,
+                    };
+                    let request = (conn_id, p.id);
+                    let linger = answered
+                        && conn.role == Role::Server
+                        && self.ctx.server_waiting(p.link, request);
+                    if linger {
+                        self.ctx.stop_serving(p.tid, request);
+                    } else {
+                        self.release(conn_id, conn.role, &p);
+                    }
+                    if !answered {
+                        self.m.drop(DropReason::NoResponse, 1);
+                        continue;
+                    }
+                    // A reset ends the stream in the chunk that carried it, whichever way.
+                    let end_ns = match (reset, chunk) {
+                        (Some(_), Some(c)) => c.end_ns,
+                        _ => Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns),
+                    };
+                    let key = p.link;
+                    let finished = match &p.request {
+                        Request::Grpc(_) => self.grpc_span(conn, p, end_ns, grpc_status),
+                        _ => self.http_span(conn, p, end_ns),
+                    };
+                    let Some(finished) = finished else { continue };
+                    if linger {
+                        self.linger(request, key, finished);
+                    } else {
+                        self.finish(finished);
+                    }
+                }
             }
         }
     }
@@ -560,5 +666,21 @@ impl Core {
             return;
         }
         self.finished.push(finished);
+    }
+}
+
+/// The gRPC status a call reset by RST_STREAM (or refused by GOAWAY) ends with, as gRPC's
+/// HTTP/2 transport maps error codes.
+fn grpc_status_of_reset(code: u32) -> u32 {
+    match code {
+        // REFUSED_STREAM: not processed, may be retried.
+        0x7 => 14,
+        // CANCEL: the client gave up (a deadline, or cancelled).
+        0x8 => 1,
+        // ENHANCE_YOUR_CALM.
+        0xb => 8,
+        // INADEQUATE_SECURITY.
+        0xc => 7,
+        _ => 13,
     }
 }

@@ -8,6 +8,12 @@
 //! - HTTP client (`CLIENT`): name `{method}`; `url.full` (no query), `server.address`/
 //!   `server.port` (from `Host`, else the remote end), `http.response.status_code`,
 //!   `network.peer.*`; 4xx and 5xx are errors.
+//! - HTTP/2 requests that are not gRPC: as HTTP/1.x, with `network.protocol.version` 2.
+//! - gRPC server and client (`SERVER`/`CLIENT`): name `{rpc.service}/{rpc.method}`;
+//!   `rpc.system` (`grpc`), `rpc.service`, `rpc.method`, `rpc.grpc.status_code` (from the
+//!   trailers, or the reset), the address attributes as for HTTP. Errors per the semantic
+//!   conventions: on the server UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+//!   UNAVAILABLE and DATA_LOSS; on the client every status but OK.
 //! - Database client (`CLIENT`): name `{db.operation.name} {db.collection.name}`, or the
 //!   operation, or the system; `db.system.name` (`mysql`, `redis`), `db.operation.name`,
 //!   `db.query.text` (sanitized by default), `db.collection.name` (simple SQL only),
@@ -184,7 +190,7 @@ impl Core {
             a.str("http.request.method_original", original.clone());
         }
         a.int("http.response.status_code", i64::from(status));
-        a.str("network.protocol.version", h.version.as_str());
+        a.str("network.protocol.version", h.version);
         let server = conn.role == Role::Server;
         let error = if server { status >= 500 } else { status >= 400 };
         let name;
@@ -256,6 +262,107 @@ impl Core {
         }
         if error {
             a.str("error.type", status_text);
+        }
+        let kind = if server {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        };
+        let span = self.span(&p, name, kind, end_ns, a, error.then(String::new));
+        Some(Finished {
+            pid: conn.pid,
+            process,
+            span,
+        })
+    }
+
+    /// The span of a finished gRPC call (RED metrics are recorded here); the caller queues it.
+    pub(super) fn grpc_span(
+        &mut self,
+        conn: &Conn,
+        p: Pending,
+        end_ns: u64,
+        grpc_status: Option<u32>,
+    ) -> Option<Finished> {
+        let Request::Grpc(g) = &p.request else {
+            return None;
+        };
+        let process = self.process(conn.pid);
+        let server = conn.role == Role::Server;
+        let secs = seconds(p.start_ns, end_ns);
+        let mut a = Attrs::with_capacity(12);
+        a.str("rpc.system", "grpc");
+        let known = !g.service.is_empty();
+        if known {
+            a.str("rpc.service", g.service.clone());
+            a.str("rpc.method", g.method.clone());
+        }
+        let status_text = grpc_status.map(|c| c.to_string()).unwrap_or_default();
+        if let Some(code) = grpc_status {
+            a.int("rpc.grpc.status_code", i64::from(code));
+        }
+        a.str("network.protocol.name", "http");
+        a.str("network.protocol.version", "2");
+        let local = self.addr_names.local_end(&conn.tuple);
+        let remote = self.addr_names.remote_end(&conn.tuple);
+        if server {
+            if let Some((addr, port)) = &local {
+                a.str("server.address", addr.clone());
+                a.int("server.port", i64::from(*port));
+            }
+            if let Some((addr, _)) = &remote {
+                a.str("client.address", addr.clone());
+            }
+        } else {
+            match (g.authority.as_deref().and_then(attrs::split_host), &remote) {
+                (Some((host, port)), _) => {
+                    a.str("server.address", host.to_owned());
+                    if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
+                        a.int("server.port", i64::from(port));
+                    }
+                }
+                (None, Some((addr, port))) => {
+                    a.str("server.address", addr.clone());
+                    a.int("server.port", i64::from(*port));
+                }
+                (None, None) => {}
+            }
+        }
+        if let Some((addr, port)) = &remote {
+            a.str("network.peer.address", addr.clone());
+            a.int("network.peer.port", i64::from(*port));
+        }
+        let error = grpc_status.is_some_and(|c| {
+            if server {
+                matches!(c, 2 | 4 | 12 | 13 | 14 | 15)
+            } else {
+                c != 0
+            }
+        });
+        if error {
+            a.str("error.type", status_text.clone());
+        }
+        let name = if known {
+            format!("{}/{}", g.service, g.method)
+        } else {
+            "grpc".to_owned()
+        };
+        let (rpc_service, rpc_method) = if known {
+            (g.service.as_str(), g.method.as_str())
+        } else {
+            ("_OTHER", "_OTHER")
+        };
+        self.red.rpc(
+            server,
+            &process.service,
+            rpc_service,
+            rpc_method,
+            &status_text,
+            secs,
+        );
+        self.m.spans[if server { 3 } else { 4 }].inc();
+        if server && let Some(id) = self.publish_server_span(&p, &name) {
+            a.str("pyroscope.profile.id", id);
         }
         let kind = if server {
             SpanKind::Server

@@ -38,11 +38,11 @@ pub(super) enum EvictReason {
 
 pub(super) struct Metrics {
     pub(super) events: [Counter; 5],
-    pub(super) spans: [Counter; 3],
+    pub(super) spans: [Counter; 5],
     pub(super) dropped: [Counter; 6],
     pub(super) detected: [Counter; 6],
     pub(super) evicted: [Counter; 3],
-    pub(super) desyncs: [Counter; 3],
+    pub(super) desyncs: [Counter; 4],
     pub(super) context_overflows: Counter,
     /// Connections read through a TLS library's plaintext.
     pub(super) tls_plaintext: Counter,
@@ -65,7 +65,14 @@ impl Metrics {
                 k,
             )
         });
-        let spans = ["http_server", "http_client", "db_client"].map(|k| {
+        let spans = [
+            "http_server",
+            "http_client",
+            "db_client",
+            "rpc_server",
+            "rpc_client",
+        ]
+        .map(|k| {
             c(
                 "loupe_spans_created_total",
                 "Spans the span builder created.",
@@ -97,7 +104,7 @@ impl Metrics {
                 reason,
             )
         });
-        let desyncs = ["http", "mysql", "redis"].map(|p| {
+        let desyncs = ["http", "mysql", "redis", "http2"].map(|p| {
             c(
                 "loupe_spans_parser_desyncs_total",
                 "Times a protocol parser lost framing (bytes outside the capture, gaps).",

@@ -68,14 +68,15 @@ use loupe_collector::traces::proto::common::InstrumentationScope;
 use loupe_collector::traces::{ResourceBatch, SpanData, TraceBatch};
 use loupe_common::socket::{SocketEventHeader, direction, flags, kind, role};
 use loupe_protocols::detect::{Protocol, classify};
-use loupe_protocols::{Direction, End, Flow, Role, http1, mysql, redis};
+use loupe_protocols::{Direction, End, Flow, Role, http1, http2, mysql, redis};
 
 use super::{Clock, SocketEvent, SocketEvents};
 use crate::correlate::{Published, RequestTag, SpanIndex};
 use crate::logs::{LogAssembler, LogWrite};
 pub use conn::MAX_DETECT_ATTEMPTS;
 use conn::{
-    Chunk, Conn, HttpRequest, MAX_HELD_BYTES, Parser, Pending, RawChunk, Request, flow_index,
+    Chunk, Conn, GrpcRequest, HttpRequest, MAX_HELD_BYTES, Parser, Pending, RawChunk, Request,
+    flow_index,
 };
 pub use context::IdGenerator;
 pub use context::ServingChange;
@@ -250,6 +251,15 @@ struct Core {
 /// How stale a connection's place in the least-recently-used order may be.
 const LRU_GRANULARITY_NS: u64 = 100_000_000;
 
+/// What the connection parsers reported for one chunk (or a close), reused between chunks.
+#[derive(Default)]
+struct ParserEvents {
+    http: Vec<http1::Event>,
+    http2: Vec<http2::Event>,
+    mysql: Vec<mysql::Event>,
+    redis: Vec<redis::Event>,
+}
+
 /// Turns socket events into spans; see the module docs.
 pub struct SpanBuilder {
     conns: HashMap<u64, Conn>,
@@ -257,9 +267,7 @@ pub struct SpanBuilder {
     /// event by less than [`LRU_GRANULARITY_NS`].
     lru: BTreeSet<(u64, u64)>,
     buffered: usize,
-    http_events: Vec<http1::Event>,
-    mysql_events: Vec<mysql::Event>,
-    redis_events: Vec<redis::Event>,
+    events: ParserEvents,
     /// The instrumentation scope of every span, shared by every batch.
     scope: Arc<InstrumentationScope>,
     core: Core,
@@ -284,9 +292,7 @@ impl SpanBuilder {
             conns: HashMap::new(),
             lru: BTreeSet::new(),
             buffered: 0,
-            http_events: Vec::new(),
-            mysql_events: Vec::new(),
-            redis_events: Vec::new(),
+            events: ParserEvents::default(),
             scope: Arc::new(InstrumentationScope {
                 name: SCOPE_NAME.to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -660,20 +666,15 @@ impl SpanBuilder {
             conn.c2s_open = Some(chunk);
         }
         let total = raw.total;
+        let ev = &mut self.events;
         match &mut conn.parser {
-            Parser::Http(p) => p.feed(flow, captured, total, &mut self.http_events),
-            Parser::MySql(p) => p.feed(flow, captured, total, &mut self.mysql_events),
-            Parser::Redis(p) => p.feed(flow, captured, total, &mut self.redis_events),
+            Parser::Http(p) => p.feed(flow, captured, total, &mut ev.http),
+            Parser::Http2(p) => p.feed(flow, captured, total, &mut ev.http2),
+            Parser::MySql(p) => p.feed(flow, captured, total, &mut ev.mysql),
+            Parser::Redis(p) => p.feed(flow, captured, total, &mut ev.redis),
             Parser::Detecting(_) | Parser::Opaque => {}
         }
-        self.core.dispatch(
-            id,
-            conn,
-            Some(chunk),
-            &mut self.http_events,
-            &mut self.mysql_events,
-            &mut self.redis_events,
-        );
+        self.core.dispatch(id, conn, Some(chunk), ev);
         conn.last_end[flow_index(flow)] = Some(chunk.end_ns);
         self.account(id);
     }
@@ -685,20 +686,15 @@ impl SpanBuilder {
         self.lru.remove(&(conn.last_seen, id));
         self.buffered = self.buffered.saturating_sub(conn.accounted);
         let core = &mut self.core;
+        let ev = &mut self.events;
         match &mut conn.parser {
-            Parser::Http(p) => p.close(&mut self.http_events),
-            Parser::MySql(p) => p.close(&mut self.mysql_events),
-            Parser::Redis(p) => p.close(&mut self.redis_events),
+            Parser::Http(p) => p.close(&mut ev.http),
+            Parser::Http2(p) => p.close(&mut ev.http2),
+            Parser::MySql(p) => p.close(&mut ev.mysql),
+            Parser::Redis(p) => p.close(&mut ev.redis),
             Parser::Detecting(_) | Parser::Opaque => {}
         }
-        core.dispatch(
-            id,
-            &mut conn,
-            None,
-            &mut self.http_events,
-            &mut self.mysql_events,
-            &mut self.redis_events,
-        );
+        core.dispatch(id, &mut conn, None, ev);
         core.forget_conn(id, conn, DropReason::NoResponse);
         self.apply_reparents();
     }

@@ -108,9 +108,13 @@ pub struct RedMetrics {
     peers: HashMap<String, Admitted>,
     operations: HashMap<&'static str, Admitted>,
     errors: HashMap<&'static str, Admitted>,
+    rpc_services: HashMap<String, Admitted>,
+    rpc_methods: HashMap<String, Admitted>,
     http_server: Family,
     http_client: Family,
     db_client: Family,
+    rpc_server: Family,
+    rpc_client: Family,
 }
 
 impl RedMetrics {
@@ -124,6 +128,8 @@ impl RedMetrics {
             peers: HashMap::new(),
             operations: HashMap::new(),
             errors: HashMap::new(),
+            rpc_services: HashMap::new(),
+            rpc_methods: HashMap::new(),
             http_server: Family::new(
                 "http_server_request_duration_seconds",
                 "Duration of HTTP server requests observed by Loupe.",
@@ -152,6 +158,26 @@ impl RedMetrics {
                     "db_system_name",
                     "db_operation_name",
                     "error_type",
+                ],
+            ),
+            rpc_server: Family::new(
+                "rpc_server_duration_seconds",
+                "Duration of RPCs (gRPC) served, observed by Loupe.",
+                [
+                    "service_name",
+                    "rpc_service",
+                    "rpc_method",
+                    "rpc_grpc_status_code",
+                ],
+            ),
+            rpc_client: Family::new(
+                "rpc_client_duration_seconds",
+                "Duration of RPCs (gRPC) made, observed by Loupe.",
+                [
+                    "service_name",
+                    "rpc_service",
+                    "rpc_method",
+                    "rpc_grpc_status_code",
                 ],
             ),
         }
@@ -195,6 +221,40 @@ impl RedMetrics {
             .admit(peer, self.max_routes);
         self.http_client
             .observe(&self.registry, [service, method, peer, status], seconds);
+    }
+
+    /// A gRPC call, served (`server`) or made; `status` is the gRPC status code, empty when
+    /// unknown. RPC services and methods are capped per service like routes.
+    pub fn rpc(
+        &mut self,
+        server: bool,
+        service: &str,
+        rpc_service: &str,
+        method: &str,
+        status: &str,
+        seconds: f64,
+    ) {
+        let service = self.service(service);
+        let rpc_service = self
+            .rpc_services
+            .entry(service.to_owned())
+            .or_default()
+            .admit(rpc_service, self.max_routes);
+        let method = self
+            .rpc_methods
+            .entry(service.to_owned())
+            .or_default()
+            .admit(method, self.max_routes);
+        let family = if server {
+            &mut self.rpc_server
+        } else {
+            &mut self.rpc_client
+        };
+        family.observe(
+            &self.registry,
+            [service, rpc_service, method, status],
+            seconds,
+        );
     }
 
     pub fn db_client(

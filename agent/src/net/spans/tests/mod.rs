@@ -13,6 +13,7 @@ use crate::profiler::ProcessIdentity;
 mod context;
 mod correlation;
 mod db;
+mod grpc;
 mod http;
 mod limits;
 

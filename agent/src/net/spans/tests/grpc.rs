@@ -1,0 +1,172 @@
+//! HTTP/2 and gRPC: one span per stream, multiplexed streams paired by id, statuses from
+//! trailers and resets, RPC metrics.
+
+use super::*;
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK literal without indexing, new name.
+fn lit(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0x00, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+const HEADERS: u8 = 1;
+const DATA: u8 = 0;
+const RST_STREAM: u8 = 3;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// A gRPC request's HEADERS and its one-message DATA.
+fn call(stream: u32, path: &str, extra: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86];
+    block.extend(lit(":path", path));
+    block.extend(lit("content-type", "application/grpc"));
+    block.extend_from_slice(extra);
+    let mut b = frame(HEADERS, END_HEADERS, stream, &block);
+    b.extend(frame(DATA, END_STREAM, stream, &[0, 0, 0, 0, 1, 7]));
+    b
+}
+
+/// A response's HEADERS, DATA and trailers with `status`.
+fn answer(stream: u32, status: u32) -> Vec<u8> {
+    let mut b = frame(HEADERS, END_HEADERS, stream, &[0x88]);
+    b.extend(frame(DATA, 0, stream, &[0, 0, 0, 0, 1, 9]));
+    b.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        stream,
+        &lit("grpc-status", &status.to_string()),
+    ));
+    b
+}
+
+fn preface() -> Vec<u8> {
+    let mut b = loupe_protocols::http2::PREFACE.to_vec();
+    b.extend(frame(4, 0, 0, &[]));
+    b
+}
+
+#[test]
+fn grpc_server_streams_on_one_connection_get_their_own_responses() {
+    let mut s = Sim::new();
+    let c = server(1, 100);
+    s.open(&c, 10);
+    s.read(&c, 101, 100, 200, &preface());
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    s.read(
+        &c,
+        101,
+        300,
+        1_000,
+        &call(
+            1,
+            "/shop.Inventory/Reserve",
+            &lit("traceparent", traceparent),
+        ),
+    );
+    s.read(
+        &c,
+        101,
+        1_100,
+        2_000,
+        &call(3, "/shop.Inventory/Check", &[]),
+    );
+    // Stream 3 answers first, with INTERNAL; then stream 1, OK.
+    s.write(&c, 102, 2_100, 2_500, &answer(3, 13));
+    s.write(&c, 101, 2_600, 3_000, &answer(1, 0));
+    let spans = s.spans();
+    assert_eq!(spans.len(), 2);
+    let check = &spans[0].1;
+    assert_eq!(check.name, "shop.Inventory/Check");
+    assert_eq!(check.kind, 2);
+    assert_eq!(check.start_time_unix_nano, s.unix(2_000));
+    assert_eq!(check.end_time_unix_nano, s.unix(2_500));
+    assert_eq!(a(check, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(a(check, "rpc.service").as_deref(), Some("shop.Inventory"));
+    assert_eq!(a(check, "rpc.method").as_deref(), Some("Check"));
+    assert_eq!(a(check, "rpc.grpc.status_code").as_deref(), Some("13"));
+    assert_eq!(a(check, "network.protocol.version").as_deref(), Some("2"));
+    assert_eq!(a(check, "server.port").as_deref(), Some("8080"));
+    assert!(is_error(check));
+    let reserve = &spans[1].1;
+    assert_eq!(reserve.name, "shop.Inventory/Reserve");
+    assert_eq!(reserve.start_time_unix_nano, s.unix(1_000));
+    assert_eq!(reserve.end_time_unix_nano, s.unix(3_000));
+    assert_eq!(a(reserve, "rpc.grpc.status_code").as_deref(), Some("0"));
+    assert!(!is_error(reserve));
+    // The incoming traceparent made it a child of the caller's span.
+    assert_eq!(hex(&reserve.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(hex(&reserve.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        s.metric("rpc_server_duration_seconds_count{rpc_grpc_status_code=\"13\",rpc_method=\"Check\",rpc_service=\"shop.Inventory\",service_name=\"svc100\"}"),
+        1
+    );
+    assert_eq!(
+        s.metric("loupe_spans_created_total{kind=\"rpc_server\"}"),
+        2
+    );
+}
+
+#[test]
+fn a_cancelled_grpc_client_call_ends_cancelled_and_plain_http2_is_http() {
+    let mut s = Sim::new();
+    let c = client(2, 200, 50051);
+    s.open(&c, 10);
+    s.write(&c, 201, 100, 200, &preface());
+    s.write(&c, 201, 300, 400, &call(1, "/shop.Payment/Charge", &[]));
+    // The client gives up (deadline): RST_STREAM CANCEL.
+    s.write(
+        &c,
+        201,
+        5_000,
+        5_100,
+        &frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()),
+    );
+    // A plain HTTP/2 GET on the same connection.
+    let mut get = vec![0x82, 0x86];
+    get.extend(lit(":path", "/healthz"));
+    get.extend(lit(":authority", "payment:8080"));
+    s.write(
+        &c,
+        201,
+        6_000,
+        6_100,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &get),
+    );
+    s.read(
+        &c,
+        201,
+        6_200,
+        6_300,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x8d]),
+    );
+    let spans = s.spans();
+    assert_eq!(spans.len(), 2);
+    let charge = &spans[0].1;
+    assert_eq!(charge.name, "shop.Payment/Charge");
+    assert_eq!(charge.kind, 3);
+    assert_eq!(a(charge, "rpc.grpc.status_code").as_deref(), Some("1"));
+    assert_eq!(a(charge, "server.address").as_deref(), Some("10.0.0.7"));
+    assert!(is_error(charge));
+    assert_eq!(charge.end_time_unix_nano, s.unix(5_100));
+    let get = &spans[1].1;
+    assert_eq!(get.name, "GET");
+    assert_eq!(a(get, "http.response.status_code").as_deref(), Some("404"));
+    assert_eq!(a(get, "network.protocol.version").as_deref(), Some("2"));
+    assert_eq!(a(get, "server.address").as_deref(), Some("payment"));
+    assert_eq!(
+        s.metric("rpc_client_duration_seconds_count{rpc_grpc_status_code=\"1\",rpc_method=\"Charge\",rpc_service=\"shop.Payment\",service_name=\"svc200\"}"),
+        1
+    );
+}
