@@ -1,5 +1,6 @@
 //! The Python environment of the tests: a virtualenv under target/ with the real client libraries
-//! the network-span test service uses (PyMySQL, redis-py) and kubernetes-validate (the Kubernetes
+//! the network-span test service uses (PyMySQL, redis-py), gRPC's own Python implementation
+//! (grpcio, a real HTTP/2 peer for the gRPC span tests) and kubernetes-validate (the Kubernetes
 //! API schemas the chart tests validate rendered manifests against), made once and reused.
 
 use std::{path::PathBuf, process::Command};
@@ -12,6 +13,7 @@ use crate::util::{exec, root, step, succeeds};
 const PACKAGES: &[&str] = &[
     "pymysql>=1.1,<2",
     "redis>=5,<9",
+    "grpcio>=1.60,<2",
     "kubernetes-validate>=1.37,<1.38",
 ];
 
@@ -30,7 +32,7 @@ pub fn kubernetes_validate() -> PathBuf {
 }
 
 fn complete() -> bool {
-    succeeds(Command::new(python()).args(["-c", "import pymysql, redis"]))
+    succeeds(Command::new(python()).args(["-c", "import pymysql, redis, grpc"]))
         && succeeds(Command::new(kubernetes_validate()).arg("--version"))
 }
 
@@ -39,7 +41,7 @@ pub fn ensure_test_env() -> anyhow::Result<()> {
         return Ok(());
     }
     step(
-        "making the Python test environment (target/pyenv: PyMySQL, redis-py, kubernetes-validate)",
+        "making the Python test environment (target/pyenv: PyMySQL, redis-py, grpcio, kubernetes-validate)",
         || {
             let py = python();
             if !succeeds(Command::new(&py).arg("--version")) {

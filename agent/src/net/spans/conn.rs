@@ -107,6 +107,9 @@ pub struct HttpRequest {
     pub version: &'static str,
     /// Set when the response head arrives.
     pub status: Option<u16>,
+    /// An HTTP/2 POST whose content type was not known (HPACK picked up mid-way): gRPC if its
+    /// response ends with trailers.
+    pub maybe_grpc: bool,
 }
 
 impl HttpRequest {
@@ -122,6 +125,7 @@ impl HttpRequest {
                 .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
             version: head.version.as_str(),
             status: None,
+            maybe_grpc: false,
         }
     }
 
@@ -137,6 +141,9 @@ impl HttpRequest {
                 .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
             version: "2",
             status: None,
+            maybe_grpc: h.content_type.is_none()
+                && h.unknown > 0
+                && h.method.as_deref() == Some("POST"),
         }
     }
 
@@ -159,20 +166,48 @@ pub struct GrpcRequest {
     pub authority: Option<String>,
     /// The HTTP status of the response headers, once seen.
     pub status: Option<u16>,
+    /// The deadline the client sent (`grpc-timeout`).
+    pub timeout_ns: Option<u64>,
+}
+
+/// `/service/method` split, when `path` has that shape.
+fn rpc_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let ok = |s: &str| !s.is_empty() && !s.contains(['/', '?', ' ']);
+    (ok(service) && ok(method)).then_some((service, method))
 }
 
 impl GrpcRequest {
-    pub fn from_h2(h: &http2::Headers) -> Self {
-        let path = h.path.as_deref().unwrap_or("");
-        let (service, method) = path
-            .strip_prefix('/')
-            .and_then(|p| p.split_once('/'))
-            .unwrap_or(("", ""));
+    /// The request `h` if it is gRPC: its content type says so, or, the content type not being
+    /// known (HPACK picked up mid-way), a POST to a package-qualified `/package.Service/Method`.
+    pub fn from_h2(h: &http2::Headers) -> Option<Self> {
+        let guess = || {
+            h.content_type.is_none()
+                && h.unknown > 0
+                && h.method.as_deref() == Some("POST")
+                && h.path
+                    .as_deref()
+                    .and_then(rpc_path)
+                    .is_some_and(|(service, _)| service.contains('.'))
+        };
+        if !h.is_grpc() && !guess() {
+            return None;
+        }
+        let mut g = Self::from_path(h.path.as_deref().unwrap_or(""));
+        g.authority = h.authority.as_deref().map(|a| cut(a, 255).to_owned());
+        g.timeout_ns = h.grpc_timeout_ns;
+        Some(g)
+    }
+
+    /// A call to `path`; service and method are empty unless it is `/service/method`.
+    pub fn from_path(path: &str) -> Self {
+        let (service, method) = rpc_path(path).unwrap_or(("", ""));
         Self {
             service: cut(service, 255).to_owned(),
             method: cut(method, 255).to_owned(),
-            authority: h.authority.as_deref().map(|a| cut(a, 255).to_owned()),
+            authority: None,
             status: None,
+            timeout_ns: None,
         }
     }
 

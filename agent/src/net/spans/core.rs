@@ -461,10 +461,9 @@ impl Core {
                     } else {
                         self.client_context(req, conn, tp, ts, tid, kctx, true)
                     };
-                    let request = if headers.is_grpc() {
-                        Request::Grpc(GrpcRequest::from_h2(headers))
-                    } else {
-                        Request::Http(HttpRequest::from_h2(headers))
+                    let request = match GrpcRequest::from_h2(headers) {
+                        Some(g) => Request::Grpc(g),
+                        None => Request::Http(HttpRequest::from_h2(headers)),
                     };
                     let p = Pending {
                         id,
@@ -489,14 +488,34 @@ impl Core {
                     end,
                     grpc_status,
                     reset,
+                    trailers,
                 } => {
-                    let Some(p) = conn.take(u64::from(*stream)) else {
+                    let Some(mut p) = conn.take(u64::from(*stream)) else {
                         continue;
                     };
+                    // Trailers make a POST of unknown content type gRPC.
+                    if let Request::Http(h) = &p.request
+                        && h.maybe_grpc
+                        && *trailers
+                    {
+                        let mut g = GrpcRequest::from_path(&h.target);
+                        g.authority = h.host.clone();
+                        g.status = h.status;
+                        p.request = Request::Grpc(g);
+                    }
+                    // A reset ends the stream in the chunk that carried it, whichever way.
+                    let end_ns = match (reset, chunk) {
+                        (Some(_), Some(c)) => c.end_ns,
+                        _ => Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns),
+                    };
                     let grpc_status = match &p.request {
-                        Request::Grpc(_) => {
-                            grpc_status.or(reset.map(|(_, code)| grpc_status_of_reset(code)))
-                        }
+                        Request::Grpc(g) => grpc_status.or(reset.map(|(_, code)| {
+                            grpc_status_of_reset(
+                                code,
+                                g.timeout_ns,
+                                end_ns.saturating_sub(p.start_ns),
+                            )
+                        })),
                         _ => None,
                     };
                     let answered = match &p.request {
@@ -517,11 +536,6 @@ impl Core {
                         self.m.drop(DropReason::NoResponse, 1);
                         continue;
                     }
-                    // A reset ends the stream in the chunk that carried it, whichever way.
-                    let end_ns = match (reset, chunk) {
-                        (Some(_), Some(c)) => c.end_ns,
-                        _ => Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns),
-                    };
                     let key = p.link;
                     let finished = match &p.request {
                         Request::Grpc(_) => self.grpc_span(conn, p, end_ns, grpc_status),
@@ -670,12 +684,18 @@ impl Core {
 }
 
 /// The gRPC status a call reset by RST_STREAM (or refused by GOAWAY) ends with, as gRPC's
-/// HTTP/2 transport maps error codes.
-fn grpc_status_of_reset(code: u32) -> u32 {
+/// HTTP/2 transport maps error codes; a cancel at the deadline the client sent
+/// (`grpc-timeout`, within a tenth of it or 10 ms) is DEADLINE_EXCEEDED, as the client reports.
+pub(super) fn grpc_status_of_reset(code: u32, timeout_ns: Option<u64>, elapsed_ns: u64) -> u32 {
     match code {
         // REFUSED_STREAM: not processed, may be retried.
         0x7 => 14,
-        // CANCEL: the client gave up (a deadline, or cancelled).
+        // CANCEL: the client gave up, at its deadline or not.
+        0x8 if timeout_ns
+            .is_some_and(|t| elapsed_ns >= t.saturating_sub((t / 10).min(10_000_000))) =>
+        {
+            4
+        }
         0x8 => 1,
         // ENHANCE_YOUR_CALM.
         0xb => 8,

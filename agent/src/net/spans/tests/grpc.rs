@@ -151,8 +151,25 @@ fn a_cancelled_grpc_client_call_ends_cancelled_and_plain_http2_is_http() {
         6_300,
         &frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x8d]),
     );
+    // A call with a 2 ms deadline, cancelled when it passes: DEADLINE_EXCEEDED, as the client
+    // reports it.
+    s.write(
+        &c,
+        201,
+        7_000,
+        7_100,
+        &call(5, "/shop.Payment/Charge", &lit("grpc-timeout", "2m")),
+    );
+    s.write(
+        &c,
+        201,
+        2_007_000,
+        2_007_100,
+        &frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()),
+    );
     let spans = s.spans();
-    assert_eq!(spans.len(), 2);
+    assert_eq!(spans.len(), 3);
+    assert_eq!(a(&spans[2].1, "rpc.grpc.status_code").as_deref(), Some("4"));
     let charge = &spans[0].1;
     assert_eq!(charge.name, "shop.Payment/Charge");
     assert_eq!(charge.kind, 3);
@@ -167,6 +184,82 @@ fn a_cancelled_grpc_client_call_ends_cancelled_and_plain_http2_is_http() {
     assert_eq!(a(get, "server.address").as_deref(), Some("payment"));
     assert_eq!(
         s.metric("rpc_client_duration_seconds_count{rpc_grpc_status_code=\"1\",rpc_method=\"Charge\",rpc_service=\"shop.Payment\",service_name=\"svc200\"}"),
+        1
+    );
+}
+
+#[test]
+fn grpc_picked_up_mid_way_is_named_only_by_what_is_known() {
+    let mut s = Sim::new();
+    let c = server(3, 100);
+    s.open(&c, 10);
+    // No preface: the connection was open before the agent. `:path`, content-type and the
+    // trailers' grpc-status refer to table entries never seen (0xbe..0xc1).
+    s.read(
+        &c,
+        101,
+        100,
+        200,
+        &frame(HEADERS, END_HEADERS, 7, &[0xc1, 0x83, 0x86, 0xc0, 0xbf]),
+    );
+    s.read(
+        &c,
+        101,
+        210,
+        220,
+        &frame(DATA, END_STREAM, 7, &[0, 0, 0, 0, 1, 7]),
+    );
+    let mut w = frame(HEADERS, END_HEADERS, 7, &[0x88, 0xbe]);
+    w.extend(frame(DATA, 0, 7, &[0, 0, 0, 0, 1, 9]));
+    w.extend(frame(HEADERS, END_HEADERS | END_STREAM, 7, &[0xc2]));
+    s.write(&c, 101, 300, 400, &w);
+    // A method first called now: its path is a new literal, its content type still unknown.
+    let mut block = vec![0x83, 0x86];
+    block.extend(lit(":path", "/shop.Inventory/Check"));
+    block.push(0xc0);
+    s.read(
+        &c,
+        101,
+        500,
+        600,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 9, &block),
+    );
+    s.write(
+        &c,
+        101,
+        700,
+        800,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 9, &[0x88, 0xc5]),
+    );
+    // A plain GET stays HTTP.
+    let mut get = vec![0x82, 0x86, 0xc3];
+    get.extend(lit(":path", "/healthz"));
+    s.read(
+        &c,
+        101,
+        900,
+        1_000,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 11, &get),
+    );
+    s.write(
+        &c,
+        101,
+        1_100,
+        1_200,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 11, &[0x88]),
+    );
+    let spans = s.spans();
+    let names: Vec<_> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    assert_eq!(names, ["grpc", "shop.Inventory/Check", "GET /healthz"]);
+    let unknown = &spans[0].1;
+    assert_eq!(a(unknown, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(a(unknown, "rpc.method"), None);
+    assert_eq!(a(unknown, "rpc.grpc.status_code"), None);
+    assert!(!is_error(unknown));
+    assert_eq!(a(&spans[1].1, "rpc.method").as_deref(), Some("Check"));
+    assert_eq!(a(&spans[1].1, "rpc.grpc.status_code"), None);
+    assert_eq!(
+        s.metric("rpc_server_duration_seconds_count{rpc_grpc_status_code=\"\",rpc_method=\"_OTHER\",rpc_service=\"_OTHER\",service_name=\"svc100\"}"),
         1
     );
 }
