@@ -1,7 +1,7 @@
 //! Replays the captures in `tests/corpus/<protocol>/*.txt` and compares what the span builder
 //! would see with the golden `*.expect` file next to each capture.
 //!
-//! Capture format: `#` comments, a `protocol <http1|mysql|redis>` line, then one line per
+//! Capture format: `#` comments, a `protocol <http1|http2|mysql|redis>` line, then one line per
 //! syscall, `c2s` (client to server) or `s2c`, an optional `total=<bytes>` when the syscall
 //! moved more bytes than were captured, and the captured bytes in hex (continued on following
 //! lines that start with whitespace).
@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use loupe_protocols::{
-    Direction, Flow, Http1Connection, MySqlConnection, Protocol, RedisConnection, Role, classify,
-    http1, mysql, redis, route, sanitize, traceparent,
+    Direction, Flow, Http1Connection, Http2Connection, MySqlConnection, Protocol, RedisConnection,
+    Role, classify, http1, http2, mysql, redis, route, sanitize, traceparent,
 };
 
 struct Capture {
@@ -78,6 +78,7 @@ fn load(path: &Path) -> Capture {
 
 enum Conn {
     Http(Http1Connection),
+    Http2(Http2Connection),
     MySql(MySqlConnection),
     Redis(RedisConnection),
 }
@@ -86,6 +87,7 @@ impl Conn {
     fn new(protocol: &str) -> Conn {
         match protocol {
             "http1" => Conn::Http(Http1Connection::new()),
+            "http2" => Conn::Http2(Http2Connection::new()),
             "mysql" => Conn::MySql(MySqlConnection::new()),
             "redis" => Conn::Redis(RedisConnection::new()),
             p => panic!("unknown protocol {p}"),
@@ -95,6 +97,7 @@ impl Conn {
     fn buffered_bytes(&self) -> usize {
         match self {
             Conn::Http(c) => c.buffered_bytes(),
+            Conn::Http2(c) => c.buffered_bytes(),
             Conn::MySql(c) => c.buffered_bytes(),
             Conn::Redis(c) => c.buffered_bytes(),
         }
@@ -107,6 +110,11 @@ impl Conn {
                 let mut ev = Vec::new();
                 c.feed(flow, captured, total, &mut ev);
                 out.extend(ev.iter().map(render_http));
+            }
+            Conn::Http2(c) => {
+                let mut ev = Vec::new();
+                c.feed(flow, captured, total, &mut ev);
+                out.extend(ev.iter().map(render_http2));
             }
             Conn::MySql(c) => {
                 let mut ev = Vec::new();
@@ -127,6 +135,11 @@ impl Conn {
                 let mut ev = Vec::new();
                 c.close(&mut ev);
                 out.extend(ev.iter().map(render_http));
+            }
+            Conn::Http2(c) => {
+                let mut ev = Vec::new();
+                c.close(&mut ev);
+                out.extend(ev.iter().map(render_http2));
             }
             Conn::MySql(c) => {
                 let mut ev = Vec::new();
@@ -158,6 +171,19 @@ fn render_http(e: &http1::Event) -> String {
                 traceparent::parse(tp).map(|t| (t.trace_id_hex(), t.parent_id_hex(), t.sampled()))
             );
         }
+    }
+    s
+}
+
+fn render_http2(e: &http2::Event) -> String {
+    let mut s = format!("{e:?}");
+    if let http2::Event::Request { headers, .. } = e {
+        let _ = write!(
+            s,
+            "\n    grpc={} route={}",
+            headers.is_grpc(),
+            route::infer_route(headers.path.as_deref().unwrap_or(""))
+        );
     }
     s
 }
@@ -245,7 +271,7 @@ fn captures() -> Vec<PathBuf> {
         }
     }
     files.sort();
-    assert!(files.len() >= 9, "corpus missing: {files:?}");
+    assert!(files.len() >= 11, "corpus missing: {files:?}");
     files
 }
 
@@ -263,6 +289,7 @@ fn corpus_matches_golden_events() {
         };
         let want_protocol = match cap.protocol.as_str() {
             "http1" => Protocol::Http1,
+            "http2" => Protocol::Http2,
             "mysql" => Protocol::MySql,
             _ => Protocol::Redis,
         };
