@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the agent's overhead against its targets, in parts that
-//! `--only profiler|network|parsers|logs|alloc|tls` runs alone (the default runs them all). Each part's markdown
+//! `--only profiler|network|parsers|logs|alloc|tls|http2` runs alone (the default runs them all). Each part's markdown
 //! section goes to stdout and to `bench-results/<part>.md`; `bench-results/report.md` gathers the
 //! latest section of every part.
 //!
@@ -24,6 +24,7 @@
 //! **alloc**: what allocation profiles cost the processes they probe (see bench_alloc.rs).
 //!
 //! **tls**: what reading TLS in clear costs OpenSSL users (see bench_tls.rs).
+//! **http2**: what HTTP/2 and gRPC spans cost the traffic, h2load agent off/on (see bench_http2.rs).
 
 use std::{
     fmt::Write as _,
@@ -74,16 +75,18 @@ pub enum Part {
     Alloc,
     /// TLS in clear: the OpenSSL probes' cost to an HTTPS client and server.
     Tls,
+    Http2,
 }
 
 impl Part {
-    const ALL: [Part; 6] = [
+    const ALL: [Part; 7] = [
         Part::Profiler,
         Part::Network,
         Part::Parsers,
         Part::Logs,
         Part::Alloc,
         Part::Tls,
+        Part::Http2,
     ];
 
     fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Part {
             Part::Logs => "logs",
             Part::Alloc => "alloc",
             Part::Tls => "tls",
+            Part::Http2 => "http2",
         }
     }
 }
@@ -127,6 +131,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Part::Logs => with_bpf_stats(|| crate::bench_logs::logs(&agent, args.seconds))?,
             Part::Alloc => crate::bench_alloc::alloc(&agent)?,
             Part::Tls => crate::bench_tls::tls(&agent)?,
+            Part::Http2 => crate::bench_http2::http2(&agent)?,
         };
         println!("{section}");
         let file = dir.join(format!("{}.md", part.name()));

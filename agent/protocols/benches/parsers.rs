@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use loupe_protocols::{Flow, Http1Connection, MySqlConnection, RedisConnection};
+use loupe_protocols::{Flow, Http1Connection, Http2Connection, MySqlConnection, RedisConnection};
 
 /// Bytes of each buffer the agent captures by default (`--capture-bytes`).
 const CAPTURE: usize = 1024;
@@ -381,6 +381,124 @@ fn bench_redis(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- HTTP/2 and gRPC ----
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK literal with incremental indexing, new name.
+fn h2_insert(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0x40, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+/// A gRPC message (length-prefixed) of `len` bytes in a DATA frame.
+fn grpc_data(stream: u32, flags: u8, len: usize) -> Vec<u8> {
+    let mut m = vec![0];
+    m.extend_from_slice(&(len as u32).to_be_bytes());
+    m.extend(std::iter::repeat_n(b'x', len));
+    h2_frame(0, flags, stream, &m)
+}
+
+/// A connection past its preface whose HPACK tables hold what a gRPC client and server insert
+/// on their first call: requests then refer to them by index, as in the steady state.
+fn grpc_connected() -> Http2Connection {
+    let mut c = Http2Connection::new();
+    let mut events = Vec::new();
+    let mut first = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    first.extend(h2_frame(4, 0, 0, &[]));
+    let block = [
+        vec![0x83, 0x86],
+        h2_insert(":path", "/shop.Inventory/Reserve"),
+        h2_insert(":authority", "inventory:50051"),
+        h2_insert("content-type", "application/grpc"),
+        h2_insert("te", "trailers"),
+    ]
+    .concat();
+    first.extend(h2_frame(1, 0x4, 1, &block));
+    first.extend(grpc_data(1, 0x1, 16));
+    c.feed(C2S, &first, first.len() as u64, &mut events);
+    let mut answer = h2_frame(4, 0, 0, &[]);
+    answer.extend(h2_frame(
+        1,
+        0x4,
+        1,
+        &[vec![0x88], h2_insert("content-type", "application/grpc")].concat(),
+    ));
+    answer.extend(grpc_data(1, 0, 64));
+    answer.extend(h2_frame(1, 0x5, 1, &h2_insert("grpc-status", "0")));
+    c.feed(S2C, &answer, answer.len() as u64, &mut events);
+    assert_eq!(events.len(), 3);
+    c
+}
+
+/// The steady state's request: every field indexed (path 65, authority 64, content-type 63,
+/// te 62), then one message.
+fn grpc_request(stream: u32) -> Vec<u8> {
+    let mut b = h2_frame(1, 0x4, stream, &[0x83, 0x86, 0xc1, 0xc0, 0xbf, 0xbe]);
+    b.extend(grpc_data(stream, 0x1, 16));
+    b
+}
+
+/// The steady state's response: status and content-type (63) indexed, a message, trailers with
+/// grpc-status (62) indexed.
+fn grpc_response(stream: u32, len: usize) -> Vec<u8> {
+    let mut b = h2_frame(1, 0x4, stream, &[0x88, 0xbf]);
+    b.extend(grpc_data(stream, 0, len));
+    b.extend(h2_frame(1, 0x5, stream, &[0xbe]));
+    b
+}
+
+/// Unary calls one after the other: a write each way per call.
+fn grpc_unary(pairs: u64) -> Conversation {
+    let mut chunks = Vec::new();
+    for i in 0..pairs as u32 {
+        chunks.push((C2S, grpc_request(3 + 2 * i)));
+        chunks.push((S2C, grpc_response(3 + 2 * i, 128)));
+    }
+    Conversation { chunks, pairs }
+}
+
+/// Eight calls in flight: eight requests in one write, eight responses in one write.
+fn grpc_concurrent(batches: u64) -> Conversation {
+    let mut chunks = Vec::new();
+    for b in 0..batches as u32 {
+        let streams: Vec<u32> = (0..8).map(|i| 3 + 2 * (8 * b + i)).collect();
+        chunks.push((C2S, streams.iter().flat_map(|&s| grpc_request(s)).collect()));
+        chunks.push((
+            S2C,
+            streams
+                .iter()
+                .rev()
+                .flat_map(|&s| grpc_response(s, 32))
+                .collect(),
+        ));
+    }
+    Conversation {
+        chunks,
+        pairs: batches * 8,
+    }
+}
+
+fn bench_http2(c: &mut Criterion) {
+    let mut g = c.benchmark_group("http2");
+    for (name, conv) in [
+        ("grpc_unary", grpc_unary(64)),
+        ("grpc_concurrent_8", grpc_concurrent(8)),
+    ] {
+        bench_conversation!(g, name, grpc_connected(), conv, 3, true);
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short enough for `cargo xtask bench` (about 4 s per benchmark), long enough for stable means.
     Criterion::default()
@@ -391,6 +509,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_http, bench_mysql, bench_redis
+    targets = bench_http, bench_http2, bench_mysql, bench_redis
 }
 criterion_main!(benches);
