@@ -249,6 +249,7 @@ const E2E_TESTS: &[&str] = &[
     "off_cpu",
     "page_faults",
     "alloc_profiles",
+    "http2_spans",
 ];
 
 /// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
@@ -519,6 +520,14 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
     ];
     for (path, name) in e2e.iter().zip(E2E_TESTS) {
         binaries.push((path.clone(), format!("loupe/{name}"), true));
+    }
+    // HTTP/2 peers for http2_spans' h2c test (nghttp2's client and server, with their libraries).
+    for tool in ["/usr/bin/nghttp", "/usr/sbin/nghttpd"] {
+        let name = Path::new(tool)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(tool);
+        binaries.push((PathBuf::from(tool), format!("bin/{name}"), false));
     }
     for workload in [
         "hot_c",
