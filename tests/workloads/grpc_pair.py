@@ -9,7 +9,8 @@ tests. Messages are raw bytes (generic handlers, no generated code).
       then the client waits for FILE to exist before the plan (the agent is started in between).
       Prints one line per call: METHOD CODE.
       PLAN is a comma-separated list of: reserve, check, slow (deadline 300 ms), list,
-      concurrent (8 Reserve calls in flight at once).
+      concurrent (8 Reserve calls in flight at once), loop (until killed: Reserve and Check
+      every 50 ms, Slow every 20th time).
 """
 import concurrent.futures
 import os
@@ -93,6 +94,15 @@ def client(port, plan, tls_ca, wait):
             items = list(list_items(b"all", timeout=10))
             assert len(items) == 3, items
             print("List OK", flush=True)
+        elif step == "loop":
+            i = 0
+            while True:
+                unary("Reserve")
+                unary("Check")
+                if i % 20 == 0:
+                    unary("Slow", timeout=0.3)
+                i += 1
+                time.sleep(0.05)
         elif step == "concurrent":
             futures = [call["Reserve"].future(b"item-%d" % i, timeout=10) for i in range(8)]
             for f in futures:

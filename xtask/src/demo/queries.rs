@@ -1,6 +1,7 @@
 //! `cargo xtask dashboards-check`: every PromQL expression of every dashboard panel and every alert
 //! rule, executed against real data. The demo shop runs under load (payment failing 30% of its
-//! requests, so error series exist) with the agent watching the whole host; Debian's Prometheus
+//! requests, so error series exist), beside a grpcio server and client (gRPC series, server
+//! errors among them), with the agent watching the whole host; Debian's Prometheus
 //! scrapes the agent, mysqld-exporter and redis-exporter (on the shop's MariaDB and Redis) and
 //! evaluates `dashboards/alerts/*.rules.yaml`; then each expression goes through Prometheus's
 //! HTTP API and must return at least one series.
@@ -346,6 +347,32 @@ pub fn dashboards_check(args: DashboardsCheckArgs) -> anyhow::Result<()> {
         stack.start_agent(cmd, Some(dir.join("logs/agent.log")), true)?;
         drop(gates);
         stack.start_load(&opts)?;
+        // gRPC traffic for the RPC panels and alert: the tests' grpcio server and a client
+        // calling it in a loop (OK, NOT_FOUND, and DEADLINE_EXCEEDED, a server error).
+        crate::python::ensure_test_env()?;
+        let grpc_port = free_port()?;
+        let workload = root().join("tests/workloads/grpc_pair.py");
+        let mut cmd = Command::new(crate::python::python());
+        cmd.arg(&workload)
+            .args(["server", &grpc_port.to_string()])
+            .env("OTEL_SERVICE_NAME", "inventory-grpc");
+        stack.spawn(
+            "grpc-server",
+            cmd,
+            Some(dir.join("logs/grpc-server.log")),
+            true,
+        )?;
+        stack.wait_tcp("grpc-server", grpc_port, Duration::from_secs(60))?;
+        let mut cmd = Command::new(crate::python::python());
+        cmd.arg(&workload)
+            .args(["client", &grpc_port.to_string(), "loop"])
+            .env("OTEL_SERVICE_NAME", "frontend-grpc");
+        stack.spawn(
+            "grpc-client",
+            cmd,
+            Some(dir.join("logs/grpc-client.log")),
+            true,
+        )?;
 
         let (mysql_port, redis_port, prom_port) = (free_port()?, free_port()?, free_port()?);
         let my_cnf = dir.join("exporter.my.cnf");
