@@ -370,6 +370,7 @@ fn start_network_spans(
             track_requests: config.span_profiles,
             tcp_context: config.tcp_context,
             trusted_peers: config.tcp_context_trusted.clone(),
+            tls: config.tls,
             // A write usually carries one line: the kernel's bound leaves room for the line
             // limit, which the log assembler enforces exactly.
             log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),

@@ -426,6 +426,10 @@ pub mod socket {
         /// Non-zero: in-band trace context (the kernel assigns span contexts, writes the client
         /// span's into its TCP segments, adopts a trusted peer's; needs `track_requests`).
         pub propagate: u32,
+        /// Non-zero: the TLS library probes run, so a socket syscall is first checked for being
+        /// inside a probed TLS call (its bytes are ciphertext, the probes send the plaintext).
+        /// Zero spares every data syscall that lookup.
+        pub tls: u32,
     }
 
     /// Processes `SOCKET_PIDS` may name (the `--pid` filter).
@@ -581,7 +585,7 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<PeerCtx>() == 32);
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
-    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 104);
+    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 108);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
     const _: () = assert!(core::mem::size_of::<TlsCall>() == 40);

@@ -176,6 +176,9 @@ pub struct CaptureOptions {
     pub tcp_context: bool,
     /// Peers whose TCP option context is adopted: (network, prefix length).
     pub trusted_peers: Vec<(std::net::IpAddr, u8)>,
+    /// The TLS library probes will run (`--tls`): data syscalls check whether they are inside
+    /// a probed TLS call.
+    pub tls: bool,
 }
 
 impl Default for CaptureOptions {
@@ -193,6 +196,7 @@ impl Default for CaptureOptions {
             track_requests: true,
             tcp_context: false,
             trusted_peers: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -397,6 +401,7 @@ impl SocketCapture {
                     // The client side needs the thread's server request to parent its context.
                     track_requests: u32::from(options.track_requests || propagate),
                     propagate: u32::from(propagate),
+                    tls: u32::from(options.tls),
                 },
                 0,
             )
