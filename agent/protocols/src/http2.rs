@@ -160,6 +160,9 @@ pub enum Event {
         /// The response ended with trailers (HEADERS after the response's own): gRPC's way,
         /// rare elsewhere, so a hint when the content type is not known.
         trailers: bool,
+        /// Fields of the trailers that referred to unknown HPACK entries (see
+        /// [`Headers::unknown`]).
+        unknown: u32,
     },
 }
 
@@ -280,6 +283,8 @@ struct Stream {
     answered: bool,
     /// Trailers ended the response.
     trailers: bool,
+    /// Unknown fields of the trailers.
+    unknown: u32,
 }
 
 /// The parser of one HTTP/2 connection.
@@ -638,6 +643,7 @@ impl Http2Connection {
                     id: stream,
                     answered: false,
                     trailers: false,
+                    unknown: 0,
                 });
                 out.push(Event::Request {
                     stream,
@@ -666,6 +672,7 @@ impl Http2Connection {
                 } else if block.end_stream {
                     if let Some(s) = self.streams.get_mut(at) {
                         s.trailers = true;
+                        s.unknown = h.unknown;
                     }
                     self.end_stream(stream, End::Complete, h.grpc_status, None, out);
                 }
@@ -684,13 +691,17 @@ impl Http2Connection {
         let Some(at) = self.streams.iter().position(|s| s.id == stream) else {
             return;
         };
-        let trailers = self.streams.remove(at).is_some_and(|s| s.trailers);
+        let (trailers, unknown) = self
+            .streams
+            .remove(at)
+            .map_or((false, 0), |s| (s.trailers, s.unknown));
         out.push(Event::End {
             stream,
             end,
             grpc_status,
             reset,
             trailers,
+            unknown,
         });
     }
 
@@ -709,6 +720,7 @@ impl Http2Connection {
                 grpc_status: None,
                 reset: None,
                 trailers: false,
+                unknown: 0,
             });
         }
     }

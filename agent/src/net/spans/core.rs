@@ -449,6 +449,7 @@ impl Core {
                 http2::Event::Request {
                     stream, headers, ..
                 } => {
+                    self.m.http2_unknown_fields.add(u64::from(headers.unknown));
                     let (start_ns, tid, request_ns, kctx) = chunk
                         .map(|c| (c.start_ns, c.tid, c.request_ns, c.kctx))
                         .unwrap_or((self.now, 0, 0, None));
@@ -477,6 +478,7 @@ impl Core {
                     self.queue(conn, conn_id, p);
                 }
                 http2::Event::Response { stream, headers } => {
+                    self.m.http2_unknown_fields.add(u64::from(headers.unknown));
                     match conn.get_mut(u64::from(*stream)).map(|p| &mut p.request) {
                         Some(Request::Http(h)) => h.status = headers.status,
                         Some(Request::Grpc(g)) => g.status = headers.status.or(Some(0)),
@@ -489,7 +491,9 @@ impl Core {
                     grpc_status,
                     reset,
                     trailers,
+                    unknown,
                 } => {
+                    self.m.http2_unknown_fields.add(u64::from(*unknown));
                     let Some(mut p) = conn.take(u64::from(*stream)) else {
                         continue;
                     };

@@ -46,6 +46,8 @@ pub(super) struct Metrics {
     pub(super) context_overflows: Counter,
     /// Connections read through a TLS library's plaintext.
     pub(super) tls_plaintext: Counter,
+    /// HTTP/2 header fields left out: they referred to HPACK entries never seen.
+    pub(super) http2_unknown_fields: Counter,
     /// Server spans given a parent, by where it came from: [same_host, traceparent, tcp_option].
     pub(super) parents: [Counter; 3],
     pub(super) connections: Gauge,
@@ -130,6 +132,13 @@ impl Metrics {
             detected,
             evicted,
             desyncs,
+            http2_unknown_fields: r.counter(
+                "loupe_spans_http2_unknown_header_fields_total",
+                "HTTP/2 header fields left out of spans because they referred to HPACK table \
+                 entries the agent never saw (a connection open before it started, or header \
+                 blocks outside the capture): left out, never guessed.",
+                &[],
+            ),
             tls_plaintext: r.counter(
                 "loupe_spans_tls_connections_total",
                 "Connections read in clear through the TLS library's probes (OpenSSL).",

@@ -262,4 +262,7 @@ fn grpc_picked_up_mid_way_is_named_only_by_what_is_known() {
         s.metric("rpc_server_duration_seconds_count{rpc_grpc_status_code=\"\",rpc_method=\"_OTHER\",rpc_service=\"_OTHER\",service_name=\"svc100\"}"),
         1
     );
+    // Counted where they were left out: 3 + 1 + 1 in the first call's request, response and
+    // trailers, 1 + 1 in the second's request and trailers-only response, 1 in the GET.
+    assert_eq!(s.metric("loupe_spans_http2_unknown_header_fields_total"), 8);
 }
