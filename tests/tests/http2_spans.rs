@@ -381,3 +381,145 @@ fn http2_over_tls_is_read_in_clear() {
         [s("GET /a", "200"), s("GET /missing", "404")]
     );
 }
+
+/// A tonic gRPC service (hyper's h2: every string Huffman-coded, the dynamic table used) in this
+/// test process: OTLP's TraceService, as the generated code serves it. An empty export answers
+/// NOT_FOUND; one whose first resource has no attributes sleeps past the client's deadline.
+struct Shop;
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Shop {
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans = &request.get_ref().resource_spans;
+        if spans.is_empty() {
+            return Err(tonic::Status::not_found("nothing to export"));
+        }
+        if spans[0].resource.is_none() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[test]
+fn a_tonic_client_and_server_give_rpc_spans_with_their_statuses() {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+        trace_service_server::TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Shop))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (agent, out) = start_agent(dir.path());
+    let codes: Vec<tonic::Code> = runtime.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let ok = || ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource::default()),
+                ..Default::default()
+            }],
+        };
+        let mut codes = Vec::new();
+        let code = |r: Result<_, tonic::Status>| r.map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        for _ in 0..5 {
+            codes.push(code(client.export(ok()).await));
+        }
+        codes.push(code(
+            client.export(ExportTraceServiceRequest::default()).await,
+        ));
+        let mut slow = tonic::Request::new(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans::default()],
+        });
+        slow.set_timeout(Duration::from_millis(300));
+        codes.push(code(client.export(slow).await));
+        // Eight calls in flight at once on the same connection.
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = client.clone();
+                let req = ok();
+                tokio::spawn(async move { c.export(req).await })
+            })
+            .collect();
+        for call in calls {
+            codes.push(code(call.await.expect("join")));
+        }
+        codes
+    });
+    // tonic's server ends the late call itself when the deadline passes (CANCELLED).
+    use tonic::Code;
+    let want: Vec<Code> = [
+        vec![Code::Ok; 5],
+        vec![Code::NotFound, Code::Cancelled],
+        vec![Code::Ok; 8],
+    ]
+    .concat();
+    assert_eq!(codes, want);
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    drop(runtime);
+    let spans = read_spans(&out);
+    let ours = on_port(&spans, port);
+    let name = "opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    for kind in [SPAN_KIND_SERVER, SPAN_KIND_CLIENT] {
+        let mut by_code: HashMap<String, usize> = HashMap::new();
+        for s in ours.iter().filter(|s| s.kind == kind) {
+            assert_eq!(s.name, name);
+            assert_eq!(attr(s, "rpc.method"), Some("Export"));
+            *by_code
+                .entry(attr(s, "rpc.grpc.status_code").unwrap_or("none").to_owned())
+                .or_default() += 1;
+        }
+        // The late call: at the deadline the client cancels it (RST_STREAM), which a span
+        // names DEADLINE_EXCEEDED as the gRPC spec does (tonic's client reports CANCELLED),
+        // and tonic's server ends it with CANCELLED in its trailers; each end's span says
+        // what reached it first.
+        let late = if by_code.contains_key("1") { "1" } else { "4" };
+        let want: HashMap<String, usize> = [("0", 13), ("5", 1), (late, 1)]
+            .into_iter()
+            .map(|(c, n)| (c.to_owned(), n))
+            .collect();
+        assert_eq!(by_code, want, "kind {kind}");
+    }
+    // Each server span is the child of its own client span.
+    let clients: HashMap<&str, &SpanRecord> = ours
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .map(|c| (c.span_id.as_str(), *c))
+        .collect();
+    let mut parents = std::collections::HashSet::new();
+    for s in ours.iter().filter(|s| s.kind == SPAN_KIND_SERVER) {
+        let parent = clients
+            .get(s.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("server span without its client parent"));
+        assert_eq!(parent.trace_id, s.trace_id);
+        assert!(parents.insert(s.parent_span_id.clone()));
+    }
+}
