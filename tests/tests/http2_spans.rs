@@ -4,6 +4,10 @@
 //!   deadline exceeded. One server and one client span per call, named
 //!   `{rpc.service}/{rpc.method}`, with the status codes the client saw, each server span the
 //!   child of its own client span (no crossed streams), and RED counts equal to the calls made.
+//! - gRPC: a tonic server and client in this process (hyper's h2: every string Huffman-coded,
+//!   the dynamic table used), OTLP's generated TraceService: OK, NOT_FOUND, a deadline, eight
+//!   calls in flight; statuses as the client saw them, each server span its own client's child.
+//!   Needing nothing but the test binary, it runs in the kernel matrix too.
 //! - A gRPC connection opened before the agent: calls to methods first called after it started
 //!   are named; a method whose path sits in the HPACK table from before is `grpc`, never a wrong
 //!   name, and no status code is ever wrong.
