@@ -36,6 +36,19 @@ fn grpc_pair() -> PathBuf {
     root().join("tests/workloads/grpc_pair.py")
 }
 
+/// Lets the agent flush what it saw, stops it, and reads the spans it wrote to `out`.
+fn stop_and_read(agent: Agent, out: &Path) -> Vec<SpanRecord> {
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    read_spans(out)
+}
+
+/// An expected nghttpd server span: (name, status, scheme, HTTP version 2).
+fn row(name: &str, code: &str, scheme: &str) -> (String, String, String, String) {
+    (name.into(), code.into(), scheme.into(), "2".into())
+}
+
 fn start_agent(dir: &Path) -> (Agent, PathBuf) {
     let out = dir.join("out");
     let mut cmd = Command::new(agent_bin());
@@ -78,16 +91,34 @@ fn grpc_client(port: u16, plan: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Spans on `port` (server end or peer), so that a parallel test's traffic is left out.
-fn on_port(spans: &[SpanRecord], port: u16) -> Vec<&SpanRecord> {
+/// Spans of `kind` on `port` (server end or peer), so that a parallel test's traffic is left
+/// out.
+fn on_port(spans: &[SpanRecord], port: u16, kind: i64) -> Vec<&SpanRecord> {
     let port = port.to_string();
     spans
         .iter()
         .filter(|s| {
-            s.attributes.get("server.port") == Some(&port)
-                || s.attributes.get("network.peer.port") == Some(&port)
+            s.kind == kind
+                && (s.attributes.get("server.port") == Some(&port)
+                    || s.attributes.get("network.peer.port") == Some(&port))
         })
         .collect()
+}
+
+/// Each server span is the child of a client span of the same call (same name and trace), and
+/// no two share a parent: multiplexed streams were not crossed.
+fn assert_own_parents(servers: &[&SpanRecord], clients: &[&SpanRecord]) {
+    let by_id: HashMap<&str, &SpanRecord> =
+        clients.iter().map(|c| (c.span_id.as_str(), *c)).collect();
+    let mut parents = std::collections::HashSet::new();
+    for s in servers {
+        let parent = by_id
+            .get(s.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("{} has no client parent", s.name));
+        assert_eq!(parent.name, s.name);
+        assert_eq!(parent.trace_id, s.trace_id);
+        assert!(parents.insert(s.parent_span_id.clone()), "{}", s.name);
+    }
 }
 
 fn attr<'a>(s: &'a SpanRecord, key: &str) -> Option<&'a str> {
@@ -113,20 +144,9 @@ fn grpc_calls_become_rpc_spans_with_statuses_and_their_own_parents() {
     assert_eq!(lines.len(), 12, "{lines:?}");
     std::thread::sleep(Duration::from_secs(2));
     let metrics = agent.metrics();
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{stderr}");
-    let spans = read_spans(&out);
-    let ours = on_port(&spans, port);
-    let servers: Vec<&SpanRecord> = ours
-        .iter()
-        .copied()
-        .filter(|s| s.kind == SPAN_KIND_SERVER)
-        .collect();
-    let clients: Vec<&SpanRecord> = ours
-        .iter()
-        .copied()
-        .filter(|s| s.kind == SPAN_KIND_CLIENT)
-        .collect();
+    let spans = stop_and_read(agent, &out);
+    let servers = on_port(&spans, port, SPAN_KIND_SERVER);
+    let clients = on_port(&spans, port, SPAN_KIND_CLIENT);
     let want: HashMap<String, usize> = [
         ("shop.Inventory/Reserve", 9),
         ("shop.Inventory/Check", 1),
@@ -158,18 +178,7 @@ fn grpc_calls_become_rpc_spans_with_statuses_and_their_own_parents() {
             .iter()
             .all(|s| s.service == "inventory-red" && s.end_ns >= s.start_ns)
     );
-    // Each server span is the child of a client span of the same call; none shares a parent.
-    let by_id: HashMap<&str, &SpanRecord> =
-        clients.iter().map(|c| (c.span_id.as_str(), *c)).collect();
-    let mut parents = std::collections::HashSet::new();
-    for s in &servers {
-        let parent = by_id
-            .get(s.parent_span_id.as_str())
-            .unwrap_or_else(|| panic!("{} has no client parent", s.name));
-        assert_eq!(parent.name, s.name);
-        assert_eq!(parent.trace_id, s.trace_id);
-        assert!(parents.insert(s.parent_span_id.clone()));
-    }
+    assert_own_parents(&servers, &clients);
     // RED: one observation per call, by method and status.
     let series = |kind: &str, method: &str, code: &str| {
         metric_value(
@@ -228,16 +237,8 @@ fn a_grpc_connection_open_before_the_agent_is_never_misnamed() {
     let mut output = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut output).expect("client output");
     assert_eq!(output.lines().count(), 5, "{output}");
-    std::thread::sleep(Duration::from_secs(2));
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{stderr}");
-    let spans = read_spans(&out);
-    let ours = on_port(&spans, port);
-    let servers: Vec<&SpanRecord> = ours
-        .iter()
-        .copied()
-        .filter(|s| s.kind == SPAN_KIND_SERVER)
-        .collect();
+    let spans = stop_and_read(agent, &out);
+    let servers = on_port(&spans, port, SPAN_KIND_SERVER);
     let names = count_by_name(&servers);
     // Four calls after the agent started; Reserve's path was learned by the peers before it.
     assert_eq!(servers.len(), 4, "{names:?}");
@@ -279,9 +280,8 @@ fn nghttpd(dir: &Path, port: u16, tls: bool) -> Guard {
 
 /// The server spans of nghttpd on `port`: (name, status, scheme, version).
 fn nghttpd_spans(spans: &[SpanRecord], port: u16) -> Vec<(String, String, String, String)> {
-    let mut v: Vec<_> = on_port(spans, port)
+    let mut v: Vec<_> = on_port(spans, port, SPAN_KIND_SERVER)
         .into_iter()
-        .filter(|s| s.kind == SPAN_KIND_SERVER)
         .map(|s| {
             let a = |k| attr(s, k).unwrap_or_default().to_owned();
             (
@@ -310,18 +310,8 @@ fn h2c_streams_from_nghttp_become_http2_spans() {
         .status()
         .expect("nghttp");
     assert!(status.success());
-    std::thread::sleep(Duration::from_secs(2));
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{stderr}");
-    let spans = read_spans(&out);
-    let s = |name: &str, code: &str| {
-        (
-            name.to_owned(),
-            code.to_owned(),
-            "http".to_owned(),
-            "2".to_owned(),
-        )
-    };
+    let spans = stop_and_read(agent, &out);
+    let s = |name: &str, code: &str| row(name, code, "http");
     assert_eq!(
         nghttpd_spans(&spans, port),
         [
@@ -330,10 +320,7 @@ fn h2c_streams_from_nghttp_become_http2_spans() {
             s("GET /missing", "404")
         ]
     );
-    let clients: Vec<&SpanRecord> = on_port(&spans, port)
-        .into_iter()
-        .filter(|s| s.kind == SPAN_KIND_CLIENT)
-        .collect();
+    let clients = on_port(&spans, port, SPAN_KIND_CLIENT);
     assert_eq!(clients.len(), 3);
     assert!(
         clients
@@ -368,18 +355,8 @@ fn http2_over_tls_is_read_in_clear() {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert_eq!(text, if path == "/a" { "2 200" } else { "2 404" });
     }
-    std::thread::sleep(Duration::from_secs(2));
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{stderr}");
-    let spans = read_spans(&out);
-    let s = |name: &str, code: &str| {
-        (
-            name.to_owned(),
-            code.to_owned(),
-            "https".to_owned(),
-            "2".to_owned(),
-        )
-    };
+    let spans = stop_and_read(agent, &out);
+    let s = |name: &str, code: &str| row(name, code, "https");
     assert_eq!(
         nghttpd_spans(&spans, port),
         [s("GET /a", "200"), s("GET /missing", "404")]
@@ -485,16 +462,12 @@ fn a_tonic_client_and_server_give_rpc_spans_with_their_statuses() {
     ]
     .concat();
     assert_eq!(codes, want);
-    std::thread::sleep(Duration::from_secs(2));
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{stderr}");
+    let spans = stop_and_read(agent, &out);
     drop(runtime);
-    let spans = read_spans(&out);
-    let ours = on_port(&spans, port);
     let name = "opentelemetry.proto.collector.trace.v1.TraceService/Export";
     for kind in [SPAN_KIND_SERVER, SPAN_KIND_CLIENT] {
         let mut by_code: HashMap<String, usize> = HashMap::new();
-        for s in ours.iter().filter(|s| s.kind == kind) {
+        for s in on_port(&spans, port, kind) {
             assert_eq!(s.name, name);
             assert_eq!(attr(s, "rpc.method"), Some("Export"));
             *by_code
@@ -512,18 +485,8 @@ fn a_tonic_client_and_server_give_rpc_spans_with_their_statuses() {
             .collect();
         assert_eq!(by_code, want, "kind {kind}");
     }
-    // Each server span is the child of its own client span.
-    let clients: HashMap<&str, &SpanRecord> = ours
-        .iter()
-        .filter(|s| s.kind == SPAN_KIND_CLIENT)
-        .map(|c| (c.span_id.as_str(), *c))
-        .collect();
-    let mut parents = std::collections::HashSet::new();
-    for s in ours.iter().filter(|s| s.kind == SPAN_KIND_SERVER) {
-        let parent = clients
-            .get(s.parent_span_id.as_str())
-            .unwrap_or_else(|| panic!("server span without its client parent"));
-        assert_eq!(parent.trace_id, s.trace_id);
-        assert!(parents.insert(s.parent_span_id.clone()));
-    }
+    assert_own_parents(
+        &on_port(&spans, port, SPAN_KIND_SERVER),
+        &on_port(&spans, port, SPAN_KIND_CLIENT),
+    );
 }

@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use loupe_protocols::http2::frame_bytes as h2_frame;
 use loupe_protocols::{Flow, Http1Connection, Http2Connection, MySqlConnection, RedisConnection};
 
 /// Bytes of each buffer the agent captures by default (`--capture-bytes`).
@@ -382,14 +383,6 @@ fn bench_redis(c: &mut Criterion) {
 }
 
 // ---- HTTP/2 and gRPC ----
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// HPACK literal with incremental indexing, new name.
 fn h2_insert(name: &str, value: &str) -> Vec<u8> {

@@ -38,21 +38,61 @@ pub const MAX_VALUE: usize = 2048;
 /// Largest frame payload accepted when realigning (a peer may allow up to 2^24 - 1).
 const MAX_PLAUSIBLE_FRAME: u32 = 1 << 20;
 
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const PRIORITY: u8 = 2;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PUSH_PROMISE: u8 = 5;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
-const CONTINUATION: u8 = 9;
+/// Frame types (RFC 9113 §6).
+pub mod kind {
+    /// DATA.
+    pub const DATA: u8 = 0;
+    /// HEADERS.
+    pub const HEADERS: u8 = 1;
+    /// PRIORITY.
+    pub const PRIORITY: u8 = 2;
+    /// RST_STREAM.
+    pub const RST_STREAM: u8 = 3;
+    /// SETTINGS.
+    pub const SETTINGS: u8 = 4;
+    /// PUSH_PROMISE.
+    pub const PUSH_PROMISE: u8 = 5;
+    /// PING.
+    pub const PING: u8 = 6;
+    /// GOAWAY.
+    pub const GOAWAY: u8 = 7;
+    /// WINDOW_UPDATE.
+    pub const WINDOW_UPDATE: u8 = 8;
+    /// CONTINUATION.
+    pub const CONTINUATION: u8 = 9;
+}
 
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
+/// Frame flags (RFC 9113 §6).
+pub mod flag {
+    /// END_STREAM (DATA, HEADERS).
+    pub const END_STREAM: u8 = 0x1;
+    /// END_HEADERS (HEADERS, PUSH_PROMISE, CONTINUATION).
+    pub const END_HEADERS: u8 = 0x4;
+    /// PADDED (DATA, HEADERS, PUSH_PROMISE).
+    pub const PADDED: u8 = 0x8;
+    /// PRIORITY (HEADERS).
+    pub const PRIORITY: u8 = 0x20;
+}
+
+use flag::{END_HEADERS, END_STREAM, PADDED, PRIORITY as PRIORITY_FLAG};
+use kind::{
+    CONTINUATION, DATA, GOAWAY, HEADERS, PING, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS,
+    WINDOW_UPDATE,
+};
+
+/// The bytes of one frame: its 9-byte header, then `payload` (its length must fit in 24 bits).
+/// The parser never writes; tests, benchmarks and fixtures build traffic with it.
+pub fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .min(0xff_ffff);
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
 
 /// RST_STREAM/GOAWAY code a GOAWAY's refused streams end with.
 pub const REFUSED_STREAM: u32 = 0x7;

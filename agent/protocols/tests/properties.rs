@@ -3,7 +3,7 @@
 //! chunked; the helpers round-trip or are idempotent.
 
 use loupe_protocols::http1::{self, Http1Connection};
-use loupe_protocols::http2::{self, Http2Connection};
+use loupe_protocols::http2::{self, Http2Connection, frame_bytes as h2_frame};
 use loupe_protocols::mysql::{self, MySqlConnection};
 use loupe_protocols::redis::{self, RedisConnection};
 use loupe_protocols::traceparent::{self, TraceParent};
@@ -664,15 +664,6 @@ proptest! {
         }
         prop_assert_eq!(c.desyncs(), 0);
     }
-}
-
-/// An HTTP/2 frame.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }
 
 /// One gRPC call: method path, request and response message sizes, status.

@@ -1,16 +1,6 @@
+use super::frame_bytes as frame;
 use super::*;
 use Flow::{ClientToServer as C2S, ServerToClient as S2C};
-
-/// A frame with this header and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// An HPACK literal without indexing, new name, no Huffman.
 fn lit(name: &str, value: &str) -> Vec<u8> {

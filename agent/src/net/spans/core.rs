@@ -336,6 +336,74 @@ impl Core {
         }
     }
 
+    /// An HTTP request (HTTP/1.x, or an HTTP/2 stream) starts, timed by `opened`, the chunk
+    /// that carried its first bytes: its trace context (from `traceparent`/`tracestate`, the
+    /// kernel, the thread or the peer), then it waits for its response.
+    fn open_request(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        id: u64,
+        opened: Option<Chunk>,
+        (traceparent, tracestate): (Option<&str>, Option<&str>),
+        request: Request,
+    ) {
+        let (start_ns, tid, request_ns, kctx) = opened
+            .map(|c| (c.start_ns, c.tid, c.request_ns, c.kctx))
+            .unwrap_or((self.now, 0, 0, None));
+        let req = (conn_id, id);
+        let (ctx, link) = if conn.role == Role::Server {
+            self.server_context(req, conn, traceparent, tracestate, tid, kctx)
+        } else {
+            self.client_context(req, conn, traceparent, tracestate, tid, kctx, true)
+        };
+        let p = Pending {
+            id,
+            start_ns,
+            tid,
+            request_ns,
+            ctx,
+            link,
+            request,
+        };
+        self.queue(conn, conn_id, p);
+    }
+
+    /// An HTTP request's response is over (at `end_ns`): its context entries are released and
+    /// `span` makes its span, unless it was never answered (dropped and counted). A server span
+    /// whose client may still come out of the ring lingers for it, its thread released.
+    fn close_request(
+        &mut self,
+        conn_id: u64,
+        conn: &Conn,
+        p: Pending,
+        answered: bool,
+        end_ns: u64,
+        span: impl FnOnce(&mut Self, &Conn, Pending, u64) -> Option<Finished>,
+    ) {
+        let request = (conn_id, p.id);
+        let linger =
+            answered && conn.role == Role::Server && self.ctx.server_waiting(p.link, request);
+        if linger {
+            self.ctx.stop_serving(p.tid, request);
+        } else {
+            self.release(conn_id, conn.role, &p);
+        }
+        if !answered {
+            self.m.drop(DropReason::NoResponse, 1);
+            return;
+        }
+        let key = p.link;
+        let Some(finished) = span(self, conn, p, end_ns) else {
+            return;
+        };
+        if linger {
+            self.linger(request, key, finished);
+        } else {
+            self.finish(finished);
+        }
+    }
+
     pub(super) fn on_http(
         &mut self,
         conn_id: u64,
@@ -346,30 +414,13 @@ impl Core {
         for ev in events {
             match ev {
                 http1::Event::RequestStart { id, head } => {
-                    let (start_ns, tid, request_ns, kctx) = conn
-                        .c2s_open
-                        .take()
-                        .or(chunk)
-                        .map(|c| (c.start_ns, c.tid, c.request_ns, c.kctx))
-                        .unwrap_or((self.now, 0, 0, None));
-                    let req = (conn_id, *id);
-                    let tp = head.headers.traceparent.as_deref();
-                    let ts = head.headers.tracestate.as_deref();
-                    let (ctx, link) = if conn.role == Role::Server {
-                        self.server_context(req, conn, tp, ts, tid, kctx)
-                    } else {
-                        self.client_context(req, conn, tp, ts, tid, kctx, true)
-                    };
-                    let p = Pending {
-                        id: *id,
-                        start_ns,
-                        tid,
-                        request_ns,
-                        ctx,
-                        link,
-                        request: Request::Http(HttpRequest::from_head(head)),
-                    };
-                    self.queue(conn, conn_id, p);
+                    let opened = conn.c2s_open.take().or(chunk);
+                    let context = (
+                        head.headers.traceparent.as_deref(),
+                        head.headers.tracestate.as_deref(),
+                    );
+                    let request = Request::Http(HttpRequest::from_head(head));
+                    self.open_request(conn_id, conn, *id, opened, context, request);
                 }
                 http1::Event::ResponseStart {
                     request_id: Some(id),
@@ -397,34 +448,11 @@ impl Core {
                     ..
                 } => {
                     let Some(p) = conn.take(*id) else { continue };
-                    let status = match &p.request {
-                        Request::Http(h) => h.status,
-                        _ => None,
-                    };
-                    let request = (conn_id, p.id);
-                    let linger = status.is_some()
-                        && conn.role == Role::Server
-                        && self.ctx.server_waiting(p.link, request);
-                    if linger {
-                        // Keeps waiting for its client; only the serving thread is released.
-                        self.ctx.stop_serving(p.tid, request);
-                    } else {
-                        self.release(conn_id, conn.role, &p);
-                    }
-                    if status.is_none() {
-                        self.m.drop(DropReason::NoResponse, 1);
-                        continue;
-                    }
+                    let answered = matches!(&p.request, Request::Http(h) if h.status.is_some());
                     let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
-                    let key = p.link;
-                    let Some(finished) = self.http_span(conn, p, end_ns) else {
-                        continue;
-                    };
-                    if linger {
-                        self.linger(request, key, finished);
-                    } else {
-                        self.finish(finished);
-                    }
+                    self.close_request(conn_id, conn, p, answered, end_ns, |core, conn, p, end| {
+                        core.http_span(conn, p, end)
+                    });
                 }
                 http1::Event::MessageEnd {
                     flow: Flow::ServerToClient,
@@ -450,32 +478,16 @@ impl Core {
                     stream, headers, ..
                 } => {
                     self.m.http2_unknown_fields.add(u64::from(headers.unknown));
-                    let (start_ns, tid, request_ns, kctx) = chunk
-                        .map(|c| (c.start_ns, c.tid, c.request_ns, c.kctx))
-                        .unwrap_or((self.now, 0, 0, None));
-                    let id = u64::from(*stream);
-                    let req = (conn_id, id);
-                    let tp = headers.traceparent.as_deref();
-                    let ts = headers.tracestate.as_deref();
-                    let (ctx, link) = if conn.role == Role::Server {
-                        self.server_context(req, conn, tp, ts, tid, kctx)
-                    } else {
-                        self.client_context(req, conn, tp, ts, tid, kctx, true)
-                    };
+                    let context = (
+                        headers.traceparent.as_deref(),
+                        headers.tracestate.as_deref(),
+                    );
                     let request = match GrpcRequest::from_h2(headers) {
                         Some(g) => Request::Grpc(g),
                         None => Request::Http(HttpRequest::from_h2(headers)),
                     };
-                    let p = Pending {
-                        id,
-                        start_ns,
-                        tid,
-                        request_ns,
-                        ctx,
-                        link,
-                        request,
-                    };
-                    self.queue(conn, conn_id, p);
+                    let id = u64::from(*stream);
+                    self.open_request(conn_id, conn, id, chunk, context, request);
                 }
                 http2::Event::Response { stream, headers } => {
                     self.m.http2_unknown_fields.add(u64::from(headers.unknown));
@@ -527,30 +539,12 @@ impl Core {
                         Request::Grpc(g) => g.status.is_some() || grpc_status.is_some(),
                         _ => false,
                     };
-                    let request = (conn_id, p.id);
-                    let linger = answered
-                        && conn.role == Role::Server
-                        && self.ctx.server_waiting(p.link, request);
-                    if linger {
-                        self.ctx.stop_serving(p.tid, request);
-                    } else {
-                        self.release(conn_id, conn.role, &p);
-                    }
-                    if !answered {
-                        self.m.drop(DropReason::NoResponse, 1);
-                        continue;
-                    }
-                    let key = p.link;
-                    let finished = match &p.request {
-                        Request::Grpc(_) => self.grpc_span(conn, p, end_ns, grpc_status),
-                        _ => self.http_span(conn, p, end_ns),
-                    };
-                    let Some(finished) = finished else { continue };
-                    if linger {
-                        self.linger(request, key, finished);
-                    } else {
-                        self.finish(finished);
-                    }
+                    self.close_request(conn_id, conn, p, answered, end_ns, |core, conn, p, end| {
+                        match &p.request {
+                            Request::Grpc(_) => core.grpc_span(conn, p, end, grpc_status),
+                            _ => core.http_span(conn, p, end),
+                        }
+                    });
                 }
             }
         }

@@ -139,6 +139,50 @@ pub fn redis_result(reply: Option<&redis::Reply>, sanitize: bool) -> DbResult {
     }
 }
 
+/// A connection end: its address (shared text) and port.
+type ConnEnd = Option<(Arc<str>, u16)>;
+
+/// A server span's ends: `server.*` from the local end, `client.address` and `network.peer.*`
+/// from the remote one.
+fn server_ends(a: &mut Attrs, local: &ConnEnd, remote: &ConnEnd) {
+    if let Some((addr, port)) = local {
+        a.str("server.address", addr.clone());
+        a.int("server.port", i64::from(*port));
+    }
+    if let Some((addr, port)) = remote {
+        a.str("client.address", addr.clone());
+        a.str("network.peer.address", addr.clone());
+        a.int("network.peer.port", i64::from(*port));
+    }
+}
+
+/// A client span's `server.address`/`server.port` (the host the request named, `Host` or
+/// `:authority`, else the remote end) and `network.peer.*`; returns the server address (the
+/// RED peer label).
+fn server_address(a: &mut Attrs, host: Option<&str>, remote: &ConnEnd) -> Text {
+    let address = match (host.and_then(attrs::split_host), remote) {
+        (Some((host, port)), _) => {
+            let host = Text::from(host.to_owned());
+            a.str("server.address", host.clone());
+            if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
+                a.int("server.port", i64::from(port));
+            }
+            host
+        }
+        (None, Some((addr, port))) => {
+            a.str("server.address", addr.clone());
+            a.int("server.port", i64::from(*port));
+            Text::from(addr)
+        }
+        (None, None) => Text::Static(""),
+    };
+    if let Some((addr, port)) = remote {
+        a.str("network.peer.address", addr.clone());
+        a.int("network.peer.port", i64::from(*port));
+    }
+    address
+}
+
 fn seconds(start: u64, end: u64) -> f64 {
     end.saturating_sub(start) as f64 / 1e9
 }
@@ -202,15 +246,7 @@ impl Core {
             }
             a.str("url.scheme", if conn.plaintext { "https" } else { "http" });
             a.str("http.route", route.clone());
-            if let Some((addr, port)) = &local {
-                a.str("server.address", addr.clone());
-                a.int("server.port", i64::from(*port));
-            }
-            if let Some((addr, port)) = &remote {
-                a.str("client.address", addr.clone());
-                a.str("network.peer.address", addr.clone());
-                a.int("network.peer.port", i64::from(*port));
-            }
+            server_ends(&mut a, &local, &remote);
             self.red
                 .http_server(&process.service, method, &route, &status_text, secs);
             self.m.spans[0].inc();
@@ -227,27 +263,7 @@ impl Core {
             ) {
                 a.str("url.full", url);
             }
-            let from_host = h.host.as_deref().and_then(attrs::split_host);
-            let server_address = match (from_host, &remote) {
-                (Some((host, port)), _) => {
-                    let host = Text::from(host.to_owned());
-                    a.str("server.address", host.clone());
-                    if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
-                        a.int("server.port", i64::from(port));
-                    }
-                    host
-                }
-                (None, Some((addr, port))) => {
-                    a.str("server.address", addr);
-                    a.int("server.port", i64::from(*port));
-                    Text::from(addr)
-                }
-                (None, None) => Text::Static(""),
-            };
-            if let Some((addr, port)) = &remote {
-                a.str("network.peer.address", addr.clone());
-                a.int("network.peer.port", i64::from(*port));
-            }
+            let server_address = server_address(&mut a, h.host.as_deref(), &remote);
             self.red.http_client(
                 &process.service,
                 method,
@@ -263,17 +279,7 @@ impl Core {
         if error {
             a.str("error.type", status_text);
         }
-        let kind = if server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        };
-        let span = self.span(&p, name, kind, end_ns, a, error.then(String::new));
-        Some(Finished {
-            pid: conn.pid,
-            process,
-            span,
-        })
+        Some(self.request_span(conn, &p, process, name, end_ns, a, error))
     }
 
     /// The span of a finished gRPC call (RED metrics are recorded here); the caller queues it.
@@ -306,31 +312,9 @@ impl Core {
         let local = self.addr_names.local_end(&conn.tuple);
         let remote = self.addr_names.remote_end(&conn.tuple);
         if server {
-            if let Some((addr, port)) = &local {
-                a.str("server.address", addr.clone());
-                a.int("server.port", i64::from(*port));
-            }
-            if let Some((addr, _)) = &remote {
-                a.str("client.address", addr.clone());
-            }
+            server_ends(&mut a, &local, &remote);
         } else {
-            match (g.authority.as_deref().and_then(attrs::split_host), &remote) {
-                (Some((host, port)), _) => {
-                    a.str("server.address", host.to_owned());
-                    if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
-                        a.int("server.port", i64::from(port));
-                    }
-                }
-                (None, Some((addr, port))) => {
-                    a.str("server.address", addr.clone());
-                    a.int("server.port", i64::from(*port));
-                }
-                (None, None) => {}
-            }
-        }
-        if let Some((addr, port)) = &remote {
-            a.str("network.peer.address", addr.clone());
-            a.int("network.peer.port", i64::from(*port));
+            server_address(&mut a, g.authority.as_deref(), &remote);
         }
         let error = grpc_status.is_some_and(|c| {
             if server {
@@ -364,17 +348,33 @@ impl Core {
         if server && let Some(id) = self.publish_server_span(&p, &name) {
             a.str("pyroscope.profile.id", id);
         }
-        let kind = if server {
+        Some(self.request_span(conn, &p, process, name, end_ns, a, error))
+    }
+
+    /// The span of a request `conn`'s process served or made (its kind from the connection's
+    /// role), as the caller queues it.
+    #[allow(clippy::too_many_arguments)]
+    fn request_span(
+        &self,
+        conn: &Conn,
+        p: &Pending,
+        process: Arc<ProcessInfo>,
+        name: String,
+        end_ns: u64,
+        attributes: Attrs,
+        error: bool,
+    ) -> Finished {
+        let kind = if conn.role == Role::Server {
             SpanKind::Server
         } else {
             SpanKind::Client
         };
-        let span = self.span(&p, name, kind, end_ns, a, error.then(String::new));
-        Some(Finished {
+        let span = self.span(p, name, kind, end_ns, attributes, error.then(String::new));
+        Finished {
             pid: conn.pid,
             process,
             span,
-        })
+        }
     }
 
     pub(super) fn emit_db(

@@ -1,12 +1,5 @@
 use super::*;
-
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.split_whitespace().collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+use crate::util::unhex as hex;
 
 fn text(v: &Value<'_>) -> String {
     match v {

@@ -2,15 +2,7 @@
 //! trailers and resets, RPC metrics.
 
 use super::*;
-
-/// An HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
+use loupe_protocols::http2::frame_bytes as frame;
 
 /// An HPACK literal without indexing, new name.
 fn lit(name: &str, value: &str) -> Vec<u8> {
