@@ -131,7 +131,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Part::Logs => with_bpf_stats(|| crate::bench_logs::logs(&agent, args.seconds))?,
             Part::Alloc => crate::bench_alloc::alloc(&agent)?,
             Part::Tls => crate::bench_tls::tls(&agent)?,
-            Part::Http2 => crate::bench_http2::http2(&agent)?,
+            Part::Http2 => with_bpf_stats(|| crate::bench_http2::http2(&agent))?,
         };
         println!("{section}");
         let file = dir.join(format!("{}.md", part.name()));

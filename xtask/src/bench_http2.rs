@@ -5,9 +5,12 @@
 //!   posting one length-prefixed message to `/shop.Inventory/Reserve` with gRPC's headers,
 //!   2 connections of 8 concurrent streams.
 //!
-//! Throughput comes from h2load; p99 from its per-request log (`--log-file`). With the agent on,
-//! its own metrics say how many spans it made and whether socket events were dropped, so that
-//! the figures are for real span making.
+//! Throughput comes from h2load; p99 from its per-request log (`--log-file`). CPU per request:
+//! the server's (user + system, `/proc/PID/stat`) in each run, and with the agent on, the
+//! agent's userspace CPU plus its eBPF programs' run time (`kernel.bpf_stats_enabled`), so the
+//! agent's cost is a ratio of the server's own (issue 14's measure). The agent's metrics say how
+//! many spans it made and whether socket events were dropped, so that the figures are for real
+//! span making.
 
 use std::{
     fmt::Write as _,
@@ -17,6 +20,8 @@ use std::{
 
 use anyhow::{Context, bail};
 
+use crate::bench::bpf_run_time;
+use crate::bench_net::process_cpu_s;
 use crate::util::{KillOnDrop, http_get, root, start_agent_until, step, terminate, wait_for_port};
 
 const H2C_PORT: u16 = 16_561;
@@ -30,8 +35,12 @@ struct Run {
     rps: f64,
     p99_us: f64,
     failed: u64,
+    /// The server's CPU per request, µs.
+    server_us: f64,
     /// With the agent: spans made (server and client) and socket events dropped.
     agent: Option<(f64, f64)>,
+    /// With the agent: its CPU per request, µs, userspace and eBPF.
+    agent_us: Option<(f64, f64)>,
 }
 
 /// The http2 part; returns its markdown section.
@@ -53,6 +62,7 @@ pub fn http2(agent: &Path) -> anyhow::Result<String> {
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start nghttpd (Debian's nghttp2-server; run `cargo xtask setup`)")?;
+    let nghttpd_pid = nghttpd.id();
     let _nghttpd = KillOnDrop(nghttpd);
     let grpc = Command::new(crate::python::python())
         .arg(root().join("tests/workloads/grpc_pair.py"))
@@ -60,6 +70,7 @@ pub fn http2(agent: &Path) -> anyhow::Result<String> {
         .env("OTEL_SERVICE_NAME", "bench-grpc")
         .spawn()
         .context("cannot start the gRPC server")?;
+    let grpc_pid = grpc.id();
     let _grpc = KillOnDrop(grpc);
     wait_for_port(H2C_PORT)?;
     wait_for_port(GRPC_PORT)?;
@@ -97,19 +108,48 @@ pub fn http2(agent: &Path) -> anyhow::Result<String> {
         grpc_args.push(h.into());
     }
     let mut rows = Vec::new();
-    for (name, url, args) in [
-        ("h2c GET (nghttpd)", &h2c_url, &h2c_args),
-        ("gRPC unary (grpcio)", &grpc_url, &grpc_args),
+    for (name, url, args, server, requests) in [
+        (
+            "h2c GET (nghttpd)",
+            &h2c_url,
+            &h2c_args,
+            nghttpd_pid,
+            H2C_REQUESTS,
+        ),
+        (
+            "gRPC unary (grpcio)",
+            &grpc_url,
+            &grpc_args,
+            grpc_pid,
+            GRPC_REQUESTS,
+        ),
     ] {
         // Warm-up: the servers' first connections and the kernel's caches.
         h2load(&dir, url, &["-n", "2000", "-c", "1"].map(String::from))?;
-        let off = step(&format!("{name}, no agent"), || h2load(&dir, url, args))?;
+        let per_request = |seconds: f64| seconds * 1e6 / f64::from(requests);
+        let off = step(&format!("{name}, no agent"), || {
+            let before = process_cpu_s(server);
+            let mut run = h2load(&dir, url, args);
+            if let Ok(r) = &mut run {
+                r.server_us = per_request(process_cpu_s(server) - before);
+            }
+            run
+        })?;
         let on = step(&format!("{name}, agent on"), || {
             let agent = start_agent(agent, &dir.join("out"))?;
+            let (cpu0, (bpf0, _)) = (process_cpu_s(agent.id()), bpf_run_time(agent.id()));
+            let before = process_cpu_s(server);
             let mut run = h2load(&dir, url, args);
+            let server_s = process_cpu_s(server) - before;
+            let (cpu1, (bpf1, _)) = (process_cpu_s(agent.id()), bpf_run_time(agent.id()));
             let metrics = http_get(METRICS_PORT, "/metrics").unwrap_or_default();
             terminate(agent);
             if let Ok(r) = &mut run {
+                r.server_us = per_request(server_s);
+                r.agent_us = Some((
+                    per_request(cpu1 - cpu0),
+                    per_request(bpf1.saturating_sub(bpf0) as f64 / 1e9),
+                ));
                 let spans = sum(&metrics, "loupe_spans_created_total{kind=\"rpc_")
                     + sum(&metrics, "loupe_spans_created_total{kind=\"http_");
                 let dropped = sum(&metrics, "loupe_socket_events_dropped_total");
@@ -175,7 +215,9 @@ fn h2load(dir: &Path, url: &str, args: &[String]) -> anyhow::Result<Run> {
         rps,
         p99_us,
         failed,
+        server_us: 0.0,
         agent: None,
+        agent_us: None,
     })
 }
 
@@ -203,7 +245,7 @@ fn report(rows: &[(&str, Run, Run)]) -> String {
         "| Traffic | req/s off | req/s on | ratio | p99 off | p99 on | ratio | spans made | socket events dropped | failed |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-    for (name, off, on) in rows {
+    for (name, off, on) in rows.iter() {
         let (spans, dropped) = on.agent.unwrap_or((0.0, 0.0));
         let _ = writeln!(
             s,
@@ -215,6 +257,27 @@ fn report(rows: &[(&str, Run, Run)]) -> String {
             on.p99_us,
             on.p99_us / off.p99_us.max(1.0),
             off.failed + on.failed
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU per request: the server's, agent off and on; the agent's (userspace + eBPF, \
+         both ends of each request traced), and its ratio to the server's own CPU per request \
+         without the agent.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Traffic | server off | server on | agent userspace | agent eBPF | agent ÷ server |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (name, off, on) in rows {
+        let (user, ebpf) = on.agent_us.unwrap_or((0.0, 0.0));
+        let _ = writeln!(
+            s,
+            "| {name} | {:.1} µs | {:.1} µs | {user:.1} µs | {ebpf:.1} µs | {:.0}% |",
+            off.server_us,
+            on.server_us,
+            (user + ebpf) / off.server_us.max(1e-9) * 100.0
         );
     }
     s

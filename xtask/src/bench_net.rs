@@ -400,7 +400,7 @@ fn run_wrk(url: &str, script: &Path, connections: u32, secs: u64) -> anyhow::Res
 }
 
 /// CPU seconds (user + system, all threads, reaped children excluded) of a live process.
-fn process_cpu_s(pid: u32) -> f64 {
+pub(crate) fn process_cpu_s(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
