@@ -141,9 +141,7 @@ impl HttpRequest {
                 .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
             version: "2",
             status: None,
-            maybe_grpc: h.content_type.is_none()
-                && h.unknown > 0
-                && h.method.as_deref() == Some("POST"),
+            maybe_grpc: unknown_content_type_post(h),
         }
     }
 
@@ -170,6 +168,12 @@ pub struct GrpcRequest {
     pub timeout_ns: Option<u64>,
 }
 
+/// A POST whose content type may have been among the header fields left unknown (HPACK picked
+/// up mid-way): possibly gRPC.
+fn unknown_content_type_post(h: &http2::Headers) -> bool {
+    h.content_type.is_none() && h.unknown > 0 && h.method.as_deref() == Some("POST")
+}
+
 /// `/service/method` split, when `path` has that shape.
 fn rpc_path(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -182,9 +186,7 @@ impl GrpcRequest {
     /// known (HPACK picked up mid-way), a POST to a package-qualified `/package.Service/Method`.
     pub fn from_h2(h: &http2::Headers) -> Option<Self> {
         let guess = || {
-            h.content_type.is_none()
-                && h.unknown > 0
-                && h.method.as_deref() == Some("POST")
+            unknown_content_type_post(h)
                 && h.path
                     .as_deref()
                     .and_then(rpc_path)
