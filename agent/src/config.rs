@@ -266,6 +266,12 @@ pub struct CliOptions {
     /// a running container's libssl, so HTTPS, MySQL and Redis over TLS give spans [default: true].
     #[arg(long, env = "LOUPE_TLS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub tls: Option<bool>,
+    /// Follow goroutines in Go processes (Go 1.17+ with symbols, x86-64, kernel 5.15+): a client
+    /// call made from another goroutine than the one that read the request nests under that
+    /// request's span. Probes the Go runtime; needs the in-band context (`--tcp-context`)
+    /// [default: true].
+    #[arg(long, env = "LOUPE_GO_GOROUTINES", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub go_goroutines: Option<bool>,
     /// Log lines one process may log per second; more are dropped and counted [default: 1000].
     #[arg(long, env = "LOUPE_LOG_LINES_PER_SEC", global = true, value_name = "N")]
     pub log_lines_per_sec: Option<u32>,
@@ -430,6 +436,8 @@ pub struct Config {
     pub link_same_host: bool,
     /// Probe TLS libraries for plaintext.
     pub tls: bool,
+    /// Follow goroutines in Go processes.
+    pub go_goroutines: bool,
     pub log_lines_per_sec: u32,
     pub loki: Option<PushOptions>,
     pub duration: Option<Duration>,
@@ -862,6 +870,7 @@ impl Config {
             tcp_context_trusted,
             link_same_host: cli.link_same_host.or(file.link_same_host).unwrap_or(true),
             tls: cli.tls.or(file.tls).unwrap_or(true),
+            go_goroutines: cli.go_goroutines.or(file.go_goroutines).unwrap_or(true),
             log_lines_per_sec,
             loki,
             duration,

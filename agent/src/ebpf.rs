@@ -50,7 +50,12 @@ pub fn load() -> Result<Ebpf, EbpfError> {
         return Err(EbpfError::NotEmbedded);
     }
     raise_memlock_limit();
-    EbpfLoader::new().load(OBJECT).map_err(EbpfError::Load)
+    // Zero (goroutines not followed) keeps bpf_task_pt_regs out of the verified programs.
+    let g_register = crate::net::goroutines::g_register().unwrap_or(0);
+    EbpfLoader::new()
+        .override_global("GO_G_REGISTER", &g_register, true)
+        .load(OBJECT)
+        .map_err(EbpfError::Load)
 }
 
 /// Before 5.11 BPF memory is charged against RLIMIT_MEMLOCK; lift it. Later kernels ignore it.

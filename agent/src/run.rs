@@ -167,8 +167,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             },
             &registry,
         )?;
-        if let Some(tls) = network.as_mut().and_then(|n| n.tls.take()) {
-            profiler.adopt_tls(tls);
+        for probes in network.as_mut().map(|n| std::mem::take(&mut n.uprobes)).unwrap_or_default() {
+            profiler.adopt_uprobes(probes);
         }
         if profiler.page_faults_on() {
             crate::self_metrics::record_attach(&registry, "page_faults", "perf_event");
@@ -274,8 +274,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// exporter).
 struct NetworkSpans {
     capture: SocketCapture,
-    /// TLS plaintext probes, until the profiler takes them (it rescans for new libraries).
-    tls: Option<crate::net::tls::TlsProbes>,
+    /// TLS plaintext probes and Go runtime probes, until the profiler takes them (it rescans
+    /// for new processes).
+    uprobes: Vec<Box<dyn crate::uprobes::Rescan>>,
     builder: thread::JoinHandle<()>,
     exporter: TraceExporterHandle,
     logs: Option<LogExporterHandle>,
@@ -446,9 +447,24 @@ fn start_network_spans(
         None => crate::self_metrics::record_attach(registry, "tcp_context", "sockops"),
         Some(why) => tracing::debug!("in-band trace context: {why}"),
     }
+    let mut uprobes: Vec<Box<dyn crate::uprobes::Rescan>> = Vec::new();
+    uprobes.extend(tls.map(|t| Box::new(t) as Box<dyn crate::uprobes::Rescan>));
+    // Goroutines: only where the kernel gives requests their contexts (in-band propagation),
+    // which is what they carry from goroutine to goroutine.
+    if config.go_goroutines && capture.tcp_context_off().is_none() {
+        match crate::net::goroutines::g_register()
+            .and_then(|_| crate::net::goroutines::attach(ebpf, registry).map_err(|e| e.to_string()))
+        {
+            Ok(probes) => {
+                crate::self_metrics::record_attach(registry, "go_runtime", "uprobe");
+                uprobes.push(Box::new(probes));
+            }
+            Err(e) => tracing::warn!("Go goroutines are not followed (threads are): {e}"),
+        }
+    }
     Some(NetworkSpans {
         capture,
-        tls,
+        uprobes,
         builder,
         exporter,
         logs: log_exporter,

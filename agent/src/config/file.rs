@@ -53,6 +53,7 @@ pub(super) struct FileOptions {
     pub(super) tcp_context_trusted: Option<Vec<String>>,
     pub(super) link_same_host: Option<bool>,
     pub(super) tls: Option<bool>,
+    pub(super) go_goroutines: Option<bool>,
     pub(super) log_lines_per_sec: Option<u32>,
     pub(super) loki_url: Option<String>,
     pub(super) loki_user: Option<String>,

@@ -221,6 +221,11 @@ struct Metrics {
     ctx_untrusted: Counter,
     ctx_write_failed: Counter,
     tls_no_socket: Counter,
+    go_spawn_inherited: Counter,
+    go_wake_inherited: Counter,
+    go_client_live: Counter,
+    go_client_stale: Counter,
+    go_client_none: Counter,
 }
 
 impl Metrics {
@@ -230,6 +235,23 @@ impl Metrics {
                 "loupe_socket_events_total",
                 "Socket events read from the kernel (or made up for exited processes), by kind.",
                 &[("kind", kind)],
+            )
+        };
+        let go_inherited = |how: &str| {
+            r.counter(
+                "loupe_go_goroutine_requests_total",
+                "Goroutines that took on the server request of the goroutine that created \
+                 (spawn) or woke (wake) them.",
+                &[("how", how)],
+            )
+        };
+        let go_client = |request: &str| {
+            r.counter(
+                "loupe_go_client_requests_total",
+                "Client requests of Go processes, by what the goroutine making them worked for: \
+                 an unanswered server request (live: its span is their parent), one already \
+                 answered (answered: a new trace), none (none: a new trace).",
+                &[("request", request)],
             )
         };
         let dropped = |reason: &str| {
@@ -307,6 +329,11 @@ impl Metrics {
                 &[],
             ),
             tls_no_socket: dropped("tls_no_socket"),
+            go_spawn_inherited: go_inherited("spawn"),
+            go_wake_inherited: go_inherited("wake"),
+            go_client_live: go_client("live"),
+            go_client_stale: go_client("answered"),
+            go_client_none: go_client("none"),
         }
     }
 }
@@ -954,6 +981,11 @@ fn update_kernel_counters(
     m.ctx_untrusted.add(delta(counter::CTX_UNTRUSTED));
     m.ctx_write_failed.add(delta(counter::CTX_WRITE_FAILED));
     m.tls_no_socket.add(delta(counter::TLS_NO_SOCKET));
+    m.go_spawn_inherited.add(delta(counter::GO_SPAWN_INHERITED));
+    m.go_wake_inherited.add(delta(counter::GO_WAKE_INHERITED));
+    m.go_client_live.add(delta(counter::GO_CLIENT_LIVE));
+    m.go_client_stale.add(delta(counter::GO_CLIENT_STALE));
+    m.go_client_none.add(delta(counter::GO_CLIENT_NONE));
     *last = totals;
 }
 

@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod capture;
+pub mod goroutines;
 pub mod seed;
 pub mod spans;
 pub mod tls;

@@ -107,10 +107,10 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<TlsProbes, EbpfError> {
     })
 }
 
-impl TlsProbes {
+impl crate::uprobes::Rescan for TlsProbes {
     /// Reads the mappings of processes started since the last scan and probes the libssl files
     /// among them not probed yet. Returns how many were attached.
-    pub fn rescan(&mut self, ebpf: &mut Ebpf) -> usize {
+    fn rescan(&mut self, ebpf: &mut Ebpf) -> usize {
         let found = find_libraries_into(&mut self.seen, &mut self.scanned, false);
         let mut attached = 0;
         for lib in found {

@@ -227,9 +227,9 @@ pub struct Profiler {
     /// Allocation profiles, when asked for and attached (declared first: its probes detach
     /// before the programs go).
     alloc: Option<AllocTracker>,
-    /// TLS probes (network spans), rescanned for new libraries at each drain: attaching needs
-    /// the eBPF object, which lives here.
-    tls: Option<crate::net::tls::TlsProbes>,
+    /// Uprobes of network spans (TLS libraries, the Go runtime), rescanned for new processes at
+    /// each drain: attaching needs the eBPF object, which lives here.
+    uprobes: Vec<Box<dyn crate::uprobes::Rescan>>,
     /// Holds the programs and their perf-event links.
     ebpf: Ebpf,
     config: Array<MapData, ProfilerConfig>,
@@ -406,7 +406,7 @@ impl Profiler {
 
         Ok(Profiler {
             alloc,
-            tls: None,
+            uprobes: Vec::new(),
             ebpf,
             config,
             _targets: targets,
@@ -439,9 +439,9 @@ impl Profiler {
         self.alloc.is_some()
     }
 
-    /// Takes the TLS probes network spans attached, to look for new TLS libraries at each drain.
-    pub fn adopt_tls(&mut self, probes: crate::net::tls::TlsProbes) {
-        self.tls = Some(probes);
+    /// Takes uprobes network spans attached, to look for new files to probe at each drain.
+    pub fn adopt_uprobes(&mut self, probes: Box<dyn crate::uprobes::Rescan>) {
+        self.uprobes.push(probes);
     }
 
     /// Flips the active slot, drains the other one and returns its profiles: CPU first, then
@@ -539,8 +539,8 @@ impl Profiler {
             kind: ProfileKind::PageFaults,
             profiles,
         });
-        if let Some(tls) = &mut self.tls {
-            tls.rescan(&mut self.ebpf);
+        for probes in &mut self.uprobes {
+            probes.rescan(&mut self.ebpf);
         }
         let mut batches: Vec<ProfileBatch> = std::iter::once(cpu)
             .chain(off_cpu)

@@ -166,6 +166,13 @@ struct Serving {
 }
 
 #[derive(Debug, Clone)]
+struct InFlight {
+    trace_id: [u8; 16],
+    request: RequestRef,
+    since_ns: u64,
+}
+
+#[derive(Debug, Clone)]
 struct Waiting<T> {
     value: T,
     request: RequestRef,
@@ -198,6 +205,12 @@ pub struct TraceContexts {
     max_threads: usize,
     max_links: usize,
     serving: HashMap<u32, Serving>,
+    /// Server spans in flight by span id, whatever thread read them: what a kernel parent
+    /// names when the client request was made on another thread (a goroutine that moved, an
+    /// async task). Bounded like `serving`.
+    in_flight: HashMap<[u8; 8], InFlight>,
+    /// The span id of each request in `in_flight`.
+    span_of: HashMap<RequestRef, [u8; 8]>,
     /// When set, every change of a thread's serving state is recorded here (see
     /// [`TraceContexts::journal_serving`]).
     journal: Option<Vec<ServingChange>>,
@@ -216,6 +229,8 @@ impl TraceContexts {
             max_threads: max_threads.max(1),
             max_links: max_links.max(1),
             serving: HashMap::new(),
+            in_flight: HashMap::new(),
+            span_of: HashMap::new(),
             journal: None,
             clients: HashMap::new(),
             servers: HashMap::new(),
@@ -283,6 +298,37 @@ impl TraceContexts {
             },
         );
         self.record(pid, tid, Some((ctx.trace_id, ctx.span_id)));
+        self.add_in_flight(ctx, request, now);
+    }
+
+    fn add_in_flight(&mut self, ctx: &SpanContext, request: RequestRef, now: u64) {
+        // Every thread may serve several requests at once (an event loop), so the bound is a
+        // multiple of the threads'.
+        let max = self.max_threads.saturating_mul(4);
+        if self.in_flight.len() >= max {
+            self.in_flight
+                .retain(|_, f| now.saturating_sub(f.since_ns) < STALE_NS);
+            if self.in_flight.len() >= max {
+                self.overflows += self.in_flight.len() as u64;
+                self.in_flight.clear();
+            }
+            let in_flight = &self.in_flight;
+            self.span_of.retain(|_, s| in_flight.contains_key(s));
+        }
+        self.in_flight.insert(
+            ctx.span_id,
+            InFlight {
+                trace_id: ctx.trace_id,
+                request,
+                since_ns: now,
+            },
+        );
+        self.span_of.insert(request, ctx.span_id);
+    }
+
+    /// The trace of the server span `span_id`, while its request is in flight.
+    pub fn in_flight(&self, span_id: [u8; 8]) -> Option<[u8; 16]> {
+        self.in_flight.get(&span_id).map(|f| f.trace_id)
     }
 
     /// The server span thread `tid` is serving: `(trace id, span id)`.
@@ -292,6 +338,9 @@ impl TraceContexts {
 
     /// The server request is over (or dropped): its thread serves nothing any more.
     pub fn stop_serving(&mut self, tid: u32, request: RequestRef) {
+        if let Some(span_id) = self.span_of.remove(&request) {
+            self.in_flight.remove(&span_id);
+        }
         if let Some(s) = self.serving.get(&tid).filter(|s| s.request == request) {
             let pid = s.pid;
             self.serving.remove(&tid);
@@ -301,6 +350,13 @@ impl TraceContexts {
 
     /// A server request was re-parented: the thread's children join the new trace.
     pub fn reparent_serving(&mut self, tid: u32, request: RequestRef, trace_id: [u8; 16]) {
+        if let Some(f) = self
+            .span_of
+            .get(&request)
+            .and_then(|s| self.in_flight.get_mut(s))
+        {
+            f.trace_id = trace_id;
+        }
         if let Some(s) = self.serving.get_mut(&tid).filter(|s| s.request == request) {
             s.trace_id = trace_id;
             let (pid, span_id) = (s.pid, s.span_id);

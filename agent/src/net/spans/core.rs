@@ -261,9 +261,16 @@ impl Core {
                     .unwrap_or_default(),
             }
         } else if let Some(k) = kctx {
-            // The kernel's parent is the server request its thread serves; the span this
-            // builder made of that request may be in another trace (its own `traceparent`).
-            match serving.filter(|&(_, s)| Some(s) == k.parent_id) {
+            // The kernel's parent is the server request its thread (or goroutine) serves; the
+            // span this builder made of that request may be in another trace (its own
+            // `traceparent`), and another thread may have read it.
+            let parent = serving
+                .filter(|&(_, s)| Some(s) == k.parent_id)
+                .or_else(|| {
+                    let p = k.parent_id?;
+                    Some((self.ctx.in_flight(p)?, p))
+                });
+            match parent {
                 Some((trace_id, parent)) => SpanContext {
                     trace_id,
                     span_id,

@@ -1,0 +1,457 @@
+//! Goroutine-aware request tracking (the kernel side is `agent-ebpf/loupe-ebpf/src/goroutines.rs`):
+//! finds the Go executables running on the host, attaches the runtime probes to each, and tells
+//! the socket programs which processes are Go (`GO_PIDS`), so their syscalls are attributed to
+//! goroutines rather than threads.
+//!
+//! What an executable needs: Go 1.17 or later on x86-64 (the register ABI, where R14 holds the
+//! current goroutine and arguments and results travel in registers), read from its build
+//! information, and the runtime's symbols `runtime.newproc1`, `runtime.goready` and
+//! `runtime.goexit1`. A binary built with `-ldflags=-s` has no symbol table and is left to
+//! thread-based tracking, said once in the log.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{
+        UProbe,
+        uprobe::{UProbeLink, UProbeScope},
+    },
+};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use crate::ebpf::{EbpfError, program, rejected, take_map};
+use crate::uprobes::{Rescan, probe_point};
+
+/// The probe programs, and the runtime function each goes on (at its entry).
+const ENTRY_PROBES: [(&str, &str); 3] = [
+    ("go_newproc1", "runtime.newproc1"),
+    ("go_goready", "runtime.goready"),
+    ("go_goexit1", "runtime.goexit1"),
+];
+/// The program put on every return instruction of `runtime.newproc1`.
+const RETURN_PROBE: (&str, &str) = ("go_newproc1_return", "runtime.newproc1");
+/// Probes on net/http's client, where the executable has it (at the entry).
+const HTTP_PROBES: [(&str, &str); 2] = [
+    ("go_http_round_trip", "net/http.(*persistConn).roundTrip"),
+    ("go_http_write_loop", "net/http.(*persistConn).writeLoop"),
+];
+
+/// Offset of R14 in the x86-64 `struct pt_regs` (r15, r14, ...): where the socket programs find
+/// the current goroutine. The value of the object's `GO_G_REGISTER` where goroutines can be
+/// followed.
+pub const X86_64_R14_OFFSET: u32 = 8;
+
+/// `GO_G_REGISTER` for this host: R14's offset on x86-64 with a kernel that has
+/// `bpf_task_pt_regs` (5.15), else 0 (why, in the `Err`).
+pub fn g_register() -> Result<u32, String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err("goroutines are followed on x86-64 only".into());
+    }
+    match aya::util::KernelVersion::current() {
+        Ok(v) if v >= aya::util::KernelVersion::new(5, 15, 0) => Ok(X86_64_R14_OFFSET),
+        Ok(v) => Err(format!(
+            "kernel {v:?} has no bpf_task_pt_regs (5.15): Go processes are tracked by thread"
+        )),
+        Err(e) => Err(format!("cannot read the kernel version: {e}")),
+    }
+}
+
+/// A Go executable's version and where its probes go.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GoRuntime {
+    /// `go1.19.8` and the like.
+    pub version: String,
+    /// File offsets of the entry probes, in [`ENTRY_PROBES`] order.
+    pub entries: [u64; 3],
+    /// File offsets of `runtime.newproc1`'s return instructions.
+    pub returns: Vec<u64>,
+    /// File offsets of the net/http client probes, in [`HTTP_PROBES`] order, when the
+    /// executable has that client.
+    pub http: Option<[u64; 2]>,
+}
+
+/// Why an executable is not probed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotProbed {
+    #[error("not a Go executable")]
+    NotGo,
+    #[error("{0}: the register ABI (Go 1.17+ on x86-64) is needed")]
+    OldGo(String),
+    #[error("{0} without symbols (built with -s): its goroutines are tracked by thread")]
+    Stripped(String),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// Reads what the probes need from an executable's bytes.
+pub fn inspect(data: &[u8]) -> Result<GoRuntime, NotProbed> {
+    let file = object::File::parse(data).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
+    let version = file
+        .section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .and_then(build_version)
+        .ok_or(NotProbed::NotGo)?;
+    if file.architecture() != object::Architecture::X86_64
+        || go_minor(&version).is_none_or(|minor| minor < 17)
+    {
+        return Err(NotProbed::OldGo(version));
+    }
+    let function = |name: &str| -> Result<(u64, &[u8]), NotProbed> {
+        let sym = file
+            .symbols()
+            .find(|s| s.is_definition() && s.name() == Ok(name))
+            .ok_or_else(|| NotProbed::Stripped(version.clone()))?;
+        let section = sym
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .ok_or_else(|| NotProbed::Unreadable(format!("{name} has no section")))?;
+        let (section_offset, _) = section
+            .file_range()
+            .ok_or_else(|| NotProbed::Unreadable(format!("{name}'s section has no bytes")))?;
+        let start = sym.address() - section.address();
+        let code = section
+            .data()
+            .ok()
+            .and_then(|d| d.get(start as usize..(start + sym.size()) as usize))
+            .ok_or_else(|| NotProbed::Unreadable(format!("{name} lies outside its section")))?;
+        Ok((section_offset + start, code))
+    };
+    let mut entries = [0u64; 3];
+    for (slot, (_, name)) in entries.iter_mut().zip(ENTRY_PROBES) {
+        let (offset, code) = function(name)?;
+        *slot = offset + go_probe_point(code) as u64;
+    }
+    let (offset, code) = function(RETURN_PROBE.1)?;
+    let returns: Vec<u64> = return_offsets(code)
+        .into_iter()
+        .map(|r| offset + r as u64)
+        .collect();
+    if returns.is_empty() {
+        return Err(NotProbed::Unreadable(
+            "runtime.newproc1 has no return instruction".into(),
+        ));
+    }
+    let http = match (function(HTTP_PROBES[0].1), function(HTTP_PROBES[1].1)) {
+        (Ok((a, code_a)), Ok((b, code_b))) => Some([
+            a + go_probe_point(code_a) as u64,
+            b + go_probe_point(code_b) as u64,
+        ]),
+        _ => None,
+    };
+    Ok(GoRuntime {
+        version,
+        entries,
+        returns,
+        http,
+    })
+}
+
+/// Where in a Go function to put its entry probe: on the jump of its stack check, which the
+/// kernel emulates, rather than on an instruction it must single-step. A function with a big
+/// frame first lowers a copy of the stack pointer into R12 (`lea -N(%rsp),%r12`), which no Go
+/// argument register is, then compares that: the probe goes past both.
+pub fn go_probe_point(code: &[u8]) -> usize {
+    let lea = match code {
+        // lea disp8(%rsp),%r12 / lea disp32(%rsp),%r12
+        [0x4c, 0x8d, 0x64, 0x24, ..] => 5,
+        [0x4c, 0x8d, 0xa4, 0x24, ..] => 8,
+        _ => 0,
+    };
+    match code.get(lea..) {
+        Some(rest) if lea > 0 => match probe_point(rest) {
+            0 => 0,
+            n => lea + n,
+        },
+        _ => probe_point(code),
+    }
+}
+
+/// The offsets of the return instructions in a function's machine code (x86-64), decoded
+/// instruction by instruction from its start, so a 0xc3 byte inside another instruction is never
+/// taken for one.
+pub fn return_offsets(code: &[u8]) -> Vec<usize> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            break;
+        }
+        if insn.mnemonic() == Mnemonic::Ret {
+            out.push(insn.ip() as usize);
+        }
+    }
+    out
+}
+
+/// The Go version recorded in a `.go.buildinfo` section: `"\xff Go buildinf:"`, pointer size,
+/// flags, and (Go 1.18+, flag bit 2) the version as a varint-length-prefixed string at offset 32.
+/// Older layouts (pointers to the strings) are reported as "before go1.18", which cannot tell
+/// Go 1.17 (the first with the register ABI) from older: such binaries are not probed.
+pub fn build_version(section: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !section.starts_with(MAGIC) {
+        return None;
+    }
+    let flags = *section.get(15)?;
+    if flags & 2 == 0 {
+        return Some("before go1.18".into());
+    }
+    let mut len = 0usize;
+    let mut at = 32;
+    for shift in (0..35).step_by(7) {
+        let b = *section.get(at)?;
+        at += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            let text = section.get(at..at.checked_add(len)?)?;
+            return std::str::from_utf8(text).ok().map(str::to_string);
+        }
+    }
+    None
+}
+
+/// The minor version of `go1.N...`.
+fn go_minor(version: &str) -> Option<u32> {
+    let rest = version.strip_prefix("go1.")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The runtime probes attached, and the processes the socket programs treat as Go. Held for the
+/// agent's lifetime (dropping detaches the probes).
+pub struct GoProbes {
+    links: Vec<UProbeLink>,
+    pids: BpfHashMap<MapData, u32, u8>,
+    /// Executables looked at, by (device, inode): whether they are probed.
+    seen: HashMap<(u64, u64), bool>,
+    /// Processes entered in `GO_PIDS`.
+    followed: HashSet<u32>,
+    /// Processes looked at already (Go or not).
+    scanned: HashSet<u32>,
+    processes: loupe_collector::telemetry::Gauge,
+    executables: loupe_collector::telemetry::Gauge,
+}
+
+/// Loads the programs, takes `GO_PIDS` and probes the Go executables running now.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    registry: &loupe_collector::telemetry::Registry,
+) -> Result<GoProbes, EbpfError> {
+    for name in ENTRY_PROBES
+        .iter()
+        .chain(&HTTP_PROBES)
+        .map(|p| p.0)
+        .chain([RETURN_PROBE.0])
+    {
+        let p: &mut UProbe = program(ebpf, name)?;
+        p.load().map_err(|e| rejected(name, e))?;
+    }
+    let pids = take_map(ebpf, "GO_PIDS")?;
+    let mut probes = GoProbes {
+        links: Vec::new(),
+        pids,
+        seen: HashMap::new(),
+        followed: HashSet::new(),
+        scanned: HashSet::new(),
+        processes: registry.gauge(
+            "loupe_go_processes",
+            "Go processes whose goroutines the socket programs follow.",
+            &[],
+        ),
+        executables: registry.gauge(
+            "loupe_go_executables_probed",
+            "Go executables carrying the runtime probes (goroutine creation, wake-up, exit).",
+            &[],
+        ),
+    };
+    probes.rescan(ebpf);
+    Ok(probes)
+}
+
+impl crate::uprobes::Rescan for GoProbes {
+    /// Probes the executables of processes started since the last scan, and keeps `GO_PIDS` to
+    /// the Go processes alive. Returns how many executables were probed.
+    fn rescan(&mut self, ebpf: &mut Ebpf) -> usize {
+        let me = std::process::id();
+        let mut attached = 0;
+        let mut running = HashSet::new();
+        for pid in crate::procfs::pids(Path::new("/proc")) {
+            running.insert(pid);
+            if pid == me || !self.scanned.insert(pid) {
+                continue;
+            }
+            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+            // Kernel threads have no executable.
+            let Ok(meta) = std::fs::metadata(&exe) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            let probed = match self.seen.get(&id) {
+                Some(&probed) => probed,
+                None => {
+                    let probed = match self.probe(ebpf, &exe, pid) {
+                        Ok(version) => {
+                            tracing::info!(pid, %version, "Go runtime probes attached: goroutines are followed");
+                            attached += 1;
+                            true
+                        }
+                        Err(NotProbed::NotGo) => false,
+                        Err(e) => {
+                            tracing::info!(pid, "Go process: {e}");
+                            false
+                        }
+                    };
+                    self.seen.insert(id, probed);
+                    probed
+                }
+            };
+            if probed {
+                match self.pids.insert(pid, 1, 0) {
+                    Ok(()) => {
+                        self.followed.insert(pid);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pid, "cannot follow this Go process's goroutines: {e}")
+                    }
+                }
+            }
+        }
+        // A pid that is gone may come back as another process: it is looked at again then.
+        self.scanned.retain(|pid| running.contains(pid));
+        let gone: Vec<u32> = self
+            .followed
+            .iter()
+            .copied()
+            .filter(|pid| !running.contains(pid))
+            .collect();
+        for pid in gone {
+            let _ = self.pids.remove(&pid);
+            self.followed.remove(&pid);
+        }
+        self.processes.set(self.followed.len() as i64);
+        self.executables
+            .set(self.seen.values().filter(|&&p| p).count() as i64);
+        attached
+    }
+}
+
+impl GoProbes {
+    /// Attaches the probes to the executable `exe` of process `pid` (all its processes).
+    fn probe(&mut self, ebpf: &mut Ebpf, exe: &Path, pid: u32) -> Result<String, NotProbed> {
+        let data = std::fs::read(exe).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
+        let runtime = inspect(&data)?;
+        // Attach through the process's root, so a container's file is found from the host.
+        let target = std::fs::read_link(exe)
+            .ok()
+            .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
+            .map(|p| PathBuf::from(format!("/proc/{pid}/root{}", p.display())))
+            .unwrap_or_else(|| exe.to_path_buf());
+        let mut links = Vec::new();
+        let points = ENTRY_PROBES
+            .iter()
+            .zip(runtime.entries)
+            .map(|(&(prog, _), offset)| (prog, offset))
+            .chain(
+                runtime
+                    .returns
+                    .iter()
+                    .map(|&offset| (RETURN_PROBE.0, offset)),
+            )
+            .chain(
+                runtime
+                    .http
+                    .into_iter()
+                    .flat_map(|h| HTTP_PROBES.iter().zip(h).map(|(&(prog, _), o)| (prog, o))),
+            );
+        for (prog, offset) in points {
+            let p: &mut UProbe =
+                program(ebpf, prog).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
+            let link = p
+                .attach(offset, &target, UProbeScope::AllProcesses)
+                .and_then(|id| p.take_link(id))
+                .map_err(|e| NotProbed::Unreadable(format!("attaching {prog}: {e}")))?;
+            links.push(link);
+        }
+        self.links.append(&mut links);
+        Ok(runtime.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buildinfo(version: &str) -> Vec<u8> {
+        let mut s = b"\xff Go buildinf:".to_vec();
+        s.extend([8, 2]);
+        s.resize(32, 0);
+        s.push(version.len() as u8);
+        s.extend(version.as_bytes());
+        s.extend([0x10, b'x']);
+        s
+    }
+
+    #[test]
+    fn the_version_comes_from_the_build_information() {
+        assert_eq!(
+            build_version(&buildinfo("go1.19.8")).as_deref(),
+            Some("go1.19.8")
+        );
+        let mut old = buildinfo("go1.16");
+        old[15] = 0;
+        assert_eq!(build_version(&old).as_deref(), Some("before go1.18"));
+        assert_eq!(build_version(b"\x7fELF"), None);
+        // A length running past the section is no version.
+        let mut cut = buildinfo("go1.19.8");
+        cut.truncate(36);
+        assert_eq!(build_version(&cut), None);
+        assert_eq!(go_minor("go1.19.8"), Some(19));
+        assert_eq!(go_minor("go1.21rc2"), Some(21));
+        assert_eq!(go_minor("before go1.18"), None);
+        assert_eq!(go_minor("devel +abc"), None);
+    }
+
+    #[test]
+    fn entry_probes_go_on_the_stack_check_jump() {
+        // net/http.(*persistConn).roundTrip, Go 1.19: lea -0x230(%rsp),%r12;
+        // cmp 0x10(%r14),%r12; jbe rel32
+        let round_trip = [
+            0x4c, 0x8d, 0xa4, 0x24, 0xd0, 0xfd, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+        ];
+        assert_eq!(go_probe_point(&round_trip), 12);
+        // writeLoop: lea -0x70(%rsp),%r12; cmp 0x10(%r14),%r12; jbe rel32
+        let write_loop = [
+            0x4c, 0x8d, 0x64, 0x24, 0x90, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+        ];
+        assert_eq!(go_probe_point(&write_loop), 9);
+        // runtime.goready: cmp 0x10(%r14),%rsp; jbe rel8
+        assert_eq!(go_probe_point(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x58]), 4);
+        // A lea not followed by the check stays the entry; so does a nosplit function.
+        assert_eq!(go_probe_point(&[0x4c, 0x8d, 0x64, 0x24, 0x90, 0x90]), 0);
+        assert_eq!(go_probe_point(&[0x48, 0x83, 0xec, 0x18]), 0);
+    }
+
+    #[test]
+    fn return_instructions_are_found_by_decoding_not_by_byte() {
+        // mov $0xc3,%eax (the immediate holds a 0xc3 byte); ret; int3; nop; ret
+        let code = [0xb8, 0xc3, 0, 0, 0, 0xc3, 0xcc, 0x90, 0xc3];
+        assert_eq!(return_offsets(&code), [5, 8]);
+        // ret imm16 is a return too.
+        assert_eq!(return_offsets(&[0xc2, 0x08, 0x00]), [0]);
+        assert!(return_offsets(&[0x90, 0x90]).is_empty());
+    }
+
+    #[test]
+    fn a_non_go_executable_is_not_probed() {
+        let me = std::fs::read("/proc/self/exe").expect("own executable");
+        assert_eq!(inspect(&me), Err(NotProbed::NotGo));
+    }
+}
