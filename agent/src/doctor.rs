@@ -67,7 +67,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
             caps.bpf, caps.perfmon, caps.sys_admin
         ))
     };
-    let rows: [(&str, &Availability, &str); 13] = [
+    let rows: [(&str, &Availability, &str); 14] = [
         (
             "privileges (CAP_BPF+CAP_PERFMON or root)",
             &privileges,
@@ -122,6 +122,14 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
             "TCP header options (sockops)",
             &f.tcp_options,
             "trace context across nodes and NAT (--tcp-context)",
+        ),
+        (
+            "Go goroutines (R14 via bpf_task_pt_regs)",
+            &match crate::net::goroutines::g_register() {
+                Ok(_) => f.uprobes.clone(),
+                Err(why) => Availability::No(why),
+            },
+            "Go calls from other goroutines nest under their request (--go-goroutines)",
         ),
         (
             "bpffs (/sys/fs/bpf)",

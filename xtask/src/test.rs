@@ -141,6 +141,8 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .arg(out.join("go_fanout"))
                 .arg(src.join("go_fanout/main.go"))
                 .env("GO111MODULE", "off")
+                // No cgo (net's resolver would link libc): a static binary the VMs run as is.
+                .env("CGO_ENABLED", "0")
                 .env("GOCACHE", root().join("target/go-cache"))
                 .env("GOPATH", root().join("target/go-path"))
                 .env("GOFLAGS", "-buildvcs=false"),

@@ -267,6 +267,7 @@ const E2E_TESTS: &[&str] = &[
     "page_faults",
     "alloc_profiles",
     "http2_spans",
+    "go_spans",
 ];
 
 /// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
@@ -553,6 +554,8 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
         "off_cpu",
         "page_faults",
         "alloc",
+        // Static (pure Go, built without cgo), so it runs in the initramfs as built.
+        "go_fanout",
     ] {
         binaries.push((
             workloads.join(workload),
