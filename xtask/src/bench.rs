@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the agent's overhead against its targets, in parts that
-//! `--only profiler|network|parsers|logs|alloc|tls|http2` runs alone (the default runs them all). Each part's markdown
+//! `--only profiler|network|parsers|logs|alloc|tls|http2|go` runs alone (the default runs them all). Each part's markdown
 //! section goes to stdout and to `bench-results/<part>.md`; `bench-results/report.md` gathers the
 //! latest section of every part.
 //!
@@ -25,6 +25,8 @@
 //!
 //! **tls**: what reading TLS in clear costs OpenSSL users (see bench_tls.rs).
 //! **http2**: what HTTP/2 and gRPC spans cost the traffic, h2load agent off/on (see bench_http2.rs).
+//! **go**: what following goroutines costs a Go service and how often it parents calls right
+//! (see bench_go.rs).
 
 use std::{
     fmt::Write as _,
@@ -75,11 +77,14 @@ pub enum Part {
     Alloc,
     /// TLS in clear: the OpenSSL probes' cost to an HTTPS client and server.
     Tls,
+    /// HTTP/2 and gRPC spans' cost to the traffic.
     Http2,
+    /// Following goroutines: a Go service's cost and its calls' parents.
+    Go,
 }
 
 impl Part {
-    const ALL: [Part; 7] = [
+    const ALL: [Part; 8] = [
         Part::Profiler,
         Part::Network,
         Part::Parsers,
@@ -87,6 +92,7 @@ impl Part {
         Part::Alloc,
         Part::Tls,
         Part::Http2,
+        Part::Go,
     ];
 
     fn name(self) -> &'static str {
@@ -98,6 +104,7 @@ impl Part {
             Part::Alloc => "alloc",
             Part::Tls => "tls",
             Part::Http2 => "http2",
+            Part::Go => "go",
         }
     }
 }
@@ -132,6 +139,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Part::Alloc => crate::bench_alloc::alloc(&agent)?,
             Part::Tls => crate::bench_tls::tls(&agent)?,
             Part::Http2 => with_bpf_stats(|| crate::bench_http2::http2(&agent))?,
+            Part::Go => with_bpf_stats(|| crate::bench_go::go(&agent, args.seconds))?,
         };
         println!("{section}");
         let file = dir.join(format!("{}.md", part.name()));

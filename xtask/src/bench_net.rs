@@ -107,18 +107,18 @@ impl Scenario {
 
 /// What wrk reported (its `done()` hook prints one machine-readable line).
 #[derive(Debug, Clone, Default)]
-struct WrkResult {
-    requests: u64,
+pub(crate) struct WrkResult {
+    pub(crate) requests: u64,
     duration_s: f64,
-    errors: u64,
+    pub(crate) errors: u64,
     p50_us: f64,
-    p99_us: f64,
+    pub(crate) p99_us: f64,
     p999_us: f64,
     cpu_s: f64,
 }
 
 impl WrkResult {
-    fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         self.requests as f64 / self.duration_s.max(1e-9)
     }
 }
@@ -285,9 +285,8 @@ struct Scripts {
     moderate: PathBuf,
 }
 
-/// wrk's Lua hooks: `done()` prints the results as one line; the moderate script adds `delay()`.
-fn write_scripts(out: &Path) -> anyhow::Result<Scripts> {
-    const DONE: &str = r#"function done(summary, latency, requests)
+/// wrk's `done()` hook printing the results as one `LOUPE ...` line (see [`run_wrk`]).
+pub(crate) const DONE_SCRIPT: &str = r#"function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     "LOUPE requests=%d duration_us=%d errors=%d p50_us=%d p99_us=%d p999_us=%d mean_us=%.1f\n",
@@ -296,6 +295,10 @@ fn write_scripts(out: &Path) -> anyhow::Result<Scripts> {
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.mean))
 end
 "#;
+
+/// wrk's Lua hooks: `done()` prints the results as one line; the moderate script adds `delay()`.
+fn write_scripts(out: &Path) -> anyhow::Result<Scripts> {
+    const DONE: &str = DONE_SCRIPT;
     let saturation = out.join("saturation.lua");
     let moderate = out.join("moderate.lua");
     std::fs::write(&saturation, DONE)?;
@@ -358,7 +361,12 @@ impl Drop for Server {
 }
 
 /// Runs wrk to the end and returns its results and CPU time.
-fn run_wrk(url: &str, script: &Path, connections: u32, secs: u64) -> anyhow::Result<WrkResult> {
+pub(crate) fn run_wrk(
+    url: &str,
+    script: &Path,
+    connections: u32,
+    secs: u64,
+) -> anyhow::Result<WrkResult> {
     let mut child = Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
         .arg("-s")

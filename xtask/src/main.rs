@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_alloc;
+mod bench_go;
 mod bench_http2;
 mod bench_logs;
 mod bench_net;

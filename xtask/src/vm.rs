@@ -640,8 +640,13 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// The shared libraries and the dynamic loader `binary` needs, as `ldd` resolves them.
+/// A static executable (the Go workload) needs none.
 fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = output(Command::new("ldd").arg(binary))?;
+    let out = match output(Command::new("ldd").arg(binary)) {
+        Ok(out) => out,
+        Err(e) if format!("{e:#}").contains("not a dynamic executable") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let mut libs = Vec::new();
     for line in out.lines() {
         let path = match line.split_once("=>") {
