@@ -567,6 +567,10 @@ pub mod socket {
     /// Goroutines whose request is remembered at once (`GO_REQUESTS`, LRU).
     pub const GO_REQUEST_ENTRIES: u32 = 32 * 1024;
 
+    /// net/http client connections (and their writer goroutines) whose request is remembered at
+    /// once (`GO_HTTP_CONNS`, `GO_HTTP_WRITERS`, LRU).
+    pub const GO_HTTP_CONN_ENTRIES: u32 = 8 * 1024;
+
     /// Key of `GO_REQUESTS`: a goroutine, named by the address of its `runtime.g` (unique while it
     /// lives; a new goroutine may reuse it after `runtime.goexit1`, which forgets the entry).
     #[repr(C)]

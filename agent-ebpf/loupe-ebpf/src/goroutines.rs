@@ -35,7 +35,8 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use loupe_common::socket::{
-    ARGS_ENTRIES, GO_PID_ENTRIES, GO_REQUEST_ENTRIES, GoroutineKey, GoroutineRequest, counter,
+    ARGS_ENTRIES, GO_HTTP_CONN_ENTRIES, GO_PID_ENTRIES, GO_REQUEST_ENTRIES, GoroutineKey,
+    GoroutineRequest, counter,
 };
 
 use crate::sockets::{count, kread};
@@ -65,12 +66,12 @@ static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(ARGS_ENTRIES, 0
 /// The request each net/http client connection (`*persistConn`, in the `g` field) writes now.
 #[map]
 static GO_HTTP_CONNS: LruHashMap<GoroutineKey, GoroutineRequest> =
-    LruHashMap::with_max_entries(GO_REQUEST_ENTRIES, 0);
+    LruHashMap::with_max_entries(GO_HTTP_CONN_ENTRIES, 0);
 
 /// The connection each net/http writer goroutine writes for.
 #[map]
 static GO_HTTP_WRITERS: LruHashMap<GoroutineKey, u64> =
-    LruHashMap::with_max_entries(GO_REQUEST_ENTRIES, 0);
+    LruHashMap::with_max_entries(GO_HTTP_CONN_ENTRIES, 0);
 
 #[inline(always)]
 fn key(tgid: u32, g: u64) -> GoroutineKey {
