@@ -186,21 +186,22 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
 /// A return instruction of `runtime.newproc1`, whose result (the new goroutine) is in RAX.
 #[uprobe]
 pub fn go_newproc1_return(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a lookup by value, copied out.
-    let Some(creator) = (unsafe { GO_NEWPROC.get(&pid_tgid) }).copied() else {
-        return 0;
-    };
-    let _ = GO_NEWPROC.remove(&pid_tgid);
     // SAFETY: the probe's own saved registers.
-    let created = unsafe { (*ctx.regs).rax };
-    created_by((pid_tgid >> 32) as u32, creator, created);
+    created(unsafe { (*ctx.regs).rax });
     0
 }
 
-/// Goroutine `created` was made by `creator`: it works for the same request, or for none.
+/// The thread's `runtime.newproc1` call made goroutine `created`: it works for the same request
+/// as its creator, or for none.
 #[inline(always)]
-fn created_by(tgid: u32, creator: u64, created: u64) {
+fn created(created: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a lookup by value, copied out.
+    let Some(creator) = (unsafe { GO_NEWPROC.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = GO_NEWPROC.remove(&pid_tgid);
+    let tgid = (pid_tgid >> 32) as u32;
     if !inherit(tgid, creator, created, counter::GO_SPAWN_INHERITED) {
         // A reused runtime.g whose last goroutine left no trace of exiting (an LRU'd entry
         // would be gone; this one is a leftover): the new goroutine works for nothing yet.
@@ -212,15 +213,8 @@ fn created_by(tgid: u32, creator: u64, created: u64) {
 /// there): the cheaper twin of [`go_newproc1_return`], where the caller has that shape.
 #[uprobe]
 pub fn go_newproc_queued(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a lookup by value, copied out.
-    let Some(creator) = (unsafe { GO_NEWPROC.get(&pid_tgid) }).copied() else {
-        return 0;
-    };
-    let _ = GO_NEWPROC.remove(&pid_tgid);
     // SAFETY: the probe's own saved registers.
-    let created = unsafe { (*ctx.regs).rbx };
-    created_by((pid_tgid >> 32) as u32, creator, created);
+    created(unsafe { (*ctx.regs).rbx });
     0
 }
 
