@@ -211,6 +211,11 @@ pub struct TraceContexts {
     in_flight: HashMap<[u8; 8], InFlight>,
     /// The span id of each request in `in_flight`.
     span_of: HashMap<RequestRef, [u8; 8]>,
+    /// Requests of this host whose two ends the TCP option links, seen from one end so far:
+    /// client requests by their span id, server requests by their parent's (see
+    /// [`TraceContexts::option_client`]). Bounded by `max_links` each.
+    option_clients: HashMap<[u8; 8], RequestRef>,
+    option_servers: HashMap<[u8; 8], RequestRef>,
     /// When set, every change of a thread's serving state is recorded here (see
     /// [`TraceContexts::journal_serving`]).
     journal: Option<Vec<ServingChange>>,
@@ -231,6 +236,8 @@ impl TraceContexts {
             serving: HashMap::new(),
             in_flight: HashMap::new(),
             span_of: HashMap::new(),
+            option_clients: HashMap::new(),
+            option_servers: HashMap::new(),
             journal: None,
             clients: HashMap::new(),
             servers: HashMap::new(),
@@ -324,6 +331,42 @@ impl TraceContexts {
             },
         );
         self.span_of.insert(request, ctx.span_id);
+    }
+
+    /// A client request with the kernel's span id `span_id` started: the server request of
+    /// this host that adopted it through the TCP option, if that came first (else the client
+    /// waits for it). The pair is linked like a same-host pair, for timing.
+    pub fn option_client(&mut self, span_id: [u8; 8], request: RequestRef) -> Option<RequestRef> {
+        if let Some(server) = self.option_servers.remove(&span_id) {
+            return Some(server);
+        }
+        Self::bounded_insert(&mut self.option_clients, span_id, request, self.max_links);
+        None
+    }
+
+    /// A server request adopted the client span `parent` through the TCP option: that client
+    /// request, if this host saw it first (else the server waits for it).
+    pub fn option_server(&mut self, parent: [u8; 8], request: RequestRef) -> Option<RequestRef> {
+        if let Some(client) = self.option_clients.remove(&parent) {
+            return Some(client);
+        }
+        Self::bounded_insert(&mut self.option_servers, parent, request, self.max_links);
+        None
+    }
+
+    /// Inserts into a map that is emptied when full: most entries never meet their other end
+    /// (it is on another host), so they are not overflows; a pair cleared meanwhile only loses
+    /// its timing fix.
+    fn bounded_insert(
+        map: &mut HashMap<[u8; 8], RequestRef>,
+        key: [u8; 8],
+        value: RequestRef,
+        max: usize,
+    ) {
+        if map.len() >= max {
+            map.clear();
+        }
+        map.insert(key, value);
     }
 
     /// The trace of the server span `span_id`, while its request is in flight.

@@ -212,6 +212,10 @@ impl Core {
         } else if let Some(k) = kctx {
             if k.from_peer {
                 self.m.parents[2].inc();
+                // A client on this host: the pair is timed like a same-host pair.
+                if let Some(client) = k.parent_id.and_then(|p| self.ctx.option_server(p, req)) {
+                    self.linked.push((client, req));
+                }
             }
             SpanContext {
                 trace_id: k.trace_id,
@@ -299,6 +303,9 @@ impl Core {
                 trace_state: String::new(),
             }
         };
+        if let Some(server) = kctx.and_then(|k| self.ctx.option_client(k.span_id, req)) {
+            self.linked.push((req, server));
+        }
         let key = if link && self.cfg.link_same_host {
             LinkKey::of_client(&conn.tuple)
         } else {

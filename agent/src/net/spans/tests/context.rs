@@ -250,6 +250,96 @@ fn a_server_span_finished_before_its_client_event_is_still_linked() {
     assert_eq!(s.b.core.ctx.len(), (0, 0));
 }
 
+/// Both ends on this host, linked by the TCP option alone (same-host linking off): a client's
+/// write timed by its end (fexit) can end after the server read it, in either event order; the
+/// client span still never starts after the server span it parents.
+#[test]
+fn option_linked_client_spans_never_start_after_their_server_span() {
+    let mut s = Sim::with(SpanBuilderConfig {
+        link_same_host: false,
+        ..SpanBuilderConfig::default()
+    });
+    let (cl, sv) = same_host_pair();
+    let req = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: localhost:8080\r\n\r\n");
+    let (a, b) = (req("/a"), req("/b"));
+    // Server event first.
+    s.io_ctx(
+        &sv,
+        31,
+        direction::INGRESS,
+        250,
+        a.as_bytes(),
+        kctx(0xaa, 0x11, 0x22),
+        true,
+    );
+    s.io_ctx(
+        &cl,
+        21,
+        direction::EGRESS,
+        300,
+        a.as_bytes(),
+        kctx(0xaa, 0x22, 0),
+        false,
+    );
+    s.io_ctx(
+        &sv,
+        31,
+        direction::EGRESS,
+        400,
+        OK,
+        kctx(0xaa, 0x11, 0x22),
+        true,
+    );
+    s.read(&cl, 21, 450, 450, OK);
+    // Client event first.
+    s.io_ctx(
+        &cl,
+        21,
+        direction::EGRESS,
+        1300,
+        b.as_bytes(),
+        kctx(0xbb, 0x44, 0),
+        false,
+    );
+    s.io_ctx(
+        &sv,
+        31,
+        direction::INGRESS,
+        1250,
+        b.as_bytes(),
+        kctx(0xbb, 0x33, 0x44),
+        true,
+    );
+    s.io_ctx(
+        &sv,
+        31,
+        direction::EGRESS,
+        1400,
+        OK,
+        kctx(0xbb, 0x33, 0x44),
+        true,
+    );
+    s.read(&cl, 21, 1450, 1450, OK);
+
+    let spans = s.spans();
+    for path in ["/a", "/b"] {
+        let server = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == format!("GET {path}"))
+            .unwrap();
+        let client = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|c| c.span_id == server.parent_span_id)
+            .unwrap_or_else(|| panic!("{path}: no parent among {spans:#?}"));
+        assert_eq!(
+            client.start_time_unix_nano, server.start_time_unix_nano,
+            "{path}"
+        );
+    }
+}
+
 #[test]
 fn a_server_request_with_a_peers_tcp_option_context_is_its_childs() {
     let mut s = Sim::with(SpanBuilderConfig {
