@@ -171,6 +171,21 @@ fn different_tuples_do_not_link() {
 /// On the fexit path a write is timed by its end, and the reader can return before the writer
 /// does: a same-host client span is then moved back to start no later than its server span, in
 /// either event order.
+/// The server span `GET {path}` and the span that is its parent.
+fn parent_pair<'a, R: std::fmt::Debug>(spans: &'a [(R, Span)], path: &str) -> (&'a Span, &'a Span) {
+    let server = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == format!("GET {path}"))
+        .unwrap_or_else(|| panic!("no server span GET {path}"));
+    let client = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|c| c.span_id == server.parent_span_id)
+        .unwrap_or_else(|| panic!("{path}: no parent among {spans:#?}"));
+    (client, server)
+}
+
 #[test]
 fn linked_client_spans_never_start_after_their_server_span() {
     let mut s = Sim::new();
@@ -189,16 +204,7 @@ fn linked_client_spans_never_start_after_their_server_span() {
 
     let spans = s.spans();
     for path in ["/a", "/b"] {
-        let server = spans
-            .iter()
-            .map(|(_, s)| s)
-            .find(|s| s.name == format!("GET {path}"))
-            .unwrap();
-        let client = spans
-            .iter()
-            .map(|(_, s)| s)
-            .find(|c| c.span_id == server.parent_span_id)
-            .unwrap();
+        let (client, server) = parent_pair(&spans, path);
         assert_eq!(
             client.start_time_unix_nano, server.start_time_unix_nano,
             "{path}"
@@ -323,16 +329,7 @@ fn option_linked_client_spans_never_start_after_their_server_span() {
 
     let spans = s.spans();
     for path in ["/a", "/b"] {
-        let server = spans
-            .iter()
-            .map(|(_, s)| s)
-            .find(|s| s.name == format!("GET {path}"))
-            .unwrap();
-        let client = spans
-            .iter()
-            .map(|(_, s)| s)
-            .find(|c| c.span_id == server.parent_span_id)
-            .unwrap_or_else(|| panic!("{path}: no parent among {spans:#?}"));
+        let (client, server) = parent_pair(&spans, path);
         assert_eq!(
             client.start_time_unix_nano, server.start_time_unix_nano,
             "{path}"
