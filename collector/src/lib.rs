@@ -15,6 +15,7 @@
 
 pub mod export;
 pub mod flamegraph;
+pub mod gzip;
 pub mod http;
 pub mod json;
 pub mod jsonl;

@@ -5,16 +5,12 @@
 //! the string table is `""`. Frames without a mapping get a synthetic one (`[kernel.kallsyms]` for
 //! kernel-half addresses, `[unknown]` otherwise) because some pprof consumers reject mapping id 0.
 
-use std::collections::HashMap;
-use std::io::Write;
-
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use prost::Message;
 pub use pyroscope::encode::r#gen::google::Profile;
 use pyroscope::encode::r#gen::google::{
     Function, Label, Line, Location, Mapping as PprofMapping, Sample, ValueType,
 };
+use std::collections::HashMap;
 
 use crate::profile::{
     BatchMeta, Frame, Mapping, PAGE_BYTES, ProfileKind, ServiceProfile, UNKNOWN_FUNCTION,
@@ -220,13 +216,7 @@ pub fn build(meta: BatchMeta, profile: &ServiceProfile) -> Profile {
 
 /// Serializes a profile to protobuf and gzip-compresses it (the `.pb.gz` form).
 pub fn encode_gzip(profile: &Profile) -> Result<Vec<u8>, PprofError> {
-    let raw = profile.encode_to_vec();
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4 + 64),
-        Compression::default(),
-    );
-    enc.write_all(&raw).map_err(PprofError::Gzip)?;
-    enc.finish().map_err(PprofError::Gzip)
+    crate::gzip::gzip(&profile.encode_to_vec()).map_err(PprofError::Gzip)
 }
 
 /// The samples of `profile` whose string label `key` equals `value`, as folded stacks
