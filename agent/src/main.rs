@@ -14,6 +14,7 @@ mod profiler;
 mod run;
 mod self_metrics;
 mod span_flame;
+mod stop_fd;
 mod trace_ctx_map;
 mod uprobes;
 
@@ -131,6 +132,15 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// Cases per property test: `default`, or `LOUPE_FUZZ_CASES` when `cargo xtask fuzz` sets it.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("LOUPE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[cfg(test)]

@@ -13,10 +13,7 @@ use std::{
     collections::HashMap,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -39,6 +36,7 @@ use loupe_common::{
 
 use super::assemble::{EFAULT, RawSample};
 use crate::ebpf::{EbpfError, program, rejected, take_map};
+use crate::stop_fd::StopFd;
 use crate::uprobes::{mapped_files, probe_point, symbol_file_offset};
 
 /// Default mean bytes between two samples: Go's `runtime.MemProfileRate`.
@@ -280,7 +278,7 @@ pub struct AllocTracker {
     counters: PerCpuArray<MapData, u64>,
     last_counters: [u64; counter::COUNT as usize],
     state: Arc<Mutex<State>>,
-    reader: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
+    reader: Option<(thread::JoinHandle<()>, Arc<StopFd>)>,
     links: Vec<UProbeLink>,
     pids: Vec<u32>,
     deadline: Option<Instant>,
@@ -374,7 +372,11 @@ impl AllocTracker {
         let metrics = Metrics::new(registry);
         metrics.processes.set(pids.len() as i64);
         let state = Arc::new(Mutex::new(State::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopFd::new().map_err(|e| {
+            EbpfError::Unavailable(format!(
+                "cannot make the allocation reader's stop signal: {e}"
+            ))
+        })?);
         let reader = {
             let (state, stop) = (state.clone(), stop.clone());
             thread::Builder::new()
@@ -482,7 +484,7 @@ impl AllocTracker {
     /// Stops the reader.
     pub fn stop(&mut self) {
         if let Some((handle, stop)) = self.reader.take() {
-            stop.store(true, Ordering::Relaxed);
+            stop.stop();
             let _ = handle.join();
         }
     }
@@ -578,23 +580,12 @@ pub fn find_allocator(pid: u32) -> Result<Allocator, String> {
 }
 
 /// Reads sampled allocations and frees until told to stop.
-fn read_events(mut ring: RingBuf<MapData>, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
+fn read_events(mut ring: RingBuf<MapData>, state: Arc<Mutex<State>>, stop: Arc<StopFd>) {
     let fd = ring.as_raw_fd();
-    while !stop.load(Ordering::Relaxed) {
-        let mut pollfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pollfd` is a valid array of one element for the duration of the call, and `fd`
-        // stays open because `ring` outlives the loop.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, 100) };
-        if ready < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                tracing::error!("allocation reader: poll failed: {err}");
-                thread::sleep(Duration::from_millis(100));
-            }
+    while !stop.is_stopped() {
+        if let Err(err) = stop.wait(fd, None) {
+            tracing::error!("allocation reader: poll failed: {err}");
+            thread::sleep(Duration::from_millis(100));
             continue;
         }
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());

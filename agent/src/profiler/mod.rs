@@ -9,20 +9,19 @@ mod alloc;
 mod assemble;
 mod debug_file;
 pub mod debuginfod;
+mod kallsyms;
 mod procs;
 mod symbolize;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     os::fd::AsRawFd,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::stop_fd::StopFd;
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -100,6 +99,9 @@ struct Metrics {
     span_unresolved: Counter,
     symbolize_failures: Counter,
     symbol_cache_resets: Counter,
+    kernel_symbol_loads: Counter,
+    kernel_symbol_bytes: Gauge,
+    symbol_table_releases: Counter,
     processes: Gauge,
     processes_rejected: Counter,
     open_binaries: Gauge,
@@ -178,6 +180,23 @@ impl Metrics {
                 "Times the symbol cache filled up and was cleared.",
                 &[],
             ),
+            kernel_symbol_loads: r.counter(
+                "loupe_profiler_kernel_symbol_loads_total",
+                "Times the kernel's symbol table was read from /proc/kallsyms (at the first kernel \
+                 frame, when modules change, and after unknown addresses at most every 5 minutes).",
+                &[],
+            ),
+            symbol_table_releases: r.counter(
+                "loupe_profiler_symbol_table_releases_total",
+                "Times the parsed symbol tables of executables and libraries were released (over \
+                 their memory budget, or 20 drains after the last release).",
+                &[],
+            ),
+            kernel_symbol_bytes: r.gauge(
+                "loupe_profiler_kernel_symbol_bytes",
+                "Memory held by the kernel's symbol table.",
+                &[],
+            ),
             processes: r.gauge(
                 "loupe_profiler_processes",
                 "Processes in the profiler's process table.",
@@ -252,7 +271,7 @@ pub struct Profiler {
     host_labels: Vec<(String, String)>,
     spans: Option<SpanIndex>,
     metrics: Metrics,
-    watcher: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
+    watcher: Option<(thread::JoinHandle<()>, Arc<StopFd>)>,
 }
 
 impl Profiler {
@@ -312,7 +331,11 @@ impl Profiler {
         let metrics = Metrics::new(registry);
 
         // Start watching before sampling, so no announcement waits in a full ring.
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopFd::new().map_err(|e| {
+            EbpfError::Unavailable(format!(
+                "cannot make the process watcher's stop signal: {e}"
+            ))
+        })?);
         let watcher = {
             let (procs, stop) = (procs.clone(), stop.clone());
             thread::Builder::new()
@@ -507,10 +530,14 @@ impl Profiler {
         self.record_stack_stats(stats);
         self.warn_truncated(&truncated_by_service, &profiles);
 
-        symbolizer.release_parsed();
         let s = std::mem::take(&mut symbolizer.stats);
         self.metrics.symbolize_failures.add(s.failures);
         self.metrics.symbol_cache_resets.add(s.cache_resets);
+        self.metrics.kernel_symbol_loads.add(s.kernel_table_loads);
+        self.metrics.symbol_table_releases.add(s.releases);
+        self.metrics
+            .kernel_symbol_bytes
+            .set(i64::try_from(symbolizer.kernel_table_bytes()).unwrap_or(i64::MAX));
         self.metrics.drains.inc();
         self.metrics
             .drain_micros
@@ -586,8 +613,8 @@ impl Profiler {
                 });
             }
             drop(table);
-            symbolizer.release_parsed();
         }
+        symbolizer.end_drain();
         batches
     }
 
@@ -710,7 +737,7 @@ impl Profiler {
             alloc.stop();
         }
         if let Some((handle, stop)) = self.watcher.take() {
-            stop.store(true, Ordering::Relaxed);
+            stop.stop();
             let _ = handle.join();
         }
     }
@@ -782,17 +809,13 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<
 
 /// Reads process announcements until told to stop; reads /proc for each new process right away,
 /// while it still runs.
-fn watch_processes(
-    mut ring: RingBuf<MapData>,
-    procs: Arc<Mutex<ProcessTable>>,
-    stop: Arc<AtomicBool>,
-) {
+fn watch_processes(mut ring: RingBuf<MapData>, procs: Arc<Mutex<ProcessTable>>, stop: Arc<StopFd>) {
     let fd = ring.as_raw_fd();
     // Second and third reads of each new process: its first sample may come while the dynamic
     // loader is still mapping libraries, and a short-lived process may be gone by the drain.
     // One queue per delay, so each stays in due order.
     let mut rereads: [VecDeque<(Instant, u32, String)>; REREAD_DELAYS.len()] = Default::default();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         let now = Instant::now();
         for queue in &mut rereads {
             while queue.front().is_some_and(|(due, _, _)| *due <= now) {
@@ -802,20 +825,17 @@ fn watch_processes(
                 }
             }
         }
-        let mut pollfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pollfd` is a valid array of one element for the duration of the call, and `fd`
-        // stays open because `ring` outlives the loop.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, 50) };
-        if ready < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                tracing::error!("process watcher: poll failed: {err}");
-                thread::sleep(Duration::from_millis(100));
-            }
+        // Asleep until an announcement, the next reread, or the stop.
+        let next_due = rereads
+            .iter()
+            .filter_map(|q| {
+                q.front()
+                    .map(|(due, _, _)| due.saturating_duration_since(now))
+            })
+            .min();
+        if let Err(err) = stop.wait(fd, next_due) {
+            tracing::error!("process watcher: poll failed: {err}");
+            thread::sleep(Duration::from_millis(100));
             continue;
         }
         while let Some(item) = ring.next() {

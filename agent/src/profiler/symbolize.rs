@@ -1,24 +1,33 @@
-//! Symbolization with blazesym: user addresses as file offsets into binaries we hold open (so it works
-//! after the process exited), kernel addresses through kallsyms. Results are cached per
-//! (binary, offset) and per kernel address; the caches are bounded and cleared whole when full.
+//! Symbolization: user addresses with blazesym, as file offsets into binaries we hold open (so it
+//! works after the process exited); kernel addresses through our own compact copy of kallsyms
+//! (`kallsyms.rs`), read once rather than at every drain. Results are cached per (binary, offset)
+//! and per kernel address; the caches are bounded and cleared whole when full.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
-use blazesym::{
-    MaybeDefault,
-    symbolize::{
-        self, Symbolized,
-        source::{Elf, Kernel, Source},
-    },
+use blazesym::symbolize::{
+    self, Symbolized,
+    source::{Elf, Source},
 };
 use loupe_collector::profile::FrameLine;
 
 use super::debug_file::DebugFile;
 use super::debuginfod::Debuginfod;
+use super::kallsyms::KernelTable;
 use super::procs::{BinaryFile, FileKey};
 
 /// The lines of one location: innermost inlined function first, the containing function last.
 pub type Lines = Arc<[FrameLine]>;
+
+/// Parsed symbol tables are kept across drains while the symbol sections of the binaries parsed
+/// since the last release stay under this many bytes: a new address in a binary parsed recently
+/// (the agent's own, sampled while it drains, or any busy service's) then costs a lookup, not a
+/// parse of its whole table.
+const PARSED_SYMBOLS_BUDGET: u64 = 32 << 20;
+
+/// Parsed tables are released after this many drains however few they are, so that binaries no
+/// longer sampled do not stay mapped.
+const KEEP_PARSED_DRAINS: u32 = 20;
 
 /// Counters the metrics report.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +38,10 @@ pub struct SymbolizerStats {
     pub failures: u64,
     /// Times a full cache was cleared.
     pub cache_resets: u64,
+    /// Times the kernel's symbol table was read.
+    pub kernel_table_loads: u64,
+    /// Times the parsed symbol tables were released.
+    pub releases: u64,
 }
 
 pub struct Symbolizer {
@@ -41,6 +54,13 @@ pub struct Symbolizer {
     debuginfo: bool,
     user: HashMap<(FileKey, u64), Lines>,
     kernel: HashMap<u64, Lines>,
+    /// The kernel's function symbols, kept across drains (about 2 MB).
+    kernel_table: KernelTable,
+    /// Files parsed by blazesym since the last release, by device and inode (a path through
+    /// /proc/self/fd may name another file once its descriptor is reused, and blazesym then
+    /// parses that one too), with the size of their symbol sections.
+    parsed: HashMap<(u64, u64), u64>,
+    drains_since_release: u32,
     max_entries: usize,
     pub stats: SymbolizerStats,
 }
@@ -57,6 +77,9 @@ impl Symbolizer {
             debuginfo,
             user: HashMap::new(),
             kernel: HashMap::new(),
+            kernel_table: KernelTable::default(),
+            parsed: HashMap::new(),
+            drains_since_release: 0,
             max_entries,
             stats: SymbolizerStats::default(),
         }
@@ -105,12 +128,40 @@ impl Symbolizer {
             .build()
     }
 
-    /// Releases blazesym's parsed symbol tables and file mappings, keeping the resolved-address
-    /// caches. Called after every drain: a large binary's symbol table (a compiler's can be tens of
-    /// MB) is then held only while its new addresses are resolved, which bounds the agent's memory
-    /// by one interval's binaries rather than every binary the host ever ran.
-    pub fn release_parsed(&mut self) {
+    /// Called after every drain. Releases blazesym's parsed symbol tables and file mappings,
+    /// keeping the resolved-address caches, once the binaries parsed since the last release hold
+    /// more than [`PARSED_SYMBOLS_BUDGET`] of symbols (a compiler's can be tens of MB) or after
+    /// [`KEEP_PARSED_DRAINS`] drains. The agent's memory is then bounded by the budget or one
+    /// interval's binaries, whichever is more, rather than by every binary the host ever ran;
+    /// and a busy binary's table is parsed once per release, not at every drain that brings one
+    /// of its addresses.
+    pub fn end_drain(&mut self) {
+        self.drains_since_release += 1;
+        let bytes: u64 = self.parsed.values().sum();
+        if bytes > PARSED_SYMBOLS_BUDGET || self.drains_since_release >= KEEP_PARSED_DRAINS {
+            self.release_parsed();
+        }
+    }
+
+    fn release_parsed(&mut self) {
         self.inner = Self::fresh_inner(self.debuginfo);
+        self.parsed.clear();
+        self.drains_since_release = 0;
+        self.stats.releases += 1;
+    }
+
+    /// Notes that blazesym parses `path`, with the size of its symbol sections (DWARF too when it
+    /// is read).
+    fn note_parsed(&mut self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        if !self.parsed.contains_key(&key) {
+            let bytes = symbol_bytes(path, self.debuginfo);
+            self.parsed.insert(key, bytes);
+        }
     }
 
     /// Drops every cache, including blazesym's parsed ELF and DWARF data; called when caches fill up
@@ -119,7 +170,7 @@ impl Symbolizer {
         if self.user.len() + self.kernel.len() >= self.max_entries {
             self.user.clear();
             self.kernel.clear();
-            self.inner = Self::fresh_inner(self.debuginfo);
+            self.release_parsed();
             self.stats.cache_resets += 1;
         }
     }
@@ -153,12 +204,14 @@ impl Symbolizer {
                         .collect();
                     let mut elf = Elf::new(&debug.symbolize_path);
                     elf.debug_syms = self.debuginfo;
+                    self.note_parsed(&debug.symbolize_path);
                     self.inner
                         .symbolize(&Source::Elf(elf), symbolize::Input::VirtOffset(&virt))
                 }
                 None => {
                     let mut elf = Elf::new(&binary.symbolize_path);
                     elf.debug_syms = self.debuginfo;
+                    self.note_parsed(&binary.symbolize_path);
                     self.inner
                         .symbolize(&Source::Elf(elf), symbolize::Input::FileOffset(&missing))
                 }
@@ -203,7 +256,9 @@ impl Symbolizer {
             .collect()
     }
 
-    /// Symbolizes kernel addresses; one result per address, in order.
+    /// Symbolizes kernel addresses; one result per address, in order. An address outside every
+    /// known function is `[kernel]`, counted as a failure and not cached: a module or BPF program
+    /// loaded since the table was read is named once the table is read again.
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Lines> {
         self.reset_if_full();
         let mut missing: Vec<u64> = addrs
@@ -215,33 +270,32 @@ impl Symbolizer {
         missing.sort_unstable();
         missing.dedup();
         self.stats.cache_misses += missing.len() as u64;
+        let mut unknown: Vec<u64> = Vec::new();
         if !missing.is_empty() {
-            let src = Source::Kernel(Kernel {
-                vmlinux: MaybeDefault::None,
-                debug_syms: false,
-                ..Kernel::default()
-            });
-            match self
-                .inner
-                .symbolize(&src, symbolize::Input::AbsAddr(&missing))
-            {
-                Ok(symbols) => {
-                    for (addr, sym) in missing.iter().zip(symbols.iter()) {
-                        let lines = to_lines(sym).unwrap_or_else(|| {
-                            self.stats.failures += 1;
-                            single("[kernel]")
-                        });
-                        self.kernel.insert(*addr, lines);
+            let loads = self.kernel_table.loads;
+            let resolve = |table: &mut KernelTable, addrs: &[u64], unknown: &mut Vec<u64>| {
+                let mut found = Vec::with_capacity(addrs.len());
+                let symbols = table.current();
+                for &a in addrs {
+                    match symbols.and_then(|t| t.resolve(a)) {
+                        Some(name) => found.push((a, single(name))),
+                        None => unknown.push(a),
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "kernel symbolization failed");
-                    self.stats.failures += missing.len() as u64;
-                    for addr in &missing {
-                        self.kernel.insert(*addr, single("[kernel]"));
-                    }
-                }
+                found
+            };
+            let mut found = resolve(&mut self.kernel_table, &missing, &mut unknown);
+            if !unknown.is_empty() && self.kernel_table.reload_for_unknown() {
+                let again = std::mem::take(&mut unknown);
+                found.extend(resolve(&mut self.kernel_table, &again, &mut unknown));
             }
+            if self.kernel_table.loads != loads {
+                // Modules may have moved: what was cached from the old table goes.
+                self.kernel.clear();
+                self.stats.kernel_table_loads += self.kernel_table.loads - loads;
+            }
+            self.stats.failures += unknown.len() as u64;
+            self.kernel.extend(found);
         }
         addrs
             .iter()
@@ -253,6 +307,35 @@ impl Symbolizer {
             })
             .collect()
     }
+
+    /// Heap bytes of the kernel's symbol table.
+    pub fn kernel_table_bytes(&self) -> usize {
+        self.kernel_table.bytes()
+    }
+}
+
+/// The bytes blazesym reads to symbolize in `path`: its symbol and string tables, and its DWARF
+/// sections when `debuginfo`. Only the section headers are read. An unreadable file counts as
+/// the budget's whole, so that it is released at the next drain.
+fn symbol_bytes(path: &Path, debuginfo: bool) -> u64 {
+    use object::{Object, ObjectSection, read::ReadCache};
+    let Ok(file) = std::fs::File::open(path) else {
+        return PARSED_SYMBOLS_BUDGET;
+    };
+    let cache = ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return PARSED_SYMBOLS_BUDGET;
+    };
+    elf.sections()
+        .filter(|s| {
+            let name = s.name().unwrap_or("");
+            matches!(
+                name,
+                ".symtab" | ".strtab" | ".dynsym" | ".dynstr" | ".gopclntab"
+            ) || (debuginfo && name.starts_with(".debug_"))
+        })
+        .map(|s| s.size())
+        .sum()
 }
 
 fn to_lines(sym: &Symbolized<'_>) -> Option<Lines> {
@@ -334,6 +417,40 @@ mod tests {
         assert!(Arc::ptr_eq(&first[0], &again[0]), "served from the cache");
         assert_eq!(s.stats.cache_hits, 1);
         assert_eq!(s.stats.failures, 0);
+    }
+
+    #[test]
+    fn parsed_tables_outlive_a_drain_until_their_budget_or_age() {
+        let mut table = ProcessTable::new(4);
+        let me = table.refresh(std::process::id(), "test");
+        let addr = loupe_symbolize_test_target as *const () as usize as u64;
+        let m = me.mapping_for(addr).unwrap();
+        let binary = m.binary.clone().unwrap();
+        let offset = addr - m.start + m.file_offset;
+        let mut s = Symbolizer::new(1000, false);
+        s.user(&binary, &[offset]);
+        let bytes = s.parsed.values().next().copied();
+        assert!(
+            bytes.is_some_and(|b| b > 0 && b < PARSED_SYMBOLS_BUDGET),
+            "symbol sections of this test binary: {bytes:?}"
+        );
+        for _ in 1..KEEP_PARSED_DRAINS {
+            s.end_drain();
+        }
+        assert_eq!(s.stats.releases, 0, "kept while under budget and young");
+        s.end_drain();
+        assert_eq!(
+            s.stats.releases, 1,
+            "released after KEEP_PARSED_DRAINS drains"
+        );
+        assert!(s.parsed.is_empty());
+        // Over budget: released at the end of the drain that parsed it.
+        s.parsed.insert((0, 0), PARSED_SYMBOLS_BUDGET + 1);
+        s.end_drain();
+        assert_eq!(s.stats.releases, 2);
+        // DWARF counts when it is read.
+        let path = &binary.symbolize_path;
+        assert!(symbol_bytes(path, true) >= symbol_bytes(path, false));
     }
 
     #[test]
