@@ -295,15 +295,168 @@ fn profiler(agent: &Path, secs: u64) -> anyhow::Result<String> {
         let mut all = vec![a, b, c, d];
         all.extend(tagging);
         all.extend(faulting.into_iter().map(|(c, _)| c));
-        Ok::<_, anyhow::Error>((all, fault_rate))
+        // Issue 13's cost targets: CPU profiles alone, start-up and steady state apart, over at
+        // least two minutes of steady state.
+        let steady_secs = secs.max(120);
+        let mut steady = Vec::new();
+        for hz in [default_hz, 99] {
+            steady.push(step(
+                &format!("agent at {hz} Hz, CPU profiles only, {STEADY_WARMUP_S} s start-up then {steady_secs} s steady"),
+                || measure_steady(agent, hz, steady_secs, &out.join(format!("steady-{hz}hz"))),
+            )?);
+        }
+        Ok::<_, anyhow::Error>((all, fault_rate, steady))
     })();
 
     for w in &mut workload {
         let _ = w.kill();
         let _ = w.wait();
     }
-    let (costs, fault_rate) = result?;
-    Ok(report(&costs, cpus, secs, fault_rate))
+    let (costs, fault_rate, steady) = result?;
+    let mut md = report(&costs, cpus, secs, fault_rate);
+    md.push_str(&steady_report(&steady, cpus));
+    Ok(md)
+}
+
+/// Seconds the steady-state scenarios leave to start-up: attaching, then the first drain
+/// (at 15 s), which symbolizes everything afresh.
+const STEADY_WARMUP_S: u64 = 20;
+
+/// One steady-state scenario: CPU profiles only.
+struct Steady {
+    hz: u32,
+    secs: f64,
+    startup_cpu_s: f64,
+    steady_cpu_s: f64,
+    steady_bpf_s: f64,
+    /// eBPF program runs in the steady window: the samples taken, and a few process events.
+    runs: u64,
+    max_rss_mb: f64,
+}
+
+impl Steady {
+    fn pct_per_cpu(&self, cpus: usize) -> f64 {
+        100.0 * (self.steady_cpu_s + self.steady_bpf_s) / self.secs / cpus as f64
+    }
+    fn us_per_sample(&self) -> f64 {
+        1e6 * (self.steady_cpu_s + self.steady_bpf_s) / self.runs.max(1) as f64
+    }
+}
+
+/// CPU time of a live process and its exited threads (`/proc/PID/stat` utime + stime), in
+/// seconds; the kernel truncates it to clock ticks (10 ms), so windows are long.
+fn process_cpu_s(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// Runs the agent with CPU profiles only (network spans, logs and page faults off) at `hz`;
+/// measures its CPU and its eBPF programs' run time over the `secs` after start-up.
+fn measure_steady(agent: &Path, hz: u32, secs: u64, dir: &Path) -> anyhow::Result<Steady> {
+    let _ = std::fs::remove_dir_all(dir);
+    let child = Command::new(agent)
+        .args([
+            "run",
+            "--profile-hz",
+            &hz.to_string(),
+            "--profile-interval",
+            "15s",
+        ])
+        .args([
+            "--network-spans=false",
+            "--logs=false",
+            "--page-faults=false",
+        ])
+        .args([
+            "--duration",
+            &format!("{}s", STEADY_WARMUP_S + secs + 5),
+            "--output-dir",
+        ])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the agent")?;
+    let pid = child.id();
+    thread::sleep(Duration::from_secs(STEADY_WARMUP_S));
+    let (cpu0, (bpf0, runs0), t0) = (process_cpu_s(pid), bpf_run_time(pid), Instant::now());
+    thread::sleep(Duration::from_secs(secs));
+    let (cpu1, (bpf1, runs1), wall) = (process_cpu_s(pid), bpf_run_time(pid), t0.elapsed());
+    let (_, rss) = wait_rusage(child)?;
+    Ok(Steady {
+        hz,
+        secs: wall.as_secs_f64(),
+        startup_cpu_s: cpu0,
+        steady_cpu_s: cpu1 - cpu0,
+        steady_bpf_s: (bpf1.saturating_sub(bpf0)) as f64 / 1e9,
+        runs: runs1.saturating_sub(runs0),
+        max_rss_mb: rss,
+    })
+}
+
+fn steady_report(steady: &[Steady], cpus: usize) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "
+## CPU profiles only: start-up and steady state
+
+Network spans, logs and page-fault          profiles off; the same busy CPUs. Start-up is the agent's CPU in its first          {STEADY_WARMUP_S} s (loading, attaching, the first drain with cold symbol caches); steady          state is what follows. Userspace CPU comes from `/proc/PID/stat` (10 ms ticks).
+
+         | Hz | start-up CPU s | steady s | userspace CPU s | eBPF CPU s | eBPF runs | % of one core per CPU | µs per sample | peak RSS MB |
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for x in steady {
+        let _ = writeln!(
+            r,
+            "| {} | {:.2} | {:.0} | {:.3} | {:.3} | {} | {:.4}% | {:.1} | {:.1} |",
+            x.hz,
+            x.startup_cpu_s,
+            x.secs,
+            x.steady_cpu_s,
+            x.steady_bpf_s,
+            x.runs,
+            x.pct_per_cpu(cpus),
+            x.us_per_sample(),
+            x.max_rss_mb
+        );
+    }
+    let mark = |ok: bool| if ok { "met" } else { "MISSED" };
+    let _ = writeln!(
+        r,
+        "
+Targets (issue 13, item 4):"
+    );
+    if let Some(x) = steady.iter().find(|x| x.hz == 19) {
+        let pct = x.pct_per_cpu(cpus);
+        let _ = writeln!(
+            r,
+            "- ≤ 0.02% of one core per sampled CPU at 19 Hz, steady state: {pct:.4}% — {}",
+            mark(pct <= 0.02)
+        );
+    }
+    if let Some(x) = steady.iter().find(|x| x.hz == 99) {
+        let us = x.us_per_sample();
+        let _ = writeln!(
+            r,
+            "- ≤ 10 µs per sample at 99 Hz, steady state (agent and eBPF CPU over eBPF runs): {us:.1} µs — {}",
+            mark(us <= 10.0)
+        );
+    }
+    let rss = steady.iter().map(|x| x.max_rss_mb).fold(0.0, f64::max);
+    let _ = writeln!(
+        r,
+        "- RSS ≤ 40 MB without DWARF tables: {rss:.1} MB — {}",
+        mark(rss <= 40.0)
+    );
+    r
 }
 
 /// Minor page faults of a running process so far (`/proc/PID/stat` field 10).
