@@ -11,6 +11,7 @@ mod bench_parsers;
 mod bench_tls;
 mod build;
 mod demo;
+mod fuzz;
 mod helm_docs;
 mod image;
 mod python;
@@ -62,6 +63,9 @@ enum Task {
     Image(image::ImageArgs),
     /// Write docs/helm-values.md from the agent chart's documented values.
     HelmDocs,
+    /// Fuzz every input parser for a set time: property rounds on stable, plus cargo-fuzz's
+    /// coverage-guided targets when nightly and cargo-fuzz are installed.
+    Fuzz(fuzz::FuzzArgs),
     /// Boot the agent and its end-to-end tests on the EKS kernels (5.10, 6.1, 6.12) under QEMU.
     VmTest(vm::VmArgs),
 }
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::bench(args),
         Task::VmTest(args) => vm::vm_test(args),
         Task::HelmDocs => helm_docs::helm_docs(),
+        Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Image(args) => image::image(args),
         Task::DashboardsCheck(args) => demo::queries::dashboards_check(args),
         Task::Demo(args) => demo::demo(args),

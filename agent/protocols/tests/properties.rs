@@ -10,6 +10,14 @@ use loupe_protocols::traceparent::{self, TraceParent};
 use loupe_protocols::{Direction, End, Flow, Role, detect, route, sanitize};
 use proptest::prelude::*;
 
+/// Cases per property: `default`, or `LOUPE_FUZZ_CASES` when `cargo xtask fuzz` sets it.
+fn cases(default: u32) -> u32 {
+    std::env::var("LOUPE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Generous per-connection heap bounds (see each module's constants).
 const HTTP_BOUND: usize = 2 * http1::MAX_HEAD + 4096;
 const REDIS_BOUND: usize = 64 * 1024;
@@ -83,7 +91,7 @@ fn flow(c2s: bool) -> Flow {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_chunks_never_panic(chunks in prop::collection::vec(chunk(), 0..40), gap_at in any::<Option<u8>>()) {
@@ -370,7 +378,7 @@ fn syscalls(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     /// Pipelined exchanges, arbitrarily chunked, fully captured: exact events.
     #[test]
@@ -492,7 +500,7 @@ fn resp_value() -> impl Strategy<Value = (Vec<u8>, redis::ReplyKind)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     /// A pipeline of commands and replies, arbitrarily chunked: exact pairing and kinds.
     #[test]
@@ -626,7 +634,7 @@ fn my_resp() -> impl Strategy<Value = MyResp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     /// Queries and responses, arbitrarily chunked: exact pairing and summaries.
     #[test]
@@ -721,7 +729,7 @@ fn feed_h2(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     #[test]
     fn grpc_calls_pair_exactly_however_they_are_chunked(

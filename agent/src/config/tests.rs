@@ -595,6 +595,8 @@ mod properties {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
         /// Any file made of known keys and arbitrary values, and any bytes as a file: the
         /// loader answers Ok or one error, never panics.
         #[test]

@@ -245,6 +245,8 @@ mod tests {
         use super::*;
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
             /// Any text: no panic, and an id found is always 64 lowercase hex digits.
             #[test]
             fn arbitrary_text_never_panics(text in "\\PC{0,400}") {

@@ -247,6 +247,8 @@ mod tests {
         use super::*;
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
             /// Any writes, cut or not, from a few processes: no panic, no line over the limit
             /// or holding a newline, no empty line, and every byte of every emitted line was
             /// written by that process.
