@@ -8,6 +8,7 @@ mod ebpf;
 mod k8s;
 mod logs;
 mod net;
+mod privileges;
 mod probe;
 mod procfs;
 mod profiler;

@@ -186,10 +186,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
         // /metrics comes up once every program is attached: a port that answers means the agent
         // sees what happens from now on (readiness probes and tests rely on that).
-        if let Some(addr) = config.metrics_addr {
-            let server = MetricsServer::bind(addr, registry.clone())
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        // Bound first (a port below 1024 takes a capability), served after the drop: a port that
+        // answers also means the agent holds only what it keeps.
+        let metrics_server = match config.metrics_addr {
+            Some(addr) => Some(
+                MetricsServer::bind(addr, registry.clone())
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        drop_capabilities(&registry);
+        if let Some(server) = metrics_server {
             tracing::info!(addr = %server.local_addr(), "serving self-metrics at /metrics");
             tokio::spawn(server.run());
         }
@@ -585,4 +593,32 @@ fn otlp_config(config: &Config, endpoint: &str) -> OtlpConfig {
         c.tenant = creds.tenant_id.clone();
     }
     c
+}
+
+/// Gives up the capabilities only start-up needed (see `privileges.rs`) and says which remain.
+fn drop_capabilities(registry: &Registry) {
+    use crate::privileges::{drop_unneeded, names};
+    match drop_unneeded() {
+        Ok(d) => {
+            if d.after != d.before {
+                tracing::info!(
+                    dropped = %names(d.before & !d.after).join(","),
+                    kept = %names(d.after).join(","),
+                    threads = d.threads,
+                    "dropped the capabilities only start-up needed"
+                );
+            }
+            for name in names(d.after) {
+                registry
+                    .gauge(
+                        "loupe_capabilities",
+                        "Capabilities the agent holds after start-up (1 each); the rest were \
+                         dropped once every program was attached.",
+                        &[("capability", &name)],
+                    )
+                    .set(1);
+            }
+        }
+        Err(e) => tracing::warn!("could not drop the capabilities start-up needed: {e}"),
+    }
 }

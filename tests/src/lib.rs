@@ -467,6 +467,48 @@ pub fn read_spans(dir: &Path) -> Vec<SpanRecord> {
 
 /// The capabilities the agent's chart grants (helm/loupe/values.yaml documents each one in the
 /// comment table above `securityContext`), e.g. `["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_PTRACE"]`.
+/// The chart's capabilities the agent keeps after start-up: those not marked "start-up only" in
+/// the table of helm/loupe/values.yaml.
+pub fn chart_capabilities_kept() -> Vec<String> {
+    let values =
+        std::fs::read_to_string(root().join("helm/loupe/values.yaml")).expect("values.yaml");
+    let mut entries: Vec<(String, bool)> = Vec::new();
+    for line in values
+        .lines()
+        .skip_while(|l| !l.contains("it gets the capabilities below"))
+        .take_while(|l| l.starts_with('#'))
+    {
+        let Some(text) = line.strip_prefix("#   ") else {
+            continue;
+        };
+        match text.split_whitespace().next() {
+            Some(w)
+                if !text.starts_with(' ')
+                    && w.chars().all(|c| c.is_ascii_uppercase() || c == '_') =>
+            {
+                entries.push((w.to_string(), text.contains("start-up only")));
+            }
+            _ => {
+                if let Some(last) = entries.last_mut() {
+                    last.1 |= text.contains("start-up only");
+                }
+            }
+        }
+    }
+    assert!(
+        entries.iter().any(|(_, dropped)| *dropped),
+        "no \"start-up only\" capability in helm/loupe/values.yaml"
+    );
+    let mut kept: Vec<String> = entries
+        .into_iter()
+        .filter(|(_, dropped)| !dropped)
+        .map(|(c, _)| c)
+        .collect();
+    kept.sort();
+    kept.dedup();
+    kept
+}
+
 pub fn chart_capabilities() -> Vec<String> {
     let values =
         std::fs::read_to_string(root().join("helm/loupe/values.yaml")).expect("values.yaml");

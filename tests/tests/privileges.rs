@@ -2,13 +2,15 @@
 //! with exactly that set, as the chart's container does (root in the container, every other
 //! capability out of the bounding set), the agent attaches its programs and profiles another user's
 //! process; with BPF or
-//! PERFMON missing it stops with one line naming it.
+//! PERFMON missing it stops with one line naming it. Once started, every one of its threads holds
+//! only the capabilities the chart's table does not mark "start-up only".
 
 use std::process::Command;
 use std::time::Duration;
 
 use loupe_tests::{
-    Agent, agent_bin, chart_capabilities, inclusive_counts, read_profiles, require_root, workload,
+    Agent, agent_bin, chart_capabilities, chart_capabilities_kept, inclusive_counts, read_profiles,
+    require_root, workload,
 };
 
 /// `setpriv` arguments keeping only `caps` in the bounding set: a process of uid 0 then holds
@@ -30,6 +32,7 @@ fn cap_number(name: &str) -> u32 {
         "SYS_PTRACE" => 19,
         "SYS_ADMIN" => 21,
         "SYS_RESOURCE" => 24,
+        "SYSLOG" => 34,
         "PERFMON" => 38,
         "BPF" => 39,
         other => panic!("add {other} to cap_number"),
@@ -58,17 +61,21 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         .arg(&out_dir);
     let agent = Agent::start(agent, dir.path(), "agent");
 
-    // setpriv execs the agent: the child's pid is the agent's, holding exactly the chart's set.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
-        .expect("CapEff");
-    let want = caps.iter().fold(0u64, |m, c| m | 1 << cap_number(c));
-    assert_eq!(effective, want, "effective {effective:x}, chart {caps:?}");
+    // setpriv execs the agent: the child's pid is the agent's. It started with the chart's set
+    // (it attached everything below) and now holds the kept part of it, in every thread.
+    let kept = chart_capabilities_kept();
+    assert!(kept.len() < caps.len(), "kept {kept:?} of {caps:?}");
+    assert_every_thread_holds(agent.pid(), &kept);
 
     let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    for c in &caps {
+        let line = format!("loupe_capabilities{{capability=\"CAP_{c}\"}} 1");
+        assert_eq!(
+            metrics.contains(&line),
+            kept.contains(c),
+            "{line}:\n{metrics}"
+        );
+    }
     assert!(
         metrics.contains("loupe_attach_method{method=\"perf_event\",program=\"profiler\"} 1"),
         "{metrics}"
@@ -106,6 +113,55 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     assert!(
         counts.get("hot_alpha").copied().unwrap_or(0) > 20,
         "symbolized with the chart's capabilities: {counts:?}"
+    );
+}
+
+/// Every thread of `pid` holds exactly `caps`, permitted and effective.
+fn assert_every_thread_holds(pid: u32, caps: &[String]) {
+    let want = caps.iter().fold(0u64, |m, c| m | 1 << cap_number(c));
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .collect();
+    assert!(tasks.len() >= 4, "the agent runs several threads");
+    for task in tasks {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // exited meanwhile
+        };
+        for field in ["CapPrm:", "CapEff:"] {
+            let set = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+                .expect(field);
+            assert_eq!(
+                set,
+                want,
+                "thread {:?} {field} {set:x}, want {want:x} ({caps:?})",
+                task.file_name()
+            );
+        }
+    }
+}
+
+/// Run as root (every capability), the agent ends with the kept ones: the chart's, plus
+/// SYS_ADMIN and SYSLOG, which it keeps where granted (README, "Privileges").
+#[test]
+fn as_root_the_agent_keeps_only_what_it_documents() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--profile-interval", "60s", "--output-dir"])
+        .arg(dir.path().join("out"));
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    let mut kept = chart_capabilities_kept();
+    kept.extend(["SYS_ADMIN".to_string(), "SYSLOG".to_string()]);
+    assert_every_thread_holds(agent.pid(), &kept);
+    let (exit, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(exit.success(), "{stderr}");
+    assert!(
+        stderr.contains("dropped the capabilities only start-up needed"),
+        "{stderr}"
     );
 }
 
