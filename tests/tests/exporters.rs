@@ -8,11 +8,12 @@ use std::{
     process::{Command, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use loupe_tests::{
-    Profile, inclusive_counts, require_root, run_agent, wait_with_deadline, workload,
+    Agent, Profile, agent_bin, inclusive_counts, require_root, run_agent, wait_with_deadline,
+    workload,
 };
 use prost::Message;
 use pyroscope::encode::r#gen::push::PushRequest;
@@ -172,54 +173,40 @@ fn pushes_decodable_profiles_to_pyroscope() {
     );
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
-}
-
 #[test]
 fn serves_self_metrics_while_running() {
     require_root();
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let addr = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let out_dir = dir.path().to_str().expect("utf-8").to_string();
-    let agent = thread::spawn(move || {
-        run_agent(
-            &[
-                "run",
-                "--profile-hz",
-                "99",
-                "--profile-interval",
-                "2s",
-                "--duration",
-                "8s",
-                "--metrics-addr",
-                &addr,
-                "--output-dir",
-                &out_dir,
-            ],
-            Duration::from_secs(60),
-        )
-    });
-    thread::sleep(Duration::from_secs(6));
-    let response = http_get(port, "/metrics");
-    let out = agent.join().expect("agent thread");
-    assert!(
-        out.status.success(),
-        "agent failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "run",
+        "--profile-hz",
+        "99",
+        "--profile-interval",
+        "2s",
+        "--output-dir",
+    ])
+    .arg(dir.path().join("out"));
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    // Read once two intervals have been drained. Start-up takes longer when other agents load
+    // their programs beside this one (tests run in parallel), so poll rather than sleep a fixed
+    // time.
+    let drains = |r: &str| {
+        r.lines()
+            .find(|l| l.starts_with("loupe_profiler_drains_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        let r = agent.metrics();
+        if drains(&r) >= 2.0 || Instant::now() > deadline {
+            break r;
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    let (exit, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(exit.success(), "agent failed:\n{stderr}");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let value = |name: &str| -> f64 {
         response
@@ -229,7 +216,7 @@ fn serves_self_metrics_while_running() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in:\n{response}"))
     };
-    // Two busy-ish CPUs at 99 Hz for 6 s: hundreds of samples, two or more drains.
+    // Two CPUs at 99 Hz for two intervals (idle samples count too): hundreds of samples.
     assert!(value("loupe_profiler_samples_total") > 100.0);
     assert!(value("loupe_profiler_drains_total") >= 2.0);
     for family in [

@@ -405,12 +405,12 @@ fn steady_report(steady: &[Steady], cpus: usize) -> String {
     let mut r = String::new();
     let _ = writeln!(
         r,
-        "
-## CPU profiles only: start-up and steady state
-
-Network spans, logs and page-fault          profiles off; the same busy CPUs. Start-up is the agent's CPU in its first          {STEADY_WARMUP_S} s (loading, attaching, the first drain with cold symbol caches); steady          state is what follows. Userspace CPU comes from `/proc/PID/stat` (10 ms ticks).
-
-         | Hz | start-up CPU s | steady s | userspace CPU s | eBPF CPU s | eBPF runs | % of one core per CPU | µs per sample | peak RSS MB |
+        "\n## CPU profiles only: start-up and steady state\n\n\
+         Network spans, logs and page-fault profiles off; the same busy CPUs. Start-up is the \
+         agent's CPU in its first {STEADY_WARMUP_S} s (loading, attaching, the first drain with \
+         cold symbol caches); steady state is what follows. Userspace CPU comes from \
+         `/proc/PID/stat` (10 ms ticks).\n\n\
+         | Hz | start-up CPU s | steady s | userspace CPU s | eBPF CPU s | eBPF runs | % of one core per CPU | µs per sample | peak RSS MB |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
     for x in steady {

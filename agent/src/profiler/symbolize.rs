@@ -393,14 +393,20 @@ mod tests {
         std::hint::black_box(x.wrapping_mul(31).rotate_left(7))
     }
 
-    #[test]
-    fn symbolizes_our_own_function_and_caches_it() {
+    /// This test binary, opened as the profiler opens binaries, and the file offset of
+    /// `loupe_symbolize_test_target` plus `delta`.
+    fn own_target(delta: u64) -> (Arc<BinaryFile>, u64) {
         let mut table = ProcessTable::new(4);
         let me = table.refresh(std::process::id(), "test");
-        let addr = loupe_symbolize_test_target as *const () as usize as u64 + 1;
+        let addr = loupe_symbolize_test_target as *const () as usize as u64 + delta;
         let m = me.mapping_for(addr).expect("mapped");
         let binary = m.binary.clone().expect("opened");
-        let offset = addr - m.start + m.file_offset;
+        (binary, addr - m.start + m.file_offset)
+    }
+
+    #[test]
+    fn symbolizes_our_own_function_and_caches_it() {
+        let (binary, offset) = own_target(1);
 
         let mut s = Symbolizer::new(1000, true);
         let first = s.user(&binary, &[offset, offset]);
@@ -421,12 +427,7 @@ mod tests {
 
     #[test]
     fn parsed_tables_outlive_a_drain_until_their_budget_or_age() {
-        let mut table = ProcessTable::new(4);
-        let me = table.refresh(std::process::id(), "test");
-        let addr = loupe_symbolize_test_target as *const () as usize as u64;
-        let m = me.mapping_for(addr).unwrap();
-        let binary = m.binary.clone().unwrap();
-        let offset = addr - m.start + m.file_offset;
+        let (binary, offset) = own_target(0);
         let mut s = Symbolizer::new(1000, false);
         s.user(&binary, &[offset]);
         let bytes = s.parsed.values().next().copied();
@@ -455,10 +456,7 @@ mod tests {
 
     #[test]
     fn unknown_offsets_name_the_module() {
-        let mut table = ProcessTable::new(4);
-        let me = table.refresh(std::process::id(), "test");
-        let addr = loupe_symbolize_test_target as *const () as usize as u64;
-        let binary = me.mapping_for(addr).unwrap().binary.clone().unwrap();
+        let (binary, _) = own_target(0);
         let mut s = Symbolizer::new(1000, true);
         // Far past the end of any section.
         let lines = s.user(&binary, &[u64::MAX / 2]);
@@ -468,12 +466,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_is_reset() {
-        let mut table = ProcessTable::new(4);
-        let me = table.refresh(std::process::id(), "test");
-        let addr = loupe_symbolize_test_target as *const () as usize as u64;
-        let m = me.mapping_for(addr).unwrap();
-        let binary = m.binary.clone().unwrap();
-        let offset = addr - m.start + m.file_offset;
+        let (binary, offset) = own_target(0);
         let mut s = Symbolizer::new(2, false);
         s.user(&binary, &[offset, offset + 1]);
         assert_eq!(s.stats.cache_resets, 0);
