@@ -17,6 +17,7 @@ use std::{
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_SYSLOG: u32 = 34;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
@@ -139,6 +140,12 @@ fn signal() -> libc::c_int {
     libc::SIGRTMIN() + 6
 }
 
+/// A capability set from a `/proc/…/status` text: `field` is `CapEff:`, `CapPrm:`, ….
+pub fn status_caps(status: &str, field: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix(field))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// The permitted sets of this process's threads, by thread id.
 fn thread_sets() -> Vec<(i32, u64)> {
     let Ok(tasks) = fs::read_dir("/proc/self/task") else {
@@ -149,8 +156,7 @@ fn thread_sets() -> Vec<(i32, u64)> {
         .filter_map(|t| {
             let tid: i32 = t.file_name().to_str()?.parse().ok()?;
             let status = fs::read_to_string(t.path().join("status")).ok()?;
-            let hex = status.lines().find_map(|l| l.strip_prefix("CapPrm:"))?;
-            Some((tid, u64::from_str_radix(hex.trim(), 16).ok()?))
+            Some((tid, status_caps(&status, "CapPrm:")?))
         })
         .collect()
 }

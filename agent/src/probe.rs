@@ -50,21 +50,15 @@ pub struct Capabilities {
     pub dac_read_search: bool,
 }
 
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use crate::privileges::{
+    CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_RESOURCE,
+    status_caps,
+};
 
 impl Capabilities {
     /// Parses the `CapEff:` line of `/proc/self/status`.
     pub fn from_status(status: &str) -> Option<Capabilities> {
-        let hex = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))?
-            .trim();
-        let bits = u64::from_str_radix(hex, 16).ok()?;
+        let bits = status_caps(status, "CapEff:")?;
         let has = |cap: u32| bits & (1u64 << cap) != 0;
         Some(Capabilities {
             sys_admin: has(CAP_SYS_ADMIN),

@@ -12,8 +12,8 @@ use std::{
 };
 
 use loupe_tests::{
-    Agent, Profile, agent_bin, inclusive_counts, require_root, run_agent, wait_with_deadline,
-    workload,
+    Agent, Profile, agent_bin, inclusive_counts, metric_value, require_root, run_agent,
+    wait_with_deadline, workload,
 };
 use prost::Message;
 use pyroscope::encode::r#gen::push::PushRequest;
@@ -191,16 +191,10 @@ fn serves_self_metrics_while_running() {
     // Read once two intervals have been drained. Start-up takes longer when other agents load
     // their programs beside this one (tests run in parallel), so poll rather than sleep a fixed
     // time.
-    let drains = |r: &str| {
-        r.lines()
-            .find(|l| l.starts_with("loupe_profiler_drains_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let response = loop {
         let r = agent.metrics();
-        if drains(&r) >= 2.0 || Instant::now() > deadline {
+        if metric_value(&r, "loupe_profiler_drains_total") >= 2.0 || Instant::now() > deadline {
             break r;
         }
         thread::sleep(Duration::from_millis(250));

@@ -139,6 +139,11 @@ impl KernelTable {
         self.symbols.as_ref()
     }
 
+    /// The table as last read, without checking the modules.
+    pub fn loaded(&self) -> Option<&KernelSymbols> {
+        self.symbols.as_ref()
+    }
+
     /// Reads the table again after an address fell outside it, unless it was read recently.
     /// Returns whether it did.
     pub fn reload_for_unknown(&mut self) -> bool {

@@ -13,7 +13,7 @@ use loupe_collector::profile::FrameLine;
 
 use super::debug_file::DebugFile;
 use super::debuginfod::Debuginfod;
-use super::kallsyms::KernelTable;
+use super::kallsyms::{KernelSymbols, KernelTable};
 use super::procs::{BinaryFile, FileKey};
 
 /// The lines of one location: innermost inlined function first, the containing function last.
@@ -273,21 +273,21 @@ impl Symbolizer {
         let mut unknown: Vec<u64> = Vec::new();
         if !missing.is_empty() {
             let loads = self.kernel_table.loads;
-            let resolve = |table: &mut KernelTable, addrs: &[u64], unknown: &mut Vec<u64>| {
-                let mut found = Vec::with_capacity(addrs.len());
-                let symbols = table.current();
-                for &a in addrs {
-                    match symbols.and_then(|t| t.resolve(a)) {
-                        Some(name) => found.push((a, single(name))),
-                        None => unknown.push(a),
+            let resolve =
+                |symbols: Option<&KernelSymbols>, addrs: &[u64], unknown: &mut Vec<u64>| {
+                    let mut found = Vec::with_capacity(addrs.len());
+                    for &a in addrs {
+                        match symbols.and_then(|t| t.resolve(a)) {
+                            Some(name) => found.push((a, single(name))),
+                            None => unknown.push(a),
+                        }
                     }
-                }
-                found
-            };
-            let mut found = resolve(&mut self.kernel_table, &missing, &mut unknown);
+                    found
+                };
+            let mut found = resolve(self.kernel_table.current(), &missing, &mut unknown);
             if !unknown.is_empty() && self.kernel_table.reload_for_unknown() {
                 let again = std::mem::take(&mut unknown);
-                found.extend(resolve(&mut self.kernel_table, &again, &mut unknown));
+                found.extend(resolve(self.kernel_table.loaded(), &again, &mut unknown));
             }
             if self.kernel_table.loads != loads {
                 // Modules may have moved: what was cached from the old table goes.
