@@ -37,6 +37,69 @@ pub fn run() {
         })
         .collect();
     println!("{}", tls_line(features.uprobes.is_yes(), &libraries));
+    let go: Vec<GoBinary> = crate::net::goroutines::survey()
+        .into_iter()
+        .map(|e| GoBinary {
+            path: e.path.display().to_string(),
+            state: match e.inspected {
+                Ok(rt) if rt.tls.is_some() => GoTlsState::Probed(rt.version),
+                Ok(rt) => GoTlsState::NoTls(rt.version),
+                Err(e) => GoTlsState::NotProbed(e.to_string()),
+            },
+            processes: e.pids.len(),
+        })
+        .collect();
+    println!("{}", go_line(features.uprobes.is_yes(), &go));
+}
+
+/// A Go executable running now, as the doctor reports it.
+struct GoBinary {
+    path: String,
+    state: GoTlsState,
+    processes: usize,
+}
+
+enum GoTlsState {
+    /// Has `crypto/tls` and the symbols to probe it (its version).
+    Probed(String),
+    /// Probeable, without `crypto/tls` linked in.
+    NoTls(String),
+    /// Not probeable: why.
+    NotProbed(String),
+}
+
+/// What TLS capture does for the Go executables running now (see `net::goroutines`).
+fn go_line(uprobes: bool, binaries: &[GoBinary]) -> String {
+    if !uprobes {
+        return "Go's crypto/tls in clear: off, no uprobes on this kernel".to_string();
+    }
+    if binaries.is_empty() {
+        return "Go's crypto/tls in clear: no Go process running now (Go executables are probed \
+                when their first process is seen)"
+            .to_string();
+    }
+    let items: Vec<String> = binaries
+        .iter()
+        .map(|b| {
+            let what = match &b.state {
+                GoTlsState::Probed(v) => format!("{v}, crypto/tls probed"),
+                GoTlsState::NoTls(v) => format!("{v}, no crypto/tls in it"),
+                GoTlsState::NotProbed(why) => format!("not probed: {why}"),
+            };
+            format!(
+                "{} ({what}; {} process{})",
+                b.path,
+                b.processes,
+                if b.processes == 1 { "" } else { "es" }
+            )
+        })
+        .collect();
+    format!(
+        "Go's crypto/tls in clear: {} Go executable{} running: {}",
+        binaries.len(),
+        if binaries.len() == 1 { "" } else { "s" },
+        items.join(", ")
+    )
 }
 
 /// What TLS capture finds: the OpenSSL libraries its probes go on (see `net::tls`).
@@ -47,8 +110,8 @@ fn tls_line(uprobes: bool, libraries: &[String]) -> String {
                        processes; TLS connections stay opaque"
             .to_string(),
         (true, libs) => format!(
-            "TLS in clear: OpenSSL's SSL_read/SSL_write probed in {} librar{}: {} (not covered: Go's \
-             crypto/tls, rustls, Java)",
+            "TLS in clear: OpenSSL's SSL_read/SSL_write probed in {} librar{}: {} (Go's crypto/tls \
+             below; not covered: rustls, Java)",
             libs.len(),
             if libs.len() == 1 { "y" } else { "ies" },
             libs.join(", ")
@@ -111,7 +174,7 @@ pub fn report(f: &KernelFeatures, plan: &Plan) -> String {
         (
             "uprobes",
             &f.uprobes,
-            "TLS in clear (OpenSSL); allocation profiles (--alloc-pid)",
+            "TLS in clear (OpenSSL, Go's crypto/tls); allocation profiles (--alloc-pid)",
         ),
         (
             "cgroup v2",
@@ -232,6 +295,43 @@ mod tests {
         );
         assert!(tls_line(true, &[]).contains("stay opaque"));
         assert!(tls_line(false, &libs).contains("no uprobes"));
+    }
+
+    #[test]
+    fn go_line_says_what_each_go_executable_gets() {
+        let binaries = [
+            GoBinary {
+                path: "/srv/api".into(),
+                state: GoTlsState::Probed("go1.19.8".into()),
+                processes: 2,
+            },
+            GoBinary {
+                path: "/srv/worker".into(),
+                state: GoTlsState::NoTls("go1.22.1".into()),
+                processes: 1,
+            },
+            GoBinary {
+                path: "/srv/stripped".into(),
+                state: GoTlsState::NotProbed("go1.21.0 without symbols (built with -s)".into()),
+                processes: 1,
+            },
+        ];
+        let line = go_line(true, &binaries);
+        assert!(line.contains("3 Go executables running"), "{line}");
+        assert!(
+            line.contains("/srv/api (go1.19.8, crypto/tls probed; 2 processes)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("/srv/worker (go1.22.1, no crypto/tls in it; 1 process)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("not probed: go1.21.0 without symbols"),
+            "{line}"
+        );
+        assert!(go_line(true, &[]).contains("no Go process running"));
+        assert!(go_line(false, &binaries).contains("no uprobes"));
     }
 
     fn kernel(caps: Capabilities) -> KernelFeatures {

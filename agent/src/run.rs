@@ -401,7 +401,7 @@ fn start_network_spans(
                 Some(probes)
             }
             Err(e) => {
-                tracing::warn!("TLS connections stay opaque: {e}");
+                tracing::warn!("TLS connections through OpenSSL stay opaque: {e}");
                 None
             }
         }
@@ -459,15 +459,35 @@ fn start_network_spans(
     uprobes.extend(tls.map(|t| Box::new(t) as Box<dyn crate::uprobes::Rescan>));
     // Goroutines: only where the kernel gives requests their contexts (in-band propagation),
     // which is what they carry from goroutine to goroutine.
-    if config.go_goroutines && capture.tcp_context_off().is_none() {
-        match crate::net::goroutines::g_register()
-            .and_then(|_| crate::net::goroutines::attach(ebpf, registry).map_err(|e| e.to_string()))
-        {
+    let goroutines = if config.go_goroutines && capture.tcp_context_off().is_none() {
+        match crate::net::goroutines::g_register() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("Go goroutines are not followed (threads are): {e}");
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let features = crate::net::goroutines::GoFeatures {
+        goroutines,
+        tls: config.tls,
+    };
+    if features.goroutines || features.tls {
+        match crate::net::goroutines::attach(ebpf, registry, features) {
             Ok(probes) => {
-                crate::self_metrics::record_attach(registry, "go_runtime", "uprobe");
+                if features.goroutines {
+                    crate::self_metrics::record_attach(registry, "go_runtime", "uprobe");
+                }
+                if features.tls {
+                    crate::self_metrics::record_attach(registry, "go_tls", "uprobe");
+                }
                 uprobes.push(Box::new(probes));
             }
-            Err(e) => tracing::warn!("Go goroutines are not followed (threads are): {e}"),
+            Err(e) => tracing::warn!(
+                "Go probes not attached (goroutines followed by thread, Go's TLS opaque): {e}"
+            ),
         }
     }
     Some(NetworkSpans {

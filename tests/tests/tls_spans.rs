@@ -7,6 +7,10 @@
 //! the same traffic gives no HTTP span at all (so the test can fail). Redis commands from
 //! redis-cli, and MySQL queries from PyMySQL to the test MariaDB over TLS, give the client spans
 //! of clear text, without their values or literals.
+//!
+//! Go's own TLS stack (crypto/tls, no OpenSSL): a Go HTTPS server and client
+//! (tests/workloads/go_tls) over HTTP/1.1 and HTTP/2 give the same spans through the Go probes,
+//! and none with `--tls=false`.
 
 use std::{
     path::{Path, PathBuf},
@@ -394,4 +398,139 @@ fn mysql_over_tls_gives_sanitized_client_spans() {
         !written.contains("tls-literal"),
         "no literal leaves the node"
     );
+}
+
+/// Go's crypto/tls: the Go HTTPS server (tests/workloads/go_tls, started before the agent) and
+/// its Go client (same executable, started after: its probes are already on the file), over
+/// HTTP/1.1 and over HTTP/2. Returns the spans on the server's port and the agent's metrics.
+fn go_run(agent_args: &[&str]) -> (Vec<SpanRecord>, String, u16) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_test_certificates(dir.path());
+    let port = free_port();
+    let go_tls = loupe_tests::workload("go_tls");
+    let server = Command::new(&go_tls)
+        .args([
+            "serve",
+            &format!("127.0.0.1:{port}"),
+            "server.pem",
+            "server.key",
+        ])
+        .current_dir(dir.path())
+        .env("OTEL_SERVICE_NAME", "go-tls-server")
+        .spawn()
+        .expect("start go_tls (built by `cargo xtask test` with Debian's golang-go)");
+    let _server = Guard(server);
+    wait_port(port, Duration::from_secs(20));
+
+    let (agent, out) = start_agent(dir.path(), agent_args);
+    for proto in ["h1", "h2"] {
+        let status = Command::new(&go_tls)
+            .args([
+                "call",
+                &format!("https://127.0.0.1:{port}"),
+                "ca.pem",
+                proto,
+                "3",
+            ])
+            .current_dir(dir.path())
+            .env("OTEL_SERVICE_NAME", "go-tls-client")
+            .status()
+            .expect("go_tls call");
+        assert!(status.success(), "the Go client over {proto}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = agent.metrics();
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    let port_text = port.to_string();
+    let spans = read_spans(&out)
+        .into_iter()
+        .filter(|s| {
+            s.attributes.get("server.port") == Some(&port_text)
+                || s.attributes.get("network.peer.port") == Some(&port_text)
+        })
+        .collect();
+    (spans, metrics, port)
+}
+
+#[test]
+fn go_https_over_http1_and_http2_gives_the_spans_of_clear_text() {
+    require_root();
+    let (spans, metrics, port) = go_run(&[]);
+    let names: Vec<(&str, i64, &str)> = spans
+        .iter()
+        .map(|s| (s.service.as_str(), s.kind, s.name.as_str()))
+        .collect();
+    let attr = |s: &SpanRecord, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
+    let servers: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_SERVER && s.service == "go-tls-server")
+        .collect();
+    // 3 calls and a 404 per protocol.
+    assert_eq!(servers.len(), 8, "one server span per request: {names:?}");
+    for proto in ["h1", "h2"] {
+        let version = if proto == "h1" { "1.1" } else { "2" };
+        for i in 1..=3 {
+            let path = format!("/hello/{proto}-{i}");
+            let s = servers
+                .iter()
+                .find(|s| attr(s, "url.path") == path)
+                .unwrap_or_else(|| panic!("no server span for {path}: {names:?}"));
+            assert_eq!(attr(s, "network.protocol.version"), version, "{path}");
+            assert_eq!(attr(s, "http.response.status_code"), "200", "{path}");
+            assert_eq!(attr(s, "url.scheme"), "https", "{path}");
+        }
+        let missing = servers
+            .iter()
+            .filter(|s| attr(s, "url.path") == "/missing")
+            .filter(|s| attr(s, "network.protocol.version") == version)
+            .count();
+        assert_eq!(missing, 1, "one 404 over {proto}: {names:?}");
+    }
+    assert!(
+        servers
+            .iter()
+            .filter(|s| attr(s, "url.path") == "/missing")
+            .all(|s| attr(s, "http.response.status_code") == "404")
+    );
+
+    // Clients: the short-lived client may be named by its command rather than its environment.
+    let clients: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT)
+        .collect();
+    assert_eq!(clients.len(), 8, "one client span per request: {names:?}");
+    for c in &clients {
+        let url = attr(c, "url.full");
+        assert!(
+            url.starts_with(&format!("https://127.0.0.1:{port}/")),
+            "url.full {url:?}"
+        );
+        let child = servers
+            .iter()
+            .find(|s| s.parent_span_id == c.span_id)
+            .unwrap_or_else(|| panic!("{url}: the client span has no server child"));
+        assert_eq!(child.trace_id, c.trace_id);
+        assert!(
+            url.ends_with(&attr(child, "url.path")),
+            "{url} → {}",
+            child.name
+        );
+    }
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "loupe_attach_method{method=\"uprobe\",program=\"go_tls\"}"
+        ),
+        1.0
+    );
+    assert!(metric_value(&metrics, "loupe_go_tls_executables_probed") >= 1.0);
+}
+
+#[test]
+fn without_the_tls_probes_go_https_gives_no_http_span() {
+    require_root();
+    let (spans, metrics, _) = go_run(&["--tls=false"]);
+    assert!(spans.is_empty(), "{spans:?}");
+    assert!(!metrics.contains("program=\"go_tls\""));
 }

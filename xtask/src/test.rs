@@ -147,6 +147,17 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .env("GOPATH", root().join("target/go-path"))
                 .env("GOFLAGS", "-buildvcs=false"),
         )?;
+        exec(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(out.join("go_tls"))
+                .arg(src.join("go_tls/main.go"))
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", "0")
+                .env("GOCACHE", root().join("target/go-cache"))
+                .env("GOPATH", root().join("target/go-path"))
+                .env("GOFLAGS", "-buildvcs=false"),
+        )?;
         split_debug_info(&out, "hot_c", "hot_c_stripped")
     })?;
     crate::bench_net::build_server().map(drop)

@@ -74,7 +74,7 @@ static GO_HTTP_WRITERS: LruHashMap<GoroutineKey, u64> =
     LruHashMap::with_max_entries(GO_HTTP_CONN_ENTRIES, 0);
 
 #[inline(always)]
-fn key(tgid: u32, g: u64) -> GoroutineKey {
+pub(crate) fn key(tgid: u32, g: u64) -> GoroutineKey {
     GoroutineKey { tgid, _pad: 0, g }
 }
 
@@ -83,13 +83,25 @@ fn key(tgid: u32, g: u64) -> GoroutineKey {
 #[inline(always)]
 pub(crate) fn current(pid_tgid: u64) -> Option<GoroutineKey> {
     // SAFETY: a read of a constant in the object's read-only data.
-    let offset = unsafe { core::ptr::read_volatile(&GO_G_REGISTER) };
-    if offset == 0 {
+    if unsafe { core::ptr::read_volatile(&GO_G_REGISTER) } == 0 {
         return None;
     }
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: a lookup by value; the value is not read.
     unsafe { GO_PIDS.get(&tgid) }?;
+    saved_goroutine(tgid)
+}
+
+/// The goroutine of a Go process's thread that is inside a syscall (or a probe): the `runtime.g`
+/// in R14 of the user registers its kernel entry saved. `None` where that cannot be read (see
+/// [`GO_G_REGISTER`]); the caller checks that the process is Go.
+#[inline(always)]
+pub(crate) fn saved_goroutine(tgid: u32) -> Option<GoroutineKey> {
+    // SAFETY: a read of a constant in the object's read-only data.
+    let offset = unsafe { core::ptr::read_volatile(&GO_G_REGISTER) };
+    if offset == 0 {
+        return None;
+    }
     // SAFETY: helpers without memory arguments: the current task, and the user registers its
     // kernel entry saved (only reachable on kernels that have both, see GO_G_REGISTER).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;

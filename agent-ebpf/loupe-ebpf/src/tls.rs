@@ -6,6 +6,18 @@
 //! `PLAINTEXT`, so parsers, spans, request tracking and counters are the same as in clear text.
 //! A call that needs no syscall (data already decrypted and buffered) uses the socket its
 //! connection object last used (`TLS_FDS`), which `SSL_free` forgets.
+//!
+//! Go's `crypto/tls` has its own probes (`go_tls_*`), attached by userspace to every Go
+//! executable that has `crypto/tls.(*Conn).Read` and `Write`: at their entry and at each of
+//! their return instructions (never a uretprobe, which Go's moving stacks break). A Go call may
+//! park its goroutine and resume on another thread, so calls in flight are kept by goroutine
+//! (`GO_TLS_CALLS`, R14 under Go's register ABI). Its socket is the one a syscall inside the
+//! call used where the kernel names the goroutine of a syscall (5.15+, see
+//! `goroutines::GO_G_REGISTER`; the ciphertext is then dropped as for OpenSSL), else the file
+//! descriptor read from the connection itself: `tls.Conn.conn` (a `net.Conn` whose data word
+//! points at a `net.TCPConn`) → `*netFD` → `poll.FD.Sysfd`, a layout unchanged from Go 1.9 to
+//! today. Where the socket programs still see a Go connection's ciphertext, userspace ignores
+//! it once the first plaintext came.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -14,9 +26,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use loupe_common::socket::{
-    SyscallArgs, TLS_ENTRIES, TlsCall, TlsKey, buffer, counter, direction, flags,
+    GO_PID_ENTRIES, GoroutineKey, SyscallArgs, TLS_ENTRIES, TlsCall, TlsKey, buffer, counter,
+    direction, flags,
 };
 
+use crate::goroutines;
 use crate::sockets::{config, count, moved_bytes, now, tracked_ref, wanted};
 
 /// TLS calls in flight, by thread.
@@ -26,6 +40,17 @@ static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(TLS_ENTRIES,
 /// The socket each connection object last used.
 #[map]
 static TLS_FDS: LruHashMap<TlsKey, i32> = LruHashMap::with_max_entries(TLS_ENTRIES, 0);
+
+/// Go `crypto/tls` calls in flight, by goroutine (LRU: a call that never returns, a panic
+/// unwinding through it, is forgotten in time).
+#[map]
+static GO_TLS_CALLS: LruHashMap<GoroutineKey, TlsCall> =
+    LruHashMap::with_max_entries(TLS_ENTRIES, 0);
+
+/// Go processes whose executable carries the `crypto/tls` probes, kept by userspace: the
+/// socket programs look for a Go call in flight only in them.
+#[map]
+static GO_TLS_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(GO_PID_ENTRIES, 0);
 
 /// `SSL_write(ssl, buf, num)`.
 #[uprobe]
@@ -89,10 +114,30 @@ fn enter(ctx: &ProbeContext, data_direction: u32, ex: bool) {
 /// is in flight on this thread (which then learns its socket).
 #[inline(always)]
 pub(crate) fn inside_call(pid_tgid: u64, fd: i32) -> bool {
-    match TLS_CALLS.get_ptr_mut(&pid_tgid) {
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: the pointer comes from a successful lookup; the entry belongs to this
+        // thread, the only one to touch it.
+        unsafe { (*call).fd = fd };
+        return true;
+    }
+    inside_go_call(pid_tgid, fd)
+}
+
+/// The same for Go's `crypto/tls`, by the goroutine making the syscall.
+#[inline(always)]
+fn inside_go_call(pid_tgid: u64, fd: i32) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: a lookup by value; the value is not read.
+    if unsafe { GO_TLS_PIDS.get(&tgid) }.is_none() {
+        return false;
+    }
+    let Some(goroutine) = goroutines::saved_goroutine(tgid) else {
+        return false;
+    };
+    match GO_TLS_CALLS.get_ptr_mut(&goroutine) {
         Some(call) => {
             // SAFETY: the pointer comes from a successful lookup; the entry belongs to this
-            // thread, the only one to touch it.
+            // goroutine, which runs on one thread at a time.
             unsafe { (*call).fd = fd };
             true
         }
@@ -173,4 +218,105 @@ fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
         direction: call.direction,
     };
     moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
+}
+
+/// `crypto/tls.(*Conn).Write(c, b []byte) (int, error)`: `c` in RAX, `b`'s data in RBX.
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, direction::EGRESS);
+    0
+}
+
+/// `crypto/tls.(*Conn).Read(c, b []byte) (int, error)`.
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, direction::INGRESS);
+    0
+}
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, data_direction: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(config) = config() else {
+        return;
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    if !wanted(tgid, config) {
+        return;
+    }
+    // SAFETY: the probe's own saved registers: the goroutine in R14, the receiver in RAX, the
+    // slice's data pointer in RBX (Go's register ABI).
+    let (g, conn, buf) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rbx) };
+    let call = TlsCall {
+        ssl: conn,
+        buf,
+        len_ptr: 0,
+        start_ns: now(),
+        direction: data_direction,
+        fd: -1,
+    };
+    // A function whose stack must grow runs its entry twice: the second write is the same.
+    // LRU: a full map forgets the least recently used call.
+    let _ = GO_TLS_CALLS.insert(&goroutines::key(tgid, g), &call, 0);
+}
+
+/// A return instruction of `(*Conn).Read` or `(*Conn).Write`: the byte count in RAX.
+#[uprobe]
+pub fn go_tls_return(ctx: ProbeContext) -> u32 {
+    let _ = try_go_return(&ctx);
+    0
+}
+
+fn try_go_return(ctx: &ProbeContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the probe's own saved registers.
+    let (g, ret) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
+    let goroutine = goroutines::key((pid_tgid >> 32) as u32, g);
+    // SAFETY: a lookup by value, copied out before removal.
+    let call = unsafe { GO_TLS_CALLS.get(&goroutine) }.copied().ok_or(0)?;
+    let _ = GO_TLS_CALLS.remove(&goroutine);
+    let moved = ret as i64;
+    if moved <= 0 {
+        return Ok(());
+    }
+    let fd = if call.fd >= 0 {
+        call.fd
+    } else {
+        match go_conn_fd(call.ssl) {
+            Ok(fd) => fd,
+            Err(e) => {
+                count(counter::TLS_NO_SOCKET);
+                return Err(e);
+            }
+        }
+    };
+    let Some(state) = tracked_ref(pid_tgid, fd as u32 as u64) else {
+        return Ok(());
+    };
+    let args = SyscallArgs {
+        start_ns: call.start_ns,
+        ptr: call.buf,
+        fd,
+        kind: buffer::BUF,
+        count: 0,
+        direction: call.direction,
+    };
+    moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
+}
+
+/// The file descriptor behind a `*tls.Conn`: its `conn` field (an interface, first in the
+/// struct: type word, then data word) points at a `net.TCPConn`, whose first word is its
+/// `*netFD`, whose `poll.FD` starts with a 16-byte mutex and then `Sysfd`.
+#[inline(always)]
+fn go_conn_fd(conn: u64) -> Result<i32, i64> {
+    // SAFETY: reads user memory through the helper, which checks every address.
+    let data: u64 = unsafe { bpf_probe_read_user((conn + 8) as *const u64) }?;
+    // SAFETY: as above.
+    let net_fd: u64 = unsafe { bpf_probe_read_user(data as *const u64) }?;
+    // SAFETY: as above.
+    let sysfd: i64 = unsafe { bpf_probe_read_user((net_fd + 16) as *const i64) }?;
+    if !(0..=i64::from(i32::MAX)).contains(&sysfd) {
+        return Err(0);
+    }
+    Ok(sysfd as i32)
 }

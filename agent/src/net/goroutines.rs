@@ -3,11 +3,16 @@
 //! the socket programs which processes are Go (`GO_PIDS`), so their syscalls are attributed to
 //! goroutines rather than threads.
 //!
+//! The same scan of Go executables attaches the `crypto/tls` probes (TLS in clear, the kernel
+//! side in `tls.rs`) to those that have `crypto/tls.(*Conn).Read` and `Write`, and lists their
+//! processes in `GO_TLS_PIDS`: each feature on its own ([`GoFeatures`]), since TLS needs no
+//! `bpf_task_pt_regs` and works on every supported kernel.
+//!
 //! What an executable needs: Go 1.17 or later on x86-64 (the register ABI, where R14 holds the
 //! current goroutine and arguments and results travel in registers), read from its build
 //! information, and the runtime's symbols `runtime.newproc1`, `runtime.goready` and
 //! `runtime.goexit1`. A binary built with `-ldflags=-s` has no symbol table and is left to
-//! thread-based tracking, said once in the log.
+//! thread-based tracking (and its TLS stays opaque), said once in the log.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -47,6 +52,14 @@ const HTTP_PROBES: [(&str, &str); 2] = [
     ("go_http_write_loop", "net/http.(*persistConn).writeLoop"),
 ];
 
+/// Go's `crypto/tls` probes (at the entry), and the program put on every return instruction of
+/// both functions.
+const TLS_PROBES: [(&str, &str); 2] = [
+    ("go_tls_write", "crypto/tls.(*Conn).Write"),
+    ("go_tls_read", "crypto/tls.(*Conn).Read"),
+];
+const TLS_RETURN_PROBE: &str = "go_tls_return";
+
 /// Offset of R14 in the x86-64 `struct pt_regs` (r15, r14, ...): where the socket programs find
 /// the current goroutine. The value of the object's `GO_G_REGISTER` where goroutines can be
 /// followed.
@@ -81,6 +94,17 @@ pub struct GoRuntime {
     /// File offsets of the net/http client probes, in [`HTTP_PROBES`] order, when the
     /// executable has that client.
     pub http: Option<[u64; 2]>,
+    /// Where the `crypto/tls` probes go, when the executable has that package.
+    pub tls: Option<GoTls>,
+}
+
+/// File offsets of the `crypto/tls` probes in one executable.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GoTls {
+    /// The entry probes, in [`TLS_PROBES`] order.
+    pub entries: [u64; 2],
+    /// Every return instruction of both functions.
+    pub returns: Vec<u64>,
 }
 
 /// Why an executable is not probed.
@@ -166,6 +190,30 @@ pub fn inspect(data: &[u8]) -> Result<GoRuntime, NotProbed> {
             Created::Returns(returns)
         }
     };
+    let tls = match (function(TLS_PROBES[0].1), function(TLS_PROBES[1].1)) {
+        (Ok((write, write_code)), Ok((read, read_code))) => {
+            let returns: Vec<u64> = return_offsets(write_code)
+                .into_iter()
+                .map(|r| write + r as u64)
+                .chain(
+                    return_offsets(read_code)
+                        .into_iter()
+                        .map(|r| read + r as u64),
+                )
+                .collect();
+            // Both functions return somewhere: a call seen entering is also seen leaving.
+            let both =
+                !return_offsets(write_code).is_empty() && !return_offsets(read_code).is_empty();
+            both.then(|| GoTls {
+                entries: [
+                    write + go_probe_point(write_code) as u64,
+                    read + go_probe_point(read_code) as u64,
+                ],
+                returns,
+            })
+        }
+        _ => None,
+    };
     let http = match (function(HTTP_PROBES[0].1), function(HTTP_PROBES[1].1)) {
         (Ok((a, code_a)), Ok((b, code_b))) => Some([
             a + go_probe_point(code_a) as u64,
@@ -178,6 +226,7 @@ pub fn inspect(data: &[u8]) -> Result<GoRuntime, NotProbed> {
         entries,
         created,
         http,
+        tls,
     })
 }
 
@@ -287,41 +336,110 @@ fn go_minor(version: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// The runtime probes attached, and the processes the socket programs treat as Go. Held for the
+/// What the Go probes do: follow goroutines (the runtime probes and `GO_PIDS`), read
+/// `crypto/tls` in clear (its probes and `GO_TLS_PIDS`), or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoFeatures {
+    pub goroutines: bool,
+    pub tls: bool,
+}
+
+/// What one executable carries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probed {
+    goroutines: bool,
+    tls: bool,
+}
+
+/// A process map kept to the running processes that have one feature.
+struct PidSet {
+    map: BpfHashMap<MapData, u32, u8>,
+    followed: HashSet<u32>,
+}
+
+impl PidSet {
+    fn add(&mut self, pid: u32, what: &str) {
+        if self.followed.contains(&pid) {
+            return;
+        }
+        match self.map.insert(pid, 1, 0) {
+            Ok(()) => {
+                self.followed.insert(pid);
+            }
+            Err(e) => tracing::warn!(pid, "cannot follow this Go process ({what}): {e}"),
+        }
+    }
+
+    fn retain(&mut self, running: &HashSet<u32>) {
+        let gone: Vec<u32> = self
+            .followed
+            .iter()
+            .copied()
+            .filter(|pid| !running.contains(pid))
+            .collect();
+        for pid in gone {
+            let _ = self.map.remove(&pid);
+            self.followed.remove(&pid);
+        }
+    }
+}
+
+/// The Go probes attached, and the processes the socket programs treat as Go. Held for the
 /// agent's lifetime (dropping detaches the probes).
 pub struct GoProbes {
     links: Vec<UProbeLink>,
-    pids: BpfHashMap<MapData, u32, u8>,
-    /// Executables looked at, by (device, inode): whether they are probed.
-    seen: HashMap<(u64, u64), bool>,
-    /// Processes entered in `GO_PIDS`.
-    followed: HashSet<u32>,
+    /// `GO_PIDS`, when goroutines are followed.
+    pids: Option<PidSet>,
+    /// `GO_TLS_PIDS`, when `crypto/tls` is read in clear.
+    tls_pids: Option<PidSet>,
+    /// Executables looked at, by (device, inode): what they carry.
+    seen: HashMap<(u64, u64), Probed>,
     /// Processes looked at already (Go or not).
     scanned: HashSet<u32>,
     processes: loupe_collector::telemetry::Gauge,
     executables: loupe_collector::telemetry::Gauge,
+    tls_executables: loupe_collector::telemetry::Gauge,
 }
 
-/// Loads the programs, takes `GO_PIDS` and probes the Go executables running now.
+/// Loads the programs of `features`, takes their process maps and probes the Go executables
+/// running now.
 pub fn attach(
     ebpf: &mut Ebpf,
     registry: &loupe_collector::telemetry::Registry,
+    features: GoFeatures,
 ) -> Result<GoProbes, EbpfError> {
-    for name in ENTRY_PROBES
+    let runtime = ENTRY_PROBES
         .iter()
         .chain(&HTTP_PROBES)
         .map(|p| p.0)
         .chain([RETURN_PROBE.0, QUEUE_PROBE.0])
-    {
+        .filter(|_| features.goroutines);
+    let tls = TLS_PROBES
+        .iter()
+        .map(|p| p.0)
+        .chain([TLS_RETURN_PROBE])
+        .filter(|_| features.tls);
+    for name in runtime.chain(tls) {
         let p: &mut UProbe = program(ebpf, name)?;
         p.load().map_err(|e| rejected(name, e))?;
     }
-    let pids = take_map(ebpf, "GO_PIDS")?;
+    let pid_set = |ebpf: &mut Ebpf, name: &'static str| -> Result<PidSet, EbpfError> {
+        Ok(PidSet {
+            map: take_map(ebpf, name)?,
+            followed: HashSet::new(),
+        })
+    };
     let mut probes = GoProbes {
         links: Vec::new(),
-        pids,
+        pids: features
+            .goroutines
+            .then(|| pid_set(ebpf, "GO_PIDS"))
+            .transpose()?,
+        tls_pids: features
+            .tls
+            .then(|| pid_set(ebpf, "GO_TLS_PIDS"))
+            .transpose()?,
         seen: HashMap::new(),
-        followed: HashSet::new(),
         scanned: HashSet::new(),
         processes: registry.gauge(
             "loupe_go_processes",
@@ -333,14 +451,19 @@ pub fn attach(
             "Go executables carrying the runtime probes (goroutine creation, wake-up, exit).",
             &[],
         ),
+        tls_executables: registry.gauge(
+            "loupe_go_tls_executables_probed",
+            "Go executables carrying the crypto/tls probes (TLS read in clear).",
+            &[],
+        ),
     };
     probes.rescan(ebpf);
     Ok(probes)
 }
 
 impl crate::uprobes::Rescan for GoProbes {
-    /// Probes the executables of processes started since the last scan, and keeps `GO_PIDS` to
-    /// the Go processes alive. Returns how many executables were probed.
+    /// Probes the executables of processes started since the last scan, and keeps the process
+    /// maps to the Go processes alive. Returns how many executables were probed.
     fn rescan(&mut self, ebpf: &mut Ebpf) -> usize {
         let me = std::process::id();
         let mut attached = 0;
@@ -360,54 +483,58 @@ impl crate::uprobes::Rescan for GoProbes {
                 Some(&probed) => probed,
                 None => {
                     let probed = match self.probe(ebpf, &exe, pid) {
-                        Ok(version) => {
-                            tracing::info!(pid, %version, "Go runtime probes attached: goroutines are followed");
+                        Ok((version, probed)) => {
+                            tracing::info!(
+                                pid,
+                                %version,
+                                goroutines = probed.goroutines,
+                                tls = probed.tls,
+                                "Go probes attached"
+                            );
                             attached += 1;
-                            true
+                            probed
                         }
-                        Err(NotProbed::NotGo) => false,
+                        Err(NotProbed::NotGo) => Probed::default(),
                         Err(e) => {
                             tracing::info!(pid, "Go process: {e}");
-                            false
+                            Probed::default()
                         }
                     };
                     self.seen.insert(id, probed);
                     probed
                 }
             };
-            if probed {
-                match self.pids.insert(pid, 1, 0) {
-                    Ok(()) => {
-                        self.followed.insert(pid);
-                    }
-                    Err(e) => {
-                        tracing::warn!(pid, "cannot follow this Go process's goroutines: {e}")
-                    }
-                }
+            if let Some(set) = self.pids.as_mut().filter(|_| probed.goroutines) {
+                set.add(pid, "goroutines");
+            }
+            if let Some(set) = self.tls_pids.as_mut().filter(|_| probed.tls) {
+                set.add(pid, "crypto/tls");
             }
         }
         // A pid that is gone may come back as another process: it is looked at again then.
         self.scanned.retain(|pid| running.contains(pid));
-        let gone: Vec<u32> = self
-            .followed
-            .iter()
-            .copied()
-            .filter(|pid| !running.contains(pid))
-            .collect();
-        for pid in gone {
-            let _ = self.pids.remove(&pid);
-            self.followed.remove(&pid);
+        for set in self.pids.iter_mut().chain(self.tls_pids.iter_mut()) {
+            set.retain(&running);
         }
-        self.processes.set(self.followed.len() as i64);
+        self.processes
+            .set(self.pids.as_ref().map_or(0, |s| s.followed.len()) as i64);
         self.executables
-            .set(self.seen.values().filter(|&&p| p).count() as i64);
+            .set(self.seen.values().filter(|p| p.goroutines).count() as i64);
+        self.tls_executables
+            .set(self.seen.values().filter(|p| p.tls).count() as i64);
         attached
     }
 }
 
 impl GoProbes {
-    /// Attaches the probes to the executable `exe` of process `pid` (all its processes).
-    fn probe(&mut self, ebpf: &mut Ebpf, exe: &Path, pid: u32) -> Result<String, NotProbed> {
+    /// Attaches the probes of the features on to the executable `exe` of process `pid` (all its
+    /// processes); returns its Go version and what it carries now.
+    fn probe(
+        &mut self,
+        ebpf: &mut Ebpf,
+        exe: &Path,
+        pid: u32,
+    ) -> Result<(String, Probed), NotProbed> {
         let data = std::fs::read(exe).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
         let runtime = inspect(&data)?;
         // Attach through the process's root, so a container's file is found from the host.
@@ -416,35 +543,101 @@ impl GoProbes {
             .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
             .map(|p| PathBuf::from(format!("/proc/{pid}/root{}", p.display())))
             .unwrap_or_else(|| exe.to_path_buf());
-        let mut links = Vec::new();
-        let points = ENTRY_PROBES
-            .iter()
-            .zip(runtime.entries)
-            .map(|(&(prog, _), offset)| (prog, offset))
-            .chain(match &runtime.created {
-                Created::Queued(at) => vec![(QUEUE_PROBE.0, *at)],
+        let mut points: Vec<(&'static str, u64)> = Vec::new();
+        if self.pids.is_some() {
+            points.extend(
+                ENTRY_PROBES
+                    .iter()
+                    .zip(runtime.entries)
+                    .map(|(&(prog, _), offset)| (prog, offset)),
+            );
+            match &runtime.created {
+                Created::Queued(at) => points.push((QUEUE_PROBE.0, *at)),
                 Created::Returns(returns) => {
-                    returns.iter().map(|&at| (RETURN_PROBE.0, at)).collect()
+                    points.extend(returns.iter().map(|&at| (RETURN_PROBE.0, at)))
                 }
-            })
-            .chain(
+            }
+            points.extend(
                 runtime
                     .http
                     .into_iter()
                     .flat_map(|h| HTTP_PROBES.iter().zip(h).map(|(&(prog, _), o)| (prog, o))),
             );
-        for (prog, offset) in points {
+        }
+        let goroutine_points = points.len();
+        if let Some(tls) = runtime.tls.as_ref().filter(|_| self.tls_pids.is_some()) {
+            points.extend(
+                TLS_PROBES
+                    .iter()
+                    .zip(tls.entries)
+                    .map(|(&(p, _), o)| (p, o)),
+            );
+            points.extend(tls.returns.iter().map(|&at| (TLS_RETURN_PROBE, at)));
+        }
+        if points.is_empty() {
+            return Ok((runtime.version, Probed::default()));
+        }
+        // All or nothing: links dropped on an error detach what was attached.
+        let mut links = Vec::new();
+        for (prog, offset) in &points {
             let p: &mut UProbe =
                 program(ebpf, prog).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
             let link = p
-                .attach(offset, &target, UProbeScope::AllProcesses)
+                .attach(*offset, &target, UProbeScope::AllProcesses)
                 .and_then(|id| p.take_link(id))
                 .map_err(|e| NotProbed::Unreadable(format!("attaching {prog}: {e}")))?;
             links.push(link);
         }
         self.links.append(&mut links);
-        Ok(runtime.version)
+        Ok((
+            runtime.version,
+            Probed {
+                goroutines: goroutine_points > 0,
+                tls: points.len() > goroutine_points,
+            },
+        ))
     }
+}
+
+/// A Go executable running now, for `loupe-agent doctor`.
+pub struct GoExecutable {
+    pub path: PathBuf,
+    /// What its probes would be, or why it is not probed.
+    pub inspected: Result<GoRuntime, NotProbed>,
+    /// Its processes now.
+    pub pids: Vec<u32>,
+}
+
+/// For `loupe-agent doctor`: each Go executable running now, its version, whether it has
+/// `crypto/tls` (and symbols), and its processes.
+pub fn survey() -> Vec<GoExecutable> {
+    let me = std::process::id();
+    let mut by_file: HashMap<(u64, u64), GoExecutable> = HashMap::new();
+    for pid in crate::procfs::pids(Path::new("/proc")) {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let entry = by_file
+            .entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| GoExecutable {
+                inspected: std::fs::read(&exe)
+                    .map_err(|e| NotProbed::Unreadable(e.to_string()))
+                    .and_then(|data| inspect(&data)),
+                path: std::fs::read_link(&exe).unwrap_or(exe),
+                pids: Vec::new(),
+            });
+        entry.pids.push(pid);
+    }
+    let mut out: Vec<GoExecutable> = by_file
+        .into_values()
+        .filter(|e| !matches!(e.inspected, Err(NotProbed::NotGo)))
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@
 //! serves them all), then at every profile drain in the mappings of processes started since
 //! (`TlsProbes::rescan`, run by the profiler's drain thread, which owns the eBPF object): a
 //! container of a new image is probed within one `--profile-interval` of its start; the TLS
-//! connections it opened meanwhile stay opaque. Not covered: Go's `crypto/tls`, rustls, Java's
-//! JSSE, statically linked OpenSSL without symbols.
+//! connections it opened meanwhile stay opaque. Go's `crypto/tls` is probed with the other Go
+//! probes (`net::goroutines`). Not covered: rustls, Java's JSSE, statically linked OpenSSL
+//! without symbols.
 
 use std::{
     collections::{HashMap, HashSet},

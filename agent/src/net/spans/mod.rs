@@ -26,10 +26,9 @@
 //!   issues the query counts, not the connection);
 //! - same-host linking needs both ends' addresses to be the same 4-tuple: NAT in between
 //!   (Kubernetes Service ClusterIPs, Docker port publishing) hides the link;
-//! - HTTP/2 (and so gRPC) is recognized but not parsed; TLS is read in clear only through
-//!   OpenSSL's probes (`flags::PLAINTEXT` events: a connection switches to them at the first,
-//!   and its ciphertext is ignored from then on); `url.query` is never recorded (it often
-//!   carries secrets);
+//! - TLS is read in clear only through OpenSSL's and Go's `crypto/tls` probes
+//!   (`flags::PLAINTEXT` events: a connection switches to them at the first, and its ciphertext
+//!   is ignored from then on); `url.query` is never recorded (it often carries secrets);
 //! - a response written before the request's client event is processed (a preempted client)
 //!   leaves that server span unlinked.
 //!
