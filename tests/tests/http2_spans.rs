@@ -13,6 +13,10 @@
 //!   name, and no status code is ever wrong.
 //! - h2c: nghttp against nghttpd (nghttp2, prior knowledge), three concurrent streams on one
 //!   connection: spans with methods, routes and statuses, `network.protocol.version` 2.
+//! - h2c by upgrade (`Upgrade: h2c`, answered by 101): curl `--http2` and `nghttp -u` against
+//!   a Python server on hyper-h2 that answers the asking request on stream 1 in the same write
+//!   as the 101: server and client spans for the upgraded request and for the stream after it,
+//!   with their statuses.
 //! - HTTP/2 over TLS: curl against nghttpd with a certificate from a test CA, ALPN h2, read in
 //!   clear through the OpenSSL probes: the same spans, `url.scheme` https.
 
@@ -326,6 +330,89 @@ fn h2c_streams_from_nghttp_become_http2_spans() {
         clients
             .iter()
             .all(|c| c.name == "GET" && attr(c, "url.full").is_some_and(|u| u.starts_with(&base)))
+    );
+}
+
+#[test]
+fn h2c_by_upgrade_from_curl_and_nghttp_becomes_http2_spans() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let server = Command::new(python())
+        .arg(root().join("tests/workloads/h2c_upgrade_server.py"))
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", "h2c-upgrade")
+        .spawn()
+        .expect("start the h2c upgrade server");
+    let _server = Guard(server);
+    wait_port(port, Duration::from_secs(20));
+    let (agent, out) = start_agent(dir.path());
+    let base = format!("http://127.0.0.1:{port}");
+    let curl = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "--http2",
+        ])
+        .arg(format!("{base}/hello/1"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "2 200",
+        "curl upgraded"
+    );
+    let nghttp = Command::new("nghttp")
+        .args(["-u", "-s"])
+        .args([format!("{base}/hello/2"), format!("{base}/missing")])
+        .output()
+        .expect("nghttp");
+    assert!(
+        nghttp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nghttp.stderr)
+    );
+    let spans = stop_and_read(agent, &out);
+    let mut servers: Vec<(String, String, String)> = on_port(&spans, port, SPAN_KIND_SERVER)
+        .into_iter()
+        .map(|s| {
+            let a = |k| attr(s, k).unwrap_or_default().to_owned();
+            (
+                a("url.path"),
+                a("http.response.status_code"),
+                a("network.protocol.version"),
+            )
+        })
+        .collect();
+    servers.sort();
+    let row = |path: &str, code: &str| (path.to_string(), code.to_string(), "2".to_string());
+    assert_eq!(
+        servers,
+        [
+            row("/hello/1", "200"),
+            row("/hello/2", "200"),
+            row("/missing", "404")
+        ],
+        "the upgraded requests (stream 1) and the stream after them"
+    );
+    let mut clients: Vec<(String, String)> = on_port(&spans, port, SPAN_KIND_CLIENT)
+        .into_iter()
+        .map(|c| {
+            let a = |k| attr(c, k).unwrap_or_default().to_owned();
+            (a("url.full"), a("http.response.status_code"))
+        })
+        .collect();
+    clients.sort();
+    assert_eq!(
+        clients,
+        [
+            (format!("{base}/hello/1"), "200".to_string()),
+            (format!("{base}/hello/2"), "200".to_string()),
+            (format!("{base}/missing"), "404".to_string()),
+        ]
     );
 }
 

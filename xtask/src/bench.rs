@@ -23,7 +23,7 @@
 //!
 //! **alloc**: what allocation profiles cost the processes they probe (see bench_alloc.rs).
 //!
-//! **tls**: what reading TLS in clear costs OpenSSL users (see bench_tls.rs).
+//! **tls**: what reading TLS in clear costs OpenSSL and Go users (see bench_tls.rs).
 //! **http2**: what HTTP/2 and gRPC spans cost the traffic, h2load agent off/on (see bench_http2.rs).
 //! **go**: what following goroutines costs a Go service and how often it parents calls right
 //! (see bench_go.rs).
@@ -137,7 +137,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Part::Parsers => crate::bench_parsers::parsers()?,
             Part::Logs => with_bpf_stats(|| crate::bench_logs::logs(&agent, args.seconds))?,
             Part::Alloc => crate::bench_alloc::alloc(&agent)?,
-            Part::Tls => crate::bench_tls::tls(&agent)?,
+            Part::Tls => with_bpf_stats(|| crate::bench_tls::tls(&agent, args.seconds))?,
             Part::Http2 => with_bpf_stats(|| crate::bench_http2::http2(&agent))?,
             Part::Go => with_bpf_stats(|| crate::bench_go::go(&agent, args.seconds))?,
         };

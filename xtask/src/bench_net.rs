@@ -114,7 +114,7 @@ pub(crate) struct WrkResult {
     p50_us: f64,
     pub(crate) p99_us: f64,
     p999_us: f64,
-    cpu_s: f64,
+    pub(crate) cpu_s: f64,
 }
 
 impl WrkResult {

@@ -67,7 +67,12 @@ const TARGETS: &[Target] = &[
                  syscall boundaries or captures: every request paired with its own response",
         package: "loupe-protocols",
         test_binary: &["--test", "properties"],
-        filter: &["round_trip", "survives_truncation", "pair_exactly"],
+        filter: &[
+            "round_trip",
+            "survives_truncation",
+            "pair_exactly",
+            "hands_over",
+        ],
         libfuzzer: None,
     },
     Target {

@@ -1,6 +1,7 @@
 //! The Python environment of the tests: a virtualenv under target/ with the real client libraries
 //! the network-span test service uses (PyMySQL, redis-py), gRPC's own Python implementation
-//! (grpcio, a real HTTP/2 peer for the gRPC span tests) and kubernetes-validate (the Kubernetes
+//! (grpcio, a real HTTP/2 peer for the gRPC span tests), hyper-h2 (the HTTP/2 state machine of
+//! the h2c upgrade test's server, which Debian's nghttpd does not offer) and kubernetes-validate (the Kubernetes
 //! API schemas the chart tests validate rendered manifests against), made once and reused.
 
 use std::{path::PathBuf, process::Command};
@@ -14,6 +15,7 @@ const PACKAGES: &[&str] = &[
     "pymysql>=1.1,<2",
     "redis>=5,<9",
     "grpcio>=1.60,<2",
+    "h2>=4.1,<5",
     "kubernetes-validate>=1.37,<1.38",
 ];
 
@@ -32,7 +34,7 @@ pub fn kubernetes_validate() -> PathBuf {
 }
 
 fn complete() -> bool {
-    succeeds(Command::new(python()).args(["-c", "import pymysql, redis, grpc"]))
+    succeeds(Command::new(python()).args(["-c", "import pymysql, redis, grpc, h2"]))
         && succeeds(Command::new(kubernetes_validate()).arg("--version"))
 }
 
@@ -41,7 +43,7 @@ pub fn ensure_test_env() -> anyhow::Result<()> {
         return Ok(());
     }
     step(
-        "making the Python test environment (target/pyenv: PyMySQL, redis-py, grpcio, kubernetes-validate)",
+        "making the Python test environment (target/pyenv: PyMySQL, redis-py, grpcio, h2, kubernetes-validate)",
         || {
             let py = python();
             if !succeeds(Command::new(&py).arg("--version")) {

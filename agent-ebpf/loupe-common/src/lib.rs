@@ -245,6 +245,9 @@ pub mod socket {
         pub direction: u32,
         /// The socket a syscall inside the call used; -1 until one did.
         pub fd: i32,
+        /// Go calls: the tracked connection (`ConnState::conn_id`) the call was seen using, 0
+        /// until known; only that connection's syscalls are the call's own.
+        pub conn_id: u64,
     }
 
     /// Key of `TLS_FDS`: which socket a process's TLS connection object was last seen using.
@@ -653,7 +656,7 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<SocketConfig>() == 108);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
-    const _: () = assert!(core::mem::size_of::<TlsCall>() == 40);
+    const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
     const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);
     const _: () = assert!(MAX_CAPTURE_BYTES.is_power_of_two());
 }

@@ -1044,7 +1044,9 @@ fn new_trace_id() -> [u8; 16] {
 /// library's probes send the plaintext: see tls.rs).
 #[inline(always)]
 fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
-    if config().is_some_and(|c| c.tls != 0) && crate::tls::inside_call(pid_tgid, args.fd) {
+    if config().is_some_and(|c| c.tls != 0)
+        && crate::tls::inside_call(pid_tgid, args.fd, state.conn_id)
+    {
         return Ok(());
     }
     moved_bytes(pid_tgid, args, ret, state, 0)

@@ -8,16 +8,20 @@
 //! connection object last used (`TLS_FDS`), which `SSL_free` forgets.
 //!
 //! Go's `crypto/tls` has its own probes (`go_tls_*`), attached by userspace to every Go
-//! executable that has `crypto/tls.(*Conn).Read` and `Write`: at their entry and at each of
-//! their return instructions (never a uretprobe, which Go's moving stacks break). A Go call may
-//! park its goroutine and resume on another thread, so calls in flight are kept by goroutine
-//! (`GO_TLS_CALLS`, R14 under Go's register ABI). Its socket is the one a syscall inside the
-//! call used where the kernel names the goroutine of a syscall (5.15+, see
-//! `goroutines::GO_G_REGISTER`; the ciphertext is then dropped as for OpenSSL), else the file
-//! descriptor read from the connection itself: `tls.Conn.conn` (a `net.Conn` whose data word
+//! executable that has `crypto/tls.(*Conn).Read` and `Write`: at both entries and at each return
+//! instruction of `Read` (never a uretprobe, which Go's moving stacks break). A return probe
+//! traps twice (the kernel single-steps the instruction), so `Write`, whose plaintext is all in
+//! its argument, is sent at its entry with the slice's length as the count: the bytes a call
+//! fails to write are reported as written. A Go call may park its goroutine and resume on
+//! another thread, so calls are kept by goroutine (`GO_TLS_CALLS`, R14 under Go's register ABI),
+//! with the socket read from the connection itself: `tls.Conn.conn` (a `net.Conn` whose data word
 //! points at a `net.TCPConn`) → `*netFD` → `poll.FD.Sysfd`, a layout unchanged from Go 1.9 to
-//! today. Where the socket programs still see a Go connection's ciphertext, userspace ignores
-//! it once the first plaintext came.
+//! today; where that fails (a connection type of another shape), a `Read` learns it from its
+//! syscall where the kernel names a syscall's goroutine (5.15+, see `goroutines::GO_G_REGISTER`),
+//! and a `Write` is lost, counted under `TLS_NO_SOCKET`. On 5.15+ the socket programs also drop
+//! the ciphertext of a goroutine's syscalls on the connection of its last call (a `Write`'s
+//! entry stays until its goroutine's next call; keyed by connection id, never by fd number);
+//! elsewhere userspace ignores a connection's ciphertext once its first plaintext came.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -104,28 +108,30 @@ fn enter(ctx: &ProbeContext, data_direction: u32, ex: bool) {
         start_ns: now(),
         direction: data_direction,
         fd: -1,
+        conn_id: 0,
     };
     if TLS_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(counter::ARGS_MAP_FULL);
     }
 }
 
-/// Called by the socket programs for a data syscall on a tracked socket: true when a TLS call
-/// is in flight on this thread (which then learns its socket).
+/// Called by the socket programs for a data syscall on a tracked socket (`fd`, connection
+/// `conn_id`): true when a TLS call is in flight on this thread or goroutine and the syscall is
+/// its own (the call then learns its socket).
 #[inline(always)]
-pub(crate) fn inside_call(pid_tgid: u64, fd: i32) -> bool {
+pub(crate) fn inside_call(pid_tgid: u64, fd: i32, conn_id: u64) -> bool {
     if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
         // SAFETY: the pointer comes from a successful lookup; the entry belongs to this
         // thread, the only one to touch it.
         unsafe { (*call).fd = fd };
         return true;
     }
-    inside_go_call(pid_tgid, fd)
+    inside_go_call(pid_tgid, fd, conn_id)
 }
 
 /// The same for Go's `crypto/tls`, by the goroutine making the syscall.
 #[inline(always)]
-fn inside_go_call(pid_tgid: u64, fd: i32) -> bool {
+fn inside_go_call(pid_tgid: u64, fd: i32, conn_id: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: a lookup by value; the value is not read.
     if unsafe { GO_TLS_PIDS.get(&tgid) }.is_none() {
@@ -134,15 +140,18 @@ fn inside_go_call(pid_tgid: u64, fd: i32) -> bool {
     let Some(goroutine) = goroutines::saved_goroutine(tgid) else {
         return false;
     };
-    match GO_TLS_CALLS.get_ptr_mut(&goroutine) {
-        Some(call) => {
-            // SAFETY: the pointer comes from a successful lookup; the entry belongs to this
-            // goroutine, which runs on one thread at a time.
-            unsafe { (*call).fd = fd };
-            true
-        }
-        None => false,
+    let Some(call) = GO_TLS_CALLS.get_ptr_mut(&goroutine) else {
+        return false;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the entry belongs to this goroutine,
+    // which runs on one thread at a time.
+    let call = unsafe { &mut *call };
+    if call.conn_id == 0 {
+        call.fd = fd;
+        call.conn_id = conn_id;
+        return true;
     }
+    call.conn_id == conn_id
 }
 
 /// `SSL_free(ssl)`: the object's socket is forgotten, so an object allocated later at the same
@@ -220,47 +229,82 @@ fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
     moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
 }
 
-/// `crypto/tls.(*Conn).Write(c, b []byte) (int, error)`: `c` in RAX, `b`'s data in RBX.
+/// `crypto/tls.(*Conn).Write(c, b []byte) (int, error)`: `c` in RAX, `b`'s data and length in
+/// RBX and RCX. Sent here, whole (see the module's comment).
 #[uprobe]
 pub fn go_tls_write(ctx: ProbeContext) -> u32 {
-    go_enter(&ctx, direction::EGRESS);
+    let _ = go_enter(&ctx, direction::EGRESS);
     0
 }
 
-/// `crypto/tls.(*Conn).Read(c, b []byte) (int, error)`.
+/// `crypto/tls.(*Conn).Read(c, b []byte) (int, error)`: sent at its return.
 #[uprobe]
 pub fn go_tls_read(ctx: ProbeContext) -> u32 {
-    go_enter(&ctx, direction::INGRESS);
+    let _ = go_enter(&ctx, direction::INGRESS);
     0
 }
 
 #[inline(always)]
-fn go_enter(ctx: &ProbeContext, data_direction: u32) {
+fn go_enter(ctx: &ProbeContext, data_direction: u32) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(config) = config() else {
-        return;
-    };
+    let config = config().ok_or(0)?;
     let tgid = (pid_tgid >> 32) as u32;
     if !wanted(tgid, config) {
-        return;
+        return Ok(());
     }
     // SAFETY: the probe's own saved registers: the goroutine in R14, the receiver in RAX, the
-    // slice's data pointer in RBX (Go's register ABI).
-    let (g, conn, buf) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rbx) };
+    // slice's data pointer and length in RBX and RCX (Go's register ABI).
+    let (g, conn, buf, len) = unsafe {
+        let r = &*ctx.regs;
+        (r.r14, r.rax, r.rbx, r.rcx)
+    };
+    let fd = go_conn_fd(conn).unwrap_or(-1);
+    let state = if fd >= 0 {
+        tracked_ref(pid_tgid, fd as u32 as u64)
+    } else {
+        None
+    };
     let call = TlsCall {
         ssl: conn,
         buf,
         len_ptr: 0,
         start_ns: now(),
         direction: data_direction,
-        fd: -1,
+        fd,
+        conn_id: state.map_or(0, |s| s.conn_id),
     };
     // A function whose stack must grow runs its entry twice: the second write is the same.
-    // LRU: a full map forgets the least recently used call.
-    let _ = GO_TLS_CALLS.insert(&goroutines::key(tgid, g), &call, 0);
+    // LRU: a full map forgets the least recently used call. A write's entry outlives the call
+    // (no return probe), so it is kept only with its connection known: one with none would
+    // take the goroutine's next syscall on any connection for its own.
+    if data_direction == direction::INGRESS || call.conn_id != 0 {
+        let _ = GO_TLS_CALLS.insert(&goroutines::key(tgid, g), &call, 0);
+    }
+    if data_direction != direction::EGRESS {
+        return Ok(());
+    }
+    let moved = len.min(i64::MAX as u64) as i64;
+    if moved <= 0 {
+        return Ok(());
+    }
+    let Some(state) = state else {
+        if fd < 0 {
+            count(counter::TLS_NO_SOCKET);
+        }
+        return Ok(());
+    };
+    let args = SyscallArgs {
+        start_ns: call.start_ns,
+        ptr: buf,
+        fd,
+        kind: buffer::BUF,
+        count: 0,
+        direction: data_direction,
+    };
+    moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
 }
 
-/// A return instruction of `(*Conn).Read` or `(*Conn).Write`: the byte count in RAX.
+/// A return instruction of `(*Conn).Read`: the byte count in RAX.
 #[uprobe]
 pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     let _ = try_go_return(&ctx);
@@ -276,27 +320,20 @@ fn try_go_return(ctx: &ProbeContext) -> Result<(), i64> {
     let call = unsafe { GO_TLS_CALLS.get(&goroutine) }.copied().ok_or(0)?;
     let _ = GO_TLS_CALLS.remove(&goroutine);
     let moved = ret as i64;
-    if moved <= 0 {
+    if moved <= 0 || call.direction != direction::INGRESS {
         return Ok(());
     }
-    let fd = if call.fd >= 0 {
-        call.fd
-    } else {
-        match go_conn_fd(call.ssl) {
-            Ok(fd) => fd,
-            Err(e) => {
-                count(counter::TLS_NO_SOCKET);
-                return Err(e);
-            }
-        }
-    };
-    let Some(state) = tracked_ref(pid_tgid, fd as u32 as u64) else {
+    if call.fd < 0 {
+        count(counter::TLS_NO_SOCKET);
+        return Ok(());
+    }
+    let Some(state) = tracked_ref(pid_tgid, call.fd as u32 as u64) else {
         return Ok(());
     };
     let args = SyscallArgs {
         start_ns: call.start_ns,
         ptr: call.buf,
-        fd,
+        fd: call.fd,
         kind: buffer::BUF,
         count: 0,
         direction: call.direction,

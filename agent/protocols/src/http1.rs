@@ -18,7 +18,11 @@
 //!
 //! Interim `1xx` responses other than `101` are consumed without events. After `101 Switching
 //! Protocols` or a `2xx` answer to `CONNECT`, both flows are a tunnel and produce no more events.
-//! HTTP/0.9 and HTTP/2 are not parsed (see [`mod@crate::detect`] for HTTP/2).
+//! One upgrade is followed: a request asking for `Upgrade: h2c` answered by a `101` that names
+//! `h2c` (RFC 7540 §3.2) gives [`Event::SwitchedToHttp2`] instead of the response's end, since
+//! the request's real answer comes as HTTP/2 on stream 1; the bytes after the `101` head in the
+//! same chunk (the server's preface and often that answer) are kept for the HTTP/2 parser
+//! ([`Http1Connection::take_http2`]). HTTP/0.9 is not parsed.
 
 use std::collections::VecDeque;
 
@@ -284,6 +288,13 @@ pub enum Event {
         /// The head.
         head: ResponseHead,
     },
+    /// The connection switched to HTTP/2 in clear text after answering request `request_id` with
+    /// `101`: that request's response is stream 1's on the HTTP/2 connection, and nothing more
+    /// comes from this parser (see [`Http1Connection::take_http2`]).
+    SwitchedToHttp2 {
+        /// The request that asked for the upgrade, when it was seen.
+        request_id: Option<u64>,
+    },
     /// A message is over.
     MessageEnd {
         /// Which side's message.
@@ -428,13 +439,21 @@ pub struct Http1Connection {
     next_id: u64,
     pending: VecDeque<Pending>,
     desyncs: u64,
+    /// After an h2c upgrade: the bytes that followed, per chunk (flow, captured bytes, the
+    /// chunk's byte count), until taken; `None` otherwise.
+    http2: Option<Vec<(Flow, Vec<u8>, u64)>>,
 }
+
+/// Bytes kept after an h2c upgrade until the HTTP/2 parser takes them (one chunk's worth).
+const MAX_SWITCH_HELD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     id: u64,
     head: bool,
     connect: bool,
+    /// The request asked for `Upgrade: h2c`.
+    h2c: bool,
 }
 
 impl Default for Http1Connection {
@@ -657,6 +676,11 @@ fn parse_headers(lines: &[u8]) -> Headers {
     h
 }
 
+/// Whether an `Upgrade` header value lists the `h2c` token.
+fn names_h2c(upgrade: Option<&str>) -> bool {
+    upgrade.is_some_and(|u| u.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+}
+
 impl Http1Connection {
     /// A connection with nothing seen yet.
     pub fn new() -> Http1Connection {
@@ -666,7 +690,15 @@ impl Http1Connection {
             next_id: 0,
             pending: VecDeque::new(),
             desyncs: 0,
+            http2: None,
         }
+    }
+
+    /// After [`Event::SwitchedToHttp2`]: the bytes that followed the `101` head (each chunk as
+    /// flow, captured bytes, and its whole byte count), to feed an HTTP/2 parser that takes
+    /// over the connection; `None` when the connection did not switch (or they were taken).
+    pub fn take_http2(&mut self) -> Option<Vec<(Flow, Vec<u8>, u64)>> {
+        self.http2.take()
     }
 
     /// Times framing was lost (for agent telemetry).
@@ -700,6 +732,14 @@ impl Http1Connection {
         let mut pos = 0usize;
         let mut stalls = 0u8;
         while let Some(rest) = captured.get(pos..).filter(|r| !r.is_empty()) {
+            if let Some(held) = self.http2.as_mut() {
+                // Switched to HTTP/2 (in this chunk or an earlier one not taken yet): the rest
+                // is the HTTP/2 parser's.
+                let room = MAX_SWITCH_HELD.saturating_sub(held.iter().map(|h| h.1.len()).sum());
+                let kept = rest.get(..room).unwrap_or(rest);
+                held.push((flow, kept.to_vec(), rest.len() as u64 + uncaptured));
+                return;
+            }
             let used = self.step(flow, rest, out);
             pos += used;
             // `step` returns 0 only after a state change; two in a row would be a bug, so give
@@ -1019,6 +1059,7 @@ impl Http1Connection {
                     id,
                     head: method == Method::Head,
                     connect: method == Method::Connect,
+                    h2c: names_h2c(headers.upgrade.as_deref()),
                 });
                 let framing = if truncated {
                     None
@@ -1070,6 +1111,9 @@ impl Http1Connection {
                 let request_id = pending.map(|p| p.id);
                 let to_head = pending.is_some_and(|p| p.head);
                 let connect_ok = pending.is_some_and(|p| p.connect) && (200..300).contains(&status);
+                let to_http2 = status == 101
+                    && pending.is_some_and(|p| p.h2c)
+                    && names_h2c(headers.upgrade.as_deref());
                 let framing = if status == 101 || connect_ok {
                     Some(State::Tunnel)
                 } else if to_head || status == 204 || status == 304 {
@@ -1108,6 +1152,15 @@ impl Http1Connection {
                 let side = &mut self.resp;
                 side.start_message(request_id);
                 match framing {
+                    Some(State::Tunnel) if to_http2 => {
+                        side.open = false;
+                        out.push(Event::SwitchedToHttp2 { request_id });
+                        self.resp.state = State::Tunnel;
+                        self.req.state = State::Tunnel;
+                        self.req.buf.clear();
+                        self.resp.buf.clear();
+                        self.http2 = Some(Vec::new());
+                    }
                     Some(State::Tunnel) => {
                         side.end_message(out);
                         self.resp.state = State::Tunnel;

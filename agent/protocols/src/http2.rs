@@ -16,8 +16,9 @@
 //! entries decode as unknown, never as a wrong value) and a response whose DATA was cut there
 //! ends at that chunk, without trailers.
 //!
-//! Not parsed: the HTTP/1.1 `Upgrade: h2c` path (prior knowledge and TLS with ALPN `h2` are);
-//! server push (its header blocks are decoded only to keep HPACK in step).
+//! Connections start with prior knowledge, with ALPN `h2` under TLS, or switch from HTTP/1.1
+//! (`Upgrade: h2c`: [`Http2Connection::upgraded`]). Not parsed: server push (its header blocks
+//! are decoded only to keep HPACK in step).
 
 pub mod hpack;
 mod huffman;
@@ -364,6 +365,21 @@ impl Http2Connection {
             desyncs: 0,
             unknown_fields: 0,
         }
+    }
+
+    /// A connection that switched from HTTP/1.1 (`Upgrade: h2c`): stream 1 is open, its request
+    /// the HTTP/1.1 one that asked for the upgrade (no [`Event::Request`] for it); the server's
+    /// answer on stream 1 and its end come as for any stream. The client's preface follows as
+    /// on a new connection.
+    pub fn upgraded() -> Self {
+        let mut c = Self::new();
+        c.streams.push_back(Stream {
+            id: 1,
+            answered: false,
+            trailers: false,
+            unknown: 0,
+        });
+        c
     }
 
     /// Times framing was lost.

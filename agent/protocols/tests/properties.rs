@@ -797,3 +797,46 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
+
+    /// An `Upgrade: h2c` exchange, however the 101 and the HTTP/2 bytes after it are cut into
+    /// syscalls: HTTP/1.1 reports the switch, and an HTTP/2 parser taking over with the bytes it
+    /// held answers stream 1 exactly, as the span builder does it.
+    #[test]
+    fn an_h2c_upgrade_hands_over_however_it_is_chunked(
+        body in 0usize..3000,
+        cuts in prop::collection::vec(1usize..200, 1..6),
+    ) {
+        let request = b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        let mut response = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+        response.extend(h2_frame(http2::kind::SETTINGS, 0, 0, &[]));
+        response.extend(h2_frame(http2::kind::HEADERS, http2::flag::END_HEADERS, 1, &[0x88]));
+        response.extend(h2_frame(http2::kind::DATA, http2::flag::END_STREAM, 1, &vec![b'x'; body]));
+        let mut h1 = Http1Connection::new();
+        let mut h2: Option<Http2Connection> = None;
+        let (mut ev1, mut ev2) = (Vec::new(), Vec::new());
+        h1.feed(Flow::ClientToServer, request, request.len() as u64, &mut ev1);
+        for s in syscalls(&response, &cuts) {
+            match h2.as_mut() {
+                Some(p) => p.feed(Flow::ServerToClient, &s, s.len() as u64, &mut ev2),
+                None => {
+                    h1.feed(Flow::ServerToClient, &s, s.len() as u64, &mut ev1);
+                    if let Some(held) = h1.take_http2() {
+                        let mut p = Http2Connection::upgraded();
+                        for (f, bytes, total) in held {
+                            p.feed(f, &bytes, total, &mut ev2);
+                        }
+                        h2 = Some(p);
+                    }
+                }
+            }
+        }
+        prop_assert!(h2.is_some(), "{:?}", ev1);
+        prop_assert_eq!(ev1.last(), Some(&http1::Event::SwitchedToHttp2 { request_id: Some(0) }));
+        prop_assert_eq!(ev2.len(), 2, "{:?}", ev2);
+        prop_assert!(matches!(&ev2[0], http2::Event::Response { stream: 1, headers } if headers.status == Some(200)), "{:?}", ev2);
+        prop_assert!(matches!(&ev2[1], http2::Event::End { stream: 1, end: End::Complete, .. }), "{:?}", ev2);
+    }
+}

@@ -53,7 +53,7 @@ const HTTP_PROBES: [(&str, &str); 2] = [
 ];
 
 /// Go's `crypto/tls` probes (at the entry), and the program put on every return instruction of
-/// both functions.
+/// `Read` (a write is sent at its entry).
 const TLS_PROBES: [(&str, &str); 2] = [
     ("go_tls_write", "crypto/tls.(*Conn).Write"),
     ("go_tls_read", "crypto/tls.(*Conn).Read"),
@@ -103,7 +103,7 @@ pub struct GoRuntime {
 pub struct GoTls {
     /// The entry probes, in [`TLS_PROBES`] order.
     pub entries: [u64; 2],
-    /// Every return instruction of both functions.
+    /// Every return instruction of `Read`.
     pub returns: Vec<u64>,
 }
 
@@ -192,19 +192,12 @@ pub fn inspect(data: &[u8]) -> Result<GoRuntime, NotProbed> {
     };
     let tls = match (function(TLS_PROBES[0].1), function(TLS_PROBES[1].1)) {
         (Ok((write, write_code)), Ok((read, read_code))) => {
-            let returns: Vec<u64> = return_offsets(write_code)
+            let returns: Vec<u64> = return_offsets(read_code)
                 .into_iter()
-                .map(|r| write + r as u64)
-                .chain(
-                    return_offsets(read_code)
-                        .into_iter()
-                        .map(|r| read + r as u64),
-                )
+                .map(|r| read + r as u64)
                 .collect();
-            // Both functions return somewhere: a call seen entering is also seen leaving.
-            let both =
-                !return_offsets(write_code).is_empty() && !return_offsets(read_code).is_empty();
-            both.then(|| GoTls {
+            // A read seen entering is also seen leaving.
+            (!returns.is_empty()).then(|| GoTls {
                 entries: [
                     write + go_probe_point(write_code) as u64,
                     read + go_probe_point(read_code) as u64,

@@ -41,6 +41,10 @@ fn summary(events: &[Event]) -> Vec<String> {
                 head.status,
                 if head.truncated { " (truncated)" } else { "" }
             ),
+            Event::SwitchedToHttp2 { request_id } => format!(
+                "h2c#{}",
+                request_id.map_or("?".to_string(), |i| i.to_string())
+            ),
             Event::MessageEnd {
                 flow,
                 id,
@@ -638,4 +642,70 @@ fn start_line_checks() {
     assert_eq!(check_status_line(b"HTTP/1.1 099 x"), Check::No);
     assert_eq!(check_status_line(b"HTTP/2 200 OK"), Check::No);
     assert_eq!(check_status_line(b"HTT"), Check::NeedMore);
+}
+
+#[test]
+fn an_h2c_upgrade_hands_the_rest_to_http2() {
+    let mut p = Http1Connection::new();
+    let mut ev = Vec::new();
+    p.feed(
+        C2S,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket, H2C\r\n\r\n",
+        60,
+        &mut ev,
+    );
+    let head = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    let mut chunk = head.to_vec();
+    chunk.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    // 9 bytes captured after the head, 100 more not.
+    p.feed(S2C, &chunk, chunk.len() as u64 + 100, &mut ev);
+    assert_eq!(
+        summary(&ev),
+        [
+            "req#0 GET /a",
+            "end req #0 Complete 0",
+            "resp#0 101",
+            "h2c#0"
+        ]
+    );
+    let held = p.take_http2().expect("switched");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].0, S2C);
+    assert_eq!(held[0].1, b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    assert_eq!(held[0].2, 109);
+    // Taken once; later bytes are held for a parser that has not taken over yet.
+    assert!(p.take_http2().is_none());
+    ev.clear();
+    p.feed(C2S, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24, &mut ev);
+    assert!(ev.is_empty());
+}
+
+#[test]
+fn a_101_to_another_protocol_or_unasked_stays_a_tunnel() {
+    for (request, response) in [
+        ("Upgrade: websocket", "Upgrade: websocket"),
+        // The server names h2c, the client never asked.
+        ("Connection: keep-alive", "Upgrade: h2c"),
+        // The client asked, the server switched to something else.
+        ("Upgrade: h2c", "Upgrade: websocket"),
+    ] {
+        let mut p = Http1Connection::new();
+        let mut ev = Vec::new();
+        let req = format!("GET /a HTTP/1.1\r\nHost: x\r\n{request}\r\n\r\n");
+        p.feed(C2S, req.as_bytes(), req.len() as u64, &mut ev);
+        let resp = format!("HTTP/1.1 101 Switching Protocols\r\n{response}\r\n\r\nabc");
+        p.feed(S2C, resp.as_bytes(), resp.len() as u64, &mut ev);
+        assert_eq!(
+            summary(&ev),
+            [
+                "req#0 GET /a",
+                "end req #0 Complete 0",
+                "resp#0 101",
+                "end resp #0 Complete 0"
+            ],
+            "{request} / {response}"
+        );
+        assert!(p.take_http2().is_none());
+        assert!(p.is_tunnel());
+    }
 }

@@ -489,3 +489,34 @@ fn grpc_timeouts_parse_with_every_unit() {
         assert_eq!(grpc_timeout(v.as_bytes()), ns, "{v}");
     }
 }
+
+#[test]
+fn an_upgraded_connection_answers_stream_1_then_carries_streams() {
+    let mut c = Http2Connection::upgraded();
+    let mut ev = Vec::new();
+    // The server's preface (SETTINGS) and its answer on stream 1, as after a 101.
+    let mut s2c = frame_bytes(kind::SETTINGS, 0, 0, &[]);
+    s2c.extend(frame_bytes(kind::HEADERS, flag::END_HEADERS, 1, &[0x88]));
+    s2c.extend(frame_bytes(kind::DATA, flag::END_STREAM, 1, b"hi"));
+    c.feed(Flow::ServerToClient, &s2c, s2c.len() as u64, &mut ev);
+    assert!(
+        matches!(&ev[..], [Event::Response { stream: 1, headers }, Event::End { stream: 1, end: End::Complete, .. }] if headers.status == Some(200)),
+        "{ev:?}"
+    );
+    ev.clear();
+    // The client's preface, then a new stream.
+    let mut c2s = PREFACE.to_vec();
+    c2s.extend(frame_bytes(kind::SETTINGS, 0, 0, &[]));
+    c2s.extend(frame_bytes(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &[0x82, 0x84, 0x86],
+    ));
+    c.feed(Flow::ClientToServer, &c2s, c2s.len() as u64, &mut ev);
+    assert!(
+        matches!(&ev[..], [Event::Request { stream: 3, headers, .. }] if headers.path.as_deref() == Some("/")),
+        "{ev:?}"
+    );
+    assert_eq!(c.desyncs(), 0);
+}

@@ -299,6 +299,9 @@ pub struct Conn {
     pub pending_bytes: usize,
     /// Bytes this connection adds to the builder's total, as last accounted.
     pub accounted: usize,
+    /// Switched from HTTP/1.1 to HTTP/2 (`Upgrade: h2c`): the HTTP/1.1 request that asked,
+    /// answered on stream 1 (see [`Conn::http2_key`]).
+    pub upgraded_from: Option<u64>,
 }
 
 pub fn flow_index(flow: Flow) -> usize {
@@ -324,6 +327,18 @@ impl Conn {
             pending: VecDeque::new(),
             pending_bytes: 0,
             accounted: 0,
+            upgraded_from: None,
+        }
+    }
+
+    /// The request key of HTTP/2 stream `stream`: its id, except on a connection upgraded from
+    /// HTTP/1.1, where stream 1 is the request that asked (keyed by its HTTP/1.1 id) and the
+    /// others are set apart from HTTP/1.1 ids.
+    pub fn http2_key(&self, stream: u32) -> u64 {
+        match self.upgraded_from {
+            Some(id) if stream == 1 => id,
+            Some(_) => (1 << 32) | u64::from(stream),
+            None => u64::from(stream),
         }
     }
 

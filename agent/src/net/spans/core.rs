@@ -451,6 +451,18 @@ impl Core {
                 http1::Event::ResponseStart {
                     request_id: None, ..
                 } => self.m.drop(DropReason::UnpairedResponse, 1),
+                http1::Event::SwitchedToHttp2 { request_id } => {
+                    // The 101 is not the answer: stream 1's HTTP/2 response is.
+                    conn.upgraded_from = *request_id;
+                    if let Some(Pending {
+                        request: Request::Http(h),
+                        ..
+                    }) = request_id.and_then(|id| conn.get_mut(id))
+                    {
+                        h.status = None;
+                        h.version = "2";
+                    }
+                }
                 http1::Event::MessageEnd {
                     flow: Flow::ClientToServer,
                     ..
@@ -500,12 +512,15 @@ impl Core {
                         Some(g) => Request::Grpc(g),
                         None => Request::Http(HttpRequest::from_h2(headers)),
                     };
-                    let id = u64::from(*stream);
+                    let id = conn.http2_key(*stream);
                     self.open_request(conn_id, conn, id, chunk, context, request);
                 }
                 http2::Event::Response { stream, headers } => {
                     self.m.http2_unknown_fields.add(u64::from(headers.unknown));
-                    match conn.get_mut(u64::from(*stream)).map(|p| &mut p.request) {
+                    match conn
+                        .get_mut(conn.http2_key(*stream))
+                        .map(|p| &mut p.request)
+                    {
                         Some(Request::Http(h)) => h.status = headers.status,
                         Some(Request::Grpc(g)) => g.status = headers.status.or(Some(0)),
                         _ => {}
@@ -520,7 +535,7 @@ impl Core {
                     unknown,
                 } => {
                     self.m.http2_unknown_fields.add(u64::from(*unknown));
-                    let Some(mut p) = conn.take(u64::from(*stream)) else {
+                    let Some(mut p) = conn.take(conn.http2_key(*stream)) else {
                         continue;
                     };
                     // Trailers make a POST of unknown content type gRPC.

@@ -46,6 +46,8 @@ pub(super) struct Metrics {
     pub(super) context_overflows: Counter,
     /// Connections read through a TLS library's plaintext.
     pub(super) tls_plaintext: Counter,
+    /// HTTP/1.1 connections that switched to HTTP/2 (`Upgrade: h2c`).
+    pub(super) h2c_upgrades: Counter,
     /// HTTP/2 header fields left out: they referred to HPACK entries never seen.
     pub(super) http2_unknown_fields: Counter,
     /// Server spans given a parent, by where it came from: [same_host, traceparent, tcp_option].
@@ -141,7 +143,13 @@ impl Metrics {
             ),
             tls_plaintext: r.counter(
                 "loupe_spans_tls_connections_total",
-                "Connections read in clear through the TLS library's probes (OpenSSL).",
+                "Connections read in clear through the TLS library's probes (OpenSSL, Go's \
+                 crypto/tls).",
+                &[],
+            ),
+            h2c_upgrades: r.counter(
+                "loupe_spans_h2c_upgrades_total",
+                "HTTP/1.1 connections followed into HTTP/2 after an `Upgrade: h2c` answered by 101.",
                 &[],
             ),
             context_overflows: r.counter(

@@ -666,12 +666,33 @@ impl SpanBuilder {
         }
         let total = raw.total;
         let ev = &mut self.events;
-        match &mut conn.parser {
-            Parser::Http(p) => p.feed(flow, captured, total, &mut ev.http),
-            Parser::Http2(p) => p.feed(flow, captured, total, &mut ev.http2),
-            Parser::MySql(p) => p.feed(flow, captured, total, &mut ev.mysql),
-            Parser::Redis(p) => p.feed(flow, captured, total, &mut ev.redis),
-            Parser::Detecting(_) | Parser::Opaque => {}
+        let switched = match &mut conn.parser {
+            Parser::Http(p) => {
+                p.feed(flow, captured, total, &mut ev.http);
+                p.take_http2()
+            }
+            Parser::Http2(p) => {
+                p.feed(flow, captured, total, &mut ev.http2);
+                None
+            }
+            Parser::MySql(p) => {
+                p.feed(flow, captured, total, &mut ev.mysql);
+                None
+            }
+            Parser::Redis(p) => {
+                p.feed(flow, captured, total, &mut ev.redis);
+                None
+            }
+            Parser::Detecting(_) | Parser::Opaque => None,
+        };
+        if let Some(held) = switched {
+            // `Upgrade: h2c` answered: HTTP/2 takes over, from the bytes that followed the 101.
+            let mut h2 = Box::new(loupe_protocols::http2::Http2Connection::upgraded());
+            for (flow, bytes, total) in &held {
+                h2.feed(*flow, bytes, *total, &mut ev.http2);
+            }
+            conn.parser = Parser::Http2(h2);
+            self.core.m.h2c_upgrades.inc();
         }
         self.core.dispatch(id, conn, Some(chunk), ev);
         conn.last_end[flow_index(flow)] = Some(chunk.end_ns);

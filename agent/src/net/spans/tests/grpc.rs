@@ -258,3 +258,82 @@ fn grpc_picked_up_mid_way_is_named_only_by_what_is_known() {
     // trailers, 1 + 1 in the second's request and trailers-only response, 1 in the GET.
     assert_eq!(s.metric("loupe_spans_http2_unknown_header_fields_total"), 8);
 }
+
+/// HTTP/1.1 `Upgrade: h2c` on a server: the request that asked is answered on stream 1 (in the
+/// same write as the 101 and the server's SETTINGS), later streams are plain HTTP/2; a 101 to
+/// another protocol (WebSocket) stays the answer and the connection goes opaque.
+#[test]
+fn an_h2c_upgrade_answers_the_asking_request_on_stream_1() {
+    let mut s = Sim::new();
+    let c = server(3, 300);
+    s.open(&c, 10);
+    s.read(
+        &c,
+        301,
+        100,
+        200,
+        b"GET /hello/1 HTTP/1.1\r\nHost: shop:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    let mut answer =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    answer.extend(frame(4, 0, 0, &[]));
+    answer.extend(frame(HEADERS, END_HEADERS, 1, &[0x88]));
+    answer.extend(frame(DATA, END_STREAM, 1, b"hello 1"));
+    s.write(&c, 301, 300, 400, &answer);
+    s.read(&c, 301, 500, 600, &preface());
+    let mut get = vec![0x82, 0x86];
+    get.extend(lit(":path", "/missing"));
+    s.read(
+        &c,
+        301,
+        700,
+        800,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &get),
+    );
+    s.write(
+        &c,
+        301,
+        900,
+        1_000,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x8d]),
+    );
+    // Another connection: a WebSocket upgrade is answered by its 101.
+    let ws = server(4, 300);
+    s.open(&ws, 1_100);
+    s.read(
+        &ws,
+        301,
+        1_200,
+        1_300,
+        b"GET /chat HTTP/1.1\r\nHost: shop:8080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    s.write(
+        &ws,
+        301,
+        1_400,
+        1_500,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+    );
+    let spans = s.spans();
+    let names: Vec<_> = spans.iter().map(|(_, sp)| sp.name.clone()).collect();
+    assert_eq!(spans.len(), 3, "{names:?}");
+    let first = &spans[0].1;
+    assert_eq!(a(first, "url.path").as_deref(), Some("/hello/1"));
+    assert_eq!(
+        a(first, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(a(first, "network.protocol.version").as_deref(), Some("2"));
+    assert_eq!(first.end_time_unix_nano, s.unix(400));
+    let missing = &spans[1].1;
+    assert_eq!(a(missing, "url.path").as_deref(), Some("/missing"));
+    assert_eq!(
+        a(missing, "http.response.status_code").as_deref(),
+        Some("404")
+    );
+    assert_eq!(a(missing, "network.protocol.version").as_deref(), Some("2"));
+    let chat = &spans[2].1;
+    assert_eq!(a(chat, "http.response.status_code").as_deref(), Some("101"));
+    assert_eq!(a(chat, "network.protocol.version").as_deref(), Some("1.1"));
+}
