@@ -112,9 +112,12 @@ pub fn rejected(name: &'static str, error: ProgramError) -> EbpfError {
             verifier_log,
         } => {
             tracing::debug!(program = name, "verifier log:\n{verifier_log}");
+            let verdict = verifier_verdict(&verifier_log.to_string());
             EbpfError::Rejected {
                 name,
-                message: format!("{io_error} (run with RUST_LOG=debug for the verifier log)"),
+                message: format!(
+                    "{io_error}{verdict} (run with RUST_LOG=debug for the verifier log)"
+                ),
             }
         }
         other => EbpfError::Rejected {
@@ -122,6 +125,24 @@ pub fn rejected(name: &'static str, error: ProgramError) -> EbpfError {
             message: other.to_string(),
         },
     }
+}
+
+/// The verifier's last word, for the error message: the line that says why it refused and its
+/// totals (`processed N insns (limit 1000000) ...`), which the full log buries under every
+/// instruction it walked. Empty when the log has neither.
+fn verifier_verdict(log: &str) -> String {
+    let mut lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(2)
+        .collect();
+    lines.reverse();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(": verifier: {}", lines.join("; "))
 }
 
 /// Tries to load (not attach) the fentry probe program: the only honest test of fentry support.
@@ -168,5 +189,26 @@ pub fn probe_kprobe(ebpf: &mut Ebpf) -> Availability {
             Availability::Yes
         }
         Err(e) => Availability::No(format!("attach failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifier_verdict;
+
+    #[test]
+    fn the_verdict_is_the_logs_last_two_lines() {
+        let log = "0: (bf) r6 = r1\n1: (85) call bpf_get_current_pid_tgid#14\n\
+                   BPF program is too large. Processed 1000001 insn\n\
+                   processed 1000001 insns (limit 1000000) max_states_per_insn 31 \
+                   total_states 40000 peak_states 9000 mark_read 500\n\n";
+        assert_eq!(
+            verifier_verdict(log),
+            ": verifier: BPF program is too large. Processed 1000001 insn; processed 1000001 \
+             insns (limit 1000000) max_states_per_insn 31 total_states 40000 peak_states 9000 \
+             mark_read 500"
+        );
+        assert_eq!(verifier_verdict(""), "");
+        assert_eq!(verifier_verdict("\n  \n"), "");
     }
 }

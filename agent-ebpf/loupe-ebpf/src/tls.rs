@@ -118,7 +118,11 @@ fn enter(ctx: &ProbeContext, data_direction: u32, ex: bool) {
 /// Called by the socket programs for a data syscall on a tracked socket (`fd`, connection
 /// `conn_id`): true when a TLS call is in flight on this thread or goroutine and the syscall is
 /// its own (the call then learns its socket).
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call) rather than inlined: inlined, its many ways out
+/// multiplied the states of the socket programs that follow it past the million instructions
+/// 6.1's verifier explores (`sock_exit_read` was refused with E2BIG).
+#[inline(never)]
 pub(crate) fn inside_call(pid_tgid: u64, fd: i32, conn_id: u64) -> bool {
     if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
         // SAFETY: the pointer comes from a successful lookup; the entry belongs to this
