@@ -454,7 +454,7 @@ fn go_run(agent_args: &[&str]) -> (Vec<SpanRecord>, String, u16) {
 }
 
 #[test]
-fn go_https_over_http1_and_http2_gives_the_spans_of_clear_text() {
+fn go_crypto_tls_over_http1_and_http2_gives_the_spans_of_clear_text() {
     require_root();
     let (spans, metrics, port) = go_run(&[]);
     let names: Vec<(&str, i64, &str)> = spans

@@ -268,6 +268,7 @@ const E2E_TESTS: &[&str] = &[
     "alloc_profiles",
     "http2_spans",
     "go_spans",
+    "tls_spans",
 ];
 
 /// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
@@ -539,8 +540,14 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
     for (path, name) in e2e.iter().zip(E2E_TESTS) {
         binaries.push((path.clone(), format!("loupe/{name}"), true));
     }
-    // HTTP/2 peers for http2_spans' h2c test (nghttp2's client and server, with their libraries).
-    for tool in ["/usr/bin/nghttp", "/usr/sbin/nghttpd"] {
+    // HTTP/2 peers for http2_spans' h2c and TLS tests (nghttp2's client and server, curl), and
+    // openssl for the TLS tests' certificates (with its configuration below).
+    for tool in [
+        "/usr/bin/nghttp",
+        "/usr/sbin/nghttpd",
+        "/usr/bin/curl",
+        "/usr/bin/openssl",
+    ] {
         let name = Path::new(tool)
             .file_name()
             .and_then(|n| n.to_str())
@@ -554,8 +561,9 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
         "off_cpu",
         "page_faults",
         "alloc",
-        // Static (pure Go, built without cgo), so it runs in the initramfs as built.
+        // Static (pure Go, built without cgo), so they run in the initramfs as built.
         "go_fanout",
+        "go_tls",
     ] {
         binaries.push((
             workloads.join(workload),
@@ -563,6 +571,13 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
             false,
         ));
     }
+    // `openssl req` reads its configuration from OPENSSLDIR (a symlink into /etc on Debian).
+    std::fs::create_dir_all(stage.join("usr/lib/ssl"))?;
+    copy(
+        &std::fs::canonicalize("/usr/lib/ssl/openssl.cnf")
+            .context("openssl's configuration (/usr/lib/ssl/openssl.cnf)")?,
+        &stage.join("usr/lib/ssl/openssl.cnf"),
+    )?;
     let mut libraries = Vec::new();
     for (from, to, strip) in &binaries {
         let dest = stage.join(to);
