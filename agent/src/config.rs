@@ -970,6 +970,22 @@ impl Config {
         self.local_sink
             .unwrap_or(self.loki.is_none() && !self.otlp_logs)
     }
+
+    /// Turns off what needs uprobes (the kernel refuses them) and names what was on: the agent
+    /// says so once at start-up rather than failing at every attach and rescan.
+    pub fn without_uprobes(&mut self) -> Vec<&'static str> {
+        let mut off = Vec::new();
+        if std::mem::take(&mut self.tls) {
+            off.push("TLS in clear (--tls)");
+        }
+        if std::mem::take(&mut self.go_goroutines) {
+            off.push("Go goroutines (--go-goroutines)");
+        }
+        if self.alloc.take().is_some() {
+            off.push("allocation profiles (--alloc-pid)");
+        }
+        off
+    }
 }
 
 /// `--kubernetes`: on when asked, or (`auto`) when an API server is configured; then a node name

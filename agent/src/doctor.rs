@@ -36,7 +36,7 @@ pub fn run() {
             )
         })
         .collect();
-    println!("{}", tls_line(features.uprobes.is_yes(), &libraries));
+    println!("{}", tls_line(&features.uprobes, &libraries));
     let go: Vec<GoBinary> = crate::net::goroutines::survey()
         .into_iter()
         .map(|e| GoBinary {
@@ -49,7 +49,7 @@ pub fn run() {
             processes: e.pids.len(),
         })
         .collect();
-    println!("{}", go_line(features.uprobes.is_yes(), &go));
+    println!("{}", go_line(&features.uprobes, &go));
 }
 
 /// A Go executable running now, as the doctor reports it.
@@ -69,9 +69,9 @@ enum GoTlsState {
 }
 
 /// What TLS capture does for the Go executables running now (see `net::goroutines`).
-fn go_line(uprobes: bool, binaries: &[GoBinary]) -> String {
-    if !uprobes {
-        return "Go's crypto/tls in clear: off, no uprobes on this kernel".to_string();
+fn go_line(uprobes: &Availability, binaries: &[GoBinary]) -> String {
+    if !uprobes.is_yes() {
+        return format!("Go's crypto/tls in clear: off, {}", no_uprobes(uprobes));
     }
     if binaries.is_empty() {
         return "Go's crypto/tls in clear: no Go process running now (Go executables are probed \
@@ -102,10 +102,18 @@ fn go_line(uprobes: bool, binaries: &[GoBinary]) -> String {
     )
 }
 
+/// Why uprobes are off, in full (the table cuts reasons short).
+fn no_uprobes(uprobes: &Availability) -> String {
+    match uprobes {
+        Availability::Yes => String::new(),
+        Availability::No(why) | Availability::Unknown(why) => format!("no uprobes: {why}"),
+    }
+}
+
 /// What TLS capture finds: the OpenSSL libraries its probes go on (see `net::tls`).
-fn tls_line(uprobes: bool, libraries: &[String]) -> String {
-    match (uprobes, libraries) {
-        (false, _) => "TLS in clear: off, no uprobes on this kernel".to_string(),
+fn tls_line(uprobes: &Availability, libraries: &[String]) -> String {
+    match (uprobes.is_yes(), libraries) {
+        (false, _) => format!("TLS in clear: off, {}", no_uprobes(uprobes)),
         (true, []) => "TLS in clear: no OpenSSL library (libssl.so*) on this host or in its \
                        processes; TLS connections stay opaque"
             .to_string(),
@@ -288,13 +296,18 @@ mod tests {
     #[test]
     fn tls_line_names_the_libraries_or_says_why_none() {
         let libs = ["/usr/lib/x86_64-linux-gnu/libssl.so.3".to_string()];
-        let line = tls_line(true, &libs);
+        let line = tls_line(&Availability::Yes, &libs);
         assert!(
             line.contains("1 library: /usr/lib/x86_64-linux-gnu/libssl.so.3"),
             "{line}"
         );
-        assert!(tls_line(true, &[]).contains("stay opaque"));
-        assert!(tls_line(false, &libs).contains("no uprobes"));
+        assert!(tls_line(&Availability::Yes, &[]).contains("stay opaque"));
+        let refused = Availability::No(crate::probe::UPROBES_NEED_SYS_ADMIN.into());
+        let line = tls_line(&refused, &libs);
+        assert!(
+            line.contains("off, no uprobes") && line.contains("SYS_ADMIN"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -316,7 +329,7 @@ mod tests {
                 processes: 1,
             },
         ];
-        let line = go_line(true, &binaries);
+        let line = go_line(&Availability::Yes, &binaries);
         assert!(line.contains("3 Go executables running"), "{line}");
         assert!(
             line.contains("/srv/api (go1.19.8, crypto/tls probed; 2 processes)"),
@@ -330,8 +343,10 @@ mod tests {
             line.contains("not probed: go1.21.0 without symbols"),
             "{line}"
         );
-        assert!(go_line(true, &[]).contains("no Go process running"));
-        assert!(go_line(false, &binaries).contains("no uprobes"));
+        assert!(go_line(&Availability::Yes, &[]).contains("no Go process running"));
+        let absent = Availability::No("no uprobe PMU (CONFIG_UPROBE_EVENTS)".into());
+        let line = go_line(&absent, &binaries);
+        assert!(line.contains("off, no uprobes: no uprobe PMU"), "{line}");
     }
 
     fn kernel(caps: Capabilities) -> KernelFeatures {

@@ -92,7 +92,7 @@ struct CapData {
 static TARGET: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread's permitted set.
-fn permitted() -> io::Result<u64> {
+pub(crate) fn permitted() -> io::Result<u64> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -108,7 +108,7 @@ fn permitted() -> io::Result<u64> {
 }
 
 /// Sets the calling thread's permitted and effective sets to `set`; async-signal-safe.
-fn set_thread(set: u64) -> libc::c_long {
+pub(crate) fn set_thread(set: u64) -> libc::c_long {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,

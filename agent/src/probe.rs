@@ -250,10 +250,7 @@ pub fn detect() -> KernelFeatures {
         } else {
             unprivileged()
         },
-        uprobes: Availability::from_bool(
-            Path::new("/sys/bus/event_source/devices/uprobe").exists(),
-            "no uprobe PMU (CONFIG_UPROBE_EVENTS)",
-        ),
+        uprobes: probe_uprobes(capabilities),
         kprobes: Availability::from_bool(
             Path::new("/sys/bus/event_source/devices/kprobe").exists(),
             "no kprobe PMU (CONFIG_KPROBES / CONFIG_KPROBE_EVENTS)",
@@ -423,6 +420,97 @@ struct PerfEventAttrV0 {
     wakeup_events: u32,
     bp_type: u32,
     config1: u64,
+}
+
+/// The first 72 bytes of `struct perf_event_attr` (PERF_ATTR_SIZE_VER1): `config2` carries a
+/// uprobe's offset.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttrV1 {
+    v0: PerfEventAttrV0,
+    config2: u64,
+}
+
+/// Why uprobes are refused to an agent that holds CAP_PERFMON but not CAP_SYS_ADMIN.
+pub const UPROBES_NEED_SYS_ADMIN: &str = "this kernel creates uprobes for CAP_SYS_ADMIN only \
+     (CAP_PERFMON sufficed from 5.8 until a 2025 change, also in stable updates); grant \
+     SYS_ADMIN (chart: securityContext.sysAdmin=true) for TLS in clear, Go's goroutines and \
+     allocation profiles";
+
+/// Whether this agent may create uprobes: the uprobe PMU exists and the kernel lets it open a
+/// uprobe event, tried on an anonymous in-memory file that no process maps (so the probe is
+/// registered and gone without ever being placed). The permission check is the first thing the
+/// kernel does, and what changed: CAP_PERFMON sufficed from 5.8, CAP_SYS_ADMIN is required again
+/// since a 2025 change (also in stable updates; 6.18 has it).
+pub(crate) fn probe_uprobes(caps: Capabilities) -> Availability {
+    let pmu = Path::new("/sys/bus/event_source/devices/uprobe/type");
+    let Some(kind) = fs::read_to_string(pmu)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return Availability::No("no uprobe PMU (CONFIG_UPROBE_EVENTS)".into());
+    };
+    if !caps.can_trace() {
+        return Availability::Unknown("needs CAP_PERFMON to probe".into());
+    }
+    match open_uprobe_event(kind) {
+        Ok(()) => Availability::Yes,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            if caps.sys_admin {
+                Availability::No(format!("uprobe event denied: {e}"))
+            } else {
+                Availability::No(UPROBES_NEED_SYS_ADMIN.into())
+            }
+        }
+        Err(e) => Availability::Unknown(format!("uprobe event: {e}")),
+    }
+}
+
+/// Opens (disabled) and closes a uprobe event (PMU type `kind`) at offset 0 of a fresh memfd.
+fn open_uprobe_event(kind: u32) -> std::io::Result<()> {
+    use std::{io::Write, os::fd::AsRawFd};
+    const DISABLED: u64 = 1;
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"loupe-uprobe-probe".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and nothing else owns it.
+    let mut file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // The kernel refuses an offset past the file's end; one page of NOPs is a valid target.
+    file.write_all(&[0x90; 4096])?;
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(std::io::Error::other)?;
+    let attr = PerfEventAttrV1 {
+        v0: PerfEventAttrV0 {
+            kind,
+            size: std::mem::size_of::<PerfEventAttrV1>() as u32,
+            flags: DISABLED,
+            // The uprobe PMU's `config1` is the path (a user pointer), `config2` the offset.
+            config1: path.as_ptr() as u64,
+            ..Default::default()
+        },
+        config2: 0,
+    };
+    // SAFETY: `attr` is a valid, initialised perf_event_attr prefix whose `size` says how many
+    // bytes the kernel may read, and `config1` points to `path`, alive for the call.
+    let event = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfEventAttrV1,
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if event < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    unsafe { libc::close(event as libc::c_int) };
+    Ok(())
 }
 
 /// Opens (disabled) and closes a CPU-clock event on CPU 0 for all processes: exactly what the profiler

@@ -50,7 +50,7 @@ const LOG_QUEUE: usize = 4;
 /// 30 s termination grace period.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("loupe-export")
@@ -76,6 +76,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let plan = crate::probe::plan(&features);
     tracing::debug!(?features, ?plan, "kernel features");
+    if let crate::probe::Availability::No(why) = &features.uprobes {
+        let off = config.without_uprobes();
+        if !off.is_empty() {
+            tracing::warn!("off for want of uprobes: {}; {why}", off.join(", "));
+        }
+    }
 
     let registry = Registry::new();
     crate::self_metrics::record_kernel(&registry, &features);

@@ -92,6 +92,14 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         metrics.contains("loupe_attach_method{method=\"sockops\",program=\"tcp_context\"} 1"),
         "the TCP option program must attach with the chart's capabilities:\n{metrics}"
     );
+    // Uprobes without SYS_ADMIN depend on the kernel (refused since a 2025 change): whatever the
+    // start-up probe found, the TLS probes followed it.
+    let uprobes = metrics.contains("loupe_kernel_feature{feature=\"uprobes\"} 1");
+    assert_eq!(
+        metrics.contains(TLS_ATTACHED),
+        uprobes,
+        "TLS probes attached if and only if uprobes were found usable:\n{metrics}"
+    );
 
     // Another user's process, as containers' processes are to the agent: reading its maps and
     // binary takes SYS_PTRACE and DAC_READ_SEARCH, not just being root.
@@ -104,6 +112,11 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     assert!(ran.success());
     let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
+    assert_eq!(
+        stderr.contains("off for want of uprobes: TLS in clear (--tls)"),
+        !uprobes,
+        "one warning names what is off when uprobes are refused:\n{stderr}"
+    );
     let profiles = read_profiles(&out_dir);
     let (_, profile) = profiles
         .iter()
@@ -114,6 +127,36 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         counts.get("hot_alpha").copied().unwrap_or(0) > 20,
         "symbolized with the chart's capabilities: {counts:?}"
     );
+}
+
+/// The TLS probes' attach-method line in /metrics.
+const TLS_ATTACHED: &str = "loupe_attach_method{method=\"uprobe\",program=\"tls\"} 1";
+
+/// The chart's `securityContext.sysAdmin` adds SYS_ADMIN: with it uprobes are usable on any
+/// kernel, and the TLS probes attach to the host's libssl.
+#[test]
+fn with_the_charts_sys_admin_the_tls_probes_attach() {
+    require_root();
+    let mut caps = chart_capabilities();
+    caps.push("SYS_ADMIN".into());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Command::new("setpriv");
+    agent
+        .arg("--bounding-set")
+        .arg(bounding_set(&caps))
+        .arg(agent_bin())
+        .args(["run", "--profile-interval", "60s", "--output-dir"])
+        .arg(dir.path().join("out"));
+    let agent = Agent::start(agent, dir.path(), "agent");
+    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    let (exit, stderr) = agent.stop(Duration::from_secs(60));
+    assert!(exit.success(), "{stderr}");
+    assert!(
+        metrics.contains("loupe_kernel_feature{feature=\"uprobes\"} 1"),
+        "{metrics}\n{stderr}"
+    );
+    assert!(metrics.contains(TLS_ATTACHED), "{metrics}\n{stderr}");
+    assert!(!stderr.contains("for want of uprobes"), "{stderr}");
 }
 
 /// Every thread of `pid` holds exactly `caps`, permitted and effective.

@@ -678,3 +678,18 @@ fn allocation_profiles_are_off_until_a_process_is_named() {
         })
     );
 }
+
+#[test]
+fn without_uprobes_turns_off_and_names_what_was_on() {
+    let mut c = Config::merge(&cli(), FileOptions::default()).unwrap();
+    assert!(
+        c.tls && c.go_goroutines && c.alloc.is_none(),
+        "the defaults"
+    );
+    assert_eq!(
+        c.without_uprobes(),
+        ["TLS in clear (--tls)", "Go goroutines (--go-goroutines)"]
+    );
+    assert!(!c.tls && !c.go_goroutines);
+    assert!(c.without_uprobes().is_empty(), "nothing left to turn off");
+}

@@ -877,3 +877,59 @@ fn uprobe_programs_pass_this_kernels_verifier() {
         }
     }
 }
+
+/// The doctor's uprobe verdict (`probe::probe_uprobes`) is what attaching a real uprobe gives,
+/// with every capability and without CAP_SYS_ADMIN (which kernels since 2025 require; the
+/// verdict is printed, so the kernel matrix's logs say which kernels do). Each case in a thread
+/// of its own: capabilities belong to threads, and the one that drops does not get them back.
+#[test]
+fn the_uprobe_verdict_is_what_attaching_one_gives() {
+    use std::io::Write;
+    let mut ebpf = load();
+    let program: &mut aya::programs::UProbe =
+        crate::ebpf::program(&mut ebpf, "tls_free").expect("the program is in the object");
+    program.load().expect("tls_free loads");
+    // A file that no process maps: the probe is registered on it and never placed.
+    let mut target = tempfile::NamedTempFile::new().unwrap();
+    target.write_all(&[0x90; 4096]).unwrap();
+    let all = crate::privileges::permitted().unwrap();
+    let sys_admin = 1u64 << crate::privileges::CAP_SYS_ADMIN;
+    for (case, set) in [
+        ("every capability", all),
+        ("without CAP_SYS_ADMIN", all & !sys_admin),
+    ] {
+        let (verdict, attached) = std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(crate::privileges::set_thread(set), 0, "capset");
+                let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+                let caps = crate::probe::Capabilities::from_status(&status).unwrap();
+                assert_eq!(caps.sys_admin, set & sys_admin != 0);
+                let verdict = crate::probe::probe_uprobes(caps);
+                let attached = program
+                    .attach(
+                        0,
+                        target.path(),
+                        aya::programs::uprobe::UProbeScope::AllProcesses,
+                    )
+                    .and_then(|id| program.detach(id));
+                (verdict, attached)
+            })
+            .join()
+            .unwrap()
+        });
+        println!("uprobes, {case}: {verdict}; attaching: {attached:?}");
+        assert_eq!(
+            verdict.is_yes(),
+            attached.is_ok(),
+            "{case}: the probe says {verdict}, attaching gives {attached:?}"
+        );
+        if case == "every capability" {
+            assert!(verdict.is_yes(), "root holds every capability: {verdict}");
+        } else if !verdict.is_yes() {
+            assert_eq!(
+                verdict,
+                crate::probe::Availability::No(crate::probe::UPROBES_NEED_SYS_ADMIN.into())
+            );
+        }
+    }
+}
