@@ -81,8 +81,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (they inherit it): file capabilities come permitted-only.
+    let raised = privileges::raise_effective();
     configure_allocator();
     init_logging();
+    match raised {
+        Ok((before, after)) if before != after => tracing::debug!(
+            raised = privileges::names(after & !before).join(","),
+            "effective capabilities raised to the permitted ones"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the effective capabilities: {e}"),
+    }
     let cli = Cli::parse();
     let config = match Config::load(&cli.options) {
         Ok(c) => c,

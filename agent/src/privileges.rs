@@ -48,7 +48,7 @@ pub const KEPT: &[(u32, &str, &str)] = &[
     (
         CAP_SYS_ADMIN,
         "SYS_ADMIN",
-        "only where granted: /proc/PID/map_files, and BPF's and PERFMON's duties before kernel 5.8",
+        "only where granted: uprobes on kernels that reserve them to it, /proc/PID/map_files, and BPF's and PERFMON's duties before kernel 5.8",
     ),
     (
         CAP_SYSLOG,
@@ -86,6 +86,38 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+/// Makes the calling thread's effective set its permitted set. An agent started as a non-root
+/// user gets its capabilities from the executable's file capabilities, set permitted-only
+/// (`setcap ...=p`): with the effective bit, the kernel refuses to run the file at all when the
+/// container grants fewer than the file names, and which optional ones a node grants varies
+/// (the chart's table). Called first in `main`, before any thread exists, so every thread
+/// inherits the result. Returns the effective set before and after.
+pub fn raise_effective() -> io::Result<(u64, u64)> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData (the version 3 layout) through a valid pointer and reads
+    // the header, both live for the call.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = u64::from(data[0].effective) | u64::from(data[1].effective) << 32;
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    let after = u64::from(data[0].effective) | u64::from(data[1].effective) << 32;
+    if after == before {
+        return Ok((before, after));
+    }
+    // SAFETY: capset reads the header and two CapData through valid pointers, live for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((before, after))
 }
 
 /// The set every thread is to hold (permitted = effective; inheritable empty).

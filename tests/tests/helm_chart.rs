@@ -82,6 +82,10 @@ fn scenarios() -> Vec<(&'static str, Vec<String>)> {
             vec!["--set".into(), "podMonitor.enabled=true".into()],
         ),
         (
+            "non-root",
+            vec!["--set".into(), "securityContext.runAsUser=65534".into()],
+        ),
+        (
             "direct exporters with credentials",
             vec![
                 "--set".into(),
@@ -344,6 +348,17 @@ fn the_agent_is_least_privilege_by_default() {
     assert_eq!(strings(&sc["capabilities"]["add"]), want);
     // Kubernetes refuses allowPrivilegeEscalation=false beside SYS_ADMIN.
     assert!(sc["allowPrivilegeEscalation"].is_null());
+    assert_eq!(sc["runAsUser"], Value::from(0), "root by default");
+
+    // Non-root: the same capabilities, which reach the user through the binary's file
+    // capabilities only with escalation allowed (tests/privileges.rs runs the agent that way).
+    let docs = render(&["--set".into(), "securityContext.runAsUser=65534".into()]);
+    let sc = &agent_container(&docs)["securityContext"];
+    assert_eq!(sc["runAsUser"], Value::from(65534));
+    assert_eq!(sc["runAsGroup"], Value::from(65534));
+    assert_eq!(sc["runAsNonRoot"], Value::Bool(true));
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(true));
+    assert_eq!(strings(&sc["capabilities"]["add"]), documented);
 
     // Host paths: tracefs read-only; bpffs only when the trace context is published.
     let docs = render(&[]);
@@ -670,6 +685,15 @@ fn bad_values_fail_with_the_key_named() {
         (
             "prometheusRule.thresholds.serviceErrorRatio=2",
             "/prometheusRule/thresholds/serviceErrorRatio",
+        ),
+        ("securityContext.runAsUser=-1", "/securityContext/runAsUser"),
+        (
+            "securityContext.runAsUser=65534,agent.publishTraceContext=true",
+            "agent.publishTraceContext",
+        ),
+        (
+            "securityContext.runAsUser=65534,securityContext.privileged=true",
+            "securityContext.privileged",
         ),
     ] {
         let out = helm(&["template", "loupe", &chart, "--set", set]);

@@ -129,6 +129,86 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     );
 }
 
+/// The chart's non-root mode (`securityContext.runAsUser`): a user that is not root, the chart's
+/// capabilities in its bounding set, and the image's file capabilities (permitted only, as the
+/// Dockerfile sets them) on the agent's binary. The agent raises them, attaches, drops to the kept
+/// set and profiles another user's process, all as that user.
+#[test]
+fn as_a_non_root_user_with_file_capabilities_the_agent_profiles_and_captures() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let caps = chart_capabilities();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("loupe-agent");
+    std::fs::copy(agent_bin(), &binary).expect("copy the agent");
+    let file_caps: Vec<String> = caps
+        .iter()
+        .map(|c| format!("cap_{}", c.to_lowercase()))
+        .collect();
+    let set = Command::new("setcap")
+        .arg(format!("{}=p", file_caps.join(",")))
+        .arg(&binary)
+        .status()
+        .expect("setcap (libcap2-bin)");
+    assert!(set.success());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut agent = Command::new("setpriv");
+    agent
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg("--bounding-set")
+        .arg(bounding_set(&caps))
+        .arg(&binary)
+        .args([
+            "run",
+            "--profile-hz",
+            "99",
+            "--profile-interval",
+            "60s",
+            "--output-dir",
+        ])
+        .arg(&out_dir);
+    let agent = Agent::start(agent, dir.path(), "agent");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("Uid line");
+    assert!(
+        uid.split_whitespace().all(|u| u == "65534"),
+        "runs as 65534: {uid}"
+    );
+    assert_every_thread_holds(agent.pid(), &chart_capabilities_kept());
+    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    for program in ["profiler", "page_faults", "sockets", "tcp_context"] {
+        assert!(
+            metrics.contains(&format!("program=\"{program}\"}} 1")),
+            "{program} attaches as a non-root user:\n{metrics}"
+        );
+    }
+    let ran = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(workload("hot_c"))
+        .arg("1.5")
+        .status()
+        .expect("workload");
+    assert!(ran.success());
+    let (exit, stderr) = agent.stop(Duration::from_secs(60));
+    assert!(exit.success(), "{stderr}");
+    let profiles = read_profiles(&out_dir);
+    let (_, profile) = profiles
+        .iter()
+        .find(|(name, _)| name.starts_with("hot_c-"))
+        .unwrap_or_else(|| panic!("no hot_c profile:\n{stderr}"));
+    let counts = inclusive_counts(profile);
+    assert!(
+        counts.get("hot_alpha").copied().unwrap_or(0) > 20,
+        "symbolized by a non-root agent: {counts:?}"
+    );
+}
+
 /// The TLS probes' attach-method line in /metrics.
 const TLS_ATTACHED: &str = "loupe_attach_method{method=\"uprobe\",program=\"tls\"} 1";
 

@@ -222,8 +222,34 @@ mod tests {
         assert!(froms[1].contains("distroless/cc-debian12"), "{}", froms[1]);
         // The build is `cargo xtask build`: what `cargo xtask test` (CI) runs before its tests.
         let runs: Vec<&String> = ins.iter().filter(|i| i.starts_with("RUN ")).collect();
-        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs.len(), 2, "{runs:?}");
         assert!(runs[0].contains("cargo xtask build "), "{}", runs[0]);
+        // Then file capabilities, permitted only: every one the chart may add, no other.
+        let setcap = runs[1]
+            .split("setcap ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("a setcap");
+        let (caps, flags) = setcap.split_once('=').expect("caps=flags");
+        assert_eq!(flags, "p", "permitted only: the agent raises them itself");
+        let mut in_file: Vec<String> = caps
+            .split(',')
+            .map(|c| c.trim_start_matches("cap_").to_uppercase())
+            .collect();
+        in_file.sort();
+        let helpers =
+            std::fs::read_to_string(root().join("helm/loupe/templates/_helpers.tpl")).unwrap();
+        let mut charted: Vec<String> = helpers
+            .split("define \"loupe.capabilities\"")
+            .nth(1)
+            .and_then(|rest| rest.split("{{- end -}}\n\n").next())
+            .expect("the chart's capability list")
+            .lines()
+            .filter_map(|l| l.strip_prefix("- "))
+            .map(str::to_string)
+            .collect();
+        charted.sort();
+        assert_eq!(in_file, charted);
         let test_rs = std::fs::read_to_string(root().join("xtask/src/test.rs")).expect("test.rs");
         assert!(test_rs.contains("build(Extras::Test)"));
         // It copies the binary `cargo xtask build` makes, and only that, into the final image.

@@ -208,6 +208,12 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.securityContext.runAsUser .Values.agent.publishTraceContext -}}
+{{- fail "securityContext.runAsUser is not 0: agent.publishTraceContext pins a map in the host's /sys/fs/bpf, which only root may write; turn one of them off" -}}
+{{- end -}}
+{{- if and .Values.securityContext.runAsUser .Values.securityContext.privileged -}}
+{{- fail "securityContext.runAsUser is not 0: the agent gets its capabilities from its file capabilities, not from securityContext.privileged; turn privileged off" -}}
+{{- end -}}
 {{- if and .Values.securityContext.privileged .Values.securityContext.seLinuxOptions -}}
 {{- fail "securityContext.seLinuxOptions has no effect with securityContext.privileged (containerd drops SELinux options of privileged containers): set privileged to false" -}}
 {{- end -}}
