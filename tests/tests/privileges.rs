@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use loupe_tests::{
-    Agent, agent_bin, chart_capabilities, chart_capabilities_kept, inclusive_counts, read_profiles,
-    require_root, workload,
+    Agent, agent_bin, chart_capabilities, chart_capabilities_kept, http_get_raw, inclusive_counts,
+    read_profiles, read_spans, require_root, workload,
 };
 
 /// `setpriv` arguments keeping only `caps` in the bounding set: a process of uid 0 then holds
@@ -195,8 +195,22 @@ fn as_a_non_root_user_with_file_capabilities_the_agent_profiles_and_captures() {
         .status()
         .expect("workload");
     assert!(ran.success());
+    // HTTP requests to root's server: spans, as in the span tests.
+    let (_server, http_port) = loupe_tests::span_server();
+    for _ in 0..5 {
+        let reply = http_get_raw(http_port, "/work");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
     let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
+    let served = read_spans(&out_dir)
+        .into_iter()
+        .filter(|s| s.kind == 2 && s.name.starts_with("GET"))
+        .count();
+    assert!(
+        served >= 5,
+        "{served} server spans of 5 requests:\n{stderr}"
+    );
     let profiles = read_profiles(&out_dir);
     let (_, profile) = profiles
         .iter()
