@@ -470,7 +470,6 @@ pub(crate) fn probe_uprobes(caps: Capabilities) -> Availability {
 fn open_uprobe_event(kind: u32) -> std::io::Result<()> {
     use std::{io::Write, os::fd::AsRawFd};
     const DISABLED: u64 = 1;
-    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
     // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor or -1.
     let fd = unsafe { libc::memfd_create(c"loupe-uprobe-probe".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -495,21 +494,32 @@ fn open_uprobe_event(kind: u32) -> std::io::Result<()> {
     };
     // SAFETY: `attr` is a valid, initialised perf_event_attr prefix whose `size` says how many
     // bytes the kernel may read, and `config1` points to `path`, alive for the call.
-    let event = unsafe {
+    unsafe { open_and_close((&attr as *const PerfEventAttrV1).cast()) }
+}
+
+/// Opens a perf event for all processes on CPU 0 and closes it at once.
+///
+/// # Safety
+/// `attr` points to an initialised `perf_event_attr` prefix whose `size` field says how many
+/// bytes the kernel may read, and any pointer inside it is valid for the call.
+unsafe fn open_and_close(attr: *const libc::c_void) -> std::io::Result<()> {
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+    // SAFETY: the caller vouches for `attr`; the other arguments are plain integers.
+    let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttrV1,
+            attr,
             -1 as libc::pid_t,
             0 as libc::c_int,
             -1 as libc::c_int,
             PERF_FLAG_FD_CLOEXEC,
         )
     };
-    if event < 0 {
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-    unsafe { libc::close(event as libc::c_int) };
+    unsafe { libc::close(fd as libc::c_int) };
     Ok(())
 }
 
@@ -519,7 +529,6 @@ fn probe_perf_event() -> Availability {
     const PERF_TYPE_SOFTWARE: u32 = 1;
     const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
     const DISABLED: u64 = 1;
-    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
     let attr = PerfEventAttrV0 {
         kind: PERF_TYPE_SOFTWARE,
         size: std::mem::size_of::<PerfEventAttrV0>() as u32,
@@ -529,23 +538,10 @@ fn probe_perf_event() -> Availability {
         ..Default::default()
     };
     // SAFETY: `attr` is a valid, initialised perf_event_attr prefix whose `size` field says how many
-    // bytes the kernel may read; the other arguments are plain integers.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttrV0,
-            -1 as libc::pid_t,
-            0 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-        unsafe { libc::close(fd as libc::c_int) };
+    // bytes the kernel may read; it holds no pointer.
+    let Err(err) = (unsafe { open_and_close((&attr as *const PerfEventAttrV0).cast()) }) else {
         return Availability::Yes;
-    }
-    let err = std::io::Error::last_os_error();
+    };
     let paranoid = fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();

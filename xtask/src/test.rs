@@ -135,29 +135,20 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 .arg(src.join("hot.rs")),
         )?;
         // Go: the standard library only, no network; its caches stay under target/.
-        exec(
-            Command::new("go")
-                .args(["build", "-o"])
-                .arg(out.join("go_fanout"))
-                .arg(src.join("go_fanout/main.go"))
-                .env("GO111MODULE", "off")
-                // No cgo (net's resolver would link libc): a static binary the VMs run as is.
-                .env("CGO_ENABLED", "0")
-                .env("GOCACHE", root().join("target/go-cache"))
-                .env("GOPATH", root().join("target/go-path"))
-                .env("GOFLAGS", "-buildvcs=false"),
-        )?;
-        exec(
-            Command::new("go")
-                .args(["build", "-o"])
-                .arg(out.join("go_tls"))
-                .arg(src.join("go_tls/main.go"))
-                .env("GO111MODULE", "off")
-                .env("CGO_ENABLED", "0")
-                .env("GOCACHE", root().join("target/go-cache"))
-                .env("GOPATH", root().join("target/go-path"))
-                .env("GOFLAGS", "-buildvcs=false"),
-        )?;
+        for program in ["go_fanout", "go_tls"] {
+            exec(
+                Command::new("go")
+                    .args(["build", "-o"])
+                    .arg(out.join(program))
+                    .arg(src.join(program).join("main.go"))
+                    .env("GO111MODULE", "off")
+                    // No cgo (net's resolver would link libc): static binaries the VMs run as are.
+                    .env("CGO_ENABLED", "0")
+                    .env("GOCACHE", root().join("target/go-cache"))
+                    .env("GOPATH", root().join("target/go-path"))
+                    .env("GOFLAGS", "-buildvcs=false"),
+            )?;
+        }
         split_debug_info(&out, "hot_c", "hot_c_stripped")
     })?;
     crate::bench_net::build_server().map(drop)
