@@ -87,6 +87,11 @@ fn growing_functions_top_the_page_fault_profile_in_proportion() {
     assert!(spin * 100 <= fast, "spin_here faulted {spin} B: {bytes:?}");
 
     let on = sum(&cpu_files);
+    eprintln!(
+        "CPU samples: spin_here {}, grow_fast {}",
+        on.get("spin_here").copied().unwrap_or(0),
+        on.get("grow_fast").copied().unwrap_or(0)
+    );
     assert!(
         on.get("spin_here").copied().unwrap_or(0) > 0,
         "the CPU profile has the spinner: {on:?}"

@@ -1,6 +1,6 @@
 /* The page-fault profiler's workload: every 50 ms, grow_fast() maps 2 MiB of fresh anonymous
  * memory and touches each page, grow_slow() 1 MiB; so the two functions fault in new pages at
- * 2:1. spin_here() burns CPU on memory it already has and faults nothing. The oldest regions
+ * 2:1. spin_here() burns 5 ms of CPU on memory it already has and faults nothing. The oldest regions
  * are unmapped past 64 of each, so the process stays under ~200 MiB while its faults go on.
  * Transparent huge pages are off for the process, so every 4 KiB page is one fault. Runs for
  * argv[1] seconds (default 30). Built with frame pointers by `cargo xtask test`. */
@@ -42,11 +42,18 @@ __attribute__((noinline)) char *grow_slow(void)
     return p;
 }
 
+/* 5 ms of this thread's CPU time per call, however fast the machine (a fixed count of rounds
+ * took ~0.3 ms here and gave the CPU profile ~5 samples in 8 s at 99 Hz: sometimes none on a
+ * loaded host; this gives ~70, and as many under emulation). */
 __attribute__((noinline)) void spin_here(void)
 {
-    for (int round = 0; round < 200; round++)
+    struct timespec from, now;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &from);
+    do {
         for (size_t i = 0; i < sizeof scratch; i += 64)
             ((volatile char *)scratch)[i]++;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    } while ((now.tv_sec - from.tv_sec) * 1000000000L + (now.tv_nsec - from.tv_nsec) < 5000000L);
 }
 
 int main(int argc, char **argv)
