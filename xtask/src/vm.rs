@@ -554,6 +554,13 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
             .unwrap_or(tool);
         binaries.push((PathBuf::from(tool), format!("bin/{name}"), false));
     }
+    // util-linux's setpriv (busybox's cannot change the bounding set): the doctor again without
+    // CAP_SYS_ADMIN, for the uprobes row.
+    binaries.push((
+        PathBuf::from("/usr/bin/setpriv"),
+        "loupe/setpriv".to_string(),
+        false,
+    ));
     for workload in [
         "hot_c",
         "hot_rs",
@@ -765,6 +772,9 @@ struct VmResult {
     in_capture: bool,
     /// Whether the VM has `::1` on `lo` (the TCP capture test's IPv6 half needs it).
     ipv6_loopback: Option<bool>,
+    /// The doctor's uprobes verdict without CAP_SYS_ADMIN (`yes`, `no`): whether this kernel
+    /// lets the chart's default capabilities create uprobes.
+    uprobes_without_sys_admin: Option<String>,
     done: bool,
     timed_out: bool,
     /// This boot was not the first: why the one before failed (its console log is kept apart).
@@ -862,6 +872,9 @@ impl VmResult {
             "capture-begin" => self.in_capture = true,
             "capture-end" => self.capture_rc = value.trim().parse().ok(),
             "ipv6-loopback" => self.ipv6_loopback = Some(value.trim() == "yes"),
+            "uprobes-without-sys-admin" => {
+                self.uprobes_without_sys_admin = Some(value.trim().to_string())
+            }
             "test" => {
                 if let Some((name, status)) = value.rsplit_once(' ') {
                     let tests = if self.in_capture {
@@ -1024,6 +1037,16 @@ fn render_table(results: &[VmResult]) -> String {
     for (label, prefix) in FEATURES {
         rows.push((label.to_string(), cell(&|r| r.feature(prefix))));
     }
+    rows.push((
+        "uprobes without CAP_SYS_ADMIN (the chart's default)".into(),
+        cell(&|r| match r.uprobes_without_sys_admin.as_deref() {
+            Some("yes") => "yes".into(),
+            Some("no") => {
+                "no: TLS in clear, Go goroutines, allocation profiles need SYS_ADMIN".into()
+            }
+            _ => "?".into(),
+        }),
+    ));
     rows.push((
         "socket capture chosen".into(),
         cell(&|r| r.summary("Socket capture method (network spans)")),
@@ -1201,6 +1224,7 @@ mod tests {
             "@@loupe test a_process_that_exits FAILED",
             "@@loupe e2e-end 101",
             "@@loupe ipv6-loopback yes",
+            "@@loupe uprobes-without-sys-admin no",
             "@@loupe capture-begin",
             "@@loupe capture-end 0",
             "@@loupe test net::capture::tests::captures_tcp_syscalls_on_the_real_kernel ok",
@@ -1222,6 +1246,7 @@ mod tests {
         assert_eq!(r.doctor_rc, Some(0));
         assert_eq!(r.tests.len(), 2);
         assert_eq!(r.ipv6_loopback, Some(true));
+        assert_eq!(r.uprobes_without_sys_admin.as_deref(), Some("no"));
         assert_eq!(r.capture_rc, Some(0));
         assert_eq!(
             r.capture_tests,
