@@ -949,7 +949,22 @@ fn notes_say_where_to_look_next() {
         "alloy.monitoring.svc.cluster.local",
         "Loupe service health",
         "docs/eks.md",
+        "securityContext.sysAdmin=true to have them",
     ] {
         assert!(notes.contains(want), "{want} missing from NOTES:\n{notes}");
     }
+    // With SYS_ADMIN granted, the uprobe paragraph goes.
+    let out = helm(&[
+        "install",
+        "loupe",
+        &chart,
+        "--dry-run=client",
+        "--set",
+        "securityContext.sysAdmin=true",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("no uprobes"),
+        "{text}"
+    );
 }
