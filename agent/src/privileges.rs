@@ -95,16 +95,7 @@ struct CapData {
 /// (the chart's table). Called first in `main`, before any thread exists, so every thread
 /// inherits the result. Returns the effective set before and after.
 pub fn raise_effective() -> io::Result<(u64, u64)> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes two CapData (the version 3 layout) through a valid pointer and reads
-    // the header, both live for the call.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut data = capget()?;
     let before = u64::from(data[0].effective) | u64::from(data[1].effective) << 32;
     for d in &mut data {
         d.effective = d.permitted;
@@ -113,6 +104,10 @@ pub fn raise_effective() -> io::Result<(u64, u64)> {
     if after == before {
         return Ok((before, after));
     }
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     // SAFETY: capset reads the header and two CapData through valid pointers, live for the call.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -123,8 +118,8 @@ pub fn raise_effective() -> io::Result<(u64, u64)> {
 /// The set every thread is to hold (permitted = effective; inheritable empty).
 static TARGET: AtomicU64 = AtomicU64::new(0);
 
-/// The calling thread's permitted set.
-pub(crate) fn permitted() -> io::Result<u64> {
+/// The calling thread's capability sets (the version 3 layout: low and high 32 bits).
+fn capget() -> io::Result<[CapData; 2]> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -132,10 +127,15 @@ pub(crate) fn permitted() -> io::Result<u64> {
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two CapData (the version 3 layout) through a valid pointer and reads
     // the header, both live for the call.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    if r != 0 {
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(data)
+}
+
+/// The calling thread's permitted set.
+pub(crate) fn permitted() -> io::Result<u64> {
+    let data = capget()?;
     Ok(u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32)
 }
 

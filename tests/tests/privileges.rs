@@ -24,6 +24,27 @@ fn bounding_set(caps: &[String]) -> String {
     arg
 }
 
+/// `binary` (the agent) started by `setpriv` with `setpriv_args` and exactly `caps` in its
+/// bounding set, profiling at 99 Hz into `out_dir`, logging into `dir`.
+fn start_with(
+    setpriv_args: &[&str],
+    caps: &[String],
+    binary: &std::path::Path,
+    out_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> Agent {
+    let mut agent = Command::new("setpriv");
+    agent
+        .args(setpriv_args)
+        .arg("--bounding-set")
+        .arg(bounding_set(caps))
+        .arg(binary)
+        .args(["run", "--profile-hz", "99", "--profile-interval", "60s"])
+        .arg("--output-dir")
+        .arg(out_dir);
+    Agent::start(agent, dir, "agent")
+}
+
 /// Capability numbers from linux/capability.h.
 fn cap_number(name: &str) -> u32 {
     match name {
@@ -45,21 +66,7 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     let caps = chart_capabilities();
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("out");
-    let mut agent = Command::new("setpriv");
-    agent
-        .arg("--bounding-set")
-        .arg(bounding_set(&caps))
-        .arg(agent_bin())
-        .args([
-            "run",
-            "--profile-hz",
-            "99",
-            "--profile-interval",
-            "60s",
-            "--output-dir",
-        ])
-        .arg(&out_dir);
-    let agent = Agent::start(agent, dir.path(), "agent");
+    let agent = start_with(&[], &caps, &agent_bin(), &out_dir, dir.path());
 
     // setpriv execs the agent: the child's pid is the agent's. It started with the chart's set
     // (it attached everything below) and now holds the kept part of it, in every thread.
@@ -161,22 +168,8 @@ fn as_a_non_root_user_with_file_capabilities_the_agent_profiles_and_captures() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut agent = Command::new("setpriv");
-    agent
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg("--bounding-set")
-        .arg(bounding_set(&caps))
-        .arg(&binary)
-        .args([
-            "run",
-            "--profile-hz",
-            "99",
-            "--profile-interval",
-            "60s",
-            "--output-dir",
-        ])
-        .arg(&out_dir);
-    let agent = Agent::start(agent, dir.path(), "agent");
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let agent = start_with(&as_nobody, &caps, &binary, &out_dir, dir.path());
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let uid = status
         .lines()
@@ -231,14 +224,13 @@ fn with_the_charts_sys_admin_the_tls_probes_attach() {
     let mut caps = chart_capabilities();
     caps.push("SYS_ADMIN".into());
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut agent = Command::new("setpriv");
-    agent
-        .arg("--bounding-set")
-        .arg(bounding_set(&caps))
-        .arg(agent_bin())
-        .args(["run", "--profile-interval", "60s", "--output-dir"])
-        .arg(dir.path().join("out"));
-    let agent = Agent::start(agent, dir.path(), "agent");
+    let agent = start_with(
+        &[],
+        &caps,
+        &agent_bin(),
+        &dir.path().join("out"),
+        dir.path(),
+    );
     let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
     let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
