@@ -280,6 +280,26 @@ pub fn decode_samples(profile: &Profile) -> Vec<DecodedSample> {
         .collect()
 }
 
+/// One line per CPU profile the local sink wrote under `dir`: its file, its sample count and its
+/// three hottest leaf functions (for failure messages: which services got the samples).
+pub fn describe_profiles(dir: &Path) -> String {
+    let mut out = String::new();
+    for (name, profile) in read_profiles(dir) {
+        let mut leaves: HashMap<String, i64> = HashMap::new();
+        let mut total = 0;
+        for s in decode_samples(&profile) {
+            total += s.count;
+            let leaf = s.functions.first().cloned().unwrap_or_default();
+            *leaves.entry(leaf).or_default() += s.count;
+        }
+        let mut top: Vec<_> = leaves.into_iter().collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        top.truncate(3);
+        out.push_str(&format!("{name}: {total} samples, leaves {top:?}\n"));
+    }
+    out
+}
+
 /// Sample counts (the `samples`/`count` value) of every function, counting a sample once for each
 /// distinct function anywhere on its stack (inclusive time).
 pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {

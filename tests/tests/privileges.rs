@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use loupe_tests::{
-    Agent, agent_bin, chart_capabilities, chart_capabilities_kept, http_get_raw, inclusive_counts,
-    read_profiles, read_spans, require_root, workload,
+    Agent, agent_bin, chart_capabilities, chart_capabilities_kept, describe_profiles, http_get_raw,
+    inclusive_counts, read_profiles, read_spans, require_root, workload,
 };
 
 /// `setpriv` arguments keeping only `caps` in the bounding set: a process of uid 0 then holds
@@ -74,7 +74,7 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
     assert!(kept.len() < caps.len(), "kept {kept:?} of {caps:?}");
     assert_every_thread_holds(agent.pid(), &kept);
 
-    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    let metrics = http_get_raw(agent.port, "/metrics");
     for c in &caps {
         let line = format!("loupe_capabilities{{capability=\"CAP_{c}\"}} 1");
         assert_eq!(
@@ -117,6 +117,7 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         .status()
         .expect("workload");
     assert!(ran.success());
+    let before_stop = http_get_raw(agent.port, "/metrics");
     let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
     assert_eq!(
@@ -124,17 +125,27 @@ fn the_charts_capabilities_are_enough_to_profile_and_capture() {
         !uprobes,
         "one warning names what is off when uprobes are refused:\n{stderr}"
     );
-    assert_hot_c_symbolized(&out_dir, &stderr);
+    assert_hot_c_symbolized(&out_dir, &stderr, &before_stop);
 }
 
-/// `hot_c`'s profile in `out_dir` has its hot function, symbolized (`stderr`: the agent's, for
-/// the failure message).
-fn assert_hot_c_symbolized(out_dir: &std::path::Path, stderr: &str) {
+/// `hot_c`'s profile in `out_dir` has its hot function, symbolized (`stderr`: the agent's, and
+/// `metrics`: its /metrics before the stop, for the failure message).
+fn assert_hot_c_symbolized(out_dir: &std::path::Path, stderr: &str, metrics: &str) {
     let profiles = read_profiles(out_dir);
     let (_, profile) = profiles
         .iter()
         .find(|(name, _)| name.starts_with("hot_c-"))
-        .unwrap_or_else(|| panic!("no hot_c profile:\n{stderr}"));
+        .unwrap_or_else(|| {
+            let profiler: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("loupe_profiler") || l.starts_with("loupe_processes"))
+                .collect();
+            panic!(
+                "no hot_c profile; profiles:\n{}\nprofiler metrics:\n{}\n{stderr}",
+                describe_profiles(out_dir),
+                profiler.join("\n")
+            )
+        });
     let counts = inclusive_counts(profile);
     assert!(
         counts.get("hot_alpha").copied().unwrap_or(0) > 20,
@@ -180,7 +191,7 @@ fn as_a_non_root_user_with_file_capabilities_the_agent_profiles_and_captures() {
         "runs as 65534: {uid}"
     );
     assert_every_thread_holds(agent.pid(), &chart_capabilities_kept());
-    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    let metrics = http_get_raw(agent.port, "/metrics");
     for program in ["profiler", "page_faults", "sockets", "tcp_context"] {
         assert!(
             metrics.contains(&format!("program=\"{program}\"}} 1")),
@@ -200,6 +211,7 @@ fn as_a_non_root_user_with_file_capabilities_the_agent_profiles_and_captures() {
         let reply = http_get_raw(http_port, "/work");
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
+    let before_stop = http_get_raw(agent.port, "/metrics");
     let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
     let served = read_spans(&out_dir)
@@ -210,7 +222,7 @@ fn as_a_non_root_user_with_file_capabilities_the_agent_profiles_and_captures() {
         served >= 5,
         "{served} server spans of 5 requests:\n{stderr}"
     );
-    assert_hot_c_symbolized(&out_dir, &stderr);
+    assert_hot_c_symbolized(&out_dir, &stderr, &before_stop);
 }
 
 /// The TLS probes' attach-method line in /metrics.
@@ -231,7 +243,7 @@ fn with_the_charts_sys_admin_the_tls_probes_attach() {
         &dir.path().join("out"),
         dir.path(),
     );
-    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
+    let metrics = http_get_raw(agent.port, "/metrics");
     let (exit, stderr) = agent.stop(Duration::from_secs(60));
     assert!(exit.success(), "{stderr}");
     assert!(
