@@ -331,6 +331,12 @@ impl PushClient {
 
     /// POSTs `body`, retrying as configured. Returns the result and the number of retries.
     pub async fn post(&self, body: Bytes) -> (Result<(), PostError>, u64) {
+        self.post_with(body, true).await
+    }
+
+    /// POSTs `body`; with `retry`, retries as configured, else makes one attempt.
+    pub async fn post_with(&self, body: Bytes, retry: bool) -> (Result<(), PostError>, u64) {
+        let max_retries = if retry { self.max_retries } else { 0 };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -342,7 +348,7 @@ impl PushClient {
                 // reqwest marks the header sensitive.
                 request = request.bearer_auth(token.current());
             }
-            let can_retry = attempt <= self.max_retries;
+            let can_retry = attempt <= max_retries;
             let retries = u64::from(attempt - 1);
             let retry_after = match request.send().await {
                 Ok(response) if response.status().is_success() => {
@@ -384,6 +390,18 @@ impl PushClient {
                 }
             };
             tokio::time::sleep(retry_after.unwrap_or_else(|| self.backoff.delay(attempt))).await;
+        }
+    }
+}
+
+impl PostError {
+    /// Whether the same request may succeed later: a transport failure, or 429, 502, 503, 504.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PostError::Status { status, .. } => StatusCode::from_u16(*status)
+                .map(retryable_status)
+                .unwrap_or(false),
+            PostError::Transport { .. } => true,
         }
     }
 }

@@ -15,7 +15,6 @@
 //! Not supported yet: compression, gRPC `RetryInfo` delays.
 
 use std::fmt;
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +24,9 @@ use tonic::Code;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::export::{Batching, ExportReport};
+use bytes::Bytes;
+
+use crate::export::{Batching, Delivery, Payload, Sent};
 use crate::retry::{Backoff, cut};
 
 /// Timeout of one export call unless configured otherwise.
@@ -212,15 +213,6 @@ pub enum OtlpExportError {
     },
 }
 
-/// What a receiver's `partial_success` said: items rejected and why.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PartialSuccess {
-    /// `rejected_spans`, `rejected_log_records`.
-    pub rejected: i64,
-    /// `error_message`.
-    pub message: String,
-}
-
 /// A validated endpoint with its channel, metadata, retry policy and batching: the part every
 /// OTLP sink shares.
 #[derive(Debug, Clone)]
@@ -378,26 +370,21 @@ impl OtlpClient {
         self.batching
     }
 
-    /// Sends `request` (holding `items` items of `signal`) with `call`, which makes one attempt on
-    /// a clone of the channel and returns the receiver's partial success; retries as configured.
-    pub async fn export<Req, F, Fut>(
+    /// Sends one encoded export request (`payload`, holding `payload.items` items of `signal`) to
+    /// the gRPC method `path`; with `retry`, retries as configured, else makes one attempt.
+    pub async fn send(
         &self,
         signal: &'static str,
-        items: u64,
-        request: Req,
-        call: F,
-    ) -> ExportReport<OtlpExportError>
-    where
-        Req: Message + Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Option<PartialSuccess>, tonic::Status>>,
-    {
-        let bytes = request.encoded_len() as u64;
-        let mut report = ExportReport::default();
+        path: &'static str,
+        payload: Payload,
+        retry: bool,
+    ) -> Sent<OtlpExportError> {
+        let items = payload.items;
+        let max_retries = if retry { self.max_retries } else { 0 };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let mut req = tonic::Request::new(request.clone());
+            let mut req = tonic::Request::new(payload.body.clone());
             *req.metadata_mut() = self.metadata.clone();
             if let Some(file) = &self.token_file
                 && let Ok(mut v) =
@@ -406,47 +393,131 @@ impl OtlpClient {
                 v.set_sensitive(true);
                 req.metadata_mut().insert("authorization", v);
             }
-            match call(self.channel.clone(), req).await {
-                Ok(partial) => {
-                    report.retries = u64::from(attempt - 1);
-                    report.bytes_sent = bytes;
-                    let PartialSuccess { rejected, message } = partial.unwrap_or_default();
-                    let rejected = u64::try_from(rejected).unwrap_or(0).min(items);
-                    report.items_exported = items - rejected;
-                    if rejected > 0 {
-                        report.items_failed = rejected;
-                        report.errors.push(OtlpExportError::Rejected {
+            let retries = u64::from(attempt - 1);
+            match self.call(path, req).await {
+                Ok(response) => {
+                    let partial = response.partial_success.unwrap_or_default();
+                    let rejected = u64::try_from(partial.rejected).unwrap_or(0).min(items);
+                    let error = if rejected > 0 {
+                        Some(OtlpExportError::Rejected {
                             signal,
                             endpoint: self.endpoint.clone(),
                             rejected,
-                            message: cut(&message, MAX_MESSAGE),
-                        });
-                    } else if !message.is_empty() {
-                        tracing::debug!(endpoint = %self.endpoint, signal, message = %message, "otlp receiver warning");
-                    }
-                    return report;
+                            message: cut(&partial.error_message, MAX_MESSAGE),
+                        })
+                    } else {
+                        if !partial.error_message.is_empty() {
+                            tracing::debug!(endpoint = %self.endpoint, signal, message = %partial.error_message, "otlp receiver warning");
+                        }
+                        None
+                    };
+                    return Sent {
+                        delivery: Delivery::Accepted { rejected, error },
+                        retries,
+                    };
                 }
                 Err(status) => {
                     let code = status.code();
-                    if attempt > self.max_retries || !retryable(code) {
-                        report.retries = u64::from(attempt - 1);
-                        report.items_failed = items;
-                        report.errors.push(OtlpExportError::Status {
+                    if attempt > max_retries || !retryable(code) {
+                        let error = OtlpExportError::Status {
                             signal,
                             endpoint: self.endpoint.clone(),
                             items,
                             code,
                             message: cut(status.message(), MAX_MESSAGE),
                             attempts: attempt,
-                        });
-                        return report;
+                        };
+                        let delivery = if retryable(code) {
+                            Delivery::Unreachable(error)
+                        } else {
+                            Delivery::Refused(error)
+                        };
+                        return Sent { delivery, retries };
                     }
-                    let delay = self.backoff.delay(attempt);
-                    tracing::debug!(endpoint = %self.endpoint, signal, attempt, ?delay, ?code, message = status.message(), "retrying otlp export");
-                    tokio::time::sleep(delay).await;
+                    let delivery = self.backoff.delay(attempt);
+                    tracing::debug!(endpoint = %self.endpoint, signal, attempt, ?delivery, ?code, message = status.message(), "retrying otlp export");
+                    tokio::time::sleep(delivery).await;
                 }
             }
         }
+    }
+
+    /// One unary call of `path` with an already encoded request.
+    async fn call(
+        &self,
+        path: &'static str,
+        request: tonic::Request<Bytes>,
+    ) -> Result<ExportResponse, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+        Ok(grpc.unary(request, path, EncodedCodec).await?.into_inner())
+    }
+}
+
+/// `Export*ServiceResponse` of every OTLP signal: field 1, `partial_success`, whose field 1 is
+/// the count rejected (`rejected_spans`, `rejected_log_records`…) and field 2 the message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<PartialSuccessFields>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PartialSuccessFields {
+    #[prost(int64, tag = "1")]
+    rejected: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
+}
+
+/// A gRPC codec whose requests are protobuf bodies encoded already (what the spool keeps) and
+/// whose responses are [`ExportResponse`]s.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl tonic::codec::Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportResponse;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec
+    }
+}
+
+impl tonic::codec::Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for EncodedCodec {
+    type Item = ExportResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ExportResponse>, tonic::Status> {
+        ExportResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable otlp response: {e}")))
     }
 }
 

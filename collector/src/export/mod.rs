@@ -24,9 +24,12 @@ use crate::telemetry::Registry;
 
 mod batcher;
 mod pipeline;
+pub mod spool;
+mod wire;
 
 pub use batcher::{Accumulator, Batcher, Grouped, PassThrough};
 pub use pipeline::{DEFAULT_QUEUE_CAPACITY, Exporter, ExporterHandle, PipelineError, Submitter};
+pub use wire::{Delivery, Payload, Sent, SpoolConfig, SpooledSink, WireSink, export_direct};
 
 /// A boxed, sendable future, so that [`Sink`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -70,6 +73,8 @@ pub struct ExportReport<E> {
     pub items_exported: u64,
     /// Items given up on: failed after retries, or rejected by the receiver.
     pub items_failed: u64,
+    /// Items the receiver could not take now, written to the sink's spool to be sent later.
+    pub items_spooled: u64,
     /// Payload bytes written or sent (after compression).
     pub bytes_sent: u64,
     /// Requests retried.
@@ -83,6 +88,7 @@ impl<E> Default for ExportReport<E> {
         Self {
             items_exported: 0,
             items_failed: 0,
+            items_spooled: 0,
             bytes_sent: 0,
             retries: 0,
             errors: Vec::new(),
@@ -101,6 +107,7 @@ impl<E> ExportReport<E> {
         ExportReport {
             items_exported: self.items_exported,
             items_failed: self.items_failed,
+            items_spooled: self.items_spooled,
             bytes_sent: self.bytes_sent,
             retries: self.retries,
             errors: self.errors.into_iter().map(F::from).collect(),
@@ -123,6 +130,10 @@ pub trait Sink<B: SignalBatch>: Send + Sync + 'static {
 
     /// Registers the sink's own metrics; called once by the pipeline before the first export.
     fn register_metrics(&mut self, _registry: &Registry) {}
+
+    /// The pipeline began to stop: what is left is exported without waiting out retries (a
+    /// spooling sink spools what the receiver does not take at once).
+    fn stopping(&self) {}
 
     /// Exports one batch (for accumulating signals, at most `batching().max_items` items).
     fn export(&self, batch: Arc<B>) -> BoxFuture<'_, ExportReport<B::Error>>;

@@ -34,8 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 
-use super::{LOG_IOSTREAM, LogBatch, LogExportReport, LogRecord};
-use crate::export::{Batching, Sink};
+use super::{LOG_IOSTREAM, LogBatch, LogExportReport, LogRecord, LogSinkError};
+use crate::export::{Batching, Delivery, Payload, Sent, Sink, WireSink, export_direct};
 use crate::http::{HttpConfigError, PostError, PushClient, PushSettings};
 use crate::retry::Backoff;
 use crate::sink::BoxFuture;
@@ -279,6 +279,91 @@ impl LokiSink {
     }
 }
 
+impl WireSink<LogBatch> for LokiSink {
+    fn name(&self) -> &str {
+        "loki"
+    }
+
+    fn batching(&self) -> Batching {
+        self.batching
+    }
+
+    fn encode(&self, batch: Arc<LogBatch>) -> BoxFuture<'_, (Vec<Payload>, LogExportReport)> {
+        Box::pin(async move {
+            let records = batch.record_count();
+            let mut report = LogExportReport::default();
+            match snap::raw::Encoder::new().compress_vec(&push_request(&batch).encode_to_vec()) {
+                Ok(b) => (
+                    vec![Payload {
+                        items: records,
+                        body: Bytes::from(b),
+                    }],
+                    report,
+                ),
+                Err(source) => {
+                    report.items_failed = records;
+                    report
+                        .errors
+                        .push(LokiPushError::Compress { records, source }.into());
+                    (Vec::new(), report)
+                }
+            }
+        })
+    }
+
+    fn send(&self, payload: Payload, retry: bool) -> BoxFuture<'_, Sent<LogSinkError>> {
+        Box::pin(async move {
+            let records = payload.items;
+            let (result, retries) = self.client.post_with(payload.body, retry).await;
+            let url = || self.client.url().to_string();
+            let delivery = match result {
+                Ok(()) => Delivery::Accepted {
+                    rejected: 0,
+                    error: None,
+                },
+                Err(e) => {
+                    let transient = e.is_transient();
+                    let error: LogSinkError = match e {
+                        PostError::Status {
+                            status,
+                            attempts,
+                            body,
+                        } => {
+                            if !transient && !self.rejection_logged.swap(true, Ordering::Relaxed) {
+                                tracing::warn!(
+                                    url = %url(), status, %body,
+                                    "loki rejected a push; its records are dropped and counted (logged once)"
+                                );
+                            }
+                            LokiPushError::Status {
+                                url: url(),
+                                records,
+                                status,
+                                attempts,
+                                body,
+                            }
+                            .into()
+                        }
+                        PostError::Transport { attempts, source } => LokiPushError::Transport {
+                            url: url(),
+                            records,
+                            attempts,
+                            source,
+                        }
+                        .into(),
+                    };
+                    if transient {
+                        Delivery::Unreachable(error)
+                    } else {
+                        Delivery::Refused(error)
+                    }
+                }
+            };
+            Sent { delivery, retries }
+        })
+    }
+}
+
 impl Sink<LogBatch> for LokiSink {
     fn name(&self) -> &str {
         "loki"
@@ -289,71 +374,7 @@ impl Sink<LogBatch> for LokiSink {
     }
 
     fn export(&self, batch: Arc<LogBatch>) -> BoxFuture<'_, LogExportReport> {
-        Box::pin(async move {
-            let records = batch.record_count();
-            let mut report = LogExportReport::default();
-            let body = match snap::raw::Encoder::new()
-                .compress_vec(&push_request(&batch).encode_to_vec())
-            {
-                Ok(b) => Bytes::from(b),
-                Err(source) => {
-                    report.items_failed = records;
-                    report
-                        .errors
-                        .push(LokiPushError::Compress { records, source }.into());
-                    return report;
-                }
-            };
-            let len = body.len() as u64;
-            let (result, retries) = self.client.post(body).await;
-            report.retries = retries;
-            let url = || self.client.url().to_string();
-            match result {
-                Ok(()) => {
-                    report.items_exported = records;
-                    report.bytes_sent = len;
-                }
-                Err(PostError::Status {
-                    status,
-                    attempts,
-                    body,
-                }) => {
-                    if !crate::http::retryable_status(
-                        reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::OK),
-                    ) && !self.rejection_logged.swap(true, Ordering::Relaxed)
-                    {
-                        tracing::warn!(
-                            url = %url(), status, %body,
-                            "loki rejected a push; its records are dropped and counted (logged once)"
-                        );
-                    }
-                    report.items_failed = records;
-                    report.errors.push(
-                        LokiPushError::Status {
-                            url: url(),
-                            records,
-                            status,
-                            attempts,
-                            body,
-                        }
-                        .into(),
-                    );
-                }
-                Err(PostError::Transport { attempts, source }) => {
-                    report.items_failed = records;
-                    report.errors.push(
-                        LokiPushError::Transport {
-                            url: url(),
-                            records,
-                            attempts,
-                            source,
-                        }
-                        .into(),
-                    );
-                }
-            }
-            report
-        })
+        Box::pin(export_direct(self, batch))
     }
 }
 

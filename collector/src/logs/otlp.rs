@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use super::proto::collector::logs_service_client::LogsServiceClient;
-use super::{LogBatch, LogExportReport};
-use crate::export::Batching;
-use crate::export::Sink;
-use crate::otlp::{OtlpClient, PartialSuccess};
+use bytes::Bytes;
+use prost::Message;
+
+use super::{LogBatch, LogExportReport, LogSinkError};
+use crate::export::{Batching, Delivery, Payload, Sent, Sink, WireSink, export_direct};
+use crate::otlp::OtlpClient;
 use crate::otlp::{OtlpConfig, OtlpConfigError};
 use crate::sink::BoxFuture;
 
@@ -37,6 +38,46 @@ impl OtlpLogSink {
     }
 }
 
+/// The gRPC method exported to.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+impl WireSink<LogBatch> for OtlpLogSink {
+    fn name(&self) -> &str {
+        "otlp"
+    }
+
+    fn batching(&self) -> Batching {
+        self.client.batching()
+    }
+
+    fn encode(&self, batch: Arc<LogBatch>) -> BoxFuture<'_, (Vec<Payload>, LogExportReport)> {
+        Box::pin(async move {
+            let payload = Payload {
+                items: batch.record_count(),
+                body: Bytes::from(batch.to_request().encode_to_vec()),
+            };
+            (vec![payload], LogExportReport::default())
+        })
+    }
+
+    fn send(&self, payload: Payload, retry: bool) -> BoxFuture<'_, Sent<LogSinkError>> {
+        Box::pin(async move {
+            let sent = self.client.send("logs", EXPORT_PATH, payload, retry).await;
+            Sent {
+                delivery: match sent.delivery {
+                    Delivery::Accepted { rejected, error } => Delivery::Accepted {
+                        rejected,
+                        error: error.map(Into::into),
+                    },
+                    Delivery::Refused(e) => Delivery::Refused(e.into()),
+                    Delivery::Unreachable(e) => Delivery::Unreachable(e.into()),
+                },
+                retries: sent.retries,
+            }
+        })
+    }
+}
+
 impl Sink<LogBatch> for OtlpLogSink {
     fn name(&self) -> &str {
         "otlp"
@@ -47,28 +88,7 @@ impl Sink<LogBatch> for OtlpLogSink {
     }
 
     fn export(&self, batch: Arc<LogBatch>) -> BoxFuture<'_, LogExportReport> {
-        Box::pin(async move {
-            let request = batch.to_request();
-            let report = self
-                .client
-                .export(
-                    "logs",
-                    batch.record_count(),
-                    request,
-                    |channel, call| async move {
-                        let response = LogsServiceClient::new(channel).export(call).await?;
-                        Ok(response
-                            .into_inner()
-                            .partial_success
-                            .map(|p| PartialSuccess {
-                                rejected: p.rejected_log_records,
-                                message: p.error_message,
-                            }))
-                    },
-                )
-                .await;
-            report.convert()
-        })
+        Box::pin(export_direct(self, batch))
     }
 }
 

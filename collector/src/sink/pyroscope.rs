@@ -21,7 +21,7 @@ use prost::Message;
 use reqwest::Url;
 
 use super::{BoxFuture, ExportReport, SinkError};
-use crate::export::Sink;
+use crate::export::{Delivery, Payload, Sent, Sink, WireSink, export_direct};
 pub use crate::http::MAX_RETRY_AFTER;
 use crate::http::{HttpConfigError, PostError, PushClient, PushSettings};
 use crate::pprof::{self, PprofError};
@@ -249,32 +249,6 @@ impl PyroscopeSink {
             .collect()
     }
 
-    /// Sends one body, retrying as configured. Returns the result and the number of retries.
-    async fn push(&self, service: &str, body: Bytes) -> (Result<(), PushError>, u64) {
-        let (result, retries) = self.client.post(body).await;
-        let url = || self.client.url().to_string();
-        let result = result.map_err(|e| match e {
-            PostError::Status {
-                status,
-                attempts,
-                body,
-            } => PushError::Status {
-                service: service.to_owned(),
-                url: url(),
-                status,
-                attempts,
-                body,
-            },
-            PostError::Transport { attempts, source } => PushError::Transport {
-                service: service.to_owned(),
-                url: url(),
-                attempts,
-                source,
-            },
-        });
-        (result, retries)
-    }
-
     /// Backoff before retry number `retry` (1-based): exponential, capped, half of it jittered.
     #[cfg(test)]
     fn backoff(&self, retry: u32) -> Duration {
@@ -282,12 +256,12 @@ impl PyroscopeSink {
     }
 }
 
-impl Sink<ProfileBatch> for PyroscopeSink {
+impl WireSink<ProfileBatch> for PyroscopeSink {
     fn name(&self) -> &str {
         "pyroscope"
     }
 
-    fn export(&self, batch: Arc<ProfileBatch>) -> BoxFuture<'_, ExportReport> {
+    fn encode(&self, batch: Arc<ProfileBatch>) -> BoxFuture<'_, (Vec<Payload>, ExportReport)> {
         Box::pin(async move {
             let mut report = ExportReport::default();
             let host_labels = self.host_labels.clone();
@@ -301,45 +275,95 @@ impl Sink<ProfileBatch> for PyroscopeSink {
                     Err(e) => {
                         report.items_failed = total;
                         report.errors.push(PushError::Task(e).into());
-                        return report;
+                        return (Vec::new(), report);
                     }
                 };
-            // Once a push cannot reach the backend (connection refused, no DNS, timeouts) after
-            // its retries, the batch's other services are not tried: each would wait out the
-            // same retries, and a silent backend would hold the exporter for minutes per
-            // interval. They are counted as failed.
-            let mut unreachable = false;
-            for (service, body) in bodies {
-                if unreachable {
-                    report.items_failed += 1;
-                    continue;
-                }
-                let body = match body {
-                    Ok(b) => b,
+            let mut payloads = Vec::with_capacity(bodies.len());
+            for (_, body) in bodies {
+                match body {
+                    Ok(body) => payloads.push(Payload { items: 1, body }),
                     Err(e) => {
                         report.items_failed += 1;
                         report.errors.push(e.into());
-                        continue;
-                    }
-                };
-                let len = body.len() as u64;
-                let (result, retries) = self.push(&service, body).await;
-                report.retries += retries;
-                match result {
-                    Ok(()) => {
-                        report.items_exported += 1;
-                        report.bytes_sent += len;
-                    }
-                    Err(e) => {
-                        unreachable = matches!(e, PushError::Transport { .. });
-                        report.items_failed += 1;
-                        report.errors.push(SinkError::from(e));
                     }
                 }
             }
-            report
+            (payloads, report)
         })
     }
+
+    fn send(&self, payload: Payload, retry: bool) -> BoxFuture<'_, Sent<SinkError>> {
+        Box::pin(async move {
+            let body = payload.body.clone();
+            let (result, retries) = self.client.post_with(payload.body, retry).await;
+            let Err(e) = result else {
+                return Sent {
+                    delivery: Delivery::Accepted {
+                        rejected: 0,
+                        error: None,
+                    },
+                    retries,
+                };
+            };
+            // The service, for the message: read back from the body, on failures only.
+            let service = service_of(&body);
+            let url = self.client.url().to_string();
+            let transient = e.is_transient();
+            let error = SinkError::from(match e {
+                PostError::Status {
+                    status,
+                    attempts,
+                    body,
+                } => PushError::Status {
+                    service,
+                    url,
+                    status,
+                    attempts,
+                    body,
+                },
+                PostError::Transport { attempts, source } => PushError::Transport {
+                    service,
+                    url,
+                    attempts,
+                    source,
+                },
+            });
+            let delivery = if transient {
+                Delivery::Unreachable(error)
+            } else {
+                Delivery::Refused(error)
+            };
+            Sent { delivery, retries }
+        })
+    }
+}
+
+/// Each service profile is one push. Once a push cannot reach the backend (connection refused,
+/// no DNS, timeouts) after its retries, the batch's other services are not tried: each would
+/// wait out the same retries, and a silent backend would hold the exporter for minutes per
+/// interval. They are counted as failed, or spooled when the sink has a spool.
+impl Sink<ProfileBatch> for PyroscopeSink {
+    fn name(&self) -> &str {
+        "pyroscope"
+    }
+
+    fn export(&self, batch: Arc<ProfileBatch>) -> BoxFuture<'_, ExportReport> {
+        Box::pin(export_direct(self, batch))
+    }
+}
+
+/// The `service_name` label of an encoded `PushRequest` (empty when it has none).
+fn service_of(body: &[u8]) -> String {
+    PushRequest::decode(body)
+        .ok()
+        .and_then(|r| {
+            r.series
+                .into_iter()
+                .flat_map(|s| s.labels)
+                .find(|l| l.name == "service_name")
+                .map(|l| l.value)
+        })
+        .unwrap_or_default()
 }
 
 /// The series labels: reserved ones, host labels, profile labels; sanitized, deduplicated (later

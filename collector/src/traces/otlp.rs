@@ -8,10 +8,12 @@
 
 use std::sync::Arc;
 
-use super::proto::collector::trace_service_client::TraceServiceClient;
-use super::{Batching, TraceBatch, TraceExportReport};
-use crate::export::Sink;
-use crate::otlp::{OtlpClient, PartialSuccess};
+use bytes::Bytes;
+use prost::Message;
+
+use super::{Batching, TraceBatch, TraceExportReport, TraceSinkError};
+use crate::export::{Delivery, Payload, Sent, Sink, WireSink, export_direct};
+use crate::otlp::OtlpClient;
 pub use crate::otlp::{OtlpConfig, OtlpConfigError, OtlpExportError};
 use crate::sink::BoxFuture;
 
@@ -36,6 +38,46 @@ impl OtlpTraceSink {
     }
 }
 
+/// The gRPC method exported to.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl WireSink<TraceBatch> for OtlpTraceSink {
+    fn name(&self) -> &str {
+        "otlp"
+    }
+
+    fn batching(&self) -> Batching {
+        self.client.batching()
+    }
+
+    fn encode(&self, batch: Arc<TraceBatch>) -> BoxFuture<'_, (Vec<Payload>, TraceExportReport)> {
+        Box::pin(async move {
+            let payload = Payload {
+                items: batch.span_count(),
+                body: Bytes::from(batch.to_request().encode_to_vec()),
+            };
+            (vec![payload], TraceExportReport::default())
+        })
+    }
+
+    fn send(&self, payload: Payload, retry: bool) -> BoxFuture<'_, Sent<TraceSinkError>> {
+        Box::pin(async move {
+            let sent = self.client.send("spans", EXPORT_PATH, payload, retry).await;
+            Sent {
+                delivery: match sent.delivery {
+                    Delivery::Accepted { rejected, error } => Delivery::Accepted {
+                        rejected,
+                        error: error.map(Into::into),
+                    },
+                    Delivery::Refused(e) => Delivery::Refused(e.into()),
+                    Delivery::Unreachable(e) => Delivery::Unreachable(e.into()),
+                },
+                retries: sent.retries,
+            }
+        })
+    }
+}
+
 impl Sink<TraceBatch> for OtlpTraceSink {
     fn name(&self) -> &str {
         "otlp"
@@ -46,28 +88,7 @@ impl Sink<TraceBatch> for OtlpTraceSink {
     }
 
     fn export(&self, batch: Arc<TraceBatch>) -> BoxFuture<'_, TraceExportReport> {
-        Box::pin(async move {
-            let request = batch.to_request();
-            let report = self
-                .client
-                .export(
-                    "spans",
-                    batch.span_count(),
-                    request,
-                    |channel, call| async move {
-                        let response = TraceServiceClient::new(channel).export(call).await?;
-                        Ok(response
-                            .into_inner()
-                            .partial_success
-                            .map(|p| PartialSuccess {
-                                rejected: p.rejected_spans,
-                                message: p.error_message,
-                            }))
-                    },
-                )
-                .await;
-            report.convert()
-        })
+        Box::pin(export_direct(self, batch))
     }
 }
 

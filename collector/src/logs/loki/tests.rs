@@ -332,3 +332,72 @@ fn rejects_bad_configs_and_redacts_secrets() {
         "{debug}"
     );
 }
+
+/// Behind the spool, the real client's outcomes decide: 503 and 429 (after the retries) spool the
+/// push, the replay sends it as it was spooled once Loki answers, and a 400 is dropped, counted.
+#[tokio::test]
+async fn behind_the_spool_503_and_429_wait_on_disk_and_a_400_is_dropped() {
+    use crate::export::{SpoolConfig, SpooledSink};
+    // First push: 503 (Retry-After 0), 429 → spooled after one retry. Replay: 503, then 200.
+    // Second push, queued behind the spool, then 400 on its replay: dropped.
+    let mut rx = Receiver::start(vec![
+        (503, vec![("retry-after", "0")], "unavailable".into()),
+        (429, vec![], "slow down".into()),
+        (503, vec![], "still down".into()),
+        (503, vec![], "still down".into()),
+        (200, vec![], String::new()),
+        (400, vec![], "entry too far behind".into()),
+    ])
+    .await;
+    let sink = LokiSink::new(LokiConfig {
+        max_retries: 1,
+        ..fast_config(rx.url())
+    })
+    .unwrap();
+    let dir = crate::test_util::TempDir::new("loki-spool");
+    let registry = Registry::new();
+    let spool = SpoolConfig {
+        dir: dir.path().join("logs-loki"),
+        max_bytes: 1 << 20,
+    };
+    let Ok(sink) = SpooledSink::new(sink, &spool, &registry) else {
+        panic!("spool");
+    };
+    let handle = LogExporter::spawn(vec![Box::new(sink)], &registry, 4);
+    assert!(handle.try_submit(Arc::new(sample())));
+    let metric = |line: &str| registry.render().contains(line);
+    let written = "loupe_spool_items_written_total{signal=\"logs\",sink=\"loki\"} 5\n";
+    for _ in 0..500 {
+        if metric(written) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metric(written), "{}", registry.render());
+    assert!(handle.try_submit(Arc::new(sample())));
+    let replayed = "loupe_spool_items_replayed_total{signal=\"logs\",sink=\"loki\"} 5\n";
+    let refused = "loupe_exporter_items_dropped_total{reason=\"export_failed\",signal=\"logs\",sink=\"loki\"} 5\n";
+    // The replay waits a second or more between attempts while Loki stays away.
+    for _ in 0..1000 {
+        if metric(replayed) && metric(refused) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    let text = registry.render();
+    assert!(text.contains(replayed) && text.contains(refused), "{text}");
+    assert!(
+        text.contains("loupe_spool_items{signal=\"logs\",sink=\"loki\"} 0\n"),
+        "{text}"
+    );
+    let got = rx.drain();
+    let statuses = got.len();
+    // 2 attempts of the first push, 2 replays refused with 503, the accepted one, the 400.
+    assert_eq!(statuses, 6);
+    assert_eq!(
+        got[0].body, got[4].body,
+        "the replay sends the spooled push"
+    );
+    assert_eq!(decode(&got[4]), decode(&got[5]), "same records, in order");
+}
