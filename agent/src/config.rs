@@ -396,6 +396,15 @@ pub struct CliOptions {
         value_name = "SIZE"
     )]
     pub debuginfod_cache_size: Option<String>,
+    /// A directory where data a backend cannot take (down, 429, 503…) waits on disk until it can,
+    /// replayed in order, also after a restart (the chart: a hostPath) [default: none, such data
+    /// is dropped and counted].
+    #[arg(long, env = "LOUPE_SPOOL_DIR", global = true, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Disk the spool may use, shared equally by the backends; beyond it the oldest data goes,
+    /// counted [default: 512MiB].
+    #[arg(long, env = "LOUPE_SPOOL_SIZE", global = true, value_name = "SIZE")]
+    pub spool_size: Option<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -455,6 +464,8 @@ pub struct Config {
     pub memory_limit: u64,
     /// debuginfod server for stripped binaries' debug files, and its cache's size.
     pub debuginfod: Option<(String, u64)>,
+    /// The on-disk spool of the backends: directory and bytes in all.
+    pub spool: Option<(PathBuf, u64)>,
 }
 
 /// Peers whose TCP option context is adopted unless told otherwise: the private (RFC 1918,
@@ -480,6 +491,10 @@ pub const DEFAULT_PAGE_FAULT_PERIOD: u64 = 64;
 
 /// Default disk of the debuginfod cache.
 pub const DEFAULT_DEBUGINFOD_CACHE: u64 = 256 << 20;
+
+/// Default disk of the spool: a 10-minute outage of the demo shop at its load test's rate
+/// (spans, logs and profiles: about 120 MiB) with room to spare.
+pub const DEFAULT_SPOOL_SIZE: u64 = 512 << 20;
 
 /// Default memory bound: the kernel maps take about 60 MiB, the agent's resident memory peaked at
 /// 75 MiB under saturating load (see README's benchmark figures).
@@ -826,6 +841,28 @@ impl Config {
             }
         };
 
+        let spool = match cli.spool_dir.clone().or(file.spool_dir) {
+            None => None,
+            Some(dir) => {
+                let size = match cli
+                    .spool_size
+                    .clone()
+                    .map(SizeValue::Text)
+                    .or(file.spool_size)
+                {
+                    None => DEFAULT_SPOOL_SIZE,
+                    Some(SizeValue::Bytes(n)) => n,
+                    Some(SizeValue::Text(text)) => {
+                        parse_size(&text).map_err(|message| invalid("spool_size", message))?
+                    }
+                };
+                if size < 1 << 20 {
+                    return Err(invalid("spool_size", "must be at least 1MiB"));
+                }
+                Some((dir, size))
+            }
+        };
+
         // Loki push and OTLP usually end in the same Loki: one path by default.
         let otlp_logs = match cli.otlp_logs.or(file.otlp_logs) {
             Some(true) if otlp_endpoint.is_none() => {
@@ -882,6 +919,7 @@ impl Config {
             metrics_addr,
             memory_limit,
             debuginfod,
+            spool,
         })
     }
 }
@@ -969,6 +1007,21 @@ impl Config {
     pub fn local_logs(&self) -> bool {
         self.local_sink
             .unwrap_or(self.loki.is_none() && !self.otlp_logs)
+    }
+
+    /// Backends configured (Pyroscope, OTLP spans, Loki, OTLP logs): the spool's size is shared
+    /// equally among them.
+    pub fn backend_count(&self) -> usize {
+        let otlp = self.otlp_endpoint.is_some();
+        [
+            self.pyroscope.is_some(),
+            otlp && self.network_spans,
+            self.loki.is_some() && self.logs,
+            otlp && self.otlp_logs && self.logs,
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
     }
 
     /// Turns off what needs uprobes (the kernel refuses them) and names what was on: the agent

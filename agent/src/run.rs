@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
+use loupe_collector::export::{SignalBatch, Sink, SpoolConfig, SpooledSink, WireSink};
 use loupe_collector::{
     BoxedProfileSink, ProfileExporter,
     sink::{
@@ -49,6 +50,33 @@ const LOG_QUEUE: usize = 4;
 /// How long shutdown waits for sinks to flush (all signals at once): well inside Kubernetes' default
 /// 30 s termination grace period.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `sink`, behind its share of the on-disk spool when one is configured (`<dir>/<signal>-<sink>`;
+/// the size is shared equally by the backends). A spool that cannot be opened is skipped, said.
+fn spooled<B: SignalBatch, W: WireSink<B> + Sink<B>>(
+    sink: W,
+    config: &Config,
+    registry: &Registry,
+) -> Box<dyn Sink<B>> {
+    let Some((dir, size)) = &config.spool else {
+        return Box::new(sink);
+    };
+    let spool = SpoolConfig {
+        dir: dir.join(format!("{}-{}", B::SIGNAL, WireSink::name(&sink))),
+        max_bytes: size / config.backend_count().max(1) as u64,
+    };
+    match SpooledSink::new(sink, &spool, registry) {
+        Ok(s) => Box::new(s),
+        Err((sink, e)) => {
+            tracing::warn!(
+                signal = B::SIGNAL,
+                dir = %spool.dir.display(),
+                "cannot use the spool ({e}): what this backend cannot take is dropped and counted"
+            );
+            Box::new(sink)
+        }
+    }
+}
 
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -135,7 +163,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             )
             .context("cannot set up the Pyroscope sink")?;
             tracing::info!(url = %p.url, "pushing profiles to Pyroscope");
-            sinks.push(Box::new(sink));
+            sinks.push(spooled(sink, &config, &registry));
         }
         let exporter = ProfileExporter::spawn(sinks, &registry, EXPORT_QUEUE);
 
@@ -352,7 +380,7 @@ fn start_network_spans(
         match OtlpTraceSink::new(otlp_config(config, endpoint)) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting spans over OTLP/gRPC");
-                sinks.push(Box::new(sink));
+                sinks.push(spooled(sink, config, registry));
             }
             Err(e) => tracing::warn!("OTLP trace sink disabled: {e}"),
         }
@@ -530,7 +558,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
         }) {
             Ok(sink) => {
                 tracing::info!(url = %loki.url, "pushing logs to Loki");
-                sinks.push(Box::new(sink));
+                sinks.push(spooled(sink, config, registry));
             }
             Err(e) => tracing::warn!("Loki log sink disabled: {e}"),
         }
@@ -539,7 +567,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
         match OtlpLogSink::new(otlp_config(config, endpoint)) {
             Ok(sink) => {
                 tracing::info!(%endpoint, "exporting logs over OTLP/gRPC");
-                sinks.push(Box::new(sink));
+                sinks.push(spooled(sink, config, registry));
             }
             Err(e) => tracing::warn!("OTLP log sink disabled: {e}"),
         }

@@ -106,6 +106,10 @@ fn scenarios() -> Vec<(&'static str, Vec<String>)> {
             vec!["--set".into(), "exporters.mode=none".into()],
         ),
         (
+            "no spool",
+            vec!["--set".into(), "agent.spool.enabled=false".into()],
+        ),
+        (
             "debuginfod",
             vec![
                 "--set".into(),
@@ -360,7 +364,8 @@ fn the_agent_is_least_privilege_by_default() {
     assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(true));
     assert_eq!(strings(&sc["capabilities"]["add"]), documented);
 
-    // Host paths: tracefs read-only; bpffs only when the trace context is published.
+    // Host paths: tracefs read-only, the spool's own directory; bpffs only when the trace context
+    // is published.
     let docs = render(&[]);
     let c = agent_container(&docs);
     let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
@@ -377,7 +382,10 @@ fn the_agent_is_least_privilege_by_default() {
         .collect();
     assert_eq!(
         host_paths,
-        vec![("tracefs".to_string(), "/sys/kernel/tracing".to_string())]
+        vec![
+            ("tracefs".to_string(), "/sys/kernel/tracing".to_string()),
+            ("spool".to_string(), "/var/lib/loupe-spool".to_string())
+        ]
     );
     for m in c["volumeMounts"].as_sequence().expect("mounts") {
         if m["name"] == "tracefs" || m["name"] == "config" {
@@ -519,9 +527,40 @@ fn the_rendered_configuration_is_accepted_by_the_agent() {
                     "pyroscope_url = \"http://alloy.monitoring.svc.cluster.local:4040\"",
                     "metrics_addr = \"0.0.0.0:9464\"",
                     "kubernetes = \"on\"",
+                    "spool_dir = \"/var/spool/loupe\"",
+                    "spool_size = \"512Mi\"",
                 ] {
                     assert!(toml.lines().any(|l| l == line), "{line} in\n{toml}");
                 }
+                // The spool outlives the pod: a directory of the node, mounted where the TOML says.
+                let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
+                let spool = pod["volumes"]
+                    .as_sequence()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| v["name"] == "spool")
+                    .expect("spool volume");
+                assert_eq!(spool["hostPath"]["path"], "/var/lib/loupe-spool");
+                assert_eq!(spool["hostPath"]["type"], "DirectoryOrCreate");
+                assert!(
+                    agent_container(&docs)["volumeMounts"]
+                        .as_sequence()
+                        .expect("mounts")
+                        .iter()
+                        .any(|m| m["name"] == "spool" && m["mountPath"] == "/var/spool/loupe"),
+                    "spool mount"
+                );
+            }
+            "no spool" => {
+                assert!(!toml.contains("spool"), "{toml}");
+                let pod = &one(&docs, "DaemonSet")["spec"]["template"]["spec"];
+                assert!(
+                    !pod["volumes"]
+                        .as_sequence()
+                        .expect("volumes")
+                        .iter()
+                        .any(|v| v["name"] == "spool")
+                );
             }
             "no backend" => assert!(!toml.contains("_url") && !toml.contains("otlp"), "{toml}"),
             "debuginfod" => {

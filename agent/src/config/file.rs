@@ -74,6 +74,8 @@ pub(super) struct FileOptions {
     pub(super) memory_limit: Option<SizeValue>,
     pub(super) debuginfod_url: Option<String>,
     pub(super) debuginfod_cache_size: Option<SizeValue>,
+    pub(super) spool_dir: Option<PathBuf>,
+    pub(super) spool_size: Option<SizeValue>,
 }
 
 /// A size in the TOML file: a number of bytes or a string with a unit.

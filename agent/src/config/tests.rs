@@ -568,7 +568,7 @@ mod properties {
 
     use super::*;
 
-    const KEYS: [&str; 14] = [
+    const KEYS: [&str; 16] = [
         "profile_hz",
         "profile_interval",
         "capture_bytes",
@@ -583,6 +583,8 @@ mod properties {
         "max_profile_files",
         "debuginfod_url",
         "debuginfod_cache_size",
+        "spool_dir",
+        "spool_size",
     ];
 
     fn value() -> impl Strategy<Value = String> {
@@ -692,4 +694,32 @@ fn without_uprobes_turns_off_and_names_what_was_on() {
     );
     assert!(!c.tls && !c.go_goroutines);
     assert!(c.without_uprobes().is_empty(), "nothing left to turn off");
+}
+
+#[test]
+fn the_spool_is_off_until_a_directory_is_named_and_its_size_is_shared() {
+    let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+    assert!(c.spool.is_none());
+    let mut o = cli();
+    o.spool_dir = Some(PathBuf::from("/var/lib/loupe/spool"));
+    o.pyroscope_url = Some("http://pyroscope:4040".into());
+    o.otlp_endpoint = Some("http://alloy:4317".into());
+    o.loki_url = Some("http://loki:3100".into());
+    let c = Config::merge(&o, FileOptions::default()).unwrap();
+    assert_eq!(
+        c.spool,
+        Some((PathBuf::from("/var/lib/loupe/spool"), DEFAULT_SPOOL_SIZE))
+    );
+    // Pyroscope, OTLP spans and Loki (OTLP logs are off beside Loki by default).
+    assert_eq!(c.backend_count(), 3);
+    o.spool_size = Some("1GiB".into());
+    let c = Config::merge(&o, FileOptions::default()).unwrap();
+    assert_eq!(c.spool.map(|s| s.1), Some(1 << 30));
+    let file: FileOptions =
+        toml::from_str("spool_dir = \"/spool\"\nspool_size = 2097152\n").unwrap();
+    let c = Config::merge(&cli(), file).unwrap();
+    assert_eq!(c.spool, Some((PathBuf::from("/spool"), 2 << 20)));
+    o.spool_size = Some("100KiB".into());
+    let e = Config::merge(&o, FileOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("spool_size"), "{e}");
 }

@@ -129,6 +129,10 @@ win. Keys come out sorted (range over a dict), one per line.
 {{- $_ := set $cfg "debuginfod_url" . }}
 {{- $_ := set $cfg "debuginfod_cache_size" $a.debuginfod.cacheSize }}
 {{- end -}}
+{{- if $a.spool.enabled }}
+{{- $_ := set $cfg "spool_dir" "/var/spool/loupe" }}
+{{- $_ := set $cfg "spool_size" $a.spool.size }}
+{{- end -}}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $a.extraConfig) -}}
 # Rendered by the Loupe chart from its values; keys are `loupe-agent run` long flags with `_`.
 {{- range $key, $value := $cfg }}
