@@ -93,29 +93,61 @@ pub async fn export_direct<B: SignalBatch, W: WireSink<B> + ?Sized>(
             report.items_failed += payload.items;
             continue;
         }
-        let (items, len) = (payload.items, payload.body.len() as u64);
-        let sent = sink.send(payload, true).await;
-        report.retries += sent.retries;
-        match sent.delivery {
-            Delivery::Accepted { rejected, error } => {
-                let rejected = rejected.min(items);
-                report.items_exported += items - rejected;
-                report.items_failed += rejected;
-                report.bytes_sent += len;
-                report.errors.extend(error);
-            }
-            Delivery::Refused(e) => {
-                report.items_failed += items;
-                report.errors.push(e);
-            }
-            Delivery::Unreachable(e) => {
-                unreachable = true;
-                report.items_failed += items;
-                report.errors.push(e);
-            }
+        let items = payload.items;
+        if let Some(e) = send(sink, payload, true, &mut report).await {
+            unreachable = true;
+            report.items_failed += items;
+            report.errors.push(e);
         }
     }
     report
+}
+
+/// Sends `payload` and adds what the receiver took or refused for good to `report`; gives back
+/// the error when the receiver could not be reached (the caller decides: fail or spool).
+async fn send<B: SignalBatch, W: WireSink<B> + ?Sized>(
+    sink: &W,
+    payload: Payload,
+    retry: bool,
+    report: &mut ExportReport<B::Error>,
+) -> Option<B::Error> {
+    let (items, len) = (payload.items, payload.body.len() as u64);
+    let sent = sink.send(payload, retry).await;
+    report.retries += sent.retries;
+    match sent.delivery {
+        Delivery::Accepted { rejected, error } => {
+            let rejected = rejected.min(items);
+            report.items_exported += items - rejected;
+            report.items_failed += rejected;
+            report.bytes_sent += len;
+            report.errors.extend(error);
+            None
+        }
+        Delivery::Refused(e) => {
+            report.items_failed += items;
+            report.errors.push(e);
+            None
+        }
+        Delivery::Unreachable(e) => Some(e),
+    }
+}
+
+impl<E> Sent<E> {
+    /// The same outcome with its error converted (a wire client's error into its signal's).
+    pub fn convert<F: From<E>>(self) -> Sent<F> {
+        let delivery = match self.delivery {
+            Delivery::Accepted { rejected, error } => Delivery::Accepted {
+                rejected,
+                error: error.map(F::from),
+            },
+            Delivery::Refused(e) => Delivery::Refused(e.into()),
+            Delivery::Unreachable(e) => Delivery::Unreachable(e.into()),
+        };
+        Sent {
+            delivery,
+            retries: self.retries,
+        }
+    }
 }
 
 /// Where and how much a sink may spool.
@@ -435,27 +467,12 @@ impl<B: SignalBatch, W: WireSink<B>> Sink<B> for SpooledSink<B, W> {
                     }
                     continue;
                 }
-                let (items, len) = (payload.items, payload.body.len() as u64);
-                let sent = shared.sink.send(payload.clone(), retry).await;
-                report.retries += sent.retries;
-                match sent.delivery {
-                    Delivery::Accepted { rejected, error } => {
-                        let rejected = rejected.min(items);
-                        report.items_exported += items - rejected;
-                        report.items_failed += rejected;
-                        report.bytes_sent += len;
-                        report.errors.extend(error);
-                    }
-                    Delivery::Refused(e) => {
-                        report.items_failed += items;
-                        report.errors.push(e);
-                    }
-                    Delivery::Unreachable(e) => {
-                        tracing::debug!(signal = B::SIGNAL, sink = shared.sink.name(), error = %e, "receiver unreachable");
-                        unreachable = true;
-                        if shared.spool(payload).await {
-                            report.items_spooled += items;
-                        }
+                let items = payload.items;
+                if let Some(e) = send(&shared.sink, payload.clone(), retry, &mut report).await {
+                    tracing::debug!(signal = B::SIGNAL, sink = shared.sink.name(), error = %e, "receiver unreachable");
+                    unreachable = true;
+                    if shared.spool(payload).await {
+                        report.items_spooled += items;
                     }
                 }
             }

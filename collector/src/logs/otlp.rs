@@ -12,7 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::{LogBatch, LogExportReport, LogSinkError};
-use crate::export::{Batching, Delivery, Payload, Sent, Sink, WireSink, export_direct};
+use crate::export::{Batching, Payload, Sent, Sink, WireSink, export_direct};
 use crate::otlp::OtlpClient;
 use crate::otlp::{OtlpConfig, OtlpConfigError};
 use crate::sink::BoxFuture;
@@ -62,18 +62,10 @@ impl WireSink<LogBatch> for OtlpLogSink {
 
     fn send(&self, payload: Payload, retry: bool) -> BoxFuture<'_, Sent<LogSinkError>> {
         Box::pin(async move {
-            let sent = self.client.send("logs", EXPORT_PATH, payload, retry).await;
-            Sent {
-                delivery: match sent.delivery {
-                    Delivery::Accepted { rejected, error } => Delivery::Accepted {
-                        rejected,
-                        error: error.map(Into::into),
-                    },
-                    Delivery::Refused(e) => Delivery::Refused(e.into()),
-                    Delivery::Unreachable(e) => Delivery::Unreachable(e.into()),
-                },
-                retries: sent.retries,
-            }
+            self.client
+                .send("logs", EXPORT_PATH, payload, retry)
+                .await
+                .convert()
         })
     }
 }

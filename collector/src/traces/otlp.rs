@@ -12,7 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::{Batching, TraceBatch, TraceExportReport, TraceSinkError};
-use crate::export::{Delivery, Payload, Sent, Sink, WireSink, export_direct};
+use crate::export::{Payload, Sent, Sink, WireSink, export_direct};
 use crate::otlp::OtlpClient;
 pub use crate::otlp::{OtlpConfig, OtlpConfigError, OtlpExportError};
 use crate::sink::BoxFuture;
@@ -62,18 +62,10 @@ impl WireSink<TraceBatch> for OtlpTraceSink {
 
     fn send(&self, payload: Payload, retry: bool) -> BoxFuture<'_, Sent<TraceSinkError>> {
         Box::pin(async move {
-            let sent = self.client.send("spans", EXPORT_PATH, payload, retry).await;
-            Sent {
-                delivery: match sent.delivery {
-                    Delivery::Accepted { rejected, error } => Delivery::Accepted {
-                        rejected,
-                        error: error.map(Into::into),
-                    },
-                    Delivery::Refused(e) => Delivery::Refused(e.into()),
-                    Delivery::Unreachable(e) => Delivery::Unreachable(e.into()),
-                },
-                retries: sent.retries,
-            }
+            self.client
+                .send("spans", EXPORT_PATH, payload, retry)
+                .await
+                .convert()
         })
     }
 }
