@@ -434,9 +434,9 @@ impl OtlpClient {
                         };
                         return Sent { delivery, retries };
                     }
-                    let delivery = self.backoff.delay(attempt);
-                    tracing::debug!(endpoint = %self.endpoint, signal, attempt, ?delivery, ?code, message = status.message(), "retrying otlp export");
-                    tokio::time::sleep(delivery).await;
+                    let delay = self.backoff.delay(attempt);
+                    tracing::debug!(endpoint = %self.endpoint, signal, attempt, ?delay, ?code, message = status.message(), "retrying otlp export");
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -150,9 +150,7 @@ impl LaneMetrics {
         let dropped = |reason: &str| {
             r.counter(
                 "loupe_exporter_items_dropped_total",
-                "Items (service profiles, spans, log records) a sink did not deliver, by reason: \
-                 queue_full (its queue was full), export_failed (failed after retries or \
-                 rejected), shutdown (submitted after shutdown began, or abandoned when it timed out).",
+                ITEMS_DROPPED_HELP,
                 &[("signal", signal), ("sink", sink), ("reason", reason)],
             )
         };
@@ -182,7 +180,7 @@ impl LaneMetrics {
             ),
             items_exported: r.counter(
                 "loupe_exporter_items_exported_total",
-                "Items (service profiles, spans, log records) a sink wrote or delivered.",
+                ITEMS_EXPORTED_HELP,
                 &l,
             ),
             retries: r.counter(
@@ -206,7 +204,16 @@ impl LaneMetrics {
     }
 }
 
-fn as_gauge(n: u64) -> i64 {
+/// Help of `loupe_exporter_items_dropped_total`, registered by the lanes and the spools.
+pub(super) const ITEMS_DROPPED_HELP: &str = "Items (service profiles, spans, log records) a sink \
+     did not deliver, by reason: queue_full (its queue was full), export_failed (failed after \
+     retries or rejected), shutdown (submitted after shutdown began, or abandoned when it timed \
+     out), spool_full (the oldest in a full spool), spool_error (could not be spooled or read back).";
+/// Help of `loupe_exporter_items_exported_total`, registered by the lanes and the spools.
+pub(super) const ITEMS_EXPORTED_HELP: &str =
+    "Items (service profiles, spans, log records) a sink wrote or delivered.";
+
+pub(super) fn as_gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::pipeline::{ITEMS_DROPPED_HELP, ITEMS_EXPORTED_HELP, as_gauge};
 use super::spool::{Evicted, Spool, SpoolError};
 use super::{Batching, BoxFuture, ExportReport, SignalBatch, Sink};
 use crate::retry::Backoff;
@@ -196,7 +197,7 @@ impl SpoolMetrics {
         let dropped = |reason: &str| {
             r.counter(
                 "loupe_exporter_items_dropped_total",
-                "Items (service profiles, spans, log records) a sink did not deliver, by reason.",
+                ITEMS_DROPPED_HELP,
                 &[("signal", signal), ("sink", sink), ("reason", reason)],
             )
         };
@@ -213,7 +214,7 @@ impl SpoolMetrics {
             ),
             exported: r.counter(
                 "loupe_exporter_items_exported_total",
-                "Items (service profiles, spans, log records) a sink wrote or delivered.",
+                ITEMS_EXPORTED_HELP,
                 &l,
             ),
             dropped_full: dropped("spool_full"),
@@ -229,18 +230,14 @@ impl SpoolMetrics {
     }
 }
 
-fn gauge(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 impl<B: SignalBatch, W: WireSink<B>> Shared<B, W> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
         self.spool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn update_gauges(&self, spool: &Spool) {
-        self.metrics.items.set(gauge(spool.items()));
-        self.metrics.bytes.set(gauge(spool.bytes()));
+        self.metrics.items.set(as_gauge(spool.items()));
+        self.metrics.bytes.set(as_gauge(spool.bytes()));
     }
 
     /// Writes `payload` to the spool (on a blocking thread); counts what that evicted or why it
