@@ -417,7 +417,7 @@ impl OtlpClient {
                     };
                 }
                 Err(status) => {
-                    let code = status.code();
+                    let code = effective_code(&status);
                     if attempt > max_retries || !retryable(code) {
                         let error = OtlpExportError::Status {
                             signal,
@@ -565,6 +565,21 @@ async fn connect_tls(
         .connect(name, tcp)
         .await?;
     Ok(hyper_util::rt::TokioIo::new(stream))
+}
+
+/// The code a failed call counts as. A status the client made up from a local error has that
+/// error as its source: tonic gives a connection closed before the answer `Cancelled` ("operation
+/// was canceled"; this client never cancels a call itself) and a reset connection or failed
+/// handshake `Unknown` ("transport error"). Both are a receiver that cannot be reached now,
+/// `Unavailable`, as gRPC's own clients report it. A status the receiver sent has no source and
+/// keeps its code.
+pub(crate) fn effective_code(status: &tonic::Status) -> Code {
+    match status.code() {
+        Code::Unknown | Code::Cancelled if std::error::Error::source(status).is_some() => {
+            Code::Unavailable
+        }
+        code => code,
+    }
 }
 
 /// Whether a call that failed with `code` may succeed if sent again.

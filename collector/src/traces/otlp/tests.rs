@@ -243,6 +243,44 @@ async fn unreachable_receiver_is_retried_then_fails() {
 }
 
 #[tokio::test]
+async fn a_receiver_that_drops_connections_is_retried_then_fails_as_unavailable() {
+    // Accepts each connection and closes it at once: tonic reports `Cancelled: operation was
+    // canceled` (a reset gives `Unknown: transport error`).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let sink = OtlpTraceSink::new(OtlpConfig {
+        max_retries: 1,
+        ..config(addr)
+    })
+    .unwrap();
+    let report = sink.export(Arc::new(batch(1))).await;
+    assert_eq!((report.retries, report.items_failed), (1, 1), "{report:?}");
+    assert!(
+        report.errors[0].to_string().contains("Unavailable"),
+        "{:?}",
+        report.errors
+    );
+}
+
+#[test]
+fn only_statuses_made_from_local_errors_count_as_unavailable() {
+    let local = Status::from_error(Box::new(std::io::Error::from(
+        std::io::ErrorKind::ConnectionReset,
+    )));
+    assert_eq!(local.code(), Code::Unknown);
+    assert_eq!(crate::otlp::effective_code(&local), Code::Unavailable);
+    let sent = Status::unknown("the receiver says so");
+    assert_eq!(crate::otlp::effective_code(&sent), Code::Unknown);
+    let cancelled = Status::cancelled("the receiver says so");
+    assert_eq!(crate::otlp::effective_code(&cancelled), Code::Cancelled);
+}
+
+#[tokio::test]
 async fn pipeline_batches_into_export_calls() {
     let (addr, mut got) = start_receiver(vec![]).await;
     let registry = Registry::new();
