@@ -4,9 +4,12 @@
 //! A [`WireSink`] splits its export in two: [`WireSink::encode`] turns a batch into request
 //! bodies ([`Payload`]s), [`WireSink::send`] sends one body, with the sink's own bounded retries.
 //! [`export_direct`] is the export of a wire sink without a spool: what cannot be delivered is
-//! dropped and counted. [`SpooledSink`] adds a [`Spool`]: a body the receiver cannot take now
-//! (unreachable, or 429/502/503/504, `UNAVAILABLE`… after the retries) is written to disk, and a
-//! replay task sends the spool, oldest first, until it is empty. While the spool holds anything,
+//! dropped and counted. [`SpooledSink`] adds a [`Spool`]: a body is tried once, and when the
+//! receiver cannot take it now (unreachable, a reset, 429/502/503/504, `UNAVAILABLE`…) it is
+//! written to disk; a replay task sends the spool, oldest first, with the sink's retries and then
+//! 1–30 s between attempts, until it is empty. The export lane thus waits on one attempt at most
+//! (one request timeout when a receiver hangs), never on a retry budget, and its bounded queue
+//! does not overflow during an outage. While the spool holds anything,
 //! new bodies join its end without being tried, so the receiver gets them in order; once it is
 //! empty they go straight out again. A body refused for good (another 4xx, an invalid argument)
 //! is dropped and counted, spooled or not.
@@ -21,7 +24,6 @@
 //! the cap), `spool_error` (could not be written, or read back) and `export_failed` (refused on
 //! replay).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -167,8 +169,6 @@ const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(30);
 pub struct SpooledSink<B: SignalBatch, W: WireSink<B>> {
     shared: Arc<Shared<B, W>>,
     replay: Mutex<Option<JoinHandle<()>>>,
-    /// Set when the pipeline begins to stop: one attempt per body, the rest spooled.
-    stopping: AtomicBool,
 }
 
 struct Shared<B: SignalBatch, W: WireSink<B>> {
@@ -422,7 +422,6 @@ impl<B: SignalBatch, W: WireSink<B>> SpooledSink<B, W> {
         Ok(Self {
             shared,
             replay: Mutex::new(Some(replay)),
-            stopping: AtomicBool::new(false),
         })
     }
 
@@ -445,15 +444,10 @@ impl<B: SignalBatch, W: WireSink<B>> Sink<B> for SpooledSink<B, W> {
         self.shared.sink.batching()
     }
 
-    fn stopping(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-    }
-
     fn export(&self, batch: Arc<B>) -> BoxFuture<'_, ExportReport<B::Error>> {
         Box::pin(async move {
             let shared = &self.shared;
             let (payloads, mut report) = shared.sink.encode(batch).await;
-            let retry = !self.stopping.load(Ordering::Relaxed);
             let mut unreachable = false;
             for payload in payloads {
                 // Behind a backlog a body waits its turn, so that the receiver gets them in order.
@@ -464,8 +458,10 @@ impl<B: SignalBatch, W: WireSink<B>> Sink<B> for SpooledSink<B, W> {
                     }
                     continue;
                 }
+                // One attempt: the retries are the replay task's, so that an outage never holds
+                // the lane (and the batches queued behind it) for a body's whole retry budget.
                 let items = payload.items;
-                if let Some(e) = send(&shared.sink, payload.clone(), retry, &mut report).await {
+                if let Some(e) = send(&shared.sink, payload.clone(), false, &mut report).await {
                     tracing::debug!(signal = B::SIGNAL, sink = shared.sink.name(), error = %e, "receiver unreachable");
                     unreachable = true;
                     if shared.spool(payload).await {

@@ -286,7 +286,7 @@ async fn a_restart_sends_what_the_last_run_spooled_first() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn stopping_makes_one_attempt_and_spools_the_rest() {
+async fn a_live_body_gets_one_attempt_and_the_spool_does_the_retrying() {
     let dir = TempDir::new("wire-stop");
     let registry = Registry::new();
     let receiver = Scripted::new(&[], Answer::Away);
@@ -298,7 +298,7 @@ async fn stopping_makes_one_attempt_and_spools_the_rest() {
     let r = receiver.0.lock().unwrap();
     assert!(r.took.is_empty());
     // One attempt, without retries, for the first body; the second waits behind it in the spool
-    // (the replay task may try the spool meanwhile, with retries, until the stop ends it).
+    // (the replay task tries the spool meanwhile, with retries, until the stop ends it).
     assert_eq!(r.attempts_without_retry, 1, "{} attempts", r.attempts);
     assert_eq!(value(&registry, "loupe_spool_items_written_total", ""), 2);
 }
