@@ -4,15 +4,22 @@
 //! - [`LokiReceiver`]: Loki's push API, `POST /loki/api/v1/push`, snappy-compressed protobuf
 //!   `logproto.PushRequest`, decoded with this file's own declarations of Loki's public schema
 //!   (independent of the agent's);
-//! - [`OtlpLogsReceiver`]: a real OTLP/gRPC `LogsService` (tonic, opentelemetry-proto).
+//! - [`PyroscopeReceiver`]: Pyroscope's push API, `POST /push.v1.PusherService/Push`, protobuf
+//!   `PushRequest` (the pyroscope crate's declarations);
+//! - [`OtlpLogsReceiver`]: a real OTLP/gRPC `LogsService` and `TraceService` (tonic,
+//!   opentelemetry-proto).
+//!
+//! Each can fail on a script ([`crate::faults`]).
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener},
     sync::{Arc, Mutex},
     thread,
 };
 
+use crate::faults::Faults;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
     logs_service_server::{LogsService, LogsServiceServer},
@@ -21,6 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
+use pyroscope::encode::r#gen::push::PushRequest;
 
 /// Loki's push messages (pkg/push/push.proto), as far as the tests read them.
 pub mod loki {
@@ -77,15 +85,25 @@ pub struct LokiReceiver {
 
 impl LokiReceiver {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the Loki receiver");
-        let addr = listener.local_addr().expect("local addr");
+        Self::scripted(Faults::default())
+    }
+
+    /// A receiver that answers as `faults` says (503 and 429 with `Retry-After`, keeping nothing).
+    pub fn scripted(faults: Faults) -> Self {
         let pushes = Arc::new(Mutex::new(Vec::new()));
         let sink = pushes.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let sink = sink.clone();
-                thread::spawn(move || serve_http(stream, &sink));
+        let addr = serve_http(faults, move |request_line, headers, body| {
+            if !request_line.starts_with("POST /loki/api/v1/push") {
+                return None;
             }
+            let raw = snap::raw::Decoder::new().decompress_vec(body).ok()?;
+            let request = <loki::PushRequest as prost::Message>::decode(raw.as_slice()).ok()?;
+            sink.lock().expect("lock").push(LokiPush {
+                content_type: headers.get("content-type").cloned().unwrap_or_default(),
+                content_encoding: headers.get("content-encoding").cloned().unwrap_or_default(),
+                request,
+            });
+            Some("204 No Content")
         });
         Self { addr, pushes }
     }
@@ -110,9 +128,54 @@ impl LokiReceiver {
     }
 }
 
-/// Serves one keep-alive HTTP/1.1 connection: each POST's body is snappy-decoded and decoded
-/// as a PushRequest; answers 204 (400 when the body does not decode).
-fn serve_http(stream: std::net::TcpStream, sink: &Mutex<Vec<LokiPush>>) {
+/// A Pyroscope push endpoint on 127.0.0.1 (`POST /push.v1.PusherService/Push`, protobuf
+/// `PushRequest`); keeps every request it decoded.
+pub struct PyroscopeReceiver {
+    pub addr: SocketAddr,
+    pub pushes: Arc<Mutex<Vec<PushRequest>>>,
+}
+
+impl PyroscopeReceiver {
+    /// A receiver that answers as `faults` says (503 and 429 with `Retry-After`, keeping nothing).
+    pub fn scripted(faults: Faults) -> Self {
+        let pushes = Arc::new(Mutex::new(Vec::new()));
+        let sink = pushes.clone();
+        let addr = serve_http(faults, move |request_line, _, body| {
+            if !request_line.starts_with("POST /push.v1.PusherService/Push") {
+                return None;
+            }
+            let request = <PushRequest as prost::Message>::decode(body).ok()?;
+            sink.lock().expect("lock").push(request);
+            Some("200 OK\r\nContent-Type: application/proto")
+        });
+        Self { addr, pushes }
+    }
+}
+
+/// What an HTTP receiver does with one request (request line, lower-case headers, body): the
+/// status line's tail (and any headers) to answer when it kept the request, `None` for 400.
+type Keep = dyn Fn(&str, &HashMap<String, String>, &[u8]) -> Option<&'static str> + Send + Sync;
+
+/// Serves keep-alive HTTP/1.1 on a loopback port: each request is answered as `faults` say, or
+/// handed to `keep`. Returns the address.
+fn serve_http(
+    faults: Faults,
+    keep: impl Fn(&str, &HashMap<String, String>, &[u8]) -> Option<&'static str> + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an HTTP receiver");
+    let addr = listener.local_addr().expect("local addr");
+    let keep: Arc<Keep> = Arc::new(keep);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (faults, keep) = (faults.clone(), keep.clone());
+            thread::spawn(move || serve_connection(stream, &faults, &*keep));
+        }
+    });
+    addr
+}
+
+/// Serves one keep-alive HTTP/1.1 connection.
+fn serve_connection(stream: std::net::TcpStream, faults: &Faults, keep: &Keep) {
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
@@ -123,8 +186,7 @@ fn serve_http(stream: std::net::TcpStream, sink: &Mutex<Vec<LokiPush>>) {
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
-        let (mut length, mut content_type, mut content_encoding) =
-            (0, String::new(), String::new());
+        let mut headers = HashMap::new();
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -135,33 +197,20 @@ fn serve_http(stream: std::net::TcpStream, sink: &Mutex<Vec<LokiPush>>) {
                 break;
             }
             if let Some((name, value)) = line.split_once(':') {
-                let value = value.trim().to_string();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse().unwrap_or(0),
-                    "content-type" => content_type = value,
-                    "content-encoding" => content_encoding = value,
-                    _ => {}
-                }
+                headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
             }
         }
+        let length = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0u8; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let decoded = snap::raw::Decoder::new()
-            .decompress_vec(&body)
-            .ok()
-            .and_then(|raw| <loki::PushRequest as prost::Message>::decode(raw.as_slice()).ok());
-        let status = match decoded {
-            Some(request) if request_line.starts_with("POST /loki/api/v1/push") => {
-                sink.lock().expect("lock").push(LokiPush {
-                    content_type,
-                    content_encoding,
-                    request,
-                });
-                "204 No Content"
-            }
-            _ => "400 Bad Request",
+        let status = match faults.http_refusal() {
+            Some(refusal) => refusal,
+            None => keep(&request_line, &headers, &body).unwrap_or("400 Bad Request"),
         };
         let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
         if writer.write_all(reply.as_bytes()).is_err() {
@@ -170,16 +219,21 @@ fn serve_http(stream: std::net::TcpStream, sink: &Mutex<Vec<LokiPush>>) {
     }
 }
 
-/// An OTLP/gRPC endpoint on 127.0.0.1 (on a runtime of its own) serving LogsService, whose
-/// requests it keeps, and TraceService, whose spans it counts.
+/// An OTLP/gRPC endpoint on 127.0.0.1 (on a runtime of its own) serving LogsService and
+/// TraceService, keeping their requests (`spans` counts the spans received).
 pub struct OtlpLogsReceiver {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+    pub trace_requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     pub spans: Arc<Mutex<u64>>,
     _runtime: tokio::runtime::Runtime,
 }
 
-struct Traces(Arc<Mutex<u64>>);
+struct Traces {
+    spans: Arc<Mutex<u64>>,
+    requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    faults: Faults,
+}
 
 #[tonic::async_trait]
 impl TraceService for Traces {
@@ -187,19 +241,26 @@ impl TraceService for Traces {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(status) = self.faults.grpc_refusal() {
+            return Err(status);
+        }
+        let request = request.into_inner();
         let n: usize = request
-            .get_ref()
             .resource_spans
             .iter()
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
-        *self.0.lock().expect("lock") += n as u64;
+        *self.spans.lock().expect("lock") += n as u64;
+        self.requests.lock().expect("lock").push(request);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
-struct Logs(Arc<Mutex<Vec<ExportLogsServiceRequest>>>);
+struct Logs {
+    requests: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+    faults: Faults,
+}
 
 #[tonic::async_trait]
 impl LogsService for Logs {
@@ -207,43 +268,76 @@ impl LogsService for Logs {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.0.lock().expect("lock").push(request.into_inner());
+        if let Some(status) = self.faults.grpc_refusal() {
+            return Err(status);
+        }
+        self.requests
+            .lock()
+            .expect("lock")
+            .push(request.into_inner());
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
 impl OtlpLogsReceiver {
     pub fn start() -> Self {
+        Self::scripted(Faults::default())
+    }
+
+    /// A receiver that answers as `faults` say (UNAVAILABLE or RESOURCE_EXHAUSTED, keeping
+    /// nothing).
+    pub fn scripted(faults: Faults) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let trace_requests = Arc::new(Mutex::new(Vec::new()));
         let spans = Arc::new(Mutex::new(0));
-        let service = Logs(requests.clone());
+        let logs = Logs {
+            requests: requests.clone(),
+            faults: faults.clone(),
+        };
+        let traces = Traces {
+            spans: spans.clone(),
+            requests: trace_requests.clone(),
+            faults,
+        };
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind the OTLP receiver");
         let addr = listener.local_addr().expect("local addr");
         runtime.spawn(
             tonic::transport::Server::builder()
-                .add_service(LogsServiceServer::new(service))
-                .add_service(TraceServiceServer::new(Traces(spans.clone())))
+                .add_service(LogsServiceServer::new(logs))
+                .add_service(TraceServiceServer::new(traces))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         Self {
             addr,
             requests,
+            trace_requests,
             spans,
             _runtime: runtime,
         }
     }
 
+    /// Every span id received (hex), once per time received.
+    pub fn span_ids(&self) -> Vec<String> {
+        let requests = self.trace_requests.lock().expect("lock");
+        requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| hex(&s.span_id))
+            .collect()
+    }
+
     /// Every record received: (body, trace id hex, span id hex, severity text).
     pub fn records(&self) -> Vec<(String, String, String, String)> {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let requests = self.requests.lock().expect("lock");
         requests
             .iter()
@@ -264,4 +358,8 @@ impl OtlpLogsReceiver {
             })
             .collect()
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
