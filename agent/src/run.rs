@@ -30,6 +30,7 @@ use crate::{
     config::Config,
     correlate::SpanIndex,
     logs::LogConfig,
+    memory::MemoryPlan,
     net::{
         capture::{CaptureOptions, SocketCapture},
         spans::{
@@ -41,12 +42,6 @@ use crate::{
     trace_ctx_map::{self, TraceContextMap},
 };
 
-/// Batches waiting for each sink at most; more are dropped and counted.
-const EXPORT_QUEUE: usize = 4;
-/// Span batches waiting for each trace sink at most.
-const TRACE_QUEUE: usize = loupe_collector::export::DEFAULT_QUEUE_CAPACITY;
-/// Log batches waiting for each log sink at most.
-const LOG_QUEUE: usize = 4;
 /// How long shutdown waits for sinks to flush (all signals at once): well inside Kubernetes' default
 /// 30 s termination grace period.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +109,21 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     crate::self_metrics::record_kernel(&registry, &features);
     crate::self_metrics::install_process_metrics(&registry, config.memory_limit);
+    // The memory limit's shares, once the maps (created at load) are known.
+    let memory = MemoryPlan::new(
+        config.memory_limit,
+        crate::self_metrics::record_kernel_maps(&registry),
+        config.capture_bytes,
+    );
+    memory.publish(&registry);
+    if memory.overcommitted {
+        tracing::warn!(
+            "--memory-limit is too low to be held under load ({}); every stage gets its floor",
+            memory.describe()
+        );
+    } else {
+        tracing::info!("{}", memory.describe());
+    }
     crate::self_metrics::record_attach(&registry, "profiler", "perf_event");
     crate::self_metrics::record_attach(
         &registry,
@@ -165,7 +175,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             tracing::info!(url = %p.url, "pushing profiles to Pyroscope");
             sinks.push(spooled(sink, &config, &registry));
         }
-        let exporter = ProfileExporter::spawn(sinks, &registry, EXPORT_QUEUE);
+        let exporter = ProfileExporter::spawn(sinks, &registry, memory.export_batches);
 
         // Network spans first: the capture takes its maps and programs out of the object, then the
         // profiler takes the rest.
@@ -176,6 +186,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
                 &config,
                 plan.socket_attach,
                 &registry,
+                &memory,
                 &host,
                 spans_index.clone(),
             )
@@ -261,12 +272,14 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let interval = config.profile_interval;
         let debuginfo = config.profile_debuginfo;
+        let symbol_bytes = memory.symbol_bytes;
         let submitter = exporter.submitter();
         let drainer = thread::Builder::new()
             .name("loupe-drain".into())
             .spawn(move || {
                 let mut profiler = profiler;
-                let mut symbolizer = Symbolizer::new(MAX_CACHED_ADDRESSES, debuginfo);
+                let mut symbolizer = Symbolizer::new(MAX_CACHED_ADDRESSES, debuginfo)
+                    .with_parsed_budget(symbol_bytes);
                 if let Some(d) = debuginfod {
                     symbolizer = symbolizer.with_debuginfod(d);
                 }
@@ -360,6 +373,7 @@ fn start_network_spans(
     config: &Config,
     attach: Option<SocketAttach>,
     registry: &Registry,
+    memory: &MemoryPlan,
     host: &str,
     spans_index: SpanIndex,
 ) -> Option<NetworkSpans> {
@@ -385,7 +399,10 @@ fn start_network_spans(
             Err(e) => tracing::warn!("OTLP trace sink disabled: {e}"),
         }
     }
-    let (log_exporter, log_out) = match config.logs.then(|| start_log_export(config, registry)) {
+    let (log_exporter, log_out) = match config
+        .logs
+        .then(|| start_log_export(config, registry, memory))
+    {
         Some((handle, out)) => (Some(handle), Some(out)),
         None => (None, None),
     };
@@ -417,6 +434,7 @@ fn start_network_spans(
             // A write usually carries one line: the kernel's bound leaves room for the line
             // limit, which the log assembler enforces exactly.
             log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),
+            queue_capacity: memory.socket_events,
             ..CaptureOptions::default()
         },
         registry,
@@ -442,7 +460,7 @@ fn start_network_spans(
     } else {
         None
     };
-    let exporter = TraceExporter::spawn(sinks, registry, TRACE_QUEUE);
+    let exporter = TraceExporter::spawn(sinks, registry, memory.export_batches);
     let builder = match spawn_span_builder(
         events,
         exporter.submitter(),
@@ -450,6 +468,7 @@ fn start_network_spans(
         host.to_string(),
         SpanBuilderConfig {
             link_same_host: config.link_same_host,
+            max_buffered_bytes: memory.connection_bytes,
             ..SpanBuilderConfig::default()
         },
         Correlation {
@@ -460,6 +479,8 @@ fn start_network_spans(
             logs: log_out.map(|out| {
                 let cfg = LogConfig {
                     max_lines_per_sec: config.log_lines_per_sec,
+                    max_pending: memory.log_lines,
+                    max_pending_bytes: memory.log_bytes,
                     ..LogConfig::default()
                 };
                 (cfg, out)
@@ -534,7 +555,11 @@ fn start_network_spans(
 }
 
 /// Starts the log sinks' pipeline; returns it and how the span builder thread hands it batches.
-fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle, LogOut) {
+fn start_log_export(
+    config: &Config,
+    registry: &Registry,
+    memory: &MemoryPlan,
+) -> (LogExporterHandle, LogOut) {
     let mut sinks: Vec<BoxedLogSink> = Vec::new();
     if config.local_logs() {
         match LocalLogSink::new(&config.output_dir) {
@@ -572,7 +597,7 @@ fn start_log_export(config: &Config, registry: &Registry) -> (LogExporterHandle,
             Err(e) => tracing::warn!("OTLP log sink disabled: {e}"),
         }
     }
-    let handle = LogExporter::spawn(sinks, registry, LOG_QUEUE);
+    let handle = LogExporter::spawn(sinks, registry, memory.export_batches);
     let submitter = handle.submitter();
     let out: LogOut = Box::new(move |batch| {
         // Full queues drop and count (loupe_exporter_items_dropped_total{signal="logs"}).

@@ -37,6 +37,9 @@ pub struct LogConfig {
     pub max_lines_per_sec: u32,
     /// Records waiting for the next flush at most; more are dropped (counted).
     pub max_pending: usize,
+    /// Bytes of the records waiting for the next flush at most (each line's length plus
+    /// [`crate::memory::LOG_LINE_OVERHEAD`]); more are dropped (counted as `buffer_full`).
+    pub max_pending_bytes: usize,
     /// (process, fd) pairs with a line in progress at most.
     pub max_partial_lines: usize,
 }
@@ -53,6 +56,7 @@ impl Default for LogConfig {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_lines_per_sec: DEFAULT_MAX_LINES_PER_SEC,
             max_pending: 16 * 1024,
+            max_pending_bytes: 16 << 20,
             max_partial_lines: 4096,
         }
     }
@@ -131,6 +135,7 @@ pub struct LogAssembler {
     /// Records by pid, with the resource they belong to, in arrival order per pid.
     pending: HashMap<u32, (Arc<Resource>, Vec<LogRecord>)>,
     pending_count: usize,
+    pending_bytes: usize,
     scope: Arc<InstrumentationScope>,
     m: Metrics,
     lines: Vec<Line>,
@@ -150,6 +155,7 @@ impl LogAssembler {
             rates: HashMap::new(),
             pending: HashMap::new(),
             pending_count: 0,
+            pending_bytes: 0,
             scope,
             m: Metrics::new(registry),
             lines: Vec::new(),
@@ -209,7 +215,10 @@ impl LogAssembler {
                 self.m.dropped[DropReason::RateLimit as usize].inc();
                 continue;
             }
-            if self.pending_count >= self.cfg.max_pending {
+            let bytes = line.bytes.len() + crate::memory::LOG_LINE_OVERHEAD as usize;
+            if self.pending_count >= self.cfg.max_pending
+                || self.pending_bytes + bytes > self.cfg.max_pending_bytes
+            {
                 self.m.dropped[DropReason::BufferFull as usize].inc();
                 continue;
             }
@@ -225,6 +234,7 @@ impl LogAssembler {
             };
             entry.1.push(record);
             self.pending_count += 1;
+            self.pending_bytes += bytes;
             self.m.lines.inc();
         }
     }
@@ -283,6 +293,7 @@ impl LogAssembler {
             return None;
         }
         self.pending_count = 0;
+        self.pending_bytes = 0;
         let resources = self
             .pending
             .drain()

@@ -138,3 +138,28 @@ fn excess_is_dropped_and_counted() {
     assert_eq!(metric(&registry, "loupe_logs_lines_total "), 5);
     // Every line is accounted for: 9 lines in, 5 kept, 4 dropped.
 }
+
+#[test]
+fn the_byte_cap_drops_lines_past_it_until_the_next_flush() {
+    let registry = Registry::new();
+    let per_line = 2 + crate::memory::LOG_LINE_OVERHEAD as usize;
+    let cfg = LogConfig {
+        max_pending_bytes: 3 * per_line,
+        ..LogConfig::default()
+    };
+    let mut a = assembler(cfg, &registry);
+    // Five one-byte lines: three fit, each counting its text and the record's overhead.
+    a.on_write(write(1, 0, b"a\nb\nc\nd\ne\n", None), || resource(1));
+    assert_eq!(a.pending_len(), 3);
+    assert_eq!(
+        metric(
+            &registry,
+            "loupe_logs_lines_dropped_total{reason=\"buffer_full\"} "
+        ),
+        2
+    );
+    // A flush frees the bytes.
+    assert!(a.take_batch().is_some());
+    a.on_write(write(1, 10, b"f\n", None), || resource(1));
+    assert_eq!(a.pending_len(), 1);
+}

@@ -20,9 +20,9 @@ use super::procs::{BinaryFile, FileKey};
 pub type Lines = Arc<[FrameLine]>;
 
 /// Parsed symbol tables are kept across drains while the symbol sections of the binaries parsed
-/// since the last release stay under this many bytes: a new address in a binary parsed recently
-/// (the agent's own, sampled while it drains, or any busy service's) then costs a lookup, not a
-/// parse of its whole table.
+/// since the last release stay under this many bytes (by default; the agent sets it from its
+/// memory plan): a new address in a binary parsed recently (the agent's own, sampled while it
+/// drains, or any busy service's) then costs a lookup, not a parse of its whole table.
 const PARSED_SYMBOLS_BUDGET: u64 = 32 << 20;
 
 /// Parsed tables are released after this many drains however few they are, so that binaries no
@@ -61,6 +61,8 @@ pub struct Symbolizer {
     /// parses that one too), with the size of their symbol sections.
     parsed: HashMap<(u64, u64), u64>,
     drains_since_release: u32,
+    /// Bytes of symbol sections kept parsed across drains at most.
+    parsed_budget: u64,
     max_entries: usize,
     pub stats: SymbolizerStats,
 }
@@ -80,9 +82,16 @@ impl Symbolizer {
             kernel_table: KernelTable::default(),
             parsed: HashMap::new(),
             drains_since_release: 0,
+            parsed_budget: PARSED_SYMBOLS_BUDGET,
             max_entries,
             stats: SymbolizerStats::default(),
         }
+    }
+
+    /// Keeps parsed symbol tables across drains while they hold at most `bytes` of symbols.
+    pub fn with_parsed_budget(mut self, bytes: u64) -> Self {
+        self.parsed_budget = bytes;
+        self
     }
 
     /// Fetches debug files of stripped binaries from `debuginfod` (used from a later interval on).
@@ -130,15 +139,15 @@ impl Symbolizer {
 
     /// Called after every drain. Releases blazesym's parsed symbol tables and file mappings,
     /// keeping the resolved-address caches, once the binaries parsed since the last release hold
-    /// more than [`PARSED_SYMBOLS_BUDGET`] of symbols (a compiler's can be tens of MB) or after
+    /// more than the parsed budget ([`PARSED_SYMBOLS_BUDGET`] by default) of symbols (a compiler's can be tens of MB) or after
     /// [`KEEP_PARSED_DRAINS`] drains. The agent's memory is then bounded by the budget or one
     /// interval's binaries, whichever is more, rather than by every binary the host ever ran;
     /// and a busy binary's table is parsed once per release, not at every drain that brings one
     /// of its addresses.
     pub fn end_drain(&mut self) {
         self.drains_since_release += 1;
-        let bytes: u64 = self.parsed.values().sum();
-        if bytes > PARSED_SYMBOLS_BUDGET || self.drains_since_release >= KEEP_PARSED_DRAINS {
+        let bytes = self.parsed.values().fold(0u64, |a, b| a.saturating_add(*b));
+        if bytes > self.parsed_budget || self.drains_since_release >= KEEP_PARSED_DRAINS {
             self.release_parsed();
         }
     }
@@ -316,15 +325,15 @@ impl Symbolizer {
 
 /// The bytes blazesym reads to symbolize in `path`: its symbol and string tables, and its DWARF
 /// sections when `debuginfo`. Only the section headers are read. An unreadable file counts as
-/// the budget's whole, so that it is released at the next drain.
+/// more than any budget, so that it is released at the next drain.
 fn symbol_bytes(path: &Path, debuginfo: bool) -> u64 {
     use object::{Object, ObjectSection, read::ReadCache};
     let Ok(file) = std::fs::File::open(path) else {
-        return PARSED_SYMBOLS_BUDGET;
+        return u64::MAX;
     };
     let cache = ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else {
-        return PARSED_SYMBOLS_BUDGET;
+        return u64::MAX;
     };
     elf.sections()
         .filter(|s| {

@@ -1,0 +1,225 @@
+//! One memory bound for the whole agent: `--memory-limit` split into shares for the stages that
+//! hold data while it waits for the next one.
+//!
+//! The limit covers what the agent's memory cgroup is charged: resident memory plus the eBPF
+//! maps. Taken off first are the kernel maps (fixed sizes, measured once loaded) and a baseline
+//! for the program itself (code, runtimes, thread stacks, allocator slack, and the fixed-size
+//! tables: processes, resolved addresses, the kernel symbol table, Kubernetes pods). The rest is
+//! shared among the stages below; each turns its share into the cap it enforces, and drops by its
+//! own policy when full, counted in its own metric (the README's table lists them).
+//!
+//! | stage | share | cap it sets | when full |
+//! |---|---|---|---|
+//! | `socket_events` | 10% | events queued between the ring-buffer reader and the span builder | the newest batch is dropped |
+//! | `connections` | 20% | parser buffers and waiting requests of all connections | the least recently used connection is evicted |
+//! | `log_lines` | 10% | log lines assembled and waiting for export | the newest line is dropped |
+//! | `export_queues` | 30% | batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
+//! | `symbols` | 20% | symbol tables kept parsed across drains | released at the drain's end |
+//! | (headroom) | 10% | — | — |
+//!
+//! A share never goes below its stage's floor (what it needs to work at all); when the floors do
+//! not fit, the plan says so and the agent warns that the limit cannot be held.
+
+use loupe_collector::telemetry::Registry;
+
+/// The program's own memory besides its stages: code and data, the async runtime, thread
+/// stacks, allocator slack, and the tables with fixed caps (processes, resolved addresses, the
+/// kernel's symbols, pods), measured at about 30 MiB idle with every feature on.
+pub const BASELINE_BYTES: u64 = 40 << 20;
+
+/// One socket event in the capture queue: its header and data buffer bookkeeping, besides the
+/// captured bytes themselves.
+const SOCKET_EVENT_OVERHEAD: u64 = 160;
+/// One log line waiting for export, besides its text: the record's fields and attributes.
+pub const LOG_LINE_OVERHEAD: u64 = 320;
+/// A large batch of each signal, in bytes: spans (the span builder's 2,048 of about 1 KiB), logs
+/// (a second's flush of a busy node's lines), profiles (a drain's service profiles). A batch
+/// queued for several sinks is shared, not copied, so a queue slot of each signal costs this.
+const BATCH_SET_BYTES: u64 = (2 << 20) + (4 << 20) + (4 << 20);
+
+/// A stage: its name, share in per mille of what the fixed parts leave, and floor in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    SocketEvents,
+    Connections,
+    LogLines,
+    ExportQueues,
+    Symbols,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::SocketEvents,
+        Stage::Connections,
+        Stage::LogLines,
+        Stage::ExportQueues,
+        Stage::Symbols,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::SocketEvents => "socket_events",
+            Stage::Connections => "connections",
+            Stage::LogLines => "log_lines",
+            Stage::ExportQueues => "export_queues",
+            Stage::Symbols => "symbols",
+        }
+    }
+
+    fn per_mille(self) -> u64 {
+        match self {
+            Stage::SocketEvents => 100,
+            Stage::Connections => 200,
+            Stage::LogLines => 100,
+            Stage::ExportQueues => 300,
+            Stage::Symbols => 200,
+        }
+    }
+
+    fn floor(self) -> u64 {
+        match self {
+            Stage::SocketEvents => 2 << 20,
+            Stage::Connections => 4 << 20,
+            Stage::LogLines => 2 << 20,
+            // Two batches of each signal.
+            Stage::ExportQueues => 2 * BATCH_SET_BYTES,
+            Stage::Symbols => 4 << 20,
+        }
+    }
+}
+
+/// The caps the stages enforce, derived from the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub limit: u64,
+    pub kernel_maps: u64,
+    /// Each stage's share in bytes, in [`Stage::ALL`] order.
+    pub shares: [u64; 5],
+    /// The floors did not fit in what the limit leaves: the limit cannot be held under load.
+    pub overcommitted: bool,
+    /// Socket events queued for the span builder.
+    pub socket_events: usize,
+    /// Bytes of parser buffers and waiting requests, all connections together.
+    pub connection_bytes: usize,
+    /// Log lines waiting for export, and their bytes.
+    pub log_lines: usize,
+    pub log_bytes: usize,
+    /// Batches each export lane queues.
+    pub export_batches: usize,
+    /// Bytes of symbol tables kept parsed across drains.
+    pub symbol_bytes: u64,
+}
+
+impl MemoryPlan {
+    /// The plan for `limit` bytes with `kernel_maps` bytes of eBPF maps loaded, and socket events
+    /// that carry up to `capture_bytes` each.
+    pub fn new(limit: u64, kernel_maps: u64, capture_bytes: u32) -> Self {
+        let left = limit.saturating_sub(kernel_maps + BASELINE_BYTES);
+        let floors: u64 = Stage::ALL.iter().map(|s| s.floor()).sum();
+        let shares = Stage::ALL.map(|s| (left / 1000 * s.per_mille()).max(s.floor()));
+        let share = |stage: Stage| shares[Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0)];
+        let event_bytes = u64::from(capture_bytes) + SOCKET_EVENT_OVERHEAD;
+        let log_bytes = share(Stage::LogLines);
+        MemoryPlan {
+            limit,
+            kernel_maps,
+            shares,
+            overcommitted: left < floors,
+            socket_events: (share(Stage::SocketEvents) / event_bytes).clamp(1024, 256 * 1024)
+                as usize,
+            connection_bytes: share(Stage::Connections) as usize,
+            // Lines average far below the 4 KiB cut; the byte cap holds long ones back.
+            log_lines: (log_bytes / (LOG_LINE_OVERHEAD + 128)).clamp(1024, 256 * 1024) as usize,
+            log_bytes: log_bytes as usize,
+            export_batches: (share(Stage::ExportQueues) / BATCH_SET_BYTES).clamp(2, 64) as usize,
+            symbol_bytes: share(Stage::Symbols),
+        }
+    }
+
+    /// Publishes `loupe_memory_budget_bytes{stage}` (each stage's share, and `kernel_maps` and
+    /// `baseline`, the fixed parts).
+    pub fn publish(&self, registry: &Registry) {
+        let gauge = |stage: &str, bytes: u64| {
+            registry
+                .float_gauge(
+                    "loupe_memory_budget_bytes",
+                    "The agent's memory limit as planned: the fixed parts (kernel_maps, baseline) \
+                     and each stage's share, whose cap it enforces by dropping (counted).",
+                    &[("stage", stage)],
+                )
+                .set(bytes as f64);
+        };
+        gauge("kernel_maps", self.kernel_maps);
+        gauge("baseline", BASELINE_BYTES);
+        for (stage, bytes) in Stage::ALL.iter().zip(self.shares) {
+            gauge(stage.name(), bytes);
+        }
+    }
+
+    /// One line for the log: the limit and each stage's share.
+    pub fn describe(&self) -> String {
+        let mib = |b: u64| format!("{:.1}MiB", b as f64 / f64::from(1 << 20));
+        let stages: Vec<String> = Stage::ALL
+            .iter()
+            .zip(self.shares)
+            .map(|(s, b)| format!("{} {}", s.name(), mib(b)))
+            .collect();
+        format!(
+            "memory limit {}: kernel maps {}, baseline {}, {}",
+            mib(self.limit),
+            mib(self.kernel_maps),
+            mib(BASELINE_BYTES),
+            stages.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limit_leaves_every_stage_more_than_its_floor() {
+        // 256 MiB with this host's default maps (about 88 MiB): ~128 MiB to share.
+        let plan = MemoryPlan::new(256 << 20, 88 << 20, 1024);
+        assert!(!plan.overcommitted);
+        let shared: u64 = plan.shares.iter().sum();
+        assert!(
+            shared + (88 << 20) + BASELINE_BYTES <= 256 << 20,
+            "{}",
+            plan.describe()
+        );
+        for (stage, bytes) in Stage::ALL.iter().zip(plan.shares) {
+            assert!(bytes > stage.floor(), "{}", plan.describe());
+        }
+        // The caps follow from the shares.
+        assert_eq!(plan.connection_bytes as u64, plan.shares[1]);
+        assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
+        assert!(plan.log_lines >= 1024 && plan.log_bytes as u64 == plan.shares[2]);
+        assert_eq!(plan.export_batches as u64, plan.shares[3] / BATCH_SET_BYTES);
+    }
+
+    #[test]
+    fn caps_grow_with_the_limit() {
+        let small = MemoryPlan::new(256 << 20, 60 << 20, 1024);
+        let large = MemoryPlan::new(1 << 30, 60 << 20, 1024);
+        assert!(large.socket_events > small.socket_events);
+        assert!(large.connection_bytes > small.connection_bytes);
+        assert!(large.log_bytes > small.log_bytes);
+        assert!(large.symbol_bytes > small.symbol_bytes);
+        assert!(large.export_batches > small.export_batches);
+        // Smaller captures: more events in the same share.
+        assert!(MemoryPlan::new(256 << 20, 60 << 20, 256).socket_events > small.socket_events);
+    }
+
+    #[test]
+    fn a_limit_below_the_fixed_parts_gets_the_floors_and_says_so() {
+        let plan = MemoryPlan::new(128 << 20, 100 << 20, 1024);
+        assert!(plan.overcommitted);
+        for (stage, bytes) in Stage::ALL.iter().zip(plan.shares) {
+            assert_eq!(bytes, stage.floor());
+        }
+        assert_eq!(plan.socket_events, 2 * 1024 * 1024 / (1024 + 160));
+        assert_eq!(plan.export_batches, 2);
+    }
+}
