@@ -376,6 +376,7 @@ pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
         .map(|l| s(l.str))
         .collect()
 }
+pub mod cgroup;
 pub mod faults;
 pub mod infra;
 pub mod k8s_api;

