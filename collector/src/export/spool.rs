@@ -3,8 +3,8 @@
 //!
 //! Each record is one file, `<sequence>.rec` (16 hex digits, so names sort in order): a 32-byte
 //! header (magic `LSPL`, format version, items, body length, CRC-32 of the body) and the body.
-//! A record is written to `<sequence>.tmp`, synced and renamed, so a reader never sees half of
-//! one; a `.tmp` file left by a killed agent is removed when the spool is opened. Opening reads
+//! A record is written to `<sequence>.tmp`, synced and renamed (the directory synced after), so
+//! a reader never sees half of one and a crash never loses a record spooled; a `.tmp` file left by a killed agent is removed when the spool is opened. Opening reads
 //! every header, so the spool survives restarts and resumes in order.
 //!
 //! Beyond the cap the oldest records go first (the one being sent excepted), their items
@@ -56,6 +56,25 @@ pub struct Front {
     pub items: u64,
     /// The body, or why it could not be read back (then remove it and count it as corrupt).
     pub body: io::Result<Vec<u8>>,
+}
+
+/// The oldest record, claimed for sending but not read yet.
+#[derive(Debug)]
+pub struct Claim {
+    seq: u64,
+    items: u64,
+    path: PathBuf,
+}
+
+impl Claim {
+    /// Reads the record's body back (checking its header and checksum).
+    pub fn read(self) -> Front {
+        Front {
+            seq: self.seq,
+            items: self.items,
+            body: read_record(&self.path),
+        }
+    }
 }
 
 /// Errors adding a record.
@@ -199,7 +218,10 @@ impl Spool {
             file.write_all(&header)?;
             file.write_all(body)?;
             file.sync_data()?;
-            fs::rename(&tmp, self.record_path(seq))
+            fs::rename(&tmp, self.record_path(seq))?;
+            // The rename is durable once the directory is: a crash after an acknowledged push
+            // must not lose the record's name.
+            File::open(&self.dir)?.sync_all()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -209,12 +231,18 @@ impl Spool {
 
     /// Reads the oldest record and marks it as being sent (eviction spares it).
     pub fn front(&mut self) -> Option<Front> {
+        Some(self.claim_front()?.read())
+    }
+
+    /// Marks the oldest record as being sent (eviction spares it, so its file stays until it is
+    /// removed or released) and says where it is: the caller reads it without holding the spool.
+    pub fn claim_front(&mut self) -> Option<Claim> {
         let e = *self.records.front()?;
         self.sending = Some(e.seq);
-        Some(Front {
+        Some(Claim {
             seq: e.seq,
             items: e.items,
-            body: read_record(&self.record_path(e.seq)),
+            path: self.record_path(e.seq),
         })
     }
 

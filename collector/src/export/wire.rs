@@ -295,7 +295,12 @@ impl<B: SignalBatch, W: WireSink<B>> Shared<B, W> {
         let mut delivered_since_outage: u64 = 0;
         loop {
             let shared = self.clone();
-            let front = tokio::task::spawn_blocking(move || shared.lock().front()).await;
+            // The file is read without holding the spool: exports that spool meanwhile do not wait.
+            let front = tokio::task::spawn_blocking(move || {
+                let claim = shared.lock().claim_front();
+                claim.map(super::spool::Claim::read)
+            })
+            .await;
             let front = match front {
                 Ok(Some(front)) => front,
                 Ok(None) => {
