@@ -131,10 +131,6 @@ pub trait Sink<B: SignalBatch>: Send + Sync + 'static {
     /// Registers the sink's own metrics; called once by the pipeline before the first export.
     fn register_metrics(&mut self, _registry: &Registry) {}
 
-    /// The pipeline began to stop: what is left is exported without waiting out retries (a
-    /// spooling sink spools what the receiver does not take at once).
-    fn stopping(&self) {}
-
     /// Exports one batch (for accumulating signals, at most `batching().max_items` items).
     fn export(&self, batch: Arc<B>) -> BoxFuture<'_, ExportReport<B::Error>>;
 

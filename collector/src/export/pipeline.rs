@@ -351,7 +351,6 @@ async fn run_lane<B: SignalBatch>(
             // Stop requested, or the handle dropped: refuse new batches, drain the queued ones.
             _ = &mut stop, if !stopping => {
                 stopping = true;
-                sink.stopping();
                 rx.close();
             }
             batch = rx.recv() => match batch {
