@@ -230,15 +230,17 @@ pub struct DecodedSample {
     pub labels: HashMap<String, String>,
 }
 
+/// The string at index `i` of `profile`'s string table ("" when out of range).
+pub fn profile_string(profile: &Profile, i: i64) -> &str {
+    profile
+        .string_table
+        .get(i as usize)
+        .map_or("", String::as_str)
+}
+
 /// Every sample of `profile`, decoded.
 pub fn decode_samples(profile: &Profile) -> Vec<DecodedSample> {
-    let s = |i: i64| {
-        profile
-            .string_table
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let s = |i: i64| profile_string(profile, i).to_string();
     // Off-CPU profiles have one value, nanoseconds blocked.
     let count_index = profile
         .sample_type
@@ -318,12 +320,7 @@ pub fn inclusive_counts(profile: &Profile) -> HashMap<String, i64> {
 /// Values of the sample type `type_name` (e.g. `alloc_space`) of every function, counting a sample
 /// once for each distinct function anywhere on its stack (inclusive).
 pub fn inclusive_values(profile: &Profile, type_name: &str) -> HashMap<String, i64> {
-    let s = |i: i64| {
-        profile
-            .string_table
-            .get(i as usize)
-            .map_or("", String::as_str)
-    };
+    let s = |i: i64| profile_string(profile, i);
     let index = profile
         .sample_type
         .iter()
@@ -361,13 +358,7 @@ pub fn inclusive_values(profile: &Profile, type_name: &str) -> HashMap<String, i
 
 /// The label `key` (string value) of every sample.
 pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
-    let s = |i: i64| {
-        profile
-            .string_table
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let s = |i: i64| profile_string(profile, i).to_string();
     profile
         .sample
         .iter()
@@ -659,6 +650,26 @@ impl Agent {
         let status = wait_with_deadline(&mut self.guard.0, limit);
         (status, self.stderr())
     }
+}
+
+/// Waits for the `log_flood` workload (its stderr piped) to finish and returns the lines it says
+/// it wrote (`wrote N`).
+pub fn log_flood_written(flood: &mut Guard) -> f64 {
+    let status = wait_with_deadline(&mut flood.0, Duration::from_secs(30));
+    assert!(status.success(), "log_flood failed: {status}");
+    let mut report = String::new();
+    flood
+        .0
+        .stderr
+        .take()
+        .expect("log_flood's stderr piped")
+        .read_to_string(&mut report)
+        .expect("log_flood's report");
+    report
+        .trim()
+        .strip_prefix("wrote ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("log_flood said {report:?}"))
 }
 
 /// The sum of every series of the metric `name` in a `/metrics` text (0 when absent).

@@ -335,22 +335,24 @@ impl OtlpLogsReceiver {
             .collect()
     }
 
-    /// Every record received: (body, trace id hex, span id hex, severity text).
-    pub fn records(&self) -> Vec<(String, String, String, String)> {
-        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    /// Every record received.
+    fn log_records(&self) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRecord> {
         let requests = self.requests.lock().expect("lock");
         requests
             .iter()
             .flat_map(|r| &r.resource_logs)
             .flat_map(|r| &r.scope_logs)
-            .flat_map(|s| &s.log_records)
+            .flat_map(|s| s.log_records.iter().cloned())
+            .collect()
+    }
+
+    /// Every record received: (body, trace id hex, span id hex, severity text).
+    pub fn records(&self) -> Vec<(String, String, String, String)> {
+        self.log_records()
+            .iter()
             .map(|r| {
-                let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
-                    Some(Value::StringValue(s)) => s.clone(),
-                    _ => String::new(),
-                };
                 (
-                    body,
+                    body_text(r),
                     hex(&r.trace_id),
                     hex(&r.span_id),
                     r.severity_text.clone(),
@@ -358,8 +360,25 @@ impl OtlpLogsReceiver {
             })
             .collect()
     }
+
+    /// Every record received as `time_unix_nano body`.
+    pub fn timed_bodies(&self) -> Vec<String> {
+        self.log_records()
+            .iter()
+            .map(|r| format!("{} {}", r.time_unix_nano, body_text(r)))
+            .collect()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A log record's body when it is a string ("" otherwise).
+fn body_text(record: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    }
 }

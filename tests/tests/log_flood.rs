@@ -12,8 +12,8 @@ use std::{
 };
 
 use loupe_tests::{
-    Guard, SPAN_KIND_SERVER, agent_bin, infra::free_port, read_profiles, read_spans, require_root,
-    wait_port, wait_with_deadline, workload,
+    Guard, SPAN_KIND_SERVER, agent_bin, infra::free_port, log_flood_written, read_profiles,
+    read_spans, require_root, wait_port, wait_with_deadline, workload,
 };
 
 const FLOOD_RATE: u64 = 100_000;
@@ -105,21 +105,7 @@ fn a_log_flood_is_bounded_counted_and_starves_nothing() {
         max_rss = max_rss.max(rss_kb(agent_pid));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = wait_with_deadline(&mut flood.0, Duration::from_secs(30));
-    assert!(status.success());
-    let mut report = String::new();
-    flood
-        .0
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut report)
-        .expect("report");
-    let written: f64 = report
-        .trim()
-        .strip_prefix("wrote ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("log_flood said {report:?}"));
+    let written = log_flood_written(&mut flood);
     std::thread::sleep(Duration::from_secs(2));
     let m = scrape(metrics_port);
     max_rss = max_rss.max(rss_kb(agent_pid));

@@ -6,14 +6,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use loupe_tests::{
-    Agent, Guard, agent_bin, cgroup::MemoryCgroup, http_server, metric_value, read_spans,
-    require_root, wait_with_deadline, workload,
+    Agent, Guard, agent_bin, cgroup::MemoryCgroup, http_server, log_flood_written, metric_value,
+    read_spans, require_root, workload,
 };
 
 /// The chart's default `agent.memoryLimit`, and the agent's.
@@ -77,21 +76,7 @@ fn a_request_and_log_flood_under_the_memory_limit_is_counted_and_never_oom_kille
         .expect("run wrk (installed by `cargo xtask setup`)");
     assert!(wrk.status.success(), "wrk failed");
     let wrk_out = String::from_utf8_lossy(&wrk.stdout).into_owned();
-    let status = wait_with_deadline(&mut flood.0, Duration::from_secs(30));
-    assert!(status.success(), "log_flood failed");
-    let mut report = String::new();
-    flood
-        .0
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut report)
-        .expect("log_flood's report");
-    let written: f64 = report
-        .trim()
-        .strip_prefix("wrote ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("log_flood said {report:?}"));
+    let written = log_flood_written(&mut flood);
 
     // Let the last batches through, then read what the agent says of itself.
     let settle = Instant::now() + Duration::from_secs(3);

@@ -23,7 +23,7 @@ use std::{
 use loupe_tests::{
     Agent, Guard, Profile, agent_bin, decode_samples,
     faults::{Fault, Faults, Gate},
-    http_get_raw, read_all_profiles, read_spans,
+    http_get_raw, profile_string, read_all_profiles, read_spans,
     receivers::{LokiReceiver, OtlpLogsReceiver, PyroscopeReceiver},
     require_root, workload,
 };
@@ -53,14 +53,11 @@ const SINKS: [(&str, &str); 4] = [
 /// A profile reduced to what identifies its content: its start, its sample types and every
 /// sample (stack and value), sorted.
 fn profile_key(service: &str, profile: &Profile) -> String {
-    let s = |i: i64| {
-        profile
-            .string_table
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let types: Vec<String> = profile.sample_type.iter().map(|t| s(t.r#type)).collect();
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .map(|t| profile_string(profile, t.r#type))
+        .collect();
     let mut samples: Vec<String> = decode_samples(profile)
         .into_iter()
         .map(|d| {
@@ -331,23 +328,7 @@ fn every_sink_rides_out_a_scripted_outage_and_delivers_everything_once() {
             .collect()
     };
     exactly_once("log lines at Loki", lines.clone(), loki_lines);
-    let otlp_lines: Vec<String> = {
-        use opentelemetry_proto::tonic::common::v1::any_value::Value;
-        let requests = otlp.requests.lock().expect("lock");
-        requests
-            .iter()
-            .flat_map(|r| &r.resource_logs)
-            .flat_map(|r| &r.scope_logs)
-            .flat_map(|s| &s.log_records)
-            .map(|r| {
-                let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
-                    Some(Value::StringValue(s)) => s.clone(),
-                    _ => String::new(),
-                };
-                format!("{} {body}", r.time_unix_nano)
-            })
-            .collect()
-    };
+    let otlp_lines = otlp.timed_bodies();
     exactly_once("log lines over OTLP", lines, otlp_lines);
 
     // Profiles: every profile file of the local sink, once at Pyroscope.
