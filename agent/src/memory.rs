@@ -37,7 +37,8 @@ pub const LOG_LINE_OVERHEAD: u64 = 320;
 /// queued for several sinks is shared, not copied, so a queue slot of each signal costs this.
 const BATCH_SET_BYTES: u64 = (2 << 20) + (4 << 20) + (4 << 20);
 
-/// A stage: its name, share in per mille of what the fixed parts leave, and floor in bytes.
+/// A stage: its name, share in per mille of what the fixed parts leave, and floor in bytes. Its
+/// discriminant is its index in [`Stage::ALL`] and [`MemoryPlan::shares`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     SocketEvents,
@@ -117,7 +118,7 @@ impl MemoryPlan {
         let left = limit.saturating_sub(kernel_maps + BASELINE_BYTES);
         let floors: u64 = Stage::ALL.iter().map(|s| s.floor()).sum();
         let shares = Stage::ALL.map(|s| (left / 1000 * s.per_mille()).max(s.floor()));
-        let share = |stage: Stage| shares[Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0)];
+        let share = |stage: Stage| shares[stage as usize];
         let event_bytes = u64::from(capture_bytes) + SOCKET_EVENT_OVERHEAD;
         let log_bytes = share(Stage::LogLines);
         MemoryPlan {

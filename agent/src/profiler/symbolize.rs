@@ -139,8 +139,8 @@ impl Symbolizer {
 
     /// Called after every drain. Releases blazesym's parsed symbol tables and file mappings,
     /// keeping the resolved-address caches, once the binaries parsed since the last release hold
-    /// more than the parsed budget ([`PARSED_SYMBOLS_BUDGET`] by default) of symbols (a compiler's can be tens of MB) or after
-    /// [`KEEP_PARSED_DRAINS`] drains. The agent's memory is then bounded by the budget or one
+    /// more than the parsed budget ([`PARSED_SYMBOLS_BUDGET`] by default) of symbols (a
+    /// compiler's can be tens of MB) or after [`KEEP_PARSED_DRAINS`] drains. The agent's memory is then bounded by the budget or one
     /// interval's binaries, whichever is more, rather than by every binary the host ever ran;
     /// and a busy binary's table is parsed once per release, not at every drain that brings one
     /// of its addresses.

@@ -4,7 +4,8 @@
 //! Each record is one file, `<sequence>.rec` (16 hex digits, so names sort in order): a 32-byte
 //! header (magic `LSPL`, format version, items, body length, CRC-32 of the body) and the body.
 //! A record is written to `<sequence>.tmp`, synced and renamed (the directory synced after), so
-//! a reader never sees half of one and a crash never loses a record spooled; a `.tmp` file left by a killed agent is removed when the spool is opened. Opening reads
+//! a reader never sees half of one and a crash never loses a record spooled; a `.tmp` file left
+//! by a killed agent is removed when the spool is opened. Opening reads
 //! every header, so the spool survives restarts and resumes in order.
 //!
 //! Beyond the cap the oldest records go first (the one being sent excepted), their items
@@ -96,6 +97,8 @@ pub enum SpoolError {
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
+    /// The directory, open once: synced after each record's rename.
+    dir_handle: File,
     max_bytes: u64,
     records: VecDeque<Entry>,
     bytes: u64,
@@ -143,6 +146,7 @@ impl Spool {
         let next_seq = found.last().map_or(0, |e| e.seq + 1);
         let mut spool = Spool {
             dir: dir.to_path_buf(),
+            dir_handle: File::open(dir)?,
             max_bytes,
             records: VecDeque::new(),
             bytes: 0,
@@ -221,7 +225,7 @@ impl Spool {
             fs::rename(&tmp, self.record_path(seq))?;
             // The rename is durable once the directory is: a crash after an acknowledged push
             // must not lose the record's name.
-            File::open(&self.dir)?.sync_all()
+            self.dir_handle.sync_all()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -230,6 +234,7 @@ impl Spool {
     }
 
     /// Reads the oldest record and marks it as being sent (eviction spares it).
+    #[cfg(test)]
     pub fn front(&mut self) -> Option<Front> {
         Some(self.claim_front()?.read())
     }

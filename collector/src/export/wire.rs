@@ -9,10 +9,10 @@
 //! written to disk; a replay task sends the spool, oldest first, with the sink's retries and then
 //! 1–30 s between attempts, until it is empty. The export lane thus waits on one attempt at most
 //! (one request timeout when a receiver hangs), never on a retry budget, and its bounded queue
-//! does not overflow during an outage. While the spool holds anything,
-//! new bodies join its end without being tried, so the receiver gets them in order; once it is
-//! empty they go straight out again. A body refused for good (another 4xx, an invalid argument)
-//! is dropped and counted, spooled or not.
+//! does not overflow during an outage. While the spool holds anything, new bodies join its end
+//! without being tried, so the receiver gets them in order; once it is empty they go straight out
+//! again. A body refused for good (another 4xx, an invalid argument) is dropped and counted,
+//! spooled or not.
 //!
 //! Delivery is at least once: a record is removed after its receiver accepted it, so an agent
 //! killed in between sends it again after its restart.
