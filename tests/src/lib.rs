@@ -652,6 +652,31 @@ impl Agent {
     }
 }
 
+/// The sum of the series of the metric `name` labelled `signal="SIGNAL"` and `sink="SINK"` (and
+/// any further labels) in a `/metrics` text.
+pub fn sink_metric(metrics: &str, name: &str, signal: &str, sink: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && l.contains(&format!("signal=\"{signal}\""))
+                && l.contains(&format!("sink=\"{sink}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`…), in kB; 0 when unreadable.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits for the `log_flood` workload (its stderr piped) to finish and returns the lines it says
 /// it wrote (`wrote N`).
 pub fn log_flood_written(flood: &mut Guard) -> f64 {

@@ -12,8 +12,8 @@ use std::{
 };
 
 use loupe_tests::{
-    Guard, SPAN_KIND_SERVER, agent_bin, infra::free_port, log_flood_written, read_profiles,
-    read_spans, require_root, wait_port, wait_with_deadline, workload,
+    Guard, SPAN_KIND_SERVER, agent_bin, infra::free_port, log_flood_written, proc_status_kb,
+    read_profiles, read_spans, require_root, wait_port, wait_with_deadline, workload,
 };
 
 const FLOOD_RATE: u64 = 100_000;
@@ -41,12 +41,7 @@ fn scrape(port: u16) -> HashMap<String, f64> {
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    proc_status_kb(pid, "VmRSS")
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::{
 
 use loupe_tests::{
     Agent, Guard, agent_bin, cgroup::MemoryCgroup, http_server, log_flood_written, metric_value,
-    read_spans, require_root, workload,
+    proc_status_kb, read_spans, require_root, workload,
 };
 
 /// The chart's default `agent.memoryLimit`, and the agent's.
@@ -22,13 +22,7 @@ const LOG_RATE: u64 = 100_000;
 
 /// The agent's peak resident memory (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    proc_status_kb(pid, "VmHWM") * 1024
 }
 
 /// Every non-zero series of the families whose name contains `dropped`, `evicted` or `lost`.

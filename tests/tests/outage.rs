@@ -25,22 +25,8 @@ use loupe_tests::{
     faults::{Fault, Faults, Gate},
     http_get_raw, profile_string, read_all_profiles, read_spans,
     receivers::{LokiReceiver, OtlpLogsReceiver, PyroscopeReceiver},
-    require_root, workload,
+    require_root, sink_metric, workload,
 };
-
-/// `name{…sink="SINK"…signal="SIGNAL"…}` summed, in a `/metrics` text.
-fn sink_metric(metrics: &str, name: &str, signal: &str, sink: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
-                && l.contains(&format!("signal=\"{signal}\""))
-                && l.contains(&format!("sink=\"{sink}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// The four network sinks, as `/metrics` labels them.
 const SINKS: [(&str, &str); 4] = [

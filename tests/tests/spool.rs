@@ -7,20 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use loupe_tests::receivers::LokiReceiver;
-use loupe_tests::{Agent, agent_bin, http_get_raw, infra::free_port, metric_value, require_root};
+use loupe_tests::{
+    Agent, agent_bin, http_get_raw, infra::free_port, metric_value, require_root, sink_metric,
+};
 
 /// `name{signal="logs",sink="loki"}` (and any further labels) in a `/metrics` text.
 fn loki_metric(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
-                && l.contains("signal=\"logs\"")
-                && l.contains("sink=\"loki\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sink_metric(metrics, name, "logs", "loki")
 }
 
 fn start_agent(dir: &std::path::Path, name: &str, server_pid: u32, loki: &str) -> Agent {
