@@ -105,7 +105,8 @@ pub struct MemoryPlan {
     /// Log lines waiting for export, and their bytes.
     pub log_lines: usize,
     pub log_bytes: usize,
-    /// Batches each export lane queues.
+    /// Batches of each signal an export lane queues; for profiles, drains (a drain submits one
+    /// batch per kind).
     pub export_batches: usize,
     /// Bytes of symbol tables kept parsed across drains.
     pub symbol_bytes: u64,

@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow};
 use loupe_collector::export::{SignalBatch, Sink, SpoolConfig, SpooledSink, WireSink};
 use loupe_collector::{
     BoxedProfileSink, ProfileExporter,
+    profile::ProfileKind,
     sink::{
         local::LocalSink,
         pyroscope::{PyroscopeConfig, PyroscopeSink},
@@ -175,7 +176,12 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             tracing::info!(url = %p.url, "pushing profiles to Pyroscope");
             sinks.push(spooled(sink, &config, &registry));
         }
-        let exporter = ProfileExporter::spawn(sinks, &registry, memory.export_batches);
+        // A drain submits one batch per profile kind; the plan's slots are whole drains.
+        let exporter = ProfileExporter::spawn(
+            sinks,
+            &registry,
+            memory.export_batches * ProfileKind::ALL.len(),
+        );
 
         // Network spans first: the capture takes its maps and programs out of the object, then the
         // profiler takes the rest.
