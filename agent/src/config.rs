@@ -496,8 +496,8 @@ pub const DEFAULT_DEBUGINFOD_CACHE: u64 = 256 << 20;
 /// (spans, logs and profiles: about 120 MiB) with room to spare.
 pub const DEFAULT_SPOOL_SIZE: u64 = 512 << 20;
 
-/// Default memory bound: the kernel maps take about 90 MiB (88 MiB measured with every feature
-/// on), the agent's resident memory peaked at 99 MiB under the flood of `memory_limit.rs`.
+/// Default memory bound: the kernel maps take 77 MiB with the default features (88 MiB with every
+/// feature on), the agent's resident memory peaked at 99 MiB under the flood of `memory_limit.rs`.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
 /// The smallest memory bound accepted: below it the kernel maps alone do not fit.
 pub const MIN_MEMORY_LIMIT: u64 = 128 << 20;
@@ -1026,6 +1026,17 @@ impl Config {
 
     /// Turns off what needs uprobes (the kernel refuses them) and names what was on: the agent
     /// says so once at start-up rather than failing at every attach and rescan.
+    /// The kernel features this run uses (the maps of the others are created small).
+    pub fn ebpf_uses(&self) -> crate::ebpf::Uses {
+        crate::ebpf::Uses {
+            network: self.network_spans,
+            tls: self.tls,
+            go: self.go_goroutines,
+            off_cpu: !self.off_cpu_pids.is_empty(),
+            alloc: self.alloc.is_some(),
+        }
+    }
+
     pub fn without_uprobes(&mut self) -> Vec<&'static str> {
         let mut off = Vec::new();
         if std::mem::take(&mut self.tls) {

@@ -11,7 +11,7 @@ pub fn run() {
     crate::probe::ensure_tracefs();
     let mut features = crate::probe::detect();
     if features.capabilities.can_load_bpf() {
-        match crate::ebpf::load() {
+        match crate::ebpf::load(crate::ebpf::Uses::ALL) {
             Ok(mut ebpf) => {
                 features.fentry = crate::ebpf::probe_fentry(&mut ebpf);
                 if features.kprobes.is_yes() {

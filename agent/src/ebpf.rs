@@ -44,18 +44,91 @@ pub enum EbpfError {
     Unavailable(String),
 }
 
-/// Loads the object: creates its maps; programs are loaded into the kernel one by one by their users.
-pub fn load() -> Result<Ebpf, EbpfError> {
+/// The features a run uses, so that the maps of those it does not are created at their smallest:
+/// kernel maps are allocated in full when created, and count against `--memory-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    /// Network spans and logs: the socket programs' maps.
+    pub network: bool,
+    /// TLS in clear through uprobes.
+    pub tls: bool,
+    /// Goroutine-aware context in Go processes.
+    pub go: bool,
+    /// Off-CPU profiles.
+    pub off_cpu: bool,
+    /// Allocation profiles.
+    pub alloc: bool,
+}
+
+impl Uses {
+    /// Everything: the maps at their full sizes (tests, `doctor`).
+    pub const ALL: Uses = Uses {
+        network: true,
+        tls: true,
+        go: true,
+        off_cpu: true,
+        alloc: true,
+    };
+
+    /// The maps to create small, with the size they get: a few entries for hash maps (their
+    /// programs may still run, and find nothing), one page for ring buffers.
+    fn unused_maps(self) -> Vec<(&'static str, u32)> {
+        const ENTRIES: u32 = 64;
+        const RING_BYTES: u32 = 4096;
+        let mut maps = Vec::new();
+        let network = [
+            "CONNECTIONS",
+            "SOCKET_ARGS",
+            "THREAD_REQUESTS",
+            "LOG_RATES",
+            "TCP_CTX_OUT",
+            "TCP_CTX_IN",
+        ];
+        let tls = ["TLS_CALLS", "TLS_FDS", "GO_TLS_CALLS"];
+        let go = [
+            "GO_REQUESTS",
+            "GO_NEWPROC",
+            "GO_HTTP_CONNS",
+            "GO_HTTP_WRITERS",
+        ];
+        let off_cpu = ["OFF_CPU_STARTS"];
+        let alloc = ["ALLOC_COUNTDOWN", "ALLOC_PENDING", "ALLOC_LIVE"];
+        for (used, names) in [
+            (self.network, &network[..]),
+            (self.network && self.tls, &tls[..]),
+            (self.network && self.go, &go[..]),
+            (self.off_cpu, &off_cpu[..]),
+            (self.alloc, &alloc[..]),
+        ] {
+            if !used {
+                maps.extend(names.iter().map(|name| (*name, ENTRIES)));
+            }
+        }
+        if !self.network {
+            maps.push(("SOCKET_EVENTS", RING_BYTES));
+        }
+        if !self.alloc {
+            maps.push(("ALLOC_EVENTS", RING_BYTES));
+        }
+        maps
+    }
+}
+
+/// Loads the object: creates its maps (those of features not in `uses` at their smallest);
+/// programs are loaded into the kernel one by one by their users.
+pub fn load(uses: Uses) -> Result<Ebpf, EbpfError> {
     if OBJECT.is_empty() {
         return Err(EbpfError::NotEmbedded);
     }
     raise_memlock_limit();
     // Zero (goroutines not followed) keeps bpf_task_pt_regs out of the verified programs.
     let g_register = crate::net::goroutines::g_register().unwrap_or(0);
-    EbpfLoader::new()
-        .override_global("GO_G_REGISTER", &g_register, true)
-        .load(OBJECT)
-        .map_err(EbpfError::Load)
+    let mut loader = EbpfLoader::new();
+    loader.override_global("GO_G_REGISTER", &g_register, true);
+    for (name, size) in uses.unused_maps() {
+        loader.map_max_entries(name, size);
+    }
+    loader.load(OBJECT).map_err(EbpfError::Load)
 }
 
 /// Before 5.11 BPF memory is charged against RLIMIT_MEMLOCK; lift it. Later kernels ignore it.

@@ -90,7 +90,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     if let Err(missing) = &plan.profiler {
         return Err(anyhow!("cannot start the CPU profiler: {missing}"));
     }
-    let mut ebpf = crate::ebpf::load()?;
+    let mut ebpf = crate::ebpf::load(config.ebpf_uses())?;
     // Only loading a program tells whether fentry works; it decides how sockets are captured,
     // so it is tried only when they are.
     features.fentry = if config.network_spans {

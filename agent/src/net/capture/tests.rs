@@ -493,6 +493,10 @@ fn seen(events: &[SocketEvent], talk: &Conversation) -> Vec<Seen> {
 
 /// Loads the embedded object, as root.
 fn load() -> Ebpf {
+    load_using(crate::ebpf::Uses::ALL)
+}
+
+fn load_using(uses: crate::ebpf::Uses) -> Ebpf {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -500,7 +504,7 @@ fn load() -> Ebpf {
         "this test loads eBPF programs: run it as root"
     );
     crate::probe::ensure_tracefs();
-    match crate::ebpf::load() {
+    match crate::ebpf::load(uses) {
         Err(EbpfError::NotEmbedded) => {
             panic!(
                 "the eBPF object is not embedded in this test binary: run `cargo xtask build` first"
@@ -557,6 +561,63 @@ fn assert_nothing_lost(registry: &Registry) {
     ] {
         assert!(rendered.contains(line), "{line} missing in:\n{rendered}");
     }
+}
+
+/// The maps of features a run does not use are created small (they count against the memory
+/// limit); the others keep the sizes the kernel programs declare.
+#[test]
+fn maps_of_unused_features_are_created_small() {
+    fn max_entries(ebpf: &Ebpf, name: &str) -> u32 {
+        use aya::maps::Map;
+        let map = ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("{name} not in the object"));
+        let data = match map {
+            Map::HashMap(m) | Map::LruHashMap(m) | Map::RingBuf(m) => m,
+            _ => panic!("{name}: unexpected map type"),
+        };
+        data.info().expect("map info").max_entries()
+    }
+    let full = load();
+    let lean = load_using(crate::ebpf::Uses {
+        network: false,
+        tls: false,
+        go: false,
+        off_cpu: false,
+        alloc: false,
+    });
+    let small = [
+        "CONNECTIONS",
+        "SOCKET_ARGS",
+        "THREAD_REQUESTS",
+        "LOG_RATES",
+        "TCP_CTX_OUT",
+        "TCP_CTX_IN",
+        "TLS_CALLS",
+        "TLS_FDS",
+        "GO_TLS_CALLS",
+        "GO_REQUESTS",
+        "GO_NEWPROC",
+        "GO_HTTP_CONNS",
+        "GO_HTTP_WRITERS",
+        "OFF_CPU_STARTS",
+        "ALLOC_COUNTDOWN",
+        "ALLOC_PENDING",
+        "ALLOC_LIVE",
+    ];
+    for name in small {
+        assert!(max_entries(&full, name) >= 8192, "{name} at full size");
+        assert_eq!(max_entries(&lean, name), 64, "{name}");
+    }
+    for ring in ["SOCKET_EVENTS", "ALLOC_EVENTS"] {
+        assert!(max_entries(&full, ring) >= 1 << 20, "{ring} at full size");
+        assert_eq!(max_entries(&lean, ring), 4096, "{ring}");
+    }
+    // The profiler's own maps never shrink.
+    assert_eq!(
+        max_entries(&full, "SAMPLES_0"),
+        max_entries(&lean, "SAMPLES_0")
+    );
 }
 
 #[test]
