@@ -144,7 +144,7 @@ mod tests {
                 .map(|f| Frame {
                     address: 1,
                     mapping: None,
-                    lines: vec![FrameLine::function(*f)],
+                    lines: vec![FrameLine::function(*f)].into(),
                 })
                 .collect(),
             span,

@@ -369,7 +369,7 @@ impl<'a> Builder<'a> {
         let mapping_id = self.mapping(key);
         let mut lines: Vec<Line> = Vec::with_capacity(frame.lines.len().max(1));
         let (mut has_file, mut has_line) = (false, false);
-        for l in &frame.lines {
+        for l in frame.lines.iter() {
             has_file |= l.file.is_some();
             has_line |= l.line.is_some();
             lines.push(Line {
@@ -462,17 +462,18 @@ mod tests {
             lines: vec![
                 fl("inlined", Some("lib.rs"), Some(7)),
                 fl("hot", Some("main.rs"), Some(42)),
-            ],
+            ]
+            .into(),
         };
         let main = Frame {
             address: 0x1200,
             mapping: Some(exe.clone()),
-            lines: vec![fl("main", Some("main.rs"), Some(3))],
+            lines: vec![fl("main", Some("main.rs"), Some(3))].into(),
         };
         let kernel = Frame {
             address: 0xffff_ffff_8100_0000,
             mapping: None,
-            lines: vec![FrameLine::function("do_syscall_64")],
+            lines: vec![FrameLine::function("do_syscall_64")].into(),
         };
         ServiceProfile {
             service_name: "checkout".into(),
@@ -686,7 +687,7 @@ mod tests {
         let frame = |m: &Arc<Mapping>, addr| Frame {
             address: addr,
             mapping: Some(m.clone()),
-            lines: vec![FrameLine::function("f")],
+            lines: vec![FrameLine::function("f")].into(),
         };
         let prof = ServiceProfile {
             service_name: "x".into(),
@@ -704,7 +705,7 @@ mod tests {
                         Frame {
                             address: 0x5555,
                             mapping: None,
-                            lines: vec![],
+                            lines: vec![].into(),
                         },
                     ],
                     span: None,

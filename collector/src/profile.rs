@@ -236,8 +236,9 @@ pub struct Frame {
     /// The executable mapping holding the address; `None` for kernel frames and unknown ones.
     pub mapping: Option<Arc<Mapping>>,
     /// Innermost inlined function first, the real (outer) function last; never empty
-    /// (use [`UNKNOWN_FUNCTION`] when symbolization failed).
-    pub lines: Vec<FrameLine>,
+    /// (use [`UNKNOWN_FUNCTION`] when symbolization failed). Shared with the symbolizer's cache
+    /// and every other sample at the address: a sample costs its frames, not their names.
+    pub lines: Arc<[FrameLine]>,
 }
 
 impl Frame {

@@ -159,12 +159,10 @@ pub fn assemble(
                         frames.push(Frame {
                             address: ip,
                             mapping: None,
-                            lines: to_vec(
-                                kernel_lines
-                                    .get(&ip)
-                                    .cloned()
-                                    .unwrap_or_else(|| single("[kernel]")),
-                            ),
+                            lines: kernel_lines
+                                .get(&ip)
+                                .cloned()
+                                .unwrap_or_else(|| single("[kernel]")),
                         });
                     }
                 }
@@ -210,7 +208,7 @@ pub fn assemble(
             frames.push(Frame {
                 address: 0,
                 mapping: None,
-                lines: to_vec(single("[unknown]")),
+                lines: single("[unknown]"),
             });
         }
         by_service
@@ -308,7 +306,7 @@ fn count_error(
     frames.push(Frame {
         address: 0,
         mapping: None,
-        lines: to_vec(single(label)),
+        lines: single(label),
     });
 }
 
@@ -317,11 +315,11 @@ fn user_frame(process: &Process, ip: u64, user_lines: &HashMap<(FileKey, u64), L
         return Frame {
             address: ip,
             mapping: None,
-            lines: to_vec(single(if process.incomplete {
+            lines: single(if process.incomplete {
                 "[exited]"
             } else {
                 "[unknown]"
-            })),
+            }),
         };
     };
     let lines = match &m.binary {
@@ -334,12 +332,8 @@ fn user_frame(process: &Process, ip: u64, user_lines: &HashMap<(FileKey, u64), L
     Frame {
         address: ip,
         mapping: Some(m.mapping.clone()),
-        lines: to_vec(lines),
+        lines,
     }
-}
-
-fn to_vec(lines: Lines) -> Vec<loupe_collector::profile::FrameLine> {
-    lines.to_vec()
 }
 
 pub fn comm_str(comm: &[u8]) -> String {
@@ -469,7 +463,8 @@ mod tests {
                 function: function.to_string(),
                 file: None,
                 line: None,
-            }],
+            }]
+            .into(),
         };
         assert!(is_entry_frame(&frame(
             "libc.so.6+0x27249",

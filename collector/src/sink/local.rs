@@ -467,12 +467,12 @@ mod tests {
                                 Frame {
                                     address: 1,
                                     mapping: None,
-                                    lines: vec![FrameLine::function(format!("{s}_leaf"))],
+                                    lines: vec![FrameLine::function(format!("{s}_leaf"))].into(),
                                 },
                                 Frame {
                                     address: 2,
                                     mapping: None,
-                                    lines: vec![FrameLine::function("main")],
+                                    lines: vec![FrameLine::function("main")].into(),
                                 },
                             ],
                             span: None,
@@ -485,7 +485,7 @@ mod tests {
                             frames: vec![Frame {
                                 address: 2,
                                 mapping: None,
-                                lines: vec![FrameLine::function("main")],
+                                lines: vec![FrameLine::function("main")].into(),
                             }],
                             span: None,
                         },

@@ -129,7 +129,7 @@ fn profile_batch() -> Arc<crate::profile::ProfileBatch> {
                 frames: vec![Frame {
                     address: 1,
                     mapping: None,
-                    lines: vec![FrameLine::function("main")],
+                    lines: vec![FrameLine::function("main")].into(),
                 }],
                 span: None,
             }],

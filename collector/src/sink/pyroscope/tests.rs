@@ -25,7 +25,7 @@ fn service(name: &str, labels: &[(&str, &str)], count: u64) -> ServiceProfile {
     let frame = |f: &str| Frame {
         address: 0x1000,
         mapping: None,
-        lines: vec![FrameLine::function(f)],
+        lines: vec![FrameLine::function(f)].into(),
     };
     ServiceProfile {
         service_name: name.to_owned(),
