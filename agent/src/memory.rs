@@ -13,13 +13,15 @@
 //! | `socket_events` | 10% | events queued between the ring-buffer reader and the span builder | the newest batch is dropped |
 //! | `connections` | 20% | parser buffers and waiting requests of all connections | the least recently used connection is evicted |
 //! | `log_lines` | 10% | log lines assembled and waiting for export | the newest line is dropped |
-//! | `export_queues` | 30% | batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
+//! | `export_queues` | 30% | bytes and batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
 //! | `symbols` | 20% | symbol tables kept parsed across drains | released at the drain's end |
 //! | (headroom) | 10% | — | — |
 //!
 //! A share never goes below its stage's floor (what it needs to work at all); when the floors do
 //! not fit, the plan says so and the agent warns that the limit cannot be held.
 
+use loupe_collector::export::QueueBound;
+use loupe_collector::profile::ProfileKind;
 use loupe_collector::telemetry::Registry;
 
 /// The program's own memory besides its stages: code and data, the async runtime, thread
@@ -35,7 +37,29 @@ pub const LOG_LINE_OVERHEAD: u64 = 320;
 /// A large batch of each signal, in bytes: spans (the span builder's 2,048 of about 1 KiB), logs
 /// (a second's flush of a busy node's lines), profiles (a drain's service profiles). A batch
 /// queued for several sinks is shared, not copied, so a queue slot of each signal costs this.
-const BATCH_SET_BYTES: u64 = (2 << 20) + (4 << 20) + (4 << 20);
+const BATCH_SET_BYTES: u64 = SPAN_BATCH_BYTES + LOG_BATCH_BYTES + PROFILE_BATCH_BYTES;
+const SPAN_BATCH_BYTES: u64 = 2 << 20;
+const LOG_BATCH_BYTES: u64 = 4 << 20;
+const PROFILE_BATCH_BYTES: u64 = 4 << 20;
+
+/// The signals whose export queues share [`Stage::ExportQueues`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Spans,
+    Logs,
+    Profiles,
+}
+
+impl Signal {
+    /// The signal's part of the export share: what a large batch of it weighs in a set.
+    fn batch_bytes(self) -> u64 {
+        match self {
+            Signal::Spans => SPAN_BATCH_BYTES,
+            Signal::Logs => LOG_BATCH_BYTES,
+            Signal::Profiles => PROFILE_BATCH_BYTES,
+        }
+    }
+}
 
 /// A stage: its name, share in per mille of what the fixed parts leave, and floor in bytes. Its
 /// discriminant is its index in [`Stage::ALL`] and [`MemoryPlan::shares`].
@@ -158,6 +182,24 @@ impl MemoryPlan {
         }
     }
 
+    /// The bound of each of a signal's export queues when it has `lanes` sinks: in batches,
+    /// [`MemoryPlan::export_batches`] (for profiles, times the kinds a drain submits), and in
+    /// bytes, the signal's part of the export share divided among its sinks, so that the
+    /// queues hold the share however large the batches grow.
+    pub fn export_queue(&self, signal: Signal, lanes: usize) -> QueueBound {
+        let share = self.shares[Stage::ExportQueues as usize];
+        let bytes = share / BATCH_SET_BYTES * signal.batch_bytes()
+            + share % BATCH_SET_BYTES * signal.batch_bytes() / BATCH_SET_BYTES;
+        let batches = match signal {
+            Signal::Profiles => self.export_batches * ProfileKind::ALL.len(),
+            Signal::Spans | Signal::Logs => self.export_batches,
+        };
+        QueueBound {
+            batches,
+            bytes: bytes / lanes.max(1) as u64,
+        }
+    }
+
     /// One line for the log: the limit and each stage's share.
     pub fn describe(&self) -> String {
         let mib = |b: u64| format!("{:.1}MiB", b as f64 / f64::from(1 << 20));
@@ -199,6 +241,28 @@ mod tests {
         assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
         assert!(plan.log_lines >= 1024 && plan.log_bytes as u64 == plan.shares[2]);
         assert_eq!(plan.export_batches as u64, plan.shares[3] / BATCH_SET_BYTES);
+    }
+
+    #[test]
+    fn export_queues_split_their_share_by_signal_and_sink() {
+        let plan = MemoryPlan::new(256 << 20, 77 << 20, 1024);
+        let share = plan.shares[Stage::ExportQueues as usize];
+        let one = |s| plan.export_queue(s, 1);
+        let total =
+            one(Signal::Spans).bytes + one(Signal::Logs).bytes + one(Signal::Profiles).bytes;
+        assert!(total <= share && total + 3 >= share, "{total} of {share}");
+        assert_eq!(one(Signal::Logs).bytes, one(Signal::Profiles).bytes);
+        assert_eq!(one(Signal::Spans).bytes * 2, one(Signal::Logs).bytes);
+        // Two sinks of a signal: each queue gets half.
+        assert_eq!(
+            plan.export_queue(Signal::Logs, 2).bytes,
+            one(Signal::Logs).bytes / 2
+        );
+        assert_eq!(one(Signal::Spans).batches, plan.export_batches);
+        assert_eq!(
+            one(Signal::Profiles).batches,
+            plan.export_batches * ProfileKind::ALL.len()
+        );
     }
 
     #[test]

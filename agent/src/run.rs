@@ -12,7 +12,6 @@ use anyhow::{Context, anyhow};
 use loupe_collector::export::{SignalBatch, Sink, SpoolConfig, SpooledSink, WireSink};
 use loupe_collector::{
     BoxedProfileSink, ProfileExporter,
-    profile::ProfileKind,
     sink::{
         local::LocalSink,
         pyroscope::{PyroscopeConfig, PyroscopeSink},
@@ -31,7 +30,7 @@ use crate::{
     config::Config,
     correlate::SpanIndex,
     logs::LogConfig,
-    memory::MemoryPlan,
+    memory::{MemoryPlan, Signal},
     net::{
         capture::{CaptureOptions, SocketCapture},
         spans::{
@@ -176,12 +175,8 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             tracing::info!(url = %p.url, "pushing profiles to Pyroscope");
             sinks.push(spooled(sink, &config, &registry));
         }
-        // A drain submits one batch per profile kind; the plan's slots are whole drains.
-        let exporter = ProfileExporter::spawn(
-            sinks,
-            &registry,
-            memory.export_batches * ProfileKind::ALL.len(),
-        );
+        let bound = memory.export_queue(Signal::Profiles, sinks.len());
+        let exporter = ProfileExporter::spawn_bounded(sinks, &registry, bound);
 
         // Network spans first: the capture takes its maps and programs out of the object, then the
         // profiler takes the rest.
@@ -466,7 +461,8 @@ fn start_network_spans(
     } else {
         None
     };
-    let exporter = TraceExporter::spawn(sinks, registry, memory.export_batches);
+    let bound = memory.export_queue(Signal::Spans, sinks.len());
+    let exporter = TraceExporter::spawn_bounded(sinks, registry, bound);
     let builder = match spawn_span_builder(
         events,
         exporter.submitter(),
@@ -603,7 +599,8 @@ fn start_log_export(
             Err(e) => tracing::warn!("OTLP log sink disabled: {e}"),
         }
     }
-    let handle = LogExporter::spawn(sinks, registry, memory.export_batches);
+    let bound = memory.export_queue(Signal::Logs, sinks.len());
+    let handle = LogExporter::spawn_bounded(sinks, registry, bound);
     let submitter = handle.submitter();
     let out: LogOut = Box::new(move |batch| {
         // Full queues drop and count (loupe_exporter_items_dropped_total{signal="logs"}).

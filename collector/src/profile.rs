@@ -150,6 +150,34 @@ impl ProfileBatch {
             .fold(0, u64::saturating_add)
     }
 
+    /// The batch's memory: its profiles, samples and frames, and the text they own (symbolized
+    /// lines are shared with the symbolizer's cache and not counted).
+    pub fn approx_bytes(&self) -> u64 {
+        let profiles: usize = self
+            .profiles
+            .iter()
+            .map(|p| {
+                let labels: usize = p
+                    .labels
+                    .iter()
+                    .map(|(k, v)| k.capacity() + v.capacity())
+                    .sum();
+                let samples: usize = p
+                    .samples
+                    .iter()
+                    .map(|s| s.thread_name.capacity() + s.frames.capacity() * size_of::<Frame>())
+                    .sum();
+                p.service_name.capacity()
+                    + p.labels.capacity() * size_of::<(String, String)>()
+                    + labels
+                    + p.samples.capacity() * size_of::<StackSample>()
+                    + samples
+            })
+            .sum();
+        (size_of::<Self>() + self.profiles.capacity() * size_of::<ServiceProfile>() + profiles)
+            as u64
+    }
+
     /// Start of the interval in whole seconds since the Unix epoch (floored).
     pub fn start_unix_secs(&self) -> i64 {
         self.start_unix_nanos.div_euclid(1_000_000_000)

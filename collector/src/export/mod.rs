@@ -28,7 +28,9 @@ pub mod spool;
 mod wire;
 
 pub use batcher::{Accumulator, Batcher, Grouped, PassThrough};
-pub use pipeline::{DEFAULT_QUEUE_CAPACITY, Exporter, ExporterHandle, PipelineError, Submitter};
+pub use pipeline::{
+    DEFAULT_QUEUE_CAPACITY, Exporter, ExporterHandle, PipelineError, QueueBound, Submitter,
+};
 pub use wire::{Delivery, Payload, Sent, SpoolConfig, SpooledSink, WireSink, export_direct};
 
 /// A boxed, sendable future, so that [`Sink`] stays object safe.
@@ -45,6 +47,10 @@ pub trait SignalBatch: Send + Sync + Sized + 'static {
 
     /// Items in the batch, the unit of the item counters: service profiles, spans, log records.
     fn item_count(&self) -> u64;
+
+    /// The memory the batch holds, estimated: its structures and the text it owns (not what it
+    /// shares with the producer, such as symbol names or resources). Queues are bounded by it.
+    fn approx_bytes(&self) -> u64;
 }
 
 /// When an accumulating lane hands what it holds to its sink.

@@ -22,6 +22,27 @@ use crate::telemetry::{Counter, Gauge, Registry};
 /// agent's RSS budget is 64 MB); beyond that batches are dropped and counted.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4;
 
+/// How much each sink's queue holds before the next batch is dropped (counted as `queue_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    /// Batches (at least 1).
+    pub batches: usize,
+    /// Bytes of the queued batches ([`SignalBatch::approx_bytes`]). A batch is always taken
+    /// into an empty queue, however large: it is in memory already, and refusing it would
+    /// starve its sink.
+    pub bytes: u64,
+}
+
+impl QueueBound {
+    /// A bound in batches only.
+    pub fn batches(batches: usize) -> Self {
+        Self {
+            batches,
+            bytes: u64::MAX,
+        }
+    }
+}
+
 /// Errors of the export pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -56,17 +77,30 @@ impl<B: SignalBatch> Exporter<B> {
         registry: &Registry,
         queue_capacity: usize,
     ) -> ExporterHandle<B> {
+        Self::spawn_bounded(sinks, registry, QueueBound::batches(queue_capacity))
+    }
+
+    /// [`Exporter::spawn`] with each sink's queue bounded in batches and bytes.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime, like `tokio::spawn`.
+    pub fn spawn_bounded(
+        sinks: Vec<Box<dyn Sink<B>>>,
+        registry: &Registry,
+        bound: QueueBound,
+    ) -> ExporterHandle<B> {
         let mut lanes = Vec::with_capacity(sinks.len());
         let mut tasks = Vec::with_capacity(sinks.len());
         for mut sink in sinks {
             sink.register_metrics(registry);
             let name = sink.name().to_owned();
             let metrics = Arc::new(LaneMetrics::new(registry, B::SIGNAL, &name));
-            let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+            let (tx, rx) = mpsc::channel(bound.batches.max(1));
             let (stop_tx, stop_rx) = oneshot::channel();
             let task = tokio::spawn(run_lane(sink, rx, stop_rx, metrics.clone()));
             lanes.push(LaneTx {
                 tx,
+                max_bytes: bound.bytes,
                 metrics: metrics.clone(),
             });
             tasks.push(LaneTask {
@@ -112,7 +146,9 @@ impl<B> Clone for Submitter<B> {
 
 #[derive(Debug)]
 struct LaneTx<B> {
-    tx: mpsc::Sender<Arc<B>>,
+    /// Each batch with its [`SignalBatch::approx_bytes`].
+    tx: mpsc::Sender<(Arc<B>, u64)>,
+    max_bytes: u64,
     metrics: Arc<LaneMetrics>,
 }
 
@@ -140,6 +176,9 @@ struct LaneMetrics {
     pending_items: Gauge,
     /// Batches in the queue.
     queued_batches: AtomicU64,
+    /// Their bytes, which the queue's byte bound holds against.
+    queued_bytes: AtomicU64,
+    queued_bytes_gauge: Gauge,
     /// Batches the lane holds: due for export or being exported, plus one while it accumulates.
     held_batches: AtomicU64,
 }
@@ -199,6 +238,13 @@ impl LaneMetrics {
                 &l,
             ),
             queued_batches: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            queued_bytes_gauge: r.gauge(
+                "loupe_exporter_queued_bytes",
+                "Bytes of the batches in a sink's queue (an estimate of their memory), held \
+                 under the queue's byte bound.",
+                &l,
+            ),
             held_batches: AtomicU64::new(0),
         }
     }
@@ -226,6 +272,7 @@ impl<B: SignalBatch> Submitter<B> {
         if items == 0 && <B::Batcher as Batcher<B>>::SKIPS_EMPTY {
             return true;
         }
+        let bytes = batch.approx_bytes();
         let mut all = true;
         // The last lane gets the caller's reference itself, so that with one sink the lane holds
         // the only one and can take the items instead of copying them.
@@ -242,11 +289,21 @@ impl<B: SignalBatch> Submitter<B> {
             // Count as pending before sending so the lane's decrement never comes first.
             m.pending_items.add(as_gauge(items));
             m.queued_batches.fetch_add(1, Ordering::Relaxed);
-            match lane.tx.try_send(this) {
-                Ok(()) => m.submitted.inc(),
+            let queued = m.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let result = if queued > 0 && queued.saturating_add(bytes) > lane.max_bytes {
+                Err(TrySendError::Full((this, bytes)))
+            } else {
+                lane.tx.try_send((this, bytes))
+            };
+            match result {
+                Ok(()) => {
+                    m.submitted.inc();
+                    m.queued_bytes_gauge.add(as_gauge(bytes));
+                }
                 Err(e) => {
                     m.pending_items.add(-as_gauge(items));
                     m.queued_batches.fetch_sub(1, Ordering::Relaxed);
+                    m.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                     m.batches_dropped.inc();
                     match e {
                         TrySendError::Full(_) => m.dropped_queue_full.add(items),
@@ -314,6 +371,8 @@ impl<B: SignalBatch> ExporterHandle<B> {
             }
             let batches = m.queued_batches.swap(0, Ordering::Relaxed)
                 + m.held_batches.swap(0, Ordering::Relaxed);
+            m.queued_bytes.store(0, Ordering::Relaxed);
+            m.queued_bytes_gauge.set(0);
             let items = u64::try_from(m.pending_items.get()).unwrap_or(0);
             m.pending_items.set(0);
             m.batches_dropped.add(batches);
@@ -336,7 +395,7 @@ impl<B: SignalBatch> ExporterHandle<B> {
 
 async fn run_lane<B: SignalBatch>(
     sink: Box<dyn Sink<B>>,
-    mut rx: mpsc::Receiver<Arc<B>>,
+    mut rx: mpsc::Receiver<(Arc<B>, u64)>,
     mut stop: oneshot::Receiver<()>,
     m: Arc<LaneMetrics>,
 ) {
@@ -354,8 +413,10 @@ async fn run_lane<B: SignalBatch>(
                 rx.close();
             }
             batch = rx.recv() => match batch {
-                Some(b) => {
+                Some((b, bytes)) => {
                     m.queued_batches.fetch_sub(1, Ordering::Relaxed);
+                    m.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    m.queued_bytes_gauge.add(-as_gauge(bytes));
                     batcher.add(b, batching, Instant::now(), &mut ready);
                 }
                 None => break,

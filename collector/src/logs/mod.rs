@@ -67,6 +67,16 @@ impl SignalBatch for LogBatch {
     fn item_count(&self) -> u64 {
         self.record_count()
     }
+
+    fn approx_bytes(&self) -> u64 {
+        let records: usize = self
+            .resources
+            .iter()
+            .flat_map(|r| &r.records)
+            .map(LogRecord::approx_bytes)
+            .sum();
+        (records + self.resources.capacity() * std::mem::size_of::<ResourceLogs>()) as u64
+    }
 }
 
 impl Grouped for LogBatch {

@@ -109,6 +109,11 @@ impl LogBatch {
 pub const LOG_IOSTREAM: Cow<'static, str> = Cow::Borrowed("log.iostream");
 
 impl LogRecord {
+    /// The record's memory: itself, its line and the attributes it owns.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.body.capacity() + Attribute::list_bytes(&self.attributes)
+    }
+
     /// The OTLP protobuf form: the body as a string value, the severity as number and text.
     pub fn to_proto(&self) -> super::proto::logs::LogRecord {
         super::proto::logs::LogRecord {

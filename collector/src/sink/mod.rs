@@ -38,6 +38,10 @@ impl SignalBatch for ProfileBatch {
     fn item_count(&self) -> u64 {
         self.profiles.len() as u64
     }
+
+    fn approx_bytes(&self) -> u64 {
+        self.approx_bytes()
+    }
 }
 
 /// Starts the profile lanes: `ProfileExporter::spawn(sinks, &registry, capacity)`.

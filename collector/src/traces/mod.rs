@@ -95,6 +95,16 @@ impl SignalBatch for TraceBatch {
     fn item_count(&self) -> u64 {
         self.span_count()
     }
+
+    fn approx_bytes(&self) -> u64 {
+        let spans: usize = self
+            .resources
+            .iter()
+            .flat_map(|r| &r.spans)
+            .map(SpanData::approx_bytes)
+            .sum();
+        (spans + self.resources.capacity() * std::mem::size_of::<ResourceBatch>()) as u64
+    }
 }
 
 impl Grouped for TraceBatch {

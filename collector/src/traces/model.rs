@@ -38,6 +38,16 @@ pub enum Text {
     Shared(Arc<str>),
 }
 
+impl Text {
+    /// Bytes this value owns on the heap (shared and static text cost nothing more).
+    pub fn owned_bytes(&self) -> usize {
+        match self {
+            Text::Owned(s) => s.capacity(),
+            Text::Static(_) | Text::Shared(_) => 0,
+        }
+    }
+}
+
 impl std::ops::Deref for Text {
     type Target = str;
 
@@ -126,7 +136,36 @@ pub struct SpanData {
     pub error: Option<String>,
 }
 
+impl Attribute {
+    /// Bytes the attribute owns besides itself.
+    pub fn owned_bytes(&self) -> usize {
+        let key = match &self.key {
+            Cow::Owned(k) => k.capacity(),
+            Cow::Borrowed(_) => 0,
+        };
+        key + match &self.value {
+            AttrValue::Str(t) => t.owned_bytes(),
+            AttrValue::Int(_) => 0,
+        }
+    }
+
+    /// Bytes of a list of attributes and what they own.
+    pub fn list_bytes(list: &Vec<Attribute>) -> usize {
+        list.capacity() * std::mem::size_of::<Attribute>()
+            + list.iter().map(Attribute::owned_bytes).sum::<usize>()
+    }
+}
+
 impl SpanData {
+    /// The span's memory: itself and the text and attributes it owns.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.trace_state.capacity()
+            + self.name.capacity()
+            + Attribute::list_bytes(&self.attributes)
+            + self.error.as_ref().map_or(0, String::capacity)
+    }
+
     /// The OTLP protobuf form.
     pub fn to_proto(&self) -> Span {
         Span {

@@ -185,6 +185,71 @@ mod profiles {
         assert_eq!(dropped(&registry, "shutdown", "profiles", "slow"), 0);
     }
 
+    /// A batch of `services` service profiles, each with one sample of `frames` frames.
+    fn sized_batch(id: i64, services: usize, frames: usize) -> Arc<ProfileBatch> {
+        use crate::profile::{Frame, StackSample};
+        let sample = StackSample {
+            frames: vec![Frame::default(); frames],
+            ..StackSample::default()
+        };
+        let profile = ServiceProfile {
+            service_name: "svc".into(),
+            samples: vec![sample],
+            ..ServiceProfile::default()
+        };
+        Arc::new(ProfileBatch {
+            start_unix_nanos: id,
+            profiles: vec![profile; services],
+            ..ProfileBatch::default()
+        })
+    }
+
+    /// A queue bounded in bytes drops the batch that would cross the bound (counted as
+    /// queue_full) even with batch slots free, takes a batch of any size into an empty queue,
+    /// and reports what it holds in `loupe_exporter_queued_bytes`.
+    #[tokio::test]
+    async fn byte_bound_drops_what_does_not_fit_and_counts_it() {
+        let registry = Registry::new();
+        let (sink, mut probe) = gated("slow", 0);
+        let small = sized_batch(1, 1, 10);
+        let bytes = small.approx_bytes();
+        assert!(bytes > 10 * size_of::<crate::profile::Frame>() as u64);
+        let bound = QueueBound {
+            batches: 100,
+            bytes: 2 * bytes + bytes / 2,
+        };
+        let handle = ProfileExporter::spawn_bounded(vec![sink], &registry, bound);
+        // The sink takes batch 0 and stays inside export: the queue is empty again.
+        assert!(handle.try_submit(sized_batch(0, 1, 10)));
+        assert_eq!(probe.started.recv().await, Some(0));
+        assert!(handle.try_submit(small.clone()));
+        assert!(handle.try_submit(sized_batch(2, 1, 10)));
+        assert_eq!(
+            m(&registry, "loupe_exporter_queued_bytes", "slow"),
+            2 * bytes as i64
+        );
+        // A third would cross the bound: dropped, its one profile counted.
+        assert!(!handle.try_submit(sized_batch(3, 1, 10)));
+        assert_eq!(dropped(&registry, "queue_full", "profiles", "slow"), 1);
+
+        // Once the queue drains, a batch far above the bound still goes in, alone.
+        probe.gate.add_permits(3);
+        while probe.done.lock().unwrap().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(m(&registry, "loupe_exporter_queued_bytes", "slow"), 0);
+        let large = sized_batch(4, 20, 100);
+        assert!(large.approx_bytes() > bound.bytes);
+        assert!(handle.try_submit(large));
+        assert!(!handle.try_submit(sized_batch(5, 1, 10)));
+        assert_eq!(dropped(&registry, "queue_full", "profiles", "slow"), 2);
+
+        probe.gate.add_permits(10);
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(*probe.done.lock().unwrap(), [0, 1, 2, 4]);
+        assert_eq!(m(&registry, "loupe_exporter_queued_bytes", "slow"), 0);
+    }
+
     #[tokio::test]
     async fn shutdown_flushes_queued_batches() {
         let registry = Registry::new();

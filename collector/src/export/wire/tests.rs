@@ -18,6 +18,9 @@ impl SignalBatch for Numbers {
     fn item_count(&self) -> u64 {
         self.0.len() as u64
     }
+    fn approx_bytes(&self) -> u64 {
+        (self.0.len() * 8) as u64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
