@@ -20,6 +20,9 @@
 //! A share never goes below its stage's floor (what it needs to work at all); when the floors do
 //! not fit, the plan says so and the agent warns that the limit cannot be held.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use loupe_collector::export::QueueBound;
 use loupe_collector::profile::ProfileKind;
 use loupe_collector::telemetry::Registry;
@@ -113,8 +116,35 @@ impl Stage {
     }
 }
 
+/// Set while the agent's memory (resident plus kernel maps) is near `--memory-limit`: the
+/// socket reader then drops the events it reads (counted, reason `memory_pressure`) until
+/// memory falls back, so that something the stages' caps do not see cannot push the agent
+/// over its cgroup's limit. Profiles go on (their queues are bounded in bytes).
+#[derive(Debug, Clone, Default)]
+pub struct Pressure(Arc<AtomicBool>);
+
+/// Shedding starts above this share of the limit, in per mille...
+const PRESSURE_ON: u64 = 950;
+/// ...and stops below this one, so that it does not flap at the threshold.
+const PRESSURE_OFF: u64 = 900;
+
+impl Pressure {
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Updates the state for `used` bytes of `limit`; returns it.
+    pub fn update(&self, used: u64, limit: u64) -> bool {
+        let on = self.is_on();
+        let threshold = if on { PRESSURE_OFF } else { PRESSURE_ON };
+        let now = u128::from(used) * 1000 > u128::from(limit) * u128::from(threshold);
+        self.0.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
 /// The caps the stages enforce, derived from the limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MemoryPlan {
     pub limit: u64,
     pub kernel_maps: u64,
@@ -134,6 +164,8 @@ pub struct MemoryPlan {
     pub export_batches: usize,
     /// Bytes of symbol tables kept parsed across drains.
     pub symbol_bytes: u64,
+    /// The safety valve near the limit (set by the memory watcher, read by the socket reader).
+    pub pressure: Pressure,
 }
 
 impl MemoryPlan {
@@ -159,6 +191,7 @@ impl MemoryPlan {
             log_bytes: log_bytes as usize,
             export_batches: (share(Stage::ExportQueues) / BATCH_SET_BYTES).clamp(2, 64) as usize,
             symbol_bytes: share(Stage::Symbols),
+            pressure: Pressure::default(),
         }
     }
 
@@ -241,6 +274,24 @@ mod tests {
         assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
         assert!(plan.log_lines >= 1024 && plan.log_bytes as u64 == plan.shares[2]);
         assert_eq!(plan.export_batches as u64, plan.shares[3] / BATCH_SET_BYTES);
+    }
+
+    #[test]
+    fn pressure_starts_near_the_limit_and_stops_with_hysteresis() {
+        let p = Pressure::default();
+        let limit = 1000;
+        assert!(!p.update(900, limit) && !p.is_on());
+        assert!(!p.update(950, limit));
+        assert!(p.update(951, limit) && p.is_on());
+        // Stays on until below 90%.
+        assert!(p.update(920, limit));
+        assert!(p.update(901, limit));
+        assert!(!p.update(900, limit) && !p.is_on());
+        // Over the limit itself, and huge values, do not overflow.
+        assert!(p.update(u64::MAX, u64::MAX - 1));
+        // A clone is the same switch.
+        let q = p.clone();
+        assert!(q.is_on());
     }
 
     #[test]

@@ -227,7 +227,9 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::self_metrics::watch_memory(
             config.memory_limit,
             kernel_maps,
-            Duration::from_secs(10),
+            Duration::from_secs(1),
+            memory.pressure.clone(),
+            registry.clone(),
         ));
 
         // /metrics comes up once every program is attached: a port that answers means the agent
@@ -436,6 +438,7 @@ fn start_network_spans(
             // limit, which the log assembler enforces exactly.
             log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),
             queue_capacity: memory.socket_events,
+            pressure: memory.pressure.clone(),
             ..CaptureOptions::default()
         },
         registry,

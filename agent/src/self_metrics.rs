@@ -132,11 +132,25 @@ pub fn record_kernel_maps(registry: &Registry) -> u64 {
     total
 }
 
-/// Logs a warning each time the resident memory plus the kernel maps crosses `limit` (checked every
-/// `period`), and once more when it falls back under it. The bound itself is enforced by the caps of
-/// each stage; this says when they do not suffice.
-pub async fn watch_memory(limit: u64, kernel_maps: u64, period: Duration) {
+/// Checks the resident memory plus the kernel maps against `limit` every `period`: sets
+/// `pressure` near the limit (the socket reader sheds while it is on; `loupe_memory_pressure`
+/// says so), and logs a warning each time memory crosses the limit itself, and once more when it
+/// falls back under it. The bound is enforced by the caps of each stage; this is the safety valve
+/// for when they do not suffice.
+pub async fn watch_memory(
+    limit: u64,
+    kernel_maps: u64,
+    period: Duration,
+    pressure: crate::memory::Pressure,
+    registry: Registry,
+) {
     let page_size = page_size();
+    let gauge = registry.gauge(
+        "loupe_memory_pressure",
+        "1 while the agent's memory is within 5% of --memory-limit (until it is 10% below): \
+         socket events are dropped (loupe_socket_events_dropped_total{reason=\"memory_pressure\"}).",
+        &[],
+    );
     let mut over = false;
     let mut tick = tokio::time::interval(period);
     loop {
@@ -149,6 +163,23 @@ pub async fn watch_memory(limit: u64, kernel_maps: u64, period: Duration) {
             continue;
         };
         let used = pages * page_size + kernel_maps;
+        let was_shedding = pressure.is_on();
+        let shedding = pressure.update(used, limit);
+        gauge.set(i64::from(shedding));
+        if shedding != was_shedding {
+            if shedding {
+                tracing::warn!(
+                    used_bytes = used,
+                    limit_bytes = limit,
+                    "memory near --memory-limit: dropping socket events until it falls back"
+                );
+            } else {
+                tracing::info!(
+                    used_bytes = used,
+                    "memory pressure over: socket events flow again"
+                );
+            }
+        }
         if used > limit && !over {
             tracing::warn!(
                 used_bytes = used,

@@ -51,6 +51,7 @@ use loupe_common::socket::{
 use super::{SocketEvent, SocketEvents};
 use crate::{
     ebpf::{EbpfError, program, rejected, take_map},
+    memory::Pressure,
     probe::SocketAttach,
 };
 
@@ -179,6 +180,8 @@ pub struct CaptureOptions {
     /// The TLS library probes will run (`--tls`): data syscalls check whether they are inside
     /// a probed TLS call.
     pub tls: bool,
+    /// While on, events read are dropped (counted as `memory_pressure`).
+    pub pressure: Pressure,
 }
 
 impl Default for CaptureOptions {
@@ -197,6 +200,7 @@ impl Default for CaptureOptions {
             tcp_context: false,
             trusted_peers: Vec::new(),
             tls: false,
+            pressure: Pressure::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ struct Metrics {
     dropped_ring_full: Counter,
     dropped_args_map_full: Counter,
     dropped_queue_full: Counter,
+    dropped_memory_pressure: Counter,
     untracked_map_full: Counter,
     untracked_seed_limit: Counter,
     read_failures_buffer: Counter,
@@ -290,6 +295,7 @@ impl Metrics {
             dropped_ring_full: dropped("ring_full"),
             dropped_args_map_full: dropped("args_map_full"),
             dropped_queue_full: dropped("queue_full"),
+            dropped_memory_pressure: dropped("memory_pressure"),
             untracked_map_full: untracked("map_full"),
             // Connections open at the start beyond half the connection map (the other half is
             // kept for new ones).
@@ -521,11 +527,22 @@ impl SocketCapture {
         let (tx, rx) = sync_channel(options.queue_capacity.max(1).div_ceil(BATCH_EVENTS));
         let stop = Arc::new(AtomicBool::new(false));
         let sweep_interval = options.sweep_interval;
+        let pressure = options.pressure.clone();
         let handle = {
             let stop = stop.clone();
             thread::Builder::new()
                 .name("loupe-sockets".into())
-                .spawn(move || read_events(maps, tx, metrics, sweep_interval, stop, late_accepts))
+                .spawn(move || {
+                    read_events(
+                        maps,
+                        tx,
+                        metrics,
+                        sweep_interval,
+                        stop,
+                        late_accepts,
+                        pressure,
+                    )
+                })
                 .map_err(|e| {
                     EbpfError::Unavailable(format!("cannot start the socket reader thread: {e}"))
                 })?
@@ -767,6 +784,10 @@ struct Tally {
     close: u64,
     log: u64,
     queue_full: u64,
+    memory_pressure: u64,
+    /// While on, DATA and LOG events are dropped; OPEN and CLOSE (no payload) still pass, so
+    /// that the span builder lets go of closed connections.
+    pressure: Pressure,
     /// The batch being gathered; each event's bytes are still only a range in `bytes` (in
     /// `ranges`), made slices of one buffer when the batch is sent.
     events: SocketEvents,
@@ -782,6 +803,10 @@ impl Tally {
             kind::DATA => self.data += 1,
             kind::LOG => self.log += 1,
             _ => self.close += 1,
+        }
+        if matches!(header.kind, kind::DATA | kind::LOG) && self.pressure.is_on() {
+            self.memory_pressure += 1;
+            return;
         }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
@@ -827,6 +852,8 @@ impl Tally {
         m.log.add(std::mem::take(&mut self.log));
         m.dropped_queue_full
             .add(std::mem::take(&mut self.queue_full));
+        m.dropped_memory_pressure
+            .add(std::mem::take(&mut self.memory_pressure));
     }
 }
 
@@ -837,10 +864,14 @@ fn read_events(
     sweep_interval: Duration,
     stop: Arc<AtomicBool>,
     mut late_accepts: Vec<CaptureLink>,
+    pressure: Pressure,
 ) {
     let late_accepts_until = Instant::now() + LATE_ACCEPT_GRACE;
     let fd = maps.ring.as_raw_fd();
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        pressure,
+        ..Tally::default()
+    };
     let mut last_counters = [0u64; counter::COUNT as usize];
     let mut next_counters = Instant::now() + COUNTER_INTERVAL;
     let mut next_sweep = Instant::now() + sweep_interval;

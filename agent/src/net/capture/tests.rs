@@ -82,6 +82,49 @@ fn tally_batches_events_and_counts_a_full_queue() {
     drop(rx);
 }
 
+/// Under memory pressure the reader drops DATA and LOG events, counted, and still passes OPEN
+/// and CLOSE; once the pressure is off, everything passes again.
+#[test]
+fn memory_pressure_drops_payloads_and_keeps_connection_events() {
+    let (tx, rx) = sync_channel(4);
+    let pressure = crate::memory::Pressure::default();
+    let mut tally = Tally {
+        pressure: pressure.clone(),
+        ..Tally::default()
+    };
+    let event = |kind, fd| SocketEventHeader {
+        kind,
+        fd,
+        captured: 3,
+        ..Default::default()
+    };
+    assert!(pressure.update(96, 100));
+    for (k, fd) in [
+        (kind::OPEN, 1),
+        (kind::DATA, 2),
+        (kind::LOG, 3),
+        (kind::CLOSE, 4),
+    ] {
+        tally.push(&tx, event(k, fd), b"abc");
+    }
+    tally.send(&tx);
+    let passed: Vec<i32> = rx.try_recv().unwrap().iter().map(|e| e.header.fd).collect();
+    assert_eq!(passed, [1, 4]);
+    assert_eq!(tally.memory_pressure, 2);
+    // Every event read is still counted by kind.
+    assert_eq!(
+        (tally.open, tally.data, tally.log, tally.close),
+        (1, 1, 1, 1)
+    );
+
+    assert!(!pressure.update(50, 100));
+    tally.push(&tx, event(kind::DATA, 5), b"abc");
+    tally.send(&tx);
+    let after = rx.try_recv().unwrap();
+    assert_eq!((after[0].header.fd, &after[0].data[..]), (5, &b"abc"[..]));
+    assert_eq!(tally.memory_pressure, 2);
+}
+
 fn check(ret: isize, what: &str) -> usize {
     assert!(ret >= 0, "{what}: {}", io::Error::last_os_error());
     ret as usize
