@@ -23,3 +23,13 @@ mod tests {
         assert!(super::pids(std::path::Path::new("/nonexistent")).is_empty());
     }
 }
+
+/// Maps `path` read-only, for parsing an ELF file without copying it into the agent's memory.
+pub fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the mapping is read-only and private to this call's users, who only parse it. The
+    // files mapped are executables and shared libraries in use, which the kernel does not let
+    // anyone write (ETXTBSY for executables) and which package managers replace by renaming a
+    // new file over them, leaving this mapping's pages intact.
+    unsafe { memmap2::Mmap::map(&file) }
+}

@@ -528,7 +528,8 @@ impl GoProbes {
         exe: &Path,
         pid: u32,
     ) -> Result<(String, Probed), NotProbed> {
-        let data = std::fs::read(exe).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
+        let data =
+            crate::procfs::map_file(exe).map_err(|e| NotProbed::Unreadable(e.to_string()))?;
         let runtime = inspect(&data)?;
         // Attach through the process's root, so a container's file is found from the host.
         let target = std::fs::read_link(exe)
@@ -617,7 +618,7 @@ pub fn survey() -> Vec<GoExecutable> {
         let entry = by_file
             .entry((meta.dev(), meta.ino()))
             .or_insert_with(|| GoExecutable {
-                inspected: std::fs::read(&exe)
+                inspected: crate::procfs::map_file(&exe)
                     .map_err(|e| NotProbed::Unreadable(e.to_string()))
                     .and_then(|data| inspect(&data)),
                 path: std::fs::read_link(&exe).unwrap_or(exe),

@@ -130,7 +130,7 @@ impl crate::uprobes::Rescan for TlsProbes {
 }
 
 fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<UProbeLink>, String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let data = crate::procfs::map_file(path).map_err(|e| e.to_string())?;
     let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
     let mut links = Vec::new();
     for (prog, function) in PROBES {
@@ -266,7 +266,7 @@ fn version_of(libssl: &Path) -> String {
     let name = libssl.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let suffix = name.strip_prefix("libssl.so").unwrap_or("");
     let crypto = libssl.with_file_name(format!("libcrypto.so{suffix}"));
-    if let Ok(data) = std::fs::read(&crypto)
+    if let Ok(data) = crate::procfs::map_file(&crypto)
         && let Some(at) = data
             .windows(9)
             .position(|w| w.starts_with(b"OpenSSL ") && w[8].is_ascii_digit())

@@ -501,7 +501,8 @@ impl Drop for AllocTracker {
 fn attach(ebpf: &mut Ebpf, pid: u32, a: &Allocator) -> Result<Vec<UProbeLink>, String> {
     let scope =
         UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).ok_or_else(|| "pid 0".to_string())?);
-    let data = std::fs::read(&a.path).map_err(|e| format!("{}: {e}", a.path.display()))?;
+    let data =
+        crate::procfs::map_file(&a.path).map_err(|e| format!("{}: {e}", a.path.display()))?;
     let file = object::File::parse(&*data).map_err(|e| format!("{}: {e}", a.path.display()))?;
     let mut links = Vec::new();
     for (prog, function, required) in ENTRY_PROBES {
@@ -542,11 +543,13 @@ pub fn find_allocator(pid: u32) -> Result<Allocator, String> {
     let reach = |name: &str| root.join(name.trim_start_matches('/'));
     let exe_name = exe.to_string_lossy().into_owned();
     let defines = |name: &str, symbol: &str| {
-        std::fs::read(reach(name)).ok().is_some_and(|data| {
-            object::File::parse(&*data)
-                .ok()
-                .is_some_and(|f| symbol_file_offset(&f, symbol).is_some())
-        })
+        crate::procfs::map_file(&reach(name))
+            .ok()
+            .is_some_and(|data| {
+                object::File::parse(&*data)
+                    .ok()
+                    .is_some_and(|f| symbol_file_offset(&f, symbol).is_some())
+            })
     };
     let found = |name: &str, prefix: &'static str| Allocator {
         path: reach(name),
