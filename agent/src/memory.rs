@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `socket_events` | 10% | events queued between the ring-buffer reader and the span builder | the newest batch is dropped |
 //! | `connections` | 20% | parser buffers and waiting requests of all connections | the least recently used connection is evicted |
-//! | `log_lines` | 10% | log lines assembled and waiting for export | the newest line is dropped |
+//! | `log_lines` | 10% | log lines waiting for export (3/4), lines in progress (1/4) | the newest line is dropped; the oldest lines in progress go out as they are |
 //! | `export_queues` | 30% | bytes and batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
 //! | `symbols` | 20% | symbol tables kept parsed across drains | released at the drain's end |
 //! | (headroom) | 10% | — | — |
@@ -159,6 +159,8 @@ pub struct MemoryPlan {
     /// Log lines waiting for export, and their bytes.
     pub log_lines: usize,
     pub log_bytes: usize,
+    /// Lines in progress (a write without its line end yet), each up to the line limit.
+    pub log_partial_lines: usize,
     /// Batches of each signal an export lane queues; for profiles, drains (a drain submits one
     /// batch per kind).
     pub export_batches: usize,
@@ -177,7 +179,10 @@ impl MemoryPlan {
         let shares = Stage::ALL.map(|s| (left / 1000 * s.per_mille()).max(s.floor()));
         let share = |stage: Stage| shares[stage as usize];
         let event_bytes = u64::from(capture_bytes) + SOCKET_EVENT_OVERHEAD;
-        let log_bytes = share(Stage::LogLines);
+        // A quarter for lines in progress, each up to the line limit; the rest for lines waiting.
+        let log_share = share(Stage::LogLines);
+        let partial_bytes = log_share / 4;
+        let log_bytes = log_share - partial_bytes;
         MemoryPlan {
             limit,
             kernel_maps,
@@ -189,6 +194,8 @@ impl MemoryPlan {
             // Lines average far below the 4 KiB cut; the byte cap holds long ones back.
             log_lines: (log_bytes / (LOG_LINE_OVERHEAD + 128)).clamp(1024, 256 * 1024) as usize,
             log_bytes: log_bytes as usize,
+            log_partial_lines: (partial_bytes / crate::logs::DEFAULT_MAX_LINE_BYTES as u64)
+                .clamp(64, 4096) as usize,
             export_batches: (share(Stage::ExportQueues) / BATCH_SET_BYTES).clamp(2, 64) as usize,
             symbol_bytes: share(Stage::Symbols),
             pressure: Pressure::default(),
@@ -272,7 +279,12 @@ mod tests {
         // The caps follow from the shares.
         assert_eq!(plan.connection_bytes as u64, plan.shares[1]);
         assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
-        assert!(plan.log_lines >= 1024 && plan.log_bytes as u64 == plan.shares[2]);
+        assert!(plan.log_lines >= 1024);
+        assert_eq!(plan.log_bytes as u64, plan.shares[2] - plan.shares[2] / 4);
+        assert_eq!(
+            plan.log_partial_lines as u64,
+            plan.shares[2] / 4 / crate::logs::DEFAULT_MAX_LINE_BYTES as u64
+        );
         assert_eq!(plan.export_batches as u64, plan.shares[3] / BATCH_SET_BYTES);
     }
 

@@ -486,6 +486,7 @@ fn start_network_spans(
                     max_lines_per_sec: config.log_lines_per_sec,
                     max_pending: memory.log_lines,
                     max_pending_bytes: memory.log_bytes,
+                    max_partial_lines: memory.log_partial_lines,
                     ..LogConfig::default()
                 };
                 (cfg, out)
