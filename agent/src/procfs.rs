@@ -1,5 +1,5 @@
 //! Listing processes from procfs, for the scans that look at every process (connections open at
-//! start-up, TLS libraries).
+//! start-up, TLS libraries), and mapping the files they run.
 
 use std::path::Path;
 
@@ -14,6 +14,17 @@ pub fn pids(proc_root: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Maps `path` read-only, for parsing an ELF file without copying it into the agent's memory.
+pub fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the mapping is read-only and its users only parse it. The files mapped are
+    // executables and shared libraries in use, which package managers and image layers replace
+    // by renaming a new file over them, leaving this mapping's pages intact. A file truncated in
+    // place while mapped would make the parse fault (SIGBUS): the risk every profiler that maps
+    // binaries takes (blazesym maps the same files to symbolize them).
+    unsafe { memmap2::Mmap::map(&file) }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -24,12 +35,3 @@ mod tests {
     }
 }
 
-/// Maps `path` read-only, for parsing an ELF file without copying it into the agent's memory.
-pub fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
-    let file = std::fs::File::open(path)?;
-    // SAFETY: the mapping is read-only and private to this call's users, who only parse it. The
-    // files mapped are executables and shared libraries in use, which the kernel does not let
-    // anyone write (ETXTBSY for executables) and which package managers replace by renaming a
-    // new file over them, leaving this mapping's pages intact.
-    unsafe { memmap2::Mmap::map(&file) }
-}
