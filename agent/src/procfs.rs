@@ -34,4 +34,3 @@ mod tests {
         assert!(super::pids(std::path::Path::new("/nonexistent")).is_empty());
     }
 }
-
