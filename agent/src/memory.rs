@@ -11,7 +11,7 @@
 //! | stage | share | cap it sets | when full |
 //! |---|---|---|---|
 //! | `socket_events` | 10% | events queued between the ring-buffer reader and the span builder | the newest batch is dropped |
-//! | `connections` | 20% | parser buffers and waiting requests of all connections | the least recently used connection is evicted |
+//! | `connections` | 20% | parser buffers and waiting requests of all connections (3/4); the trace-context maps: threads serving requests, requests in flight, same-host links waiting for their other end (1/4) | the least recently used connection is evicted; a full context map is cleared |
 //! | `log_lines` | 10% | log lines waiting for export (3/4), lines in progress (1/4) | the newest line is dropped; the oldest lines in progress go out as they are |
 //! | `export_queues` | 30% | bytes and batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
 //! | `symbols` | 20% | symbol tables kept parsed across drains | released at the drain's end |
@@ -35,6 +35,14 @@ pub const BASELINE_BYTES: u64 = 40 << 20;
 /// One socket event in the capture queue: its header and data buffer bookkeeping, besides the
 /// captured bytes themselves.
 const SOCKET_EVENT_OVERHEAD: u64 = 160;
+/// What one thread serving a request costs the trace-context maps at worst: its `serving` entry
+/// and four requests in flight (`in_flight` and `span_of`), each in a hash table that may be
+/// little more than half full (64 + 4 × (48 + 24) bytes of entries, times 2.3).
+const CONTEXT_THREAD_BYTES: u64 = 830;
+/// What one same-host link waiting for its other end costs at worst: its queue entry and key,
+/// and the two TCP-option maps' entries.
+const CONTEXT_LINK_BYTES: u64 = 360;
+
 /// One log line waiting for export, besides its text: the record's fields and attributes.
 pub const LOG_LINE_OVERHEAD: u64 = 320;
 /// A large batch of each signal, in bytes: spans (the span builder's 2,048 of about 1 KiB), logs
@@ -156,6 +164,11 @@ pub struct MemoryPlan {
     pub socket_events: usize,
     /// Bytes of parser buffers and waiting requests, all connections together.
     pub connection_bytes: usize,
+    /// Threads the trace-context maps follow as serving a request (requests in flight: four
+    /// times as many).
+    pub context_threads: usize,
+    /// Same-host links waiting for their other end.
+    pub context_links: usize,
     /// Log lines waiting for export, and their bytes.
     pub log_lines: usize,
     pub log_bytes: usize,
@@ -183,6 +196,10 @@ impl MemoryPlan {
         let log_share = share(Stage::LogLines);
         let partial_bytes = log_share / 4;
         let log_bytes = log_share - partial_bytes;
+        // A quarter of the connections' share for the trace-context maps: three quarters of
+        // that for threads and their requests in flight, the rest for same-host links.
+        let connections = share(Stage::Connections);
+        let context = connections / 4;
         MemoryPlan {
             limit,
             kernel_maps,
@@ -190,7 +207,10 @@ impl MemoryPlan {
             overcommitted: left < floors,
             socket_events: (share(Stage::SocketEvents) / event_bytes).clamp(1024, 256 * 1024)
                 as usize,
-            connection_bytes: share(Stage::Connections) as usize,
+            connection_bytes: (connections - context) as usize,
+            context_threads: (context / 4 * 3 / CONTEXT_THREAD_BYTES).clamp(1024, 64 * 1024)
+                as usize,
+            context_links: (context / 4 / CONTEXT_LINK_BYTES).clamp(1024, 16 * 1024) as usize,
             // Lines average far below the 4 KiB cut; the byte cap holds long ones back.
             log_lines: (log_bytes / (LOG_LINE_OVERHEAD + 128)).clamp(1024, 256 * 1024) as usize,
             log_bytes: log_bytes as usize,
@@ -277,7 +297,17 @@ mod tests {
             assert!(bytes > stage.floor(), "{}", plan.describe());
         }
         // The caps follow from the shares.
-        assert_eq!(plan.connection_bytes as u64, plan.shares[1]);
+        assert_eq!(
+            plan.connection_bytes as u64,
+            plan.shares[1] - plan.shares[1] / 4
+        );
+        // The context maps' caps, at their worst, within the other quarter.
+        assert!(
+            plan.context_threads as u64 * CONTEXT_THREAD_BYTES
+                + plan.context_links as u64 * CONTEXT_LINK_BYTES
+                <= plan.shares[1] / 4
+        );
+        assert!(plan.context_threads > 4096 && plan.context_links > 1024, "{plan:?}");
         assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
         assert!(plan.log_lines >= 1024);
         assert_eq!(plan.log_bytes as u64, plan.shares[2] - plan.shares[2] / 4);
@@ -334,6 +364,8 @@ mod tests {
         let large = MemoryPlan::new(1 << 30, 60 << 20, 1024);
         assert!(large.socket_events > small.socket_events);
         assert!(large.connection_bytes > small.connection_bytes);
+        assert!(large.context_threads > small.context_threads);
+        assert!(large.context_links > small.context_links);
         assert!(large.log_bytes > small.log_bytes);
         assert!(large.symbol_bytes > small.symbol_bytes);
         assert!(large.export_batches > small.export_batches);

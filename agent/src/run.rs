@@ -474,6 +474,8 @@ fn start_network_spans(
         SpanBuilderConfig {
             link_same_host: config.link_same_host,
             max_buffered_bytes: memory.connection_bytes,
+            max_serving_threads: memory.context_threads,
+            max_links: memory.context_links,
             ..SpanBuilderConfig::default()
         },
         Correlation {
