@@ -70,9 +70,18 @@ impl Uses {
         alloc: true,
     };
 
+    /// Nothing but the profiler: every map of the other features small.
+    pub const NONE: Uses = Uses {
+        network: false,
+        tls: false,
+        go: false,
+        off_cpu: false,
+        alloc: false,
+    };
+
     /// The maps to create small, with the size they get: a few entries for hash maps (their
     /// programs may still run, and find nothing), one page for ring buffers.
-    fn unused_maps(self) -> Vec<(&'static str, u32)> {
+    pub fn unused_maps(self) -> Vec<(&'static str, u32)> {
         const ENTRIES: u32 = 64;
         const RING_BYTES: u32 = 4096;
         let mut maps = Vec::new();

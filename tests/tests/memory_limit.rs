@@ -149,27 +149,16 @@ fn flood(limit: u64, secs: u64) -> Flood {
 #[test]
 fn a_request_and_log_flood_under_the_memory_limit_is_counted_and_never_oom_killed() {
     require_root();
-    let Flood {
-        metrics,
-        stderr,
-        status,
-        rss,
-        kernel_maps,
-        planned,
-        oom_kills,
-        written,
-        drops,
-        spans,
-        summary,
-    } = flood(LIMIT, FLOOD_SECS);
-
-    assert_eq!(oom_kills, 0, "OOM-killed\n{summary}\n{stderr}");
+    let f = flood(LIMIT, FLOOD_SECS);
+    let (summary, stderr) = (&f.summary, &f.stderr);
+    assert_eq!(f.oom_kills, 0, "OOM-killed\n{summary}\n{stderr}");
     assert!(
-        status.success(),
-        "the agent exited with {status}\n{summary}\n{stderr}"
+        f.status.success(),
+        "the agent exited with {}\n{summary}\n{stderr}",
+        f.status
     );
     assert!(
-        rss + kernel_maps <= LIMIT,
+        f.rss + f.kernel_maps <= LIMIT,
         "resident memory plus maps over the limit\n{summary}"
     );
     // The plan: the fixed parts and every stage's share, within the limit.
@@ -183,11 +172,12 @@ fn a_request_and_log_flood_under_the_memory_limit_is_counted_and_never_oom_kille
         "symbols",
     ] {
         assert!(
-            metrics.contains(&format!("loupe_memory_budget_bytes{{stage=\"{stage}\"}}")),
+            f.metrics
+                .contains(&format!("loupe_memory_budget_bytes{{stage=\"{stage}\"}}")),
             "no budget for {stage}"
         );
     }
-    assert!(planned <= LIMIT, "{summary}");
+    assert!(f.planned <= LIMIT, "{summary}");
     assert!(
         !stderr.contains("too low to be held"),
         "the default limit holds its plan:\n{stderr}"
@@ -195,21 +185,22 @@ fn a_request_and_log_flood_under_the_memory_limit_is_counted_and_never_oom_kille
 
     // Every flood line is kept or counted at the stage that dropped it (other processes' lines
     // only add to the left side).
-    let m = |name: &str| metric_value(&metrics, name);
+    let m = |name: &str| metric_value(&f.metrics, name);
     let accounted = m("loupe_logs_lines_total")
         + m("loupe_logs_lines_dropped_total")
         + m("loupe_logs_writes_dropped_total")
         + m("loupe_socket_events_dropped_total");
     assert!(
-        accounted >= written,
-        "{written} lines written, {accounted} accounted for\n{summary}"
+        accounted >= f.written,
+        "{} lines written, {accounted} accounted for\n{summary}",
+        f.written
     );
     // The flood was more than the agent keeps: some stage dropped, and said so.
-    assert!(!drops.is_empty(), "nothing dropped?\n{summary}");
+    assert!(!f.drops.is_empty(), "nothing dropped?\n{summary}");
     // And it kept working: spans of the server under load.
-    assert!(spans > 1000, "{spans} spans of the server\n{summary}");
+    assert!(f.spans > 1000, "{} spans of the server\n{summary}", f.spans);
     assert_eq!(
-        metric_value(&metrics, "loupe_memory_pressure"),
+        m("loupe_memory_pressure"),
         0.0,
         "the default limit needs no shedding\n{summary}"
     );

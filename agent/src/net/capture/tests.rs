@@ -622,39 +622,14 @@ fn maps_of_unused_features_are_created_small() {
         data.info().expect("map info").max_entries()
     }
     let full = load();
-    let lean = load_using(crate::ebpf::Uses {
-        network: false,
-        tls: false,
-        go: false,
-        off_cpu: false,
-        alloc: false,
-    });
-    let small = [
-        "CONNECTIONS",
-        "SOCKET_ARGS",
-        "THREAD_REQUESTS",
-        "LOG_RATES",
-        "TCP_CTX_OUT",
-        "TCP_CTX_IN",
-        "TLS_CALLS",
-        "TLS_FDS",
-        "GO_TLS_CALLS",
-        "GO_REQUESTS",
-        "GO_NEWPROC",
-        "GO_HTTP_CONNS",
-        "GO_HTTP_WRITERS",
-        "OFF_CPU_STARTS",
-        "ALLOC_COUNTDOWN",
-        "ALLOC_PENDING",
-        "ALLOC_LIVE",
-    ];
-    for name in small {
+    let lean = load_using(crate::ebpf::Uses::NONE);
+    assert!(crate::ebpf::Uses::ALL.unused_maps().is_empty());
+    let small = crate::ebpf::Uses::NONE.unused_maps();
+    // Every feature's maps: the socket, TLS and goroutine maps, off-CPU's and allocations'.
+    assert_eq!(small.len(), 19);
+    for (name, size) in small {
         assert!(max_entries(&full, name) >= 8192, "{name} at full size");
-        assert_eq!(max_entries(&lean, name), 64, "{name}");
-    }
-    for ring in ["SOCKET_EVENTS", "ALLOC_EVENTS"] {
-        assert!(max_entries(&full, ring) >= 1 << 20, "{ring} at full size");
-        assert_eq!(max_entries(&lean, ring), 4096, "{ring}");
+        assert_eq!(max_entries(&lean, name), size, "{name}");
     }
     // The profiler's own maps never shrink.
     assert_eq!(
