@@ -70,7 +70,8 @@ impl Uses {
         alloc: true,
     };
 
-    /// Nothing but the profiler: every map of the other features small.
+    /// Nothing but the profiler: every map of the other features small (tests).
+    #[cfg(test)]
     pub const NONE: Uses = Uses {
         network: false,
         tls: false,

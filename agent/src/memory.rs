@@ -307,7 +307,10 @@ mod tests {
                 + plan.context_links as u64 * CONTEXT_LINK_BYTES
                 <= plan.shares[1] / 4
         );
-        assert!(plan.context_threads > 4096 && plan.context_links > 1024, "{plan:?}");
+        assert!(
+            plan.context_threads > 4096 && plan.context_links > 1024,
+            "{plan:?}"
+        );
         assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
         assert!(plan.log_lines >= 1024);
         assert_eq!(plan.log_bytes as u64, plan.shares[2] - plan.shares[2] / 4);
