@@ -75,20 +75,29 @@ pub fn die_with_parent(cmd: &mut Command) {
 /// A loopback port nothing listens on now, never the same one twice in this test process: the
 /// tests of one binary run in parallel, and a port handed to an agent that takes seconds to start
 /// listening could otherwise be handed out again in between, so that one test's `/healthz` is
-/// answered by another test's agent.
+/// answered by another test's agent. The ports come from below the kernel's ephemeral range,
+/// which is where a `bind` to port 0 (the receivers, the tonic server) and outgoing connections
+/// take theirs: a port handed out here is never taken by them before its server binds it.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        if !given.contains(&port) {
-            given.push(port);
+    static LAST: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    const FIRST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(FIRST + 1_000);
+    let span = ephemeral_start - FIRST;
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    // Each test process starts elsewhere in the range, so that two at once rarely meet.
+    let mut port = last.unwrap_or(FIRST + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        port = FIRST + (port - FIRST + 1) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *last = Some(port);
             return port;
         }
     }
+    panic!("no free loopback port in {FIRST}..{ephemeral_start}");
 }
 
 fn pid_alive(pid: &str) -> bool {
