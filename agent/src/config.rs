@@ -497,7 +497,7 @@ pub const DEFAULT_DEBUGINFOD_CACHE: u64 = 256 << 20;
 pub const DEFAULT_SPOOL_SIZE: u64 = 512 << 20;
 
 /// Default memory bound: the kernel maps take 77 MiB with the default features (88 MiB with every
-/// feature on), the agent's resident memory peaked at 99 MiB under the flood of `memory_limit.rs`.
+/// feature on), the agent's resident memory peaked at 64 MiB under the flood of `memory_limit.rs`.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
 /// The smallest memory bound accepted: below it the kernel maps alone do not fit.
 pub const MIN_MEMORY_LIMIT: u64 = 128 << 20;

@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn the_default_limit_leaves_every_stage_more_than_its_floor() {
-        // 256 MiB with this host's default maps (about 88 MiB): ~128 MiB to share.
+        // 256 MiB with this host's maps with every feature on (88 MiB): ~128 MiB to share.
         let plan = MemoryPlan::new(256 << 20, 88 << 20, 1024);
         assert!(!plan.overcommitted);
         let shared: u64 = plan.shares.iter().sum();
