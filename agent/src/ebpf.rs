@@ -90,6 +90,7 @@ impl Uses {
             "CONNECTIONS",
             "SOCKET_ARGS",
             "THREAD_REQUESTS",
+            "PROCESS_REQUESTS",
             "LOG_RATES",
             "TCP_CTX_OUT",
             "TCP_CTX_IN",

@@ -23,6 +23,8 @@ pub struct Span {
     /// Hex, lowercase; empty when absent.
     pub trace_id: String,
     pub span_id: String,
+    /// Hex, lowercase; empty for a root span.
+    pub parent_span_id: String,
     pub name: String,
     pub kind: i64,
     pub start_ns: u64,
@@ -109,6 +111,7 @@ pub fn read(dir: &Path) -> anyhow::Result<Spans> {
                         service: service.clone(),
                         trace_id: hex_id(&span["traceId"]),
                         span_id: hex_id(&span["spanId"]),
+                        parent_span_id: hex_id(&span["parentSpanId"]),
                         name: span["name"].as_str().unwrap_or_default().to_string(),
                         kind: span["kind"].as_i64().unwrap_or(0),
                         start_ns: u64_field(&span["startTimeUnixNano"]),
@@ -181,7 +184,7 @@ mod tests {
     fn reads_an_export_request_line() {
         let dir = std::env::temp_dir().join(format!("loupe-xtask-spans-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let line = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"inventory"}}]},"scopeSpans":[{"scope":{"name":"loupe"},"spans":[{"traceId":"ab","spanId":"cd","name":"SELECT reviews","kind":3,"startTimeUnixNano":"1000000","endTimeUnixNano":"26000000","attributes":[{"key":"db.system.name","value":{"stringValue":"mysql"}},{"key":"server.port","value":{"intValue":"3306"}}],"status":{"code":2}}]}]}]}"#;
+        let line = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"inventory"}}]},"scopeSpans":[{"scope":{"name":"loupe"},"spans":[{"traceId":"ab","spanId":"cd","parentSpanId":"EF","name":"SELECT reviews","kind":3,"startTimeUnixNano":"1000000","endTimeUnixNano":"26000000","attributes":[{"key":"db.system.name","value":{"stringValue":"mysql"}},{"key":"server.port","value":{"intValue":"3306"}}],"status":{"code":2}}]}]}]}"#;
         fs::write(dir.join("traces.jsonl"), format!("{line}\n{{\"cut\n")).unwrap();
         let read = read(&dir).unwrap();
         fs::remove_dir_all(&dir).unwrap();
@@ -189,6 +192,7 @@ mod tests {
         let s = &read.spans[0];
         assert_eq!(s.service, "inventory");
         assert_eq!((s.trace_id.as_str(), s.span_id.as_str()), ("ab", "cd"));
+        assert_eq!(s.parent_span_id, "ef");
         assert_eq!(s.db_system(), Some("mysql"));
         assert_eq!(s.attr_int("server.port"), Some(3306));
         assert!(s.is_error() && !s.is_server() && !s.is_http_client());

@@ -462,10 +462,33 @@ pub mod socket {
         pub request_ns: u64,
         /// Non-zero once a CPU sample was tagged with this request.
         pub sampled: u32,
-        pub _pad: u32,
+        /// The connection's fd in the thread's process: with `conn_id`, what tells whether the
+        /// request still waits for its response (the connection's `last_direction`).
+        pub fd: u32,
         /// With in-band propagation: the server span's context, which the client requests the
         /// thread makes meanwhile are children of.
         pub ctx: SpanCtx,
+    }
+
+    /// Processes whose server requests in flight are counted at once (`PROCESS_REQUESTS`, LRU).
+    pub const PROCESS_REQUEST_ENTRIES: u32 = 4 * 1024;
+
+    /// The server requests of one process that wait for their response: value of the
+    /// `PROCESS_REQUESTS` map, keyed by tgid. A read on a server connection whose last data was
+    /// not a read starts one, the first write after it (or the close) ends it. A client request
+    /// made by a thread that serves no live request belongs to the process's only live request,
+    /// when there is exactly one: what an async runtime needs, whose handler goes on after an
+    /// `.await` on whichever worker thread is free.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct ProcessRequests {
+        /// Requests waiting for their response (atomic adds; never left below zero).
+        pub live: i64,
+        /// The request that started last: its connection (checked live before use) and context.
+        pub last_conn_id: u64,
+        pub last_fd: u32,
+        pub _pad: u32,
+        pub last_ctx: SpanCtx,
     }
 
     /// Log writes of one process in the current one-second window: value of `LOG_RATES`,
@@ -486,11 +509,12 @@ pub mod socket {
         pub role: u32,
         /// One of [`direction`]: the last data seen on it (0: none yet). On a client
         /// connection, a write after a read (or first) starts a request; on a server connection
-        /// of a followed Go process, a read after a write.
+        /// (with request tracking), a read after anything but a read, and the request waits for
+        /// its response while this is a read.
         pub last_direction: u32,
         pub tuple: ConnTuple,
-        /// With in-band propagation, the current request's context: on a client connection,
-        /// and on a server connection of a followed Go process.
+        /// With in-band propagation, the current request's context (client and server
+        /// connections).
         pub ctx: SpanCtx,
     }
 
@@ -560,8 +584,18 @@ pub mod socket {
         pub const GO_CLIENT_STALE: u32 = 13;
         /// Client requests of a Go process made by a goroutine that never worked for a request.
         pub const GO_CLIENT_NONE: u32 = 14;
+        /// Client requests of another process made by a thread whose server request still waits
+        /// for its response: children of its span.
+        pub const THREAD_CLIENT_OWN: u32 = 15;
+        /// Client requests made by a thread with no such request, in a process with exactly one
+        /// server request waiting for its response (an async runtime that moved the handler to
+        /// another thread after an `.await`): children of that one.
+        pub const THREAD_CLIENT_PROCESS: u32 = 16;
+        /// Client requests made by a thread with no such request, in a process with none or
+        /// several: they start a new trace.
+        pub const THREAD_CLIENT_NONE: u32 = 17;
         /// Number of counters.
-        pub const COUNT: u32 = 15;
+        pub const COUNT: u32 = 18;
     }
 
     /// Go processes whose goroutines are followed at once (`GO_PIDS`).
@@ -631,6 +665,8 @@ pub mod socket {
         // SAFETY: as above.
         unsafe impl aya::Pod for super::ThreadRequest {}
         // SAFETY: as above.
+        unsafe impl aya::Pod for super::ProcessRequests {}
+        // SAFETY: as above.
         unsafe impl aya::Pod for super::LogRate {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::SpanCtx {}
@@ -646,6 +682,7 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<SocketEventHeader>() == 144);
     const _: () = assert!(core::mem::size_of::<SocketEvent>() == 144 + MAX_CAPTURE_BYTES);
     const _: () = assert!(core::mem::size_of::<ThreadRequest>() == 56);
+    const _: () = assert!(core::mem::size_of::<ProcessRequests>() == 56);
     const _: () = assert!(core::mem::size_of::<SpanCtx>() == 32);
     const _: () = assert!(core::mem::size_of::<GoroutineKey>() == 16);
     const _: () = assert!(core::mem::size_of::<GoroutineRequest>() == 64);

@@ -2,6 +2,10 @@
 //! path is explicit; every loop is bounded; nothing here blocks.
 #![no_std]
 #![no_main]
+// Atomic adds (BPF_XADD, every kernel): core's atomic types hide fetch_add on a target without
+// compare-and-swap, which BPF only has from 5.12.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod alloc;
 mod goroutines;

@@ -13,6 +13,7 @@
 //! reserved in place. iovec gathers go through a second per-CPU scratch buffer.
 
 use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext,
@@ -29,9 +30,10 @@ use aya_ebpf::{
 };
 use loupe_common::socket::{
     ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, GoroutineRequest, KernelOffsets,
-    LOG_RATE_ENTRIES, LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, SOCKET_EVENT_RING_BYTES,
-    SocketConfig, SocketEvent, SocketEventHeader, SocketOpenEvent, SpanCtx, SyscallArgs,
-    THREAD_REQUEST_ENTRIES, ThreadRequest, buffer, counter, direction, flags, kind, role,
+    LOG_RATE_ENTRIES, LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, PROCESS_REQUEST_ENTRIES,
+    ProcessRequests, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader,
+    SocketOpenEvent, SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES, ThreadRequest, buffer, counter,
+    direction, flags, kind, role,
 };
 
 use crate::{
@@ -93,6 +95,12 @@ static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_EVENT_RING_BYTES,
 #[map]
 pub static THREAD_REQUESTS: LruHashMap<u64, ThreadRequest> =
     LruHashMap::with_max_entries(THREAD_REQUEST_ENTRIES, 0);
+
+/// Server requests waiting for their response, per process (see [`ProcessRequests`]), keyed by
+/// tgid: whom a call belongs to when its thread serves no live request (async runtimes).
+#[map]
+pub static PROCESS_REQUESTS: LruHashMap<u32, ProcessRequests> =
+    LruHashMap::with_max_entries(PROCESS_REQUEST_ENTRIES, 0);
 
 /// Log writes per process in the current second, keyed by pid.
 #[map]
@@ -436,6 +444,7 @@ fn open(
     if let Some(old) = CONNECTIONS.get_ptr(key) {
         // SAFETY: the pointer comes from a successful lookup; the value is copied out.
         let old = unsafe { *old };
+        conn_gone(pid_tgid, &old);
         emit_header(kind::CLOSE, pid_tgid, fd, &old, 0);
     }
     state.conn_id = next_conn_id().ok_or(0)?;
@@ -577,7 +586,17 @@ fn closing(pid_tgid: u64, fd: u64) {
     // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
     let state = unsafe { *state };
     let _ = CONNECTIONS.remove(key);
+    conn_gone(pid_tgid, &state);
     emit_header(kind::CLOSE, pid_tgid, fd, &state, 0);
+}
+
+/// A tracked connection ends: a server request still waiting for its response on it never gets
+/// one.
+#[inline(always)]
+fn conn_gone(pid_tgid: u64, state: &ConnState) {
+    if state.role == role::SERVER && state.last_direction == direction::INGRESS {
+        process_request_ended(pid_tgid);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -793,8 +812,9 @@ fn server_request(
     config: &SocketConfig,
     ctx: &mut SpanCtx,
 ) -> (u64, u32) {
+    let conn = conn_key(pid_tgid, fd as u64).and_then(|k| CONNECTIONS.get_ptr_mut(k));
     let Some(goroutine) = goroutines::current(pid_tgid) else {
-        return thread_request(pid_tgid, state, data_direction, ts, config, ctx);
+        return thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx);
     };
     let own = goroutines::own_request(&goroutine)
         .filter(|r| r.conn_id == state.conn_id)
@@ -808,7 +828,6 @@ fn server_request(
         // Whatever the thread read last: a request the thread saw read by another goroutine
         // (whose response another thread wrote) is not this one.
         let _ = THREAD_REQUESTS.remove(pid_tgid);
-        let conn = conn_key(pid_tgid, fd as u64).and_then(|k| CONNECTIONS.get_ptr_mut(k));
         // SAFETY: the pointer comes from a successful lookup; see client_sending.
         let continued = conn.and_then(|c| unsafe {
             ((*c).last_direction == direction::INGRESS && (*c).ctx.span_id != [0; 8])
@@ -821,13 +840,13 @@ fn server_request(
                     conn_id: state.conn_id,
                     request_ns: ts,
                     sampled: 0,
-                    _pad: 0,
+                    fd: fd as u32,
                     ctx: conn_ctx,
                 };
                 let _ = THREAD_REQUESTS.insert(pid_tgid, t, 0);
                 (ts, ctx_flag)
             }
-            None => thread_request(pid_tgid, state, data_direction, ts, config, ctx),
+            None => thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx),
         };
         if let Some(c) = conn {
             // SAFETY: as above.
@@ -848,11 +867,7 @@ fn server_request(
         return (request_ns, event_flags);
     }
     let (request_ns, event_flags) =
-        thread_request(pid_tgid, state, data_direction, ts, config, ctx);
-    if let Some(c) = conn_key(pid_tgid, fd as u64).and_then(|k| CONNECTIONS.get_ptr_mut(k)) {
-        // SAFETY: the pointer comes from a successful lookup; see client_sending.
-        unsafe { (*c).last_direction = direction::EGRESS };
-    }
+        thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx);
     match own {
         Some((own_ns, own_ctx)) => {
             *ctx = own_ctx;
@@ -863,44 +878,75 @@ fn server_request(
     }
 }
 
-/// Keeps the thread's current request up to date (see [`ThreadRequest`]) as it reads from or
-/// writes to the server connection `state` at `ts`; returns the request the bytes belong to
-/// (or ended), the event flags and, with in-band propagation, the request's context.
+/// Keeps the thread's current request (see [`ThreadRequest`]) and the connection's (`conn`, the
+/// map's value of `state`: `last_direction`, `ctx`) up to date as the thread reads from or writes
+/// to the server connection `state` at `ts`; returns the request the bytes belong to (or ended),
+/// the event flags and, with in-band propagation, the request's context.
+///
+/// A read starts a request unless the connection's last data was a read too: then it goes on
+/// with the request the connection has, whichever thread read the start (an async runtime's
+/// worker may read a head another worker began). The first write ends it. Starts and ends are
+/// counted per process ([`PROCESS_REQUESTS`]).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn thread_request(
     pid_tgid: u64,
+    fd: i32,
     state: &ConnState,
+    conn: Option<*mut ConnState>,
     data_direction: u32,
     ts: u64,
     config: &SocketConfig,
     ctx: &mut SpanCtx,
 ) -> (u64, u32) {
     let ctx_flag = if config.propagate != 0 { flags::CTX } else { 0 };
+    // SAFETY: the pointer comes from a successful CONNECTIONS lookup; see client_sending.
+    let open = conn.is_some_and(|c| unsafe { (*c).last_direction == direction::INGRESS });
     let current = THREAD_REQUESTS.get_ptr(pid_tgid).and_then(|r| {
         // SAFETY: the pointer comes from a successful lookup; read in place.
         let r = unsafe { &*r };
         (r.conn_id == state.conn_id).then_some(r)
     });
     if data_direction == direction::INGRESS {
-        if let Some(r) = current {
+        if let Some(r) = current
+            && open
+        {
             *ctx = r.ctx;
             return (r.request_ns, ctx_flag);
         }
-        let from_peer = if config.propagate != 0 {
-            server_ctx(&state.tuple, ctx)
-        } else {
-            0
-        };
+        let mut from_peer = 0;
+        match conn {
+            // SAFETY: as above.
+            Some(c) if open => *ctx = unsafe { (*c).ctx },
+            _ => {
+                if config.propagate != 0 {
+                    from_peer = server_ctx(&state.tuple, ctx);
+                }
+                if let Some(c) = conn {
+                    // SAFETY: as above.
+                    unsafe {
+                        (*c).ctx = *ctx;
+                        (*c).last_direction = direction::INGRESS;
+                    }
+                    process_request_started(pid_tgid, fd, state.conn_id, ctx);
+                }
+            }
+        }
         let r = ThreadRequest {
             conn_id: state.conn_id,
             request_ns: ts,
             sampled: 0,
-            _pad: 0,
+            fd: fd as u32,
             ctx: *ctx,
         };
         // LRU: a full map forgets the least recently used thread.
         let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
         return (ts, ctx_flag | from_peer);
+    }
+    if open && let Some(c) = conn {
+        // SAFETY: as above.
+        unsafe { (*c).last_direction = direction::EGRESS };
+        process_request_ended(pid_tgid);
     }
     match current {
         Some(r) => {
@@ -916,6 +962,103 @@ fn thread_request(
         }
         None => (0, 0),
     }
+}
+
+/// A server request of this process started on the connection (`fd`, `conn_id`) with `ctx`.
+#[inline(always)]
+fn process_request_started(pid_tgid: u64, fd: i32, conn_id: u64, ctx: &SpanCtx) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let fresh = ProcessRequests {
+        live: 1,
+        last_conn_id: conn_id,
+        last_fd: fd as u32,
+        _pad: 0,
+        last_ctx: *ctx,
+    };
+    let p = match PROCESS_REQUESTS.get_ptr_mut(&tgid) {
+        Some(p) => p,
+        None => {
+            // BPF_NOEXIST: another CPU may have made the entry meanwhile; then add to it.
+            if PROCESS_REQUESTS.insert(&tgid, &fresh, 1).is_ok() {
+                return;
+            }
+            let Some(p) = PROCESS_REQUESTS.get_ptr_mut(&tgid) else {
+                return;
+            };
+            p
+        }
+    };
+    // SAFETY: the pointer comes from a successful lookup of a map value, 8-byte aligned; the
+    // count is only changed by atomic adds (and the clamp in process_request_ended). The rest is
+    // a plain store: a torn write by two CPUs at once leaves a context that fails its live check
+    // or names one of the two requests.
+    unsafe {
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*p).live, 1);
+        (*p).last_conn_id = conn_id;
+        (*p).last_fd = fd as u32;
+        (*p).last_ctx = *ctx;
+    }
+}
+
+/// A server request of this process got its response (or its connection closed).
+#[inline(always)]
+fn process_request_ended(pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(p) = PROCESS_REQUESTS.get_ptr_mut(&tgid) {
+        // SAFETY: as in process_request_started. An end seen without its start (a request begun
+        // before a map entry was lost) would go below zero: clamped.
+        unsafe {
+            atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*p).live, -1);
+            if (*p).live < 0 {
+                (*p).live = 0;
+            }
+        }
+    }
+}
+
+/// Whether the server request `span_id` that started on the connection (`fd`, `conn_id`) of this
+/// process still waits for its response: the connection's current request, not answered yet (a
+/// keep-alive connection's next request is another span).
+#[inline(always)]
+fn request_live(pid_tgid: u64, fd: u32, conn_id: u64, span_id: &[u8; 8]) -> bool {
+    let Some(key) = conn_key(pid_tgid, u64::from(fd)) else {
+        return false;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the fields are read in place.
+    CONNECTIONS.get_ptr(key).is_some_and(|c| unsafe {
+        (*c).conn_id == conn_id
+            && (*c).last_direction == direction::INGRESS
+            && (*c).ctx.span_id == *span_id
+    })
+}
+
+/// The server request a client request made now by this thread of a process not followed by
+/// goroutine belongs to: the thread's request while it waits for its response; else the
+/// process's only request waiting for one (an async runtime went on with a handler on another
+/// worker after an `.await`); else none (with several waiting, which one is not known).
+#[inline(always)]
+fn thread_parent(pid_tgid: u64) -> Option<SpanCtx> {
+    if let Some(r) = THREAD_REQUESTS.get_ptr(pid_tgid) {
+        // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+        let r = unsafe { *r };
+        if request_live(pid_tgid, r.fd, r.conn_id, &r.ctx.span_id) {
+            count(counter::THREAD_CLIENT_OWN);
+            return Some(r.ctx);
+        }
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let only = PROCESS_REQUESTS.get_ptr(&tgid).and_then(|p| {
+        // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+        let p = unsafe { *p };
+        (p.live == 1 && request_live(pid_tgid, p.last_fd, p.last_conn_id, &p.last_ctx.span_id))
+            .then_some(p.last_ctx)
+    });
+    count(if only.is_some() {
+        counter::THREAD_CLIENT_PROCESS
+    } else {
+        counter::THREAD_CLIENT_NONE
+    });
+    only
 }
 
 /// The context of a server request that starts now on the connection `tuple`: a child of the
@@ -982,10 +1125,7 @@ fn client_sending(pid_tgid: u64, state: *mut ConnState) {
             });
             live
         }
-        // SAFETY: the pointer comes from a successful lookup; the context is copied out.
-        None => THREAD_REQUESTS
-            .get_ptr(pid_tgid)
-            .map(|r| unsafe { (*r).ctx }),
+        None => thread_parent(pid_tgid),
     };
     match parent {
         Some(p) if p.span_id != [0; 8] => {

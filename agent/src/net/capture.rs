@@ -231,6 +231,7 @@ struct Metrics {
     go_client_live: Counter,
     go_client_stale: Counter,
     go_client_none: Counter,
+    thread_client: [Counter; 3],
 }
 
 impl Metrics {
@@ -340,6 +341,17 @@ impl Metrics {
             go_client_live: go_client("live"),
             go_client_stale: go_client("answered"),
             go_client_none: go_client("none"),
+            thread_client: ["thread", "process", "none"].map(|parent| {
+                r.counter(
+                    "loupe_client_request_parents_total",
+                    "Client requests of processes not followed by goroutine, by the server \
+                     request the kernel made them children of: the one their thread serves \
+                     (thread), the process's only one waiting for its response when the thread \
+                     serves none, as an async runtime's worker after an .await (process), or \
+                     none, with no or several requests waiting (none: a new trace).",
+                    &[("parent", parent)],
+                )
+            }),
         }
     }
 }
@@ -1017,6 +1029,13 @@ fn update_kernel_counters(
     m.go_client_live.add(delta(counter::GO_CLIENT_LIVE));
     m.go_client_stale.add(delta(counter::GO_CLIENT_STALE));
     m.go_client_none.add(delta(counter::GO_CLIENT_NONE));
+    for (c, i) in m.thread_client.iter().zip([
+        counter::THREAD_CLIENT_OWN,
+        counter::THREAD_CLIENT_PROCESS,
+        counter::THREAD_CLIENT_NONE,
+    ]) {
+        c.add(delta(i));
+    }
     *last = totals;
 }
 

@@ -126,6 +126,16 @@ impl Req {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The load generator's id for this request (`rid=…` in `User-Agent`), which the frontend forwards in the
+    /// `User-Agent` of its calls. Loupe records `User-Agent` on server spans, so each span says which of the load
+    /// generator's requests it served: the ground truth `cargo xtask exercise trace-parents --verify` checks Loupe's
+    /// parenting against. No other header is involved: the agent sees no trace context on the wire.
+    pub fn request_id(&self) -> Option<&str> {
+        self.header("user-agent")?
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix("rid="))
+    }
+
     /// Path segments (`/products/3` → `["products", "3"]`).
     pub fn segments(&self) -> Vec<&str> {
         self.path.split('/').filter(|s| !s.is_empty()).collect()

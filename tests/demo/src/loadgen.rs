@@ -181,16 +181,25 @@ fn pick_user(users: u64) -> u64 {
     }
 }
 
+/// A `User-Agent` naming a new request id (see `Req::request_id`).
+fn user_agent() -> (&'static str, String) {
+    (
+        "user-agent",
+        format!("demo-loadgen rid={:016x}", random_u64()),
+    )
+}
+
 async fn one_request(s: &Shared) {
     let roll = random_u64() % 100;
     let product = random_u64() % u64::from(crate::db::PRODUCTS) + 1;
     let start = Instant::now();
+    let ua = [user_agent()];
     let result = match roll {
-        0..10 => s.client.send(Method::GET, "/", None, &[]).await,
-        10..50 => s.client.send(Method::GET, "/products", None, &[]).await,
+        0..10 => s.client.send(Method::GET, "/", None, &ua).await,
+        10..50 => s.client.send(Method::GET, "/products", None, &ua).await,
         50..65 => {
             s.client
-                .send(Method::GET, &format!("/products/{product}"), None, &[])
+                .send(Method::GET, &format!("/products/{product}"), None, &ua)
                 .await
         }
         _ => {
@@ -198,7 +207,8 @@ async fn one_request(s: &Shared) {
             match token(s, user).await {
                 Err(e) => Err(e),
                 Ok(token) => {
-                    let auth = [("authorization", format!("Bearer {token}"))];
+                    let [ua] = ua;
+                    let auth = [ua, ("authorization", format!("Bearer {token}"))];
                     if roll < 75 {
                         s.client.send(Method::GET, "/account", None, &auth).await
                     } else {
@@ -225,7 +235,7 @@ async fn token(s: &Shared, user: u64) -> Result<String, UpstreamError> {
     let body = json!({ "user_id": user });
     let v: Value = s
         .client
-        .json(Method::POST, "/login", Some(&body), &[])
+        .json(Method::POST, "/login", Some(&body), &[user_agent()])
         .await?;
     let t = v
         .get("token")

@@ -21,6 +21,7 @@
 
 mod checks;
 mod logs;
+mod parents;
 mod profiles;
 pub mod queries;
 mod stack;
@@ -112,6 +113,9 @@ pub struct ExerciseArgs {
     /// (the span checks), in seconds.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
+    /// With --verify: the load generator's rate, requests per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rps: f64,
     /// With --verify: build the services with frame pointers.
     #[arg(long)]
     pub frame_pointers: bool,
@@ -129,6 +133,8 @@ enum Check {
     Spans(SpanCheck),
     /// The named function holds most of the service's page-fault profile (memory first touched).
     MemoryGrowth(&'static str),
+    /// No fault: client and database spans are under the server spans they were made for (parents.rs).
+    Parents,
 }
 
 /// The checks on a baseline and a fault window of the agent's spans and logs, one per exercise.
@@ -152,7 +158,7 @@ struct Exercise {
     check: Check,
 }
 
-const EXERCISES: [Exercise; 8] = [
+const EXERCISES: [Exercise; 9] = [
     Exercise {
         name: "cpu",
         service: "frontend",
@@ -208,6 +214,13 @@ const EXERCISES: [Exercise; 8] = [
         params: "ms=5000",
         summary: "payment stalls 5 s; the frontend gives up after 1.5 s with 504",
         check: Check::Spans(SpanCheck::DependencyTimeout),
+    },
+    Exercise {
+        name: "trace-parents",
+        service: "frontend",
+        params: "",
+        summary: "no fault: the frontend's calls and the services' queries under the requests they serve",
+        check: Check::Parents,
     },
 ];
 
@@ -312,6 +325,7 @@ pub fn exercise(args: ExerciseArgs) -> anyhow::Result<()> {
                 Check::MemoryGrowth(f) => {
                     format!("checks {f} holds most page faults and in-use bytes")
                 }
+                Check::Parents => "checks spans' parents against the shop's request ids".into(),
             };
             println!("{:<20} {:<10} {:<22} {check}", e.name, e.service, e.params);
         }
@@ -329,6 +343,11 @@ pub fn exercise(args: ExerciseArgs) -> anyhow::Result<()> {
     if args.verify {
         return verify::verify(&args, ex, &service);
     }
+    ensure!(
+        !matches!(ex.check, Check::Parents),
+        "{} injects no fault; it only runs with --verify",
+        ex.name
+    );
 
     let dir = absolute(
         args.dir

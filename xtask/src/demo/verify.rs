@@ -29,7 +29,7 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
     let what = match ex.check {
         Check::HotFunction(_) => "the hot function",
         Check::MemoryGrowth(_) => "the growing function",
-        Check::Spans(_) => "the spans",
+        Check::Spans(_) | Check::Parents => "the spans",
     };
     ensure!(
         service == ex.service,
@@ -48,6 +48,7 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
         is_root(),
         "exercise --verify runs the agent, which needs root"
     );
+    ensure!(args.rps > 0.0, "--rps must be above 0");
     install_stop_handler();
     ensure_db_packages()?;
     // The page-fault profile's stacks go up from the leak to its handler by frame pointers: until
@@ -62,7 +63,7 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
         dir: dir.clone(),
         shop,
         ports: Ports::free()?,
-        rps: 20.0,
+        rps: args.rps,
         propagate: false,
         faults: BTreeMap::new(),
         // slow-sql scans `reviews`: as many rows as the demo, so that the scan costs what the docs say.
@@ -79,6 +80,7 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
             verify_profile(args, ex, service, &agent, &opts)
         }
         Check::Spans(check) => verify_spans(args, ex, check, &agent, &opts),
+        Check::Parents => super::parents::verify_parents(&agent, &opts),
     };
     if result.is_ok() && !args.keep {
         let _ = fs::remove_dir_all(&dir);
@@ -185,7 +187,9 @@ pub(super) fn verify_profile(
                     in_use.source
                 );
             }
-            Check::Spans(_) => bail!("exercise {}: not a profile check", ex.name),
+            Check::Spans(_) | Check::Parents => {
+                bail!("exercise {}: not a profile check", ex.name)
+            }
         }
         Ok(())
     })();

@@ -66,12 +66,17 @@ impl Frontend {
         }
     }
 
-    /// Headers for one outgoing call: a fresh child span in `traceparent` when propagating.
+    /// Headers for one outgoing call: a fresh child span in `traceparent` when propagating; the load generator's
+    /// request id, forwarded in `User-Agent` (see [`Req::request_id`]).
     fn headers(&self, req: &Req) -> Vec<(&'static str, String)> {
-        match (self.ctx.cfg.propagate, req.span) {
+        let mut h = match (self.ctx.cfg.propagate, req.span) {
             (true, Some(span)) => vec![("traceparent", span.child().header())],
             _ => Vec::new(),
+        };
+        if let Some(rid) = req.request_id() {
+            h.push(("user-agent", format!("demo-frontend rid={rid}")));
         }
+        h
     }
 
     fn with_auth(&self, req: &Req) -> Result<Vec<(&'static str, String)>, ApiError> {
