@@ -15,14 +15,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 
-use super::SERVICES;
 use super::stack::{Stack, StackOpts};
-use super::verify::unix_ns;
+use super::verify::{start_watched_shop, unix_ns};
 use crate::spans_read::{self, Span};
 
 /// Share of the frontend's HTTP client spans that must be under their own request. Measured on this 2-core host
@@ -180,26 +178,7 @@ pub(super) fn verify_parents(agent: &Path, opts: &StackOpts) -> anyhow::Result<(
     let log = opts.dir.join("logs").join("agent.log");
     let mut stack = Stack::start_databases(opts)?;
     let result = (|| {
-        let gates = stack.spawn_services(opts, true)?;
-        let mut cmd = Command::new(agent);
-        cmd.arg("run").arg("--output-dir").arg(&out).args([
-            "--profile-hz",
-            "1",
-            "--profile-interval",
-            "10m",
-        ]);
-        for svc in SERVICES {
-            let pid = stack.pid(svc).context("service not running")?;
-            cmd.arg("--pid").arg(pid.to_string());
-        }
-        let spans_on = stack.start_agent(cmd, Some(log.clone()), true)?;
-        ensure!(
-            spans_on,
-            "the agent runs without network spans; see {}",
-            log.display()
-        );
-        drop(gates);
-        stack.start_load(opts)?;
+        start_watched_shop(&mut stack, opts, agent, &[])?;
         println!(
             "exercise trace-parents: shop and agent up; {WARMUP_S} s warm-up, then {MEASURE_S} s measured at {} req/s",
             opts.rps

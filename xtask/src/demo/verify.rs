@@ -298,30 +298,11 @@ pub(super) fn verify_spans(
     let log = dir.join("logs").join("agent.log");
     let mut stack = Stack::start_databases(opts)?;
     let result = (|| {
-        // The services wait at a gate until the agent has attached, watching only their pids: other traffic on
-        // this host must neither flood the agent nor mix with the shop's.
-        let gates = stack.spawn_services(opts, true)?;
-        let mut cmd = Command::new(agent);
-        cmd.arg("run")
-            .arg("--output-dir")
-            .arg(&out)
-            // Spans are what is checked: profile little, and only once, at exit.
-            .args(["--profile-hz", "1", "--profile-interval", "10m"]);
-        if let Some(n) = check.log_lines_per_sec() {
-            cmd.arg("--log-lines-per-sec").arg(n.to_string());
-        }
-        for svc in SERVICES {
-            let pid = stack.pid(svc).context("service not running")?;
-            cmd.arg("--pid").arg(pid.to_string());
-        }
-        let spans_on = stack.start_agent(cmd, Some(log.clone()), true)?;
-        ensure!(
-            spans_on,
-            "the agent runs without network spans; see {}",
-            log.display()
-        );
-        drop(gates);
-        stack.start_load(opts)?;
+        let extra: Vec<String> = check
+            .log_lines_per_sec()
+            .map(|n| vec!["--log-lines-per-sec".into(), n.to_string()])
+            .unwrap_or_default();
+        start_watched_shop(&mut stack, opts, agent, &extra)?;
         let t = check.timeline();
         println!(
             "exercise {}: shop and agent up; {} s warm-up, {} s baseline, then the fault for {} s",
@@ -451,6 +432,40 @@ pub(super) fn verify_spans(
         );
     }
     result
+}
+
+/// Starts the shop's services and load with the agent watching only their pids, writing spans to
+/// `DIR/loupe-data` and its log to `DIR/logs/agent.log`; `extra` goes to `loupe-agent run`. The services wait
+/// at a gate until the agent has attached: other traffic on this host must neither flood the agent nor mix
+/// with the shop's.
+pub(super) fn start_watched_shop(
+    stack: &mut Stack,
+    opts: &StackOpts,
+    agent: &Path,
+    extra: &[String],
+) -> anyhow::Result<()> {
+    let out = opts.dir.join("loupe-data");
+    let log = opts.dir.join("logs").join("agent.log");
+    let gates = stack.spawn_services(opts, true)?;
+    let mut cmd = Command::new(agent);
+    cmd.arg("run")
+        .arg("--output-dir")
+        .arg(&out)
+        // Spans are what is checked: profile little, and only once, at exit.
+        .args(["--profile-hz", "1", "--profile-interval", "10m"])
+        .args(extra);
+    for svc in SERVICES {
+        let pid = stack.pid(svc).context("service not running")?;
+        cmd.arg("--pid").arg(pid.to_string());
+    }
+    let spans_on = stack.start_agent(cmd, Some(log.clone()), true)?;
+    ensure!(
+        spans_on,
+        "the agent runs without network spans; see {}",
+        log.display()
+    );
+    drop(gates);
+    stack.start_load(opts)
 }
 
 /// A parameter of an exercise's fault spec (`ratio=0.3&status=500`).
