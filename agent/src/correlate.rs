@@ -1,8 +1,10 @@
 //! Span ↔ profile correlation: which span each server request became.
 //!
 //! The kernel keeps, per thread, the request it serves (`ThreadRequest`: started by the read of
-//! a server connection, ended by the write of the response) and tags every CPU sample of the
-//! thread with it, so a sample's key names its request as (thread id, `request_ns`). The span
+//! a server connection, ended by the write of the response; on an async runtime, also taken on
+//! by the worker that reads the response of a call the request made) and tags every CPU sample
+//! of the thread with it, so a sample's key names its request as (process id, `request_ns`: the
+//! time of the read that started it, unique within a process whichever thread runs it). The span
 //! builder sees the same pair on the request's DATA events and publishes here which span the
 //! request became; the profiler's drain looks each tagged sample up and labels it with that span.
 //!
@@ -24,7 +26,7 @@ use foldhash::HashMap;
 
 use loupe_collector::profile::SpanLabel;
 
-/// A request as the kernel names it: the serving thread's id and the `timestamp_ns` of the read
+/// A request as the kernel names it: the serving process's id and the `timestamp_ns` of the read
 /// that started it.
 pub type RequestTag = (u32, u64);
 

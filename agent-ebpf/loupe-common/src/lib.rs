@@ -39,7 +39,7 @@ pub struct SampleKey {
     pub user_stack_id: i32,
     pub kernel_stack_id: i32,
     /// The request the thread was serving when sampled (see [`socket::ThreadRequest`]): with
-    /// `tid` it names the request; 0 when the thread served none.
+    /// `pid` it names the request; 0 when the thread served none.
     pub request_ns: u64,
     /// One of [`sample_kind`]: what the value counts.
     pub kind: u32,
@@ -449,11 +449,14 @@ pub mod socket {
 
     /// The request a thread serves: value of the `THREAD_REQUESTS` map, keyed by `pid_tgid`.
     ///
-    /// A read on a server connection starts a request unless the thread's current one is on the
-    /// same connection (a head or body read in pieces); a write on that connection ends it. So a
-    /// thread-per-request server has exactly its request, and a thread that interleaves
-    /// connections (an async runtime) has the one whose bytes it read last. CPU samples of the
-    /// thread carry `request_ns` ([`crate::SampleKey`]); with the thread id it names the request.
+    /// A read on a server connection makes the thread serve the connection's current request
+    /// (a new one unless the connection's last data was a read); a write on that connection ends
+    /// it. Reading the response of a call made for a request still unanswered makes the thread
+    /// serve that request (an async runtime resumes its handler there). So a thread-per-request
+    /// server has exactly its request, and a thread that interleaves connections (an async
+    /// runtime) has the one whose bytes it read last. CPU samples of the
+    /// thread carry `request_ns` ([`crate::SampleKey`]); with the process id it names the request
+    /// (the time of the read that started it, whichever thread goes on with it).
     #[repr(C)]
     #[derive(Copy, Clone, Debug, Default)]
     pub struct ThreadRequest {
@@ -516,6 +519,16 @@ pub mod socket {
         /// With in-band propagation, the current request's context (client and server
         /// connections).
         pub ctx: SpanCtx,
+        /// Client connection: the server request (its connection in this process) the current
+        /// request was made for, outside followed Go processes; 0 when none. The thread that
+        /// reads the response goes on working for that request while it is unanswered (an async
+        /// runtime resumes the waiting handler on the worker that read its response).
+        pub parent_conn_id: u64,
+        pub parent_fd: u32,
+        pub _pad: u32,
+        /// That request's `ThreadRequest::request_ns` where the thread that read it made the
+        /// call (so CPU samples after the response keep their tag); else 0.
+        pub parent_request_ns: u64,
     }
 
     /// What the pointer of a [`SyscallArgs`] points to.
@@ -691,7 +704,7 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
     const _: () = assert!(core::mem::size_of::<SocketConfig>() == 108);
-    const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
+    const _: () = assert!(core::mem::size_of::<ConnState>() == 112);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
     const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
     const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);

@@ -408,6 +408,10 @@ fn open(
         last_direction: 0,
         tuple: ConnTuple::default(),
         ctx: SpanCtx::default(),
+        parent_conn_id: 0,
+        parent_fd: 0,
+        _pad: 0,
+        parent_request_ns: 0,
     };
     let from_kernel = if config.offsets.valid != 0 {
         match read_tuple(fd, &config.offsets, &mut state.tuple) {
@@ -1033,17 +1037,19 @@ fn request_live(pid_tgid: u64, fd: u32, conn_id: u64, span_id: &[u8; 8]) -> bool
 }
 
 /// The server request a client request made now by this thread of a process not followed by
-/// goroutine belongs to: the thread's request while it waits for its response; else the
+/// goroutine belongs to: the thread's request while it waits for its response (the one it read
+/// last, or the one whose call's response it read last: see [`client_received`]); else the
 /// process's only request waiting for one (an async runtime went on with a handler on another
-/// worker after an `.await`); else none (with several waiting, which one is not known).
+/// worker after an `.await`); else none (with several waiting, which one is not known). With
+/// the request's connection (fd, conn_id) and, where the thread read it, its `request_ns`.
 #[inline(always)]
-fn thread_parent(pid_tgid: u64) -> Option<SpanCtx> {
+fn thread_parent(pid_tgid: u64) -> Option<(SpanCtx, u32, u64, u64)> {
     if let Some(r) = THREAD_REQUESTS.get_ptr(pid_tgid) {
         // SAFETY: the pointer comes from a successful lookup; the value is copied out.
         let r = unsafe { *r };
         if request_live(pid_tgid, r.fd, r.conn_id, &r.ctx.span_id) {
             count(counter::THREAD_CLIENT_OWN);
-            return Some(r.ctx);
+            return Some((r.ctx, r.fd, r.conn_id, r.request_ns));
         }
     }
     let tgid = (pid_tgid >> 32) as u32;
@@ -1051,7 +1057,7 @@ fn thread_parent(pid_tgid: u64) -> Option<SpanCtx> {
         // SAFETY: the pointer comes from a successful lookup; the value is copied out.
         let p = unsafe { *p };
         (p.live == 1 && request_live(pid_tgid, p.last_fd, p.last_conn_id, &p.last_ctx.span_id))
-            .then_some(p.last_ctx)
+            .then_some((p.last_ctx, p.last_fd, p.last_conn_id, 0))
     });
     count(if only.is_some() {
         counter::THREAD_CLIENT_PROCESS
@@ -1123,14 +1129,20 @@ fn client_sending(pid_tgid: u64, state: *mut ConnState) {
             } else {
                 counter::GO_CLIENT_NONE
             });
-            live
+            live.map(|ctx| (ctx, 0, 0, 0))
         }
         None => thread_parent(pid_tgid),
     };
+    state.parent_conn_id = 0;
+    state.parent_fd = 0;
+    state.parent_request_ns = 0;
     match parent {
-        Some(p) if p.span_id != [0; 8] => {
+        Some((p, fd, conn_id, request_ns)) if p.span_id != [0; 8] => {
             ctx.trace_id = p.trace_id;
             ctx.parent_id = p.span_id;
+            state.parent_conn_id = conn_id;
+            state.parent_fd = fd;
+            state.parent_request_ns = request_ns;
         }
         _ => ctx.trace_id = new_trace_id(),
     }
@@ -1140,7 +1152,15 @@ fn client_sending(pid_tgid: u64, state: *mut ConnState) {
 }
 
 /// A client connection received data: its request's response is coming, so its segments stop
-/// carrying the context, and its next write starts a new request.
+/// carrying the context, and its next write starts a new request. The thread that reads the
+/// response then works for the server request the call was made for, while that one is
+/// unanswered: an async runtime resumes the handler that waited for this response on the worker
+/// that read it (Tokio runs a task woken by the running one next, on the same worker), and its
+/// next calls belong to that request, not to the one the worker read last. A thread already on
+/// that request keeps its entry; another takes the request's timestamp as the calling thread
+/// knew it (0 after the process-wide rule): CPU samples are tied to a span by (thread, timestamp)
+/// of the read that started it, so samples of a thread that did not read it stay untagged rather
+/// than tagged with the wrong request.
 #[inline(always)]
 fn client_received(pid_tgid: u64, fd: u64) {
     let Some(key) = conn_key(pid_tgid, fd) else {
@@ -1153,6 +1173,32 @@ fn client_received(pid_tgid: u64, fd: u64) {
     let state = unsafe { &mut *state };
     if state.last_direction == direction::EGRESS && state.ctx.span_id != [0; 8] {
         let _ = TCP_CTX_OUT.remove(&state.tuple);
+        // SAFETY: the pointer comes from a successful lookup; two fields are read in place.
+        let on_it = THREAD_REQUESTS.get_ptr(pid_tgid).is_some_and(|r| unsafe {
+            (*r).conn_id == state.parent_conn_id && (*r).ctx.span_id == state.ctx.parent_id
+        });
+        if state.parent_conn_id != 0
+            && !on_it
+            && request_live(
+                pid_tgid,
+                state.parent_fd,
+                state.parent_conn_id,
+                &state.ctx.parent_id,
+            )
+        {
+            let r = ThreadRequest {
+                conn_id: state.parent_conn_id,
+                request_ns: state.parent_request_ns,
+                sampled: 0,
+                fd: state.parent_fd,
+                ctx: SpanCtx {
+                    trace_id: state.ctx.trace_id,
+                    span_id: state.ctx.parent_id,
+                    parent_id: [0; 8],
+                },
+            };
+            let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
+        }
     }
     state.last_direction = direction::INGRESS;
 }

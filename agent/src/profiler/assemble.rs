@@ -244,7 +244,7 @@ fn span_labels(
 ) -> Vec<Option<Arc<SpanLabel>>> {
     let tags: Vec<RequestTag> = samples
         .iter()
-        .map(|s| (s.key.tid, s.key.request_ns))
+        .map(|s| (s.key.pid, s.key.request_ns))
         .collect();
     let mut found = match spans {
         Some(index) if tags.iter().any(|t| t.1 != 0) => index.lookup(&tags),

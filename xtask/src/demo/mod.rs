@@ -116,6 +116,10 @@ pub struct ExerciseArgs {
     /// With --verify: the load generator's rate, requests per second.
     #[arg(long, default_value_t = 20.0)]
     pub rps: f64,
+    /// With trace-parents --verify: a fault on from the start, as SERVICE=SPEC (e.g. `payment=dependency-timeout?ms=300`,
+    /// which keeps several checkouts in flight at once).
+    #[arg(long = "fault", value_name = "SERVICE=SPEC")]
+    pub faults: Vec<String>,
     /// With --verify: build the services with frame pointers.
     #[arg(long)]
     pub frame_pointers: bool,
@@ -255,20 +259,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let ports = Ports::fixed(args.port, args.mysql_port, args.redis_port);
     ports.check_free()?;
-    let mut faults = BTreeMap::new();
-    for f in &args.faults {
-        let (svc, spec) = f
-            .split_once('=')
-            .with_context(|| format!("--fault {f:?}: expected SERVICE=SPEC"))?;
-        ensure!(SERVICES.contains(&svc), "--fault {f:?}: no service {svc:?}");
-        faults
-            .entry(svc.to_string())
-            .and_modify(|s: &mut String| {
-                s.push(';');
-                s.push_str(spec);
-            })
-            .or_insert_with(|| spec.to_string());
-    }
+    let faults = parse_faults(&args.faults)?;
     let opts = StackOpts {
         dir: dir.clone(),
         shop,
@@ -391,6 +382,25 @@ pub fn exercise(args: ExerciseArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--fault SERVICE=SPEC` arguments as `DEMO_FAULTS` per service.
+fn parse_faults(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut faults = BTreeMap::new();
+    for f in args {
+        let (svc, spec) = f
+            .split_once('=')
+            .with_context(|| format!("--fault {f:?}: expected SERVICE=SPEC"))?;
+        ensure!(SERVICES.contains(&svc), "--fault {f:?}: no service {svc:?}");
+        faults
+            .entry(svc.to_string())
+            .and_modify(|s: &mut String| {
+                s.push(';');
+                s.push_str(spec);
+            })
+            .or_insert_with(|| spec.to_string());
+    }
+    Ok(faults)
 }
 
 fn print_banner(

@@ -1,6 +1,5 @@
 //! `exercise NAME --verify`: a private shop, the agent, the fault, and the check of the agent's output.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -49,6 +48,11 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
         "exercise --verify runs the agent, which needs root"
     );
     ensure!(args.rps > 0.0, "--rps must be above 0");
+    ensure!(
+        args.faults.is_empty() || matches!(ex.check, Check::Parents),
+        "--fault is for trace-parents; exercise {} injects its own fault",
+        ex.name
+    );
     install_stop_handler();
     ensure_db_packages()?;
     // The page-fault profile's stacks go up from the leak to its handler by frame pointers: until
@@ -65,7 +69,7 @@ pub(super) fn verify(args: &ExerciseArgs, ex: Exercise, service: &str) -> anyhow
         ports: Ports::free()?,
         rps: args.rps,
         propagate: false,
-        faults: BTreeMap::new(),
+        faults: super::parse_faults(&args.faults)?,
         // slow-sql scans `reviews`: as many rows as the demo, so that the scan costs what the docs say.
         reviews: if matches!(ex.check, Check::Spans(SpanCheck::SlowSql)) {
             200_000

@@ -679,7 +679,12 @@ impl Core {
 
     /// Publishes a finished server span for the profiler's drain; returns its
     /// `pyroscope.profile.id`.
-    pub(super) fn publish_server_span(&mut self, p: &Pending, name: &str) -> Option<String> {
+    pub(super) fn publish_server_span(
+        &mut self,
+        pid: u32,
+        p: &Pending,
+        name: &str,
+    ) -> Option<String> {
         if p.request_ns == 0 {
             return None;
         }
@@ -690,7 +695,7 @@ impl Core {
         };
         let id = label.span_id_hex();
         if self.publishing {
-            let tag = (p.tid, p.request_ns);
+            let tag = (pid, p.request_ns);
             self.published.push(Published {
                 tag,
                 sampled: self.sampled.remove(&tag),

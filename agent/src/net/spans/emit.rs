@@ -250,7 +250,7 @@ impl Core {
             self.red
                 .http_server(&process.service, method, &route, &status_text, secs);
             self.m.spans[0].inc();
-            if let Some(id) = self.publish_server_span(&p, &name) {
+            if let Some(id) = self.publish_server_span(conn.pid, &p, &name) {
                 a.str("pyroscope.profile.id", id);
             }
         } else {
@@ -345,7 +345,7 @@ impl Core {
             secs,
         );
         self.m.spans[if server { 3 } else { 4 }].inc();
-        if server && let Some(id) = self.publish_server_span(&p, &name) {
+        if server && let Some(id) = self.publish_server_span(conn.pid, &p, &name) {
             a.str("pyroscope.profile.id", id);
         }
         Some(self.request_span(conn, &p, process, name, end_ns, a, error))

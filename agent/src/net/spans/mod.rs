@@ -593,7 +593,7 @@ impl SpanBuilder {
             }),
         };
         if h.flags & flags::REQUEST_SAMPLED != 0 {
-            self.core.note_sampled((h.tid, h.request_ns));
+            self.core.note_sampled((h.pid, h.request_ns));
         }
         let id = h.conn_id;
         let Some(conn) = self.conns.get_mut(&id) else {
