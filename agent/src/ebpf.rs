@@ -91,6 +91,7 @@ impl Uses {
             "SOCKET_ARGS",
             "THREAD_REQUESTS",
             "PROCESS_REQUESTS",
+            "CLIENT_PARENTS",
             "LOG_RATES",
             "TCP_CTX_OUT",
             "TCP_CTX_IN",

@@ -519,16 +519,27 @@ pub mod socket {
         /// With in-band propagation, the current request's context (client and server
         /// connections).
         pub ctx: SpanCtx,
-        /// Client connection: the server request (its connection in this process) the current
-        /// request was made for, outside followed Go processes; 0 when none. The thread that
-        /// reads the response goes on working for that request while it is unanswered (an async
-        /// runtime resumes the waiting handler on the worker that read its response).
-        pub parent_conn_id: u64,
-        pub parent_fd: u32,
+    }
+
+    /// Client connections whose current request's server request is remembered at once
+    /// (`CLIENT_PARENTS`, LRU).
+    pub const CLIENT_PARENT_ENTRIES: u32 = 16 * 1024;
+
+    /// The server request (its connection in this process) a client connection's current request
+    /// was made for, outside followed Go processes: value of `CLIENT_PARENTS`, keyed by the client
+    /// connection's `conn_id`. The thread that reads the response goes on working for that
+    /// request while it is unanswered (an async runtime resumes the waiting handler on the worker
+    /// that read its response). Kept apart from [`ConnState`], which the accept and connect
+    /// programs build on their 512-byte stack.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct ClientParent {
+        pub conn_id: u64,
+        /// That request's `ThreadRequest::request_ns` as the calling thread knew it (so CPU
+        /// samples after the response keep their tag); 0 after the process-wide rule.
+        pub request_ns: u64,
+        pub fd: u32,
         pub _pad: u32,
-        /// That request's `ThreadRequest::request_ns` where the thread that read it made the
-        /// call (so CPU samples after the response keep their tag); else 0.
-        pub parent_request_ns: u64,
     }
 
     /// What the pointer of a [`SyscallArgs`] points to.
@@ -680,6 +691,8 @@ pub mod socket {
         // SAFETY: as above.
         unsafe impl aya::Pod for super::ProcessRequests {}
         // SAFETY: as above.
+        unsafe impl aya::Pod for super::ClientParent {}
+        // SAFETY: as above.
         unsafe impl aya::Pod for super::LogRate {}
         // SAFETY: as above.
         unsafe impl aya::Pod for super::SpanCtx {}
@@ -704,7 +717,8 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
     const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
     const _: () = assert!(core::mem::size_of::<SocketConfig>() == 108);
-    const _: () = assert!(core::mem::size_of::<ConnState>() == 112);
+    const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
+    const _: () = assert!(core::mem::size_of::<ClientParent>() == 24);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
     const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
     const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);

@@ -29,11 +29,11 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use loupe_common::socket::{
-    ARGS_ENTRIES, COMM_BYTES, CONN_ENTRIES, ConnState, ConnTuple, GoroutineRequest, KernelOffsets,
-    LOG_RATE_ENTRIES, LogRate, MAX_CAPTURE_BYTES, PID_ENTRIES, PROCESS_REQUEST_ENTRIES,
-    ProcessRequests, SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader,
-    SocketOpenEvent, SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES, ThreadRequest, buffer, counter,
-    direction, flags, kind, role,
+    ARGS_ENTRIES, CLIENT_PARENT_ENTRIES, COMM_BYTES, CONN_ENTRIES, ClientParent, ConnState,
+    ConnTuple, GoroutineRequest, KernelOffsets, LOG_RATE_ENTRIES, LogRate, MAX_CAPTURE_BYTES,
+    PID_ENTRIES, PROCESS_REQUEST_ENTRIES, ProcessRequests, SOCKET_EVENT_RING_BYTES, SocketConfig,
+    SocketEvent, SocketEventHeader, SocketOpenEvent, SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES,
+    ThreadRequest, buffer, counter, direction, flags, kind, role,
 };
 
 use crate::{
@@ -101,6 +101,12 @@ pub static THREAD_REQUESTS: LruHashMap<u64, ThreadRequest> =
 #[map]
 pub static PROCESS_REQUESTS: LruHashMap<u32, ProcessRequests> =
     LruHashMap::with_max_entries(PROCESS_REQUEST_ENTRIES, 0);
+
+/// The server request each client connection's current request was made for (see
+/// [`ClientParent`]), keyed by the client connection's `conn_id`.
+#[map]
+static CLIENT_PARENTS: LruHashMap<u64, ClientParent> =
+    LruHashMap::with_max_entries(CLIENT_PARENT_ENTRIES, 0);
 
 /// Log writes per process in the current second, keyed by pid.
 #[map]
@@ -408,10 +414,6 @@ fn open(
         last_direction: 0,
         tuple: ConnTuple::default(),
         ctx: SpanCtx::default(),
-        parent_conn_id: 0,
-        parent_fd: 0,
-        _pad: 0,
-        parent_request_ns: 0,
     };
     let from_kernel = if config.offsets.valid != 0 {
         match read_tuple(fd, &config.offsets, &mut state.tuple) {
@@ -1133,18 +1135,27 @@ fn client_sending(pid_tgid: u64, state: *mut ConnState) {
         }
         None => thread_parent(pid_tgid),
     };
-    state.parent_conn_id = 0;
-    state.parent_fd = 0;
-    state.parent_request_ns = 0;
     match parent {
         Some((p, fd, conn_id, request_ns)) if p.span_id != [0; 8] => {
             ctx.trace_id = p.trace_id;
             ctx.parent_id = p.span_id;
-            state.parent_conn_id = conn_id;
-            state.parent_fd = fd;
-            state.parent_request_ns = request_ns;
+            if conn_id != 0 {
+                let parent = ClientParent {
+                    conn_id,
+                    request_ns,
+                    fd,
+                    _pad: 0,
+                };
+                // LRU: a full map forgets the least recently used connection's parent.
+                let _ = CLIENT_PARENTS.insert(state.conn_id, parent, 0);
+            } else {
+                let _ = CLIENT_PARENTS.remove(state.conn_id);
+            }
         }
-        _ => ctx.trace_id = new_trace_id(),
+        _ => {
+            ctx.trace_id = new_trace_id();
+            let _ = CLIENT_PARENTS.remove(state.conn_id);
+        }
     }
     state.ctx = ctx;
     // LRU: a full map forgets the least recently used connection's context.
@@ -1173,24 +1184,23 @@ fn client_received(pid_tgid: u64, fd: u64) {
     let state = unsafe { &mut *state };
     if state.last_direction == direction::EGRESS && state.ctx.span_id != [0; 8] {
         let _ = TCP_CTX_OUT.remove(&state.tuple);
+        // SAFETY: the pointer comes from a successful lookup; the value is copied out.
+        let parent = CLIENT_PARENTS.get_ptr(state.conn_id).map(|p| unsafe { *p });
         // SAFETY: the pointer comes from a successful lookup; two fields are read in place.
-        let on_it = THREAD_REQUESTS.get_ptr(pid_tgid).is_some_and(|r| unsafe {
-            (*r).conn_id == state.parent_conn_id && (*r).ctx.span_id == state.ctx.parent_id
-        });
-        if state.parent_conn_id != 0
-            && !on_it
-            && request_live(
-                pid_tgid,
-                state.parent_fd,
-                state.parent_conn_id,
-                &state.ctx.parent_id,
-            )
+        let on_it = |p: &ClientParent| {
+            THREAD_REQUESTS.get_ptr(pid_tgid).is_some_and(|r| unsafe {
+                (*r).conn_id == p.conn_id && (*r).ctx.span_id == state.ctx.parent_id
+            })
+        };
+        if let Some(p) = parent
+            && !on_it(&p)
+            && request_live(pid_tgid, p.fd, p.conn_id, &state.ctx.parent_id)
         {
             let r = ThreadRequest {
-                conn_id: state.parent_conn_id,
-                request_ns: state.parent_request_ns,
+                conn_id: p.conn_id,
+                request_ns: p.request_ns,
                 sampled: 0,
-                fd: state.parent_fd,
+                fd: p.fd,
                 ctx: SpanCtx {
                     trace_id: state.ctx.trace_id,
                     span_id: state.ctx.parent_id,

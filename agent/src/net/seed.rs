@@ -133,10 +133,6 @@ impl NamespaceSockets {
             last_direction: 0,
             tuple,
             ctx: Default::default(),
-            parent_conn_id: 0,
-            parent_fd: 0,
-            _pad: 0,
-            parent_request_ns: 0,
         })
     }
 }

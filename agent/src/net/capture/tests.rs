@@ -626,7 +626,7 @@ fn maps_of_unused_features_are_created_small() {
     assert!(crate::ebpf::Uses::ALL.unused_maps().is_empty());
     let small = crate::ebpf::Uses::NONE.unused_maps();
     // Every feature's maps: the socket, TLS and goroutine maps, off-CPU's and allocations'.
-    assert_eq!(small.len(), 20);
+    assert_eq!(small.len(), 21);
     for (name, size) in small {
         assert!(max_entries(&full, name) >= 4096, "{name} at full size");
         assert_eq!(max_entries(&lean, name), size, "{name}");
