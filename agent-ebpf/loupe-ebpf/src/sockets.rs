@@ -832,35 +832,11 @@ fn server_request(
             return (request_ns, ctx_flag);
         }
         // Whatever the thread read last: a request the thread saw read by another goroutine
-        // (whose response another thread wrote) is not this one.
+        // (whose response another thread wrote) is not this one. The connection says whether
+        // this read starts a request or goes on with the one it has.
         let _ = THREAD_REQUESTS.remove(pid_tgid);
-        // SAFETY: the pointer comes from a successful lookup; see client_sending.
-        let continued = conn.and_then(|c| unsafe {
-            ((*c).last_direction == direction::INGRESS && (*c).ctx.span_id != [0; 8])
-                .then_some((*c).ctx)
-        });
-        let (request_ns, event_flags) = match continued {
-            Some(conn_ctx) => {
-                *ctx = conn_ctx;
-                let t = ThreadRequest {
-                    conn_id: state.conn_id,
-                    request_ns: ts,
-                    sampled: 0,
-                    fd: fd as u32,
-                    ctx: conn_ctx,
-                };
-                let _ = THREAD_REQUESTS.insert(pid_tgid, t, 0);
-                (ts, ctx_flag)
-            }
-            None => thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx),
-        };
-        if let Some(c) = conn {
-            // SAFETY: as above.
-            unsafe {
-                (*c).ctx = *ctx;
-                (*c).last_direction = direction::INGRESS;
-            }
-        }
+        let (request_ns, event_flags) =
+            thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx);
         let r = GoroutineRequest {
             root: goroutine.g,
             conn_id: state.conn_id,
@@ -1169,9 +1145,9 @@ fn client_sending(pid_tgid: u64, state: *mut ConnState) {
 /// that read it (Tokio runs a task woken by the running one next, on the same worker), and its
 /// next calls belong to that request, not to the one the worker read last. A thread already on
 /// that request keeps its entry; another takes the request's timestamp as the calling thread
-/// knew it (0 after the process-wide rule): CPU samples are tied to a span by (thread, timestamp)
-/// of the read that started it, so samples of a thread that did not read it stay untagged rather
-/// than tagged with the wrong request.
+/// knew it: CPU samples are tied to a span by (process, timestamp of the read that started it),
+/// so the worker's samples join the request's span. After the process-wide rule the timestamp
+/// is not known (0): those samples stay untagged rather than take a guess.
 #[inline(always)]
 fn client_received(pid_tgid: u64, fd: u64) {
     let Some(key) = conn_key(pid_tgid, fd) else {
