@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::ensure;
 
 use super::stack::{Stack, StackOpts};
-use super::verify::{start_watched_shop, unix_ns};
+use super::verify::{start_watched_shop, stop_watched_agent, unix_ns};
 use crate::spans_read::{self, Span};
 
 /// Share of the frontend's HTTP client spans that must be under their own request. Measured on this 2-core host
@@ -174,7 +174,6 @@ pub(super) fn measure(spans: &[Span], from_ns: u64, to_ns: u64) -> Parenting {
 /// Runs the shop with the agent watching its services, then measures the parents of the spans it wrote.
 pub(super) fn verify_parents(agent: &Path, opts: &StackOpts) -> anyhow::Result<()> {
     let started = Instant::now();
-    let out = opts.dir.join("loupe-data");
     let log = opts.dir.join("logs").join("agent.log");
     let mut stack = Stack::start_databases(opts)?;
     let result = (|| {
@@ -188,13 +187,7 @@ pub(super) fn verify_parents(agent: &Path, opts: &StackOpts) -> anyhow::Result<(
         stack.run_for(MEASURE_S)?;
         let to = unix_ns();
         stack.run_for(2)?;
-        let status = stack.stop_one("agent")?;
-        ensure!(
-            status.success(),
-            "the agent failed ({status}); see {}",
-            log.display()
-        );
-        let read = spans_read::read(&out)?;
+        let read = stop_watched_agent(&mut stack, opts)?;
         let p = measure(&read.spans, from, to);
         println!(
             "frontend's HTTP client spans: {} ({} without a downstream span naming its request)",

@@ -299,7 +299,6 @@ pub(super) fn verify_spans(
     let started = Instant::now();
     let dir = &opts.dir;
     let out = dir.join("loupe-data");
-    let log = dir.join("logs").join("agent.log");
     let mut stack = Stack::start_databases(opts)?;
     let result = (|| {
         let extra: Vec<String> = check
@@ -336,18 +335,7 @@ pub(super) fn verify_spans(
         let fault_to = unix_ns();
         stack.run_for(t.tail)?;
 
-        let status = stack.stop_one("agent")?;
-        ensure!(
-            status.success(),
-            "the agent failed ({status}); see {}",
-            log.display()
-        );
-        let read = spans_read::read(&out)?;
-        ensure!(
-            !read.spans.is_empty(),
-            "the agent wrote no spans; see {}",
-            log.display()
-        );
+        let read = stop_watched_agent(&mut stack, opts)?;
         let base = Window::new("baseline", &read.spans, base_from, base_to);
         let fault = Window::new("fault", &read.spans, fault_from, fault_to);
         println!(
@@ -470,6 +458,27 @@ pub(super) fn start_watched_shop(
     );
     drop(gates);
     stack.start_load(opts)
+}
+
+/// Stops the agent [`start_watched_shop`] started and reads the spans it wrote: an error if it failed or wrote none.
+pub(super) fn stop_watched_agent(
+    stack: &mut Stack,
+    opts: &StackOpts,
+) -> anyhow::Result<spans_read::Spans> {
+    let log = opts.dir.join("logs").join("agent.log");
+    let status = stack.stop_one("agent")?;
+    ensure!(
+        status.success(),
+        "the agent failed ({status}); see {}",
+        log.display()
+    );
+    let read = spans_read::read(&opts.dir.join("loupe-data"))?;
+    ensure!(
+        !read.spans.is_empty(),
+        "the agent wrote no spans; see {}",
+        log.display()
+    );
+    Ok(read)
 }
 
 /// A parameter of an exercise's fault spec (`ratio=0.3&status=500`).
