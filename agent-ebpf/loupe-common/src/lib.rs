@@ -44,6 +44,134 @@ pub struct SampleKey {
     /// One of [`sample_kind`]: what the value counts.
     pub kind: u32,
     pub _pad: u32,
+    /// With `user_stack_id` [`unwind::DWARF_STACK_ID`]: the key of the user stack in the slot's
+    /// `DWARF_STACKS` map (walked with unwind tables); 0 otherwise.
+    pub dwarf_stack: u64,
+}
+
+/// DWARF unwinding (x86-64): each executable or library gets its unwind table, rows built by
+/// userspace from `.eh_frame`/`.debug_frame` and stored as one range of the shared `UNWIND_ROWS`
+/// array; `UNWIND_PROCS` lists, per process, its mappings and their tables' ranges. The
+/// perf_event program hands a sample of such a process to `unwind_step`, which walks a bounded
+/// number of frames per run and tail-calls itself, then stores the stack in `DWARF_STACKS`.
+pub mod unwind {
+    use super::MAX_STACK_DEPTH;
+
+    /// `SampleKey::user_stack_id` of a sample whose user stack is in `DWARF_STACKS`.
+    pub const DWARF_STACK_ID: i32 = i32::MAX;
+
+    /// Rows `UNWIND_ROWS` holds by default (8 bytes each), shared by every table.
+    pub const DEFAULT_ROWS: u32 = 4 * 1024 * 1024;
+
+    /// Executable mappings with a table one process can have (the largest tables win).
+    pub const MAX_MAPPINGS: usize = 64;
+
+    /// Processes unwound with tables at once.
+    pub const MAX_PROCS: u32 = 1024;
+
+    /// Distinct DWARF-walked user stacks each slot holds per drain interval.
+    pub const STACK_ENTRIES: u32 = 8 * 1024;
+
+    /// Frames `unwind_step` walks per run; it tail-calls itself for more.
+    pub const FRAMES_PER_RUN: u32 = 8;
+
+    /// One row of a binary's unwind table: from `pc` (a virtual address of the ELF file) up to the
+    /// next row's `pc`, how to find the caller's frame. Rows are sorted by `pc`.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct UnwindRow {
+        pub pc: u32,
+        /// Bytes added to the CFA register (see [`row_kind`]).
+        pub cfa_offset: u16,
+        /// One of [`row_kind`].
+        pub kind: u8,
+        /// The caller's `rbp` is saved at CFA + 8 × this; 0 when this frame leaves `rbp` as it is.
+        pub rbp_offset: i8,
+    }
+
+    /// How an [`UnwindRow`] finds the CFA (the caller's stack pointer before its call; the return
+    /// address is at CFA − 8 on x86-64).
+    pub mod row_kind {
+        /// No row: code between functions, or a rule the kernel cannot follow. The frame pointer is
+        /// tried instead.
+        pub const NONE: u8 = 0;
+        /// CFA = rsp + offset.
+        pub const CFA_RSP: u8 = 1;
+        /// CFA = rbp + offset.
+        pub const CFA_RBP: u8 = 2;
+        /// A PLT stub: CFA = rsp + offset, plus 8 once past the stub's push (pc & 15 ≥ 11).
+        pub const PLT: u8 = 3;
+        /// The outermost frame: the return address is undefined (`_start`, thread entry).
+        pub const END: u8 = 4;
+    }
+
+    /// One executable mapping of a process: addresses `start..end` run the file whose table is
+    /// `UNWIND_ROWS[table_start..table_start + table_len]`; `pc - bias` is the file's address.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Mapping {
+        pub start: u64,
+        pub end: u64,
+        pub bias: u64,
+        pub table_start: u32,
+        pub table_len: u32,
+    }
+
+    /// Value of `UNWIND_PROCS`: a process's mappings with tables, sorted by `start`, not
+    /// overlapping.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug)]
+    pub struct ProcessMappings {
+        pub count: u32,
+        pub _pad: u32,
+        pub mappings: [Mapping; MAX_MAPPINGS],
+    }
+
+    /// A walked user stack: `pcs[..len]`, innermost first (value of `DWARF_STACKS`).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug)]
+    pub struct UserStack {
+        pub len: u64,
+        pub pcs: [u64; MAX_STACK_DEPTH + 1],
+    }
+
+    /// Per-CPU scratch of a walk in progress, carried across tail calls.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug)]
+    pub struct UnwindState {
+        pub pc: u64,
+        pub sp: u64,
+        pub bp: u64,
+        pub runs: u32,
+        /// One of `sample_kind`.
+        pub kind: u32,
+        pub pid: u32,
+        pub tid: u32,
+        pub kernel_stack_id: i32,
+        pub slot: u32,
+        pub request_ns: u64,
+        pub stack: UserStack,
+    }
+
+    #[cfg(feature = "user")]
+    mod pod {
+        // SAFETY: #[repr(C)], Copy, integers and integer arrays only, no implicit padding (sizes are
+        // asserted below), so every bit pattern is valid.
+        unsafe impl aya::Pod for super::UnwindRow {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::Mapping {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::ProcessMappings {}
+        // SAFETY: as above.
+        unsafe impl aya::Pod for super::UserStack {}
+    }
+
+    const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+    const _: () = assert!(core::mem::size_of::<Mapping>() == 32);
+    const _: () = assert!(core::mem::size_of::<ProcessMappings>() == 8 + 32 * MAX_MAPPINGS);
+    const _: () = assert!(core::mem::size_of::<UserStack>() == 8 + 8 * (MAX_STACK_DEPTH + 1));
+    const _: () =
+        assert!(core::mem::size_of::<UnwindState>() == 56 + 8 + 8 * (MAX_STACK_DEPTH + 1));
 }
 
 /// What a [`SampleKey`]'s value counts.
@@ -104,6 +232,12 @@ pub struct ProfilerConfig {
     pub _pad: u32,
     /// Blocks shorter than this are not recorded (counted).
     pub off_cpu_min_ns: u64,
+    /// Offset of `stack` in `struct task_struct` (from BTF), so a sample taken in the kernel can
+    /// find the task's user registers at the top of its kernel stack; 0 when unknown (such samples
+    /// of DWARF-unwound processes fall back to frame pointers).
+    pub task_stack_offset: u32,
+    /// Bytes of a task's kernel stack (`THREAD_SIZE`: 16 KiB on x86-64 without KASAN).
+    pub thread_size: u32,
 }
 
 /// Indices of the per-CPU `PROFILER_COUNTERS` array: things the kernel side counts for the metrics.
@@ -129,8 +263,28 @@ pub mod counter {
     pub const PAGE_FAULT_SAMPLES: u32 = 8;
     /// Page-fault samples lost because the sample map of the active slot was full.
     pub const PAGE_FAULT_MAP_FULL: u32 = 9;
+    /// User stacks walked with unwind tables (processes in `UNWIND_PROCS`).
+    pub const DWARF_STACKS: u32 = 10;
+    /// Frames of those stacks found through an unwind table row.
+    pub const DWARF_FRAMES: u32 = 11;
+    /// Frames of those stacks found through the frame pointer: no table covered their code.
+    pub const DWARF_FP_FRAMES: u32 = 12;
+    /// Those stacks that reached the outermost frame (the table says the return address is
+    /// undefined there: `_start`, a thread's start routine).
+    pub const DWARF_COMPLETE: u32 = 13;
+    /// Those stacks cut short at `MAX_STACK_DEPTH` frames.
+    pub const DWARF_TOO_DEEP: u32 = 14;
+    /// Those stacks that ended on a row the kernel cannot follow (a CFA rule other than
+    /// rsp/rbp plus an offset), or on unreadable stack memory.
+    pub const DWARF_STOPPED: u32 = 15;
+    /// Samples taken in the kernel whose user registers could not be found (the task's
+    /// `pt_regs`): their user stack was walked with frame pointers instead.
+    pub const DWARF_NO_USER_REGS: u32 = 16;
+    /// DWARF stacks lost because the slot's `DWARF_STACKS` map was full (the sample keeps no user
+    /// stack).
+    pub const DWARF_STACK_MAP_FULL: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 18;
 }
 
 /// What a [`ProcessEvent`] announces.
@@ -170,10 +324,10 @@ mod pod {
 }
 
 // Layouts are part of the kernel/user contract: any change must be deliberate.
-const _: () = assert!(core::mem::size_of::<SampleKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 40);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 48);
 const _: () = assert!(core::mem::size_of::<SampleValue>() == 24);
-const _: () = assert!(core::mem::size_of::<ProfilerConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<ProfilerConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 24);
 
 /// Socket capture for network spans: events the kernel programs emit per TCP connection.
