@@ -12,6 +12,7 @@ pub mod debuginfod;
 mod kallsyms;
 mod procs;
 mod symbolize;
+mod unwind;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
