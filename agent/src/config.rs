@@ -15,6 +15,7 @@ mod exporters;
 mod file;
 #[cfg(test)]
 mod tests;
+mod unwind;
 mod values;
 
 /// Default sampling rate. 19 Hz: prime, so sampling does not run in lockstep with timers that fire at
@@ -384,6 +385,20 @@ pub struct CliOptions {
     /// (`256MiB`, `256Mi`, `1GiB`; `M`/`G` are powers of 1000, as in Kubernetes) [default: 256MiB].
     #[arg(long, env = "LOUPE_MEMORY_LIMIT", global = true, value_name = "SIZE")]
     pub memory_limit: Option<String>,
+    /// How user stacks are walked: `frame-pointers`; `dwarf` (unwind tables from each binary's
+    /// `.eh_frame`, for every profiled process); `auto`, frame pointers until a process's stacks
+    /// come out cut short, then its tables [default: auto].
+    #[arg(long, env = "LOUPE_UNWINDER", global = true, value_name = "MODE")]
+    pub unwinder: Option<String>,
+    /// Kernel memory the unwind tables may take, all binaries together, e.g. `64MiB`; a binary
+    /// that does not fit is walked with frame pointers and counted [default: 32MiB].
+    #[arg(
+        long,
+        env = "LOUPE_UNWIND_TABLES_SIZE",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub unwind_tables_size: Option<String>,
     /// A debuginfod server for the debug files of stripped binaries that have none installed,
     /// e.g. `https://debuginfod.debian.net` (opt-in: build ids leave the node) [default: none].
     #[arg(long, env = "LOUPE_DEBUGINFOD_URL", global = true, value_name = "URL")]
@@ -459,6 +474,9 @@ pub struct Config {
     pub page_fault_period: Option<u64>,
     /// Allocation profiles of chosen processes (`None`: off).
     pub alloc: Option<crate::profiler::AllocOptions>,
+    /// How user stacks are walked, and the unwind tables' kernel memory in bytes.
+    pub unwinder: crate::profiler::UnwinderMode,
+    pub unwind_tables_bytes: u64,
     pub metrics_addr: Option<SocketAddr>,
     /// Bytes of resident memory plus kernel maps the agent stays under.
     pub memory_limit: u64,
@@ -604,6 +622,7 @@ impl Config {
             .then(|| page_fault_period.unwrap_or(DEFAULT_PAGE_FAULT_PERIOD));
 
         let alloc = alloc_options(cli, &file)?;
+        let (unwinder, unwind_tables_bytes) = unwind::unwind_options(cli, &file)?;
 
         let duration = match cli.duration.as_ref().or(file.duration.as_ref()) {
             Some(text) => {
@@ -916,6 +935,8 @@ impl Config {
             off_cpu_min_block,
             page_fault_period,
             alloc,
+            unwinder,
+            unwind_tables_bytes,
             metrics_addr,
             memory_limit,
             debuginfod,
@@ -1034,6 +1055,10 @@ impl Config {
             go: self.go_goroutines,
             off_cpu: !self.off_cpu_pids.is_empty(),
             alloc: self.alloc.is_some(),
+            unwind_rows: match self.unwinder {
+                crate::profiler::UnwinderMode::FramePointers => 0,
+                _ => (self.unwind_tables_bytes / 8) as u32,
+            },
         }
     }
 

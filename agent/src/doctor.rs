@@ -50,6 +50,8 @@ pub fn run() {
         })
         .collect();
     println!("{}", go_line(&features.uprobes, &go));
+    let executables = crate::profiler::unwind_survey::survey();
+    println!("{}", crate::profiler::unwind_survey::report(&executables));
 }
 
 /// A Go executable running now, as the doctor reports it.

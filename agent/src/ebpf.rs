@@ -58,6 +58,8 @@ pub struct Uses {
     pub off_cpu: bool,
     /// Allocation profiles.
     pub alloc: bool,
+    /// Rows of the unwind tables' array (`UNWIND_ROWS`); 0: no DWARF unwinding.
+    pub unwind_rows: u32,
 }
 
 impl Uses {
@@ -68,6 +70,7 @@ impl Uses {
         go: true,
         off_cpu: true,
         alloc: true,
+        unwind_rows: loupe_common::unwind::DEFAULT_ROWS,
     };
 
     /// Nothing but the profiler: every map of the other features small (tests).
@@ -78,6 +81,7 @@ impl Uses {
         go: false,
         off_cpu: false,
         alloc: false,
+        unwind_rows: 0,
     };
 
     /// The maps to create small, with the size they get: a few entries for hash maps (their
@@ -122,6 +126,13 @@ impl Uses {
         if !self.alloc {
             maps.push(("ALLOC_EVENTS", RING_BYTES));
         }
+        if self.unwind_rows == 0 {
+            maps.extend(
+                ["UNWIND_PROCS", "DWARF_STACKS_0", "DWARF_STACKS_1"].map(|name| (name, ENTRIES)),
+            );
+            // An mmap-able array is at least a page.
+            maps.push(("UNWIND_ROWS", 4096 / 8));
+        }
         maps
     }
 }
@@ -137,6 +148,9 @@ pub fn load(uses: Uses) -> Result<Ebpf, EbpfError> {
     let g_register = crate::net::goroutines::g_register().unwrap_or(0);
     let mut loader = EbpfLoader::new();
     loader.override_global("GO_G_REGISTER", &g_register, true);
+    if uses.unwind_rows != 0 {
+        loader.map_max_entries("UNWIND_ROWS", uses.unwind_rows);
+    }
     for (name, size) in uses.unused_maps() {
         loader.map_max_entries(name, size);
     }

@@ -210,6 +210,8 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
                 off_cpu_min: config.off_cpu_min_block,
                 page_fault_period: config.page_fault_period,
                 alloc: config.alloc.clone(),
+                unwinder: config.unwinder,
+                unwind_rows: config.ebpf_uses().unwind_rows,
             },
             &registry,
         )?;

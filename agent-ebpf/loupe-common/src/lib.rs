@@ -150,6 +150,8 @@ pub mod unwind {
         pub kernel_stack_id: i32,
         pub slot: u32,
         pub request_ns: u64,
+        /// Hash of `stack.pcs[..stack.len]`, folded in frame by frame: the `DWARF_STACKS` key.
+        pub hash: u64,
         pub stack: UserStack,
     }
 
@@ -171,7 +173,7 @@ pub mod unwind {
     const _: () = assert!(core::mem::size_of::<ProcessMappings>() == 8 + 32 * MAX_MAPPINGS);
     const _: () = assert!(core::mem::size_of::<UserStack>() == 8 + 8 * (MAX_STACK_DEPTH + 1));
     const _: () =
-        assert!(core::mem::size_of::<UnwindState>() == 56 + 8 + 8 * (MAX_STACK_DEPTH + 1));
+        assert!(core::mem::size_of::<UnwindState>() == 64 + 8 + 8 * (MAX_STACK_DEPTH + 1));
 }
 
 /// What a [`SampleKey`]'s value counts.

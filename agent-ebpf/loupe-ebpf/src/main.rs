@@ -14,6 +14,7 @@ mod profiler;
 mod sockets;
 mod tcp_context;
 mod tls;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

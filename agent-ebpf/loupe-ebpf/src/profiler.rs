@@ -10,7 +10,7 @@
 //! kept; when it is switched in again, the time it was away is added under those stacks, with
 //! the `OFF_CPU` kind, in the same sample map, so the drain and symbolization are shared.
 
-use crate::sockets::THREAD_REQUESTS;
+use crate::{sockets::THREAD_REQUESTS, unwind};
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
@@ -60,7 +60,7 @@ static OFF_CPU_STARTS: LruHashMap<u32, OffCpuStart> =
     LruHashMap::with_max_entries(OFF_CPU_START_ENTRIES, 0);
 
 #[inline(always)]
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(slot) = PROFILER_COUNTERS.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup, so it is valid, aligned
         // and only touched by this CPU while the program runs (per-CPU values, no preemption).
@@ -131,11 +131,17 @@ fn record_stacks(
     } else {
         (&SAMPLES_1, &STACKS_1)
     };
-    let user_stack_id = match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
+    let kernel_stack_id = match ctx.get_stackid(stacks, 0) {
         Ok(id) => id as i32,
         Err(errno) => errno,
     };
-    let kernel_stack_id = match ctx.get_stackid(stacks, 0) {
+    let request_ns = current_request(pid_tgid);
+    announce_if_new(pid);
+    if unwind::wanted(pid) {
+        // Returns only when the table walk could not start: frame pointers then.
+        unwind::start(ctx, config, pid_tgid, kind, kernel_stack_id, request_ns);
+    }
+    let user_stack_id = match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
         Ok(id) => id as i32,
         Err(errno) => errno,
     };
@@ -144,19 +150,24 @@ fn record_stacks(
         tid,
         user_stack_id,
         kernel_stack_id,
-        request_ns: current_request(pid_tgid),
+        request_ns,
         kind,
         _pad: 0,
+        dwarf_stack: 0,
     };
-    let added = add(samples, &key, 1, None);
-    announce_if_new(pid);
-    added
+    add(samples, &key, 1, None)
+}
+
+/// The sample map of `slot`.
+#[inline(always)]
+pub(crate) fn samples_of_slot(slot: u32) -> &'static HashMap<SampleKey, SampleValue> {
+    if slot == 0 { &SAMPLES_0 } else { &SAMPLES_1 }
 }
 
 /// Adds `n` to the value under `key`, creating it (with `comm`, or the current task's) when
 /// missing; false when the map is full.
 #[inline(always)]
-fn add(
+pub(crate) fn add(
     samples: &HashMap<SampleKey, SampleValue>,
     key: &SampleKey,
     n: u64,
@@ -262,6 +273,7 @@ fn try_off_cpu(ctx: &TracePointContext) -> Result<(), i64> {
         request_ns: start.request_ns,
         kind: sample_kind::OFF_CPU,
         _pad: 0,
+        dwarf_stack: 0,
     };
     if add(samples, &key, blocked, Some(start.comm)) {
         count(counter::OFF_CPU_RECORDED);

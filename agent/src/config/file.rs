@@ -72,6 +72,8 @@ pub(super) struct FileOptions {
     pub(super) pid: Option<Vec<u32>>,
     pub(super) metrics_addr: Option<String>,
     pub(super) memory_limit: Option<SizeValue>,
+    pub(super) unwinder: Option<String>,
+    pub(super) unwind_tables_size: Option<SizeValue>,
     pub(super) debuginfod_url: Option<String>,
     pub(super) debuginfod_cache_size: Option<SizeValue>,
     pub(super) spool_dir: Option<PathBuf>,

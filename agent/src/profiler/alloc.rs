@@ -230,6 +230,7 @@ impl State {
                 // No kernel part: `assemble` reads -EFAULT as "no stack of this kind".
                 kernel_stack_id: -EFAULT,
                 request_ns: 0,
+                dwarf_stack: 0,
                 kind: 0,
                 _pad: 0,
             },

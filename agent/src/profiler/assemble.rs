@@ -375,6 +375,7 @@ mod tests {
                     request_ns: 77,
                     kind: 0,
                     _pad: 0,
+                    dwarf_stack: 0,
                 },
                 value: SampleValue {
                     count: 7,
@@ -391,6 +392,7 @@ mod tests {
                     request_ns: 88,
                     kind: 0,
                     _pad: 0,
+                    dwarf_stack: 0,
                 },
                 value: SampleValue {
                     count: 2,
@@ -495,6 +497,7 @@ mod tests {
                 request_ns: 0,
                 kind: 0,
                 _pad: 0,
+                dwarf_stack: 0,
             },
             value: SampleValue {
                 count: 1,

@@ -52,6 +52,9 @@ use assemble::{RawSample, StackStats};
 use procs::ProcessTable;
 pub use procs::{ProcessIdentity, process_identity};
 pub use symbolize::Symbolizer;
+pub use unwind::survey as unwind_survey;
+pub use unwind::{DEFAULT_UNWIND_TABLES_BYTES, MAX_UNWIND_TABLES_BYTES, UnwinderMode};
+use unwind::{Reason, UnwindHandle, Unwinder};
 
 /// Delays after a process's first sample at which its mappings are read again.
 const REREAD_DELAYS: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(500)];
@@ -84,6 +87,9 @@ pub struct ProfilerOptions {
     pub page_fault_period: Option<u64>,
     /// Allocation profiles of chosen processes (`None`: off).
     pub alloc: Option<AllocOptions>,
+    /// How user stacks are walked, and the rows the kernel's unwind-table array was created with.
+    pub unwinder: UnwinderMode,
+    pub unwind_rows: u32,
 }
 
 struct Metrics {
@@ -111,6 +117,9 @@ struct Metrics {
     off_cpu_blocks: [Counter; 3],
     page_fault_samples: Counter,
     page_faults_map_full: Counter,
+    dwarf_stacks: [Counter; 4],
+    dwarf_frames: [Counter; 2],
+    dwarf_no_user_regs: Counter,
 }
 
 impl Metrics {
@@ -230,6 +239,29 @@ impl Metrics {
                 &[],
             ),
             page_faults_map_full: dropped("page_fault_map_full"),
+            dwarf_stacks: ["complete", "too_deep", "stopped", "map_full"].map(|end| {
+                r.counter(
+                    "loupe_profiler_dwarf_stacks_total",
+                    "User stacks walked with unwind tables, by how the walk ended: at the outermost \
+                     frame, at 127 frames, on a rule or memory it could not follow, or lost because \
+                     the stack map was full.",
+                    &[("end", end)],
+                )
+            }),
+            dwarf_frames: ["table", "frame_pointer"].map(|via| {
+                r.counter(
+                    "loupe_profiler_dwarf_frames_total",
+                    "Frames of table-walked stacks, by how their caller was found: an unwind table \
+                     row, or the frame pointer (code without a table).",
+                    &[("via", via)],
+                )
+            }),
+            dwarf_no_user_regs: r.counter(
+                "loupe_profiler_dwarf_no_user_regs_total",
+                "Samples taken in the kernel whose user registers were not found: their user stack \
+                 was walked with frame pointers.",
+                &[],
+            ),
             off_cpu_blocks: ["recorded", "short", "lost"].map(|result| {
                 r.counter(
                     "loupe_profiler_off_cpu_blocks_total",
@@ -257,6 +289,8 @@ pub struct Profiler {
     counters: PerCpuArray<MapData, u64>,
     samples: [BpfHashMap<MapData, SampleKey, SampleValue>; 2],
     stacks: [StackTraceMap<MapData>; 2],
+    /// DWARF unwinding, unless `--unwinder frame-pointers` (or it could not start).
+    unwinder: Option<Unwinder>,
     /// What the kernel is told at each flip, `active_slot` aside.
     kernel_config: ProfilerConfig,
     /// Kept for the profiler's lifetime (see `_targets`).
@@ -327,6 +361,21 @@ impl Profiler {
             take_map(&mut ebpf, "STACKS_1")?,
         ];
         let ring: RingBuf<MapData> = take_map(&mut ebpf, "PROCESS_EVENTS")?;
+        let unwinder = match options.unwinder {
+            UnwinderMode::FramePointers => None,
+            mode => match Unwinder::start(&mut ebpf, mode, options.unwind_rows, registry) {
+                Ok(u) => {
+                    let (offset, size) = u.task_stack;
+                    kernel_config.task_stack_offset = offset;
+                    kernel_config.thread_size = size;
+                    Some(u)
+                }
+                Err(e) => {
+                    tracing::warn!("DWARF unwinding is off, stacks are walked with frame pointers: {e}");
+                    None
+                }
+            },
+        };
 
         let procs = Arc::new(Mutex::new(ProcessTable::new(MAX_PROCESSES)));
         let metrics = Metrics::new(registry);
@@ -339,9 +388,13 @@ impl Profiler {
         })?);
         let watcher = {
             let (procs, stop) = (procs.clone(), stop.clone());
+            let dwarf_everyone = unwinder
+                .as_ref()
+                .filter(|u| u.mode == UnwinderMode::Dwarf)
+                .map(|u| u.handle.clone());
             thread::Builder::new()
                 .name("loupe-procs".into())
-                .spawn(move || watch_processes(ring, procs, stop))
+                .spawn(move || watch_processes(ring, procs, stop, dwarf_everyone))
                 .map_err(|e| {
                     EbpfError::Unavailable(format!("cannot start the process watcher thread: {e}"))
                 })?
@@ -437,6 +490,7 @@ impl Profiler {
             counters,
             samples,
             stacks,
+            unwinder,
             kernel_config,
             _off_cpu_targets: off_cpu_targets,
             period_nanos: 1_000_000_000 / i64::from(options.hz),
@@ -488,8 +542,11 @@ impl Profiler {
         let duration_nanos = unix_nanos(now) - start_unix_nanos;
         self.last_drain = now;
 
-        let all = self.read_samples(idle_slot);
-        let stacks = self.read_stacks(idle_slot, &all);
+        let mut all = self.read_samples(idle_slot);
+        let mut stacks = self.read_stacks(idle_slot, &all);
+        if let Some(unwinder) = &mut self.unwinder {
+            unwinder.read_stacks(idle_slot, &mut all, &mut stacks);
+        }
         self.update_kernel_counters();
         let (mut raw, mut off_cpu_raw, mut page_fault_raw) = (Vec::new(), Vec::new(), Vec::new());
         for s in all {
@@ -530,6 +587,9 @@ impl Profiler {
         };
         self.record_stack_stats(stats);
         self.warn_truncated(&truncated_by_service, &profiles);
+        if let Some(unwinder) = &self.unwinder {
+            unwinder.handle.rescan();
+        }
 
         let s = std::mem::take(&mut symbolizer.stats);
         self.metrics.symbolize_failures.add(s.failures);
@@ -690,6 +750,22 @@ impl Profiler {
         self.metrics
             .page_faults_map_full
             .add(delta(counter::PAGE_FAULT_MAP_FULL));
+        for (i, c) in [
+            counter::DWARF_COMPLETE,
+            counter::DWARF_TOO_DEEP,
+            counter::DWARF_STOPPED,
+            counter::DWARF_STACK_MAP_FULL,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.metrics.dwarf_stacks[i].add(delta(c));
+        }
+        self.metrics.dwarf_frames[0].add(delta(counter::DWARF_FRAMES));
+        self.metrics.dwarf_frames[1].add(delta(counter::DWARF_FP_FRAMES));
+        self.metrics
+            .dwarf_no_user_regs
+            .add(delta(counter::DWARF_NO_USER_REGS));
         if delta(counter::SAMPLE_MAP_FULL) > 0 {
             tracing::warn!(
                 lost = delta(counter::SAMPLE_MAP_FULL),
@@ -715,18 +791,40 @@ impl Profiler {
         truncated: &HashMap<String, u64>,
         profiles: &[loupe_collector::profile::ServiceProfile],
     ) {
+        let auto = self
+            .unwinder
+            .as_ref()
+            .filter(|u| u.mode == UnwinderMode::Auto)
+            .map(|u| u.handle.clone());
         for p in profiles {
             let total: u64 = p.samples.iter().map(|s| s.count).sum();
             let cut = truncated.get(&p.service_name).copied().unwrap_or(0);
-            if total >= 20
-                && cut * 2 > total
-                && self.warned_truncated.insert(p.service_name.clone())
-            {
+            if total < 20 || cut * 2 <= total {
+                continue;
+            }
+            if let Some(auto) = &auto {
+                let pids: HashSet<u32> = p.samples.iter().map(|s| s.pid).collect();
+                let new: Vec<u32> = pids.into_iter().filter(|p| !auto.is_tracked(*p)).collect();
+                for pid in &new {
+                    auto.add(*pid, Reason::Truncated);
+                }
+                if !new.is_empty() {
+                    tracing::info!(
+                        service = %p.service_name,
+                        pids = ?new,
+                        "{cut} of {total} stacks end before main (built without frame pointers): \
+                         walking them with unwind tables from now on"
+                    );
+                }
+                continue;
+            }
+            if self.warned_truncated.insert(p.service_name.clone()) {
                 tracing::warn!(
                     service = %p.service_name,
                     "{cut} of {total} stacks end before main: this service (or a library it calls) was \
-                     likely built without frame pointers, so its flame graph is cut short. Rebuild with \
-                     -fno-omit-frame-pointer (C/C++) or -C force-frame-pointers=yes (Rust)"
+                     likely built without frame pointers, so its flame graph is cut short. Use \
+                     --unwinder auto or dwarf, or rebuild with -fno-omit-frame-pointer (C/C++) or \
+                     -C force-frame-pointers=yes (Rust)"
                 );
             }
         }
@@ -740,6 +838,9 @@ impl Profiler {
         if let Some((handle, stop)) = self.watcher.take() {
             stop.stop();
             let _ = handle.join();
+        }
+        if let Some(unwinder) = &mut self.unwinder {
+            unwinder.stop();
         }
     }
 }
@@ -810,7 +911,14 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<
 
 /// Reads process announcements until told to stop; reads /proc for each new process right away,
 /// while it still runs.
-fn watch_processes(mut ring: RingBuf<MapData>, procs: Arc<Mutex<ProcessTable>>, stop: Arc<StopFd>) {
+/// `dwarf`: with `--unwinder dwarf`, every sampled process is handed to the unwind-table worker
+/// (again after exec and after the last reread, when its libraries are mapped).
+fn watch_processes(
+    mut ring: RingBuf<MapData>,
+    procs: Arc<Mutex<ProcessTable>>,
+    stop: Arc<StopFd>,
+    dwarf: Option<UnwindHandle>,
+) {
     let fd = ring.as_raw_fd();
     // Second and third reads of each new process: its first sample may come while the dynamic
     // loader is still mapping libraries, and a short-lived process may be gone by the drain.
@@ -823,6 +931,9 @@ fn watch_processes(mut ring: RingBuf<MapData>, procs: Arc<Mutex<ProcessTable>>, 
                 if let Some((_, pid, comm)) = queue.pop_front() {
                     let mut table = procs.lock().unwrap_or_else(|p| p.into_inner());
                     table.refresh(pid, &comm);
+                    if let Some(dwarf) = &dwarf {
+                        dwarf.add(pid, Reason::Everyone);
+                    }
                 }
             }
         }
@@ -853,6 +964,9 @@ fn watch_processes(mut ring: RingBuf<MapData>, procs: Arc<Mutex<ProcessTable>>, 
                 process_event::SAMPLED | process_event::EXEC => {
                     let comm = comm_str(&event.comm);
                     table.refresh(event.pid, &comm);
+                    if let Some(dwarf) = &dwarf {
+                        dwarf.add(event.pid, Reason::Everyone);
+                    }
                     let now = Instant::now();
                     for (queue, delay) in rereads.iter_mut().zip(REREAD_DELAYS) {
                         if queue.len() < MAX_PENDING_REREADS {
@@ -860,7 +974,12 @@ fn watch_processes(mut ring: RingBuf<MapData>, procs: Arc<Mutex<ProcessTable>>, 
                         }
                     }
                 }
-                process_event::EXIT => table.mark_exited(event.pid),
+                process_event::EXIT => {
+                    table.mark_exited(event.pid);
+                    if let Some(dwarf) = &dwarf {
+                        dwarf.exit(event.pid);
+                    }
+                }
                 _ => {}
             }
         }

@@ -1,0 +1,39 @@
+//! `--unwinder` and `--unwind-tables-size`: how user stacks are walked.
+
+use super::{ConfigError, CliOptions, FileOptions, SizeValue, invalid, values::parse_size};
+use crate::profiler::{DEFAULT_UNWIND_TABLES_BYTES, MAX_UNWIND_TABLES_BYTES, UnwinderMode};
+
+/// The unwinder mode and the bytes its tables may take in the kernel.
+pub(super) fn unwind_options(
+    cli: &CliOptions,
+    file: &FileOptions,
+) -> Result<(UnwinderMode, u64), ConfigError> {
+    let mode = match cli.unwinder.as_deref().or(file.unwinder.as_deref()) {
+        None => UnwinderMode::Auto,
+        Some(text) => UnwinderMode::parse(text).ok_or_else(|| {
+            invalid(
+                "unwinder",
+                format!("{text:?}: one of auto, dwarf, frame-pointers"),
+            )
+        })?,
+    };
+    let bytes = match cli
+        .unwind_tables_size
+        .clone()
+        .map(SizeValue::Text)
+        .or(file.unwind_tables_size.clone())
+    {
+        None => DEFAULT_UNWIND_TABLES_BYTES,
+        Some(SizeValue::Bytes(n)) => n,
+        Some(SizeValue::Text(text)) => {
+            parse_size(&text).map_err(|m| invalid("unwind_tables_size", m))?
+        }
+    };
+    if !(1 << 20..=MAX_UNWIND_TABLES_BYTES).contains(&bytes) {
+        return Err(invalid(
+            "unwind_tables_size",
+            format!("{bytes}: must be between 1MiB and 256MiB"),
+        ));
+    }
+    Ok((mode, bytes))
+}
