@@ -391,7 +391,7 @@ pub struct CliOptions {
     #[arg(long, env = "LOUPE_UNWINDER", global = true, value_name = "MODE")]
     pub unwinder: Option<String>,
     /// Kernel memory the unwind tables may take, all binaries together, e.g. `64MiB`; a binary
-    /// that does not fit is walked with frame pointers and counted [default: 32MiB].
+    /// that does not fit is walked with frame pointers and counted [default: 16MiB].
     #[arg(
         long,
         env = "LOUPE_UNWIND_TABLES_SIZE",

@@ -61,7 +61,7 @@ pub mod unwind {
     pub const DWARF_STACK_ID: i32 = i32::MAX;
 
     /// Rows `UNWIND_ROWS` holds by default (8 bytes each), shared by every table.
-    pub const DEFAULT_ROWS: u32 = 4 * 1024 * 1024;
+    pub const DEFAULT_ROWS: u32 = 2 * 1024 * 1024;
 
     /// Executable mappings with a table one process can have (the largest tables win).
     pub const MAX_MAPPINGS: usize = 64;
@@ -70,7 +70,7 @@ pub mod unwind {
     pub const MAX_PROCS: u32 = 1024;
 
     /// Distinct DWARF-walked user stacks each slot holds per drain interval.
-    pub const STACK_ENTRIES: u32 = 8 * 1024;
+    pub const STACK_ENTRIES: u32 = 4 * 1024;
 
     /// Frames `unwind_step` walks per run; it tail-calls itself for more.
     pub const FRAMES_PER_RUN: u32 = 8;

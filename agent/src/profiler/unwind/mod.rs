@@ -21,7 +21,7 @@ use std::{
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     sync::{
         Arc, Mutex,
-        mpsc::{Receiver, SyncSender, TryRecvError, sync_channel},
+        mpsc::{Receiver, SyncSender, sync_channel},
     },
     thread,
     time::Instant,
@@ -43,7 +43,7 @@ use super::{
 };
 use crate::ebpf::{program, rejected, take_map};
 
-/// Default kernel memory of the unwind tables (4 Mi rows of 8 bytes).
+/// Default kernel memory of the unwind tables (2 Mi rows of 8 bytes).
 pub const DEFAULT_UNWIND_TABLES_BYTES: u64 = loupe_common::unwind::DEFAULT_ROWS as u64 * 8;
 /// The most `--unwind-tables-size` may ask: the kernel's binary search covers 2^25 rows.
 pub const MAX_UNWIND_TABLES_BYTES: u64 = 256 << 20;
@@ -356,10 +356,7 @@ impl Worker {
                         }
                     }
                 }
-                next = match rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                };
+                next = rx.try_recv().ok();
             }
             self.publish();
         }
@@ -441,13 +438,14 @@ impl Worker {
                 continue;
             };
             *last_used = Instant::now();
+            // The mapping starts at the segment's offset rounded down to a page.
             let Some(&(seg_offset, seg_vaddr, _)) = segments
                 .iter()
-                .find(|(off, _, size)| (*off..off + size).contains(&entry.offset))
+                .find(|(off, _, size)| (off & !0xfff..off + size).contains(&entry.offset))
             else {
                 continue;
             };
-            let vaddr_at_start = seg_vaddr.wrapping_add(entry.offset - seg_offset);
+            let vaddr_at_start = seg_vaddr.wrapping_add(entry.offset).wrapping_sub(seg_offset);
             mappings.push(Mapping {
                 start: entry.start,
                 end: entry.end,
@@ -655,30 +653,6 @@ fn fxhash(bytes: &[u8]) -> u64 {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!(UnwinderMode::parse("auto"), Some(UnwinderMode::Auto));
-        assert_eq!(UnwinderMode::parse("dwarf"), Some(UnwinderMode::Dwarf));
-        assert_eq!(
-            UnwinderMode::parse("frame-pointers"),
-            Some(UnwinderMode::FramePointers)
-        );
-        assert_eq!(UnwinderMode::parse("lbr"), None);
-    }
-
-    #[test]
-    fn this_binary_has_an_executable_segment() {
-        let data = std::fs::read("/proc/self/exe").expect("read self");
-        let segments = executable_segments(&data);
-        assert!(!segments.is_empty());
-        assert!(segments.iter().all(|(_, _, size)| *size > 0));
-    }
-}
-
 /// The profiler's side of DWARF unwinding: the worker's handle, the maps the drain reads, and what
 /// keeps the kernel's tail-call slot filled.
 pub struct Unwinder {
@@ -797,5 +771,29 @@ impl Unwinder {
             self.handle.tx = tx;
             let _ = worker.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(UnwinderMode::parse("auto"), Some(UnwinderMode::Auto));
+        assert_eq!(UnwinderMode::parse("dwarf"), Some(UnwinderMode::Dwarf));
+        assert_eq!(
+            UnwinderMode::parse("frame-pointers"),
+            Some(UnwinderMode::FramePointers)
+        );
+        assert_eq!(UnwinderMode::parse("lbr"), None);
+    }
+
+    #[test]
+    fn this_binary_has_an_executable_segment() {
+        let data = std::fs::read("/proc/self/exe").expect("read self");
+        let segments = executable_segments(&data);
+        assert!(!segments.is_empty());
+        assert!(segments.iter().all(|(_, _, size)| *size > 0));
     }
 }
