@@ -524,7 +524,15 @@ impl Worker {
             .build_micros
             .add(started.elapsed().as_micros() as u64);
         let rows = match built {
-            Ok(t) if !t.rows.is_empty() => t.rows,
+            Ok(t) if !t.rows.is_empty() => {
+                tracing::debug!(
+                    binary = path,
+                    bytes = t.size_bytes(),
+                    stats = ?t.stats,
+                    "unwind table built"
+                );
+                t.rows
+            }
             Ok(_) => {
                 self.metrics.no_cfi.inc();
                 return Binary::Without;

@@ -53,7 +53,8 @@ pub fn classify(data: &[u8]) -> Kind {
 
 /// The executables of the processes running now (kernel threads aside), most processes first.
 pub fn survey() -> Vec<Executable> {
-    let mut by_file: BTreeMap<(u64, u64), (String, usize)> = BTreeMap::new();
+    // (path shown, a pid to open it through, processes)
+    let mut by_file: BTreeMap<(u64, u64), (String, u32, usize)> = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -67,16 +68,17 @@ pub fn survey() -> Vec<Executable> {
         };
         by_file
             .entry((meta.dev(), meta.ino()))
-            .or_insert_with(|| (path.display().to_string(), 0))
-            .1 += 1;
+            .or_insert_with(|| (path.display().to_string(), pid, 0))
+            .2 += 1;
     }
-    let mut found: Vec<(String, usize)> = by_file.into_values().collect();
-    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut found: Vec<(String, u32, usize)> = by_file.into_values().collect();
+    found.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
     found.truncate(MAX_EXECUTABLES);
     found
         .into_iter()
-        .map(|(path, processes)| {
-            let kind = match std::fs::File::open(&path) {
+        .map(|(path, pid, processes)| {
+            // Through the process: reaches files of other mount namespaces, and deleted ones.
+            let kind = match std::fs::File::open(format!("/proc/{pid}/exe")) {
                 Err(e) => Kind::Unread(e.to_string()),
                 Ok(f) if f.metadata().is_ok_and(|m| m.len() > MAX_BYTES) => {
                     Kind::Unread("larger than 512 MiB".into())

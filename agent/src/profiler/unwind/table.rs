@@ -52,19 +52,11 @@ type Slice<'a> = EndianSlice<'a, LittleEndian>;
 pub struct Table {
     /// Sorted strictly by `pc`; see [`lookup`].
     pub rows: Vec<UnwindRow>,
-    #[allow(
-        dead_code,
-        reason = "for the loader's logs and metrics; the tests read it"
-    )]
     pub stats: TableStats,
 }
 
 impl Table {
     /// Bytes the rows take in the kernel's row array.
-    #[allow(
-        dead_code,
-        reason = "for the loader's logs and metrics; the tests read it"
-    )]
     pub fn size_bytes(&self) -> usize {
         std::mem::size_of_val(self.rows.as_slice())
     }
@@ -210,10 +202,7 @@ pub fn build(elf: &[u8]) -> Result<Table, TableError> {
 
 /// The row in force at `pc`: the last row whose `pc` is at or below it, `None` below the first.
 /// As in the kernel, a [`row_kind::NONE`] row found here means no row.
-#[allow(
-    dead_code,
-    reason = "the kernel's search, written out for tests and diagnostics"
-)]
+#[cfg(test)]
 pub fn lookup(rows: &[UnwindRow], pc: u32) -> Option<&UnwindRow> {
     let above = rows.partition_point(|row| row.pc <= pc);
     rows.get(above.checked_sub(1)?)
