@@ -77,6 +77,8 @@ win. Keys come out sorted (range over a dict), one per line.
   "profile_debuginfo" $a.profileDebuginfo
   "page_faults" $a.pageFaults
   "page_fault_period" (int $a.pageFaultPeriod)
+  "unwinder" $a.unwinder
+  "unwind_tables_size" $a.unwindTablesSize
   "network_spans" $a.networkSpans
   "capture_bytes" $a.captureBytes
   "tls" $a.tls
