@@ -78,7 +78,8 @@ fn split_debug_info(dir: &std::path::Path, name: &str, stripped: &str) -> anyhow
 }
 
 /// The profiler's test workloads: a C and a Rust program with two known hot functions, and a C
-/// HTTP server with a known function per request (correlation), built with frame pointers.
+/// HTTP server with a known function per request (correlation), built with frame pointers; a C
+/// and a Rust program with two known call chains, built without (DWARF unwinding).
 pub fn build_workloads() -> anyhow::Result<()> {
     step("building the test workloads (target/workloads)", || {
         let out = root().join("target/workloads");
@@ -133,6 +134,20 @@ pub fn build_workloads() -> anyhow::Result<()> {
                 ])
                 .arg(out.join("hot_rs"))
                 .arg(src.join("hot.rs")),
+        )?;
+        // Without frame pointers (tests/tests/dwarf_unwind.rs): optimized, as C and Rust release
+        // builds usually are, so that only the unwind tables lead back to main.
+        exec(
+            Command::new("gcc")
+                .args(["-O2", "-g", "-fomit-frame-pointer", "-o"])
+                .arg(out.join("nofp_c"))
+                .arg(src.join("nofp.c")),
+        )?;
+        exec(
+            Command::new("rustc")
+                .args(["--edition", "2024", "-O", "-g", "-o"])
+                .arg(out.join("nofp_rs"))
+                .arg(src.join("nofp.rs")),
         )?;
         // Go: the standard library only, no network; its caches stay under target/.
         for program in ["go_fanout", "go_tls"] {

@@ -269,6 +269,7 @@ const E2E_TESTS: &[&str] = &[
     "http2_spans",
     "go_spans",
     "tls_spans",
+    "dwarf_unwind",
 ];
 
 /// Builds the end-to-end test binaries the VMs run and returns their paths, in E2E_TESTS order.
@@ -568,6 +569,8 @@ fn build_initramfs(e2e: &[PathBuf], capture: &Path, args: &VmArgs) -> anyhow::Re
         "off_cpu",
         "page_faults",
         "alloc",
+        "nofp_c",
+        "nofp_rs",
         // Static (pure Go, built without cgo), so they run in the initramfs as built.
         "go_fanout",
         "go_tls",
