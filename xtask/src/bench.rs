@@ -448,7 +448,8 @@ fn steady_report(steady: &[Steady], cpus: usize) -> String {
         "
 Targets (issue 13, item 4):"
     );
-    let find = |hz: u32, unwinder: &str| steady.iter().find(|x| x.hz == hz && x.unwinder == unwinder);
+    let find =
+        |hz: u32, unwinder: &str| steady.iter().find(|x| x.hz == hz && x.unwinder == unwinder);
     // Frame pointers: the targets themselves; every process walked with tables: 3× them.
     for (unwinder, factor) in [("frame-pointers", 1.0), ("dwarf", 3.0)] {
         if let Some(x) = find(19, unwinder) {

@@ -216,15 +216,20 @@ fn walk_frame(state: &mut UnwindState, procs: &ProcessMappings) -> Step {
     let row = find_mapping(procs, lookup).and_then(|m| find_row(m, lookup));
     let (cfa, rbp_offset) = match row {
         Some(row) if row.kind == row_kind::END => return Step::End(counter::DWARF_COMPLETE),
-        Some(row) if row.kind == row_kind::CFA_RSP => {
-            (state.sp.wrapping_add(u64::from(row.cfa_offset)), row.rbp_offset)
-        }
-        Some(row) if row.kind == row_kind::CFA_RBP => {
-            (state.bp.wrapping_add(u64::from(row.cfa_offset)), row.rbp_offset)
-        }
+        Some(row) if row.kind == row_kind::CFA_RSP => (
+            state.sp.wrapping_add(u64::from(row.cfa_offset)),
+            row.rbp_offset,
+        ),
+        Some(row) if row.kind == row_kind::CFA_RBP => (
+            state.bp.wrapping_add(u64::from(row.cfa_offset)),
+            row.rbp_offset,
+        ),
         Some(row) if row.kind == row_kind::PLT => {
             let past_push = if pc & 15 >= 11 { 8 } else { 0 };
-            (state.sp.wrapping_add(u64::from(row.cfa_offset) + past_push), row.rbp_offset)
+            (
+                state.sp.wrapping_add(u64::from(row.cfa_offset) + past_push),
+                row.rbp_offset,
+            )
         }
         _ => {
             // No row: the frame pointer chain, if there is one.

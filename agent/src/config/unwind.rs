@@ -1,6 +1,6 @@
 //! `--unwinder` and `--unwind-tables-size`: how user stacks are walked.
 
-use super::{ConfigError, CliOptions, FileOptions, SizeValue, invalid, values::parse_size};
+use super::{CliOptions, ConfigError, FileOptions, SizeValue, invalid, values::parse_size};
 use crate::profiler::{DEFAULT_UNWIND_TABLES_BYTES, MAX_UNWIND_TABLES_BYTES, UnwinderMode};
 
 /// The unwinder mode and the bytes its tables may take in the kernel.

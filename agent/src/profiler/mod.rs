@@ -371,7 +371,9 @@ impl Profiler {
                     Some(u)
                 }
                 Err(e) => {
-                    tracing::warn!("DWARF unwinding is off, stacks are walked with frame pointers: {e}");
+                    tracing::warn!(
+                        "DWARF unwinding is off, stacks are walked with frame pointers: {e}"
+                    );
                     None
                 }
             },

@@ -445,7 +445,9 @@ impl Worker {
             else {
                 continue;
             };
-            let vaddr_at_start = seg_vaddr.wrapping_add(entry.offset).wrapping_sub(seg_offset);
+            let vaddr_at_start = seg_vaddr
+                .wrapping_add(entry.offset)
+                .wrapping_sub(seg_offset);
             mappings.push(Mapping {
                 start: entry.start,
                 end: entry.end,
