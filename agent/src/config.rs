@@ -5,9 +5,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use cli::CliOptions;
 use exporters::{PushKeys, TlsKeys, http_url, push_options, tls_settings};
 use file::{FileOptions, SizeValue, read_file};
-pub use cli::CliOptions;
 pub use values::{parse_cidr, parse_duration, parse_size};
 
 mod cli;
@@ -29,7 +29,6 @@ pub const DEFAULT_PROFILE_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_OUTPUT_DIR: &str = "./loupe-data";
 /// Default cap on profile files kept per service by the local sink.
 pub const DEFAULT_MAX_PROFILE_FILES: usize = 200;
-
 
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone, PartialEq)]
