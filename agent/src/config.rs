@@ -437,6 +437,12 @@ impl Config {
             ));
         }
 
+        let unwinder = unwinder.unwrap_or(if memory_limit < unwind::AUTO_MIN_MEMORY_LIMIT {
+            crate::profiler::UnwinderMode::FramePointers
+        } else {
+            crate::profiler::UnwinderMode::Auto
+        });
+
         let debuginfod = match cli.debuginfod_url.clone().or(file.debuginfod_url) {
             None => None,
             Some(url) => {

@@ -61,7 +61,7 @@ pub mod unwind {
     pub const DWARF_STACK_ID: i32 = i32::MAX;
 
     /// Rows `UNWIND_ROWS` holds by default (8 bytes each), shared by every table.
-    pub const DEFAULT_ROWS: u32 = 2 * 1024 * 1024;
+    pub const DEFAULT_ROWS: u32 = 1024 * 1024;
 
     /// Executable mappings with a table one process can have (the largest tables win).
     pub const MAX_MAPPINGS: usize = 64;

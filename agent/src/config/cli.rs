@@ -362,11 +362,12 @@ pub struct CliOptions {
     pub memory_limit: Option<String>,
     /// How user stacks are walked: `frame-pointers`; `dwarf` (unwind tables from each binary's
     /// `.eh_frame`, for every profiled process); `auto`, frame pointers until a process's stacks
-    /// come out cut short, then its tables [default: auto].
+    /// come out cut short, then its tables [default: auto; frame-pointers below a 192MiB
+    /// --memory-limit].
     #[arg(long, env = "LOUPE_UNWINDER", global = true, value_name = "MODE")]
     pub unwinder: Option<String>,
     /// Kernel memory the unwind tables may take, all binaries together, e.g. `64MiB`; a binary
-    /// that does not fit is walked with frame pointers and counted [default: 16MiB].
+    /// that does not fit is walked with frame pointers and counted [default: 8MiB].
     #[arg(
         long,
         env = "LOUPE_UNWIND_TABLES_SIZE",

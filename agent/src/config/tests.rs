@@ -723,3 +723,43 @@ fn the_spool_is_off_until_a_directory_is_named_and_its_size_is_shared() {
     let e = Config::merge(&o, FileOptions::default()).unwrap_err();
     assert!(e.to_string().contains("spool_size"), "{e}");
 }
+
+#[test]
+fn the_unwinder_is_auto_unless_the_memory_limit_is_small_or_it_is_chosen() {
+    use crate::profiler::UnwinderMode;
+    let c = Config::merge(&cli(), FileOptions::default()).unwrap();
+    assert_eq!(c.unwinder, UnwinderMode::Auto);
+    assert_eq!(c.unwind_tables_bytes, 8 << 20);
+    assert_eq!(c.ebpf_uses().unwind_rows, 1 << 20);
+
+    let mut o = cli();
+    o.memory_limit = Some("128MiB".into());
+    let c = Config::merge(&o, FileOptions::default()).unwrap();
+    assert_eq!(c.unwinder, UnwinderMode::FramePointers);
+    assert_eq!(c.ebpf_uses().unwind_rows, 0, "no unwinding maps");
+    o.unwinder = Some("dwarf".into());
+    let c = Config::merge(&o, FileOptions::default()).unwrap();
+    assert_eq!(c.unwinder, UnwinderMode::Dwarf);
+
+    let mut o = cli();
+    o.unwinder = Some("lbr".into());
+    assert!(
+        Config::merge(&o, FileOptions::default())
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid value for unwinder")
+    );
+    o.unwinder = Some("frame-pointers".into());
+    o.unwind_tables_size = Some("512KiB".into());
+    assert!(
+        Config::merge(&o, FileOptions::default())
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid value for unwind_tables_size")
+    );
+    let file: FileOptions =
+        toml::from_str("unwinder = \"dwarf\"\nunwind_tables_size = \"32Mi\"\n").unwrap();
+    let c = Config::merge(&cli(), file).unwrap();
+    assert_eq!(c.unwinder, UnwinderMode::Dwarf);
+    assert_eq!(c.unwind_tables_bytes, 32 << 20);
+}

@@ -3,19 +3,25 @@
 use super::{CliOptions, ConfigError, FileOptions, SizeValue, invalid, values::parse_size};
 use crate::profiler::{DEFAULT_UNWIND_TABLES_BYTES, MAX_UNWIND_TABLES_BYTES, UnwinderMode};
 
-/// The unwinder mode and the bytes its tables may take in the kernel.
+/// Below this `--memory-limit`, `auto` means frame pointers: the unwinding maps (about 19 MiB)
+/// would leave the agent's stages too little (at 128 MiB the other kernel maps and the baseline
+/// take nearly everything).
+pub const AUTO_MIN_MEMORY_LIMIT: u64 = 192 << 20;
+
+/// The unwinder mode, if given (the caller picks by `--memory-limit` otherwise: see
+/// [`AUTO_MIN_MEMORY_LIMIT`]), and the bytes its tables may take in the kernel.
 pub(super) fn unwind_options(
     cli: &CliOptions,
     file: &FileOptions,
-) -> Result<(UnwinderMode, u64), ConfigError> {
+) -> Result<(Option<UnwinderMode>, u64), ConfigError> {
     let mode = match cli.unwinder.as_deref().or(file.unwinder.as_deref()) {
-        None => UnwinderMode::Auto,
-        Some(text) => UnwinderMode::parse(text).ok_or_else(|| {
+        None => None,
+        Some(text) => Some(UnwinderMode::parse(text).ok_or_else(|| {
             invalid(
                 "unwinder",
                 format!("{text:?}: one of auto, dwarf, frame-pointers"),
             )
-        })?,
+        })?),
     };
     let bytes = match cli
         .unwind_tables_size

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::ebpf::{program, rejected, take_map};
 
-/// Default kernel memory of the unwind tables (2 Mi rows of 8 bytes).
+/// Default kernel memory of the unwind tables (1 Mi rows of 8 bytes).
 pub const DEFAULT_UNWIND_TABLES_BYTES: u64 = loupe_common::unwind::DEFAULT_ROWS as u64 * 8;
 /// The most `--unwind-tables-size` may ask: the kernel's binary search covers 2^25 rows.
 pub const MAX_UNWIND_TABLES_BYTES: u64 = 256 << 20;
@@ -202,34 +202,44 @@ impl Metrics {
     }
 }
 
-/// The row array, mapped into this process.
+/// The row array. Written through a mapping of just the pages a table covers, unmapped right
+/// after: the kernel maps every page of a BPF array's mapping at once, so keeping the whole array
+/// mapped would add its size to the agent's resident memory.
 struct Rows {
-    ptr: *mut UnwindRow,
     len: usize,
-    map_bytes: usize,
-    _map: MapData,
+    map: MapData,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this struct; only the worker thread that
-// owns the struct writes it.
-unsafe impl Send for Rows {}
-
 impl Rows {
-    fn new(map: MapData, rows: u32) -> Result<Rows, String> {
-        let len = rows as usize;
-        let page = 4096usize;
-        let map_bytes = (len * std::mem::size_of::<UnwindRow>()).div_ceil(page) * page;
-        // SAFETY: mmap of a BPF_F_MMAPABLE array's fd, shared and writable, of at most the array's
-        // size rounded up to pages (what the kernel allows); the result is checked below and
-        // unmapped on drop.
+    fn new(map: MapData, rows: u32) -> Rows {
+        Rows {
+            len: rows as usize,
+            map,
+        }
+    }
+
+    fn write(&mut self, start: u32, rows: &[UnwindRow]) -> Result<(), String> {
+        const PAGE: usize = 4096;
+        let size = std::mem::size_of::<UnwindRow>();
+        let start = start as usize;
+        if start + rows.len() > self.len {
+            return Err("rows beyond the array".into());
+        }
+        let first = start * size;
+        let end = (start + rows.len()) * size;
+        let offset = first / PAGE * PAGE;
+        let length = end.div_ceil(PAGE) * PAGE - offset;
+        // SAFETY: a shared, writable mapping of pages of a BPF_F_MMAPABLE array's fd, inside the
+        // array (checked above; the kernel checks it too); the result is checked below and
+        // unmapped before returning.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                map_bytes,
+                length,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
+                self.map.fd().as_fd().as_raw_fd(),
+                offset as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -238,30 +248,18 @@ impl Rows {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(Rows {
-            ptr: ptr.cast(),
-            len,
-            map_bytes,
-            _map: map,
-        })
-    }
-
-    fn write(&mut self, start: u32, rows: &[UnwindRow]) {
-        let start = start as usize;
-        if start + rows.len() > self.len {
-            return;
+        // SAFETY: `first - offset + rows.len() * size` ≤ `length`, so the copy stays inside the
+        // mapping; rows are plain integers; no tracked process refers to this range yet, so the
+        // kernel does not read it while it changes. Then the mapping made above is unmapped.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rows.as_ptr().cast::<u8>(),
+                ptr.cast::<u8>().add(first - offset),
+                std::mem::size_of_val(rows),
+            );
+            libc::munmap(ptr, length);
         }
-        // SAFETY: the range was checked to lie inside the mapping, which holds `len` rows; rows
-        // are plain integers, and no tracked process refers to this range yet (the kernel does
-        // not read it).
-        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), self.ptr.add(start), rows.len()) };
-    }
-}
-
-impl Drop for Rows {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.map_bytes) };
+        Ok(())
     }
 }
 
@@ -307,7 +305,7 @@ pub fn start(
     let Map::Array(data) = rows_map else {
         return Err("UNWIND_ROWS is not an array".into());
     };
-    let rows_store = Rows::new(data, rows)?;
+    let rows_store = Rows::new(data, rows);
     let metrics = Metrics::new(registry);
     metrics
         .capacity_bytes
@@ -559,7 +557,12 @@ impl Worker {
             );
             return Binary::Without;
         };
-        self.rows.write(start, &rows);
+        if let Err(e) = self.rows.write(start, &rows) {
+            tracing::warn!(binary = path, "cannot load its unwind table: {e}");
+            self.free.give(start, len);
+            self.metrics.failed.inc();
+            return Binary::Without;
+        }
         self.metrics.built.inc();
         tracing::debug!(
             binary = path,
