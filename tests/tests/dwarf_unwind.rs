@@ -19,8 +19,8 @@ use std::{
 };
 
 use loupe_tests::{
-    DecodedSample, Profile, decode_samples, infra, profile_string, read_profiles, require_root,
-    run_agent, wait_with_deadline, workload,
+    DecodedSample, Profile, decode_samples, infra, profile_string, profile_workload_pid,
+    read_profiles, require_root, run_agent,
 };
 
 /// Of the samples whose stack holds a workload's known hot function, the share whose stack holds
@@ -65,49 +65,10 @@ fn holds_chain(functions: &[String], chain: &[Step]) -> bool {
 /// `seconds` (4 s intervals) with `extra` arguments (the unwinder); every sample of its service's
 /// CPU profiles, and the agent's stderr.
 fn profile_workload(workload_name: &str, seconds: u32, extra: &[&str]) -> (Vec<Sample>, String) {
-    require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(workload(workload_name))
-        .arg((seconds + 6).to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start workload");
-    let pid = child.id().to_string();
-    let duration = format!("{seconds}s");
-    let mut args = vec![
-        "run",
-        "--pid",
-        &pid,
-        "--profile-hz",
-        "997",
-        "--profile-interval",
-        "4s",
-        "--duration",
-        &duration,
-        "--output-dir",
-        dir.path().to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    let out = run_agent(&args, Duration::from_secs(u64::from(seconds) + 60));
-    let _ = child.kill();
-    let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "agent failed: {}\n{stderr}",
-        out.status
-    );
-    let profiles = read_profiles(dir.path());
-    assert!(
-        !profiles.is_empty(),
-        "no profiles written; agent said:\n{stderr}"
-    );
+    let (profiles, stderr) = profile_workload_pid(workload_name, seconds, extra, dir.path());
     let mut samples = Vec::new();
-    for (name, profile) in &profiles {
-        assert!(
-            name.starts_with(workload_name),
-            "--pid restricts profiles to the workload's service, got {name}"
-        );
+    for (_, profile) in &profiles {
         samples.extend(samples_of(profile));
     }
     (samples, stderr)

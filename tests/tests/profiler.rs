@@ -8,8 +8,8 @@ use std::{
 };
 
 use loupe_tests::{
-    Agent, inclusive_counts, read_profiles, require_root, run_agent, sample_str_labels,
-    wait_with_deadline, workload,
+    Agent, inclusive_counts, profile_workload_pid, read_profiles, require_root, run_agent,
+    sample_str_labels, wait_with_deadline, workload,
 };
 
 /// Runs `workload_name` for `seconds`, profiles it with `--pid` at 997 Hz, and returns the inclusive
@@ -19,52 +19,11 @@ fn profile_workload(
     workload_name: &str,
     seconds: u32,
 ) -> (HashMap<String, i64>, String, Vec<String>) {
-    require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(workload(workload_name))
-        .arg((seconds + 6).to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start workload");
-    let pid = child.id().to_string();
-    let duration = format!("{seconds}s");
-    let out = run_agent(
-        &[
-            "run",
-            "--pid",
-            &pid,
-            "--profile-hz",
-            "997",
-            "--profile-interval",
-            "4s",
-            "--duration",
-            &duration,
-            "--output-dir",
-            dir.path().to_str().expect("utf-8 path"),
-        ],
-        Duration::from_secs(u64::from(seconds) + 60),
-    );
-    let _ = child.kill();
-    let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "agent failed: {}\n{stderr}",
-        out.status
-    );
-
-    let profiles = read_profiles(dir.path());
-    assert!(
-        !profiles.is_empty(),
-        "no profiles written; agent said:\n{stderr}"
-    );
+    let (profiles, _) = profile_workload_pid(workload_name, seconds, &[], dir.path());
     let mut totals: HashMap<String, i64> = HashMap::new();
     let mut threads = Vec::new();
-    for (name, profile) in &profiles {
-        assert!(
-            name.starts_with(workload_name),
-            "--pid restricts profiles to the workload's service, got {name}"
-        );
+    for (_, profile) in &profiles {
         for (f, c) in inclusive_counts(profile) {
             *totals.entry(f).or_default() += c;
         }
