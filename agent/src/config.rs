@@ -157,6 +157,21 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// A size option: the flag (or its environment variable) over the file's value (a number of bytes
+/// or text such as `256MiB`), else `default`.
+fn size_option(
+    key: &'static str,
+    cli: Option<&str>,
+    file: Option<SizeValue>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match cli.map(|text| SizeValue::Text(text.to_string())).or(file) {
+        None => Ok(default),
+        Some(SizeValue::Bytes(n)) => Ok(n),
+        Some(SizeValue::Text(text)) => parse_size(&text).map_err(|m| invalid(key, m)),
+    }
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -415,18 +430,12 @@ impl Config {
             None => None,
         };
 
-        let memory_limit = match cli
-            .memory_limit
-            .clone()
-            .map(SizeValue::Text)
-            .or(file.memory_limit)
-        {
-            None => DEFAULT_MEMORY_LIMIT,
-            Some(SizeValue::Bytes(n)) => n,
-            Some(SizeValue::Text(text)) => {
-                parse_size(&text).map_err(|message| invalid("memory_limit", message))?
-            }
-        };
+        let memory_limit = size_option(
+            "memory_limit",
+            cli.memory_limit.as_deref(),
+            file.memory_limit,
+            DEFAULT_MEMORY_LIMIT,
+        )?;
         if memory_limit < MIN_MEMORY_LIMIT {
             return Err(invalid(
                 "memory_limit",
@@ -456,17 +465,12 @@ impl Config {
                         format!("{url:?}: must be an http:// or https:// URL"),
                     ));
                 }
-                let cache = match cli
-                    .debuginfod_cache_size
-                    .clone()
-                    .map(SizeValue::Text)
-                    .or(file.debuginfod_cache_size)
-                {
-                    None => DEFAULT_DEBUGINFOD_CACHE,
-                    Some(SizeValue::Bytes(n)) => n,
-                    Some(SizeValue::Text(text)) => parse_size(&text)
-                        .map_err(|message| invalid("debuginfod_cache_size", message))?,
-                };
+                let cache = size_option(
+                    "debuginfod_cache_size",
+                    cli.debuginfod_cache_size.as_deref(),
+                    file.debuginfod_cache_size,
+                    DEFAULT_DEBUGINFOD_CACHE,
+                )?;
                 if cache < 1 << 20 {
                     return Err(invalid("debuginfod_cache_size", "must be at least 1MiB"));
                 }
@@ -477,18 +481,12 @@ impl Config {
         let spool = match cli.spool_dir.clone().or(file.spool_dir) {
             None => None,
             Some(dir) => {
-                let size = match cli
-                    .spool_size
-                    .clone()
-                    .map(SizeValue::Text)
-                    .or(file.spool_size)
-                {
-                    None => DEFAULT_SPOOL_SIZE,
-                    Some(SizeValue::Bytes(n)) => n,
-                    Some(SizeValue::Text(text)) => {
-                        parse_size(&text).map_err(|message| invalid("spool_size", message))?
-                    }
-                };
+                let size = size_option(
+                    "spool_size",
+                    cli.spool_size.as_deref(),
+                    file.spool_size,
+                    DEFAULT_SPOOL_SIZE,
+                )?;
                 if size < 1 << 20 {
                     return Err(invalid("spool_size", "must be at least 1MiB"));
                 }
@@ -595,18 +593,12 @@ fn alloc_options(
         file.alloc_pid.as_ref(),
         loupe_common::alloc::PID_ENTRIES,
     )?;
-    let sample_bytes = match cli
-        .alloc_sample_bytes
-        .clone()
-        .map(SizeValue::Text)
-        .or(file.alloc_sample_bytes.clone())
-    {
-        None => DEFAULT_SAMPLE_BYTES,
-        Some(SizeValue::Bytes(n)) => n,
-        Some(SizeValue::Text(text)) => {
-            parse_size(&text).map_err(|m| invalid("alloc_sample_bytes", m))?
-        }
-    };
+    let sample_bytes = size_option(
+        "alloc_sample_bytes",
+        cli.alloc_sample_bytes.as_deref(),
+        file.alloc_sample_bytes.clone(),
+        DEFAULT_SAMPLE_BYTES,
+    )?;
     if !(1..=MAX_SAMPLE_BYTES).contains(&sample_bytes) {
         return Err(invalid(
             "alloc_sample_bytes",

@@ -1,6 +1,6 @@
 //! `--unwinder` and `--unwind-tables-size`: how user stacks are walked.
 
-use super::{CliOptions, ConfigError, FileOptions, SizeValue, invalid, values::parse_size};
+use super::{CliOptions, ConfigError, FileOptions, invalid, size_option};
 use crate::profiler::{DEFAULT_UNWIND_TABLES_BYTES, MAX_UNWIND_TABLES_BYTES, UnwinderMode};
 
 /// Below this `--memory-limit`, `auto` means frame pointers: the unwinding maps (about 19 MiB)
@@ -23,18 +23,12 @@ pub(super) fn unwind_options(
             )
         })?),
     };
-    let bytes = match cli
-        .unwind_tables_size
-        .clone()
-        .map(SizeValue::Text)
-        .or(file.unwind_tables_size.clone())
-    {
-        None => DEFAULT_UNWIND_TABLES_BYTES,
-        Some(SizeValue::Bytes(n)) => n,
-        Some(SizeValue::Text(text)) => {
-            parse_size(&text).map_err(|m| invalid("unwind_tables_size", m))?
-        }
-    };
+    let bytes = size_option(
+        "unwind_tables_size",
+        cli.unwind_tables_size.as_deref(),
+        file.unwind_tables_size.clone(),
+        DEFAULT_UNWIND_TABLES_BYTES,
+    )?;
     if !(1 << 20..=MAX_UNWIND_TABLES_BYTES).contains(&bytes) {
         return Err(invalid(
             "unwind_tables_size",

@@ -914,7 +914,8 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, name: &str) -> Result<
 /// Reads process announcements until told to stop; reads /proc for each new process right away,
 /// while it still runs.
 /// `dwarf`: with `--unwinder dwarf`, every sampled process is handed to the unwind-table worker
-/// (again after exec and after the last reread, when its libraries are mapped).
+/// (again after exec and at each reread, when more of its libraries may be mapped; the worker
+/// skips a process whose executable mappings did not change).
 fn watch_processes(
     mut ring: RingBuf<MapData>,
     procs: Arc<Mutex<ProcessTable>>,

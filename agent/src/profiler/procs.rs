@@ -252,14 +252,7 @@ impl ProcessTable {
         path: &str,
     ) -> Option<Arc<BinaryFile>> {
         let clean = path.trim_end_matches(" (deleted)");
-        // map_files reaches the very file mapped (even deleted, even in another mount namespace);
-        // it needs CAP_SYS_ADMIN. /proc/PID/root reaches it by name through the process's root.
-        let file = File::open(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            entry.start, entry.end
-        ))
-        .or_else(|_| File::open(format!("/proc/{pid}/root{clean}")))
-        .ok()?;
+        let file = open_mapped(pid, entry, clean).ok()?;
         let meta = file.metadata().ok()?;
         let key = FileKey {
             dev: meta.dev(),
@@ -292,6 +285,17 @@ impl ProcessTable {
         self.binaries.insert(key, Arc::downgrade(&binary));
         Some(binary)
     }
+}
+
+/// Opens the file behind a mapping of `pid` (`clean`: its path without " (deleted)"). map_files
+/// reaches the very file mapped (even deleted, even in another mount namespace); it needs
+/// CAP_SYS_ADMIN. /proc/PID/root reaches it by name through the process's root.
+pub fn open_mapped(pid: u32, entry: &MapsEntry<'_>, clean: &str) -> std::io::Result<File> {
+    File::open(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        entry.start, entry.end
+    ))
+    .or_else(|_| File::open(format!("/proc/{pid}/root{clean}")))
 }
 
 fn is_elf(file: &File) -> bool {

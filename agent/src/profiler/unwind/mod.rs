@@ -18,7 +18,10 @@ pub mod table;
 use std::{
     collections::HashMap,
     fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{
+        fd::{AsFd as _, AsRawFd},
+        unix::fs::MetadataExt,
+    },
     sync::{
         Arc, Mutex,
         mpsc::{Receiver, SyncSender, sync_channel},
@@ -39,7 +42,7 @@ use loupe_common::unwind::{
 
 use super::{
     assemble::RawSample,
-    procs::{FileKey, parse_maps_line},
+    procs::{FileKey, open_mapped, parse_maps_line},
 };
 use crate::ebpf::{program, rejected, take_map};
 
@@ -263,8 +266,6 @@ impl Rows {
     }
 }
 
-use std::os::fd::AsFd as _;
-
 /// A binary's state in the worker.
 enum Binary {
     Loaded {
@@ -389,7 +390,7 @@ impl Worker {
         let signature = maps
             .lines()
             .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
-            .fold(0u64, |h, l| h.rotate_left(5) ^ fxhash(l.as_bytes()));
+            .fold(0u64, |h, l| h.rotate_left(5) ^ fnv1a(l.as_bytes()));
         if let Some(t) = self.tracked.get(&pid)
             && t.signature == signature
         {
@@ -408,11 +409,7 @@ impl Worker {
                 continue;
             }
             let clean = path.trim_end_matches(" (deleted)");
-            let Ok(file) = File::open(format!(
-                "/proc/{pid}/map_files/{:x}-{:x}",
-                entry.start, entry.end
-            ))
-            .or_else(|_| File::open(format!("/proc/{pid}/root{clean}"))) else {
+            let Ok(file) = open_mapped(pid, &entry, clean) else {
                 continue;
             };
             let Ok(meta) = file.metadata() else {
@@ -659,8 +656,8 @@ fn executable_segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// A cheap hash of the maps text, to skip rescans that find nothing new.
-fn fxhash(bytes: &[u8]) -> u64 {
+/// FNV-1a of a line of the maps text, to skip rescans that find nothing new.
+fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
