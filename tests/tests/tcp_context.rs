@@ -10,9 +10,9 @@
 //! port, which DNAT leaves alone; a client
 //! sending its own `traceparent` keeps its trace: the option never overrides the header.
 //!
-//! The loopback test needs nothing but the agent and a workload: the kernel matrix runs it in
-//! each VM (5.10, 6.1, 6.12, where the socket programs attach by fentry/fexit), whose initramfs
-//! has no iproute2, iptables or Python for the namespace test.
+//! Both tests need only the agent, the `http_server` workload, curl, iproute2 and iptables: the
+//! kernel matrix runs them in each VM (5.10, 6.1, 6.12, where the socket programs attach by
+//! fentry/fexit), whose initramfs carries those tools and each kernel's veth and NAT modules.
 
 use std::{
     collections::HashMap,
@@ -143,7 +143,7 @@ impl Namespaces {
             cmd.args(["-H", h]);
         }
         let out = cmd
-            .arg(format!("http://{SERVICE}/"))
+            .arg(format!("http://{SERVICE}/api/users/7"))
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -218,9 +218,9 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
     let ns = Namespaces::create();
     let mut server = Command::new("ip");
     server
-        .args(["netns", "exec", &ns.server, "python3", "-m", "http.server"])
-        .arg(SERVER_PORT.to_string())
-        .args(["--bind", SERVER_ADDR])
+        .args(["netns", "exec", &ns.server])
+        .arg(loupe_tests::workload("http_server"))
+        .arg(format!("{SERVER_ADDR}:{SERVER_PORT}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let _server = Guard(server.spawn().expect("start the server"));

@@ -46,8 +46,9 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus-mysqld-exporter",
     "prometheus-redis-exporter",
     // The in-band trace context test DNATs a service address between two network namespaces,
-    // as kube-proxy does.
+    // as kube-proxy does (iproute2 makes the namespaces and the veth pair).
     "iptables",
+    "iproute2",
     // libc's symbols, for stripped libc frames (tests/tests/debug_symbols.rs).
     "libc6-dbg",
     // HTTP/2 peers for the h2c span test and the HTTP/2 benchmark: nghttp and h2load (client),
@@ -66,8 +67,9 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 /// Packages the benchmarks need.
 const BENCH_PACKAGES: &[&str] = &["linux-perf", "bpftrace"];
-/// Packages the kernel matrix needs: the emulator, the initramfs's shell, `strip`.
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
+/// Packages the kernel matrix needs: the emulator, the initramfs's shell, `strip`, and xz to
+/// unpack the 6.12 kernel's modules (veth and NAT for the namespace test).
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils", "xz-utils"];
 
 /// What to install beyond the build toolchain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
