@@ -221,13 +221,16 @@ pub(super) fn cached(series: &Series, id: &str) -> Option<Kernel> {
         .strip_prefix("vmlinuz-")?
         .to_string();
     let modules = cache_dir().join("kernels").join(id).join(MODULES);
-    // Cached before modules were kept: fetched again.
-    modules.join(MODULE_ORDER).is_file().then(|| Kernel {
-        series: series.name,
-        package: id.to_string(),
-        vmlinuz,
-        release,
-        modules,
+    // Cached before modules were kept, or with another list: fetched again.
+    let requested = std::fs::read_to_string(modules.join(MODULES_REQUESTED)).ok()?;
+    (requested == NETNS_MODULES.join("\n") && modules.join(MODULE_ORDER).is_file()).then(|| {
+        Kernel {
+            series: series.name,
+            package: id.to_string(),
+            vmlinuz,
+            release,
+            modules,
+        }
     })
 }
 
@@ -235,12 +238,17 @@ pub(super) fn cached(series: &Series, id: &str) -> Option<Kernel> {
 /// names in the order `insmod` loads them (a module after what it depends on).
 const MODULES: &str = "modules";
 pub(super) const MODULE_ORDER: &str = "order";
+/// NETNS_MODULES as they were when the kernel was extracted.
+const MODULES_REQUESTED: &str = "requested";
 
 /// The modules tcp_context's two-namespace test needs, on top of what the cloud kernels build in:
 /// the veth pair, and the DNAT rule iptables-nft writes (nf_tables' NAT chain and expression, and
-/// the xtables target and match it may reach through nft_compat). Their dependencies follow.
+/// the xtables target and match it may reach through nft_compat, and the counter it puts in every
+/// rule, a module of its own on 5.10). Their dependencies follow. One that a kernel neither builds
+/// in nor ships is left out (6.x has the counter inside nf_tables).
 const NETNS_MODULES: &[&str] = &[
     "veth",
+    "nft_counter",
     "nft_chain_nat",
     "nft_nat",
     "nft_compat",
@@ -283,9 +291,12 @@ fn keep_modules(tree: &Path, out: &Path) -> anyhow::Result<()> {
         if order.contains(&name) || builtin.contains(&name) {
             continue;
         }
-        let path = files
-            .get(&name)
-            .with_context(|| format!("no module {name} (neither built in nor in the package)"))?;
+        let Some(path) = files.get(&name) else {
+            if NETNS_MODULES.contains(&name.as_str()) {
+                continue;
+            }
+            bail!("no module {name} (neither built in nor in the package)");
+        };
         let bytes = decompressed(path)?;
         if deps_done {
             std::fs::write(out.join(format!("{name}.ko")), &bytes)?;
@@ -300,6 +311,7 @@ fn keep_modules(tree: &Path, out: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::write(out.join(MODULE_ORDER), order.join("\n") + "\n")?;
+    std::fs::write(out.join(MODULES_REQUESTED), NETNS_MODULES.join("\n"))?;
     Ok(())
 }
 
