@@ -5,16 +5,17 @@
 //!
 //! 1. Kernels: `apt-get download` of the newest `linux-image-<series>*-cloud-amd64-unsigned` from
 //!    Debian's suites, with a sources list, index and cache of our own under target/vm-cache/apt
-//!    (the machine's apt lists are never touched); the vmlinuz is extracted with `dpkg-deb -x` and
-//!    cached under target/vm-cache/kernels. When the mirror is unreachable, the newest cached kernel
-//!    of each series is used.
-//! 2. One initramfs for every kernel (the cloud kernels have the 8250 serial console built in, so
-//!    no module is needed): busybox-static, tests/vm/init as /init, the release agent, the test
-//!    workloads (hot_c, hot_rs, the HTTP server), the `profiler` and `http_spans` test binaries and
-//!    the agent's unit-test binary with the eBPF object embedded (without debug sections), the
-//!    shared libraries `ldd` lists and the dynamic loader.
-//! 3. Each VM runs `loupe-agent doctor`, the `profiler` and `http_spans` tests one at a time and the
-//!    agent's socket-capture tests (`net::capture`: both program sets load, pass the verifier,
+//!    (the machine's apt lists are never touched); the vmlinuz and the modules of the namespace test
+//!    (veth, netfilter NAT) are extracted with `dpkg-deb -x` and cached under
+//!    target/vm-cache/kernels. When the mirror is unreachable, the newest cached kernel of each
+//!    series is used.
+//! 2. One initramfs for every kernel (the cloud kernels have the 8250 serial console built in):
+//!    busybox-static, tests/vm/init as /init, the release agent, the test workloads, the end-to-end
+//!    test binaries of E2E_TESTS and the agent's unit-test binary with the eBPF object embedded
+//!    (without debug sections), the tools the tests call (curl, nghttp2, openssl, iproute2,
+//!    iptables), the shared libraries `ldd` lists, the dynamic loader, and each kernel's modules.
+//! 3. Each VM loads its modules, runs `loupe-agent doctor`, the end-to-end tests one at a time and
+//!    the agent's socket-capture tests (`net::capture`: both program sets load, pass the verifier,
 //!    capture loopback traffic and agree; fentry/fexit is required where the doctor chose it),
 //!    prints `@@loupe ...` result lines on the serial console (qemu's stdout), and powers
 //!    off; the host enforces a time limit.
@@ -229,8 +230,8 @@ pub fn vm_test(args: VmArgs) -> anyhow::Result<()> {
 }
 
 /// End-to-end test binaries of loupe-tests the VMs run: what each needs is in the initramfs (the
-/// spans test, with its databases and Python, is not; nor is tcp_context's namespace test, which
-/// tests/vm/init skips).
+/// spans test, with its databases and Python, is not; tests/vm/init skips the tests of these that
+/// need Python, Redis or MariaDB).
 const E2E_TESTS: &[&str] = &[
     "profiler",
     "http_spans",
