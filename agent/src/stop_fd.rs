@@ -96,10 +96,11 @@ mod tests {
         let mut pipe = [0; 2];
         // SAFETY: `pipe` has room for the two descriptors.
         assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // Taken before the spawn: a thread scheduled late under load must not shorten the wait.
+        let started = Instant::now();
         let waiter = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let started = Instant::now();
                 stop.wait(pipe[0], None).unwrap();
                 (stop.is_stopped(), started.elapsed())
             })
