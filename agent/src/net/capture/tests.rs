@@ -7,7 +7,9 @@ use std::{
     },
 };
 
-use loupe_common::socket::{ConnTuple, direction, role};
+use loupe_common::socket::{
+    COMM_BYTES, ConnTuple, OPEN_DATA_BYTES, TcpIsns, direction, isn_known, role,
+};
 
 use super::*;
 
@@ -273,6 +275,8 @@ fn collect(
 struct Conn {
     id: u64,
     tuple: ConnTuple,
+    /// The ISNs its OPEN event carried.
+    isns: Option<TcpIsns>,
 }
 
 /// The connection the thread `tid` opened as `fd` (tests on other threads open fds too).
@@ -291,6 +295,7 @@ fn opened(events: &[SocketEvent], conn_role: u32, fd: RawFd, tid: u32) -> Conn {
     Conn {
         id: e.header.conn_id,
         tuple: e.header.tuple,
+        isns: TcpIsns::from_open_data(&e.data),
     }
 }
 
@@ -453,6 +458,16 @@ fn verify(events: &[SocketEvent], talk: &Conversation) {
             _pad: 0,
         }
     );
+
+    // Both ends name the connection by the same initial sequence numbers, each end reading them
+    // from other fields: its own ISN from write_seq, the peer's from rcv_nxt - bytes_received
+    // (a blocking connect returns established, so the client knows both).
+    let (ci, si) = (client_conn.isns, server_conn.isns);
+    let ci = ci.expect("client OPEN without ISNs");
+    assert_eq!(Some(ci), si, "client and server ISNs differ");
+    assert_eq!(ci.known, isn_known::CLIENT | isn_known::SERVER, "{ci:?}");
+    assert!(ci.client != 0 || ci.server != 0, "{ci:?}");
+    assert_ne!(ci.client, ci.server, "{ci:?}");
 
     // Client out: write, writev, the big write (bytes: all of it; captured: the first CAPTURE).
     assert_eq!(
@@ -772,9 +787,17 @@ fn skips_the_agent_and_sweeps_exited_processes() {
     let conn: Vec<_> = ours
         .iter()
         .filter(|e| e.header.conn_id == open.header.conn_id)
-        .map(|e| (e.header.kind, e.header.direction, &e.data[..]))
+        .map(|e| {
+            let data = if e.header.kind == kind::OPEN {
+                &e.data[..e.data.len().min(COMM_BYTES)]
+            } else {
+                &e.data[..]
+            };
+            (e.header.kind, e.header.direction, data)
+        })
         .collect();
-    // OPEN carries the opening task's comm.
+    // OPEN carries the opening task's comm (then the ISNs, checked in `verify`).
+    assert_eq!(open.data.len(), OPEN_DATA_BYTES);
     let comm = b"python3\0\0\0\0\0\0\0\0\0";
     assert_eq!(
         conn,
