@@ -3,8 +3,8 @@
 //! on the syscalls' entry points (cheaper; see the section at the end). Userspace attaches one set.
 //!
 //! accept/accept4 and connect exits start tracking a TCP connection, keyed by (pid, fd), and announce
-//! it with an OPEN event carrying its addresses, read from the kernel's socket through the struct
-//! offsets userspace found in BTF. Data syscalls on a tracked fd emit a DATA event at exit with the
+//! it with an OPEN event carrying its addresses and initial sequence numbers, read from the kernel's
+//! socket through the struct offsets userspace found in BTF. Data syscalls on a tracked fd emit a DATA event at exit with the
 //! byte count and the first bytes moved (the tracepoint set saves the arguments per thread at
 //! sys_enter for that). close announces the end. Untracked fds cost one hash lookup per data syscall.
 //!
