@@ -673,6 +673,93 @@ fn captures_tcp_syscalls_on_the_real_kernel() {
     assert_nothing_lost(&registry);
 }
 
+/// A non-blocking connect that returns while its SYN is unanswered (in SYN_SENT) knows only its
+/// own ISN, and it is the client ISN the server end reports once the handshake is over. The
+/// listener's accept queue (backlog 0) is kept full by a first connection, so the kernel drops
+/// the second one's SYN until the first is accepted and the SYN is sent again (after a second).
+#[test]
+fn a_connect_in_syn_sent_knows_only_the_client_isn() {
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = start(&mut ebpf, SocketAttach::Tracepoints, &registry);
+    drop(ebpf);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen on our own listening socket only changes its backlog.
+    check(
+        unsafe { libc::listen(listener.as_raw_fd(), 0) } as isize,
+        "listen",
+    );
+    let port = listener.local_addr().unwrap().port();
+    let first = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+
+    // SAFETY: plain socket creation; the fd is owned by `second` below.
+    let fd = check(
+        unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        } as isize,
+        "socket",
+    ) as RawFd;
+    // SAFETY: `fd` is a socket this test just created and nothing else owns.
+    let second = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `addr` is a valid sockaddr_in of the length passed.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let err = io::Error::last_os_error();
+    assert_eq!(
+        rc, -1,
+        "the connect completed at once: the SYN was not dropped"
+    );
+    assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "{err}");
+    let (accepted_first, _) = listener.accept().unwrap();
+    // Blocks until the SYN, sent again, gets through.
+    let (accepted_second, _) = listener.accept().unwrap();
+    let tid = gettid();
+    let (client_fd, server_fd) = (second.as_raw_fd(), accepted_second.as_raw_fd());
+    let events = collect(&rx, |events| {
+        let open = |r, fd| {
+            events.iter().any(|e| {
+                e.header.kind == kind::OPEN
+                    && e.header.role == r
+                    && e.header.fd == fd
+                    && e.header.tid == tid
+            })
+        };
+        open(role::CLIENT, client_fd) && open(role::SERVER, server_fd)
+    });
+    capture.stop();
+    let client = opened(&events, role::CLIENT, client_fd, tid)
+        .isns
+        .expect("client OPEN without ISNs");
+    let server = opened(&events, role::SERVER, server_fd, tid)
+        .isns
+        .expect("server OPEN without ISNs");
+    assert_eq!(client.known, isn_known::CLIENT, "{client:?}");
+    assert_eq!(
+        server.known,
+        isn_known::CLIENT | isn_known::SERVER,
+        "{server:?}"
+    );
+    assert_eq!(client.client, server.client, "{client:?} / {server:?}");
+    drop((first, accepted_first, second, accepted_second));
+}
+
 /// The fentry/fexit programs and the tracepoint programs, attached at once, see the same
 /// conversation as the same events. Where the kernel refuses fentry/fexit (this repository's CI
 /// host), the capture asked for them must fall back to tracepoints and still see everything; the
