@@ -525,13 +525,57 @@ pub mod socket {
     pub const COMM_BYTES: usize = 16;
 
     /// An OPEN event: the header, then (where `SocketEvent::data` starts, `captured` =
-    /// COMM_BYTES) the opening task's `comm`, so a process that is gone before userspace reads
-    /// /proc still has a name (curl, cron jobs, short-lived clients).
+    /// [`OPEN_DATA_BYTES`]) the opening task's `comm`, so a process that is gone before userspace
+    /// reads /proc still has a name (curl, cron jobs, short-lived clients), and the connection's
+    /// initial sequence numbers.
     #[repr(C)]
     #[derive(Copy, Clone)]
     pub struct SocketOpenEvent {
         pub header: SocketEventHeader,
         pub comm: [u8; COMM_BYTES],
+        pub isns: TcpIsns,
+    }
+
+    /// Captured bytes of an OPEN event: its `comm` and its [`TcpIsns`].
+    pub const OPEN_DATA_BYTES: usize = COMM_BYTES + core::mem::size_of::<TcpIsns>();
+
+    /// Bits of [`TcpIsns::known`].
+    pub mod isn_known {
+        /// `TcpIsns::client` holds the client's initial sequence number.
+        pub const CLIENT: u32 = 1;
+        /// `TcpIsns::server` holds the server's initial sequence number.
+        pub const SERVER: u32 = 2;
+    }
+
+    /// The two initial sequence numbers of a TCP connection, as the kernel's `tcp_sock` tells
+    /// them when the connection starts being tracked: the same on both ends of a connection
+    /// whatever NAT rewrote its addresses (conntrack never rewrites sequence numbers), so they
+    /// name a connection across DNAT and SNAT. Each is known only where [`isn_known`] says.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct TcpIsns {
+        /// The connecting side's ISN (the sequence number of its SYN).
+        pub client: u32,
+        /// The accepting side's ISN (the sequence number of its SYN-ACK).
+        pub server: u32,
+        /// Bits of [`isn_known`].
+        pub known: u32,
+        pub _pad: u32,
+    }
+
+    impl TcpIsns {
+        /// The ISNs an OPEN event's captured bytes carry (after the comm); `None` when the event
+        /// has none (older layouts, made-up events).
+        pub fn from_open_data(data: &[u8]) -> Option<TcpIsns> {
+            let b = data.get(COMM_BYTES..OPEN_DATA_BYTES)?;
+            let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            Some(TcpIsns {
+                client: word(0),
+                server: word(4),
+                known: word(8),
+                _pad: 0,
+            })
+        }
     }
 
     /// Byte offsets of kernel struct members the programs walk to find a socket's addresses from an
@@ -556,7 +600,16 @@ pub mod socket {
         pub skc_num: u32,
         pub skc_v6_daddr: u32,
         pub skc_v6_rcv_saddr: u32,
-        pub _pad: u32,
+        /// `sock_common.skc_state` (one byte: `TCP_ESTABLISHED`, `TCP_SYN_SENT`, ...).
+        pub skc_state: u32,
+        /// `tcp_sock.write_seq`, `rcv_nxt` (u32) and `bytes_received` (u64): what a connection's
+        /// initial sequence numbers are recovered from (see [`TcpIsns`]); read only when
+        /// `isn_valid` is non-zero.
+        pub tcp_write_seq: u32,
+        pub tcp_rcv_nxt: u32,
+        pub tcp_bytes_received: u32,
+        /// Non-zero when the four offsets above were found: OPEN events carry ISNs.
+        pub isn_valid: u32,
     }
 
     /// Settings of the socket programs (single-entry array `SOCKET_CONFIG`).
@@ -871,8 +924,11 @@ pub mod socket {
     const _: () = assert!(core::mem::size_of::<TcpTraceOption>() == 26);
     const _: () = assert!(core::mem::size_of::<PeerCtx>() == 32);
     const _: () = assert!(core::mem::size_of::<LogRate>() == 16);
-    const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
-    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 108);
+    const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+    const _: () = assert!(core::mem::size_of::<SocketConfig>() == 124);
+    const _: () = assert!(core::mem::size_of::<TcpIsns>() == 16);
+    const _: () = assert!(core::mem::size_of::<SocketOpenEvent>() == 144 + OPEN_DATA_BYTES);
+    const _: () = assert!(OPEN_DATA_BYTES <= MAX_CAPTURE_BYTES);
     const _: () = assert!(core::mem::size_of::<ConnState>() == 88);
     const _: () = assert!(core::mem::size_of::<ClientParent>() == 24);
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);

@@ -3,8 +3,8 @@
 //! on the syscalls' entry points (cheaper; see the section at the end). Userspace attaches one set.
 //!
 //! accept/accept4 and connect exits start tracking a TCP connection, keyed by (pid, fd), and announce
-//! it with an OPEN event carrying its addresses, read from the kernel's socket through the struct
-//! offsets userspace found in BTF. Data syscalls on a tracked fd emit a DATA event at exit with the
+//! it with an OPEN event carrying its addresses and initial sequence numbers, read from the kernel's
+//! socket through the struct offsets userspace found in BTF. Data syscalls on a tracked fd emit a DATA event at exit with the
 //! byte count and the first bytes moved (the tracepoint set saves the arguments per thread at
 //! sys_enter for that). close announces the end. Untracked fds cost one hash lookup per data syscall.
 //!
@@ -31,9 +31,10 @@ use aya_ebpf::{
 use loupe_common::socket::{
     ARGS_ENTRIES, CLIENT_PARENT_ENTRIES, COMM_BYTES, CONN_ENTRIES, ClientParent, ConnState,
     ConnTuple, GoroutineRequest, KernelOffsets, LOG_RATE_ENTRIES, LogRate, MAX_CAPTURE_BYTES,
-    PID_ENTRIES, PROCESS_REQUEST_ENTRIES, ProcessRequests, SOCKET_EVENT_RING_BYTES, SocketConfig,
-    SocketEvent, SocketEventHeader, SocketOpenEvent, SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES,
-    ThreadRequest, buffer, counter, direction, flags, kind, role,
+    OPEN_DATA_BYTES, PID_ENTRIES, PROCESS_REQUEST_ENTRIES, ProcessRequests,
+    SOCKET_EVENT_RING_BYTES, SocketConfig, SocketEvent, SocketEventHeader, SocketOpenEvent,
+    SpanCtx, SyscallArgs, THREAD_REQUEST_ENTRIES, TcpIsns, ThreadRequest, buffer, counter,
+    direction, flags, isn_known, kind, role,
 };
 
 use crate::{
@@ -45,6 +46,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const EINPROGRESS: i64 = 115;
+/// `sk_state` values (include/net/tcp_states.h): a socket in these has not heard from its peer.
+const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: u8 = 7;
 /// iovec entries copied from at most (readv/writev/recvmsg/sendmsg). gRPC's C core writes a
 /// header block as one iovec per name and value: its first request on a connection takes about
 /// 25, its responses with trailers about 14.
@@ -415,9 +419,14 @@ fn open(
         tuple: ConnTuple::default(),
         ctx: SpanCtx::default(),
     };
+    // The socket's `struct sock` (0 when unknown): its ISNs go into the OPEN event.
+    let mut sk = 0u64;
     let from_kernel = if config.offsets.valid != 0 {
         match read_tuple(fd, &config.offsets, &mut state.tuple) {
-            Ok(protocol) => Some(protocol),
+            Ok((protocol, sock)) => {
+                sk = sock;
+                Some(protocol)
+            }
             Err(_) => {
                 count(counter::TUPLE_FAILED);
                 state.tuple = ConnTuple::default();
@@ -451,14 +460,14 @@ fn open(
         // SAFETY: the pointer comes from a successful lookup; the value is copied out.
         let old = unsafe { *old };
         conn_gone(pid_tgid, &old);
-        emit_header(kind::CLOSE, pid_tgid, fd, &old, 0);
+        emit_header(kind::CLOSE, pid_tgid, fd, &old, 0, 0);
     }
     state.conn_id = next_conn_id().ok_or(0)?;
     if CONNECTIONS.insert(key, state, 0).is_err() {
         count(counter::CONN_MAP_FULL);
         return Ok(());
     }
-    emit_header(kind::OPEN, pid_tgid, fd, &state, start_ns);
+    emit_header(kind::OPEN, pid_tgid, fd, &state, start_ns, sk);
     Ok(())
 }
 
@@ -484,9 +493,10 @@ pub(crate) fn kread<T>(base: u64, offset: u32) -> Result<T, i64> {
 }
 
 /// Fills `tuple` from the socket behind the current task's `fd`, walking
-/// task → files → fdtable → file → socket → sock; returns the socket's protocol.
+/// task → files → fdtable → file → socket → sock; returns the socket's protocol and its
+/// `struct sock`.
 #[inline(always)]
-fn read_tuple(fd: u64, o: &KernelOffsets, tuple: &mut ConnTuple) -> Result<u16, i64> {
+fn read_tuple(fd: u64, o: &KernelOffsets, tuple: &mut ConnTuple) -> Result<(u16, u64), i64> {
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = kread(task, o.task_files)?;
@@ -517,7 +527,61 @@ fn read_tuple(fd: u64, o: &KernelOffsets, tuple: &mut ConnTuple) -> Result<u16, 
     let dport: u16 = kread(sk, o.skc_dport)?;
     tuple.remote_port = u16::from_be(dport);
     tuple.local_port = kread(sk, o.skc_num)?;
-    Ok(protocol)
+    Ok((protocol, sk))
+}
+
+/// Writes the initial sequence numbers of the TCP connection `sk` (a `struct tcp_sock`, which
+/// begins with its `struct sock`) into `out`, as they stand when accept or connect returns:
+///
+/// - the side's own ISN is `write_seq - 1`: the SYN (or SYN-ACK) took one sequence number and
+///   the process cannot have written anything yet (`tcp_connect`, `tcp_create_openreq_child`);
+/// - the peer's is `rcv_nxt - bytes_received - 1`: `rcv_nxt` was set to the peer's ISN + 1 when
+///   its SYN (or SYN-ACK) arrived, and every later advance, data or FIN, also went into
+///   `bytes_received` (`tcp_rcv_nxt_update`, since 4.1). A connect that returned EINPROGRESS may
+///   still be in SYN_SENT, where the peer's is not known yet.
+///
+/// Nothing is known without the offsets or when a read fails. Fields are written in place (the
+/// accept and connect programs are close to the 512-byte stack limit).
+#[inline(always)]
+fn read_isns(sk: u64, conn_role: u32, o: Option<&KernelOffsets>, out: *mut TcpIsns) {
+    let mut own = 0u32;
+    let mut peer = 0u32;
+    let mut known = 0u32;
+    if sk != 0
+        && let Some(o) = o
+        && o.isn_valid != 0
+        && let (Ok(write_seq), Ok(rcv_nxt), Ok(received), Ok(state)) = (
+            kread::<u32>(sk, o.tcp_write_seq),
+            kread::<u32>(sk, o.tcp_rcv_nxt),
+            kread::<u64>(sk, o.tcp_bytes_received),
+            kread::<u8>(sk, o.skc_state),
+        )
+    {
+        own = write_seq.wrapping_sub(1);
+        peer = rcv_nxt.wrapping_sub(received as u32).wrapping_sub(1);
+        let (own_bit, peer_bit) = if conn_role == role::CLIENT {
+            (isn_known::CLIENT, isn_known::SERVER)
+        } else {
+            (isn_known::SERVER, isn_known::CLIENT)
+        };
+        known = own_bit;
+        if state != TCP_SYN_SENT && state != TCP_CLOSE {
+            known |= peer_bit;
+        }
+    }
+    let (client, server) = if conn_role == role::CLIENT {
+        (own, peer)
+    } else {
+        (peer, own)
+    };
+    // SAFETY: `out` points into a ring-buffer reservation of a whole SocketOpenEvent, ours until
+    // it is submitted; the fields are plain integers.
+    unsafe {
+        (*out).client = client;
+        (*out).server = server;
+        (*out).known = known;
+        (*out)._pad = 0;
+    }
 }
 
 #[inline(always)]
@@ -527,9 +591,10 @@ pub(crate) fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// Emits a CLOSE event (the header alone), or an OPEN event (the header and the task's comm).
+/// Emits a CLOSE event (the header alone), or an OPEN event (the header, the task's comm and the
+/// ISNs of the connection whose `struct sock` is `sk`, 0 when unknown).
 #[inline(always)]
-fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start_ns: u64) {
+fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start_ns: u64, sk: u64) {
     let header = SocketEventHeader {
         kind: event_kind,
         role: state.role,
@@ -553,13 +618,23 @@ fn emit_header(event_kind: u32, pid_tgid: u64, fd: u64, state: &ConnState, start
             return;
         };
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_BYTES]);
-        entry.write(SocketOpenEvent {
-            header: SocketEventHeader {
-                captured: COMM_BYTES as u32,
+        let event = entry.as_mut_ptr();
+        // SAFETY: the reservation holds a whole SocketOpenEvent, ours until submitted; its
+        // fields are written in place, integers only.
+        unsafe {
+            (*event).header = SocketEventHeader {
+                captured: OPEN_DATA_BYTES as u32,
                 ..header
-            },
-            comm,
-        });
+            };
+            (*event).comm = comm;
+        }
+        read_isns(
+            sk,
+            state.role,
+            config().map(|c| &c.offsets),
+            // SAFETY: a field of the reservation above (no read or reference made).
+            unsafe { core::ptr::addr_of_mut!((*event).isns) },
+        );
         entry.submit(0);
         return;
     }
@@ -593,7 +668,7 @@ fn closing(pid_tgid: u64, fd: u64) {
     let state = unsafe { *state };
     let _ = CONNECTIONS.remove(key);
     conn_gone(pid_tgid, &state);
-    emit_header(kind::CLOSE, pid_tgid, fd, &state, 0);
+    emit_header(kind::CLOSE, pid_tgid, fd, &state, 0, 0);
 }
 
 /// A tracked connection ends: a server request still waiting for its response on it never gets

@@ -234,8 +234,9 @@ pub struct CliOptions {
         value_delimiter = ','
     )]
     pub tcp_context_trusted: Vec<String>,
-    /// Link a client span to the server span of the same TCP connection on this host by their
-    /// addresses (works without the TCP option) [default: true].
+    /// Link a client span to the server span of the same TCP connection on this host by the
+    /// connection's initial sequence numbers, through any NAT (by addresses for a connection open
+    /// before the start; works without the TCP option) [default: true].
     #[arg(long, env = "LOUPE_LINK_SAME_HOST", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub link_same_host: Option<bool>,
     /// TLS in clear: probe OpenSSL's SSL_read/SSL_write in every process that uses the host's or

@@ -1,5 +1,6 @@
 //! Kernel struct offsets from BTF: the kernel programs walk task → files → fdtable → file → socket →
-//! sock to read a connection's addresses, and those layouts change between kernel builds. This is a
+//! sock to read a connection's addresses (and, in `tcp_sock`, what its initial sequence numbers
+//! are recovered from), and those layouts change between kernel builds. This is a
 //! small, pure reader of the BTF format (docs.kernel.org/bpf/btf.html): the header, the type section
 //! and the string section, of which only structs, unions, pointers, integers, arrays and the type
 //! modifiers matter here. Every read is bounds-checked: malformed input is an error, never a panic.
@@ -506,6 +507,25 @@ impl Btf {
             }
             other => other,
         };
+        // The ISN fields are a feature of their own: without them OPEN events carry no ISNs
+        // (same-host links fall back to addresses), the programs still load.
+        let isn = || -> Result<[u32; 4], BtfError> {
+            Ok([
+                common("skc_state", 1)?,
+                sized("tcp_sock", &["write_seq"], 4)?,
+                sized("tcp_sock", &["rcv_nxt"], 4)?,
+                sized("tcp_sock", &["bytes_received"], 8)?,
+            ])
+        };
+        let (isn_valid, [skc_state, tcp_write_seq, tcp_rcv_nxt, tcp_bytes_received]) = match isn() {
+            Ok(offsets) => (1, offsets),
+            Err(e) => {
+                tracing::info!(
+                    "TCP sequence numbers not readable ({e}): same-host span links by address only"
+                );
+                (0, [0; 4])
+            }
+        };
         Ok(KernelOffsets {
             valid: 1,
             task_files: pointer("task_struct", &["files"])?,
@@ -522,7 +542,11 @@ impl Btf {
             skc_num: common("skc_num", 2)?,
             skc_v6_daddr: v6("skc_v6_daddr")?,
             skc_v6_rcv_saddr: v6("skc_v6_rcv_saddr")?,
-            _pad: 0,
+            skc_state,
+            tcp_write_seq,
+            tcp_rcv_nxt,
+            tcp_bytes_received,
+            isn_valid,
         })
     }
 }

@@ -115,10 +115,17 @@ impl Builder {
 /// A miniature kernel: the structs and members the socket programs walk, with anonymous unions
 /// and structs nested the way `struct sock_common` nests them, and a bitfield beside them.
 fn mini_kernel() -> Vec<u8> {
+    mini_kernel_with(Some(8))
+}
+
+/// [`mini_kernel`] whose `tcp_sock.bytes_received` is that many bytes wide, or missing (kernels
+/// before 4.1).
+fn mini_kernel_with(bytes_received: Option<u32>) -> Vec<u8> {
     let mut b = Builder::new();
     let u8_ = b.int("unsigned char", 1);
     let u16_ = b.int("unsigned short", 2);
     let u32_ = b.int("unsigned int", 4);
+    let u64_ = b.int("long long unsigned int", 8);
     let be16 = b.typedef("__be16", u16_);
     let be32 = b.typedef("__be32", u32_);
     let void_ptr = b.ptr(0);
@@ -146,6 +153,7 @@ fn mini_kernel() -> Vec<u8> {
             ("skc_hash", u32_, 64, 0),
             ("", port_union, 96, 0),
             ("skc_family", u16_, 128, 0),
+            ("skc_state", u8_, 144, 0),
             ("skc_reuse", u8_, 152, 4),
             ("skc_v6_daddr", in6, 448, 0),
             ("skc_v6_rcv_saddr", in6, 576, 0),
@@ -159,6 +167,26 @@ fn mini_kernel() -> Vec<u8> {
             ("sk_protocol", u16_, 4256, 0),
         ],
     );
+    // tcp_sock begins with its sock (through inet_connection_sock and inet_sock in a real
+    // kernel); since 6.8 its hot members sit between zero-length cache-line group markers.
+    let marker = b.array(u8_, u32_, 0);
+    let volatile_u32 = b.record("", btf_kind::VOLATILE, false, 0, u32_);
+    let mut tcp_members = vec![
+        ("inet_conn", sock, 0, 0),
+        (
+            "__cacheline_group_begin__tcp_sock_read_tx",
+            marker,
+            12288,
+            0,
+        ),
+        ("write_seq", u32_, 12288, 0),
+        ("rcv_nxt", volatile_u32, 12800, 0),
+    ];
+    let received = bytes_received.map(|n| if n == 8 { u64_ } else { u32_ });
+    if let Some(t) = received {
+        tcp_members.push(("bytes_received", t, 13056, 0));
+    }
+    b.strukt("tcp_sock", 2304, &tcp_members);
     let sock_ptr = b.ptr(sock);
     let socket = b.strukt(
         "socket",
@@ -205,9 +233,53 @@ fn offsets_of_a_miniature_kernel_with_nested_anonymous_members() {
             skc_num: 14,
             skc_v6_daddr: 56,
             skc_v6_rcv_saddr: 72,
-            _pad: 0,
+            skc_state: 18,
+            tcp_write_seq: 1536,
+            tcp_rcv_nxt: 1600,
+            tcp_bytes_received: 1632,
+            isn_valid: 1,
         }
     );
+}
+
+/// The ISN fields are optional: a kernel without `tcp_sock.bytes_received` (before 4.1) or with
+/// it in another shape keeps every address offset and only turns ISNs off.
+#[test]
+fn isn_offsets_missing_or_misshapen_turn_isns_off_not_the_rest() {
+    let full = Btf::parse(&mini_kernel())
+        .unwrap()
+        .socket_offsets()
+        .unwrap();
+    for (what, blob) in [
+        ("missing", mini_kernel_with(None)),
+        ("4 bytes wide", mini_kernel_with(Some(4))),
+    ] {
+        let o = Btf::parse(&blob).unwrap().socket_offsets().unwrap();
+        assert_eq!(o.valid, 1, "{what}");
+        assert_eq!(o.isn_valid, 0, "{what}");
+        assert_eq!(
+            (
+                o.skc_state,
+                o.tcp_write_seq,
+                o.tcp_rcv_nxt,
+                o.tcp_bytes_received
+            ),
+            (0, 0, 0, 0),
+            "{what}"
+        );
+        assert_eq!(
+            KernelOffsets {
+                skc_state: full.skc_state,
+                tcp_write_seq: full.tcp_write_seq,
+                tcp_rcv_nxt: full.tcp_rcv_nxt,
+                tcp_bytes_received: full.tcp_bytes_received,
+                isn_valid: 1,
+                ..o
+            },
+            full,
+            "{what}"
+        );
+    }
 }
 
 #[test]
@@ -340,6 +412,13 @@ fn offsets_of_this_machines_kernel() {
     assert_eq!((o.skc_dport, o.skc_num, o.skc_family), (12, 14, 16));
     assert!(o.skc_v6_daddr >= 24 && o.skc_v6_daddr < 136, "{o:?}");
     assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16);
+    // skc_state follows skc_family; tcp_sock's sequence numbers lie past its sock.
+    assert_eq!((o.skc_state, o.isn_valid), (18, 1), "{o:?}");
+    for f in [o.tcp_write_seq, o.tcp_rcv_nxt, o.tcp_bytes_received] {
+        assert!(f > o.sock_protocol && f < 8192, "{o:?}");
+    }
+    assert!(o.tcp_write_seq.is_multiple_of(4) && o.tcp_rcv_nxt.is_multiple_of(4));
+    assert!(o.tcp_bytes_received.is_multiple_of(8), "{o:?}");
     assert!(o.socket_sk < 64 && o.socket_sk.is_multiple_of(8), "{o:?}");
     assert!(o.task_files > 256 && o.task_files < 16 * 1024, "{o:?}");
     assert!(o.sock_protocol > 136 && o.sock_protocol < 2048, "{o:?}");
@@ -368,6 +447,10 @@ fn offsets_of_this_machines_kernel() {
         ("sock_common", "skc_family", o.skc_family),
         ("sock_common", "skc_v6_daddr", o.skc_v6_daddr),
         ("sock_common", "skc_v6_rcv_saddr", o.skc_v6_rcv_saddr),
+        ("sock_common", "skc_state", o.skc_state),
+        ("tcp_sock", "write_seq", o.tcp_write_seq),
+        ("tcp_sock", "rcv_nxt", o.tcp_rcv_nxt),
+        ("tcp_sock", "bytes_received", o.tcp_bytes_received),
     ] {
         let theirs = bpftool_offset(&raw, strukt, member)
             .unwrap_or_else(|| panic!("bpftool shows no {strukt}.{member}"));

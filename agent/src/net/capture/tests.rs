@@ -7,7 +7,9 @@ use std::{
     },
 };
 
-use loupe_common::socket::{ConnTuple, direction, role};
+use loupe_common::socket::{
+    COMM_BYTES, ConnTuple, OPEN_DATA_BYTES, TcpIsns, direction, isn_known, role,
+};
 
 use super::*;
 
@@ -273,6 +275,8 @@ fn collect(
 struct Conn {
     id: u64,
     tuple: ConnTuple,
+    /// The ISNs its OPEN event carried.
+    isns: Option<TcpIsns>,
 }
 
 /// The connection the thread `tid` opened as `fd` (tests on other threads open fds too).
@@ -291,6 +295,7 @@ fn opened(events: &[SocketEvent], conn_role: u32, fd: RawFd, tid: u32) -> Conn {
     Conn {
         id: e.header.conn_id,
         tuple: e.header.tuple,
+        isns: TcpIsns::from_open_data(&e.data),
     }
 }
 
@@ -453,6 +458,16 @@ fn verify(events: &[SocketEvent], talk: &Conversation) {
             _pad: 0,
         }
     );
+
+    // Both ends name the connection by the same initial sequence numbers, each end reading them
+    // from other fields: its own ISN from write_seq, the peer's from rcv_nxt - bytes_received
+    // (a blocking connect returns established, so the client knows both).
+    let (ci, si) = (client_conn.isns, server_conn.isns);
+    let ci = ci.expect("client OPEN without ISNs");
+    assert_eq!(Some(ci), si, "client and server ISNs differ");
+    assert_eq!(ci.known, isn_known::CLIENT | isn_known::SERVER, "{ci:?}");
+    assert!(ci.client != 0 || ci.server != 0, "{ci:?}");
+    assert_ne!(ci.client, ci.server, "{ci:?}");
 
     // Client out: write, writev, the big write (bytes: all of it; captured: the first CAPTURE).
     assert_eq!(
@@ -658,6 +673,93 @@ fn captures_tcp_syscalls_on_the_real_kernel() {
     assert_nothing_lost(&registry);
 }
 
+/// A non-blocking connect that returns while its SYN is unanswered (in SYN_SENT) knows only its
+/// own ISN, and it is the client ISN the server end reports once the handshake is over. The
+/// listener's accept queue (backlog 0) is kept full by a first connection, so the kernel drops
+/// the second one's SYN until the first is accepted and the SYN is sent again (after a second).
+#[test]
+fn a_connect_in_syn_sent_knows_only_the_client_isn() {
+    let mut ebpf = load();
+    let registry = Registry::new();
+    let (mut capture, rx) = start(&mut ebpf, SocketAttach::Tracepoints, &registry);
+    drop(ebpf);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen on our own listening socket only changes its backlog.
+    check(
+        unsafe { libc::listen(listener.as_raw_fd(), 0) } as isize,
+        "listen",
+    );
+    let port = listener.local_addr().unwrap().port();
+    let first = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+
+    // SAFETY: plain socket creation; the fd is owned by `second` below.
+    let fd = check(
+        unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        } as isize,
+        "socket",
+    ) as RawFd;
+    // SAFETY: `fd` is a socket this test just created and nothing else owns.
+    let second = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `addr` is a valid sockaddr_in of the length passed.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let err = io::Error::last_os_error();
+    assert_eq!(
+        rc, -1,
+        "the connect completed at once: the SYN was not dropped"
+    );
+    assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "{err}");
+    let (accepted_first, _) = listener.accept().unwrap();
+    // Blocks until the SYN, sent again, gets through.
+    let (accepted_second, _) = listener.accept().unwrap();
+    let tid = gettid();
+    let (client_fd, server_fd) = (second.as_raw_fd(), accepted_second.as_raw_fd());
+    let events = collect(&rx, |events| {
+        let open = |r, fd| {
+            events.iter().any(|e| {
+                e.header.kind == kind::OPEN
+                    && e.header.role == r
+                    && e.header.fd == fd
+                    && e.header.tid == tid
+            })
+        };
+        open(role::CLIENT, client_fd) && open(role::SERVER, server_fd)
+    });
+    capture.stop();
+    let client = opened(&events, role::CLIENT, client_fd, tid)
+        .isns
+        .expect("client OPEN without ISNs");
+    let server = opened(&events, role::SERVER, server_fd, tid)
+        .isns
+        .expect("server OPEN without ISNs");
+    assert_eq!(client.known, isn_known::CLIENT, "{client:?}");
+    assert_eq!(
+        server.known,
+        isn_known::CLIENT | isn_known::SERVER,
+        "{server:?}"
+    );
+    assert_eq!(client.client, server.client, "{client:?} / {server:?}");
+    drop((first, accepted_first, second, accepted_second));
+}
+
 /// The fentry/fexit programs and the tracepoint programs, attached at once, see the same
 /// conversation as the same events. Where the kernel refuses fentry/fexit (this repository's CI
 /// host), the capture asked for them must fall back to tracepoints and still see everything; the
@@ -772,9 +874,17 @@ fn skips_the_agent_and_sweeps_exited_processes() {
     let conn: Vec<_> = ours
         .iter()
         .filter(|e| e.header.conn_id == open.header.conn_id)
-        .map(|e| (e.header.kind, e.header.direction, &e.data[..]))
+        .map(|e| {
+            let data = if e.header.kind == kind::OPEN {
+                &e.data[..e.data.len().min(COMM_BYTES)]
+            } else {
+                &e.data[..]
+            };
+            (e.header.kind, e.header.direction, data)
+        })
         .collect();
-    // OPEN carries the opening task's comm.
+    // OPEN carries the opening task's comm (then the ISNs, checked in `verify`).
+    assert_eq!(open.data.len(), OPEN_DATA_BYTES);
     let comm = b"python3\0\0\0\0\0\0\0\0\0";
     assert_eq!(
         conn,

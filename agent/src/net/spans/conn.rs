@@ -9,7 +9,7 @@ use loupe_protocols::http2::{self, Http2Connection};
 use loupe_protocols::{Direction, Flow, MySqlConnection, RedisConnection, Role};
 
 use super::attrs::{MAX_URL_LEN, MAX_USER_AGENT_LEN, cut};
-use super::context::{KernelCtx, LinkKey, SpanContext};
+use super::context::{Isns, KernelCtx, LinkKey, SpanContext};
 
 /// Chunks inspected for a protocol before a connection is left alone.
 pub const MAX_DETECT_ATTEMPTS: u8 = 4;
@@ -279,6 +279,9 @@ pub struct Conn {
     pub pid: u32,
     pub role: Role,
     pub tuple: ConnTuple,
+    /// Its initial sequence numbers, from its OPEN event (none for a connection that was open
+    /// before the agent started).
+    pub isns: Option<Isns>,
     pub parser: Parser,
     pub detect_attempts: u8,
     /// Read through a TLS library's plaintext (`flags::PLAINTEXT` events): the socket's own
@@ -317,6 +320,7 @@ impl Conn {
             pid,
             role,
             tuple,
+            isns: None,
             parser: Parser::Detecting(Vec::new()),
             detect_attempts: 0,
             plaintext: false,

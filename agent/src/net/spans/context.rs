@@ -4,9 +4,18 @@
 //! - A thread (tid) is *serving* a server request from the read that started the request until
 //!   its response is over (or the thread starts serving another request). Client requests the
 //!   thread starts meanwhile are children of that server span.
-//! - Same host: a client connection `(local L, remote R)` and a server connection
-//!   `(local R', remote L)` are the two ends of one TCP connection (R' = R unless DNAT
-//!   rewrote the destination: keyed by L alone). Requests on them pair in
+//! - Same host: a client connection and a server connection are the two ends of one TCP
+//!   connection when they have the same initial sequence numbers (the kernel's OPEN events carry
+//!   them, see `TcpIsns`): NAT never rewrites sequence numbers, so this holds through DNAT
+//!   (Service ClusterIPs) and SNAT (masquerade) alike. The map is keyed by the client's ISN; the
+//!   server's ISN, where both ends know it (a connect that returned before the handshake ended
+//!   does not), must be equal too. An end without ISNs (a connection open before the agent
+//!   started, a kernel without the BTF members) is keyed by the client's address and port as
+//!   it sees them: a client connection `(local L, remote R)` and a server connection
+//!   `(local R', remote L)`, R' = R unless DNAT rewrote the destination; SNAT hides that link.
+//!   Each end is waited for under both of its keys, so an end with ISNs still meets one without
+//!   by address; two ends that both have ISNs are linked only by them (the same client address
+//!   behind SNAT is not the same connection). Requests on a connection pair in
 //!   order (FIFO, so pipelining pairs too). Either event may come first in the ring buffer (the
 //!   server's read can return on another CPU before the client's write does), so both sides
 //!   wait for the other in a bounded map; when the server side came first, the server request is
@@ -19,7 +28,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use foldhash::{HashMap, HashMapExt};
 
-use loupe_common::socket::ConnTuple;
+use loupe_common::socket::{ConnTuple, TcpIsns, isn_known};
 
 /// Entries older than this (monotonic ns) are swept when a map is full.
 const STALE_NS: u64 = 10_000_000_000;
@@ -120,33 +129,106 @@ impl IdGenerator {
     }
 }
 
-/// A TCP connection on this host, named by its client end: the client's address and port, which
-/// both ends see alike through DNAT (a ClusterIP Service: the client's socket has the service
-/// address as its peer, the server's socket the client's own). SNAT rewrites the client end too;
-/// there only the TCP option links the two.
+/// The initial sequence numbers one end of a connection knows: the client's always, the
+/// server's unless the client's connect returned before the handshake was over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LinkKey {
-    client: ([u8; 16], u16),
+pub struct Isns {
+    pub client: u32,
+    pub server: Option<u32>,
 }
 
-impl LinkKey {
-    /// The key of a client connection; `None` when its addresses are unknown.
-    pub fn of_client(t: &ConnTuple) -> Option<LinkKey> {
-        known(t).then_some(LinkKey {
-            client: (t.local_addr, t.local_port),
+impl Isns {
+    /// What an OPEN event's [`TcpIsns`] say; `None` without the client's ISN.
+    pub fn of(t: &TcpIsns) -> Option<Isns> {
+        (t.known & isn_known::CLIENT != 0).then_some(Isns {
+            client: t.client,
+            server: (t.known & isn_known::SERVER != 0).then_some(t.server),
         })
     }
 
+    /// Whether two ends with these ISNs are one connection (the server's ISN is compared where
+    /// both know it).
+    fn same_connection(&self, other: &Isns) -> bool {
+        self.client == other.client
+            && match (self.server, other.server) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// How one end of a TCP connection on this host names it, for finding the other end: its
+/// initial sequence numbers, and the client's address and port as this end sees them, which
+/// both ends see alike through DNAT (a ClusterIP Service: the client's socket has the service
+/// address as its peer, the server's socket the client's own) but not through SNAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    isns: Option<Isns>,
+    client: Option<([u8; 16], u16)>,
+}
+
+impl LinkKey {
+    /// The key of a client connection; `None` when neither its ISNs nor its addresses are
+    /// known.
+    pub fn of_client(t: &ConnTuple, isns: Option<Isns>) -> Option<LinkKey> {
+        Self::new(isns, known(t).then_some((t.local_addr, t.local_port)))
+    }
+
     /// The key a server connection's peer (client) would have; `None` when unknown.
-    pub fn of_server(t: &ConnTuple) -> Option<LinkKey> {
-        known(t).then_some(LinkKey {
-            client: (t.remote_addr, t.remote_port),
-        })
+    pub fn of_server(t: &ConnTuple, isns: Option<Isns>) -> Option<LinkKey> {
+        Self::new(isns, known(t).then_some((t.remote_addr, t.remote_port)))
+    }
+
+    fn new(isns: Option<Isns>, client: Option<([u8; 16], u16)>) -> Option<LinkKey> {
+        (isns.is_some() || client.is_some()).then_some(LinkKey { isns, client })
+    }
+
+    /// The map slots this end waits under and looks in, ISNs first.
+    fn slots(&self) -> impl Iterator<Item = Slot> {
+        let isn = self.isns.map(|i| Slot::Isn(i.client));
+        let address = self.client.map(|(a, p)| Slot::Address(a, p));
+        isn.into_iter().chain(address)
+    }
+
+    /// Whether the end `other`, found under `slot`, is the other end of this connection: by
+    /// ISNs, or by address when one of the two has none.
+    fn pairs_with(&self, other: &LinkKey, slot: Slot) -> bool {
+        match (slot, self.isns, other.isns) {
+            (Slot::Isn(_), Some(a), Some(b)) => a.same_connection(&b),
+            (Slot::Isn(_), _, _) => false,
+            (Slot::Address(..), Some(_), Some(_)) => false,
+            (Slot::Address(..), _, _) => self.client.is_some() && self.client == other.client,
+        }
     }
 }
 
 fn known(t: &ConnTuple) -> bool {
     t.local_port != 0 && t.remote_port != 0 && t.remote_addr != [0; 16]
+}
+
+/// Where a waiting end is filed: by its client ISN, or by the client's address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    Isn(u32),
+    Address([u8; 16], u16),
+}
+
+/// Which key linked two ends of a connection on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkedBy {
+    /// Their initial sequence numbers.
+    Isn,
+    /// The client's address and port (an end without ISNs).
+    Address,
+}
+
+impl From<Slot> for LinkedBy {
+    fn from(s: Slot) -> Self {
+        match s {
+            Slot::Isn(_) => LinkedBy::Isn,
+            Slot::Address(..) => LinkedBy::Address,
+        }
+    }
 }
 
 /// A request on a connection: `(conn_id, request id)`.
@@ -176,6 +258,8 @@ struct InFlight {
 struct Waiting<T> {
     value: T,
     request: RequestRef,
+    /// The waiting end's key (filed under each of its slots).
+    key: LinkKey,
     since_ns: u64,
 }
 
@@ -194,7 +278,7 @@ pub enum ClientLink {
     /// No server request waited: the client request now waits for its server read.
     Registered,
     /// The server read came first: re-parent that server request under the client span.
-    ServerWaiting(RequestRef),
+    ServerWaiting(RequestRef, LinkedBy),
     /// The client's addresses are unknown or the map is full.
     None,
 }
@@ -219,10 +303,11 @@ pub struct TraceContexts {
     /// When set, every change of a thread's serving state is recorded here (see
     /// [`TraceContexts::journal_serving`]).
     journal: Option<Vec<ServingChange>>,
-    /// Client requests waiting for their server read, per link.
-    clients: HashMap<LinkKey, VecDeque<Waiting<SpanIds>>>,
-    /// Server requests (that found no client) waiting for a late client event, per link.
-    servers: HashMap<LinkKey, VecDeque<Waiting<()>>>,
+    /// Client requests waiting for their server read, under each slot of their key.
+    clients: HashMap<Slot, VecDeque<Waiting<SpanIds>>>,
+    /// Server requests (that found no client) waiting for a late client event, likewise.
+    servers: HashMap<Slot, VecDeque<Waiting<()>>>,
+    /// Entries of `clients` and `servers` (a request waits under one or two slots).
     links: usize,
     /// Entries dropped because a map was full.
     pub overflows: u64,
@@ -407,8 +492,9 @@ impl TraceContexts {
         }
     }
 
-    fn make_room(&mut self, now: u64) -> bool {
-        if self.links < self.max_links {
+    /// Whether `entries` more waiting entries fit (stale ones are swept when they do not).
+    fn make_room(&mut self, now: u64, entries: usize) -> bool {
+        if self.links + entries <= self.max_links {
             return true;
         }
         let mut links = 0;
@@ -423,7 +509,7 @@ impl TraceContexts {
             !q.is_empty()
         });
         self.links = links;
-        self.links < self.max_links
+        self.links + entries <= self.max_links
     }
 
     /// A client request started on a connection with key `key`.
@@ -437,54 +523,50 @@ impl TraceContexts {
         let Some(key) = key else {
             return ClientLink::None;
         };
-        if let Some(q) = self.servers.get_mut(&key)
-            && let Some(w) = q.pop_front()
-        {
-            if q.is_empty() {
-                self.servers.remove(&key);
-            }
-            self.links = self.links.saturating_sub(1);
-            return ClientLink::ServerWaiting(w.request);
+        if let Some((w, slot)) = take_pair(&mut self.servers, &key, &mut self.links) {
+            return ClientLink::ServerWaiting(w.request, slot.into());
         }
-        if !self.make_room(now) {
+        let slots = key.slots().count();
+        if !self.make_room(now, slots) {
             self.overflows += 1;
             return ClientLink::None;
         }
-        self.clients.entry(key).or_default().push_back(Waiting {
-            value: (ctx.trace_id, ctx.span_id),
-            request,
-            since_ns: now,
-        });
-        self.links += 1;
+        for slot in key.slots() {
+            self.clients.entry(slot).or_default().push_back(Waiting {
+                value: (ctx.trace_id, ctx.span_id),
+                request,
+                key,
+                since_ns: now,
+            });
+        }
+        self.links += slots;
         ClientLink::Registered
     }
 
     /// A server request was read on a connection with key `key`: the client span it pairs
-    /// with, `(trace id, span id)`, and that client request; or `None` (then it waits for a late
-    /// client event).
+    /// with, `(trace id, span id)`, that client request and the key that linked them; or `None`
+    /// (then it waits for a late client event).
     pub fn server_request(
         &mut self,
         key: Option<LinkKey>,
         request: RequestRef,
         now: u64,
-    ) -> Option<(SpanIds, RequestRef)> {
+    ) -> Option<(SpanIds, RequestRef, LinkedBy)> {
         let key = key?;
-        if let Some(q) = self.clients.get_mut(&key)
-            && let Some(w) = q.pop_front()
-        {
-            if q.is_empty() {
-                self.clients.remove(&key);
-            }
-            self.links = self.links.saturating_sub(1);
-            return Some((w.value, w.request));
+        if let Some((w, slot)) = take_pair(&mut self.clients, &key, &mut self.links) {
+            return Some((w.value, w.request, slot.into()));
         }
-        if self.make_room(now) {
-            self.servers.entry(key).or_default().push_back(Waiting {
-                value: (),
-                request,
-                since_ns: now,
-            });
-            self.links += 1;
+        let slots = key.slots().count();
+        if self.make_room(now, slots) {
+            for slot in key.slots() {
+                self.servers.entry(slot).or_default().push_back(Waiting {
+                    value: (),
+                    request,
+                    key,
+                    since_ns: now,
+                });
+            }
+            self.links += slots;
         } else {
             self.overflows += 1;
         }
@@ -493,15 +575,23 @@ impl TraceContexts {
 
     /// Whether the server request still waits for its same-host client.
     pub fn server_waiting(&self, key: Option<LinkKey>, request: RequestRef) -> bool {
-        key.and_then(|k| self.servers.get(&k))
-            .is_some_and(|q| q.iter().any(|w| w.request == request))
+        key.is_some_and(|k| {
+            k.slots().any(|slot| {
+                self.servers
+                    .get(&slot)
+                    .is_some_and(|q| q.iter().any(|w| w.request == request))
+            })
+        })
     }
 
     /// A request is over or dropped: it no longer waits to be linked.
     pub fn forget(&mut self, key: Option<LinkKey>, request: RequestRef) {
         let Some(key) = key else { return };
-        self.links -= remove_waiting(&mut self.clients, key, request);
-        self.links -= remove_waiting(&mut self.servers, key, request);
+        for slot in key.slots() {
+            let removed = remove_waiting(&mut self.clients, slot, request)
+                + remove_waiting(&mut self.servers, slot, request);
+            self.links = self.links.saturating_sub(removed);
+        }
     }
 
     /// Entries held (for tests and gauges).
@@ -510,18 +600,47 @@ impl TraceContexts {
     }
 }
 
-/// Removes `request` from the queue of `key`; returns how many entries went.
+/// Takes the first end waiting in `map` that pairs with `key` (under its ISN slot first, then
+/// its address slot), out of every slot it waits under; `links` loses its entries.
+fn take_pair<T>(
+    map: &mut HashMap<Slot, VecDeque<Waiting<T>>>,
+    key: &LinkKey,
+    links: &mut usize,
+) -> Option<(Waiting<T>, Slot)> {
+    for slot in key.slots() {
+        let Some(q) = map.get_mut(&slot) else {
+            continue;
+        };
+        let Some(i) = q.iter().position(|w| key.pairs_with(&w.key, slot)) else {
+            continue;
+        };
+        let w = q.remove(i)?;
+        if q.is_empty() {
+            map.remove(&slot);
+        }
+        *links = links.saturating_sub(1);
+        for other in w.key.slots().filter(|&o| o != slot) {
+            *links = links.saturating_sub(remove_waiting(map, other, w.request));
+        }
+        return Some((w, slot));
+    }
+    None
+}
+
+/// Removes `request` from the queue of `slot`; returns how many entries went.
 fn remove_waiting<T>(
-    map: &mut HashMap<LinkKey, VecDeque<Waiting<T>>>,
-    key: LinkKey,
+    map: &mut HashMap<Slot, VecDeque<Waiting<T>>>,
+    slot: Slot,
     request: RequestRef,
 ) -> usize {
-    let Some(q) = map.get_mut(&key) else { return 0 };
+    let Some(q) = map.get_mut(&slot) else {
+        return 0;
+    };
     let before = q.len();
     q.retain(|w| w.request != request);
     let removed = before - q.len();
     if q.is_empty() {
-        map.remove(&key);
+        map.remove(&slot);
     }
     removed
 }

@@ -181,16 +181,17 @@ impl Core {
     ) -> (SpanContext, Option<LinkKey>) {
         let kctx = Self::fresh_kernel_ctx(conn, kctx);
         let key = if self.cfg.link_same_host {
-            LinkKey::of_server(&conn.tuple)
+            LinkKey::of_server(&conn.tuple, conn.isns)
         } else {
             None
         };
         let span_id = kctx.map_or_else(|| self.ids.span_id(), |k| k.span_id);
-        let ctx = if let Some(((trace_id, parent), client)) =
+        let ctx = if let Some(((trace_id, parent), client, by)) =
             self.ctx.server_request(key, req, self.now)
         {
             self.linked.push((client, req));
             self.m.parents[0].inc();
+            self.m.same_host_link(by);
             SpanContext {
                 trace_id,
                 span_id,
@@ -307,13 +308,14 @@ impl Core {
             self.linked.push((req, server));
         }
         let key = if link && self.cfg.link_same_host {
-            LinkKey::of_client(&conn.tuple)
+            LinkKey::of_client(&conn.tuple, conn.isns)
         } else {
             None
         };
         let key = match self.ctx.client_request(key, &ctx, req, self.now) {
             ClientLink::Registered => key,
-            ClientLink::ServerWaiting(server) => {
+            ClientLink::ServerWaiting(server, by) => {
+                self.m.same_host_link(by);
                 self.reparents.push((server, ctx.trace_id, ctx.span_id));
                 self.linked.push((req, server));
                 None

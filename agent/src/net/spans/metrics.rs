@@ -3,6 +3,8 @@
 
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 
+use super::context::LinkedBy;
+
 /// Why spans were lost (`loupe_spans_dropped_total{reason}`).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum DropReason {
@@ -52,6 +54,8 @@ pub(super) struct Metrics {
     pub(super) http2_unknown_fields: Counter,
     /// Server spans given a parent, by where it came from: [same_host, traceparent, tcp_option].
     pub(super) parents: [Counter; 3],
+    /// Same-host client/server pairs linked, by the key that linked them: [isn, address].
+    pub(super) same_host_links: [Counter; 2],
     pub(super) connections: Gauge,
     pub(super) buffered: Gauge,
 }
@@ -126,10 +130,21 @@ impl Metrics {
                 source,
             )
         });
+        let same_host_links = ["isn", "address"].map(|key| {
+            c(
+                "loupe_spans_same_host_links_total",
+                "Client and server ends of one TCP connection on this host linked, by the key \
+                 that linked them: their initial sequence numbers (through any NAT), or the \
+                 client's address and port (an end without sequence numbers).",
+                "key",
+                key,
+            )
+        });
         Self {
             events,
             spans,
             parents,
+            same_host_links,
             dropped,
             detected,
             evicted,
@@ -168,6 +183,15 @@ impl Metrics {
                 &[],
             ),
         }
+    }
+
+    /// A same-host pair was linked by `by`.
+    pub(super) fn same_host_link(&self, by: LinkedBy) {
+        self.same_host_links[match by {
+            LinkedBy::Isn => 0,
+            LinkedBy::Address => 1,
+        }]
+        .inc();
     }
 
     pub(super) fn drop(&self, reason: DropReason, n: u64) {

@@ -17,15 +17,18 @@
 //! - client requests a thread makes while it serves a server request are that span's children;
 //!   a client request carrying `traceparent` (an SDK propagating its own context) joins it;
 //! - when both ends of a connection are on this host and traced, the server span is the child
-//!   of the client span (matched by the reversed address tuple), across processes.
+//!   of the client span (matched by the connection's initial sequence numbers, through any NAT;
+//!   by the client's address and port where an end has none), across processes.
 //!
 //! Limits:
 //! - thread-based parenting assumes a thread serves one request at a time. Async runtimes
 //!   (Tokio, Go, Node.js, Netty) that interleave requests on a thread or move a request between
 //!   threads give children the wrong parent or none; connection pools are fine (the thread that
 //!   issues the query counts, not the connection);
-//! - same-host linking needs both ends' addresses to be the same 4-tuple: NAT in between
-//!   (Kubernetes Service ClusterIPs, Docker port publishing) hides the link;
+//! - same-host linking needs both ends' OPEN events (their initial sequence numbers): a
+//!   connection open before the agent started is linked by the client's address and port,
+//!   which SNAT (masquerade, Docker port publishing from another address) hides; a client
+//!   using TCP Fast Open's deferred connect reports its ISN off by one and stays unlinked;
 //! - TLS is read in clear only through OpenSSL's and Go's `crypto/tls` probes
 //!   (`flags::PLAINTEXT` events: a connection switches to them at the first, and its ciphertext
 //!   is ignored from then on); `url.query` is never recorded (it often carries secrets);
@@ -65,7 +68,7 @@ use loupe_collector::profile::SpanLabel;
 use loupe_collector::telemetry::Registry;
 use loupe_collector::traces::proto::common::InstrumentationScope;
 use loupe_collector::traces::{ResourceBatch, SpanData, TraceBatch};
-use loupe_common::socket::{SocketEventHeader, direction, flags, kind, role};
+use loupe_common::socket::{COMM_BYTES, SocketEventHeader, TcpIsns, direction, flags, kind, role};
 use loupe_protocols::detect::{Protocol, classify};
 use loupe_protocols::{Direction, End, Flow, Role, http1, http2, mysql, redis};
 
@@ -79,7 +82,7 @@ use conn::{
 };
 pub use context::IdGenerator;
 pub use context::ServingChange;
-use context::{ClientLink, KernelCtx, LinkKey, RequestRef, SpanContext, TraceContexts};
+use context::{ClientLink, Isns, KernelCtx, LinkKey, RequestRef, SpanContext, TraceContexts};
 use metrics::{DropReason, EvictReason, Metrics};
 pub use process::{ProcResolver, ProcessResolver};
 use process::{ProcessCache, ProcessInfo};
@@ -388,10 +391,14 @@ impl SpanBuilder {
                 self.core.m.events[0].inc();
                 // Name the process while it is most likely alive; the OPEN event carries its
                 // comm for when it is not (short-lived clients).
+                let comm = ev.data.get(..COMM_BYTES).unwrap_or(&ev.data);
                 self.core
                     .processes
-                    .get_or_name(h.pid, self.core.now, Some(&ev.data));
+                    .get_or_name(h.pid, self.core.now, Some(comm));
                 self.touch(h);
+                if let Some(conn) = self.conns.get_mut(&h.conn_id) {
+                    conn.isns = TcpIsns::from_open_data(&ev.data).and_then(|i| Isns::of(&i));
+                }
             }
             kind::DATA => {
                 self.core.m.events[1].inc();

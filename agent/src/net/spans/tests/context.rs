@@ -168,6 +168,174 @@ fn different_tuples_do_not_link() {
     assert_eq!(s.b.core.ctx.len(), (0, 0));
 }
 
+/// One exchange on a same-host pair, client event first or server event first; the server
+/// span's parent (if any) and the client span.
+fn exchange(s: &mut Sim, cl: &C, sv: &C, t: u64, path: &str, server_first: bool) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: shop\r\n\r\n");
+    if server_first {
+        s.read(sv, 31, t + 50, t + 150, req.as_bytes());
+        s.write(cl, 21, t, t + 160, req.as_bytes());
+    } else {
+        s.write(cl, 21, t, t + 100, req.as_bytes());
+        s.read(sv, 31, t + 50, t + 150, req.as_bytes());
+    }
+    s.write(sv, 31, t + 200, t + 300, OK);
+    s.read(cl, 21, t + 250, t + 350, OK);
+}
+
+/// Whether the server span `GET {path}` is the child of a client span (and shares its trace).
+fn linked(spans: &[(Vec<KeyValue>, Span)], path: &str) -> bool {
+    let server = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == format!("GET {path}") && s.kind == 2)
+        .unwrap_or_else(|| panic!("no server span GET {path}"));
+    spans.iter().any(|(_, c)| {
+        c.kind == 3 && c.span_id == server.parent_span_id && c.trace_id == server.trace_id
+    })
+}
+
+#[test]
+fn snat_pairs_are_linked_by_their_initial_sequence_numbers() {
+    let mut s = Sim::new();
+    let (cl, sv) = snat_pair();
+    s.open_with_isns(&cl, 10, isns(0xdead_beef, 0x1234_5678));
+    s.open_with_isns(&sv, 20, isns(0xdead_beef, 0x1234_5678));
+    exchange(&mut s, &cl, &sv, 100, "/a", false);
+    exchange(&mut s, &cl, &sv, 1000, "/b", true);
+    let spans = s.spans();
+    assert_eq!(spans.len(), 4);
+    assert!(linked(&spans, "/a"), "client event first: {spans:#?}");
+    assert!(linked(&spans, "/b"), "server event first: {spans:#?}");
+    assert_eq!(
+        s.metric("loupe_spans_same_host_links_total{key=\"isn\"}"),
+        2
+    );
+    assert_eq!(
+        s.metric("loupe_spans_same_host_links_total{key=\"address\"}"),
+        0
+    );
+    assert_eq!(
+        s.metric("loupe_spans_server_parents_total{source=\"same_host\"}"),
+        1
+    );
+    assert_eq!(s.b.core.ctx.len(), (0, 0), "nothing left waiting");
+}
+
+/// A client whose non-blocking connect returned in SYN_SENT knows only its own ISN: the client
+/// ISN links it (the server's ISN is compared only where both ends know it).
+#[test]
+fn a_client_without_the_server_isn_is_linked_by_its_own() {
+    let mut s = Sim::new();
+    let (cl, sv) = snat_pair();
+    let syn_sent = TcpIsns {
+        known: isn_known::CLIENT,
+        server: 0,
+        ..isns(77, 0)
+    };
+    s.open_with_isns(&cl, 10, syn_sent);
+    s.open_with_isns(&sv, 20, isns(77, 991));
+    exchange(&mut s, &cl, &sv, 100, "/a", false);
+    assert!(linked(&s.spans(), "/a"));
+    assert_eq!(
+        s.metric("loupe_spans_same_host_links_total{key=\"isn\"}"),
+        1
+    );
+}
+
+/// Two ends that both know their ISNs are one connection only if those agree, whatever their
+/// addresses say (behind SNAT the same client address and port is not the same connection).
+#[test]
+fn different_isns_at_the_same_addresses_do_not_link() {
+    for (client, server) in [(isns(1, 2), isns(5, 2)), (isns(1, 2), isns(1, 3))] {
+        let mut s = Sim::new();
+        let (cl, sv) = same_host_pair();
+        s.open_with_isns(&cl, 10, client);
+        s.open_with_isns(&sv, 20, server);
+        exchange(&mut s, &cl, &sv, 100, "/a", false);
+        exchange(&mut s, &cl, &sv, 1000, "/b", true);
+        let spans = s.spans();
+        assert_eq!(spans.len(), 4);
+        assert!(
+            spans.iter().all(|(_, s)| s.parent_span_id.is_empty()),
+            "{client:?} / {server:?}: {spans:#?}"
+        );
+        assert_eq!(
+            s.metric("loupe_spans_same_host_links_total{key=\"isn\"}"),
+            0
+        );
+        assert_eq!(
+            s.metric("loupe_spans_same_host_links_total{key=\"address\"}"),
+            0
+        );
+        assert_eq!(s.b.core.ctx.len(), (0, 0), "nothing left waiting");
+    }
+}
+
+/// An end without ISNs (open before the agent started: no OPEN event) meets the other by the
+/// client's address, whether or not the other end has ISNs; through SNAT it cannot.
+#[test]
+fn ends_without_isns_fall_back_to_the_client_address() {
+    // Neither end has ISNs, then only the client, then only the server.
+    for (client, server) in [
+        (None, None),
+        (None, Some(isns(4, 5))),
+        (Some(isns(4, 5)), None),
+    ] {
+        let mut s = Sim::new();
+        let (cl, sv) = same_host_pair();
+        if let Some(i) = client {
+            s.open_with_isns(&cl, 10, i);
+        }
+        if let Some(i) = server {
+            s.open_with_isns(&sv, 20, i);
+        }
+        exchange(&mut s, &cl, &sv, 100, "/a", false);
+        exchange(&mut s, &cl, &sv, 1000, "/b", true);
+        let spans = s.spans();
+        let what = format!("client {client:?}, server {server:?}");
+        assert!(
+            linked(&spans, "/a") && linked(&spans, "/b"),
+            "{what}: {spans:#?}"
+        );
+        assert_eq!(
+            s.metric("loupe_spans_same_host_links_total{key=\"address\"}"),
+            2,
+            "{what}"
+        );
+        assert_eq!(
+            s.metric("loupe_spans_same_host_links_total{key=\"isn\"}"),
+            0,
+            "{what}"
+        );
+        assert_eq!(s.b.core.ctx.len(), (0, 0), "{what}: nothing left waiting");
+    }
+    // Through SNAT an end without ISNs has nothing to go by.
+    let mut s = Sim::new();
+    let (cl, sv) = snat_pair();
+    s.open_with_isns(&sv, 20, isns(4, 5));
+    exchange(&mut s, &cl, &sv, 100, "/a", false);
+    assert!(!linked(&s.spans(), "/a"));
+}
+
+/// `--link-same-host=false` turns the ISN link off too.
+#[test]
+fn isn_links_follow_link_same_host() {
+    let mut s = Sim::with(SpanBuilderConfig {
+        link_same_host: false,
+        ..SpanBuilderConfig::default()
+    });
+    let (cl, sv) = snat_pair();
+    s.open_with_isns(&cl, 10, isns(9, 10));
+    s.open_with_isns(&sv, 20, isns(9, 10));
+    exchange(&mut s, &cl, &sv, 100, "/a", false);
+    assert!(!linked(&s.spans(), "/a"));
+    assert_eq!(
+        s.metric("loupe_spans_same_host_links_total{key=\"isn\"}"),
+        0
+    );
+}
+
 /// On the fexit path a write is timed by its end, and the reader can return before the writer
 /// does: a same-host client span is then moved back to start no later than its server span, in
 /// either event order.

@@ -261,3 +261,49 @@ fn short_lived_clients_are_named_by_their_comm() {
         assert_eq!(attr(&spans[0].0, "service.name").as_deref(), Some(want));
     }
 }
+
+/// A same-host end with ISNs and addresses waits under both keys: each entry counts against
+/// `max_links`, a full map refuses (counted), and a request that is linked, forgotten or swept
+/// leaves both of its entries.
+#[test]
+fn same_host_links_waiting_under_two_keys_stay_bounded() {
+    use crate::net::spans::context::{ClientLink, Isns, LinkKey, LinkedBy, TraceContexts};
+    let isns_of = |n: u32| {
+        Some(Isns {
+            client: n,
+            server: Some(n + 1),
+        })
+    };
+    let (_, sv) = same_host_pair();
+    let mut ctx = TraceContexts::new(8, 4);
+    let key = |n: u32| LinkKey::of_server(&sv.tuple, isns_of(n));
+    // Two server requests fill the map (two entries each); the third does not fit.
+    assert!(ctx.server_request(key(1), (2, 1), 0).is_none());
+    assert!(ctx.server_request(key(3), (2, 2), 0).is_none());
+    assert_eq!(ctx.len(), (0, 4));
+    assert!(ctx.server_request(key(5), (2, 3), 0).is_none());
+    assert_eq!((ctx.len(), ctx.overflows), ((0, 4), 1));
+    assert!(ctx.server_waiting(key(1), (2, 1)));
+    assert!(!ctx.server_waiting(key(5), (2, 3)));
+    // A forgotten request leaves both of its entries.
+    ctx.forget(key(3), (2, 2));
+    assert_eq!(ctx.len(), (0, 2));
+    // Its client links the first one by ISN and takes both of its entries with it.
+    let (cl, _) = same_host_pair();
+    let client_key = LinkKey::of_client(&cl.tuple, isns_of(1));
+    let link = ctx.client_request(client_key, &SpanContext::default(), (1, 1), 10);
+    assert_eq!(link, ClientLink::ServerWaiting((2, 1), LinkedBy::Isn));
+    assert_eq!(ctx.len(), (0, 0));
+    // Stale entries are swept when the map is full.
+    for i in 0..2 {
+        assert!(
+            ctx.server_request(key(10 + i), (3, u64::from(i)), 0)
+                .is_none()
+        );
+    }
+    assert!(
+        ctx.server_request(key(20), (3, 9), 11_000_000_000)
+            .is_none()
+    );
+    assert_eq!(ctx.len(), (0, 2));
+}

@@ -5,7 +5,10 @@ use loupe_collector::telemetry::Registry;
 use loupe_collector::traces::proto::common::KeyValue;
 use loupe_collector::traces::proto::common::any_value::Value;
 use loupe_collector::traces::proto::trace::Span;
-use loupe_common::socket::{ConnTuple, SocketEventHeader, direction, kind, role};
+use loupe_common::socket::{
+    COMM_BYTES, ConnTuple, OPEN_DATA_BYTES, SocketEventHeader, TcpIsns, direction, isn_known, kind,
+    role,
+};
 
 use super::*;
 use crate::profiler::ProcessIdentity;
@@ -146,6 +149,21 @@ impl Sim {
         });
     }
 
+    /// An OPEN event carrying the connection's initial sequence numbers after the comm, as the
+    /// kernel sends it.
+    fn open_with_isns(&mut self, c: &C, t: u64, isns: TcpIsns) {
+        let mut data = vec![0u8; OPEN_DATA_BYTES];
+        data[..4].copy_from_slice(b"curl");
+        data[COMM_BYTES..COMM_BYTES + 4].copy_from_slice(&isns.client.to_ne_bytes());
+        data[COMM_BYTES + 4..COMM_BYTES + 8].copy_from_slice(&isns.server.to_ne_bytes());
+        data[COMM_BYTES + 8..COMM_BYTES + 12].copy_from_slice(&isns.known.to_ne_bytes());
+        let header = Self::header(c, kind::OPEN, c.pid, 0, t, t, 0, data.len() as u32);
+        self.b.handle(&SocketEvent {
+            header,
+            data: Bytes::from(data),
+        });
+    }
+
     /// A syscall moving `total` bytes of which `data` (a prefix) was captured.
     #[allow(clippy::too_many_arguments)]
     fn io(&mut self, c: &C, tid: u32, dir: u32, t0: u64, t1: u64, data: &[u8], total: u64) {
@@ -283,6 +301,34 @@ fn same_host_pair() -> (C, C) {
         pid: 30,
         role: role::SERVER,
         tuple: tuple((LO, 8080), (LO, 51000)),
+    };
+    (cl, sv)
+}
+
+/// Both ISNs of a connection, as both its ends know them once established.
+fn isns(client: u32, server: u32) -> TcpIsns {
+    TcpIsns {
+        client,
+        server,
+        known: isn_known::CLIENT | isn_known::SERVER,
+        _pad: 0,
+    }
+}
+
+/// A same-host pair seen through DNAT and SNAT: the client connects from 10.0.0.5:51000 to a
+/// service address, the server sees the connection come from 10.0.0.99:40000.
+fn snat_pair() -> (C, C) {
+    let cl = C {
+        id: 1,
+        pid: 20,
+        role: role::CLIENT,
+        tuple: tuple(([10, 0, 0, 5], 51000), ([10, 96, 0, 10], 80)),
+    };
+    let sv = C {
+        id: 2,
+        pid: 30,
+        role: role::SERVER,
+        tuple: tuple(([10, 0, 0, 7], 8080), ([10, 0, 0, 99], 40000)),
     };
     (cl, sv)
 }

@@ -1,0 +1,290 @@
+//! Same-host span linking through SNAT, keyed on the TCP connection's initial sequence numbers.
+//!
+//! A client in one network namespace calls a service address that iptables DNATs to a server in
+//! another namespace (kube-proxy's way), and its connections leave with their source rewritten
+//! to a second address and a port range (masquerade's way), over a veth pair with no route out.
+//! The server sees neither the client's address nor its port, so only the sequence numbers,
+//! which conntrack never rewrites, can tell that its connection is the client's. The TCP option
+//! is off (`--tcp-context=false`), so it cannot be what links them; every server span must be
+//! the child of its client span, counted as linked by ISN and never by address. The same calls
+//! with same-host linking off leave every server span without a parent, so the link is the
+//! same-host builder's.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use loupe_tests::{
+    Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, read_spans,
+    require_root, workload,
+};
+
+/// Where the client calls: an address that exists only as a DNAT rule.
+const SERVICE: &str = "10.96.78.8";
+const CLIENT_ADDR: &str = "10.204.0.1";
+/// What the client's connections are rewritten to (the client namespace owns it, so replies
+/// come back); the ports are the SNAT rule's range.
+const SNAT_ADDR: &str = "10.204.0.9";
+const SNAT_PORTS: std::ops::RangeInclusive<u16> = 40000..=40100;
+const SERVER_ADDR: &str = "10.204.0.2";
+const SERVER_PORT: u16 = 8080;
+const CALLS: usize = 4;
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The client and server namespaces, their veth pair and the NAT rules (which live in the
+/// client namespace); all gone with the namespaces when dropped.
+struct Namespaces {
+    client: String,
+    server: String,
+}
+
+impl Namespaces {
+    fn create() -> Namespaces {
+        let id = std::process::id();
+        let ns = Namespaces {
+            client: format!("loupe-snat-c{id}"),
+            server: format!("loupe-snat-s{id}"),
+        };
+        let (veth_c, veth_s) = (format!("lsc{id}"), format!("lss{id}"));
+        let (c, s) = (ns.client.as_str(), ns.server.as_str());
+        run(&["ip", "netns", "add", c]);
+        run(&["ip", "netns", "add", s]);
+        run(&[
+            "ip", "link", "add", &veth_c, "netns", c, "type", "veth", "peer", "name", &veth_s,
+            "netns", s,
+        ]);
+        let cidr = |a: &str, len: u8| format!("{a}/{len}");
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            &cidr(CLIENT_ADDR, 24),
+            "dev",
+            &veth_c,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            &cidr(SNAT_ADDR, 32),
+            "dev",
+            &veth_c,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            s,
+            "addr",
+            "add",
+            &cidr(SERVER_ADDR, 24),
+            "dev",
+            &veth_s,
+        ]);
+        for (n, dev) in [(c, veth_c.as_str()), (s, veth_s.as_str())] {
+            run(&["ip", "-n", n, "link", "set", dev, "up"]);
+            run(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        // The service range goes onto the veth; nothing else leaves the namespace.
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "route",
+            "add",
+            "10.96.0.0/12",
+            "dev",
+            &veth_c,
+        ]);
+        let iptables = |rule: &[&str]| {
+            let mut args = vec!["ip", "netns", "exec", c, "iptables", "-t", "nat", "-A"];
+            args.extend_from_slice(rule);
+            run(&args);
+        };
+        let to_server = format!("{SERVER_ADDR}:{SERVER_PORT}");
+        iptables(&[
+            "OUTPUT",
+            "-d",
+            &cidr(SERVICE, 32),
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to_server,
+        ]);
+        let to_source = format!("{SNAT_ADDR}:{}-{}", SNAT_PORTS.start(), SNAT_PORTS.end());
+        iptables(&[
+            "POSTROUTING",
+            "-o",
+            &veth_c,
+            "-p",
+            "tcp",
+            "-j",
+            "SNAT",
+            "--to-source",
+            &to_source,
+        ]);
+        ns
+    }
+
+    /// `curl` from the client namespace to the service address: the HTTP status.
+    fn call(&self, user: usize) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "curl", "-s", "-m", "5"])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{SERVICE}/api/users/{user}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in [&self.client, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Runs the agent with `extra` arguments while the client makes CALLS calls: the client and
+/// server spans of those calls, and the agent's metrics text at the end.
+fn calls_under_agent(
+    ns: &Namespaces,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (Vec<SpanRecord>, Vec<SpanRecord>, String) {
+    let out = dir.join(name);
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--tcp-context=false", "--output-dir"])
+        .arg(&out)
+        .args(extra);
+    let agent = Agent::start(cmd, dir, name);
+    for user in 0..CALLS {
+        assert_eq!(
+            ns.call(user),
+            "200",
+            "{name}: the call through DNAT and SNAT"
+        );
+    }
+    // The counters reach /metrics once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = agent.metrics();
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{name}: {stderr}");
+    let spans = read_spans(&out);
+    let attr = |s: &SpanRecord, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
+    let clients: Vec<SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT && attr(s, "server.address") == SERVICE)
+        .cloned()
+        .collect();
+    // The server sees the rewritten source: proof that the SNAT rule applied.
+    let servers: Vec<SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_SERVER && attr(s, "client.address") == SNAT_ADDR)
+        .cloned()
+        .collect();
+    assert_eq!(
+        clients.len(),
+        CALLS,
+        "{name}: client spans\n{spans:#?}\n{stderr}"
+    );
+    assert_eq!(
+        servers.len(),
+        CALLS,
+        "{name}: server spans (from {SNAT_ADDR})\n{spans:#?}\n{stderr}"
+    );
+    (clients, servers, metrics)
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn the_server_span_is_the_client_spans_child_through_snat_by_sequence_numbers() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = Namespaces::create();
+    let mut server = Command::new("ip");
+    server
+        .args(["netns", "exec", &ns.server])
+        .arg(workload("http_server"))
+        .arg(format!("{SERVER_ADDR}:{SERVER_PORT}"))
+        .env("OTEL_SERVICE_NAME", "snat-server")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Guard(server.spawn().expect("start the server"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns.call(0) != "200" {
+        assert!(Instant::now() < deadline, "the server never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Same-host linking on: every server span is its client span's child, in its trace, and the
+    // sequence numbers linked each pair (the address the server sees is not the client's).
+    let (clients, servers, metrics) = calls_under_agent(&ns, dir.path(), "isn", &[]);
+    let by_id: HashMap<&str, &SpanRecord> =
+        clients.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for s in &servers {
+        let parent = by_id.get(s.parent_span_id.as_str()).unwrap_or_else(|| {
+            panic!("server span {s:#?} is no client span's child: {clients:#?}\n{metrics}")
+        });
+        assert_eq!(s.trace_id, parent.trace_id);
+    }
+    assert_eq!(
+        metric(&metrics, "loupe_spans_same_host_links_total{key=\"isn\"}"),
+        CALLS as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "loupe_spans_same_host_links_total{key=\"address\"}"
+        ),
+        0
+    );
+    // (Linked when the server read found its client waiting; the others were re-parented.)
+    assert!(
+        metric(
+            &metrics,
+            "loupe_spans_server_parents_total{source=\"same_host\"}"
+        ) <= CALLS as u64
+    );
+
+    // Same-host linking off (and the option still off): nothing links them.
+    let (_, servers, metrics) =
+        calls_under_agent(&ns, dir.path(), "off", &["--link-same-host=false"]);
+    assert!(
+        servers.iter().all(|s| s.parent_span_id.is_empty()),
+        "{servers:#?}"
+    );
+    assert_eq!(
+        metric(&metrics, "loupe_spans_same_host_links_total{key=\"isn\"}"),
+        0
+    );
+}
