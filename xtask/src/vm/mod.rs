@@ -236,6 +236,7 @@ const E2E_TESTS: &[&str] = &[
     "profiler",
     "http_spans",
     "tcp_context",
+    "snat_linking",
     "off_cpu",
     "page_faults",
     "alloc_profiles",
