@@ -315,6 +315,8 @@ impl Core {
         let key = match self.ctx.client_request(key, &ctx, req, self.now) {
             ClientLink::Registered => key,
             ClientLink::ServerWaiting(server, by) => {
+                // The server request read first and waited: it gets its parent now.
+                self.m.parents[0].inc();
                 self.m.same_host_link(by);
                 self.reparents.push((server, ctx.trace_id, ctx.span_id));
                 self.linked.push((req, server));
