@@ -427,6 +427,7 @@ pub mod cgroup;
 pub mod faults;
 pub mod infra;
 pub mod k8s_api;
+pub mod netns;
 pub mod receivers;
 
 /// A span as read back from the local sink's `traces.jsonl` (OTLP/JSON).

@@ -18,13 +18,13 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use loupe_tests::{
-    Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, read_spans,
-    require_root,
+    Agent, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, netns::NamespacePair,
+    read_spans, require_root,
 };
 
 /// The two tests run one at a time: each runs an agent that traces every process and attaches
@@ -41,127 +41,36 @@ const SERVER_ADDR: &str = "10.203.0.2";
 const SERVER_PORT: u16 = 8080;
 const CALLS: usize = 3;
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The two namespaces, with the service address DNAT'ed to the server (kube-proxy's rule).
+fn namespaces() -> NamespacePair {
+    let ns = NamespacePair::create("tc", CLIENT_ADDR, SERVER_ADDR);
+    let to_server = format!("{SERVER_ADDR}:{SERVER_PORT}");
+    let service = format!("{SERVICE}/32");
+    ns.nat_rule(&[
+        "OUTPUT",
+        "-d",
+        &service,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to_server,
+    ]);
+    ns
 }
 
-/// Two namespaces joined by a veth pair; removed (with the pair and the rule) when dropped.
-struct Namespaces {
-    client: String,
-    server: String,
-}
-
-impl Namespaces {
-    fn create() -> Namespaces {
-        let id = std::process::id();
-        let ns = Namespaces {
-            client: format!("loupe-tc-c{id}"),
-            server: format!("loupe-tc-s{id}"),
-        };
-        let (veth_c, veth_s) = (format!("ltc{id}"), format!("lts{id}"));
-        let (c, s) = (ns.client.as_str(), ns.server.as_str());
-        run(&["ip", "netns", "add", c]);
-        run(&["ip", "netns", "add", s]);
-        run(&[
-            "ip", "link", "add", &veth_c, "netns", c, "type", "veth", "peer", "name", &veth_s,
-            "netns", s,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            c,
-            "addr",
-            "add",
-            &format!("{CLIENT_ADDR}/24"),
-            "dev",
-            &veth_c,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            s,
-            "addr",
-            "add",
-            &format!("{SERVER_ADDR}/24"),
-            "dev",
-            &veth_s,
-        ]);
-        for (n, dev) in [(c, veth_c.as_str()), (s, veth_s.as_str())] {
-            run(&["ip", "-n", n, "link", "set", dev, "up"]);
-            run(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
-        // The service range is routed onto the veth, as a node routes it to kube-proxy's
-        // rules; nothing else leaves the namespace.
-        run(&[
-            "ip",
-            "-n",
-            c,
-            "route",
-            "add",
-            "10.96.0.0/12",
-            "dev",
-            &veth_c,
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            c,
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-d",
-            &format!("{SERVICE}/32"),
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{SERVER_ADDR}:{SERVER_PORT}"),
-        ]);
-        ns
-    }
-
-    /// `curl` from the client namespace to the service address: the HTTP status.
-    fn call(&self, headers: &[&str]) -> String {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client, "curl", "-s", "-m", "5"]);
-        cmd.args(["-o", "/dev/null", "-w", "%{http_code}"]);
-        for h in headers {
-            cmd.args(["-H", h]);
-        }
-        let out = cmd
-            .arg(format!("http://{SERVICE}/api/users/7"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
+/// The URL the client calls: the service address.
+fn url() -> String {
+    format!("http://{SERVICE}/api/users/7")
 }
 
 /// Runs the agent with `extra` arguments while the client makes CALLS calls (with `headers`):
 /// the spans of those calls, client and server side, and the agent's metrics text at the end.
 fn calls_under_agent(
-    ns: &Namespaces,
+    ns: &NamespacePair,
     dir: &std::path::Path,
     name: &str,
     extra: &[&str],
@@ -172,7 +81,11 @@ fn calls_under_agent(
     cmd.args(["run", "--output-dir"]).arg(&out).args(extra);
     let agent = Agent::start(cmd, dir, name);
     for _ in 0..CALLS {
-        assert_eq!(ns.call(headers), "200", "{name}: the call through DNAT");
+        assert_eq!(
+            ns.curl(&url(), headers),
+            "200",
+            "{name}: the call through DNAT"
+        );
     }
     // The counters reach /metrics once a second.
     std::thread::sleep(Duration::from_millis(1500));
@@ -215,20 +128,13 @@ fn the_server_span_is_the_client_spans_child_through_dnat_by_the_tcp_option() {
     require_root();
     let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let ns = Namespaces::create();
-    let mut server = Command::new("ip");
-    server
-        .args(["netns", "exec", &ns.server])
-        .arg(loupe_tests::workload("http_server"))
-        .arg(format!("{SERVER_ADDR}:{SERVER_PORT}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server = Guard(server.spawn().expect("start the server"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ns.call(&[]) != "200" {
-        assert!(Instant::now() < deadline, "the server never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ns = namespaces();
+    let _server = ns.serve(
+        &loupe_tests::workload("http_server"),
+        &format!("{SERVER_ADDR}:{SERVER_PORT}"),
+        "dnat-server",
+        &url(),
+    );
 
     // With the option: every server span is the child of its client span, in its trace.
     const NO_LINK: &str = "--link-same-host=false";
