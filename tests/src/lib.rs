@@ -424,6 +424,7 @@ pub fn sample_str_labels(profile: &Profile, key: &str) -> Vec<String> {
         .collect()
 }
 pub mod cgroup;
+pub mod fanout;
 pub mod faults;
 pub mod infra;
 pub mod k8s_api;

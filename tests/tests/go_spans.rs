@@ -14,16 +14,12 @@
 //! programs load without the goroutine path, the agent says so, and the spans still come out.
 
 use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use loupe_tests::{
-    Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, metric_value,
-    read_spans, require_root, wait_port, workload,
+    Agent, Guard, agent_bin, fanout, metric_value, read_spans, require_root, wait_port, workload,
 };
 
 /// Keep-alive connections calling the service at once, and requests on each (fewer in the
@@ -50,50 +46,12 @@ fn kernel_follows_goroutines() -> bool {
 /// leaves room for a request whose events the agent counted as dropped under load.
 const FLOOR: f64 = 0.99;
 
-/// One keep-alive HTTP/1.1 client making `requests` sequential calls of `/front/{c}-{i}`.
+/// One keep-alive connection making `requests` calls of `/front/{c}-{i}` in turn.
 fn call_in_a_loop(port: u16, c: usize, requests: usize) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
-    for i in 0..requests {
-        write!(writer, "GET /front/{c}-{i} HTTP/1.1\r\nHost: go\r\n\r\n").expect("write");
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status line");
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("header");
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().expect("length");
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).expect("body");
-        let body = String::from_utf8_lossy(&body);
-        assert_eq!(body.trim(), format!("front {c}-{i}: back {c}-{i}"));
+    let paths: Vec<String> = (0..requests).map(|i| format!("/front/{c}-{i}")).collect();
+    for (i, body) in fanout::get_in_turn(port, "go", &paths).iter().enumerate() {
+        assert_eq!(body, &format!("front {c}-{i}: back {c}-{i}"));
     }
-}
-
-/// A span's path: `url.path` on the server, from `url.full` on the client.
-fn path_of(s: &SpanRecord) -> Option<&str> {
-    if let Some(p) = s.attributes.get("url.path") {
-        return Some(p);
-    }
-    let full = s.attributes.get("url.full")?;
-    let rest = full.split_once("://")?.1;
-    Some(&rest[rest.find('/')?..])
-}
-
-/// The id at the end of a span's path (`/front/3-7` → `3-7`).
-fn id_of(s: &SpanRecord) -> Option<&str> {
-    path_of(s)?.rsplit('/').next()
 }
 
 /// What one run under the agent gave.
@@ -136,38 +94,16 @@ fn run(extra: &[&str]) -> Run {
     assert!(status.success(), "{stderr}");
 
     let spans = read_spans(&out);
-    let servers: HashMap<&str, &SpanRecord> = spans
-        .iter()
-        .filter(|s| s.service == "go_fanout" && s.kind == SPAN_KIND_SERVER)
-        .map(|s| (s.span_id.as_str(), s))
-        .collect();
-    let clients: Vec<&SpanRecord> = spans
-        .iter()
-        .filter(|s| {
-            s.service == "go_fanout"
-                && s.kind == SPAN_KIND_CLIENT
-                && path_of(s).is_some_and(|p| p.starts_with("/back/"))
-        })
-        .collect();
+    let parents = fanout::parents(&spans, "go_fanout", "/front/", "/back/");
     let calls = CONNECTIONS * requests;
     assert!(
-        clients.len() * 10 >= calls * 9,
+        parents.calls * 10 >= calls * 9,
         "{} client spans for {calls} calls\n{stderr}",
-        clients.len()
+        parents.calls
     );
-    let correct = clients
-        .iter()
-        .filter(|c| {
-            servers.get(c.parent_span_id.as_str()).is_some_and(|p| {
-                path_of(p).is_some_and(|p| p.starts_with("/front/"))
-                    && id_of(p) == id_of(c)
-                    && p.trace_id == c.trace_id
-            })
-        })
-        .count();
     Run {
-        share: correct as f64 / clients.len() as f64,
-        clients: clients.len(),
+        share: parents.right,
+        clients: parents.calls,
         metrics,
         stderr,
     }
