@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Guard;
+use crate::{Agent, Guard, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, read_spans};
 
 /// Runs a command that must succeed (its stderr in the panic otherwise).
 pub fn run(args: &[&str]) {
@@ -154,4 +154,73 @@ impl Drop for NamespacePair {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
     }
+}
+
+/// What one agent run saw of the calls between the namespaces.
+pub struct Calls {
+    /// Client spans to the service address.
+    pub clients: Vec<SpanRecord>,
+    /// Server spans of calls from the client's address as the server sees it.
+    pub servers: Vec<SpanRecord>,
+    /// The agent's `/metrics` after the calls.
+    pub metrics: String,
+}
+
+/// Runs the agent (`run --output-dir dir/name` and `args`) while `call(i)` makes calls
+/// `0..calls` (each must answer 200), then stops it: the spans of exactly those calls, client
+/// spans to `service` and server spans whose `client.address` is `client_seen`.
+pub fn calls_under_agent(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    calls: usize,
+    (service, client_seen): (&str, &str),
+    mut call: impl FnMut(usize) -> String,
+) -> Calls {
+    let out = dir.join(name);
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--output-dir"]).arg(&out).args(args);
+    let agent = Agent::start(cmd, dir, name);
+    for i in 0..calls {
+        assert_eq!(call(i), "200", "{name}: call {i} to {service}");
+    }
+    // The counters reach /metrics once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = agent.metrics();
+    let (status, stderr) = agent.stop(Duration::from_secs(30));
+    assert!(status.success(), "{name}: {stderr}");
+    let spans = read_spans(&out);
+    let attr = |s: &SpanRecord, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
+    let clients: Vec<SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_CLIENT && attr(s, "server.address") == service)
+        .cloned()
+        .collect();
+    let servers: Vec<SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SPAN_KIND_SERVER && attr(s, "client.address") == client_seen)
+        .cloned()
+        .collect();
+    assert_eq!(
+        clients.len(),
+        calls,
+        "{name}: client spans\n{spans:#?}\n{stderr}"
+    );
+    assert_eq!(
+        servers.len(),
+        calls,
+        "{name}: server spans from {client_seen}\n{spans:#?}\n{stderr}"
+    );
+    Calls {
+        clients,
+        servers,
+        metrics,
+    }
+}
+
+/// The value of one series (name and labels, as `/metrics` writes them); panics when absent.
+pub fn series(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }

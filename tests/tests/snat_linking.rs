@@ -10,11 +10,12 @@
 //! with same-host linking off leave every server span without a parent, so the link is the
 //! same-host builder's.
 
-use std::{collections::HashMap, path::Path, process::Command, time::Duration};
+use std::{collections::HashMap, path::Path};
 
 use loupe_tests::{
-    Agent, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, netns::NamespacePair,
-    read_spans, require_root, workload,
+    SpanRecord,
+    netns::{self, NamespacePair, series as metric},
+    require_root, workload,
 };
 
 /// Where the client calls: an address that exists only as a DNAT rule.
@@ -70,62 +71,21 @@ fn url(user: usize) -> String {
     format!("http://{SERVICE}/api/users/{user}")
 }
 
-/// Runs the agent with `extra` arguments while the client makes CALLS calls: the client and
-/// server spans of those calls, and the agent's metrics text at the end.
+/// The CALLS calls under an agent with the TCP option off and `extra` arguments. The server
+/// spans are those from SNAT_ADDR: the server sees the rewritten source, proof that the SNAT
+/// rule applied.
 fn calls_under_agent(
     ns: &NamespacePair,
     dir: &Path,
     name: &str,
     extra: &[&str],
 ) -> (Vec<SpanRecord>, Vec<SpanRecord>, String) {
-    let out = dir.join(name);
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--tcp-context=false", "--output-dir"])
-        .arg(&out)
-        .args(extra);
-    let agent = Agent::start(cmd, dir, name);
-    for user in 0..CALLS {
-        assert_eq!(
-            ns.curl(&url(user), &[]),
-            "200",
-            "{name}: the call through DNAT and SNAT"
-        );
-    }
-    // The counters reach /metrics once a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    let metrics = agent.metrics();
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{name}: {stderr}");
-    let spans = read_spans(&out);
-    let attr = |s: &SpanRecord, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
-    let clients: Vec<SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SPAN_KIND_CLIENT && attr(s, "server.address") == SERVICE)
-        .cloned()
-        .collect();
-    // The server sees the rewritten source: proof that the SNAT rule applied.
-    let servers: Vec<SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SPAN_KIND_SERVER && attr(s, "client.address") == SNAT_ADDR)
-        .cloned()
-        .collect();
-    assert_eq!(
-        clients.len(),
-        CALLS,
-        "{name}: client spans\n{spans:#?}\n{stderr}"
-    );
-    assert_eq!(
-        servers.len(),
-        CALLS,
-        "{name}: server spans (from {SNAT_ADDR})\n{spans:#?}\n{stderr}"
-    );
-    (clients, servers, metrics)
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    let mut args = vec!["--tcp-context=false"];
+    args.extend_from_slice(extra);
+    let calls = netns::calls_under_agent(dir, name, &args, CALLS, (SERVICE, SNAT_ADDR), |i| {
+        ns.curl(&url(i), &[])
+    });
+    (calls.clients, calls.servers, calls.metrics)
 }
 
 #[test]

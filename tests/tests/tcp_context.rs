@@ -23,7 +23,8 @@ use std::{
 };
 
 use loupe_tests::{
-    Agent, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin, netns::NamespacePair,
+    Agent, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord, agent_bin,
+    netns::{self, NamespacePair, series as metric},
     read_spans, require_root,
 };
 
@@ -67,8 +68,6 @@ fn url() -> String {
     format!("http://{SERVICE}/api/users/7")
 }
 
-/// Runs the agent with `extra` arguments while the client makes CALLS calls (with `headers`):
-/// the spans of those calls, client and server side, and the agent's metrics text at the end.
 fn calls_under_agent(
     ns: &NamespacePair,
     dir: &std::path::Path,
@@ -76,51 +75,10 @@ fn calls_under_agent(
     extra: &[&str],
     headers: &[&str],
 ) -> (Vec<SpanRecord>, Vec<SpanRecord>, String) {
-    let out = dir.join(name);
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--output-dir"]).arg(&out).args(extra);
-    let agent = Agent::start(cmd, dir, name);
-    for _ in 0..CALLS {
-        assert_eq!(
-            ns.curl(&url(), headers),
-            "200",
-            "{name}: the call through DNAT"
-        );
-    }
-    // The counters reach /metrics once a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    let metrics = loupe_tests::http_get_raw(agent.port, "/metrics");
-    let (status, stderr) = agent.stop(Duration::from_secs(30));
-    assert!(status.success(), "{name}: {stderr}");
-    let spans = read_spans(&out);
-    let attr = |s: &SpanRecord, k: &str| s.attributes.get(k).cloned().unwrap_or_default();
-    let clients: Vec<SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SPAN_KIND_CLIENT && attr(s, "server.address") == SERVICE)
-        .cloned()
-        .collect();
-    let servers: Vec<SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SPAN_KIND_SERVER && attr(s, "client.address") == CLIENT_ADDR)
-        .cloned()
-        .collect();
-    assert_eq!(
-        clients.len(),
-        CALLS,
-        "{name}: client spans\n{spans:#?}\n{stderr}"
-    );
-    assert_eq!(
-        servers.len(),
-        CALLS,
-        "{name}: server spans\n{spans:#?}\n{stderr}"
-    );
-    (clients, servers, metrics)
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    let calls = netns::calls_under_agent(dir, name, extra, CALLS, (SERVICE, CLIENT_ADDR), |_| {
+        ns.curl(&url(), headers)
+    });
+    (calls.clients, calls.servers, calls.metrics)
 }
 
 #[test]
