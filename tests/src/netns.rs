@@ -114,6 +114,24 @@ impl NamespacePair {
         run(&args);
     }
 
+    /// kube-proxy's ClusterIP rule: TCP to `service` port 80 goes to `to` (`addr:port`).
+    pub fn dnat(&self, service: &str, to: &str) {
+        let service = format!("{service}/32");
+        self.nat_rule(&[
+            "OUTPUT",
+            "-d",
+            &service,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to,
+        ]);
+    }
+
     /// `curl` in the client's namespace, with `headers`: the HTTP status (empty when no answer).
     pub fn curl(&self, url: &str, headers: &[&str]) -> String {
         let mut cmd = Command::new("ip");

@@ -35,21 +35,7 @@ const CALLS: usize = 4;
 fn namespaces() -> NamespacePair {
     let ns = NamespacePair::create("sn", CLIENT_ADDR, SERVER_ADDR);
     ns.add_client_address(&format!("{SNAT_ADDR}/32"));
-    let to_server = format!("{SERVER_ADDR}:{SERVER_PORT}");
-    let service = format!("{SERVICE}/32");
-    ns.nat_rule(&[
-        "OUTPUT",
-        "-d",
-        &service,
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &to_server,
-    ]);
+    ns.dnat(SERVICE, &format!("{SERVER_ADDR}:{SERVER_PORT}"));
     let to_source = format!("{SNAT_ADDR}:{}-{}", SNAT_PORTS.start(), SNAT_PORTS.end());
     let dev = ns.client_dev.clone();
     ns.nat_rule(&[

@@ -45,21 +45,7 @@ const CALLS: usize = 3;
 /// The two namespaces, with the service address DNAT'ed to the server (kube-proxy's rule).
 fn namespaces() -> NamespacePair {
     let ns = NamespacePair::create("tc", CLIENT_ADDR, SERVER_ADDR);
-    let to_server = format!("{SERVER_ADDR}:{SERVER_PORT}");
-    let service = format!("{SERVICE}/32");
-    ns.nat_rule(&[
-        "OUTPUT",
-        "-d",
-        &service,
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &to_server,
-    ]);
+    ns.dnat(SERVICE, &format!("{SERVER_ADDR}:{SERVER_PORT}"));
     ns
 }
 
