@@ -190,7 +190,6 @@ impl Core {
             self.ctx.server_request(key, req, self.now)
         {
             self.linked.push((client, req));
-            self.m.parents[0].inc();
             self.m.same_host_link(by);
             SpanContext {
                 trace_id,
@@ -316,7 +315,6 @@ impl Core {
             ClientLink::Registered => key,
             ClientLink::ServerWaiting(server, by) => {
                 // The server request read first and waited: it gets its parent now.
-                self.m.parents[0].inc();
                 self.m.same_host_link(by);
                 self.reparents.push((server, ctx.trace_id, ctx.span_id));
                 self.linked.push((req, server));

@@ -185,8 +185,10 @@ impl Metrics {
         }
     }
 
-    /// A same-host pair was linked by `by`.
+    /// A server span got its parent from its client on this host: counted as such among the
+    /// server parents, and by the key that linked the two.
     pub(super) fn same_host_link(&self, by: LinkedBy) {
+        self.parents[0].inc();
         self.same_host_links[match by {
             LinkedBy::Isn => 0,
             LinkedBy::Address => 1,
