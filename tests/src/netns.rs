@@ -108,8 +108,16 @@ impl NamespacePair {
     /// Appends `rule` (`CHAIN match... -j TARGET ...`) to the nat table in the client's
     /// namespace.
     pub fn nat_rule(&self, rule: &[&str]) {
-        let mut args = vec!["ip", "netns", "exec", &self.client, "iptables", "-t", "nat"];
-        args.push("-A");
+        let mut args = vec![
+            "ip",
+            "netns",
+            "exec",
+            &self.client,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+        ];
         args.extend_from_slice(rule);
         run(&args);
     }

@@ -37,6 +37,7 @@ pub(super) fn build_initramfs(
         "tmp",
         "root",
         "run",
+        "var",
         "usr/sbin",
         "loupe/workloads",
     ] {
@@ -118,28 +119,15 @@ pub(super) fn build_initramfs(
     )?;
     // iptables' extensions (the DNAT target, the tcp match), which it opens at run time.
     let xtables = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
-    std::fs::create_dir_all(stage.join(xtables.strip_prefix("/")?))?;
-    for entry in std::fs::read_dir(xtables).with_context(|| format!("{}", xtables.display()))? {
-        let path = entry?.path();
-        if let Some(name) = path.file_name() {
-            copy(&path, &stage.join(xtables.strip_prefix("/")?).join(name))?;
-        }
-    }
+    copy_files(xtables, &stage.join(xtables.strip_prefix("/")?))?;
     // /var/run is where older iproute2 and iptables keep their namespaces and lock.
-    std::os::unix::fs::symlink("../run", stage.join("var/run")).or_else(|_| {
-        std::fs::create_dir_all(stage.join("var"))?;
-        std::os::unix::fs::symlink("../run", stage.join("var/run"))
-    })?;
+    std::os::unix::fs::symlink("../run", stage.join("var/run"))?;
     // Each kernel's modules, under its release: init loads the running kernel's.
     for kernel in kernels {
-        let dest = stage.join("lib/modules").join(&kernel.release);
-        std::fs::create_dir_all(&dest)?;
-        for entry in std::fs::read_dir(&kernel.modules)? {
-            let path = entry?.path();
-            if let Some(name) = path.file_name() {
-                copy(&path, &dest.join(name))?;
-            }
-        }
+        copy_files(
+            &kernel.modules,
+            &stage.join("lib/modules").join(&kernel.release),
+        )?;
     }
     let mut libraries = Vec::new();
     for (from, to, strip) in &binaries {
@@ -215,6 +203,18 @@ pub(super) fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::copy(from, to)
         .map(|_| ())
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+}
+
+/// Copies every file of the directory `from` into `to` (created).
+fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("{}", from.display()))? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            copy(&path, &to.join(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// The shared libraries and the dynamic loader `binary` needs, as `ldd` resolves them.

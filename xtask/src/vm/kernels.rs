@@ -286,9 +286,14 @@ fn keep_modules(tree: &Path, out: &Path) -> anyhow::Result<()> {
         .rev()
         .map(|m| (m.to_string(), false))
         .collect();
-    // Depth first: a module is written after its dependencies (`true`: they are done).
+    // Depth first: a module is read (and written out) once, and takes its place in the order
+    // after its dependencies (`true`: they are done).
     while let Some((name, deps_done)) = todo.pop() {
         if order.contains(&name) || builtin.contains(&name) {
+            continue;
+        }
+        if deps_done {
+            order.push(name);
             continue;
         }
         let Some(path) = files.get(&name) else {
@@ -298,11 +303,7 @@ fn keep_modules(tree: &Path, out: &Path) -> anyhow::Result<()> {
             bail!("no module {name} (neither built in nor in the package)");
         };
         let bytes = decompressed(path)?;
-        if deps_done {
-            std::fs::write(out.join(format!("{name}.ko")), &bytes)?;
-            order.push(name);
-            continue;
-        }
+        std::fs::write(out.join(format!("{name}.ko")), &bytes)?;
         todo.push((name, true));
         for dep in module_depends(&bytes).into_iter().rev() {
             if !order.contains(&dep) {
