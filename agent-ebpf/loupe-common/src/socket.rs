@@ -324,7 +324,7 @@ pub const LOG_RATE_ENTRIES: u32 = 8 * 1024;
 ///
 /// A read on a server connection makes the thread serve the connection's current request
 /// (a new one unless the connection's last data was a read); a write on that connection ends
-/// it. Reading the response of a call made for a request still unanswered makes the thread
+/// it (the entry stays, emptied: [`ThreadRequest::end`]). Reading the response of a call made for a request still unanswered makes the thread
 /// serve that request (an async runtime resumes its handler there). So a thread-per-request
 /// server has exactly its request, and a thread that interleaves connections (an async
 /// runtime) has the one whose bytes it read last. CPU samples of the
@@ -344,6 +344,16 @@ pub struct ThreadRequest {
     /// With in-band propagation: the server span's context, which the client requests the
     /// thread makes meanwhile are children of.
     pub ctx: SpanCtx,
+}
+
+impl ThreadRequest {
+    /// The request got its response: the thread's entry stays, for its next request, and says
+    /// no request (`conn_id` and `request_ns` 0; connection ids are never 0).
+    pub fn end(&mut self) {
+        self.conn_id = 0;
+        self.request_ns = 0;
+        self.sampled = 0;
+    }
 }
 
 /// Processes whose server requests in flight are counted at once (`PROCESS_REQUESTS`, LRU).

@@ -163,6 +163,13 @@ pub(crate) fn tracked_ref(pid_tgid: u64, fd: u64) -> Option<&'static ConnState> 
     Some(unsafe { &*state })
 }
 
+/// [`tracked_ref`] for a caller that also updates the connection (its request state): one
+/// lookup serves the reads and the writes of the whole event.
+#[inline(always)]
+pub(crate) fn tracked_mut(pid_tgid: u64, fd: u64) -> Option<*mut ConnState> {
+    CONNECTIONS.get_ptr_mut(conn_key(pid_tgid, fd)?)
+}
+
 /// Whether connections of this process are tracked at all.
 #[inline(always)]
 pub(crate) fn wanted(pid: u32, config: &SocketConfig) -> bool {
@@ -667,6 +674,9 @@ fn conn_gone(pid_tgid: u64, state: &ConnState) {
     if state.role == role::SERVER && state.last_direction == direction::INGRESS {
         process_request_ended(pid_tgid);
     }
+    if state.role == role::CLIENT {
+        requests::client_closed(state);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,8 +804,8 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
-    match tracked_ref(pid_tgid, args.fd as u32 as u64) {
-        Some(state) => moved(pid_tgid, &args, ret, state),
+    match tracked_mut(pid_tgid, args.fd as u32 as u64) {
+        Some(conn) => moved(pid_tgid, &args, ret, conn),
         // A write to stdout or stderr, saved at sys_enter as one.
         None if log_write(pid_tgid, args.fd as u32 as u64, args.direction) => {
             logged(pid_tgid, &args, ret)
@@ -869,25 +879,35 @@ fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
 /// emit what moved, unless a TLS library call made it (then its bytes are ciphertext, and the
 /// library's probes send the plaintext: see tls.rs).
 #[inline(always)]
-fn moved(pid_tgid: u64, args: &SyscallArgs, ret: i64, state: &ConnState) -> Result<(), i64> {
-    if config().is_some_and(|c| c.tls != 0)
-        && crate::tls::inside_call(pid_tgid, args.fd, state.conn_id)
-    {
+pub(crate) fn moved(
+    pid_tgid: u64,
+    args: &SyscallArgs,
+    ret: i64,
+    conn: *mut ConnState,
+) -> Result<(), i64> {
+    // SAFETY: the caller got the pointer from a successful CONNECTIONS lookup; one field read.
+    let conn_id = unsafe { (*conn).conn_id };
+    if config().is_some_and(|c| c.tls != 0) && crate::tls::inside_call(pid_tgid, args.fd, conn_id) {
         return Ok(());
     }
-    moved_bytes(pid_tgid, args, ret, state, 0)
+    moved_bytes(pid_tgid, args, ret, conn, 0)
 }
 
-/// Emits `ret` (> 0) bytes described by `args` on the tracked connection `state`, with
-/// `extra_flags` (`flags::PLAINTEXT` from the TLS probes) on the event.
+/// Emits `ret` (> 0) bytes described by `args` on the tracked connection `conn` (the map value
+/// from [`tracked_mut`]), with `extra_flags` (`flags::PLAINTEXT` from the TLS probes) on the
+/// event.
 #[inline(always)]
 pub(crate) fn moved_bytes(
     pid_tgid: u64,
     args: &SyscallArgs,
     ret: i64,
-    state: &ConnState,
+    conn: *mut ConnState,
     extra_flags: u32,
 ) -> Result<(), i64> {
+    // SAFETY: the pointer comes from a successful CONNECTIONS lookup (see tracked_ref: the value
+    // stays valid while the program runs). The fields read through `state` (role, ids, tuple)
+    // are set at open and not changed; the request state is read and written through `conn`.
+    let state = unsafe { &*conn };
     let config = config().ok_or(0)?;
     let ts = now();
     let event = SOCKET_EVENT_SCRATCH.get_ptr_mut(0).ok_or(0)?;
@@ -896,10 +916,19 @@ pub(crate) fn moved_bytes(
     let ctx = unsafe { &mut (*event).header.ctx };
     *ctx = SpanCtx::default();
     let (request_ns, event_flags) = if state.role == role::SERVER && config.track_requests != 0 {
-        server_request(pid_tgid, args.fd, state, args.direction, ts, config, ctx)
+        server_request(
+            pid_tgid,
+            args.fd,
+            state,
+            conn,
+            args.direction,
+            ts,
+            config,
+            ctx,
+        )
     } else if state.role == role::CLIENT && config.propagate != 0 {
         if args.direction == direction::INGRESS {
-            client_received(pid_tgid, args.fd as u32 as u64);
+            client_received(pid_tgid, conn);
             (0, 0)
         } else if state.last_direction == direction::EGRESS && state.ctx.span_id != [0; 8] {
             // The context client_sending gave this request before its bytes left.

@@ -7,7 +7,8 @@
 //!   while this program is attached ask for the header-option callbacks; every segment sent while
 //!   the entry exists reserves 26 bytes of option space and carries
 //!   `{kind 25, len 26, trace id, span id}` (the layout OpenTelemetry eBPF Instrumentation uses).
-//!   `client_received` removes the entry when the response starts coming in.
+//!   `client_received` zeroes the entry's span id when the response starts coming in (the entry
+//!   stays for the connection's next request, updated in place; the close removes it).
 //! - Server side: accepted connections ask for a callback on segments with an option the kernel
 //!   does not know; one carrying kind 25 from a trusted peer (`TRUSTED_PEERS`) is kept in
 //!   `TCP_CTX_IN` under the server socket's tuple, and the next server request read on that
@@ -79,7 +80,11 @@ fn try_tcp_context(ctx: &SockOpsContext) -> Result<(), i64> {
         }
         HDR_OPT_LEN_CB => {
             let tuple = tuple(ctx).ok_or(0)?;
-            if TCP_CTX_OUT.get_ptr(&tuple).is_some() {
+            // SAFETY: the pointer comes from a successful lookup; one field is read.
+            let sending = TCP_CTX_OUT
+                .get_ptr(&tuple)
+                .is_some_and(|out| unsafe { (*out).span_id } != [0; 8]);
+            if sending {
                 // SAFETY: the context pointer is the program's own argument.
                 let rc = unsafe { bpf_reserve_hdr_opt(ctx.ops, OPTION_LEN, 0) };
                 // Called without a segment too (to size the MSS); count real segments only.
@@ -96,6 +101,10 @@ fn try_tcp_context(ctx: &SockOpsContext) -> Result<(), i64> {
             };
             // SAFETY: the pointer comes from a successful lookup; the fields are copied out.
             let out = unsafe { *out };
+            // Between requests (the response came) the entry stays with a zero span id.
+            if out.span_id == [0; 8] {
+                return Ok(());
+            }
             let option = TcpTraceOption {
                 kind: TCP_OPTION_KIND,
                 len: OPTION_LEN as u8,

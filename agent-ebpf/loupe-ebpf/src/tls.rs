@@ -35,7 +35,7 @@ use loupe_common::socket::{
 };
 
 use crate::goroutines;
-use crate::sockets::{config, count, moved_bytes, now, tracked_ref, wanted};
+use crate::sockets::{config, count, moved_bytes, now, tracked_mut, wanted};
 
 /// TLS calls in flight, by thread.
 #[map]
@@ -219,7 +219,7 @@ fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
             }
         }
     };
-    let Some(state) = tracked_ref(pid_tgid, fd as u32 as u64) else {
+    let Some(conn) = tracked_mut(pid_tgid, fd as u32 as u64) else {
         return Ok(());
     };
     let args = SyscallArgs {
@@ -230,7 +230,7 @@ fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
         count: 0,
         direction: call.direction,
     };
-    moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
+    moved_bytes(pid_tgid, &args, moved, conn, flags::PLAINTEXT)
 }
 
 /// `crypto/tls.(*Conn).Write(c, b []byte) (int, error)`: `c` in RAX, `b`'s data and length in
@@ -264,7 +264,7 @@ fn go_enter(ctx: &ProbeContext, data_direction: u32) -> Result<(), i64> {
     };
     let fd = go_conn_fd(conn).unwrap_or(-1);
     let state = if fd >= 0 {
-        tracked_ref(pid_tgid, fd as u32 as u64)
+        tracked_mut(pid_tgid, fd as u32 as u64)
     } else {
         None
     };
@@ -275,7 +275,8 @@ fn go_enter(ctx: &ProbeContext, data_direction: u32) -> Result<(), i64> {
         start_ns: now(),
         direction: data_direction,
         fd,
-        conn_id: state.map_or(0, |s| s.conn_id),
+        // SAFETY: the pointer comes from a successful lookup; one field is read.
+        conn_id: state.map_or(0, |s| unsafe { (*s).conn_id }),
     };
     // A function whose stack must grow runs its entry twice: the second write is the same.
     // LRU: a full map forgets the least recently used call. A write's entry outlives the call
@@ -291,7 +292,7 @@ fn go_enter(ctx: &ProbeContext, data_direction: u32) -> Result<(), i64> {
     if moved <= 0 {
         return Ok(());
     }
-    let Some(state) = state else {
+    let Some(conn) = state else {
         if fd < 0 {
             count(counter::TLS_NO_SOCKET);
         }
@@ -305,7 +306,7 @@ fn go_enter(ctx: &ProbeContext, data_direction: u32) -> Result<(), i64> {
         count: 0,
         direction: data_direction,
     };
-    moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
+    moved_bytes(pid_tgid, &args, moved, conn, flags::PLAINTEXT)
 }
 
 /// A return instruction of `(*Conn).Read`: the byte count in RAX.
@@ -331,7 +332,7 @@ fn try_go_return(ctx: &ProbeContext) -> Result<(), i64> {
         count(counter::TLS_NO_SOCKET);
         return Ok(());
     }
-    let Some(state) = tracked_ref(pid_tgid, call.fd as u32 as u64) else {
+    let Some(conn) = tracked_mut(pid_tgid, call.fd as u32 as u64) else {
         return Ok(());
     };
     let args = SyscallArgs {
@@ -342,7 +343,7 @@ fn try_go_return(ctx: &ProbeContext) -> Result<(), i64> {
         count: 0,
         direction: call.direction,
     };
-    moved_bytes(pid_tgid, &args, moved, state, flags::PLAINTEXT)
+    moved_bytes(pid_tgid, &args, moved, conn, flags::PLAINTEXT)
 }
 
 /// The file descriptor behind a `*tls.Conn`: its `conn` field (an interface, first in the

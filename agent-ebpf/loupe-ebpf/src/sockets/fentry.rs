@@ -149,7 +149,7 @@ pub(super) fn fexit_data(
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = regs_arg(regs, 0, config)?;
     // The common case, an fd that is no tracked socket (nor a log write), stops here.
-    let state = tracked_ref(pid_tgid, fd);
+    let state = tracked_mut(pid_tgid, fd);
     if state.is_none() && !log_write(pid_tgid, fd, data_direction) {
         return Ok(());
     }

@@ -30,17 +30,19 @@ pub(super) static CLIENT_PARENTS: LruHashMap<u64, ClientParent> =
 /// A request read by two goroutines (net/http's background reader takes the first byte of the
 /// next request, the connection's goroutine the rest) is one request: the connection keeps the
 /// context its first read got until a write (`ConnState::ctx`, `last_direction`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn server_request(
     pid_tgid: u64,
     fd: i32,
     state: &ConnState,
+    conn: *mut ConnState,
     data_direction: u32,
     ts: u64,
     config: &SocketConfig,
     ctx: &mut SpanCtx,
 ) -> (u64, u32) {
-    let conn = conn_key(pid_tgid, fd as u64).and_then(|k| CONNECTIONS.get_ptr_mut(k));
+    let conn = Some(conn);
     let Some(goroutine) = goroutines::current(pid_tgid) else {
         return thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx);
     };
@@ -106,10 +108,15 @@ pub(super) fn thread_request(
     let ctx_flag = if config.propagate != 0 { flags::CTX } else { 0 };
     // SAFETY: the pointer comes from a successful CONNECTIONS lookup; see client_sending.
     let open = conn.is_some_and(|c| unsafe { (*c).last_direction == direction::INGRESS });
-    let current = THREAD_REQUESTS.get_ptr(pid_tgid).and_then(|r| {
-        // SAFETY: the pointer comes from a successful lookup; read in place.
-        let r = unsafe { &*r };
-        (r.conn_id == state.conn_id).then_some(r)
+    // The thread's entry, live or ended: it is updated in place (a map update or delete per
+    // request cost more than the rest of the bookkeeping).
+    let entry = THREAD_REQUESTS.get_ptr_mut(pid_tgid);
+    let current = entry.and_then(|r| {
+        // SAFETY: the pointer comes from a successful lookup; read in place. Only programs
+        // running for this thread touch its entry (and the profiler's sample flag, which
+        // cannot run while a socket program runs on this CPU).
+        let r = unsafe { &mut *r };
+        (r.conn_id == state.conn_id && r.conn_id != 0).then_some(r)
     });
     if data_direction == direction::INGRESS {
         if let Some(r) = current
@@ -143,8 +150,14 @@ pub(super) fn thread_request(
             fd: fd as u32,
             ctx: *ctx,
         };
-        // LRU: a full map forgets the least recently used thread.
-        let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
+        match entry {
+            // SAFETY: as above.
+            Some(e) => unsafe { *e = r },
+            // LRU: a full map forgets the least recently used thread.
+            None => {
+                let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
+            }
+        }
         return (ts, ctx_flag | from_peer);
     }
     if open && let Some(c) = conn {
@@ -156,7 +169,8 @@ pub(super) fn thread_request(
         Some(r) => {
             let (request_ns, sampled) = (r.request_ns, r.sampled);
             *ctx = r.ctx;
-            let _ = THREAD_REQUESTS.remove(pid_tgid);
+            // Ended: the entry stays for the thread's next request, with no request in it.
+            r.end();
             let f = if sampled != 0 {
                 flags::REQUEST_SAMPLED
             } else {
@@ -247,7 +261,7 @@ pub(super) fn thread_parent(pid_tgid: u64) -> Option<(SpanCtx, u32, u64, u64)> {
     if let Some(r) = THREAD_REQUESTS.get_ptr(pid_tgid) {
         // SAFETY: the pointer comes from a successful lookup; the value is copied out.
         let r = unsafe { *r };
-        if request_live(pid_tgid, r.fd, r.conn_id, &r.ctx.span_id) {
+        if r.conn_id != 0 && request_live(pid_tgid, r.fd, r.conn_id, &r.ctx.span_id) {
             count(counter::THREAD_CLIENT_OWN);
             return Some((r.ctx, r.fd, r.conn_id, r.request_ns));
         }
@@ -344,20 +358,61 @@ pub(super) fn client_sending(pid_tgid: u64, state: *mut ConnState) {
                     fd,
                     _pad: 0,
                 };
-                // LRU: a full map forgets the least recently used connection's parent.
-                let _ = CLIENT_PARENTS.insert(state.conn_id, parent, 0);
+                match CLIENT_PARENTS.get_ptr_mut(state.conn_id) {
+                    // SAFETY: the pointer comes from a successful lookup; the entry is this
+                    // connection's, written by the thread sending on it.
+                    Some(p) => unsafe { *p = parent },
+                    // LRU: a full map forgets the least recently used connection's parent.
+                    None => {
+                        let _ = CLIENT_PARENTS.insert(state.conn_id, parent, 0);
+                    }
+                }
             } else {
-                let _ = CLIENT_PARENTS.remove(state.conn_id);
+                forget_client_parent(state.conn_id);
             }
         }
         _ => {
             ctx.trace_id = new_trace_id();
-            let _ = CLIENT_PARENTS.remove(state.conn_id);
+            forget_client_parent(state.conn_id);
         }
     }
     state.ctx = ctx;
-    // LRU: a full map forgets the least recently used connection's context.
-    let _ = TCP_CTX_OUT.insert(&state.tuple, &ctx, 0);
+    match TCP_CTX_OUT.get_ptr_mut(&state.tuple) {
+        // The connection's entry from its last request (idle since its response). Written in
+        // place: the span id last, which the sockops program checks first; a segment of this
+        // socket sent on another CPU in the instant between the stores could carry the new
+        // trace id with a zero span id, which the program does not write.
+        // SAFETY: the pointer comes from a successful lookup; plain stores into the value.
+        Some(out) => unsafe {
+            (*out).span_id = [0; 8];
+            (*out).trace_id = ctx.trace_id;
+            (*out).parent_id = ctx.parent_id;
+            core::ptr::write_volatile(&raw mut (*out).span_id, ctx.span_id);
+        },
+        // LRU: a full map forgets the least recently used connection's context.
+        None => {
+            let _ = TCP_CTX_OUT.insert(&state.tuple, &ctx, 0);
+        }
+    }
+}
+
+/// The client connection `conn_id`'s next request belongs to no known server request. Looked
+/// up first: most connections never had a parent (a map delete that finds nothing costs more
+/// than a lookup).
+#[inline(always)]
+fn forget_client_parent(conn_id: u64) {
+    if CLIENT_PARENTS.get_ptr(conn_id).is_some() {
+        let _ = CLIENT_PARENTS.remove(conn_id);
+    }
+}
+
+/// A tracked client connection closes: its in-band context and its parent go with it.
+#[inline(always)]
+pub(super) fn client_closed(state: &ConnState) {
+    if config().is_some_and(|c| c.propagate != 0) {
+        let _ = TCP_CTX_OUT.remove(&state.tuple);
+        forget_client_parent(state.conn_id);
+    }
 }
 
 /// A client connection received data: its request's response is coming, so its segments stop
@@ -371,17 +426,17 @@ pub(super) fn client_sending(pid_tgid: u64, state: *mut ConnState) {
 /// so the worker's samples join the request's span. After the process-wide rule the timestamp
 /// is not known (0): those samples stay untagged rather than take a guess.
 #[inline(always)]
-pub(super) fn client_received(pid_tgid: u64, fd: u64) {
-    let Some(key) = conn_key(pid_tgid, fd) else {
-        return;
-    };
-    let Some(state) = CONNECTIONS.get_ptr_mut(key) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup; see client_sending.
-    let state = unsafe { &mut *state };
+pub(super) fn client_received(pid_tgid: u64, conn: *mut ConnState) {
+    // SAFETY: the caller got the pointer from a successful CONNECTIONS lookup; see
+    // client_sending.
+    let state = unsafe { &mut *conn };
     if state.last_direction == direction::EGRESS && state.ctx.span_id != [0; 8] {
-        let _ = TCP_CTX_OUT.remove(&state.tuple);
+        if let Some(out) = TCP_CTX_OUT.get_ptr_mut(&state.tuple) {
+            // The entry stays for the connection's next request (see client_sending); a zero
+            // span id stops the option.
+            // SAFETY: the pointer comes from a successful lookup; one plain store.
+            unsafe { core::ptr::write_volatile(&raw mut (*out).span_id, [0; 8]) };
+        }
         // SAFETY: the pointer comes from a successful lookup; the value is copied out.
         let parent = CLIENT_PARENTS.get_ptr(state.conn_id).map(|p| unsafe { *p });
         // SAFETY: the pointer comes from a successful lookup; two fields are read in place.
