@@ -1,7 +1,8 @@
 //! Socket capture for network spans, in two interchangeable sets of programs over the same maps:
 //! syscall tracepoints (the baseline every kernel has) and, where BTF trampolines work, fentry/fexit
 //! on the syscalls' entry points (cheaper; `fentry.rs`). Userspace attaches one set. Which request
-//! each thread, connection and process works for (trace context) is kept in `requests.rs`.
+//! each thread, connection and process works for (trace context) is kept in `requests.rs`; writes
+//! to stdout and stderr become LOG events in `logs.rs`; `copy.rs` copies the bytes moved.
 //!
 //! accept/accept4 and connect exits start tracking a TCP connection, keyed by (pid, fd), and announce
 //! it with an OPEN event carrying its addresses and initial sequence numbers, read from the kernel's
@@ -13,8 +14,13 @@
 //! 512-byte BPF stack) and copied into the ring buffer at their real size; OPEN and CLOSE events are
 //! reserved in place. iovec gathers go through a second per-CPU scratch buffer.
 
+mod copy;
 mod fentry;
+mod logs;
 mod requests;
+
+use copy::{bounded, copy_buffer, copy_iovecs, copy_msghdr};
+use logs::{log_write, logged};
 
 pub use requests::THREAD_REQUESTS;
 use requests::{client_received, client_sending, process_request_ended, server_request};
@@ -56,12 +62,6 @@ const EINPROGRESS: i64 = 115;
 /// `sk_state` values (include/net/tcp_states.h): a socket in these has not heard from its peer.
 const TCP_SYN_SENT: u8 = 2;
 const TCP_CLOSE: u8 = 7;
-/// iovec entries copied from at most (readv/writev/recvmsg/sendmsg). gRPC's C core writes a
-/// header block as one iovec per name and value: its first request on a connection takes about
-/// 25, its responses with trailers about 14.
-const MAX_IOVECS: u64 = 32;
-/// Mask keeping a length or offset below MAX_CAPTURE_BYTES, in a form the verifier tracks.
-const CAPTURE_MASK: u64 = MAX_CAPTURE_BYTES as u64 - 1;
 
 #[map]
 static SOCKET_CONFIG: Array<SocketConfig> = Array::with_max_entries(1, 0);
@@ -85,12 +85,6 @@ static SOCKET_ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(ARGS_E
 #[map]
 static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where iovec pieces are gathered: twice the capture size, so a masked offset plus a masked length
-/// always fits, which the verifier can check.
-#[map]
-static SOCKET_SCRATCH: PerCpuArray<[u8; 2 * MAX_CAPTURE_BYTES]> =
-    PerCpuArray::with_max_entries(1, 0);
-
 /// Where a DATA event is put together before it is copied into the ring buffer at its real size
 /// (a reservation would have to be of the constant, largest size). Programs run with migration
 /// off and finish before another socket program can run on this CPU (tracepoints run with
@@ -100,24 +94,6 @@ static SOCKET_EVENT_SCRATCH: PerCpuArray<SocketEvent> = PerCpuArray::with_max_en
 
 #[map]
 static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_EVENT_RING_BYTES, 0);
-
-/// Log writes per process in the current second, keyed by pid.
-#[map]
-static LOG_RATES: LruHashMap<u32, LogRate> = LruHashMap::with_max_entries(LOG_RATE_ENTRIES, 0);
-
-/// The fds whose writes are log lines when they are no tracked connection.
-const STDOUT: u64 = 1;
-const STDERR: u64 = 2;
-/// One second in nanoseconds: the window of the log rate limit.
-const SECOND_NS: u64 = 1_000_000_000;
-
-/// A user-space `struct iovec`.
-#[repr(C)]
-#[derive(Copy, Clone)]
-struct Iovec {
-    base: u64,
-    len: u64,
-}
 
 #[inline(always)]
 pub(crate) fn count(index: u32) {
@@ -815,66 +791,6 @@ fn try_exit_data(ctx: &TracePointContext, buffer_kind: u32) -> Result<(), i64> {
     }
 }
 
-/// Whether a data syscall on `fd` (no tracked connection) is a log write to capture: a write to
-/// stdout or stderr of a traced process, with log capture on.
-#[inline(always)]
-fn log_write(pid_tgid: u64, fd: u64, data_direction: u32) -> bool {
-    if (fd != STDOUT && fd != STDERR) || data_direction != direction::EGRESS {
-        return false;
-    }
-    match config() {
-        Some(config) => config.capture_logs != 0 && wanted((pid_tgid >> 32) as u32, config),
-        None => false,
-    }
-}
-
-/// A log write described by `args` moved `ret` (> 0) bytes: emit a LOG event, within the
-/// process's rate.
-#[inline(always)]
-fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), i64> {
-    let pid = (pid_tgid >> 32) as u32;
-    let config = config().ok_or(0)?;
-    let ts = now();
-    match LOG_RATES.get_ptr_mut(pid) {
-        Some(rate) => {
-            // SAFETY: the pointer comes from a successful lookup. Threads of one process on two
-            // CPUs may race here; the limit is then off by a write or two, which is harmless.
-            let rate = unsafe { &mut *rate };
-            if ts.wrapping_sub(rate.window_start_ns) >= SECOND_NS {
-                rate.window_start_ns = ts;
-                rate.writes = 0;
-            }
-            if rate.writes >= u64::from(config.log_writes_per_sec) {
-                count(counter::LOG_WRITES_LIMITED);
-                return Ok(());
-            }
-            rate.writes += 1;
-        }
-        None => {
-            let rate = LogRate {
-                window_start_ns: ts,
-                writes: 1,
-            };
-            let _ = LOG_RATES.insert(pid, rate, 0);
-        }
-    }
-    if let Some(event) = SOCKET_EVENT_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: this CPU's scratch event; a log write has no context.
-        unsafe { (*event).header.ctx = SpanCtx::default() };
-    }
-    let no_tuple = ConnTuple::default();
-    let out = Outgoing {
-        kind: kind::LOG,
-        role: 0,
-        conn_id: 0,
-        tuple: &no_tuple,
-        request_ns: 0,
-        flags: 0,
-        timestamp_ns: ts,
-    };
-    emit_data(pid_tgid, args, ret, &out, config)
-}
-
 /// A data syscall described by `args` moved `ret` (> 0) bytes on the tracked connection `state`:
 /// emit what moved, unless a TLS library call made it (then its bytes are ciphertext, and the
 /// library's probes send the plaintext: see tls.rs).
@@ -1049,95 +965,4 @@ fn data_submit_flags(len: usize) -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }
-}
-
-/// `want` (1..=MAX_CAPTURE_BYTES) rewritten so the verifier sees that bound.
-#[inline(always)]
-fn bounded(want: u64) -> u64 {
-    ((want - 1) & CAPTURE_MASK) + 1
-}
-
-/// Copies the first `want` bytes (1..=MAX_CAPTURE_BYTES) of a user buffer into `dst` (a
-/// MAX_CAPTURE_BYTES area); returns the bytes copied.
-#[inline(always)]
-fn copy_buffer(dst: *mut u8, src: u64, want: u64) -> u32 {
-    let n = bounded(want);
-    // SAFETY: `dst` has room for MAX_CAPTURE_BYTES ≥ n bytes; the helper checks `src`.
-    let ret = unsafe { read_user_raw(dst as *mut c_void, n as u32, src as *const c_void) };
-    if ret != 0 {
-        count(counter::READ_FAILED);
-        return 0;
-    }
-    n as u32
-}
-
-/// recvmsg/sendmsg: the iovec array and its length sit at offsets 16 and 24 of `user_msghdr`.
-#[inline(always)]
-fn copy_msghdr(dst: *mut u8, msg: u64, want: u64) -> u32 {
-    // SAFETY: bpf_probe_read_user copes with any address.
-    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
-    // SAFETY: as above.
-    let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
-    match (iov, iovlen) {
-        (Ok(iov), Ok(iovlen)) => copy_iovecs(dst, iov, iovlen, want),
-        _ => {
-            count(counter::READ_FAILED);
-            0
-        }
-    }
-}
-
-/// Gathers the first `want` bytes (1..=MAX_CAPTURE_BYTES) from up to MAX_IOVECS iovecs into the
-/// per-CPU scratch buffer, then copies them to `dst`; returns the bytes copied.
-#[inline(always)]
-fn copy_iovecs(dst: *mut u8, iov: u64, iovcnt: u64, want: u64) -> u32 {
-    let Some(scratch) = SOCKET_SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    let scratch = scratch as *mut u8;
-    let mut off: u64 = 0;
-    for i in 0..MAX_IOVECS {
-        if i >= iovcnt || off >= want {
-            break;
-        }
-        // SAFETY: bpf_probe_read_user copes with any address.
-        let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
-            count(counter::READ_FAILED);
-            break;
-        };
-        let chunk = v.len.min(want - off);
-        if chunk == 0 {
-            continue;
-        }
-        // Offset below MAX_CAPTURE_BYTES and length at most MAX_CAPTURE_BYTES: inside the scratch
-        // buffer of twice that size. The masks are applied to values passed through black_box, so
-        // the compiler cannot compute them before the helper call above and spill them: verifiers
-        // before 6.x forget a spilled scalar's bounds and reject the pointer arithmetic.
-        let at = core::hint::black_box(off) & CAPTURE_MASK;
-        let n = bounded(core::hint::black_box(chunk));
-        // SAFETY: scratch + at .. + n lies within the 2 * MAX_CAPTURE_BYTES scratch value.
-        let ret = unsafe {
-            read_user_raw(
-                scratch.add(at as usize) as *mut c_void,
-                n as u32,
-                v.base as *const c_void,
-            )
-        };
-        if ret != 0 {
-            count(counter::READ_FAILED);
-            break;
-        }
-        off += chunk;
-    }
-    if off == 0 {
-        return 0;
-    }
-    let n = bounded(off);
-    // SAFETY: `dst` has room for MAX_CAPTURE_BYTES ≥ n bytes, and scratch holds at least n.
-    let ret = unsafe { read_kernel_raw(dst as *mut c_void, n as u32, scratch as *const c_void) };
-    if ret != 0 {
-        count(counter::READ_FAILED);
-        return 0;
-    }
-    n as u32
 }
