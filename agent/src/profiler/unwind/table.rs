@@ -176,6 +176,13 @@ pub fn build(elf: &[u8]) -> Result<Table, TableError> {
     if eh_frame.is_empty() && debug_frame.is_empty() {
         return Err(TableError::NoCfi);
     }
+    // Room for every row the sections can describe, reserved at once: a vector grown by
+    // doubling held its old and new buffers together, three times the rows' size at the peak (the
+    // agent's own resident memory; a large library's table is tens of MB). Capacity never
+    // written is address space only, and `compact` gives it back.
+    builder
+        .rows
+        .reserve(row_bound(eh_frame.len() + debug_frame.len()));
 
     if !eh_frame.is_empty() {
         let mut section = EhFrame::new(eh_frame, LittleEndian);
@@ -198,6 +205,14 @@ pub fn build(elf: &[u8]) -> Result<Table, TableError> {
     }
     let rows = compact(builder.rows, &mut stats);
     Ok(Table { rows, stats })
+}
+
+/// Rows that `cfi_bytes` of call frame information give at most in practice: a row after an
+/// FDE's first takes an advance instruction and a rule change (two bytes at least), and an FDE
+/// of one row and its end row 20 bytes or more. A section that packs more (advances alone)
+/// only makes the vector grow.
+fn row_bound(cfi_bytes: usize) -> usize {
+    cfi_bytes / 2
 }
 
 /// The row in force at `pc`: the last row whose `pc` is at or below it, `None` below the first.
