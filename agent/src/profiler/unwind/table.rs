@@ -179,7 +179,7 @@ pub fn build(elf: &[u8]) -> Result<Table, TableError> {
     // Room for every row the sections can describe, reserved at once: a vector grown by
     // doubling held its old and new buffers together, three times the rows' size at the peak (the
     // agent's own resident memory; a large library's table is tens of MB). Capacity never
-    // written is address space only, and `compact` gives it back.
+    // written is address space only.
     builder
         .rows
         .reserve(row_bound(eh_frame.len() + debug_frame.len()));
@@ -539,8 +539,9 @@ fn compact(mut rows: Vec<UnwindRow>, stats: &mut TableStats) -> Vec<UnwindRow> {
             kept += 1;
         }
     }
+    // Not shrunk: the rows are copied into the BPF array and dropped, and shrinking would copy
+    // them once more, with both buffers held at once.
     rows.truncate(kept);
-    rows.shrink_to_fit();
     stats.rows = rows.len() as u64;
     rows
 }
