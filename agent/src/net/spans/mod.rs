@@ -67,7 +67,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use loupe_collector::profile::SpanLabel;
 use loupe_collector::telemetry::Registry;
 use loupe_collector::traces::proto::common::InstrumentationScope;
-use loupe_collector::traces::{ResourceBatch, SpanData, TraceBatch};
+use loupe_collector::traces::{ResourceBatch, SpanData, Text, TraceBatch};
 use loupe_common::socket::{COMM_BYTES, SocketEventHeader, TcpIsns, direction, flags, kind, role};
 use loupe_protocols::detect::{Protocol, classify};
 use loupe_protocols::{Direction, End, Flow, Role, http1, http2, mysql, redis};
@@ -229,6 +229,7 @@ struct Core {
     ctx: TraceContexts,
     processes: ProcessCache,
     addr_names: attrs::AddrNames,
+    routes: attrs::RouteNames,
     red: RedMetrics,
     m: Metrics,
     finished: Vec<Finished>,
@@ -311,6 +312,7 @@ impl SpanBuilder {
                     map: HashMap::new(),
                 },
                 addr_names: attrs::AddrNames::default(),
+                routes: attrs::RouteNames::default(),
                 red,
                 m: Metrics::new(registry),
                 finished: Vec::new(),
@@ -761,8 +763,12 @@ impl SpanBuilder {
     }
 
     fn apply_reparents(&mut self) {
-        let reparents = std::mem::take(&mut self.core.reparents);
-        for ((conn_id, req_id), trace_id, parent) in reparents {
+        if self.core.reparents.is_empty() && self.core.linked.is_empty() {
+            return;
+        }
+        // Taken out for the loop and put back empty, so that its buffer is kept.
+        let mut reparents = std::mem::take(&mut self.core.reparents);
+        for ((conn_id, req_id), trace_id, parent) in reparents.drain(..) {
             let Some(p) = self.conns.get_mut(&conn_id).and_then(|c| c.get_mut(req_id)) else {
                 // Finished already: it lingers for exactly this.
                 let core = &mut self.core;
@@ -781,6 +787,7 @@ impl SpanBuilder {
                 .ctx
                 .reparent_serving(p.tid, (conn_id, req_id), trace_id);
         }
+        self.core.reparents = reparents;
         // The server cannot have read a request before its client began sending it, but the two
         // ends are timed by different syscalls (a write is timed by its end on the fexit path,
         // and the reader can wake before the writer returns): a client span never starts after

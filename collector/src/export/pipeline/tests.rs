@@ -413,7 +413,7 @@ mod spans {
                             span_id: [2; 8],
                             parent_span_id: None,
                             trace_state: String::new(),
-                            name: format!("{tag}{pid}-{i}"),
+                            name: format!("{tag}{pid}-{i}").into(),
                             kind: SpanKind::Server,
                             start_time_unix_nano: 1,
                             end_time_unix_nano: 2,
@@ -430,7 +430,7 @@ mod spans {
         b.resources
             .iter()
             .flat_map(|r| &r.spans)
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
             .collect()
     }
 
