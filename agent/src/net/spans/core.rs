@@ -715,7 +715,9 @@ impl Core {
             self.m.drop(DropReason::BufferFull, 1);
             return;
         }
-        self.finished.push(finished);
+        // Its memory, counted now while it is at hand, for the export queue's byte bound.
+        let bytes = finished.span.approx_bytes();
+        self.finished.push((finished, bytes));
     }
 }
 

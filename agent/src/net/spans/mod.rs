@@ -232,7 +232,8 @@ struct Core {
     routes: attrs::RouteNames,
     red: RedMetrics,
     m: Metrics,
-    finished: Vec<Finished>,
+    /// Each with its [`SpanData::approx_bytes`].
+    finished: Vec<(Finished, usize)>,
     /// In the order they finished (so the oldest is first).
     lingering: Lingerers,
     /// Latest event time (monotonic ns).
@@ -454,6 +455,14 @@ impl SpanBuilder {
 
     /// Up to `max` finished spans, grouped by process; `None` when none.
     pub fn take_batch(&mut self, max: usize) -> Option<TraceBatch> {
+        self.take_sized_batch(max).map(|(batch, _)| batch)
+    }
+
+    /// [`SpanBuilder::take_batch`] with the batch's [`SignalBatch::approx_bytes`], tallied as
+    /// its spans finished (walking a thousand spans again at submission cost more).
+    ///
+    /// [`SignalBatch::approx_bytes`]: loupe_collector::export::SignalBatch::approx_bytes
+    pub fn take_sized_batch(&mut self, max: usize) -> Option<(TraceBatch, u64)> {
         if self.core.finished.is_empty() {
             return None;
         }
@@ -461,11 +470,12 @@ impl SpanBuilder {
         // Spans per process first, so that each process's list is allocated once.
         // (its batch in `out` once made, its spans)
         let mut by_pid: HashMap<u32, (Option<usize>, usize)> = HashMap::new();
-        for f in &self.core.finished[..n] {
+        for (f, _) in &self.core.finished[..n] {
             by_pid.entry(f.pid).or_default().1 += 1;
         }
         let mut out: Vec<ResourceBatch> = Vec::with_capacity(by_pid.len());
-        for f in self.core.finished.drain(..n) {
+        let mut bytes = 0usize;
+        for (f, span_bytes) in self.core.finished.drain(..n) {
             let (slot, count) = by_pid.entry(f.pid).or_insert((None, 1));
             let i = *slot.get_or_insert_with(|| {
                 out.push(ResourceBatch {
@@ -476,8 +486,10 @@ impl SpanBuilder {
                 out.len() - 1
             });
             out[i].spans.push(f.span);
+            bytes += span_bytes;
         }
-        Some(TraceBatch { resources: out })
+        bytes += out.capacity() * std::mem::size_of::<ResourceBatch>();
+        Some((TraceBatch { resources: out }, bytes as u64))
     }
 
     /// The event stream ended: requests still waiting are counted as dropped.
