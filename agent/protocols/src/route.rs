@@ -22,11 +22,21 @@ pub const ID: &str = "{id}";
 /// Infers a route from a request target (origin-form `/a/b?q`, absolute-form `http://h/a`,
 /// `*`, or authority-form `host:port`, which has no path and yields `/`).
 pub fn infer_route(target: &str) -> String {
+    let mut out = String::new();
+    infer_route_into(target, &mut out);
+    out
+}
+
+/// [`infer_route`] written into `out` (cleared first), so that a caller reusing one buffer
+/// makes no allocation.
+pub fn infer_route_into(target: &str, out: &mut String) {
+    out.clear();
     let path = path_of(target);
     if path == "*" {
-        return "*".to_string();
+        out.push('*');
+        return;
     }
-    let mut out = String::with_capacity(path.len().min(MAX_ROUTE_LEN) + 4);
+    out.reserve(path.len().min(MAX_ROUTE_LEN) + 4);
     let mut segments = 0usize;
     let mut cut = false;
     // `split('/')` on "/a/b" yields "", "a", "b": the leading empty item is the root.
@@ -49,7 +59,6 @@ pub fn infer_route(target: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
 }
 
 /// The path part of a request target, without query or fragment.
@@ -164,6 +173,15 @@ mod tests {
         for p in ["/users/42/orders/9f1c2e7a", "/a/b/c", "/x/{id}"] {
             let once = infer_route(p);
             assert_eq!(infer_route(&once), once);
+        }
+    }
+
+    #[test]
+    fn into_a_reused_buffer() {
+        let mut buf = String::from("/left/over/from/before");
+        for t in ["/users/42?x=1", "*", "host:443", "/a/b/c", ""] {
+            infer_route_into(t, &mut buf);
+            assert_eq!(buf, infer_route(t), "{t}");
         }
     }
 }

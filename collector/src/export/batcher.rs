@@ -108,6 +108,17 @@ impl<B: Grouped> Batcher<B> for Accumulator<B> {
     fn add(&mut self, incoming: Arc<B>, batching: Batching, now: Instant, ready: &mut Vec<Arc<B>>) {
         let max = batching.max_items.max(1);
         match Arc::try_unwrap(incoming) {
+            Ok(owned) if self.items == 0 && Self::adoptable(&owned, max) => {
+                // Nothing waits: the batch is taken whole, its items not moved one by one.
+                let count = owned.groups().iter().map(|g| B::items(g).len()).sum();
+                if count >= max {
+                    ready.push(Arc::new(owned));
+                } else {
+                    self.batch = owned;
+                    self.items = count;
+                    self.since = Some(now);
+                }
+            }
             Ok(owned) => {
                 for group in owned.into_groups() {
                     let (resource, scope, items) = B::into_parts(group);
@@ -144,6 +155,29 @@ impl<B: Grouped> Batcher<B> for Accumulator<B> {
 }
 
 impl<B: Grouped> Accumulator<B> {
+    /// Whether `batch` is already what accumulating it into an empty accumulator would make:
+    /// at most `max` items, no empty group, no two groups of the same resource and scope.
+    fn adoptable(batch: &B, max: usize) -> bool {
+        let groups = batch.groups();
+        let mut count = 0usize;
+        for (i, g) in groups.iter().enumerate() {
+            let n = B::items(g).len();
+            if n == 0 {
+                return false;
+            }
+            count += n;
+            let (r, s) = B::key(g);
+            let same = |other: &B::Group| {
+                let (r2, s2) = B::key(other);
+                (Arc::ptr_eq(r, r2) || r == r2) && (Arc::ptr_eq(s, s2) || s == s2)
+            };
+            if groups.get(..i).unwrap_or_default().iter().any(same) {
+                return false;
+            }
+        }
+        count > 0 && count <= max
+    }
+
     /// Adds the items of one (resource, scope), handing `max` at a time to `ready`.
     fn add_items(
         &mut self,

@@ -268,11 +268,21 @@ impl<B: SignalBatch> Submitter<B> {
     /// drops it, counted; returns true only if every sink accepted it. Batches without items
     /// are ignored by signals that accumulate (spans, logs).
     pub fn try_submit(&self, batch: Arc<B>) -> bool {
+        if batch.item_count() == 0 && <B::Batcher as Batcher<B>>::SKIPS_EMPTY {
+            return true;
+        }
+        let bytes = batch.approx_bytes();
+        self.try_submit_sized(batch, bytes)
+    }
+
+    /// [`Submitter::try_submit`] for a producer that tallied the batch's
+    /// [`SignalBatch::approx_bytes`] as it made it (`bytes`), so that the batch is not walked
+    /// again here.
+    pub fn try_submit_sized(&self, batch: Arc<B>, bytes: u64) -> bool {
         let items = batch.item_count();
         if items == 0 && <B::Batcher as Batcher<B>>::SKIPS_EMPTY {
             return true;
         }
-        let bytes = batch.approx_bytes();
         let mut all = true;
         // The last lane gets the caller's reference itself, so that with one sink the lane holds
         // the only one and can take the items instead of copying them.

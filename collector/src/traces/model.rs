@@ -48,6 +48,13 @@ impl Text {
     }
 }
 
+impl Text {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        self
+    }
+}
+
 impl std::ops::Deref for Text {
     type Target = str;
 
@@ -63,6 +70,18 @@ impl std::ops::Deref for Text {
 impl PartialEq for Text {
     fn eq(&self, other: &Text) -> bool {
         **self == **other
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        &**self == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
     }
 }
 
@@ -126,7 +145,8 @@ pub struct SpanData {
     pub parent_span_id: Option<[u8; 8]>,
     /// W3C `tracestate`, empty when none.
     pub trace_state: String,
-    pub name: String,
+    /// Shared when many spans carry it (a route's `GET /users/{id}`).
+    pub name: Text,
     pub kind: SpanKind,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
@@ -161,7 +181,7 @@ impl SpanData {
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.trace_state.capacity()
-            + self.name.capacity()
+            + self.name.owned_bytes()
             + Attribute::list_bytes(&self.attributes)
             + self.error.as_ref().map_or(0, String::capacity)
     }
@@ -173,7 +193,7 @@ impl SpanData {
             span_id: self.span_id.to_vec(),
             trace_state: self.trace_state.clone(),
             parent_span_id: self.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-            name: self.name.clone(),
+            name: self.name.to_string(),
             kind: self.kind as i32,
             start_time_unix_nano: self.start_time_unix_nano,
             end_time_unix_nano: self.end_time_unix_nano,

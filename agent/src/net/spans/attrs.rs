@@ -87,6 +87,92 @@ impl AddrNames {
     }
 }
 
+/// The `http.route` and span name of server requests, made once per route and method and
+/// shared by every span that carries them: inferring the route into a new string and formatting
+/// the name for every span were a good part of the builder's allocations. Bounded: past
+/// [`RouteNames::MAX`] routes it starts over.
+#[derive(Debug, Default)]
+pub struct RouteNames {
+    /// The route of the current target, inferred in place.
+    scratch: String,
+    map: HashMap<Box<str>, RouteName>,
+}
+
+#[derive(Debug)]
+struct RouteName {
+    route: Arc<str>,
+    /// `{method} {route}` by the name's method (`HTTP` for non-standard ones).
+    names: Vec<(&'static str, Arc<str>)>,
+}
+
+impl RouteNames {
+    pub const MAX: usize = 1024;
+
+    /// The route inferred from `target` and the span name `{method} {route}`.
+    pub fn get(&mut self, method: &'static str, target: &str) -> (Arc<str>, Arc<str>) {
+        loupe_protocols::route::infer_route_into(target, &mut self.scratch);
+        if !self.map.contains_key(self.scratch.as_str()) && self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        let entry = match self.map.get_mut(self.scratch.as_str()) {
+            Some(e) => e,
+            None => self
+                .map
+                .entry(self.scratch.as_str().into())
+                .or_insert_with(|| RouteName {
+                    route: self.scratch.as_str().into(),
+                    names: Vec::new(),
+                }),
+        };
+        let name = match entry.names.iter().find(|(m, _)| *m == method) {
+            Some((_, name)) => name.clone(),
+            None => {
+                let name: Arc<str> = format!("{method} {}", entry.route).into();
+                entry.names.push((method, name.clone()));
+                name
+            }
+        };
+        (entry.route.clone(), name)
+    }
+}
+
+/// A status code or port as text without allocating (`"200"`): RED labels, `error.type`.
+#[derive(Debug, Clone, Copy)]
+pub struct Decimal {
+    digits: [u8; 5],
+    start: u8,
+}
+
+impl Decimal {
+    pub fn new(code: u16) -> Self {
+        let mut digits = [b'0'; 5];
+        let mut n = code;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            if let Some(d) = digits.get_mut(start) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || start == 0 {
+                break;
+            }
+        }
+        Self {
+            digits,
+            start: start as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        let digits = self
+            .digits
+            .get(usize::from(self.start)..)
+            .unwrap_or_default();
+        std::str::from_utf8(digits).unwrap_or_default()
+    }
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -150,29 +236,38 @@ pub fn url_full(
         return Some(cut(t, MAX_URL_LEN).to_owned());
     }
     let path = url_path(target).filter(|p| p.starts_with('/'))?;
-    let authority = match host
+    let host = host
         .map(str::trim)
-        .filter(|h| !h.is_empty() && h.len() <= 255)
-    {
-        Some(h) => h.to_owned(),
-        None => {
-            let (addr, port) = remote?;
-            let addr = if addr.contains(':') {
-                format!("[{addr}]")
-            } else {
-                addr.to_owned()
-            };
-            if port == if tls { 443 } else { 80 } {
-                addr
-            } else {
-                format!("{addr}:{port}")
-            }
-        }
+        .filter(|h| !h.is_empty() && h.len() <= 255);
+    let remote = match host {
+        Some(_) => None,
+        None => Some(remote?),
     };
     let scheme = if tls { "https" } else { "http" };
-    let mut url = format!("{scheme}://{authority}{path}");
+    // Written in one string (this runs for every client span): `{scheme}://{authority}{path}`.
+    let mut url = String::with_capacity(scheme.len() + 3 + host.map_or(48, str::len) + path.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    if let Some(h) = host {
+        url.push_str(h);
+    } else if let Some((addr, port)) = remote {
+        let v6 = addr.contains(':');
+        if v6 {
+            url.push('[');
+        }
+        url.push_str(addr);
+        if v6 {
+            url.push(']');
+        }
+        if port != if tls { 443 } else { 80 } {
+            url.push(':');
+            url.push_str(Decimal::new(port).as_str());
+        }
+    }
+    url.push_str(path);
     if url.len() > MAX_URL_LEN {
-        url = cut(&url, MAX_URL_LEN).to_owned();
+        let keep = cut(&url, MAX_URL_LEN).len();
+        url.truncate(keep);
     }
     Some(url)
 }
@@ -318,6 +413,29 @@ fn is_join_word(t: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0u16, 7, 10, 200, 404, 999, 8080, 65535] {
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn route_names_are_shared() {
+        let mut r = RouteNames::default();
+        let (route, name) = r.get("GET", "/users/42?x=1");
+        assert_eq!((&*route, &*name), ("/users/{id}", "GET /users/{id}"));
+        let (route2, name2) = r.get("GET", "/users/7");
+        assert!(Arc::ptr_eq(&route, &route2) && Arc::ptr_eq(&name, &name2));
+        let (_, post) = r.get("POST", "/users/7");
+        assert_eq!(&*post, "POST /users/{id}");
+        for i in 0..RouteNames::MAX + 10 {
+            r.get("GET", &format!("/r{i}"));
+        }
+        assert!(r.map.len() <= RouteNames::MAX);
+        assert_eq!(&*r.get("HTTP", "*").1, "HTTP *");
+    }
 
     #[test]
     fn addresses() {

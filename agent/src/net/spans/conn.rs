@@ -113,16 +113,16 @@ pub struct HttpRequest {
 }
 
 impl HttpRequest {
-    pub fn from_head(head: &http1::RequestHead) -> Self {
+    /// The request of a parsed head, its strings moved (cut to their limits).
+    pub fn from_head(head: http1::RequestHead) -> Self {
         Self {
-            method: head.method.clone(),
-            target: cut(&head.target, MAX_URL_LEN).to_owned(),
-            host: head.headers.host.as_deref().map(|h| cut(h, 255).to_owned()),
+            method: head.method,
+            target: cut_owned(head.target, MAX_URL_LEN),
+            host: head.headers.host.map(|h| cut_owned(h, 255)),
             user_agent: head
                 .headers
                 .user_agent
-                .as_deref()
-                .map(|u| cut(u, MAX_USER_AGENT_LEN).to_owned()),
+                .map(|u| cut_owned(u, MAX_USER_AGENT_LEN)),
             version: head.version.as_str(),
             status: None,
             maybe_grpc: false,
@@ -150,6 +150,16 @@ impl HttpRequest {
             + self.host.as_ref().map_or(0, String::len)
             + self.user_agent.as_ref().map_or(0, String::len)
     }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, keeping no more heap than that.
+fn cut_owned(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let keep = cut(&s, max).len();
+        s.truncate(keep);
+        s.shrink_to_fit();
+    }
+    s
 }
 
 /// A gRPC call (an HTTP/2 stream whose content-type is `application/grpc`).

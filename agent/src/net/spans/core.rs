@@ -91,8 +91,7 @@ impl Core {
         ev: &mut ParserEvents,
     ) {
         if !ev.http.is_empty() {
-            self.on_http(conn_id, conn, &ev.http, chunk);
-            ev.http.clear();
+            self.on_http(conn_id, conn, &mut ev.http, chunk);
         }
         if !ev.http2.is_empty() {
             self.on_http2(conn_id, conn, &ev.http2, chunk);
@@ -420,23 +419,23 @@ impl Core {
         }
     }
 
+    /// Handles (and takes) the HTTP/1.x parser's events of one chunk.
     pub(super) fn on_http(
         &mut self,
         conn_id: u64,
         conn: &mut Conn,
-        events: &[http1::Event],
+        events: &mut Vec<http1::Event>,
         chunk: Option<Chunk>,
     ) {
-        for ev in events {
+        for ev in events.drain(..) {
             match ev {
-                http1::Event::RequestStart { id, head } => {
+                http1::Event::RequestStart { id, mut head } => {
                     let opened = conn.c2s_open.take().or(chunk);
-                    let context = (
-                        head.headers.traceparent.as_deref(),
-                        head.headers.tracestate.as_deref(),
-                    );
+                    let traceparent = head.headers.traceparent.take();
+                    let tracestate = head.headers.tracestate.take();
+                    let context = (traceparent.as_deref(), tracestate.as_deref());
                     let request = Request::Http(HttpRequest::from_head(head));
-                    self.open_request(conn_id, conn, *id, opened, context, request);
+                    self.open_request(conn_id, conn, id, opened, context, request);
                 }
                 http1::Event::ResponseStart {
                     request_id: Some(id),
@@ -445,7 +444,7 @@ impl Core {
                     if let Some(Pending {
                         request: Request::Http(h),
                         ..
-                    }) = conn.get_mut(*id)
+                    }) = conn.get_mut(id)
                     {
                         h.status = Some(head.status);
                     }
@@ -455,7 +454,7 @@ impl Core {
                 } => self.m.drop(DropReason::UnpairedResponse, 1),
                 http1::Event::SwitchedToHttp2 { request_id } => {
                     // The 101 is not the answer: stream 1's HTTP/2 response is.
-                    conn.upgraded_from = *request_id;
+                    conn.upgraded_from = request_id;
                     if let Some(Pending {
                         request: Request::Http(h),
                         ..
@@ -475,9 +474,9 @@ impl Core {
                     end,
                     ..
                 } => {
-                    let Some(p) = conn.take(*id) else { continue };
+                    let Some(p) = conn.take(id) else { continue };
                     let answered = matches!(&p.request, Request::Http(h) if h.status.is_some());
-                    let end_ns = Self::end_time(conn, chunk, *end).unwrap_or(p.start_ns);
+                    let end_ns = Self::end_time(conn, chunk, end).unwrap_or(p.start_ns);
                     self.close_request(conn_id, conn, p, answered, end_ns, |core, conn, p, end| {
                         core.http_span(conn, p, end)
                     });
@@ -685,7 +684,7 @@ impl Core {
         &mut self,
         pid: u32,
         p: &Pending,
-        name: &str,
+        name: &Text,
     ) -> Option<String> {
         if p.request_ns == 0 {
             return None;
@@ -693,7 +692,10 @@ impl Core {
         let label = SpanLabel {
             trace_id: p.ctx.trace_id,
             span_id: p.ctx.span_id,
-            name: name.into(),
+            name: match name {
+                Text::Shared(name) => name.clone(),
+                other => Arc::from(&**other),
+            },
         };
         let id = label.span_id_hex();
         if self.publishing {
@@ -713,7 +715,9 @@ impl Core {
             self.m.drop(DropReason::BufferFull, 1);
             return;
         }
-        self.finished.push(finished);
+        // Its memory, counted now while it is at hand, for the export queue's byte bound.
+        let bytes = finished.span.approx_bytes();
+        self.finished.push((finished, bytes));
     }
 }
 

@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use loupe_collector::traces::{SpanData, SpanKind, Text};
 use loupe_protocols::http1::Method;
-use loupe_protocols::route::infer_route;
 use loupe_protocols::sanitize::{sanitize_sql, sql_operation};
 use loupe_protocols::{Role, mysql, redis};
 
@@ -159,11 +158,10 @@ fn server_ends(a: &mut Attrs, local: &ConnEnd, remote: &ConnEnd) {
 /// A client span's `server.address`/`server.port` (the host the request named, `Host` or
 /// `:authority`, else the remote end) and `network.peer.*`; returns the server address (the
 /// RED peer label).
-fn server_address(a: &mut Attrs, host: Option<&str>, remote: &ConnEnd) -> Text {
+fn server_address<'a>(a: &mut Attrs, host: Option<&'a str>, remote: &'a ConnEnd) -> &'a str {
     let address = match (host.and_then(attrs::split_host), remote) {
         (Some((host, port)), _) => {
-            let host = Text::from(host.to_owned());
-            a.str("server.address", host.clone());
+            a.str("server.address", host.to_owned());
             if let Some(port) = port.or(remote.as_ref().map(|r| r.1)) {
                 a.int("server.port", i64::from(port));
             }
@@ -172,9 +170,9 @@ fn server_address(a: &mut Attrs, host: Option<&str>, remote: &ConnEnd) -> Text {
         (None, Some((addr, port))) => {
             a.str("server.address", addr.clone());
             a.int("server.port", i64::from(*port));
-            Text::from(addr)
+            addr
         }
-        (None, None) => Text::Static(""),
+        (None, None) => "",
     };
     if let Some((addr, port)) = remote {
         a.str("network.peer.address", addr.clone());
@@ -191,7 +189,7 @@ impl Core {
     fn span(
         &self,
         p: &Pending,
-        name: String,
+        name: Text,
         kind: SpanKind,
         end_ns: u64,
         attributes: Attrs,
@@ -216,12 +214,17 @@ impl Core {
     }
 
     /// The span of a finished HTTP request (RED metrics are recorded here); the caller queues it.
-    pub(super) fn http_span(&mut self, conn: &Conn, p: Pending, end_ns: u64) -> Option<Finished> {
-        let Request::Http(h) = &p.request else {
+    pub(super) fn http_span(
+        &mut self,
+        conn: &Conn,
+        mut p: Pending,
+        end_ns: u64,
+    ) -> Option<Finished> {
+        let Request::Http(h) = &mut p.request else {
             return None;
         };
         let status = h.status.unwrap_or(0);
-        let status_text = status.to_string();
+        let status_text = attrs::Decimal::new(status);
         let method = h.method.semconv();
         let name_method = if method == "_OTHER" { "HTTP" } else { method };
         let process = self.process(conn.pid);
@@ -237,24 +240,31 @@ impl Core {
         a.str("network.protocol.version", h.version);
         let server = conn.role == Role::Server;
         let error = if server { status >= 500 } else { status >= 400 };
+        // The request is over: its strings move into the span where they fit as they are.
+        let user_agent = h.user_agent.take();
         let name;
         if server {
-            let route = infer_route(&h.target);
-            name = format!("{name_method} {route}");
+            let (route, route_name) = self.routes.get(name_method, &h.target);
+            name = Text::Shared(route_name);
             if let Some(path) = attrs::url_path(&h.target) {
-                a.str("url.path", path.to_owned());
+                let path = if path.len() == h.target.len() {
+                    std::mem::take(&mut h.target)
+                } else {
+                    path.to_owned()
+                };
+                a.str("url.path", path);
             }
             a.str("url.scheme", if conn.plaintext { "https" } else { "http" });
             a.str("http.route", route.clone());
             server_ends(&mut a, &local, &remote);
             self.red
-                .http_server(&process.service, method, &route, &status_text, secs);
+                .http_server(&process.service, method, &route, status_text.as_str(), secs);
             self.m.spans[0].inc();
             if let Some(id) = self.publish_server_span(conn.pid, &p, &name) {
                 a.str("pyroscope.profile.id", id);
             }
         } else {
-            name = name_method.to_owned();
+            name = Text::Static(name_method);
             if let Some(url) = attrs::url_full(
                 &h.target,
                 h.host.as_deref(),
@@ -267,17 +277,17 @@ impl Core {
             self.red.http_client(
                 &process.service,
                 method,
-                &server_address,
-                &status_text,
+                server_address,
+                status_text.as_str(),
                 secs,
             );
             self.m.spans[1].inc();
         }
-        if let Some(ua) = &h.user_agent {
-            a.str("user_agent.original", ua.clone());
+        if let Some(ua) = user_agent {
+            a.str("user_agent.original", ua);
         }
         if error {
-            a.str("error.type", status_text);
+            a.str("error.type", status_text.as_str().to_owned());
         }
         Some(self.request_span(conn, &p, process, name, end_ns, a, error))
     }
@@ -327,9 +337,9 @@ impl Core {
             a.str("error.type", status_text.clone());
         }
         let name = if known {
-            format!("{}/{}", g.service, g.method)
+            Text::Owned(format!("{}/{}", g.service, g.method))
         } else {
-            "grpc".to_owned()
+            Text::Static("grpc")
         };
         let (rpc_service, rpc_method) = if known {
             (g.service.as_str(), g.method.as_str())
@@ -359,7 +369,7 @@ impl Core {
         conn: &Conn,
         p: &Pending,
         process: Arc<ProcessInfo>,
-        name: String,
+        name: Text,
         end_ns: u64,
         attributes: Attrs,
         error: bool,
@@ -422,6 +432,7 @@ impl Core {
             (Some(op), None) => op.clone(),
             (None, _) => system.to_owned(),
         };
+        let name = Text::Owned(name);
         self.red.db_client(
             &process.service,
             system,

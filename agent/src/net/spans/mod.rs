@@ -67,7 +67,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use loupe_collector::profile::SpanLabel;
 use loupe_collector::telemetry::Registry;
 use loupe_collector::traces::proto::common::InstrumentationScope;
-use loupe_collector::traces::{ResourceBatch, SpanData, TraceBatch};
+use loupe_collector::traces::{ResourceBatch, SpanData, Text, TraceBatch};
 use loupe_common::socket::{COMM_BYTES, SocketEventHeader, TcpIsns, direction, flags, kind, role};
 use loupe_protocols::detect::{Protocol, classify};
 use loupe_protocols::{Direction, End, Flow, Role, http1, http2, mysql, redis};
@@ -229,9 +229,11 @@ struct Core {
     ctx: TraceContexts,
     processes: ProcessCache,
     addr_names: attrs::AddrNames,
+    routes: attrs::RouteNames,
     red: RedMetrics,
     m: Metrics,
-    finished: Vec<Finished>,
+    /// Each with its [`SpanData::approx_bytes`].
+    finished: Vec<(Finished, usize)>,
     /// In the order they finished (so the oldest is first).
     lingering: Lingerers,
     /// Latest event time (monotonic ns).
@@ -311,6 +313,7 @@ impl SpanBuilder {
                     map: HashMap::new(),
                 },
                 addr_names: attrs::AddrNames::default(),
+                routes: attrs::RouteNames::default(),
                 red,
                 m: Metrics::new(registry),
                 finished: Vec::new(),
@@ -452,6 +455,14 @@ impl SpanBuilder {
 
     /// Up to `max` finished spans, grouped by process; `None` when none.
     pub fn take_batch(&mut self, max: usize) -> Option<TraceBatch> {
+        self.take_sized_batch(max).map(|(batch, _)| batch)
+    }
+
+    /// [`SpanBuilder::take_batch`] with the batch's [`SignalBatch::approx_bytes`], tallied as
+    /// its spans finished (walking a thousand spans again at submission cost more).
+    ///
+    /// [`SignalBatch::approx_bytes`]: loupe_collector::export::SignalBatch::approx_bytes
+    pub fn take_sized_batch(&mut self, max: usize) -> Option<(TraceBatch, u64)> {
         if self.core.finished.is_empty() {
             return None;
         }
@@ -459,11 +470,12 @@ impl SpanBuilder {
         // Spans per process first, so that each process's list is allocated once.
         // (its batch in `out` once made, its spans)
         let mut by_pid: HashMap<u32, (Option<usize>, usize)> = HashMap::new();
-        for f in &self.core.finished[..n] {
+        for (f, _) in &self.core.finished[..n] {
             by_pid.entry(f.pid).or_default().1 += 1;
         }
         let mut out: Vec<ResourceBatch> = Vec::with_capacity(by_pid.len());
-        for f in self.core.finished.drain(..n) {
+        let mut bytes = 0usize;
+        for (f, span_bytes) in self.core.finished.drain(..n) {
             let (slot, count) = by_pid.entry(f.pid).or_insert((None, 1));
             let i = *slot.get_or_insert_with(|| {
                 out.push(ResourceBatch {
@@ -474,8 +486,10 @@ impl SpanBuilder {
                 out.len() - 1
             });
             out[i].spans.push(f.span);
+            bytes += span_bytes;
         }
-        Some(TraceBatch { resources: out })
+        bytes += out.capacity() * std::mem::size_of::<ResourceBatch>();
+        Some((TraceBatch { resources: out }, bytes as u64))
     }
 
     /// The event stream ended: requests still waiting are counted as dropped.
@@ -761,8 +775,12 @@ impl SpanBuilder {
     }
 
     fn apply_reparents(&mut self) {
-        let reparents = std::mem::take(&mut self.core.reparents);
-        for ((conn_id, req_id), trace_id, parent) in reparents {
+        if self.core.reparents.is_empty() && self.core.linked.is_empty() {
+            return;
+        }
+        // Taken out for the loop and put back empty, so that its buffer is kept.
+        let mut reparents = std::mem::take(&mut self.core.reparents);
+        for ((conn_id, req_id), trace_id, parent) in reparents.drain(..) {
             let Some(p) = self.conns.get_mut(&conn_id).and_then(|c| c.get_mut(req_id)) else {
                 // Finished already: it lingers for exactly this.
                 let core = &mut self.core;
@@ -781,6 +799,7 @@ impl SpanBuilder {
                 .ctx
                 .reparent_serving(p.tid, (conn_id, req_id), trace_id);
         }
+        self.core.reparents = reparents;
         // The server cannot have read a request before its client began sending it, but the two
         // ends are timed by different syscalls (a write is timed by its end on the fexit path,
         // and the reader can wake before the writer returns): a client span never starts after

@@ -13,7 +13,7 @@
 //! database system; values past a cap become [`OVERFLOW`]. Each family also stops at
 //! [`MAX_SERIES`] series, past which every label is [`OVERFLOW`].
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use loupe_collector::telemetry::{DEFAULT_SECONDS_BUCKETS, Histogram, Registry};
 
@@ -89,12 +89,45 @@ impl Family {
 /// Writes the key of a series into `out`: each value as `<length>:<value>`, which no two
 /// different value lists share.
 fn series_key(out: &mut String, values: [&str; 4]) {
-    use std::fmt::Write;
     out.clear();
     for v in values {
-        let _ = write!(out, "{}:", v.len());
+        push_decimal(out, v.len());
+        out.push(':');
         out.push_str(v);
     }
+}
+
+/// Appends `n` in decimal (without `fmt`: this runs for every span).
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(i..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
+}
+
+/// `value` admitted among the values of `owner` (a service), whose set is made on first use:
+/// looked up before inserting, so that a known owner costs no allocation.
+fn admit_for<'a>(
+    map: &mut HashMap<String, Admitted>,
+    owner: &str,
+    value: &'a str,
+    cap: usize,
+) -> &'a str {
+    if let Some(admitted) = map.get_mut(owner) {
+        return admitted.admit(value, cap);
+    }
+    map.entry(owner.to_owned()).or_default().admit(value, cap)
 }
 
 /// The RED histograms and their label caps.
@@ -196,11 +229,7 @@ impl RedMetrics {
         seconds: f64,
     ) {
         let service = self.service(service);
-        let route = self
-            .routes
-            .entry(service.to_owned())
-            .or_default()
-            .admit(route, self.max_routes);
+        let route = admit_for(&mut self.routes, service, route, self.max_routes);
         self.http_server
             .observe(&self.registry, [service, method, route, status], seconds);
     }
@@ -214,11 +243,7 @@ impl RedMetrics {
         seconds: f64,
     ) {
         let service = self.service(service);
-        let peer = self
-            .peers
-            .entry(service.to_owned())
-            .or_default()
-            .admit(peer, self.max_routes);
+        let peer = admit_for(&mut self.peers, service, peer, self.max_routes);
         self.http_client
             .observe(&self.registry, [service, method, peer, status], seconds);
     }
@@ -235,16 +260,13 @@ impl RedMetrics {
         seconds: f64,
     ) {
         let service = self.service(service);
-        let rpc_service = self
-            .rpc_services
-            .entry(service.to_owned())
-            .or_default()
-            .admit(rpc_service, self.max_routes);
-        let method = self
-            .rpc_methods
-            .entry(service.to_owned())
-            .or_default()
-            .admit(method, self.max_routes);
+        let rpc_service = admit_for(
+            &mut self.rpc_services,
+            service,
+            rpc_service,
+            self.max_routes,
+        );
+        let method = admit_for(&mut self.rpc_methods, service, method, self.max_routes);
         let family = if server {
             &mut self.rpc_server
         } else {
@@ -287,6 +309,14 @@ impl RedMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_keys_prefix_each_value_with_its_length() {
+        let mut key = String::new();
+        let long = "x".repeat(123);
+        series_key(&mut key, ["", "abcdefghi", "abcdefghij", &long]);
+        assert_eq!(key, format!("0:9:abcdefghi10:abcdefghij123:{long}"));
+    }
 
     #[test]
     fn routes_are_capped_per_service() {

@@ -80,8 +80,8 @@ fn run(
     mut log_out: Option<LogOut>,
 ) {
     let flush = |b: &mut SpanBuilder| {
-        while let Some(batch) = b.take_batch(MAX_BATCH_SPANS) {
-            if !exporter.try_submit(Arc::new(batch)) {
+        while let Some((batch, bytes)) = b.take_sized_batch(MAX_BATCH_SPANS) {
+            if !exporter.try_submit_sized(Arc::new(batch), bytes) {
                 tracing::debug!("a trace sink's queue was full: spans dropped");
             }
         }

@@ -413,7 +413,7 @@ mod spans {
                             span_id: [2; 8],
                             parent_span_id: None,
                             trace_state: String::new(),
-                            name: format!("{tag}{pid}-{i}"),
+                            name: format!("{tag}{pid}-{i}").into(),
                             kind: SpanKind::Server,
                             start_time_unix_nano: 1,
                             end_time_unix_nano: 2,
@@ -430,7 +430,7 @@ mod spans {
         b.resources
             .iter()
             .flat_map(|r| &r.spans)
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
             .collect()
     }
 
@@ -503,6 +503,28 @@ mod spans {
         assert_eq!(shared.span_count(), 4, "the submitter's batch is untouched");
         let sizes: Vec<u64> = got.iter().map(TraceBatch::span_count).collect();
         assert_eq!(sizes, [3, 1]);
+    }
+
+    /// A batch taken whole into an empty accumulator comes out as merging it item by item
+    /// would make it: groups of one resource and scope merged, items in order.
+    #[tokio::test]
+    async fn a_batch_taken_whole_still_merges_its_groups() {
+        let registry = Registry::new();
+        let batching = Batching {
+            max_items: 100,
+            max_delay: Duration::ZERO,
+        };
+        let (sink, got, _gate) = recorder(batching, 1000);
+        let handle = TraceExporter::spawn(vec![sink], &registry, 8);
+        assert!(handle.try_submit(batch(&[1, 2], 2, "a")));
+        assert!(handle.try_submit(batch(&[3, 3], 1, "b")));
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].resources.len(), 2);
+        assert_eq!(names(&got[0]), ["a1-0", "a1-1", "a2-0", "a2-1"]);
+        assert_eq!(got[1].resources.len(), 1, "same resource and scope merged");
+        assert_eq!(names(&got[1]), ["b3-0", "b3-0"]);
     }
 
     #[tokio::test]

@@ -135,7 +135,7 @@ pub(crate) fn batch(spans: u8) -> TraceBatch {
                     span_id: [i + 1; 8],
                     parent_span_id: None,
                     trace_state: String::new(),
-                    name: format!("GET /{i}"),
+                    name: format!("GET /{i}").into(),
                     kind: SpanKind::Server,
                     start_time_unix_nano: 1_000 + u64::from(i),
                     end_time_unix_nano: 2_000 + u64::from(i),

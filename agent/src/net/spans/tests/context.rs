@@ -660,7 +660,7 @@ fn lingering_spans_are_taken_out_of_order_and_settled_in_order() {
                 span_id: [0; 8],
                 parent_span_id: None,
                 trace_state: String::new(),
-                name: String::new(),
+                name: "".into(),
                 kind: loupe_collector::traces::SpanKind::Server,
                 start_time_unix_nano: 0,
                 end_time_unix_nano: 0,

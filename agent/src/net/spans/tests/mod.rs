@@ -230,7 +230,12 @@ impl Sim {
     fn spans(&mut self) -> Vec<(Vec<KeyValue>, Span)> {
         self.b.settle_lingering(u64::MAX);
         let mut out = Vec::new();
-        while let Some(batch) = self.b.take_batch(3) {
+        while let Some((batch, bytes)) = self.b.take_sized_batch(3) {
+            // The bytes tallied as the spans finished are what the batch would count.
+            assert_eq!(
+                bytes,
+                loupe_collector::export::SignalBatch::approx_bytes(&batch)
+            );
             // Through OTLP's protobuf form, as the gRPC sink sends them.
             for rs in batch.to_request().resource_spans {
                 let res = rs.resource.unwrap().attributes;
