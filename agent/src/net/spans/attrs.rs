@@ -136,17 +136,18 @@ impl RouteNames {
     }
 }
 
-/// A status code or port as text without allocating (`"200"`): RED labels, `error.type`.
+/// A number as text without allocating (`"200"`): status codes and ports in RED labels and
+/// `error.type`, lengths in RED series keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Decimal {
-    digits: [u8; 5],
+    digits: [u8; 20],
     start: u8,
 }
 
 impl Decimal {
-    pub fn new(code: u16) -> Self {
-        let mut digits = [b'0'; 5];
-        let mut n = code;
+    pub fn new(n: impl Into<u64>) -> Self {
+        let mut digits = [b'0'; 20];
+        let mut n: u64 = n.into();
         let mut start = digits.len();
         loop {
             start -= 1;

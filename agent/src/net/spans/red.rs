@@ -91,28 +91,9 @@ impl Family {
 fn series_key(out: &mut String, values: [&str; 4]) {
     out.clear();
     for v in values {
-        push_decimal(out, v.len());
+        out.push_str(super::attrs::Decimal::new(v.len() as u64).as_str());
         out.push(':');
         out.push_str(v);
-    }
-}
-
-/// Appends `n` in decimal (without `fmt`: this runs for every span).
-fn push_decimal(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    for &d in digits.get(i..).unwrap_or_default() {
-        out.push(char::from(d));
     }
 }
 
