@@ -10,7 +10,7 @@
 //!
 //! | stage | share | cap it sets | when full |
 //! |---|---|---|---|
-//! | `socket_events` | 10% | events queued between the ring-buffer reader and the span builder | the newest batch is dropped |
+//! | `socket_events` | 10% | bytes of event batches queued between the ring-buffer reader and the span builder | the newest batch is dropped |
 //! | `connections` | 20% | parser buffers and waiting requests of all connections (3/4); the trace-context maps: threads serving requests, requests in flight, same-host links waiting for their other end (1/4) | the least recently used connection is evicted; a full context map is cleared |
 //! | `log_lines` | 10% | log lines waiting for export (3/4), lines in progress (1/4) | the newest line is dropped; the oldest lines in progress go out as they are |
 //! | `export_queues` | 30% | bytes and batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
@@ -32,9 +32,6 @@ use loupe_collector::telemetry::Registry;
 /// kernel's symbols, pods), measured at about 30 MiB idle with every feature on.
 pub const BASELINE_BYTES: u64 = 40 << 20;
 
-/// One socket event in the capture queue: its header and data buffer bookkeeping, besides the
-/// captured bytes themselves.
-const SOCKET_EVENT_OVERHEAD: u64 = 160;
 /// What one thread serving a request costs the trace-context maps at worst: its `serving` entry
 /// and four requests in flight (`in_flight` and `span_of`), each in a hash table that may be
 /// little more than half full (64 + 4 × (48 + 24) bytes of entries, times 2.3).
@@ -52,6 +49,8 @@ const BATCH_SET_BYTES: u64 = SPAN_BATCH_BYTES + LOG_BATCH_BYTES + PROFILE_BATCH_
 const SPAN_BATCH_BYTES: u64 = 2 << 20;
 const LOG_BATCH_BYTES: u64 = 4 << 20;
 const PROFILE_BATCH_BYTES: u64 = 4 << 20;
+/// The most span or log batches a queue holds, whatever their bytes.
+const SPAN_LOG_QUEUE_BATCHES: usize = 256;
 
 /// The signals whose export queues share [`Stage::ExportQueues`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,8 +159,8 @@ pub struct MemoryPlan {
     pub shares: [u64; 5],
     /// The floors did not fit in what the limit leaves: the limit cannot be held under load.
     pub overcommitted: bool,
-    /// Socket events queued for the span builder.
-    pub socket_events: usize,
+    /// Bytes of socket event batches queued for the span builder.
+    pub socket_event_bytes: usize,
     /// Bytes of parser buffers and waiting requests, all connections together.
     pub connection_bytes: usize,
     /// Threads the trace-context maps follow as serving a request (requests in flight: four
@@ -184,14 +183,12 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The plan for `limit` bytes with `kernel_maps` bytes of eBPF maps loaded, and socket events
-    /// that carry up to `capture_bytes` each.
-    pub fn new(limit: u64, kernel_maps: u64, capture_bytes: u32) -> Self {
+    /// The plan for `limit` bytes with `kernel_maps` bytes of eBPF maps loaded.
+    pub fn new(limit: u64, kernel_maps: u64) -> Self {
         let left = limit.saturating_sub(kernel_maps + BASELINE_BYTES);
         let floors: u64 = Stage::ALL.iter().map(|s| s.floor()).sum();
         let shares = Stage::ALL.map(|s| (left / 1000 * s.per_mille()).max(s.floor()));
         let share = |stage: Stage| shares[stage as usize];
-        let event_bytes = u64::from(capture_bytes) + SOCKET_EVENT_OVERHEAD;
         // A quarter for lines in progress, each up to the line limit; the rest for lines waiting.
         let log_share = share(Stage::LogLines);
         let partial_bytes = log_share / 4;
@@ -205,8 +202,7 @@ impl MemoryPlan {
             kernel_maps,
             shares,
             overcommitted: left < floors,
-            socket_events: (share(Stage::SocketEvents) / event_bytes).clamp(1024, 256 * 1024)
-                as usize,
+            socket_event_bytes: share(Stage::SocketEvents) as usize,
             connection_bytes: (connections - context) as usize,
             context_threads: (context / 4 * 3 / CONTEXT_THREAD_BYTES).clamp(1024, 64 * 1024)
                 as usize,
@@ -242,17 +238,22 @@ impl MemoryPlan {
         }
     }
 
-    /// The bound of each of a signal's export queues when it has `lanes` sinks: in batches,
-    /// [`MemoryPlan::export_batches`] (for profiles, times the kinds a drain submits), and in
-    /// bytes, the signal's part of the export share divided among its sinks, so that the
-    /// queues hold the share however large the batches grow.
+    /// The bound of each of a signal's export queues when it has `lanes` sinks: in bytes, the
+    /// signal's part of the export share divided among its sinks, so that the queues hold the
+    /// share however large the batches grow; in batches, for profiles,
+    /// [`MemoryPlan::export_batches`] times the kinds a drain submits. Span and log batches
+    /// are as large as the load makes them (a flush every 1,024 spans at a high rate, every
+    /// second otherwise), far below the planned size at most rates: their bytes are the bound,
+    /// and the count, [`SPAN_LOG_QUEUE_BATCHES`], only keeps a queue of tiny batches finite
+    /// (counting them as planned-size batches held a queue to 3 batches at the default limit,
+    /// about 20 ms of spans at 80k requests a second).
     pub fn export_queue(&self, signal: Signal, lanes: usize) -> QueueBound {
         let share = self.shares[Stage::ExportQueues as usize];
         let bytes = share / BATCH_SET_BYTES * signal.batch_bytes()
             + share % BATCH_SET_BYTES * signal.batch_bytes() / BATCH_SET_BYTES;
         let batches = match signal {
             Signal::Profiles => self.export_batches * ProfileKind::ALL.len(),
-            Signal::Spans | Signal::Logs => self.export_batches,
+            Signal::Spans | Signal::Logs => SPAN_LOG_QUEUE_BATCHES.max(self.export_batches),
         };
         QueueBound {
             batches,
@@ -285,7 +286,7 @@ mod tests {
     #[test]
     fn the_default_limit_leaves_every_stage_more_than_its_floor() {
         // 256 MiB with this host's maps with every feature on (88 MiB): ~128 MiB to share.
-        let plan = MemoryPlan::new(256 << 20, 88 << 20, 1024);
+        let plan = MemoryPlan::new(256 << 20, 88 << 20);
         assert!(!plan.overcommitted);
         let shared: u64 = plan.shares.iter().sum();
         assert!(
@@ -311,7 +312,7 @@ mod tests {
             plan.context_threads > 4096 && plan.context_links > 1024,
             "{plan:?}"
         );
-        assert_eq!(plan.socket_events as u64, plan.shares[0] / (1024 + 160));
+        assert_eq!(plan.socket_event_bytes as u64, plan.shares[0]);
         assert!(plan.log_lines >= 1024);
         assert_eq!(plan.log_bytes as u64, plan.shares[2] - plan.shares[2] / 4);
         assert_eq!(
@@ -341,7 +342,7 @@ mod tests {
 
     #[test]
     fn export_queues_split_their_share_by_signal_and_sink() {
-        let plan = MemoryPlan::new(256 << 20, 77 << 20, 1024);
+        let plan = MemoryPlan::new(256 << 20, 77 << 20);
         let share = plan.shares[Stage::ExportQueues as usize];
         let one = |s| plan.export_queue(s, 1);
         let total =
@@ -354,7 +355,11 @@ mod tests {
             plan.export_queue(Signal::Logs, 2).bytes,
             one(Signal::Logs).bytes / 2
         );
-        assert_eq!(one(Signal::Spans).batches, plan.export_batches);
+        // Span and log queues are bound by their bytes; the count is far above the planned
+        // batches.
+        assert_eq!(one(Signal::Spans).batches, SPAN_LOG_QUEUE_BATCHES);
+        assert_eq!(one(Signal::Logs).batches, SPAN_LOG_QUEUE_BATCHES);
+        assert!(SPAN_LOG_QUEUE_BATCHES > plan.export_batches * 16);
         assert_eq!(
             one(Signal::Profiles).batches,
             plan.export_batches * ProfileKind::ALL.len()
@@ -363,27 +368,25 @@ mod tests {
 
     #[test]
     fn caps_grow_with_the_limit() {
-        let small = MemoryPlan::new(256 << 20, 60 << 20, 1024);
-        let large = MemoryPlan::new(1 << 30, 60 << 20, 1024);
-        assert!(large.socket_events > small.socket_events);
+        let small = MemoryPlan::new(256 << 20, 60 << 20);
+        let large = MemoryPlan::new(1 << 30, 60 << 20);
+        assert!(large.socket_event_bytes > small.socket_event_bytes);
         assert!(large.connection_bytes > small.connection_bytes);
         assert!(large.context_threads > small.context_threads);
         assert!(large.context_links > small.context_links);
         assert!(large.log_bytes > small.log_bytes);
         assert!(large.symbol_bytes > small.symbol_bytes);
         assert!(large.export_batches > small.export_batches);
-        // Smaller captures: more events in the same share.
-        assert!(MemoryPlan::new(256 << 20, 60 << 20, 256).socket_events > small.socket_events);
     }
 
     #[test]
     fn a_limit_below_the_fixed_parts_gets_the_floors_and_says_so() {
-        let plan = MemoryPlan::new(128 << 20, 100 << 20, 1024);
+        let plan = MemoryPlan::new(128 << 20, 100 << 20);
         assert!(plan.overcommitted);
         for (stage, bytes) in Stage::ALL.iter().zip(plan.shares) {
             assert_eq!(bytes, stage.floor());
         }
-        assert_eq!(plan.socket_events, 2 * 1024 * 1024 / (1024 + 160));
+        assert_eq!(plan.socket_event_bytes, 2 << 20);
         assert_eq!(plan.export_batches, 2);
     }
 }

@@ -113,7 +113,6 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let memory = MemoryPlan::new(
         config.memory_limit,
         crate::self_metrics::record_kernel_maps(&registry),
-        config.capture_bytes,
     );
     memory.publish(&registry);
     if memory.overcommitted {
@@ -439,7 +438,7 @@ fn start_network_spans(
             // A write usually carries one line: the kernel's bound leaves room for the line
             // limit, which the log assembler enforces exactly.
             log_writes_per_sec: config.log_lines_per_sec.saturating_mul(2),
-            queue_capacity: memory.socket_events,
+            queue_bytes: memory.socket_event_bytes,
             pressure: memory.pressure.clone(),
             ..CaptureOptions::default()
         },

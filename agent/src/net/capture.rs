@@ -23,7 +23,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     thread,
@@ -57,8 +57,9 @@ use crate::{
 
 /// Bytes copied per buffer unless told otherwise: a request line and its headers.
 pub const DEFAULT_CAPTURE_BYTES: u32 = MAX_CAPTURE_BYTES as u32;
-/// Events waiting for the span builder at most (each ≤ ~1.2 KB: ≤ ~10 MB); more are dropped.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 8 * 1024;
+/// Bytes of events waiting for the span builder at most, unless told otherwise (the memory
+/// plan's `socket_events` share sets it in the agent); more are dropped.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 /// Most events handed to the span builder at once: one channel message, one wake-up and one
 /// allocation for their bytes per batch instead of per event.
 pub const BATCH_EVENTS: usize = 256;
@@ -76,6 +77,8 @@ const POLL_TIMEOUT_MS: i32 = 20;
 /// The shortest time between two drains: reading a busy ring as soon as it has any record made
 /// batches of a few events, each a wake-up of this thread and the span builder's.
 const MIN_DRAIN_INTERVAL: Duration = Duration::from_millis(5);
+/// How long the last drain at shutdown waits for room in the span builder's queue.
+const FINAL_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// One syscall's programs: its tracepoint pair (`exit` is None when sys_exit has nothing to do)
 /// and its fentry/fexit program on the syscall's entry point.
@@ -159,8 +162,8 @@ pub struct CaptureOptions {
     pub agent_pid: u32,
     /// Only connections of these processes (empty: all).
     pub pids: Vec<u32>,
-    /// Events the channel holds at most.
-    pub queue_capacity: usize,
+    /// Bytes of batches (see [`QueuedBytes`]) the channel to the span builder holds at most.
+    pub queue_bytes: usize,
     /// How often connections of exited processes are forgotten.
     pub sweep_interval: Duration,
     /// The attach method to try first (the doctor's plan); tracepoints are the fallback.
@@ -190,7 +193,7 @@ impl Default for CaptureOptions {
             capture_bytes: DEFAULT_CAPTURE_BYTES,
             agent_pid: std::process::id(),
             pids: Vec::new(),
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             attach: SocketAttach::Tracepoints,
             seed_existing: true,
@@ -535,8 +538,10 @@ impl SocketCapture {
                 "connections open before the start are followed"
             );
         }
-        // The queue holds batches; its capacity in events is rounded up to whole batches.
-        let (tx, rx) = sync_channel(options.queue_capacity.max(1).div_ceil(BATCH_EVENTS));
+        // The queue is bound in bytes (the batches' true size, see `QueuedBytes`); every batch
+        // costs at least its event vector, which bounds the number of batches likewise.
+        let queue_bytes = options.queue_bytes.max(1);
+        let (tx, rx) = sync_channel(queue_bytes.div_ceil(EMPTY_BATCH_BYTES));
         let stop = Arc::new(AtomicBool::new(false));
         let sweep_interval = options.sweep_interval;
         let pressure = options.pressure.clone();
@@ -552,7 +557,11 @@ impl SocketCapture {
                         sweep_interval,
                         stop,
                         late_accepts,
-                        pressure,
+                        Tally {
+                            pressure,
+                            queue_bytes,
+                            ..Tally::default()
+                        },
                     )
                 })
                 .map_err(|e| {
@@ -802,14 +811,55 @@ struct Tally {
     pressure: Pressure,
     /// The batch being gathered; each event's bytes are still only a range in `bytes` (in
     /// `ranges`), made slices of one buffer when the batch is sent.
-    events: SocketEvents,
+    events: Vec<SocketEvent>,
     ranges: Vec<std::ops::Range<usize>>,
     bytes: Vec<u8>,
+    /// Bytes of the batches sent and not yet dropped by the span builder.
+    queued: Arc<AtomicUsize>,
+    /// The bound on `queued`.
+    queue_bytes: usize,
+}
+
+/// The memory of every batch vector: [`BATCH_EVENTS`] events reserved at its first event.
+const EMPTY_BATCH_BYTES: usize = BATCH_EVENTS * std::mem::size_of::<SocketEvent>();
+
+/// A batch's place in the queue's byte bound: what its event vector and byte buffer take
+/// (capacities, not lengths), given back when the batch is dropped, consumed or not.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    queued: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Tally {
-    /// Adds an event to the batch; a full batch is sent.
-    fn push(&mut self, tx: &SyncSender<SocketEvents>, header: SocketEventHeader, data: &[u8]) {
+    /// Whether the batch has room for one more event.
+    fn has_room(&self) -> bool {
+        self.events.len() < BATCH_EVENTS
+    }
+
+    /// Adds an event to the batch; a full batch is sent, or dropped when the queue is full
+    /// (for events that are not in the ring any more: the sweep's CLOSEs).
+    fn push_or_drop(
+        &mut self,
+        tx: &SyncSender<SocketEvents>,
+        header: SocketEventHeader,
+        data: &[u8],
+    ) {
+        if !self.has_room() && !self.send(tx) {
+            self.queue_full += self.events.len() as u64;
+            self.clear();
+        }
+        self.push(header, data);
+    }
+
+    /// Adds an event to the batch (which has room: see [`Tally::has_room`]).
+    fn push(&mut self, header: SocketEventHeader, data: &[u8]) {
         match header.kind {
             kind::OPEN => self.open += 1,
             kind::DATA => self.data += 1,
@@ -830,16 +880,34 @@ impl Tally {
             header,
             data: Bytes::new(),
         });
-        if self.events.len() >= BATCH_EVENTS {
-            self.send(tx);
-        }
     }
 
-    /// Sends the batch gathered so far, without waiting: a full queue drops it, counted.
-    fn send(&mut self, tx: &SyncSender<SocketEvents>) {
+    /// Empties the batch, keeping its vectors for the next.
+    fn clear(&mut self) {
+        self.events.clear();
+        self.ranges.clear();
+        self.bytes.clear();
+    }
+
+    /// Sends the batch gathered so far, without waiting. When the queue holds its byte bound
+    /// already, the batch stays here and this returns false. A batch always goes into an empty
+    /// queue.
+    fn send(&mut self, tx: &SyncSender<SocketEvents>) -> bool {
         if self.events.is_empty() {
-            return;
+            return true;
         }
+        let n = self.events.len() as u64;
+        let cost =
+            self.events.capacity() * std::mem::size_of::<SocketEvent>() + self.bytes.capacity();
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + cost > self.queue_bytes {
+            return false;
+        }
+        self.queued.fetch_add(cost, Ordering::Relaxed);
+        let held = QueuedBytes {
+            queued: self.queued.clone(),
+            bytes: cost,
+        };
         // The next batch likely needs about as many bytes as this one.
         let size = self.bytes.len();
         let bytes = Bytes::from(std::mem::replace(&mut self.bytes, Vec::with_capacity(size)));
@@ -849,12 +917,13 @@ impl Tally {
                 event.data = bytes.slice(range);
             }
         }
-        let n = events.len() as u64;
-        match tx.try_send(events) {
+        match tx.try_send(SocketEvents::held(events, held)) {
             Ok(()) => {}
-            // A gone consumer drops everything; count it the same way.
+            // The channel's capacity follows from the byte bound, so only a gone consumer
+            // refuses a batch: everything is dropped then, counted the same way.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.queue_full += n,
         }
+        true
     }
 
     fn flush(&mut self, m: &Metrics) {
@@ -876,14 +945,10 @@ fn read_events(
     sweep_interval: Duration,
     stop: Arc<AtomicBool>,
     mut late_accepts: Vec<CaptureLink>,
-    pressure: Pressure,
+    mut tally: Tally,
 ) {
     let late_accepts_until = Instant::now() + LATE_ACCEPT_GRACE;
     let fd = maps.ring.as_raw_fd();
-    let mut tally = Tally {
-        pressure,
-        ..Tally::default()
-    };
     let mut last_counters = [0u64; counter::COUNT as usize];
     let mut next_counters = Instant::now() + COUNTER_INTERVAL;
     let mut next_sweep = Instant::now() + sweep_interval;
@@ -934,8 +999,16 @@ fn read_events(
             update_kernel_counters(&maps.counters, &mut last_counters, &metrics);
         }
     }
-    // The programs are detached by now: pass on what they wrote last (CLOSEs, mostly).
-    drain(&mut maps.ring, &tx, &mut tally);
+    // The programs are detached by now: pass on what they wrote last (CLOSEs, mostly), giving
+    // the span builder a moment to make room; what is left then is counted.
+    let deadline = Instant::now() + FINAL_DRAIN_WAIT;
+    while !drain(&mut maps.ring, &tx, &mut tally) {
+        if Instant::now() >= deadline {
+            discard_rest(&mut maps.ring, &mut tally);
+            break;
+        }
+        thread::sleep(MIN_DRAIN_INTERVAL);
+    }
     tally.flush(&metrics);
     update_kernel_counters(&maps.counters, &mut last_counters, &metrics);
 }
@@ -992,14 +1065,47 @@ impl RingWaker {
     }
 }
 
-/// Reads every record in the ring and sends them on in batches.
-fn drain(ring: &mut RingBuf<MapData>, tx: &SyncSender<SocketEvents>, tally: &mut Tally) {
-    while let Some(record) = ring.next() {
+/// Reads the records in the ring and sends them on in batches, until the ring is empty or the
+/// queue to the span builder holds its bound: then the rest waits in the ring for the next
+/// drain, and when the ring fills up the kernel drops what does not fit (counted as
+/// `ring_full`). The ring's memory is spent anyway, and a record the kernel cannot reserve
+/// costs nothing further, where one read and then dropped here costs a copy.
+/// Returns whether everything was read and sent.
+fn drain(ring: &mut RingBuf<MapData>, tx: &SyncSender<SocketEvents>, tally: &mut Tally) -> bool {
+    loop {
+        if !tally.has_room() && !tally.send(tx) {
+            return false;
+        }
+        let Some(record) = ring.next() else {
+            break;
+        };
         if let Some((header, data)) = decode(&record) {
-            tally.push(tx, header, data);
+            tally.push(header, data);
         }
     }
-    tally.send(tx);
+    tally.send(tx)
+}
+
+/// Reads what is left in the ring and drops it with the batch held, counted (at shutdown, when
+/// the span builder's queue stays full).
+fn discard_rest(ring: &mut RingBuf<MapData>, tally: &mut Tally) {
+    loop {
+        tally.queue_full += tally.events.len() as u64;
+        tally.clear();
+        let mut read = 0;
+        while tally.has_room() {
+            let Some(record) = ring.next() else {
+                break;
+            };
+            read += 1;
+            if let Some((header, data)) = decode(&record) {
+                tally.push(header, data);
+            }
+        }
+        if read == 0 {
+            return;
+        }
+    }
 }
 
 fn update_kernel_counters(
@@ -1075,7 +1181,7 @@ fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally
         }
         live -= 1;
         m.swept.inc();
-        tally.push(
+        tally.push_or_drop(
             tx,
             SocketEventHeader {
                 kind: kind::CLOSE,
@@ -1091,7 +1197,8 @@ fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally
             &[],
         );
     }
-    tally.send(tx);
+    // A batch the queue has no room for now goes with the next drain.
+    let _ = tally.send(tx);
     m.connections.set(live);
 
     // A thread killed inside a syscall never reaches sys_exit: its saved arguments would stay.

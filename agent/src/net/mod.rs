@@ -26,8 +26,49 @@ pub struct SocketEvent {
 }
 
 /// Events as the reader hands them to the span builder: up to [`capture::BATCH_EVENTS`] in
-/// ring order, their captured bytes slices of one buffer.
-pub type SocketEvents = Vec<SocketEvent>;
+/// ring order, their captured bytes slices of one buffer. A batch from the reader holds its
+/// memory's place in the queue's byte bound until it is dropped.
+#[derive(Debug, Default)]
+pub struct SocketEvents {
+    events: Vec<SocketEvent>,
+    _held: Option<capture::QueuedBytes>,
+}
+
+impl SocketEvents {
+    fn held(events: Vec<SocketEvent>, held: capture::QueuedBytes) -> Self {
+        SocketEvents {
+            events,
+            _held: Some(held),
+        }
+    }
+}
+
+impl From<Vec<SocketEvent>> for SocketEvents {
+    fn from(events: Vec<SocketEvent>) -> Self {
+        SocketEvents {
+            events,
+            _held: None,
+        }
+    }
+}
+
+impl std::ops::Deref for SocketEvents {
+    type Target = [SocketEvent];
+
+    fn deref(&self) -> &[SocketEvent] {
+        &self.events
+    }
+}
+
+impl IntoIterator for SocketEvents {
+    type Item = SocketEvent;
+    type IntoIter = std::vec::IntoIter<SocketEvent>;
+
+    /// The events, out of the queue's bound from here on.
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
 
 /// Converts CLOCK_MONOTONIC nanoseconds (what `bpf_ktime_get_ns` returns) to Unix nanoseconds.
 #[derive(Debug, Clone, Copy)]

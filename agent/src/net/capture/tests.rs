@@ -40,48 +40,86 @@ fn decode_bounds_the_data_by_the_record() {
     assert!(decode(&record[..hl]).unwrap().1.is_empty());
 }
 
-/// Events leave in batches whose bytes are slices of one buffer; a full queue drops whole
-/// batches and counts every event in them.
+/// Events leave in batches whose bytes are slices of one buffer; the queue is bound by the
+/// batches' bytes, which they give back when the span builder drops them.
 #[test]
-fn tally_batches_events_and_counts_a_full_queue() {
-    let (tx, rx) = sync_channel(1);
-    let mut tally = Tally::default();
+fn tally_batches_events_within_the_queues_byte_bound() {
+    let (tx, rx) = sync_channel(16);
+    // Room for one batch of events and a few bytes, not two.
+    let mut tally = Tally {
+        queue_bytes: EMPTY_BATCH_BYTES + 1024,
+        ..Tally::default()
+    };
     let data = |i: usize| vec![i as u8; i % 7];
     for i in 0..BATCH_EVENTS + 3 {
+        if !tally.has_room() {
+            assert!(tally.send(&tx), "an empty queue takes any batch");
+        }
         let header = SocketEventHeader {
             kind: kind::DATA,
             fd: i as i32,
             captured: (i % 7) as u32,
             ..Default::default()
         };
-        tally.push(&tx, header, &data(i));
+        tally.push(header, &data(i));
     }
-    // The first batch went when it was full; the rest waits for `send`.
     let first = rx.try_recv().unwrap();
     assert_eq!(first.len(), BATCH_EVENTS);
     for (i, e) in first.iter().enumerate() {
         assert_eq!((e.header.fd, &e.data[..]), (i as i32, &data(i)[..]));
     }
-    tally.send(&tx);
+    // The first batch holds its bytes until it is dropped: the rest stays with the reader.
+    let held = tally.queued.load(Ordering::Relaxed);
+    assert!(held >= EMPTY_BATCH_BYTES, "{held}");
+    assert!(!tally.send(&tx));
+    assert!(rx.try_recv().is_err());
+    assert_eq!(tally.events.len(), 3);
+    drop(first);
+    assert_eq!(tally.queued.load(Ordering::Relaxed), 0);
+    assert!(tally.send(&tx));
     let rest = rx.try_recv().unwrap();
     assert_eq!(
         rest.iter().map(|e| e.header.fd).collect::<Vec<_>>(),
         [256, 257, 258]
     );
     assert_eq!(&rest[2].data[..], &data(258)[..]);
-    // Queue of one batch: the second of two is dropped, its events counted.
-    for fd in 0..3 {
-        let header = SocketEventHeader {
-            kind: kind::CLOSE,
-            fd,
-            ..Default::default()
-        };
-        tally.push(&tx, header, &[]);
-        tally.send(&tx);
+    // Events taken out of a batch leave the bound with it.
+    let events: Vec<SocketEvent> = rest.into_iter().collect();
+    assert_eq!(events.len(), 3);
+    assert_eq!(tally.queued.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.queue_full, 0);
+    assert_eq!(tally.data, BATCH_EVENTS as u64 + 3);
+}
+
+/// Events that are not in the ring any more (the sweep's CLOSEs) are dropped with their batch
+/// when the queue is full, counted; a gone span builder drops everything, counted.
+#[test]
+fn tally_drops_what_cannot_wait_and_counts_it() {
+    let (tx, rx) = sync_channel(16);
+    let mut tally = Tally {
+        queue_bytes: 1,
+        ..Tally::default()
+    };
+    let close = |fd| SocketEventHeader {
+        kind: kind::CLOSE,
+        fd,
+        ..Default::default()
+    };
+    for fd in 0..2 * BATCH_EVENTS as i32 + 1 {
+        tally.push_or_drop(&tx, close(fd), &[]);
     }
-    assert_eq!(tally.queue_full, 2);
-    assert_eq!((tally.data, tally.close), (BATCH_EVENTS as u64 + 3, 3));
+    // The first full batch went into the empty queue, the second found it full.
+    let first = rx.try_recv().unwrap();
+    assert_eq!(first.len(), BATCH_EVENTS);
+    assert_eq!(tally.queue_full, BATCH_EVENTS as u64);
+    assert_eq!(tally.events.len(), 1);
+    assert_eq!(tally.events[0].header.fd, 2 * BATCH_EVENTS as i32);
+    assert_eq!(tally.close, 2 * BATCH_EVENTS as u64 + 1);
+    drop(first);
     drop(rx);
+    assert!(tally.send(&tx));
+    assert_eq!(tally.queue_full, BATCH_EVENTS as u64 + 1);
+    assert_eq!(tally.queued.load(Ordering::Relaxed), 0);
 }
 
 /// Under memory pressure the reader drops DATA and LOG events, counted, and still passes OPEN
@@ -107,9 +145,9 @@ fn memory_pressure_drops_payloads_and_keeps_connection_events() {
         (kind::LOG, 3),
         (kind::CLOSE, 4),
     ] {
-        tally.push(&tx, event(k, fd), b"abc");
+        tally.push(event(k, fd), b"abc");
     }
-    tally.send(&tx);
+    assert!(tally.send(&tx));
     let passed: Vec<i32> = rx.try_recv().unwrap().iter().map(|e| e.header.fd).collect();
     assert_eq!(passed, [1, 4]);
     assert_eq!(tally.memory_pressure, 2);
@@ -120,8 +158,8 @@ fn memory_pressure_drops_payloads_and_keeps_connection_events() {
     );
 
     assert!(!pressure.update(50, 100));
-    tally.push(&tx, event(kind::DATA, 5), b"abc");
-    tally.send(&tx);
+    tally.push(event(kind::DATA, 5), b"abc");
+    assert!(tally.send(&tx));
     let after = rx.try_recv().unwrap();
     assert_eq!((after[0].header.fd, &after[0].data[..]), (5, &b"abc"[..]));
     assert_eq!(tally.memory_pressure, 2);
@@ -588,7 +626,7 @@ fn start(
             capture_bytes: CAPTURE,
             agent_pid: 0,
             pids: vec![std::process::id()],
-            queue_capacity: 4096,
+            queue_bytes: 8 << 20,
             attach,
             ..Default::default()
         },
@@ -821,7 +859,7 @@ fn skips_the_agent_and_sweeps_exited_processes() {
             capture_bytes: 64,
             agent_pid: std::process::id(),
             pids: Vec::new(),
-            queue_capacity: 64 * 1024,
+            queue_bytes: 64 << 20,
             sweep_interval: Duration::from_millis(200),
             attach: SocketAttach::Tracepoints,
             seed_existing: true,
@@ -971,7 +1009,7 @@ fn stdout_and_stderr_writes_become_log_events_within_the_rate() {
         &mut ebpf,
         CaptureOptions {
             capture_bytes: 32,
-            queue_capacity: 64 * 1024,
+            queue_bytes: 64 << 20,
             capture_logs: true,
             log_writes_per_sec: 6,
             ..CaptureOptions::default()

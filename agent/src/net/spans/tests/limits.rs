@@ -225,10 +225,13 @@ fn spawned_thread_flushes_to_the_exporter_and_stops_with_the_channel() {
             bytes.len() as u64,
             bytes.len() as u32,
         );
-        tx.send(vec![SocketEvent {
-            header,
-            data: Bytes::from_static(bytes),
-        }])
+        tx.send(
+            vec![SocketEvent {
+                header,
+                data: Bytes::from_static(bytes),
+            }]
+            .into(),
+        )
         .unwrap();
     }
     drop(tx);
