@@ -4,7 +4,8 @@
 //! When a line would take the file past the size limit, `NAME` is renamed to `NAME.1`
 //! (replacing the previous one) and a new file begins, so at most twice the limit is on disk.
 //! Each line is encoded into a buffer kept between appends and written with one `write` call on
-//! a file opened for appending; all file work runs on tokio's blocking threads.
+//! a file opened for appending; all file work runs on tokio's blocking threads, except freeing a
+//! replaced `NAME.1`, on a thread of its own (tens of milliseconds for a large file).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -167,6 +168,13 @@ impl JsonlFile {
     }
 }
 
+/// Closes `file` on a short-lived thread (or here, when no thread can be started).
+fn close_elsewhere(file: File) {
+    let _ = std::thread::Builder::new()
+        .name("loupe-unlink".into())
+        .spawn(move || drop(file));
+}
+
 fn open_append(path: &Path) -> Result<(File, u64), LocalFileError> {
     let err = |source| LocalFileError::Write {
         path: path.to_owned(),
@@ -197,12 +205,19 @@ impl Target<'_> {
         let path = self.dir.join(self.name);
         if state.file.is_none() || (state.size > 0 && state.size + len > self.max) {
             if state.file.take().is_some() && state.size > 0 {
-                fs::rename(&path, self.dir.join(self.rotated)).map_err(|source| {
-                    LocalFileError::Write {
-                        path: path.clone(),
-                        source,
-                    }
+                let rotated = self.dir.join(self.rotated);
+                // The rename drops the previous rotated file's last name; freeing its pages
+                // (up to the size limit of them) takes tens of milliseconds, which would hold
+                // up this lane. Held open across the rename, the file is freed when it is
+                // closed, on a thread of its own.
+                let previous = File::open(&rotated).ok();
+                fs::rename(&path, &rotated).map_err(|source| LocalFileError::Write {
+                    path: path.clone(),
+                    source,
                 })?;
+                if let Some(previous) = previous {
+                    close_elsewhere(previous);
+                }
                 self.rotations.inc();
             }
             let (file, size) = open_append(&path)?;
