@@ -80,6 +80,23 @@ impl Process {
     }
 }
 
+/// PF_KTHREAD in a task's flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` is a kernel thread, from the flags in /proc/PID/stat (None: unreadable).
+fn is_kernel_thread(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    kernel_thread_flag(&stat)
+}
+
+/// PF_KTHREAD from a /proc/PID/stat line: flags is the 7th field after the `)` that ends the
+/// command name (which may itself hold spaces and parentheses).
+fn kernel_thread_flag(stat: &str) -> Option<bool> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let flags: u64 = rest.split_ascii_whitespace().nth(6)?.parse().ok()?;
+    Some(flags & PF_KTHREAD != 0)
+}
+
 /// Service name used for all kernel threads.
 pub const KERNEL_SERVICE: &str = "kernel";
 
@@ -191,8 +208,20 @@ impl ProcessTable {
                 incomplete: true,
             };
         };
-        // Kernel threads have no mappings and no executable.
+        // Kernel threads have no mappings and no executable; nor has a process that has exited
+        // and not been reaped yet (a zombie), which keeps its own name.
         if maps_text.is_empty() && exe.is_none() {
+            if is_kernel_thread(pid) != Some(true) {
+                return Process {
+                    service: service_from_comm(comm),
+                    labels: Vec::new(),
+                    pod_pending: None,
+                    maps: Vec::new(),
+                    kernel_thread: false,
+                    exited_at: None,
+                    incomplete: true,
+                };
+            }
             return Process {
                 service: KERNEL_SERVICE.to_string(),
                 labels: Vec::new(),
@@ -583,6 +612,39 @@ mod tests {
         let b2 = again.mapping_for(addr).unwrap().binary.clone().unwrap();
         assert!(Arc::ptr_eq(b, &b2));
         assert!(p.mapping_for(0).is_none());
+    }
+
+    #[test]
+    fn kernel_threads_are_told_from_zombies_by_their_flags() {
+        // kthreadd's line, and a zombie's (no mappings, no executable either).
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 0 0 0";
+        assert_eq!(kernel_thread_flag(kthreadd), Some(true));
+        let zombie = "4242 (my (odd) app) Z 1 4242 4242 0 -1 4227084 1 0 0 0 0 0 0 0 20 0 1 0";
+        assert_eq!(kernel_thread_flag(zombie), Some(false));
+        assert_eq!(kernel_thread_flag("4242 (cut"), None);
+
+        // A real zombie: a child that has exited and is not waited for yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        {
+            assert!(Instant::now() < deadline, "the child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let p = ProcessTable::new(4).refresh(pid, "true");
+        assert!(!p.kernel_thread, "a zombie is not a kernel thread");
+        assert!(p.incomplete);
+        assert_eq!(p.service, "true");
+        child.wait().unwrap();
+
+        // And a real kernel thread, where this pid namespace shows the host's.
+        if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+            let k = ProcessTable::new(4).refresh(2, "kthreadd");
+            assert!(k.kernel_thread);
+            assert_eq!(k.service, KERNEL_SERVICE);
+        }
     }
 
     #[test]
