@@ -40,11 +40,17 @@ int main(int argc, char **argv) {
      * sampling period (alpha 3 units then beta 1 took about 1 ms, the sampler ticks at 997 Hz)
      * let samples fall in step with it, which skewed the ratio by 10% under load. */
     uint64_t r = 0x9E3779B97F4A7C15ULL;
+    /* One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
+     * fixed rhythm. */
+    unsigned call = 0, beta_at = 0;
     while (now() < end) {
-        r ^= r << 13;
-        r ^= r >> 7;
-        r ^= r << 17;
-        if (r % 4 != 0) {
+        if (call % 4 == 0) {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            beta_at = r % 4;
+        }
+        if (call++ % 4 != beta_at) {
             hot_alpha(1);
         } else {
             hot_beta(1);

@@ -44,11 +44,19 @@ fn main() {
     // sampling period (alpha's 3 units then beta's 1 took about 1 ms, the sampler ticks at
     // 997 Hz) let samples fall in step with it, which skewed the ratio by 10% under load.
     let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    // One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
+    // fixed rhythm.
+    let (mut call, mut beta_at) = (0u64, 0u64);
     while Instant::now() < end {
-        r ^= r << 13;
-        r ^= r >> 7;
-        r ^= r << 17;
-        x = if r % 4 != 0 {
+        if call % 4 == 0 {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            beta_at = r % 4;
+        }
+        let alpha = call % 4 != beta_at;
+        call += 1;
+        x = if alpha {
             rust_hot_alpha(x)
         } else {
             rust_hot_beta(x)

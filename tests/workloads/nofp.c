@@ -1,5 +1,6 @@
 /* Test workload for DWARF unwinding: burns CPU for argv[1] seconds (default 10) in two
- * comparators the C library's qsort calls, 3:1, on two paths several frames deep:
+ * comparators the C library's qsort calls, 3:1 (the same work per sort, alpha's sort drawn at
+ * random three times in four), on two paths several frames deep:
  *   main → run → sort_alpha → qsort (libc) → cmp_alpha
  *   main → run → sort_beta  → qsort (libc) → cmp_beta
  * Built by xtask with -O2 -fomit-frame-pointer, and libc keeps no frame pointers either: only
@@ -15,30 +16,32 @@ static volatile uint64_t sink;
 /* Keys sorted per call: the same ones for both paths, so both qsort calls compare the same
  * pairs, as many times. */
 #define KEYS 64
-/* Generator steps per comparison on the beta path; the alpha path takes three times as many. */
+/* Generator steps per comparison, on either path. */
 #define STEPS 2000
 
 /* The comparators' work: a chain of dependent multiplications seeded by both keys, written to
  * the volatile sink so that none of it can be skipped. Inlined into each comparator, so that
  * the comparator itself is the leaf. */
 static inline __attribute__((always_inline)) int compare_with_work(const void *pa, const void *pb,
-                                                                   long steps) {
+                                                                   uint64_t increment) {
     uint32_t a = *(const uint32_t *)pa;
     uint32_t b = *(const uint32_t *)pb;
     uint64_t x = a ^ ((uint64_t)b << 32);
-    for (long i = 0; i < steps; i++) {
-        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    for (long i = 0; i < STEPS; i++) {
+        x = x * 6364136223846793005ULL + increment;
     }
     sink = x;
     return (a > b) - (a < b);
 }
 
+/* The same work with different increments: identical functions are folded into one at -O2
+ * (-fipa-icf), and one comparator's samples would carry the other's name. */
 __attribute__((noinline, noclone)) int cmp_alpha(const void *a, const void *b) {
-    return compare_with_work(a, b, 3 * STEPS);
+    return compare_with_work(a, b, 1442695040888963407ULL);
 }
 
 __attribute__((noinline, noclone)) int cmp_beta(const void *a, const void *b) {
-    return compare_with_work(a, b, STEPS);
+    return compare_with_work(a, b, 0x2545F4914F6CDD1DULL);
 }
 
 __attribute__((noinline, noclone)) void sort_alpha(uint32_t *keys) {
@@ -69,11 +72,24 @@ static double now(void) {
 __attribute__((noinline, noclone)) void run(double seconds) {
     uint32_t keys[KEYS];
     double end = now() + seconds;
+    /* Drawn at random: sorts of a fixed rhythm can fall in step with the sampler's period. */
+    uint64_t r = 0x9E3779B97F4A7C15ULL;
+    /* One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
+     * fixed rhythm. */
+    unsigned call = 0, beta_at = 0;
     while (now() < end) {
+        if (call % 4 == 0) {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            beta_at = r % 4;
+        }
         fill(keys);
-        sort_alpha(keys);
-        fill(keys);
-        sort_beta(keys);
+        if (call++ % 4 != beta_at) {
+            sort_alpha(keys);
+        } else {
+            sort_beta(keys);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Test workload for DWARF unwinding: burns CPU for argv[1] seconds (default 10) in two leaf
-//! functions, 3:1, on two paths several frames deep:
+//! functions, 3:1 (one unit per call, alpha drawn at random three times in four), on two paths
+//! several frames deep:
 //!   main → nofp_run → nofp_outer_alpha → nofp_inner_alpha
 //!   main → nofp_run → nofp_outer_beta  → nofp_inner_beta
 //! Built by xtask with `-O -g` and no `force-frame-pointers`, like most Rust release builds: only
@@ -12,13 +13,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Generator steps per call on the beta path; the alpha path takes three times as many.
+/// Generator steps per call, on either path.
 const UNIT: u64 = 200_000;
 
 #[inline(never)]
 fn nofp_inner_alpha(seed: u64) -> u64 {
     let mut x = seed;
-    for _ in 0..3 * UNIT {
+    for _ in 0..UNIT {
         x = black_box(
             x.wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407),
@@ -27,13 +28,15 @@ fn nofp_inner_alpha(seed: u64) -> u64 {
     x
 }
 
+/// The same work as alpha's with another increment: functions with identical bodies are
+/// merged into one by the compiler, and alpha's samples would all be named beta.
 #[inline(never)]
 fn nofp_inner_beta(seed: u64) -> u64 {
     let mut x = seed;
     for _ in 0..UNIT {
         x = black_box(
             x.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
+                .wrapping_add(0x2545_F491_4F6C_DD1D),
         );
     }
     x
@@ -53,9 +56,27 @@ fn nofp_outer_beta(seed: u64) -> u64 {
 fn nofp_run(seconds: f64) -> u64 {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let mut x = 1u64;
+    // Drawn at random: calls of a fixed rhythm close to the sampling period (alpha's 3 units
+    // then beta's 1 took about 1 ms, the sampler ticks at 997 Hz) let samples fall in step with
+    // it, which skews the ratio.
+    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    // One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
+    // fixed rhythm.
+    let (mut call, mut beta_at) = (0u64, 0u64);
     while Instant::now() < end {
-        x = nofp_outer_alpha(x);
-        x = nofp_outer_beta(x);
+        if call % 4 == 0 {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            beta_at = r % 4;
+        }
+        let alpha = call % 4 != beta_at;
+        call += 1;
+        x = if alpha {
+            nofp_outer_alpha(x)
+        } else {
+            nofp_outer_beta(x)
+        };
     }
     x
 }
