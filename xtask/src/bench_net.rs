@@ -823,7 +823,9 @@ fn report(runs: &[Run], secs: u64, agent: &Path) -> String {
          Agent CPU: user + system time of every agent thread (`/proc/PID/stat`) over the wrk run and \
          the {} s after it (spans flush every second), plus its eBPF programs' run time (kernel BPF \
          statistics; the programs run in the server's and wrk's context, so that time is inside their \
-         CPU too). Peak RSS: `wait4` after SIGTERM. Dropped: socket events that never reached the \
+         CPU too). Peak RSS: `wait4` after SIGTERM; it counts the socket ring buffer's 8 MiB twice \
+         (the kernel maps its pages twice in a row, so that a record can wrap), 8 MiB more than \
+         the memory the agent is charged. Dropped: socket events that never reached the \
          span builder (ring, map or queue full), in % of those the kernel produced; with drops the \
          agent did less than the full work and its CPU figure is a lower bound. \"others\": CPU the \
          rest of the host used meanwhile, in cores (the noise floor). Agent binary: `{}`.\n",
