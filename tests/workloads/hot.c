@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "three_to_one.h"
+
 static volatile uint64_t sink;
 
 /* One unit of work: the same loop in both functions, so time is proportional to units. */
@@ -36,21 +38,9 @@ static double now(void) {
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 10.0;
     double end = now() + seconds;
-    /* Units drawn at random, three in four for alpha: calls of a fixed rhythm close to the
-     * sampling period (alpha 3 units then beta 1 took about 1 ms, the sampler ticks at 997 Hz)
-     * let samples fall in step with it, which skewed the ratio by 10% under load. */
-    uint64_t r = 0x9E3779B97F4A7C15ULL;
-    /* One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
-     * fixed rhythm. */
-    unsigned call = 0, beta_at = 0;
+    struct three_to_one draw = THREE_TO_ONE_INIT;
     while (now() < end) {
-        if (call % 4 == 0) {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            beta_at = r % 4;
-        }
-        if (call++ % 4 != beta_at) {
+        if (three_to_one_alpha(&draw)) {
             hot_alpha(1);
         } else {
             hot_beta(1);

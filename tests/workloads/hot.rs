@@ -2,6 +2,8 @@
 //! times as often, in random order), for argv[1] seconds (default 10).
 //! Built by xtask with `-C force-frame-pointers=yes` so the profiler can walk its stacks.
 
+mod three_to_one;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -40,23 +42,9 @@ fn main() {
         .unwrap_or(10.0);
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let mut x = 1u64;
-    // Units drawn at random, three in four for alpha: calls of a fixed rhythm close to the
-    // sampling period (alpha's 3 units then beta's 1 took about 1 ms, the sampler ticks at
-    // 997 Hz) let samples fall in step with it, which skewed the ratio by 10% under load.
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
-    // One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
-    // fixed rhythm.
-    let (mut call, mut beta_at) = (0u64, 0u64);
+    let mut draw = three_to_one::ThreeToOne::new();
     while Instant::now() < end {
-        if call % 4 == 0 {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            beta_at = r % 4;
-        }
-        let alpha = call % 4 != beta_at;
-        call += 1;
-        x = if alpha {
+        x = if draw.alpha() {
             rust_hot_alpha(x)
         } else {
             rust_hot_beta(x)

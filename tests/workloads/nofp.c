@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "three_to_one.h"
+
 static volatile uint64_t sink;
 
 /* Keys sorted per call: the same ones for both paths, so both qsort calls compare the same
@@ -72,20 +74,10 @@ static double now(void) {
 __attribute__((noinline, noclone)) void run(double seconds) {
     uint32_t keys[KEYS];
     double end = now() + seconds;
-    /* Drawn at random: sorts of a fixed rhythm can fall in step with the sampler's period. */
-    uint64_t r = 0x9E3779B97F4A7C15ULL;
-    /* One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
-     * fixed rhythm. */
-    unsigned call = 0, beta_at = 0;
+    struct three_to_one draw = THREE_TO_ONE_INIT;
     while (now() < end) {
-        if (call % 4 == 0) {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            beta_at = r % 4;
-        }
         fill(keys);
-        if (call++ % 4 != beta_at) {
+        if (three_to_one_alpha(&draw)) {
             sort_alpha(keys);
         } else {
             sort_beta(keys);

@@ -10,6 +10,8 @@
 //! call's result goes through `black_box` afterwards, so no call becomes a tail call that would
 //! drop its caller from the stack.
 
+mod three_to_one;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -56,23 +58,9 @@ fn nofp_outer_beta(seed: u64) -> u64 {
 fn nofp_run(seconds: f64) -> u64 {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let mut x = 1u64;
-    // Drawn at random: calls of a fixed rhythm close to the sampling period (alpha's 3 units
-    // then beta's 1 took about 1 ms, the sampler ticks at 997 Hz) let samples fall in step with
-    // it, which skews the ratio.
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
-    // One beta in each group of four calls, at a place drawn at random: exactly 3:1, in no
-    // fixed rhythm.
-    let (mut call, mut beta_at) = (0u64, 0u64);
+    let mut draw = three_to_one::ThreeToOne::new();
     while Instant::now() < end {
-        if call % 4 == 0 {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            beta_at = r % 4;
-        }
-        let alpha = call % 4 != beta_at;
-        call += 1;
-        x = if alpha {
+        x = if draw.alpha() {
             nofp_outer_alpha(x)
         } else {
             nofp_outer_beta(x)

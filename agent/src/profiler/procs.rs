@@ -72,6 +72,20 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process whose /proc entry has nothing more to tell (gone, or exited and not reaped):
+    /// named from its `comm`, without mappings.
+    fn gone(comm: &str) -> Process {
+        Process {
+            service: service_from_comm(comm),
+            labels: Vec::new(),
+            pod_pending: None,
+            maps: Vec::new(),
+            kernel_thread: false,
+            exited_at: None,
+            incomplete: true,
+        }
+    }
+
     /// The mapping holding `addr`, if any.
     pub fn mapping_for(&self, addr: u64) -> Option<&MappedRange> {
         let i = self.maps.partition_point(|m| m.start <= addr);
@@ -198,29 +212,13 @@ impl ProcessTable {
         let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"));
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         let Ok(maps_text) = maps_text else {
-            return Process {
-                service: service_from_comm(comm),
-                labels: Vec::new(),
-                pod_pending: None,
-                maps: Vec::new(),
-                kernel_thread: false,
-                exited_at: None,
-                incomplete: true,
-            };
+            return Process::gone(comm);
         };
         // Kernel threads have no mappings and no executable; nor has a process that has exited
         // and not been reaped yet (a zombie), which keeps its own name.
         if maps_text.is_empty() && exe.is_none() {
             if is_kernel_thread(pid) != Some(true) {
-                return Process {
-                    service: service_from_comm(comm),
-                    labels: Vec::new(),
-                    pod_pending: None,
-                    maps: Vec::new(),
-                    kernel_thread: false,
-                    exited_at: None,
-                    incomplete: true,
-                };
+                return Process::gone(comm);
             }
             return Process {
                 service: KERNEL_SERVICE.to_string(),
