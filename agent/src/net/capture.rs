@@ -852,8 +852,7 @@ impl Tally {
         data: &[u8],
     ) {
         if !self.has_room() && !self.send(tx) {
-            self.queue_full += self.events.len() as u64;
-            self.clear();
+            self.discard();
         }
         self.push(header, data);
     }
@@ -880,6 +879,12 @@ impl Tally {
             header,
             data: Bytes::new(),
         });
+    }
+
+    /// Drops the batch, counted as `queue_full`.
+    fn discard(&mut self) {
+        self.queue_full += self.events.len() as u64;
+        self.clear();
     }
 
     /// Empties the batch, keeping its vectors for the next.
@@ -1076,33 +1081,33 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &SyncSender<SocketEvents>, tally: &mut
         if !tally.has_room() && !tally.send(tx) {
             return false;
         }
+        if fill(ring, tally) == 0 {
+            return tally.send(tx);
+        }
+    }
+}
+
+/// Reads records into the batch while it has room; returns how many were read.
+fn fill(ring: &mut RingBuf<MapData>, tally: &mut Tally) -> usize {
+    let mut read = 0;
+    while tally.has_room() {
         let Some(record) = ring.next() else {
             break;
         };
+        read += 1;
         if let Some((header, data)) = decode(&record) {
             tally.push(header, data);
         }
     }
-    tally.send(tx)
+    read
 }
 
 /// Reads what is left in the ring and drops it with the batch held, counted (at shutdown, when
 /// the span builder's queue stays full).
 fn discard_rest(ring: &mut RingBuf<MapData>, tally: &mut Tally) {
     loop {
-        tally.queue_full += tally.events.len() as u64;
-        tally.clear();
-        let mut read = 0;
-        while tally.has_room() {
-            let Some(record) = ring.next() else {
-                break;
-            };
-            read += 1;
-            if let Some((header, data)) = decode(&record) {
-                tally.push(header, data);
-            }
-        }
-        if read == 0 {
+        tally.discard();
+        if fill(ring, tally) == 0 {
             return;
         }
     }
