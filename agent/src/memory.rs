@@ -10,7 +10,7 @@
 //!
 //! | stage | share | cap it sets | when full |
 //! |---|---|---|---|
-//! | `socket_events` | 10% | bytes of event batches queued between the ring-buffer reader and the span builder | the newest batch is dropped |
+//! | `socket_events` | 10% | bytes of event batches queued between the ring-buffer reader and the span builder | the reader leaves records in the ring buffer, which drops the newest when full |
 //! | `connections` | 20% | parser buffers and waiting requests of all connections (3/4); the trace-context maps: threads serving requests, requests in flight, same-host links waiting for their other end (1/4) | the least recently used connection is evicted; a full context map is cleared |
 //! | `log_lines` | 10% | log lines waiting for export (3/4), lines in progress (1/4) | the newest line is dropped; the oldest lines in progress go out as they are |
 //! | `export_queues` | 30% | bytes and batches queued per export lane (spans, logs, profiles) | the newest batch is dropped |
@@ -253,7 +253,7 @@ impl MemoryPlan {
             + share % BATCH_SET_BYTES * signal.batch_bytes() / BATCH_SET_BYTES;
         let batches = match signal {
             Signal::Profiles => self.export_batches * ProfileKind::ALL.len(),
-            Signal::Spans | Signal::Logs => SPAN_LOG_QUEUE_BATCHES.max(self.export_batches),
+            Signal::Spans | Signal::Logs => SPAN_LOG_QUEUE_BATCHES,
         };
         QueueBound {
             batches,

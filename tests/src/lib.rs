@@ -180,7 +180,7 @@ pub fn profile_workload_pid(
     require_root();
     // The workload outlives the agent (it is killed below): one that ended first was a zombie at
     // the agent's last drain when start-up under emulation took more than a few seconds, with
-    // no mappings and no executable, which the agent names "kernel".
+    // no mappings and no executable left to symbolize its samples.
     let mut child = Command::new(workload(name))
         .arg((seconds + 120).to_string())
         .stdout(Stdio::null())

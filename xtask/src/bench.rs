@@ -201,7 +201,6 @@ impl Cost {
     }
 }
 
-/// The profiler part; returns its markdown section.
 /// The agent as the image ships it: target/release/loupe-agent without its debug info, copied
 /// to target/bench/loupe-agent. The debug info only serves symbolizing the agent's own
 /// samples, and doing so for a 120 MB binary added ~3 MB to the agent's peak RSS under load.
@@ -219,6 +218,7 @@ fn shipped_agent() -> anyhow::Result<PathBuf> {
     Ok(shipped)
 }
 
+/// The profiler part; returns its markdown section.
 fn profiler(agent: &Path, secs: u64) -> anyhow::Result<String> {
     build_workloads()?;
     let cpus = thread::available_parallelism()
