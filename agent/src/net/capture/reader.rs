@@ -441,3 +441,6 @@ fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
