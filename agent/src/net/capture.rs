@@ -781,8 +781,6 @@ fn attach_trampolines(ebpf: &mut Ebpf, propagate: bool) -> Result<Vec<CaptureLin
 mod reader;
 
 pub use reader::QueuedBytes;
-#[cfg(test)]
-use reader::decode;
 use reader::{EMPTY_BATCH_BYTES, Tally, read_events};
 
 #[cfg(test)]
