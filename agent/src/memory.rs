@@ -4,7 +4,8 @@
 //! The limit covers what the agent's memory cgroup is charged: resident memory plus the eBPF
 //! maps. Taken off first are the kernel maps (fixed sizes, measured once loaded) and a baseline
 //! for the program itself (code, runtimes, thread stacks, allocator slack, and the fixed-size
-//! tables: processes, resolved addresses, the kernel symbol table, Kubernetes pods). The rest is
+//! tables: processes, resolved addresses, the kernel symbol table, Kubernetes pods, the pool of
+//! span attribute vectors). The rest is
 //! shared among the stages below; each turns its share into the cap it enforces, and drops by its
 //! own policy when full, counted in its own metric (the README's table lists them).
 //!
@@ -29,7 +30,8 @@ use loupe_collector::telemetry::Registry;
 
 /// The program's own memory besides its stages: code and data, the async runtime, thread
 /// stacks, allocator slack, and the tables with fixed caps (processes, resolved addresses, the
-/// kernel's symbols, pods), measured at about 30 MiB idle with every feature on.
+/// kernel's symbols, pods, the pool of span attribute vectors, under 2 MiB), measured at about
+/// 30 MiB idle with every feature on.
 pub const BASELINE_BYTES: u64 = 40 << 20;
 
 /// What one thread serving a request costs the trace-context maps at worst: its `serving` entry

@@ -551,7 +551,8 @@ mod tests {
                     key: String::from("owned.key").into(),
                     value: AttrValue::Int(503),
                 },
-            ],
+            ]
+            .into(),
             error: Some("boom".into()),
         };
         let bare = SpanData {
@@ -563,7 +564,7 @@ mod tests {
             kind: SpanKind::Unspecified,
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
-            attributes: Vec::new(),
+            attributes: Default::default(),
             error: Some(String::new()),
         };
         TraceBatch {

@@ -144,7 +144,8 @@ mod tests {
                             key: "http.response.status_code".into(),
                             value: AttrValue::Int(503),
                         },
-                    ],
+                    ]
+                    .into(),
                     error: Some(String::new()),
                 }],
             }],

@@ -18,7 +18,7 @@ pub mod model;
 pub mod otlp;
 
 pub use local::{LocalTraceSink, LocalTraceSinkError};
-pub use model::{AttrValue, Attribute, ResourceBatch, SpanData, SpanKind, Text};
+pub use model::{AttrValue, Attribute, Attributes, ResourceBatch, SpanData, SpanKind, Text};
 pub use otlp::{OtlpConfig, OtlpConfigError, OtlpExportError, OtlpTraceSink};
 
 /// The OTLP protobuf types (prost, with serde for OTLP/JSON) and the tonic trace service.

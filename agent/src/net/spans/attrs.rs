@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
-use loupe_collector::traces::{AttrValue, Attribute, Text};
+use loupe_collector::traces::{AttrValue, Attribute, Attributes, Text};
 use loupe_common::socket::ConnTuple;
 
 /// Longest `url.path` / `url.full` kept, in bytes.
@@ -20,11 +20,11 @@ pub const MAX_STATUS_MESSAGE_LEN: usize = 256;
 /// Attributes of one span, in insertion order. Keys are the conventions' static names; values
 /// are borrowed when static (`"GET"`, `"http"`), else owned.
 #[derive(Debug, Default)]
-pub struct Attrs(pub Vec<Attribute>);
+pub struct Attrs(pub Attributes);
 
 impl Attrs {
     pub fn with_capacity(n: usize) -> Self {
-        Self(Vec::with_capacity(n))
+        Self(Attributes::with_capacity(n))
     }
 
     pub fn str(&mut self, key: &'static str, value: impl Into<Text>) {

@@ -417,7 +417,7 @@ mod spans {
                             kind: SpanKind::Server,
                             start_time_unix_nano: 1,
                             end_time_unix_nano: 2,
-                            attributes: Vec::new(),
+                            attributes: Default::default(),
                             error: None,
                         })
                         .collect(),

@@ -139,7 +139,7 @@ pub(crate) fn batch(spans: u8) -> TraceBatch {
                     kind: SpanKind::Server,
                     start_time_unix_nano: 1_000 + u64::from(i),
                     end_time_unix_nano: 2_000 + u64::from(i),
-                    attributes: Vec::new(),
+                    attributes: Default::default(),
                     error: None,
                 })
                 .collect(),

@@ -664,7 +664,7 @@ fn lingering_spans_are_taken_out_of_order_and_settled_in_order() {
                 kind: loupe_collector::traces::SpanKind::Server,
                 start_time_unix_nano: 0,
                 end_time_unix_nano: 0,
-                attributes: Vec::new(),
+                attributes: Default::default(),
                 error: None,
             },
         },
