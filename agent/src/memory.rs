@@ -5,9 +5,9 @@
 //! maps. Taken off first are the kernel maps (fixed sizes, measured once loaded) and a baseline
 //! for the program itself (code, runtimes, thread stacks, allocator slack, and the fixed-size
 //! tables: processes, resolved addresses, the kernel symbol table, Kubernetes pods, the pool of
-//! span attribute vectors). The rest is
-//! shared among the stages below; each turns its share into the cap it enforces, and drops by its
-//! own policy when full, counted in its own metric (the README's table lists them).
+//! span attribute vectors). The rest is shared among the stages below; each turns its share into
+//! the cap it enforces, and drops by its own policy when full, counted in its own metric (the
+//! README's table lists them).
 //!
 //! | stage | share | cap it sets | when full |
 //! |---|---|---|---|
