@@ -219,3 +219,60 @@ pub mod socket;
 /// every [`alloc::AllocConfig::sample_bytes`] bytes on average, and track the sampled blocks until
 /// they are freed, so userspace can build allocated and in-use profiles.
 pub mod alloc;
+
+/// Accounting of the LRU hash maps. An LRU map never refuses an insert: when it is full the
+/// kernel evicts its least recently used entry, and no hook tells anyone. So the programs count
+/// each map's inserts of new keys and its deletes in the per-CPU `LRU_COUNTERS` array (two slots a
+/// map: [`lru::inserted`] and [`lru::deleted`]), and userspace, which can count the entries left,
+/// derives the evictions: inserted − deleted − live.
+pub mod lru {
+    /// The LRU maps, by the index their counters use. Userspace opens them by these names.
+    pub const MAPS: [&str; 15] = [
+        "THREAD_REQUESTS",
+        "PROCESS_REQUESTS",
+        "CLIENT_PARENTS",
+        "TCP_CTX_OUT",
+        "TCP_CTX_IN",
+        "LOG_RATES",
+        "TLS_FDS",
+        "GO_TLS_CALLS",
+        "GO_REQUESTS",
+        "GO_HTTP_CONNS",
+        "GO_HTTP_WRITERS",
+        "KNOWN_PIDS",
+        "OFF_CPU_STARTS",
+        "ALLOC_COUNTDOWN",
+        "ALLOC_PENDING",
+    ];
+    pub const THREAD_REQUESTS: u32 = 0;
+    pub const PROCESS_REQUESTS: u32 = 1;
+    pub const CLIENT_PARENTS: u32 = 2;
+    pub const TCP_CTX_OUT: u32 = 3;
+    pub const TCP_CTX_IN: u32 = 4;
+    pub const LOG_RATES: u32 = 5;
+    pub const TLS_FDS: u32 = 6;
+    pub const GO_TLS_CALLS: u32 = 7;
+    pub const GO_REQUESTS: u32 = 8;
+    pub const GO_HTTP_CONNS: u32 = 9;
+    pub const GO_HTTP_WRITERS: u32 = 10;
+    pub const KNOWN_PIDS: u32 = 11;
+    pub const OFF_CPU_STARTS: u32 = 12;
+    pub const ALLOC_COUNTDOWN: u32 = 13;
+    pub const ALLOC_PENDING: u32 = 14;
+
+    /// Slots of `LRU_COUNTERS`.
+    pub const COUNTERS: u32 = 2 * MAPS.len() as u32;
+
+    /// The slot counting the keys inserted into map `map` (inserts that replaced an existing key's
+    /// value are not counted).
+    pub const fn inserted(map: u32) -> u32 {
+        2 * map
+    }
+
+    /// The slot counting the keys deleted from map `map`.
+    pub const fn deleted(map: u32) -> u32 {
+        2 * map + 1
+    }
+}
+
+const _: () = assert!(lru::ALLOC_PENDING as usize == lru::MAPS.len() - 1);

@@ -8,6 +8,7 @@
 //! to userspace with that stack and keeps its address in `ALLOC_LIVE` until `free` (or `realloc`)
 //! gives it back, which is sent too. Calls that are not sampled cost a map lookup and an update.
 
+use crate::counted;
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_USER_STACK,
@@ -19,6 +20,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
+use loupe_common::lru;
 use loupe_common::{
     COMM_LEN, MAX_STACK_DEPTH,
     alloc::{
@@ -121,7 +123,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     };
     // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
     let pending = unsafe { *pending };
-    let _ = ALLOC_PENDING.remove(&tid);
+    counted::remove(&ALLOC_PENDING, lru::ALLOC_PENDING, &tid);
     let addr: u64 = ctx.ret();
     if addr == 0 {
         count(counter::FAILED);
@@ -189,7 +191,7 @@ fn enter(size: u64) {
         Some(r) => unsafe { &mut *r },
         None => {
             let first = next_interval(rate);
-            if ALLOC_COUNTDOWN.insert(&tid, &first, 0).is_err() {
+            if !counted::put(&ALLOC_COUNTDOWN, lru::ALLOC_COUNTDOWN, &tid, &first) {
                 return;
             }
             match ALLOC_COUNTDOWN.get_ptr_mut(&tid) {
@@ -232,7 +234,7 @@ fn enter(size: u64) {
         objects: (bytes / size.max(1)).max(1),
     };
     count(counter::SAMPLED);
-    if ALLOC_PENDING.insert(&tid, &pending, 0).is_err() {
+    if !counted::put(&ALLOC_PENDING, lru::ALLOC_PENDING, &tid, &pending) {
         count(counter::PENDING_LOST);
     }
 }

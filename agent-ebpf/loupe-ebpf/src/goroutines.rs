@@ -25,6 +25,7 @@
 //! - `net/http.(*persistConn).writeLoop` (entry): this goroutine writes for that connection
 //!   (`GO_HTTP_WRITERS`).
 
+use crate::counted;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
@@ -34,6 +35,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
+use loupe_common::lru;
 use loupe_common::socket::{
     ARGS_ENTRIES, GO_HTTP_CONN_ENTRIES, GO_PID_ENTRIES, GO_REQUEST_ENTRIES, GoroutineKey,
     GoroutineRequest, counter,
@@ -153,13 +155,13 @@ pub(crate) fn has_request(goroutine: &GoroutineKey) -> bool {
 #[inline(always)]
 pub(crate) fn serve(goroutine: &GoroutineKey, request: &GoroutineRequest) {
     // LRU: a full map forgets the least recently used goroutine.
-    let _ = GO_REQUESTS.insert(goroutine, request, 0);
+    counted::put(&GO_REQUESTS, lru::GO_REQUESTS, goroutine, request);
 }
 
 /// `goroutine` answered its request (or is gone).
 #[inline(always)]
 pub(crate) fn forget(goroutine: &GoroutineKey) {
-    let _ = GO_REQUESTS.remove(goroutine);
+    counted::remove(&GO_REQUESTS, lru::GO_REQUESTS, goroutine);
 }
 
 /// `to` works for the request `from` works for, if that is unanswered; counted under `counter`.
@@ -171,7 +173,7 @@ fn inherit(tgid: u32, from: u64, to: u64, counter: u32) -> bool {
     };
     let mut copy = *r;
     copy.woken = u32::from(counter == counter::GO_WAKE_INHERITED);
-    let _ = GO_REQUESTS.insert(&key(tgid, to), &copy, 0);
+    counted::put(&GO_REQUESTS, lru::GO_REQUESTS, &key(tgid, to), &copy);
     count(counter);
     true
 }
@@ -257,8 +259,8 @@ pub fn go_goexit1(ctx: ProbeContext) -> u32 {
     forget(&goroutine);
     // SAFETY: a lookup by value, copied out.
     if let Some(conn) = unsafe { GO_HTTP_WRITERS.get(&goroutine) }.copied() {
-        let _ = GO_HTTP_WRITERS.remove(&goroutine);
-        let _ = GO_HTTP_CONNS.remove(&key(tgid, conn));
+        counted::remove(&GO_HTTP_WRITERS, lru::GO_HTTP_WRITERS, &goroutine);
+        counted::remove(&GO_HTTP_CONNS, lru::GO_HTTP_CONNS, &key(tgid, conn));
     }
     0
 }
@@ -274,10 +276,10 @@ pub fn go_http_round_trip(ctx: ProbeContext) -> u32 {
         Some(r) => {
             let mut copy = *r;
             copy.woken = 0;
-            let _ = GO_HTTP_CONNS.insert(&conn, &copy, 0);
+            counted::put(&GO_HTTP_CONNS, lru::GO_HTTP_CONNS, &conn, &copy);
         }
         None => {
-            let _ = GO_HTTP_CONNS.remove(&conn);
+            counted::remove(&GO_HTTP_CONNS, lru::GO_HTTP_CONNS, &conn);
         }
     }
     0
@@ -289,6 +291,11 @@ pub fn go_http_write_loop(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the probe's own saved registers.
     let (writer, conn) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
-    let _ = GO_HTTP_WRITERS.insert(&key(tgid, writer), &conn, 0);
+    counted::put(
+        &GO_HTTP_WRITERS,
+        lru::GO_HTTP_WRITERS,
+        &key(tgid, writer),
+        &conn,
+    );
     0
 }

@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod alloc;
+mod counted;
 mod goroutines;
 mod probes;
 mod profiler;

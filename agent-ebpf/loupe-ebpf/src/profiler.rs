@@ -10,7 +10,11 @@
 //! kept; when it is switched in again, the time it was away is added under those stacks, with
 //! the `OFF_CPU` kind, in the same sample map, so the drain and symbolization are shared.
 
-use crate::{sockets::THREAD_REQUESTS, unwind};
+use crate::counted;
+use crate::{
+    sockets::{PROCESS_REQUESTS, THREAD_REQUESTS},
+    unwind,
+};
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
@@ -18,6 +22,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
 };
+use loupe_common::lru;
 use loupe_common::{
     COMM_LEN, KNOWN_PID_ENTRIES, OFF_CPU_START_ENTRIES, OffCpuStart, PROCESS_EVENT_RING_BYTES,
     ProcessEvent, ProfilerConfig, SAMPLE_MAP_ENTRIES, STACK_MAP_ENTRIES, SampleKey, SampleValue,
@@ -241,7 +246,7 @@ fn try_off_cpu(ctx: &TracePointContext) -> Result<(), i64> {
             slot: config.active_slot,
             comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
         };
-        let _ = OFF_CPU_STARTS.insert(&tid, &start, 0);
+        counted::put(&OFF_CPU_STARTS, lru::OFF_CPU_STARTS, &tid, &start);
         announce_if_new(pid);
     }
 
@@ -255,7 +260,7 @@ fn try_off_cpu(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: the pointer comes from a successful lookup; the value is copied out before removal.
     let start = unsafe { *start };
-    let _ = OFF_CPU_STARTS.remove(&next_tid);
+    counted::remove(&OFF_CPU_STARTS, lru::OFF_CPU_STARTS, &next_tid);
     let blocked = now.saturating_sub(start.start_ns);
     if blocked < config.off_cpu_min_ns {
         count(counter::OFF_CPU_SHORT);
@@ -330,7 +335,7 @@ fn announce_if_new(pid: u32) {
     if unsafe { KNOWN_PIDS.get(&pid) }.is_some() {
         return;
     }
-    if KNOWN_PIDS.insert(&pid, &1, 0).is_err() {
+    if !counted::put(&KNOWN_PIDS, lru::KNOWN_PIDS, &pid, &1) {
         return;
     }
     emit(process_event::SAMPLED, pid);
@@ -352,19 +357,29 @@ fn emit(kind: u32, pid: u32) {
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn profile_exec(_ctx: TracePointContext) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = KNOWN_PIDS.remove(&pid);
+    counted::remove(&KNOWN_PIDS, lru::KNOWN_PIDS, &pid);
     0
 }
 
-/// A thread group leader exited: tell userspace it may drop the process after the next drain.
+/// A thread exited: its request entry goes. A thread group leader: its process's request entry
+/// goes too, and userspace is told it may drop the process after the next drain.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn profile_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // Looked up first: most threads never served a request (a delete that finds nothing costs
+    // more than a lookup). Left, the entry would wait for the LRU to evict it, and counted
+    // evictions would not tell a lost link from a dead thread.
+    if THREAD_REQUESTS.get_ptr(&pid_tgid).is_some() {
+        counted::remove(&THREAD_REQUESTS, lru::THREAD_REQUESTS, &pid_tgid);
+    }
     let pid = (pid_tgid >> 32) as u32;
     if pid != pid_tgid as u32 {
         return 0;
     }
-    if KNOWN_PIDS.remove(&pid).is_ok() {
+    if PROCESS_REQUESTS.get_ptr(&pid).is_some() {
+        counted::remove(&PROCESS_REQUESTS, lru::PROCESS_REQUESTS, &pid);
+    }
+    if counted::remove(&KNOWN_PIDS, lru::KNOWN_PIDS, &pid) {
         emit(process_event::EXIT, pid);
     }
     0

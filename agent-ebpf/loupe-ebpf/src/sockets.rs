@@ -22,7 +22,7 @@ mod requests;
 use copy::{bounded, copy_buffer, copy_iovecs, copy_msghdr};
 use logs::{log_write, logged};
 
-pub use requests::THREAD_REQUESTS;
+pub use requests::{PROCESS_REQUESTS, THREAD_REQUESTS};
 use requests::{client_received, client_sending, process_request_ended, server_request};
 
 use core::ffi::c_void;
@@ -51,9 +51,11 @@ use loupe_common::socket::{
 };
 
 use crate::{
-    goroutines,
+    counted, goroutines,
     tcp_context::{TCP_CTX_IN, TCP_CTX_OUT},
 };
+use aya_ebpf::bindings::BPF_NOEXIST;
+use loupe_common::lru;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;

@@ -17,12 +17,14 @@
 //! The program never fails a connection: whatever goes wrong, the segment goes out or is taken
 //! in as it would have been, and the request falls back to the agent's other linking.
 
+use crate::counted;
 use aya_ebpf::{
     helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
     macros::{map, sock_ops},
     maps::{LpmTrie, LruHashMap, lpm_trie::Key},
     programs::SockOpsContext,
 };
+use loupe_common::lru;
 use loupe_common::socket::{
     ConnTuple, PeerCtx, SpanCtx, TCP_CTX_ENTRIES, TCP_OPTION_KIND, TRUSTED_PEER_ENTRIES,
     TcpTraceOption, counter,
@@ -172,7 +174,7 @@ fn parse(ctx: &SockOpsContext) -> Result<(), i64> {
         used: 0,
         _pad: 0,
     };
-    let _ = TCP_CTX_IN.insert(&tuple, &peer, 0);
+    counted::put(&TCP_CTX_IN, lru::TCP_CTX_IN, &tuple, &peer);
     Ok(())
 }
 

@@ -23,12 +23,14 @@
 //! entry stays until its goroutine's next call; keyed by connection id, never by fd number);
 //! elsewhere userspace ignores a connection's ciphertext once its first plaintext came.
 
+use crate::counted;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
+use loupe_common::lru;
 use loupe_common::socket::{
     GO_PID_ENTRIES, GoroutineKey, SyscallArgs, TLS_ENTRIES, TlsCall, TlsKey, buffer, counter,
     direction, flags,
@@ -168,7 +170,7 @@ pub fn tls_free(ctx: ProbeContext) -> u32 {
             _pad: 0,
             ssl,
         };
-        let _ = TLS_FDS.remove(&key);
+        counted::remove(&TLS_FDS, lru::TLS_FDS, &key);
     }
     0
 }
@@ -207,7 +209,7 @@ fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
         ssl: call.ssl,
     };
     let fd = if call.fd >= 0 {
-        let _ = TLS_FDS.insert(&key, &call.fd, 0);
+        counted::put(&TLS_FDS, lru::TLS_FDS, &key, &call.fd);
         call.fd
     } else {
         match TLS_FDS.get_ptr(&key) {
@@ -283,7 +285,12 @@ fn go_enter(ctx: &ProbeContext, data_direction: u32) -> Result<(), i64> {
     // (no return probe), so it is kept only with its connection known: one with none would
     // take the goroutine's next syscall on any connection for its own.
     if data_direction == direction::INGRESS || call.conn_id != 0 {
-        let _ = GO_TLS_CALLS.insert(&goroutines::key(tgid, g), &call, 0);
+        counted::put(
+            &GO_TLS_CALLS,
+            lru::GO_TLS_CALLS,
+            &goroutines::key(tgid, g),
+            &call,
+        );
     }
     if data_direction != direction::EGRESS {
         return Ok(());
@@ -323,7 +330,7 @@ fn try_go_return(ctx: &ProbeContext) -> Result<(), i64> {
     let goroutine = goroutines::key((pid_tgid >> 32) as u32, g);
     // SAFETY: a lookup by value, copied out before removal.
     let call = unsafe { GO_TLS_CALLS.get(&goroutine) }.copied().ok_or(0)?;
-    let _ = GO_TLS_CALLS.remove(&goroutine);
+    counted::remove(&GO_TLS_CALLS, lru::GO_TLS_CALLS, &goroutine);
     let moved = ret as i64;
     if moved <= 0 || call.direction != direction::INGRESS {
         return Ok(());

@@ -53,7 +53,7 @@ pub(super) fn logged(pid_tgid: u64, args: &SyscallArgs, ret: i64) -> Result<(), 
                 window_start_ns: ts,
                 writes: 1,
             };
-            let _ = LOG_RATES.insert(pid, rate, 0);
+            counted::put(&LOG_RATES, lru::LOG_RATES, &pid, &rate);
         }
     }
     if let Some(event) = SOCKET_EVENT_SCRATCH.get_ptr_mut(0) {

@@ -58,7 +58,7 @@ pub(super) fn server_request(
         // Whatever the thread read last: a request the thread saw read by another goroutine
         // (whose response another thread wrote) is not this one. The connection says whether
         // this read starts a request or goes on with the one it has.
-        let _ = THREAD_REQUESTS.remove(pid_tgid);
+        counted::remove(&THREAD_REQUESTS, lru::THREAD_REQUESTS, &pid_tgid);
         let (request_ns, event_flags) =
             thread_request(pid_tgid, fd, state, conn, data_direction, ts, config, ctx);
         let r = GoroutineRequest {
@@ -155,7 +155,7 @@ pub(super) fn thread_request(
             Some(e) => unsafe { *e = r },
             // LRU: a full map forgets the least recently used thread.
             None => {
-                let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
+                counted::put(&THREAD_REQUESTS, lru::THREAD_REQUESTS, &pid_tgid, &r);
             }
         }
         return (ts, ctx_flag | from_peer);
@@ -197,7 +197,11 @@ pub(super) fn process_request_started(pid_tgid: u64, fd: i32, conn_id: u64, ctx:
         Some(p) => p,
         None => {
             // BPF_NOEXIST: another CPU may have made the entry meanwhile; then add to it.
-            if PROCESS_REQUESTS.insert(&tgid, &fresh, 1).is_ok() {
+            if PROCESS_REQUESTS
+                .insert(&tgid, &fresh, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                counted::count(lru::inserted(lru::PROCESS_REQUESTS));
                 return;
             }
             let Some(p) = PROCESS_REQUESTS.get_ptr_mut(&tgid) else {
@@ -364,7 +368,12 @@ pub(super) fn client_sending(pid_tgid: u64, state: *mut ConnState) {
                     Some(p) => unsafe { *p = parent },
                     // LRU: a full map forgets the least recently used connection's parent.
                     None => {
-                        let _ = CLIENT_PARENTS.insert(state.conn_id, parent, 0);
+                        counted::put(
+                            &CLIENT_PARENTS,
+                            lru::CLIENT_PARENTS,
+                            &state.conn_id,
+                            &parent,
+                        );
                     }
                 }
             } else {
@@ -391,7 +400,7 @@ pub(super) fn client_sending(pid_tgid: u64, state: *mut ConnState) {
         },
         // LRU: a full map forgets the least recently used connection's context.
         None => {
-            let _ = TCP_CTX_OUT.insert(&state.tuple, &ctx, 0);
+            counted::put(&TCP_CTX_OUT, lru::TCP_CTX_OUT, &state.tuple, &ctx);
         }
     }
 }
@@ -402,7 +411,7 @@ pub(super) fn client_sending(pid_tgid: u64, state: *mut ConnState) {
 #[inline(always)]
 fn forget_client_parent(conn_id: u64) {
     if CLIENT_PARENTS.get_ptr(conn_id).is_some() {
-        let _ = CLIENT_PARENTS.remove(conn_id);
+        counted::remove(&CLIENT_PARENTS, lru::CLIENT_PARENTS, &conn_id);
     }
 }
 
@@ -410,7 +419,7 @@ fn forget_client_parent(conn_id: u64) {
 #[inline(always)]
 pub(super) fn client_closed(state: &ConnState) {
     if config().is_some_and(|c| c.propagate != 0) {
-        let _ = TCP_CTX_OUT.remove(&state.tuple);
+        counted::remove(&TCP_CTX_OUT, lru::TCP_CTX_OUT, &state.tuple);
         forget_client_parent(state.conn_id);
     }
 }
@@ -460,7 +469,7 @@ pub(super) fn client_received(pid_tgid: u64, conn: *mut ConnState) {
                     parent_id: [0; 8],
                 },
             };
-            let _ = THREAD_REQUESTS.insert(pid_tgid, r, 0);
+            counted::put(&THREAD_REQUESTS, lru::THREAD_REQUESTS, &pid_tgid, &r);
         }
     }
     state.last_direction = direction::INGRESS;

@@ -1,0 +1,48 @@
+//! Counted inserts and deletes on the LRU maps (see `loupe_common::lru`): a new key is inserted
+//! with `BPF_NOEXIST` and counted; an existing one is replaced, uncounted; a delete that found its
+//! key is counted. Userspace derives the evictions from the counts and the entries left.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use loupe_common::lru;
+
+#[map]
+static LRU_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lru::COUNTERS, 0);
+
+#[inline(always)]
+pub(crate) fn count(slot: u32) {
+    if let Some(c) = LRU_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: the pointer comes from a successful lookup of this CPU's u64 slot, valid and
+        // aligned. The add is atomic (BPF_XADD, its result unused as 5.10 requires): a perf_event
+        // program (the profiler's KNOWN_PIDS) can interrupt a tracepoint's count on this CPU, and
+        // a lost delete would read as an eviction.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1) };
+    }
+}
+
+/// Puts `value` under `key` in `map` (the map's index `id`), as an insert with flags 0 would;
+/// true if it is there now.
+#[inline(always)]
+pub(crate) fn put<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K, value: &V) -> bool {
+    if map.insert(key, value, BPF_NOEXIST as u64).is_ok() {
+        count(lru::inserted(id));
+        return true;
+    }
+    // The key is there: its value is replaced (atomically, as with flags 0).
+    map.insert(key, value, BPF_EXIST as u64).is_ok()
+}
+
+/// Deletes `key` from `map` (the map's index `id`); true if it was there.
+#[inline(always)]
+pub(crate) fn remove<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K) -> bool {
+    let removed = map.remove(key).is_ok();
+    if removed {
+        count(lru::deleted(id));
+    }
+    removed
+}
