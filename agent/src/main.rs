@@ -7,6 +7,7 @@ mod doctor;
 mod ebpf;
 mod k8s;
 mod logs;
+mod lru_maps;
 mod memory;
 mod net;
 mod privileges;

@@ -108,6 +108,14 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
 
     let registry = Registry::new();
     crate::self_metrics::record_kernel(&registry, &features);
+    // What the kernel evicts from the LRU maps, read every 15 s.
+    match crate::lru_maps::LruMaps::open(&mut ebpf, &registry).and_then(|m| {
+        m.spawn()
+            .map_err(|e| crate::ebpf::EbpfError::Unavailable(format!("no thread: {e}")))
+    }) {
+        Ok(()) => {}
+        Err(e) => tracing::warn!("LRU map evictions are not counted: {e}"),
+    }
     crate::self_metrics::install_process_metrics(&registry, config.memory_limit);
     // The memory limit's shares, once the maps (created at load) are known.
     let memory = MemoryPlan::new(
