@@ -68,8 +68,8 @@ pub struct VmArgs {
     /// Run only the end-to-end tests (profiler, HTTP spans) whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
-    /// Run only the agent's unit tests whose full name contains this (e.g.
-    /// `net::capture::tests::captures_tcp`).
+    /// Run only the agent's unit tests whose full name contains this, or any of these
+    /// (comma-separated; e.g. `net::capture::tests::captures_tcp`).
     #[arg(long, default_value = CAPTURE_TESTS)]
     pub capture_filter: String,
     /// Use KVM (`-accel kvm -cpu host`) instead of TCG emulation.
@@ -103,8 +103,9 @@ impl Default for VmArgs {
 
 /// Prefix of the lines tests/vm/init prints for the host.
 const MARK: &str = "@@loupe ";
-/// The agent's unit tests the VMs run: the socket capture programs on the real kernel.
-const CAPTURE_TESTS: &str = "net::capture";
+/// The agent's unit tests the VMs run (name filters, comma-separated): the socket capture programs
+/// on the real kernel, and the accounting of their LRU maps.
+const CAPTURE_TESTS: &str = "net::capture,lru_maps";
 const README_START: &str = "<!-- kernel-matrix:start -->";
 const README_END: &str = "<!-- kernel-matrix:end -->";
 /// Doctor rows shown in the table: (row label, the doctor's FEATURE column prefix).
