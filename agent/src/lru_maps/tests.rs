@@ -159,6 +159,9 @@ fn a_map_with_room_evicts_nothing_and_exited_threads_leave_it() {
     capture.stop();
     eprintln!("{before:?}\n{r:?}");
     assert!(r.inserted >= before.inserted + 100, "{r:?}");
-    assert!(r.deleted >= before.deleted + 100, "each exited thread's entry went: {r:?}");
+    assert!(
+        r.deleted >= before.deleted + 100,
+        "each exited thread's entry went: {r:?}"
+    );
     assert_eq!(r.evicted, 0, "{r:?}");
 }
