@@ -37,6 +37,13 @@ pub(crate) fn put<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K, value: &V) -> 
     map.insert(key, value, BPF_EXIST as u64).is_ok()
 }
 
+/// Puts `value` under `key`, which a lookup has just found in `map` (the map's index `id`): the
+/// value is replaced, uncounted, at the cost of one update; a key gone meanwhile is put as new.
+#[inline(always)]
+pub(crate) fn replace<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K, value: &V) -> bool {
+    map.insert(key, value, BPF_EXIST as u64).is_ok() || put(map, id, key, value)
+}
+
 /// Deletes `key` from `map` (the map's index `id`); true if it was there.
 #[inline(always)]
 pub(crate) fn remove<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K) -> bool {

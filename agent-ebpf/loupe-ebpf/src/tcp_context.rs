@@ -161,7 +161,8 @@ fn parse(ctx: &SockOpsContext) -> Result<(), i64> {
         count(counter::CTX_UNTRUSTED);
         return Ok(());
     }
-    if let Some(known) = TCP_CTX_IN.get_ptr(&tuple) {
+    let known = TCP_CTX_IN.get_ptr(&tuple);
+    if let Some(known) = known {
         // SAFETY: the pointer comes from a successful lookup; the field is copied out.
         if unsafe { (*known).span_id } == option.span_id {
             // The same context again (a retransmission, an ACK): adopted or pending already.
@@ -174,7 +175,13 @@ fn parse(ctx: &SockOpsContext) -> Result<(), i64> {
         used: 0,
         _pad: 0,
     };
-    counted::put(&TCP_CTX_IN, lru::TCP_CTX_IN, &tuple, &peer);
+    // A keep-alive connection's next request: its entry is replaced (the value at once, not
+    // field by field, since a server read on another CPU may be adopting it).
+    if known.is_some() {
+        counted::replace(&TCP_CTX_IN, lru::TCP_CTX_IN, &tuple, &peer);
+    } else {
+        counted::put(&TCP_CTX_IN, lru::TCP_CTX_IN, &tuple, &peer);
+    }
     Ok(())
 }
 

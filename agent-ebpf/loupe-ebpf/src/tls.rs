@@ -209,7 +209,17 @@ fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
         ssl: call.ssl,
     };
     let fd = if call.fd >= 0 {
-        counted::put(&TLS_FDS, lru::TLS_FDS, &key, &call.fd);
+        // Most calls find the connection's fd there already: a lookup, no update.
+        match TLS_FDS.get_ptr(&key) {
+            // SAFETY: the pointer comes from a successful lookup; an i32 is compared.
+            Some(known) if unsafe { *known } == call.fd => {}
+            Some(_) => {
+                counted::replace(&TLS_FDS, lru::TLS_FDS, &key, &call.fd);
+            }
+            None => {
+                counted::put(&TLS_FDS, lru::TLS_FDS, &key, &call.fd);
+            }
+        }
         call.fd
     } else {
         match TLS_FDS.get_ptr(&key) {

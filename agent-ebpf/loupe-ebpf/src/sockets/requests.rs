@@ -469,7 +469,14 @@ pub(super) fn client_received(pid_tgid: u64, conn: *mut ConnState) {
                     parent_id: [0; 8],
                 },
             };
-            counted::put(&THREAD_REQUESTS, lru::THREAD_REQUESTS, &pid_tgid, &r);
+            match THREAD_REQUESTS.get_ptr_mut(pid_tgid) {
+                // SAFETY: the pointer comes from a successful lookup; the entry is this
+                // thread's, written in place as in thread_request.
+                Some(e) => unsafe { *e = r },
+                None => {
+                    counted::put(&THREAD_REQUESTS, lru::THREAD_REQUESTS, &pid_tgid, &r);
+                }
+            }
         }
     }
     state.last_direction = direction::INGRESS;
