@@ -112,16 +112,18 @@ pub fn install_process_metrics(registry: &Registry, memory_limit: u64) {
 }
 
 /// Sums what the kernel maps the agent holds charge to its memory (`memlock:` of each map's
-/// fdinfo), sets `loupe_agent_kernel_maps_bytes` and returns it.
+/// fdinfo, once per map however many descriptors refer to it: `lru_maps` keeps a second one of
+/// each LRU map), sets `loupe_agent_kernel_maps_bytes` and returns it.
 pub fn record_kernel_maps(registry: &Registry) -> u64 {
-    let mut total = 0u64;
+    let mut infos = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc/self/fdinfo") {
         for entry in dir.flatten() {
             if let Ok(info) = fs::read_to_string(entry.path()) {
-                total += map_memlock(&info).unwrap_or(0);
+                infos.push(info);
             }
         }
     }
+    let total = maps_memlock(infos.iter().map(String::as_str));
     registry
         .float_gauge(
             "loupe_agent_kernel_maps_bytes",
@@ -224,6 +226,20 @@ fn resident_pages(statm: &str) -> Option<u64> {
     statm.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The `memlock:` of the maps among these fdinfo texts, each map (by `map_id:`) counted once.
+fn maps_memlock<'a>(fdinfos: impl Iterator<Item = &'a str>) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    fdinfos
+        .filter_map(|info| {
+            let bytes = map_memlock(info)?;
+            let id = info.lines().find_map(|l| l.strip_prefix("map_id:"));
+            // A kernel without map_id in fdinfo (before 4.14) counts every descriptor.
+            id.is_none_or(|id| seen.insert(id.trim().to_owned()))
+                .then_some(bytes)
+        })
+        .sum()
+}
+
 /// `memlock:` of a BPF map's fdinfo; `None` for any other file descriptor.
 fn map_memlock(fdinfo: &str) -> Option<u64> {
     if !fdinfo.lines().any(|l| l.starts_with("map_type:")) {
@@ -297,6 +313,21 @@ mod tests {
         let prog = "pos:\t0\nflags:\t02000002\nprog_type:\t1\nmemlock:\t4096\n";
         assert_eq!(map_memlock(prog), None);
         assert_eq!(map_memlock("pos:\t0\nflags:\t0100002\n"), None);
+    }
+
+    #[test]
+    fn a_map_with_two_descriptors_is_counted_once() {
+        let map = |id: u32, bytes: u32| {
+            format!("pos:\t0\nmap_type:\t9\nmax_entries:\t64\nmemlock:\t{bytes}\nmap_id:\t{id}\n")
+        };
+        let infos = [
+            map(7, 4096),
+            map(8, 8192),
+            // A dup of map 7.
+            map(7, 4096),
+            "pos:\t0\nprog_type:\t1\nmemlock:\t4096\n".to_owned(),
+        ];
+        assert_eq!(maps_memlock(infos.iter().map(String::as_str)), 4096 + 8192);
     }
 
     #[test]
