@@ -11,9 +11,10 @@
 //! The three readings are not one instant: the programs go on while the keys are walked. The
 //! derivation takes the inserts read before the walk and the deletes read after it, so what it
 //! reports is a lower bound: every key inserted before the walk that is neither deleted nor still
-//! there was evicted. A key the walk sees twice (it restarts when the key it stands on is deleted)
-//! only lowers the figure. The counter only rises, so a busy moment's low reading is made up at
-//! the next quiet one.
+//! there was evicted. The programs count an insert after it and a delete before it (taken back
+//! if the key was not there), so a reading between the two also errs low. A key the walk sees
+//! twice (it restarts when the key it stands on is deleted) only lowers the figure. The counter
+//! only rises, so a busy moment's low reading is made up at the next quiet one.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -16,12 +16,17 @@ static LRU_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lru::COUNT
 
 #[inline(always)]
 pub(crate) fn count(slot: u32) {
+    add(slot, 1);
+}
+
+#[inline(always)]
+fn add(slot: u32, n: u64) {
     if let Some(c) = LRU_COUNTERS.get_ptr_mut(slot) {
         // SAFETY: the pointer comes from a successful lookup of this CPU's u64 slot, valid and
         // aligned. The add is atomic (BPF_XADD, its result unused as 5.10 requires): a perf_event
         // program (the profiler's KNOWN_PIDS) can interrupt a tracepoint's count on this CPU, and
         // a lost delete would read as an eviction.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1) };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, n) };
     }
 }
 
@@ -47,9 +52,14 @@ pub(crate) fn replace<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K, value: &V)
 /// Deletes `key` from `map` (the map's index `id`); true if it was there.
 #[inline(always)]
 pub(crate) fn remove<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K) -> bool {
+    // Counted before the delete, and taken back (on this CPU, so the slot never goes below its
+    // count) if the key was not there: a reading in between sees one delete too many, which
+    // lowers the evictions userspace derives. Counted after, a reading in between would see a
+    // key gone and not deleted: an eviction, reported for good.
+    count(lru::deleted(id));
     let removed = map.remove(key).is_ok();
-    if removed {
-        count(lru::deleted(id));
+    if !removed {
+        add(lru::deleted(id), u64::MAX);
     }
     removed
 }
