@@ -15,7 +15,7 @@ use loupe_common::lru;
 static LRU_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lru::COUNTERS, 0);
 
 #[inline(always)]
-pub(crate) fn count(slot: u32) {
+fn count(slot: u32) {
     add(slot, 1);
 }
 
@@ -34,12 +34,19 @@ fn add(slot: u32, n: u64) {
 /// true if it is there now.
 #[inline(always)]
 pub(crate) fn put<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K, value: &V) -> bool {
-    if map.insert(key, value, BPF_NOEXIST as u64).is_ok() {
+    // If the key is there, its value is replaced (atomically, as with flags 0).
+    insert_new(map, id, key, value) || map.insert(key, value, BPF_EXIST as u64).is_ok()
+}
+
+/// Inserts `value` under `key` in `map` (the map's index `id`) only if the key is not there
+/// (`BPF_NOEXIST`), counted; true if it was inserted.
+#[inline(always)]
+pub(crate) fn insert_new<K, V>(map: &LruHashMap<K, V>, id: u32, key: &K, value: &V) -> bool {
+    let inserted = map.insert(key, value, BPF_NOEXIST as u64).is_ok();
+    if inserted {
         count(lru::inserted(id));
-        return true;
     }
-    // The key is there: its value is replaced (atomically, as with flags 0).
-    map.insert(key, value, BPF_EXIST as u64).is_ok()
+    inserted
 }
 
 /// Puts `value` under `key`, which a lookup has just found in `map` (the map's index `id`): the

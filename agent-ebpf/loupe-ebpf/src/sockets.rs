@@ -54,7 +54,6 @@ use crate::{
     counted, goroutines,
     tcp_context::{TCP_CTX_IN, TCP_CTX_OUT},
 };
-use aya_ebpf::bindings::BPF_NOEXIST;
 use loupe_common::lru;
 
 const AF_INET: u16 = 2;

@@ -197,11 +197,7 @@ pub(super) fn process_request_started(pid_tgid: u64, fd: i32, conn_id: u64, ctx:
         Some(p) => p,
         None => {
             // BPF_NOEXIST: another CPU may have made the entry meanwhile; then add to it.
-            if PROCESS_REQUESTS
-                .insert(&tgid, &fresh, BPF_NOEXIST as u64)
-                .is_ok()
-            {
-                counted::count(lru::inserted(lru::PROCESS_REQUESTS));
+            if counted::insert_new(&PROCESS_REQUESTS, lru::PROCESS_REQUESTS, &tgid, &fresh) {
                 return;
             }
             let Some(p) = PROCESS_REQUESTS.get_ptr_mut(&tgid) else {
