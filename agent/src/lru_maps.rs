@@ -15,13 +15,21 @@
 //! if the key was not there), so a reading between the two also errs low. A key the walk sees
 //! twice (it restarts when the key it stands on is deleted) only lowers the figure. The counter
 //! only rises, so a busy moment's low reading is made up at the next quiet one.
+//!
+//! The agent deletes from two of the maps itself: the socket sweep forgets the in-band context
+//! and the parent of a client connection whose process exited without closing it (no close()
+//! tracepoint ran). Those deletes go through [`Deleter`], which counts them per map (by the
+//! kernel's map id) the way the programs count theirs, so they do not read as evictions.
 
+use std::collections::BTreeMap;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Map, MapData, PerCpuArray},
 };
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
@@ -44,6 +52,8 @@ pub struct LruMaps {
 struct Watched {
     name: &'static str,
     index: u32,
+    /// The kernel's id of the map, under which [`Deleter`] counts the agent's own deletes.
+    map_id: u32,
     fd: OwnedFd,
     key_size: usize,
     capacity: u64,
@@ -100,6 +110,7 @@ impl LruMaps {
             maps.push(Watched {
                 name,
                 index: index as u32,
+                map_id: info.id(),
                 fd,
                 key_size,
                 capacity,
@@ -138,7 +149,7 @@ impl LruMaps {
                     continue;
                 }
             };
-            let deleted = self.total(lru::deleted(index));
+            let deleted = self.total(lru::deleted(index)) + agent_deletes(self.maps[i].map_id);
             let m = &mut self.maps[i];
             let evicted = evictions_at_least(inserted, deleted, live).max(m.evicted);
             m.evictions.add(evicted - m.evicted);
@@ -176,6 +187,132 @@ impl LruMaps {
     }
 }
 
+/// Deletes the agent made itself, by the kernel's map id (see [`Deleter`]).
+static AGENT_DELETES: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
+
+fn agent_deletes(map_id: u32) -> u64 {
+    AGENT_DELETES
+        .lock()
+        .map_or(0, |d| d.get(&map_id).copied().unwrap_or(0))
+}
+
+/// Adds `n` (which may wrap: a delete taken back) to the agent's deletes from `map_id`.
+fn add_agent_deletes(map_id: u32, n: u64) {
+    if let Ok(mut d) = AGENT_DELETES.lock() {
+        let total = d.entry(map_id).or_insert(0);
+        *total = total.wrapping_add(n);
+    }
+}
+
+/// An LRU map of the kernel programs the agent deletes keys `K` from itself. Each delete is
+/// counted as the programs count theirs: before it is made, taken back if the key was not there,
+/// so a reading in between errs low.
+pub struct Deleter<K> {
+    name: &'static str,
+    fd: OwnedFd,
+    map_id: u32,
+    capacity: u64,
+    _key: PhantomData<K>,
+}
+
+impl<K: Pod> Deleter<K> {
+    /// A descriptor of the map `name` of `ebpf` (the map stays in the object for its users).
+    pub fn open(ebpf: &Ebpf, name: &'static str) -> Result<Deleter<K>, EbpfError> {
+        let fail = |message: String| EbpfError::Map { name, message };
+        let data = match ebpf.map(name) {
+            Some(Map::LruHashMap(data)) => data,
+            Some(_) => return Err(fail("not an LRU hash map".into())),
+            None => return Err(fail("missing from the object".into())),
+        };
+        let info = data.info().map_err(|e| fail(e.to_string()))?;
+        if info.key_size() as usize != std::mem::size_of::<K>()
+            || info.key_size() as usize > MAX_KEY_BYTES
+        {
+            return Err(fail(format!(
+                "keys of {} bytes, not {}",
+                info.key_size(),
+                std::mem::size_of::<K>()
+            )));
+        }
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Deleter {
+            name,
+            fd,
+            map_id: info.id(),
+            capacity: u64::from(info.max_entries()),
+            _key: PhantomData,
+        })
+    }
+
+    /// Deletes the entries of processes that are gone (`owner` reads a key's process id, `alive`
+    /// says whether it still runs), counted; returns how many went. For the maps whose entries a
+    /// process's exit leaves behind: no program runs for each of them at exit.
+    pub fn forget_gone(&self, owner: fn(&K) -> u32, alive: &mut dyn FnMut(u32) -> bool) -> u64 {
+        let size = std::mem::size_of::<K>();
+        let mut gone = Vec::new();
+        let walked = walk_keys(self.fd.as_fd(), size, self.capacity, |bytes| {
+            // SAFETY: `bytes` holds size_of::<K>() bytes (the map's key size, checked by
+            // `open`); K is Pod, so any bytes are a valid K; read_unaligned copes with alignment.
+            let key: K = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            if !alive(owner(&key)) {
+                gone.push(key);
+            }
+        });
+        if let Err(e) = walked {
+            tracing::debug!(map = self.name, "cannot walk the map's keys: {e}");
+        }
+        // Deleted after the walk: a delete under it would restart it.
+        gone.iter().filter(|key| self.delete(key)).count() as u64
+    }
+
+    /// Deletes `key`, counted; true if it was there.
+    pub fn delete(&self, key: &K) -> bool {
+        add_agent_deletes(self.map_id, 1);
+        let attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: BPF_MAP_DELETE_ELEM reads the map's key size, which `open` checked is
+        // size_of::<K>(), at `key`; `attr` and `key` outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if ret == 0 {
+            return true;
+        }
+        add_agent_deletes(self.map_id, u64::MAX);
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            tracing::debug!(map = self.name, "cannot delete a key: {e}");
+        }
+        false
+    }
+}
+
+/// `union bpf_attr` for BPF_MAP_DELETE_ELEM (and the other element commands).
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
 /// Evictions implied by `inserted` (read before the keys were walked), `deleted` (read after)
 /// and the `live` keys the walk found: a lower bound (see the module's documentation).
 fn evictions_at_least(inserted: u64, deleted: u64, live: u64) -> u64 {
@@ -194,9 +331,21 @@ struct NextKeyAttr {
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
-/// The keys in the map `fd` (keys of `key_size` bytes, `capacity` entries), walked with BPF_MAP_GET_NEXT_KEY. A walk
-/// that keeps restarting (its key deleted under it) stops after four times the map's worth.
+/// The keys in the map `fd` (keys of `key_size` bytes, `capacity` entries), walked with
+/// BPF_MAP_GET_NEXT_KEY.
 fn count_keys(fd: BorrowedFd<'_>, key_size: usize, capacity: u64) -> io::Result<u64> {
+    walk_keys(fd, key_size, capacity, |_| {})
+}
+
+/// Calls `each` with every key of the map `fd` (keys of `key_size` bytes, `capacity` entries),
+/// and returns how many there were. A walk that keeps restarting (its key deleted under it) stops
+/// after four times the map's worth.
+fn walk_keys(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    capacity: u64,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<u64> {
     let mut key = [0u8; MAX_KEY_BYTES];
     let mut next = [0u8; MAX_KEY_BYTES];
     let key_size = key_size.min(MAX_KEY_BYTES);
@@ -228,6 +377,7 @@ fn count_keys(fd: BorrowedFd<'_>, key_size: usize, capacity: u64) -> io::Result<
             };
         }
         n += 1;
+        each(&next[..key_size]);
         key[..key_size].copy_from_slice(&next[..key_size]);
         if n >= 4 * capacity {
             return Ok(n);

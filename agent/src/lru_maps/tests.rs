@@ -1,5 +1,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::*;
@@ -164,4 +165,154 @@ fn a_map_with_room_evicts_nothing_and_exited_threads_leave_it() {
         "each exited thread's entry went: {r:?}"
     );
     assert_eq!(r.evicted, 0, "{r:?}");
+}
+
+fn reading(readings: &[Reading], name: &str) -> Reading {
+    *readings
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("{name} read"))
+}
+
+fn sockaddr(addr: std::net::SocketAddr) -> libc::sockaddr_in {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 loopback")
+    };
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A forked child that waits for a byte on `go`, then serves one request on `server` and, while
+/// serving it, calls `upstream` with a request of its own and waits for an answer that never
+/// comes. Only async-signal-safe calls after the fork (this process has threads).
+fn fork_caller(go: RawFd, server: RawFd, upstream: &libc::sockaddr_in) -> libc::pid_t {
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: loupe\r\n\r\n";
+    // SAFETY: the child only makes raw syscalls on memory prepared before the fork, and leaves
+    // with _exit.
+    unsafe {
+        let pid = libc::fork();
+        if pid != 0 {
+            return pid;
+        }
+        let mut buf = [0u8; 256];
+        if libc::read(go, buf.as_mut_ptr().cast(), 1) != 1 {
+            libc::_exit(1);
+        }
+        let conn = libc::accept(server, std::ptr::null_mut(), std::ptr::null_mut());
+        if conn < 0 || libc::read(conn, buf.as_mut_ptr().cast(), buf.len()) <= 0 {
+            libc::_exit(2);
+        }
+        let call = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if call < 0 || libc::connect(call, (upstream as *const libc::sockaddr_in).cast(), len) != 0
+        {
+            libc::_exit(3);
+        }
+        if libc::write(call, REQUEST.as_ptr().cast(), REQUEST.len()) != REQUEST.len() as isize {
+            libc::_exit(4);
+        }
+        // Killed in here: the kernel closes both connections at exit, no close() runs.
+        libc::read(call, buf.as_mut_ptr().cast(), buf.len());
+        libc::_exit(5)
+    }
+}
+
+#[test]
+fn a_process_killed_mid_request_leaves_no_context_behind() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut ebpf = load(Uses::ALL);
+    let registry = Registry::new();
+    let mut maps = LruMaps::open(&mut ebpf, &registry).expect("the LRU maps open");
+    let server = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let mut go = [0; 2];
+    // SAFETY: `go` has room for the two descriptors pipe() writes.
+    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: pipe() made both descriptors; each gets one owner.
+    let (go_read, mut go_write) = unsafe {
+        (
+            OwnedFd::from_raw_fd(go[0]),
+            std::fs::File::from_raw_fd(go[1]),
+        )
+    };
+    let child = fork_caller(
+        go_read.as_raw_fd(),
+        server.as_raw_fd(),
+        &sockaddr(upstream.local_addr().expect("address")),
+    );
+    assert!(child > 0, "fork");
+
+    // Only the child is followed: every entry of this object's maps is its.
+    let options = CaptureOptions {
+        capture_bytes: 256,
+        agent_pid: 0,
+        pids: vec![child as u32],
+        seed_existing: false,
+        tcp_context: true,
+        sweep_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (mut capture, _events) =
+        SocketCapture::start(&mut ebpf, options, &registry).expect("socket capture starts");
+    assert_eq!(capture.tcp_context_off(), None, "in-band context attaches");
+    let before = maps.scan();
+
+    go_write.write_all(b"g").expect("start the child");
+    let mut client = TcpStream::connect(server.local_addr().expect("address")).expect("connect");
+    client
+        .write_all(b"GET /order HTTP/1.1\r\nHost: loupe\r\n\r\n")
+        .expect("write the request");
+    let (mut call, _) = upstream.accept().expect("the child calls");
+    let mut buf = [0u8; 256];
+    assert!(call.read(&mut buf).expect("read the call") > 0);
+
+    // The child's connection (by tuple and id), and the request its thread and process serve:
+    // a process's exit deletes none of them (the profiler's exit tracepoint, which deletes the
+    // last two, is not attached here).
+    const LEFT: [&str; 4] = [
+        "TCP_CTX_OUT",
+        "CLIENT_PARENTS",
+        "THREAD_REQUESTS",
+        "PROCESS_REQUESTS",
+    ];
+    let calling = maps.scan();
+    for name in LEFT {
+        let (b, c) = (reading(&before, name), reading(&calling, name));
+        eprintln!("{b:?}\n{c:?}");
+        assert_eq!(c.inserted, b.inserted + 1, "the call's entry: {c:?}");
+        assert_eq!(c.live, 1, "{c:?}");
+    }
+
+    // SAFETY: `child` is our child, not yet reaped.
+    unsafe {
+        assert_eq!(libc::kill(child, libc::SIGKILL), 0, "kill the child");
+        let mut status = 0;
+        assert_eq!(libc::waitpid(child, &mut status, 0), child, "reap it");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let gone = loop {
+        let r = maps.scan();
+        let swept = LEFT.iter().all(|name| reading(&r, name).live == 0);
+        if swept || std::time::Instant::now() >= deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    capture.stop();
+    for name in LEFT {
+        let (c, g) = (reading(&calling, name), reading(&gone, name));
+        eprintln!("{g:?}");
+        assert_eq!(
+            g.live, 0,
+            "the sweep deleted the killed client's entry: {g:?}"
+        );
+        assert_eq!(g.deleted, c.deleted + 1, "its delete is counted: {g:?}");
+        assert_eq!(g.evicted, 0, "nothing read as evicted: {g:?}");
+    }
 }

@@ -44,13 +44,14 @@ use aya::{
 use bytes::Bytes;
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 use loupe_common::socket::{
-    CONN_ENTRIES, ConnState, KernelOffsets, MAX_CAPTURE_BYTES, SocketConfig, SocketEventHeader,
-    SyscallArgs, counter, kind,
+    CONN_ENTRIES, ConnState, ConnTuple, GoroutineKey, KernelOffsets, MAX_CAPTURE_BYTES,
+    SocketConfig, SocketEventHeader, SyscallArgs, TlsKey, counter, kind, role,
 };
 
 use super::{SocketEvent, SocketEvents};
 use crate::{
     ebpf::{EbpfError, program, rejected, take_map},
+    lru_maps::Deleter,
     memory::Pressure,
     probe::SocketAttach,
 };
@@ -365,6 +366,42 @@ struct ReaderMaps {
     counters: PerCpuArray<MapData, u64>,
     connections: BpfHashMap<MapData, u64, ConnState>,
     args: BpfHashMap<MapData, u64, SyscallArgs>,
+    /// A client connection's in-band context (by tuple) and parent (by connection id): the
+    /// sweep deletes them for connections whose process exited without closing them.
+    tcp_ctx_out: Option<Deleter<ConnTuple>>,
+    client_parents: Option<Deleter<u64>>,
+    /// The maps whose entries belong to a process: the sweep forgets those of processes gone.
+    by_process: Vec<ForgetGone>,
+}
+
+/// Deletes a map's entries of the processes `alive` says are gone; returns how many went.
+type ForgetGone = Box<dyn Fn(&mut dyn FnMut(u32) -> bool) -> u64 + Send>;
+
+/// The maps whose entries a process's exit leaves behind, with where their keys hold the
+/// process id. The profiler's exit tracepoint deletes a thread's THREAD_REQUESTS and a process's
+/// PROCESS_REQUESTS entries where it runs; the goroutine and TLS maps have no such program.
+fn by_process(ebpf: &Ebpf) -> Vec<ForgetGone> {
+    fn forget<K: aya::Pod + Send>(
+        ebpf: &Ebpf,
+        name: &'static str,
+        owner: fn(&K) -> u32,
+    ) -> Option<ForgetGone> {
+        let maps = stale_entries::<K>(ebpf, name)?;
+        Some(Box::new(move |alive| maps.forget_gone(owner, alive)))
+    }
+    let tgid = |k: &GoroutineKey| k.tgid;
+    [
+        forget::<u64>(ebpf, "THREAD_REQUESTS", |pid_tgid| (pid_tgid >> 32) as u32),
+        forget::<u32>(ebpf, "PROCESS_REQUESTS", |tgid| *tgid),
+        forget::<GoroutineKey>(ebpf, "GO_REQUESTS", tgid),
+        forget::<GoroutineKey>(ebpf, "GO_HTTP_CONNS", tgid),
+        forget::<GoroutineKey>(ebpf, "GO_HTTP_WRITERS", tgid),
+        forget::<GoroutineKey>(ebpf, "GO_TLS_CALLS", tgid),
+        forget::<TlsKey>(ebpf, "TLS_FDS", |k| k.pid),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The running socket capture. Dropping it stops the reader and detaches every program.
@@ -382,6 +419,16 @@ pub struct SocketCapture {
     fallback: Option<String>,
     attached: Vec<&'static str>,
     reader: Option<(thread::JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+/// What the sweep needs to delete dead processes' entries from the LRU map `name`; without it
+/// (a warning) they wait for the kernel to evict them.
+fn stale_entries<K: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Option<Deleter<K>> {
+    Deleter::open(ebpf, name)
+        .inspect_err(|e| {
+            tracing::warn!("{e}: exited clients' entries stay until the kernel evicts them")
+        })
+        .ok()
 }
 
 fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
@@ -459,6 +506,9 @@ impl SocketCapture {
             counters: take_map(ebpf, "SOCKET_COUNTERS")?,
             connections: take_map(ebpf, "CONNECTIONS")?,
             args: take_map(ebpf, "SOCKET_ARGS")?,
+            tcp_ctx_out: stale_entries(ebpf, "TCP_CTX_OUT"),
+            client_parents: stale_entries(ebpf, "CLIENT_PARENTS"),
+            by_process: by_process(ebpf),
         };
 
         let mut method = SocketAttach::Tracepoints;

@@ -388,7 +388,9 @@ fn monotonic_ns() -> u64 {
 }
 
 /// Forgets connections and in-flight syscalls of processes and threads that are gone: their fds
-/// were closed by the kernel at exit, which no close() tracepoint shows.
+/// were closed by the kernel at exit, which no close() tracepoint shows. A client connection's
+/// in-band context and parent go with it, and so do the gone processes' entries in the maps that
+/// hold what a thread, goroutine or TLS object is doing.
 fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally, m: &Metrics) {
     let mut alive: HashMap<u32, bool> = HashMap::new();
     let mut is_alive = |pid: u32| {
@@ -412,6 +414,15 @@ fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally
         }
         live -= 1;
         m.swept.inc();
+        if state.role == role::CLIENT {
+            // Its close() would have deleted these (client_closed in the programs).
+            if let Some(d) = &maps.tcp_ctx_out {
+                d.delete(&state.tuple);
+            }
+            if let Some(d) = &maps.client_parents {
+                d.delete(&state.conn_id);
+            }
+        }
         tally.push_or_drop(
             tx,
             SocketEventHeader {
@@ -431,6 +442,14 @@ fn sweep(maps: &mut ReaderMaps, tx: &SyncSender<SocketEvents>, tally: &mut Tally
     // A batch the queue has no room for now goes with the next drain.
     let _ = tally.send(tx);
     m.connections.set(live);
+
+    let forgotten: u64 = maps.by_process.iter().map(|f| f(&mut is_alive)).sum();
+    if forgotten > 0 {
+        tracing::debug!(
+            forgotten,
+            "entries of exited processes deleted from the context maps"
+        );
+    }
 
     // A thread killed inside a syscall never reaches sys_exit: its saved arguments would stay.
     let keys: Vec<u64> = maps.args.keys().filter_map(Result::ok).collect();
