@@ -210,7 +210,7 @@ fn runbook_anchors_exist_and_links_name_provisioned_uids() {
             );
         }
     }
-    assert_eq!(alerts, 11);
+    assert_eq!(alerts, 13);
     let uids: BTreeSet<String> = provisioned().into_values().collect();
     let ds =
         std::fs::read_to_string(root().join("dashboards/provisioning/datasources.yaml")).unwrap();
