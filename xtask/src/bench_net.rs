@@ -47,6 +47,7 @@ use crate::{
 };
 
 mod report;
+mod self_profile;
 use report::report;
 
 /// Connections of the saturation scenario (one wrk thread).
@@ -251,11 +252,24 @@ pub fn network(agent: &Path, secs: u64, rate: u32) -> anyhow::Result<String> {
                 runs.push(run);
             }
         }
-        Ok::<_, anyhow::Error>(runs)
+        // The unstripped build names its own frames; a stripped one shows offsets.
+        let unstripped = crate::build::agent_binary();
+        let profiled = if agent.ends_with("target/bench/loupe-agent") && unstripped.is_file() {
+            unstripped
+        } else {
+            agent.to_path_buf()
+        };
+        let title = format!("saturation, the agent profiling itself, {secs}s");
+        let profile = step(&title, || {
+            Ok(self_profile::run(&profiled, secs, &url, &scripts, &out))
+        })?;
+        Ok::<_, anyhow::Error>((runs, profile))
     })();
     server.stop();
-    let runs = result?;
-    Ok(report(&runs, secs, agent))
+    let (runs, profile) = result?;
+    let mut r = report(&runs, secs, agent);
+    r.push_str(&self_profile::render(&profile, secs));
+    Ok(r)
 }
 
 /// Builds the HTTP server with rustc (like the profiler's workloads), when its source changed. The

@@ -22,7 +22,7 @@
 mod checks;
 mod logs;
 mod parents;
-mod profiles;
+pub(crate) mod profiles;
 pub mod queries;
 mod stack;
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::checks::short;
 
 /// Which of the local sink's profile files to read.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum ProfileFiles {
+pub(crate) enum ProfileFiles {
     /// `SERVICE-<t>.pb.gz`.
     Cpu,
     /// `SERVICE.page_faults-<t>.pb.gz`.
@@ -36,7 +36,7 @@ impl ProfileFiles {
 }
 
 /// The samples of one service, from the pprof files of one kind Loupe wrote.
-pub(super) struct ServiceProfile {
+pub(crate) struct ServiceProfile {
     /// Self value per function (the physical frame of the leaf location: the symbol the sampled IP is in).
     self_by_function: BTreeMap<String, i64>,
     /// Value of the samples each function is on the stack of (inlined frames included), once
@@ -46,14 +46,16 @@ pub(super) struct ServiceProfile {
     inlined: BTreeMap<String, Vec<String>>,
     /// Per function, its self value in samples labelled with a span, by span id.
     by_span: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Value per thread (the `thread_name` label; `?` without one).
+    by_thread: BTreeMap<String, i64>,
     total: i64,
-    pub(super) source: String,
+    pub(crate) source: String,
 }
 
 impl ServiceProfile {
     /// Reads `DIR/profiles/*.pb.gz`. Samples are attributed to the service by their `pid` label when the files
     /// carry one, else by file name (the local sink writes one profile per service).
-    pub(super) fn read(
+    pub(crate) fn read(
         out: &Path,
         service: &str,
         pid: u32,
@@ -97,6 +99,7 @@ impl ServiceProfile {
             inclusive_by_function: BTreeMap::new(),
             inlined: BTreeMap::new(),
             by_span: BTreeMap::new(),
+            by_thread: BTreeMap::new(),
             total: 0,
             source: String::new(),
         };
@@ -147,6 +150,8 @@ impl ServiceProfile {
                         }
                     }
                 }
+                let thread = p.label_str(s, "thread_name").unwrap_or("?");
+                *sp.by_thread.entry(thread.to_string()).or_default() += v;
                 sp.total += v;
             }
         }
@@ -187,7 +192,19 @@ impl ServiceProfile {
         (total, by_span)
     }
 
-    pub(super) fn ranked(&self) -> Vec<(&String, i64)> {
+    /// The profile's whole value (samples × period for CPU).
+    pub(crate) fn total(&self) -> i64 {
+        self.total
+    }
+
+    /// Value per thread name, largest first.
+    pub(crate) fn threads(&self) -> Vec<(&String, i64)> {
+        let mut v: Vec<(&String, i64)> = self.by_thread.iter().map(|(k, v)| (k, *v)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        v
+    }
+
+    pub(crate) fn ranked(&self) -> Vec<(&String, i64)> {
         let mut v: Vec<(&String, i64)> =
             self.self_by_function.iter().map(|(k, v)| (k, *v)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
