@@ -16,10 +16,11 @@
 //! twice (it restarts when the key it stands on is deleted) only lowers the figure. The counter
 //! only rises, so a busy moment's low reading is made up at the next quiet one.
 //!
-//! The agent deletes from two of the maps itself: the socket sweep forgets the in-band context
+//! The agent deletes from some of the maps itself: the socket sweep forgets the in-band context
 //! and the parent of a client connection whose process exited without closing it (no close()
-//! tracepoint ran). Those deletes go through [`Deleter`], which counts them per map (by the
-//! kernel's map id) the way the programs count theirs, so they do not read as evictions.
+//! tracepoint ran), and the request, goroutine and TLS entries of processes that are gone. Those
+//! deletes go through [`Deleter`], which counts them per map (by the kernel's map id) the way the
+//! programs count theirs, so they do not read as evictions.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -426,7 +426,7 @@ pub struct SocketCapture {
 fn stale_entries<K: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Option<Deleter<K>> {
     Deleter::open(ebpf, name)
         .inspect_err(|e| {
-            tracing::warn!("{e}: exited clients' entries stay until the kernel evicts them")
+            tracing::warn!("{e}: exited processes' entries stay until the kernel evicts them")
         })
         .ok()
 }
