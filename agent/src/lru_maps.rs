@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, Pod,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Map, MapData, MapInfo, PerCpuArray},
 };
 use loupe_collector::telemetry::{Counter, Gauge, Registry};
 use loupe_common::lru;
@@ -82,22 +82,8 @@ impl LruMaps {
         let counters = take_map(ebpf, "LRU_COUNTERS")?;
         let mut maps = Vec::with_capacity(lru::MAPS.len());
         for (index, name) in lru::MAPS.iter().copied().enumerate() {
-            let fail = |message: String| EbpfError::Map { name, message };
-            let data = match ebpf.map(name) {
-                Some(Map::LruHashMap(data)) => data,
-                Some(_) => return Err(fail("not an LRU hash map".into())),
-                None => return Err(fail("missing from the object".into())),
-            };
-            let info = data.info().map_err(|e| fail(e.to_string()))?;
+            let (fd, info) = descriptor(ebpf, name)?;
             let key_size = info.key_size() as usize;
-            if key_size > MAX_KEY_BYTES {
-                return Err(fail(format!("keys of {key_size} bytes")));
-            }
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| fail(e.to_string()))?;
             let capacity = u64::from(info.max_entries());
             let labels = [("map", name)];
             registry
@@ -188,6 +174,27 @@ impl LruMaps {
     }
 }
 
+/// A descriptor of the LRU map `name` of `ebpf` (the map stays in the object for its users), with
+/// its kernel information; its keys are at most [`MAX_KEY_BYTES`].
+fn descriptor(ebpf: &Ebpf, name: &'static str) -> Result<(OwnedFd, MapInfo), EbpfError> {
+    let fail = |message: String| EbpfError::Map { name, message };
+    let data = match ebpf.map(name) {
+        Some(Map::LruHashMap(data)) => data,
+        Some(_) => return Err(fail("not an LRU hash map".into())),
+        None => return Err(fail("missing from the object".into())),
+    };
+    let info = data.info().map_err(|e| fail(e.to_string()))?;
+    if info.key_size() as usize > MAX_KEY_BYTES {
+        return Err(fail(format!("keys of {} bytes", info.key_size())));
+    }
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((fd, info))
+}
+
 /// Deletes the agent made itself, by the kernel's map id (see [`Deleter`]).
 static AGENT_DELETES: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
 
@@ -219,27 +226,17 @@ pub struct Deleter<K> {
 impl<K: Pod> Deleter<K> {
     /// A descriptor of the map `name` of `ebpf` (the map stays in the object for its users).
     pub fn open(ebpf: &Ebpf, name: &'static str) -> Result<Deleter<K>, EbpfError> {
-        let fail = |message: String| EbpfError::Map { name, message };
-        let data = match ebpf.map(name) {
-            Some(Map::LruHashMap(data)) => data,
-            Some(_) => return Err(fail("not an LRU hash map".into())),
-            None => return Err(fail("missing from the object".into())),
-        };
-        let info = data.info().map_err(|e| fail(e.to_string()))?;
-        if info.key_size() as usize != std::mem::size_of::<K>()
-            || info.key_size() as usize > MAX_KEY_BYTES
-        {
-            return Err(fail(format!(
-                "keys of {} bytes, not {}",
-                info.key_size(),
-                std::mem::size_of::<K>()
-            )));
+        let (fd, info) = descriptor(ebpf, name)?;
+        if info.key_size() as usize != std::mem::size_of::<K>() {
+            return Err(EbpfError::Map {
+                name,
+                message: format!(
+                    "keys of {} bytes, not {}",
+                    info.key_size(),
+                    std::mem::size_of::<K>()
+                ),
+            });
         }
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| fail(e.to_string()))?;
         Ok(Deleter {
             name,
             fd,
@@ -282,14 +279,7 @@ impl<K: Pod> Deleter<K> {
         };
         // SAFETY: BPF_MAP_DELETE_ELEM reads the map's key size, which `open` checked is
         // size_of::<K>(), at `key`; `attr` and `key` outlive the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_ELEM,
-                &attr as *const ElemAttr,
-                std::mem::size_of::<ElemAttr>(),
-            )
-        };
+        let ret = unsafe { bpf(BPF_MAP_DELETE_ELEM, &attr) };
         if ret == 0 {
             return true;
         }
@@ -313,6 +303,23 @@ struct ElemAttr {
 }
 
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// bpf(2): the command `cmd` with `attr`, its member of `union bpf_attr`.
+///
+/// # Safety
+/// The pointers in `attr` must be valid for what `cmd` reads and writes through them.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &A) -> libc::c_long {
+    // SAFETY: `attr` is a live reference of `size_of::<A>()` bytes; the pointers in it are the
+    // caller's to vouch for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const A,
+            std::mem::size_of::<A>(),
+        )
+    }
+}
 
 /// Evictions implied by `inserted` (read before the keys were walked), `deleted` (read after)
 /// and the `live` keys the walk found: a lower bound (see the module's documentation).
@@ -362,14 +369,7 @@ fn walk_keys(
         };
         // SAFETY: BPF_MAP_GET_NEXT_KEY reads `key_size` bytes at `key` (both buffers hold
         // MAX_KEY_BYTES ≥ key_size) and writes as many at `next_key`; `attr` outlives the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                &attr as *const NextKeyAttr,
-                std::mem::size_of::<NextKeyAttr>(),
-            )
-        };
+        let ret = unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &attr) };
         if ret < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
