@@ -201,11 +201,16 @@ impl Cost {
     }
 }
 
+/// Where [`shipped_agent`] puts the stripped agent.
+pub(crate) fn shipped_agent_path() -> PathBuf {
+    root().join("target/bench/loupe-agent")
+}
+
 /// The agent as the image ships it: target/release/loupe-agent without its debug info, copied
 /// to target/bench/loupe-agent. The debug info only serves symbolizing the agent's own
 /// samples, and doing so for a 120 MB binary added ~3 MB to the agent's peak RSS under load.
 fn shipped_agent() -> anyhow::Result<PathBuf> {
-    let shipped = root().join("target/bench/loupe-agent");
+    let shipped = shipped_agent_path();
     let status = Command::new("install")
         .args(["-D", "-m", "0755", "--strip"])
         .arg(agent_binary())

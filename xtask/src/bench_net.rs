@@ -254,7 +254,7 @@ pub fn network(agent: &Path, secs: u64, rate: u32) -> anyhow::Result<String> {
         }
         // The unstripped build names its own frames; a stripped one shows offsets.
         let unstripped = crate::build::agent_binary();
-        let profiled = if agent.ends_with("target/bench/loupe-agent") && unstripped.is_file() {
+        let profiled = if agent == crate::bench::shipped_agent_path() && unstripped.is_file() {
             unstripped
         } else {
             agent.to_path_buf()

@@ -133,3 +133,12 @@ pub fn start_agent_until(
     terminate(child);
     bail!("the agent's metrics did not show {ready} within 60 s")
 }
+
+/// `s` cut to `max` characters.
+pub fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}

@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::demo::profiles::{ProfileFiles, ServiceProfile};
+use crate::util::short;
 
 /// Sampling rate of this run (the default is 19 Hz: a 15 s run would give the agent's own
 /// threads a few dozen samples).
@@ -121,19 +122,10 @@ pub(super) fn render(result: &anyhow::Result<SelfProfile>, secs: u64) -> String 
         let _ = writeln!(
             r,
             "| `{}` | {:.1}% |",
-            truncated(function, 110).replace('|', "\\|"),
+            short(function, 110).replace('|', "\\|"),
             100.0 * share
         );
     }
     r.push('\n');
     r
-}
-
-/// `s`, cut after `max` characters (Rust's generic paths run long).
-fn truncated(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
 }

@@ -9,6 +9,7 @@ use anyhow::ensure;
 use super::logs::{LogRecord, check_error_lines};
 use super::{SpanCheck, UPSTREAM_TIMEOUT_MS};
 use crate::spans_read::{Span, quantile};
+use crate::util::short;
 
 impl SpanCheck {
     /// What it asserts, for `exercise list`.
@@ -532,14 +533,5 @@ impl Verdict {
             started.elapsed().as_secs_f64()
         );
         Ok(())
-    }
-}
-
-/// `s` cut to `max` characters.
-pub(super) fn short(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
     }
 }

@@ -11,8 +11,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::checks::{Verdict, Window, short};
+use super::checks::{Verdict, Window};
 use crate::spans_read::{Span, any_value_string, attributes, hex_id, u64_field};
+use crate::util::short;
 
 /// One log record.
 #[derive(Clone, Debug, Default)]

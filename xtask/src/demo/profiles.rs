@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 
-use super::checks::short;
+use crate::util::short;
 
 /// Which of the local sink's profile files to read.
 #[derive(Clone, Copy, PartialEq, Eq)]
